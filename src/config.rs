@@ -1,0 +1,510 @@
+//! The one configuration tree: defaults → TOML file → `FLOWNEXUS_*` env → CLI flags.
+//!
+//! Every leaf key has an environment name derived from its dotted path
+//! (`coap.ack_timeout_ms` → `FLOWNEXUS_COAP_ACK_TIMEOUT_MS`), so the names
+//! scripts and Quadlet units rely on (`FLOWNEXUS_DATA_DIR`,
+//! `FLOWNEXUS_COAP_LISTEN`, …) are not a separate list that can drift.
+//! Unknown keys, in the file or in the environment, are rejected; validation
+//! runs once and names the offending key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Environment variable prefix for every key.
+pub const ENV_PREFIX: &str = "FLOWNEXUS_";
+/// Environment variables with that prefix that are not config keys.
+const ENV_NOT_KEYS: &[&str] = &["FLOWNEXUS_CONFIG", "FLOWNEXUS_LOG"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the SQLite store, firmware images and generated secrets live.
+    pub data_dir: PathBuf,
+    /// `development` allows a relative data directory; `production` refuses
+    /// one (DESIGN §5: a relative path silently lands in a throwaway place).
+    pub mode: Mode,
+    pub coap: CoapConfig,
+    pub coaps: ListenerConfig,
+    pub http: ListenerConfig,
+    pub fw: ListenerConfig,
+    pub lwm2m: Lwm2mConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub enabled: bool,
+    /// Port 0 picks a free port; the bound address is logged and written to
+    /// `runtime.json` in the data directory.
+    pub listen: SocketAddr,
+}
+
+/// CoAP transmission parameters, RFC 7252 §4.8, plus our block-wise limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CoapConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub ack_timeout_ms: u64,
+    pub ack_random_factor: f64,
+    pub max_retransmit: u32,
+    /// Outstanding confirmable requests per peer (RFC 7252 §4.7).
+    pub nstart: usize,
+    /// Preferred block size for Block1/Block2 (RFC 7959), 16..=1024.
+    pub block_size: usize,
+    /// Largest request or response body reassembled from blocks.
+    pub max_body_size: usize,
+    /// How long we wait for a separate response after an empty ACK.
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Lwm2mConfig {
+    /// How long a queue-mode device listens after an uplink (LwM2M 1.1
+    /// Transport §6.5; Zephyr's CONFIG_LWM2M_QUEUE_MODE_UPTIME).
+    pub queue_awake_window_s: u64,
+    /// Extra time after a lifetime elapses before the registration expires.
+    pub lifetime_grace_s: u64,
+    pub min_lifetime_s: u64,
+    pub max_lifetime_s: u64,
+    /// Default deadline for a queued operation.
+    pub operation_deadline_s: u64,
+    /// Dispatch attempts before an unanswered operation fails.
+    pub operation_max_attempts: u32,
+    /// What plain-CoAP registrations from endpoints not in the device table get.
+    pub unknown_endpoints: UnknownEndpoints,
+    /// Directory of extra DDF object definitions loaded at start (optional).
+    pub models_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownEndpoints {
+    Accept,
+    Reject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Value history older than this is deleted; 0 keeps everything.
+    pub value_retention_days: u64,
+    /// Longest a reported value or registration change waits before commit.
+    pub flush_interval_ms: u64,
+    /// Largest number of changes committed in one transaction.
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Config {
+            data_dir: PathBuf::from("./data"),
+            mode: Mode::Development,
+            coap: CoapConfig {
+                enabled: true,
+                listen: any(5683),
+                ack_timeout_ms: 2000,
+                ack_random_factor: 1.5,
+                max_retransmit: 4,
+                nstart: 1,
+                block_size: 1024,
+                max_body_size: 256 * 1024,
+                response_timeout_ms: 60_000,
+            },
+            coaps: ListenerConfig {
+                enabled: false,
+                listen: any(5684),
+            },
+            http: ListenerConfig {
+                enabled: false,
+                listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            },
+            fw: ListenerConfig {
+                enabled: false,
+                listen: any(8443),
+            },
+            lwm2m: Lwm2mConfig {
+                queue_awake_window_s: 20,
+                lifetime_grace_s: 15,
+                min_lifetime_s: 1,
+                max_lifetime_s: 30 * 86400,
+                operation_deadline_s: 86400,
+                operation_max_attempts: 3,
+                unknown_endpoints: UnknownEndpoints::Accept,
+                models_dir: None,
+            },
+            store: StoreConfig {
+                value_retention_days: 90,
+                flush_interval_ms: 20,
+                batch_size: 5000,
+            },
+            log: LogConfig {
+                level: "info".into(),
+            },
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub coap_listen: Option<SocketAddr>,
+    pub coaps_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub fw_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Build the effective configuration from every layer and validate it.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: &Overrides,
+    ) -> Result<Config> {
+        let mut tree = toml::Table::try_from(Config::default())
+            .expect("the default config serialises to a table");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+            let file_tree: toml::Table = toml::from_str(&text)
+                .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
+            merge(&mut tree, file_tree, "")?;
+        }
+        apply_env(&mut tree, env)?;
+        let set = |tree: &mut toml::Table, key: &str, v: String| set_path(tree, key, v.into());
+        if let Some(d) = &flags.data_dir {
+            set(&mut tree, "data_dir", d.display().to_string());
+        }
+        for (key, addr) in [
+            ("coap.listen", flags.coap_listen),
+            ("coaps.listen", flags.coaps_listen),
+            ("http.listen", flags.http_listen),
+            ("fw.listen", flags.fw_listen),
+        ] {
+            if let Some(a) = addr {
+                set(&mut tree, key, a.to_string());
+            }
+        }
+        // Deserialise from text so a type error carries a span we can turn
+        // back into the dotted key it belongs to.
+        let text = toml::to_string(&tree).expect("a table serialises");
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| Error::config(key_at(&text, &e), e.message().to_string()))?;
+        config.validate()?;
+        config.data_dir = absolute(&config.data_dir)?;
+        if let Some(dir) = &config.lwm2m.models_dir {
+            config.lwm2m.models_dir = Some(absolute(dir)?);
+        }
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express; each error names its key.
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.coap;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(Error::config("data_dir", "must not be empty"));
+        }
+        if self.mode == Mode::Production && self.data_dir.is_relative() {
+            return Err(Error::config(
+                "data_dir",
+                "must be an absolute path in production mode",
+            ));
+        }
+        if c.ack_timeout_ms == 0 {
+            return Err(Error::config("coap.ack_timeout_ms", "must be > 0"));
+        }
+        if !(1.0..=10.0).contains(&c.ack_random_factor) {
+            return Err(Error::config(
+                "coap.ack_random_factor",
+                "must be between 1.0 and 10.0 (RFC 7252 §4.8)",
+            ));
+        }
+        if c.max_retransmit > 20 {
+            return Err(Error::config("coap.max_retransmit", "must be <= 20"));
+        }
+        if c.nstart == 0 {
+            return Err(Error::config("coap.nstart", "must be >= 1"));
+        }
+        if !(16..=1024).contains(&c.block_size) || !c.block_size.is_power_of_two() {
+            return Err(Error::config(
+                "coap.block_size",
+                "must be a power of two from 16 to 1024 (RFC 7959 §2.2)",
+            ));
+        }
+        if c.max_body_size < c.block_size {
+            return Err(Error::config("coap.max_body_size", "must be >= coap.block_size"));
+        }
+        let l = &self.lwm2m;
+        if l.min_lifetime_s == 0 || l.min_lifetime_s > l.max_lifetime_s {
+            return Err(Error::config(
+                "lwm2m.min_lifetime_s",
+                "must be >= 1 and <= lwm2m.max_lifetime_s",
+            ));
+        }
+        if l.operation_max_attempts == 0 {
+            return Err(Error::config("lwm2m.operation_max_attempts", "must be >= 1"));
+        }
+        if self.store.batch_size == 0 {
+            return Err(Error::config("store.batch_size", "must be >= 1"));
+        }
+        if self.log.level.parse::<log::LevelFilter>().is_err() {
+            return Err(Error::config(
+                "log.level",
+                "must be one of error, warn, info, debug, trace",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.coap.ack_timeout_ms)
+    }
+
+    /// The SQLite database inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("flownexus.sqlite3")
+    }
+
+    /// Where `serve` records the addresses it actually bound.
+    pub fn runtime_path(&self) -> PathBuf {
+        self.data_dir.join("runtime.json")
+    }
+
+    /// The effective configuration as TOML, for `print-config`. No key is a
+    /// secret yet; when PSK and session secrets arrive they are `*_file`
+    /// paths, never values, so nothing here needs redaction.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+/// The dotted key at the error's position in `text` (written by
+/// `toml::to_string`: `[section]` headers and one `key = value` a line).
+fn key_at(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "config".into();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
+    match (section, key.is_empty() || key.starts_with('[')) {
+        (_, true) => e.message().lines().next().unwrap_or("config").to_string(),
+        (Some(s), false) => format!("{s}.{key}"),
+        (None, false) => key.to_string(),
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Merge `from` into `into`, rejecting keys the defaults do not have.
+fn merge(into: &mut toml::Table, from: toml::Table, prefix: &str) -> Result<()> {
+    for (k, v) in from {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => merge(dst, src, &key)?,
+            (Some(_), v) => {
+                into.insert(k, v);
+            }
+            // Optional keys (None) are absent from the serialised defaults.
+            (None, v) if OPTIONAL_KEYS.contains(&key.as_str()) => {
+                into.insert(k, v);
+            }
+            (None, _) => return Err(Error::config(key, "unknown key")),
+        }
+    }
+    Ok(())
+}
+
+/// Keys whose default is "unset" and so do not appear in the default tree.
+const OPTIONAL_KEYS: &[&str] = &["lwm2m.models_dir"];
+
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
+}
+
+/// Every leaf key of the tree, dotted.
+fn leaf_keys(tree: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in tree {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => leaf_keys(t, &key, out),
+            _ => out.push(key),
+        }
+    }
+}
+
+fn apply_env(tree: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<()> {
+    let mut keys = Vec::new();
+    leaf_keys(tree, "", &mut keys);
+    keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
+    let by_env: BTreeMap<String, String> = keys.into_iter().map(|k| (env_name(&k), k)).collect();
+    for (name, raw) in env {
+        if !name.starts_with(ENV_PREFIX) || ENV_NOT_KEYS.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(key) = by_env.get(name) else {
+            return Err(Error::config(name.clone(), "unknown environment variable"));
+        };
+        let value = match get_path(tree, key) {
+            Some(toml::Value::Integer(_)) => raw
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| Error::config(name.clone(), "expected an integer"))?,
+            Some(toml::Value::Float(_)) => raw
+                .parse::<f64>()
+                .map(toml::Value::Float)
+                .map_err(|_| Error::config(name.clone(), "expected a number"))?,
+            Some(toml::Value::Boolean(_)) => raw
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| Error::config(name.clone(), "expected true or false"))?,
+            _ => toml::Value::String(raw.clone()),
+        };
+        set_path(tree, key, value);
+    }
+    Ok(())
+}
+
+fn get_path<'a>(tree: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let first = parts.next()?;
+    let mut v = tree.get(first)?;
+    for p in parts {
+        v = v.as_table()?.get(p)?;
+    }
+    Some(v)
+}
+
+fn set_path(tree: &mut toml::Table, key: &str, value: toml::Value) {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut t = tree;
+    for p in &parts[..parts.len() - 1] {
+        t = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .expect("config sections are tables");
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+}
+
+/// The `FLOWNEXUS_*` variables of this process.
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[coap]\nack_timeout_ms = 3000\nmax_retransmit = 2\n").unwrap();
+        let e = env(&[
+            ("FLOWNEXUS_COAP_MAX_RETRANSMIT", "3"),
+            ("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:1"),
+        ]);
+        let flags = Overrides {
+            coap_listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), &e, &flags).unwrap();
+        assert_eq!(c.coap.ack_timeout_ms, 3000, "file beats default");
+        assert_eq!(c.coap.max_retransmit, 3, "env beats file");
+        assert_eq!(c.coap.listen.port(), 2, "flag beats env");
+        assert!(c.data_dir.is_absolute(), "paths are resolved");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[coap]\nack_timeout = 3000\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("coap.ack_timeout"), "{err}");
+
+        let err = Config::load(None, &env(&[("FLOWNEXUS_COAP_TYPO", "1")]), &Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("FLOWNEXUS_COAP_TYPO"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("FLOWNEXUS_COAP_BLOCK_SIZE", "1000", "coap.block_size"),
+            ("FLOWNEXUS_COAP_NSTART", "0", "coap.nstart"),
+            ("FLOWNEXUS_DATA_DIR", "", "data_dir"),
+            ("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "soon", "FLOWNEXUS_COAP_ACK_TIMEOUT_MS"),
+            ("FLOWNEXUS_LOG_LEVEL", "loud", "log.level"),
+            ("FLOWNEXUS_COAP_LISTEN", "nowhere", "coap.listen"),
+        ];
+        for (k, v, named) in cases {
+            let err = Config::load(None, &env(&[(k, v)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(named), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_relative_data_dir() {
+        let err = Config::load(None, &env(&[("FLOWNEXUS_MODE", "production")]), &Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("data_dir"), "{err}");
+    }
+
+    #[test]
+    fn optional_models_dir_from_env() {
+        let c = Config::load(
+            None,
+            &env(&[("FLOWNEXUS_LWM2M_MODELS_DIR", "models")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.lwm2m.models_dir.unwrap().is_absolute());
+    }
+}

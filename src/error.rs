@@ -1,0 +1,65 @@
+//! The one error enum that callers branch on.
+//!
+//! Transports map it once: the CoAP shell to a response code, the CLI to an
+//! exit status. `anyhow` is used only at the edges (main, CLI, wiring).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration key has an invalid value; `key` is the dotted path.
+    #[error("config key `{key}`: {reason}")]
+    Config { key: String, reason: String },
+
+    /// Bytes from the network or a file that do not decode.
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+
+    /// A content format we do not speak (CoAP 4.15).
+    #[error("unsupported content format {0}")]
+    UnsupportedContentFormat(u16),
+
+    /// A path such as `/3/0/1` that does not parse or is not allowed here.
+    #[error("invalid LwM2M path `{0}`")]
+    InvalidPath(String),
+
+    #[error("unknown endpoint `{0}`")]
+    UnknownEndpoint(String),
+
+    #[error("unknown registration `{0}`")]
+    UnknownRegistration(String),
+
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+
+    #[error("store: {0}")]
+    Store(#[from] rusqlite::Error),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn malformed(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::Malformed {
+            what,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,9 @@
+//! OMA LwM2M 1.0/1.1 server: paths and values, the object model, content
+//! formats, and the sans-I/O server core.
+
+pub mod content;
+pub mod model;
+pub mod path;
+
+pub use model::Models;
+pub use path::{ObjectId, Record, ResourcePath, Value};
