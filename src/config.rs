@@ -259,7 +259,10 @@ impl Config {
             ));
         }
         if c.max_body_size < c.block_size {
-            return Err(Error::config("coap.max_body_size", "must be >= coap.block_size"));
+            return Err(Error::config(
+                "coap.max_body_size",
+                "must be >= coap.block_size",
+            ));
         }
         let l = &self.lwm2m;
         if l.min_lifetime_s == 0 || l.min_lifetime_s > l.max_lifetime_s {
@@ -269,7 +272,10 @@ impl Config {
             ));
         }
         if l.operation_max_attempts == 0 {
-            return Err(Error::config("lwm2m.operation_max_attempts", "must be >= 1"));
+            return Err(Error::config(
+                "lwm2m.operation_max_attempts",
+                "must be >= 1",
+            ));
         }
         if self.store.batch_size == 0 {
             return Err(Error::config("store.batch_size", "must be >= 1"));
@@ -337,7 +343,11 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 /// Merge `from` into `into`, rejecting keys the defaults do not have.
 fn merge(into: &mut toml::Table, from: toml::Table, prefix: &str) -> Result<()> {
     for (k, v) in from {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match (into.get_mut(&k), v) {
             (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => merge(dst, src, &key)?,
             (Some(_), v) => {
@@ -363,7 +373,11 @@ fn env_name(key: &str) -> String {
 /// Every leaf key of the tree, dotted.
 fn leaf_keys(tree: &toml::Table, prefix: &str, out: &mut Vec<String>) {
     for (k, v) in tree {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(t) => leaf_keys(t, &key, out),
             _ => out.push(key),
@@ -438,7 +452,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -469,8 +486,12 @@ mod tests {
         let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("coap.ack_timeout"), "{err}");
 
-        let err = Config::load(None, &env(&[("FLOWNEXUS_COAP_TYPO", "1")]), &Overrides::default())
-            .unwrap_err();
+        let err = Config::load(
+            None,
+            &env(&[("FLOWNEXUS_COAP_TYPO", "1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("FLOWNEXUS_COAP_TYPO"), "{err}");
     }
 
@@ -480,7 +501,11 @@ mod tests {
             ("FLOWNEXUS_COAP_BLOCK_SIZE", "1000", "coap.block_size"),
             ("FLOWNEXUS_COAP_NSTART", "0", "coap.nstart"),
             ("FLOWNEXUS_DATA_DIR", "", "data_dir"),
-            ("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "soon", "FLOWNEXUS_COAP_ACK_TIMEOUT_MS"),
+            (
+                "FLOWNEXUS_COAP_ACK_TIMEOUT_MS",
+                "soon",
+                "FLOWNEXUS_COAP_ACK_TIMEOUT_MS",
+            ),
             ("FLOWNEXUS_LOG_LEVEL", "loud", "log.level"),
             ("FLOWNEXUS_COAP_LISTEN", "nowhere", "coap.listen"),
         ];
@@ -492,8 +517,12 @@ mod tests {
 
     #[test]
     fn production_refuses_relative_data_dir() {
-        let err = Config::load(None, &env(&[("FLOWNEXUS_MODE", "production")]), &Overrides::default())
-            .unwrap_err();
+        let err = Config::load(
+            None,
+            &env(&[("FLOWNEXUS_MODE", "production")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("data_dir"), "{err}");
     }
 

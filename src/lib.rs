@@ -2,9 +2,16 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view and the code map.
 
+pub mod app;
+pub mod bench;
+pub mod cli;
 pub mod coap;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod lwm2m;
+pub mod shell;
+pub mod sim;
+pub mod store;
 
 pub use error::{Error, Result};

@@ -70,7 +70,11 @@ mod tests {
 
     #[test]
     fn encode_decode() {
-        let b = BlockValue { num: 5, more: true, szx: 6 };
+        let b = BlockValue {
+            num: 5,
+            more: true,
+            szx: 6,
+        };
         assert_eq!(b.encode(), (5 << 4) | 8 | 6);
         assert_eq!(BlockValue::decode(b.encode()).unwrap(), b);
         assert_eq!(b.size(), 1024);

@@ -90,13 +90,33 @@ pub enum Failure {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event<P> {
     /// A complete (Block1-reassembled) request; answer with [`Exchanges::respond`].
-    Request { id: InboundId, peer: P, request: Request },
+    Request {
+        id: InboundId,
+        peer: P,
+        token: Vec<u8>,
+        request: Request,
+    },
     /// The final (Block2-reassembled) response to a request of ours, or the
     /// first response of an observation.
-    Response { id: RequestId, peer: P, response: Response },
+    Response {
+        id: RequestId,
+        peer: P,
+        response: Response,
+    },
     /// A fresh notification for an observation of ours (RFC 7641 §3.2).
-    Notification { id: RequestId, peer: P, response: Response },
-    Failed { id: RequestId, peer: P, failure: Failure },
+    Notification {
+        id: RequestId,
+        peer: P,
+        response: Response,
+    },
+    Failed {
+        id: RequestId,
+        peer: P,
+        failure: Failure,
+    },
+    /// The peer rejected a notification of ours with RST, or never
+    /// acknowledged it: stop notifying that token (RFC 7641 §3.6, §4.5).
+    ObserverGone { peer: P, token: Vec<u8> },
 }
 
 /// How many recent message ids per peer are remembered for deduplication.
@@ -145,6 +165,9 @@ enum Role {
     /// Our separate response to a peer's request (RFC 7252 §5.2.2): it only
     /// awaits its ACK.
     SeparateResponse,
+    /// A confirmable notification we sent as an observed resource's server
+    /// (RFC 7641 §4.5); an RST means the observer is gone.
+    Notification { token: [u8; 8], len: u8 },
 }
 
 #[derive(Debug)]
@@ -313,7 +336,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         if p.recent.len() == RECENT_PER_PEER {
             p.recent.pop_front();
         }
-        p.recent.push_back(Recent { mid, at: now, reply });
+        p.recent.push_back(Recent {
+            mid,
+            at: now,
+            reply,
+        });
     }
 
     /// RFC 7252 §4.5: a duplicate gets the same reply again and is not processed.
@@ -322,7 +349,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         let Some(p) = self.peers.get(&peer) else {
             return false;
         };
-        let Some(r) = p.recent.iter().find(|r| r.mid == mid && now < r.at + lifetime) else {
+        let Some(r) = p
+            .recent
+            .iter()
+            .find(|r| r.mid == mid && now < r.at + lifetime)
+        else {
             return false;
         };
         if let Some(reply) = r.reply.clone() {
@@ -388,9 +419,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             && let Some((resp, _)) = self.block2_bodies.get(&key)
         {
             let resp = resp.clone();
-            let reply = block2_reply(&resp, b2.num, b2.szx).unwrap_or_else(|| {
-                Response::new(Code::BAD_OPTION)
-            });
+            let reply = block2_reply(&resp, b2.num, b2.szx)
+                .unwrap_or_else(|| Response::new(Code::BAD_OPTION));
             self.reply(now, peer, mid, &token, confirmable, &reply);
             return;
         }
@@ -407,14 +437,24 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             };
             if !offset_ok {
                 self.assemblies.remove(&key);
-                self.reply(now, peer, mid, &token, confirmable, &Response::new(Code::REQUEST_ENTITY_INCOMPLETE));
+                self.reply(
+                    now,
+                    peer,
+                    mid,
+                    &token,
+                    confirmable,
+                    &Response::new(Code::REQUEST_ENTITY_INCOMPLETE),
+                );
                 return;
             }
-            let a = self.assemblies.entry(key.clone()).or_insert_with(|| Assembly {
-                body: Vec::new(),
-                next_num: 0,
-                expires: now,
-            });
+            let a = self
+                .assemblies
+                .entry(key.clone())
+                .or_insert_with(|| Assembly {
+                    body: Vec::new(),
+                    next_num: 0,
+                    expires: now,
+                });
             if a.body.len() + request.payload.len() > max
                 || request.options.size1.is_some_and(|s| s as usize > max)
             {
@@ -429,14 +469,22 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             a.expires = now + self.params.exchange_lifetime();
             if b1.more {
                 let mut r = Response::new(Code::CONTINUE);
-                r.options.block1 = Some(BlockValue { num: b1.num, more: true, szx: b1.szx });
+                r.options.block1 = Some(BlockValue {
+                    num: b1.num,
+                    more: true,
+                    szx: b1.szx,
+                });
                 self.reply(now, peer, mid, &token, confirmable, &r);
                 return;
             }
             let a = self.assemblies.remove(&key).expect("assembly present");
             request.payload = a.body;
             request.options.block1 = None;
-            block1_echo = Some(BlockValue { num: b1.num, more: false, szx: b1.szx });
+            block1_echo = Some(BlockValue {
+                num: b1.num,
+                more: false,
+                szx: b1.szx,
+            });
         }
         let block2_szx = request.options.block2.map(|b| b.szx);
         let id = self.next_inbound;
@@ -457,17 +505,33 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         if confirmable {
             // If the application does not answer within half an ACK timeout,
             // send an empty ACK so the peer stops retransmitting (§5.2.2).
-            self.schedule(now + self.params.ack_timeout / 2, Timer::SeparateAck { inbound: id });
+            self.schedule(
+                now + self.params.ack_timeout / 2,
+                Timer::SeparateAck { inbound: id },
+            );
         }
         self.events.push_back(Event::Request {
             id: InboundId(id),
             peer,
+            token: self.inbound[&id].token.clone(),
             request,
         });
     }
 
-    fn reply(&mut self, now: Instant, peer: P, mid: u16, token: &[u8], confirmable: bool, r: &Response) {
-        let (t, reply_mid) = if confirmable { (Type::Ack, mid) } else { (Type::Non, self.next_mid(peer)) };
+    fn reply(
+        &mut self,
+        now: Instant,
+        peer: P,
+        mid: u16,
+        token: &[u8],
+        confirmable: bool,
+        r: &Response,
+    ) {
+        let (t, reply_mid) = if confirmable {
+            (Type::Ack, mid)
+        } else {
+            (Type::Non, self.next_mid(peer))
+        };
         let bytes = self.send(peer, &Message::response(t, reply_mid, token.to_vec(), r));
         self.remember(now, peer, mid, Some(bytes));
     }
@@ -481,47 +545,106 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         if let Some(echo) = inb.block1_echo {
             response.options.block1 = Some(echo);
         }
-        let szx = inb.block2_szx.unwrap_or(self.params.block_szx).min(self.params.block_szx);
+        let szx = inb
+            .block2_szx
+            .unwrap_or(self.params.block_szx)
+            .min(self.params.block_szx);
         if response.options.block2.is_none() && response.payload.len() > 1 << (szx + 4) {
             let body = response.clone();
             response = block2_reply(&body, 0, szx).expect("block 0 exists");
             // The follow-ups come with the same Uri; keep the body until then.
             // RFC 7959 §2.4 lets us resend it later; we do not rely on ETag.
             let expires = now + self.params.exchange_lifetime();
-            self.block2_bodies.insert((inb.peer, inb.key.clone()), (body, expires));
+            self.block2_bodies
+                .insert((inb.peer, inb.key.clone()), (body, expires));
         }
         if inb.separately_acked {
             // Separate response: a new CON exchange of its own (RFC 7252 §5.2.2).
-            let mid = self.next_mid(inb.peer);
-            let m = Message::response(Type::Con, mid, inb.token.clone(), &response);
-            let bytes = self.send(inb.peer, &m);
-            // Tracked for retransmission like a request, but nothing awaits a response.
-            let token = self.rng.u64(..);
-            let timeout = self.initial_timeout();
-            self.outgoing.insert(
-                token,
-                Outgoing {
-                    peer: inb.peer,
-                    request: Request::new(Method::Get, ""),
-                    state: OutState::AwaitAck,
-                    mid,
-                    bytes,
-                    retransmits: 0,
-                    timeout,
-                    generation: 0,
-                    block1_sent: 0,
-                    block1_szx: 0,
-                    block2_body: Vec::new(),
-                    last_observe: None,
-                    role: Role::SeparateResponse,
-                    cancelling: false,
-                },
-            );
-            self.by_mid.insert((inb.peer, mid), token);
-            self.schedule(now + timeout, Timer::Retransmit { token, generation: 0 });
+            self.send_tracked(now, inb.peer, inb.token, &response, Role::SeparateResponse);
         } else {
-            self.reply(now, inb.peer, inb.mid, &inb.token, inb.confirmable, &response);
+            self.reply(
+                now,
+                inb.peer,
+                inb.mid,
+                &inb.token,
+                inb.confirmable,
+                &response,
+            );
         }
+    }
+
+    /// Send a notification for an observation a peer holds on us (RFC 7641
+    /// §4.2). `response.options.observe` should carry the sequence number.
+    /// A confirmable one is retransmitted until acknowledged.
+    pub fn notify(
+        &mut self,
+        now: Instant,
+        peer: P,
+        token: &[u8],
+        response: &Response,
+        confirmable: bool,
+    ) {
+        if confirmable && token.len() <= 8 {
+            let mut t = [0u8; 8];
+            t[..token.len()].copy_from_slice(token);
+            let role = Role::Notification {
+                token: t,
+                len: token.len() as u8,
+            };
+            self.send_tracked(now, peer, token.to_vec(), response, role);
+        } else {
+            let mid = self.next_mid(peer);
+            self.send(
+                peer,
+                &Message::response(Type::Non, mid, token.to_vec(), response),
+            );
+        }
+    }
+
+    /// Send a confirmable response-type message and retransmit it until its
+    /// ACK; nothing awaits a response to it.
+    fn send_tracked(
+        &mut self,
+        now: Instant,
+        peer: P,
+        token: Vec<u8>,
+        response: &Response,
+        role: Role,
+    ) {
+        let mid = self.next_mid(peer);
+        let bytes = self.send(peer, &Message::response(Type::Con, mid, token, response));
+        let mut key = self.rng.u64(..);
+        while self.outgoing.contains_key(&key) {
+            key = self.rng.u64(..);
+        }
+        let timeout = self.initial_timeout();
+        self.outgoing.insert(
+            key,
+            Outgoing {
+                peer,
+                request: Request::new(Method::Get, ""),
+                state: OutState::AwaitAck,
+                mid,
+                bytes,
+                retransmits: 0,
+                timeout,
+                generation: 0,
+                block1_sent: 0,
+                block1_szx: 0,
+                block2_body: Vec::new(),
+                last_observe: None,
+                role,
+                cancelling: false,
+            },
+        );
+        self.by_mid.insert((peer, mid), key);
+        self.schedule(
+            now + timeout,
+            Timer::Retransmit {
+                token: key,
+                generation: 0,
+            },
+        );
     }
 
     // ---- client role: our requests ------------------------------------------
@@ -586,8 +709,12 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             req.payload.clear();
             req.options.block1 = None;
         } else if req.payload.len() > 1 << (o.block1_szx + 4) {
-            let (b1, chunk) = BlockValue::slice(&req.payload, (o.block1_sent >> (o.block1_szx + 4)) as u32, o.block1_szx)
-                .expect("offset within payload");
+            let (b1, chunk) = BlockValue::slice(
+                &req.payload,
+                (o.block1_sent >> (o.block1_szx + 4)) as u32,
+                o.block1_szx,
+            )
+            .expect("offset within payload");
             req.options.block1 = Some(b1);
             if b1.num == 0 {
                 req.options.size1 = Some(req.payload.len() as u32);
@@ -595,8 +722,15 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             req.payload = chunk.to_vec();
         }
         let mid = self.next_mid(peer);
-        let mtype = if req.non_confirmable { Type::Non } else { Type::Con };
-        let bytes = self.send(peer, &Message::request(mtype, mid, token.to_be_bytes().to_vec(), &req));
+        let mtype = if req.non_confirmable {
+            Type::Non
+        } else {
+            Type::Con
+        };
+        let bytes = self.send(
+            peer,
+            &Message::request(mtype, mid, token.to_be_bytes().to_vec(), &req),
+        );
         let o = self.outgoing.get_mut(&token).expect("exchange present");
         let old = std::mem::replace(&mut o.mid, mid);
         o.bytes = bytes;
@@ -649,7 +783,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
     fn finish(&mut self, token: u64) -> Option<Outgoing<P>> {
         let o = self.outgoing.remove(&token)?;
         self.by_mid.remove(&(o.peer, o.mid));
-        let counted = matches!(o.state, OutState::AwaitAck | OutState::AwaitResponse) && o.role != Role::SeparateResponse;
+        let counted = matches!(o.state, OutState::AwaitAck | OutState::AwaitResponse)
+            && matches!(o.role, Role::Request | Role::NotificationFetch { .. });
         if counted || o.state == OutState::Waiting {
             if let Some(p) = self.peers.get_mut(&o.peer) {
                 if o.state == OutState::Waiting {
@@ -682,13 +817,25 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
 
     fn fail(&mut self, now: Instant, token: u64, failure: Failure) {
         if let Some(o) = self.finish(token) {
-            let id = match o.role {
-                Role::Request => Some(token),
-                Role::NotificationFetch { parent } => Some(parent),
-                Role::SeparateResponse => None,
-            };
-            if let Some(id) = id {
-                self.events.push_back(Event::Failed { id: RequestId(id), peer: o.peer, failure });
+            match o.role {
+                Role::Request => self.events.push_back(Event::Failed {
+                    id: RequestId(token),
+                    peer: o.peer,
+                    failure,
+                }),
+                Role::NotificationFetch { parent } => self.events.push_back(Event::Failed {
+                    id: RequestId(parent),
+                    peer: o.peer,
+                    failure,
+                }),
+                Role::SeparateResponse => {}
+                Role::Notification { token, len } => {
+                    let token = token[..usize::from(len)].to_vec();
+                    self.events.push_back(Event::ObserverGone {
+                        peer: o.peer,
+                        token,
+                    });
+                }
             }
             self.start_waiting(now, o.peer);
         }
@@ -707,8 +854,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             return;
         };
         o.generation += 1; // stop retransmitting
-        if o.role == Role::SeparateResponse {
-            // ACK of a separate response of ours: done.
+        if matches!(o.role, Role::SeparateResponse | Role::Notification { .. }) {
+            // ACK of a separate response or notification of ours: done.
             self.finish(token);
             return;
         }
@@ -732,7 +879,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         if self.is_duplicate(now, peer, m.message_id) {
             return;
         }
-        let token = <[u8; 8]>::try_from(m.token.as_slice()).ok().map(u64::from_be_bytes);
+        let token = <[u8; 8]>::try_from(m.token.as_slice())
+            .ok()
+            .map(u64::from_be_bytes);
         let known = token.is_some_and(|t| self.outgoing.get(&t).is_some_and(|o| o.peer == peer));
         if !known {
             // Unknown token: reject so the peer stops notifying (RFC 7641 §3.6).
@@ -787,7 +936,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
 
         // Block2: collect, then ask for the next block (RFC 7959 §2.4).
         if let Some(b2) = m.options.block2.filter(|_| code.is_success()) {
-            if b2.offset() != o.block2_body.len() || o.block2_body.len() + m.payload.len() > max_body {
+            if b2.offset() != o.block2_body.len()
+                || o.block2_body.len() + m.payload.len() > max_body
+            {
                 self.fail(now, token, Failure::BadBlocks);
                 return;
             }
@@ -796,7 +947,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
                 if b2.num == 0 && o.request.options.observe == Some(0) {
                     o.last_observe = m.options.observe.map(|s| (s, now));
                 }
-                let next = BlockValue { num: b2.num + 1, more: false, szx: b2.szx };
+                let next = BlockValue {
+                    num: b2.num + 1,
+                    more: false,
+                    szx: b2.szx,
+                };
                 self.transmit_request(now, token, Some(next));
                 return;
             }
@@ -809,7 +964,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             self.finish(token);
             self.start_waiting(now, peer);
             if self.outgoing.contains_key(&parent) {
-                self.events.push_back(Event::Notification { id: RequestId(parent), peer, response });
+                self.events.push_back(Event::Notification {
+                    id: RequestId(parent),
+                    peer,
+                    response,
+                });
             }
             return;
         }
@@ -832,7 +991,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             self.finish(token);
         }
         self.start_waiting(now, peer);
-        self.events.push_back(Event::Response { id: RequestId(token), peer, response });
+        self.events.push_back(Event::Response {
+            id: RequestId(token),
+            peer,
+            response,
+        });
     }
 
     /// A notification on an established observation (RFC 7641 §3.2–3.4).
@@ -850,7 +1013,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
                 // Fetch the rest with plain GETs on a new token (RFC 7959 §2.6).
                 let mut req = self.outgoing[&token].request.clone();
                 req.options.observe = None;
-                req.options.block2 = Some(BlockValue { num: 1, more: false, szx: b2.szx });
+                req.options.block2 = Some(BlockValue {
+                    num: 1,
+                    more: false,
+                    szx: b2.szx,
+                });
                 let child = self.request(now, peer, req);
                 if let Some(c) = self.outgoing.get_mut(&child.0) {
                     c.role = Role::NotificationFetch { parent: token };
@@ -866,7 +1033,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             // observation (RFC 7641 §3.2).
             self.finish(token);
         }
-        self.events.push_back(Event::Notification { id: RequestId(token), peer, response });
+        self.events.push_back(Event::Notification {
+            id: RequestId(token),
+            peer,
+            response,
+        });
     }
 
     /// RFC 7641 §3.4: is this notification newer than the last one seen?
@@ -900,9 +1071,14 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             }
             self.timers.pop();
             match timer {
-                Timer::Retransmit { token, generation } => self.on_retransmit(now, token, generation),
+                Timer::Retransmit { token, generation } => {
+                    self.on_retransmit(now, token, generation)
+                }
                 Timer::ResponseTimeout { token, generation } => {
-                    let current = self.outgoing.get(&token).is_some_and(|o| o.generation == generation);
+                    let current = self
+                        .outgoing
+                        .get(&token)
+                        .is_some_and(|o| o.generation == generation);
                     if current {
                         self.fail(now, token, Failure::Timeout);
                     }

@@ -213,7 +213,10 @@ pub fn join_path(segments: &[String]) -> String {
 /// (RFC 7252 §3.2); a longer value than the option allows is malformed.
 fn uint(v: &[u8], max_len: usize, name: &'static str) -> Result<u32> {
     if v.len() > max_len {
-        return Err(Error::malformed("CoAP option", format!("{name} longer than {max_len} bytes")));
+        return Err(Error::malformed(
+            "CoAP option",
+            format!("{name} longer than {max_len} bytes"),
+        ));
     }
     Ok(v.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
 }
@@ -225,14 +228,18 @@ fn uint_bytes(v: u32) -> Vec<u8> {
 }
 
 fn utf8(v: &[u8], name: &'static str) -> Result<String> {
-    String::from_utf8(v.to_vec()).map_err(|_| Error::malformed("CoAP option", format!("{name} is not UTF-8")))
+    String::from_utf8(v.to_vec())
+        .map_err(|_| Error::malformed("CoAP option", format!("{name} is not UTF-8")))
 }
 
 impl Message {
     /// Decode a datagram. Never panics on any input.
     pub fn decode(bytes: &[u8]) -> Result<Message> {
         if bytes.len() < 4 {
-            return Err(Error::malformed("CoAP message", "shorter than the 4-byte header"));
+            return Err(Error::malformed(
+                "CoAP message",
+                "shorter than the 4-byte header",
+            ));
         }
         if bytes[0] >> 6 != 1 {
             return Err(Error::malformed("CoAP message", "version is not 1"));
@@ -244,7 +251,10 @@ impl Message {
         if packet.payload.is_empty() && bytes.last() == Some(&0xFF) {
             let tkl = usize::from(bytes[0] & 0x0F);
             if bytes.len() > 4 + tkl {
-                return Err(Error::malformed("CoAP message", "payload marker without payload"));
+                return Err(Error::malformed(
+                    "CoAP message",
+                    "payload marker without payload",
+                ));
             }
         }
         let mtype = match packet.header.get_type() {
@@ -261,11 +271,17 @@ impl Message {
                     CoapOption::UriPath => o.uri_path.push(utf8(v, "Uri-Path")?),
                     CoapOption::UriQuery => o.uri_query.push(utf8(v, "Uri-Query")?),
                     CoapOption::LocationPath => o.location_path.push(utf8(v, "Location-Path")?),
-                    CoapOption::ContentFormat => o.content_format = Some(uint(v, 2, "Content-Format")? as u16),
+                    CoapOption::ContentFormat => {
+                        o.content_format = Some(uint(v, 2, "Content-Format")? as u16)
+                    }
                     CoapOption::Accept => o.accept = Some(uint(v, 2, "Accept")? as u16),
                     CoapOption::Observe => o.observe = Some(uint(v, 3, "Observe")?),
-                    CoapOption::Block1 => o.block1 = Some(BlockValue::decode(uint(v, 3, "Block1")?)?),
-                    CoapOption::Block2 => o.block2 = Some(BlockValue::decode(uint(v, 3, "Block2")?)?),
+                    CoapOption::Block1 => {
+                        o.block1 = Some(BlockValue::decode(uint(v, 3, "Block1")?)?)
+                    }
+                    CoapOption::Block2 => {
+                        o.block2 = Some(BlockValue::decode(uint(v, 3, "Block2")?)?)
+                    }
                     CoapOption::Size1 => o.size1 = Some(uint(v, 4, "Size1")?),
                     CoapOption::Size2 => o.size2 = Some(uint(v, 4, "Size2")?),
                     CoapOption::MaxAge => o.max_age = Some(uint(v, 4, "Max-Age")?),
@@ -396,7 +412,11 @@ mod tests {
         let mut r = Request::new(Method::Post, "/rd");
         r.options.uri_query = vec!["ep=dev1".into(), "lt=300".into()];
         r.options.content_format = Some(40);
-        r.options.block1 = Some(BlockValue { num: 3, more: true, szx: 6 });
+        r.options.block1 = Some(BlockValue {
+            num: 3,
+            more: true,
+            szx: 6,
+        });
         r.payload = b"</1/0>,</3/0>".to_vec();
         let m = Message::request(Type::Con, 0x1234, vec![1, 2, 3, 4], &r);
         let back = Message::decode(&m.encode()).unwrap();

@@ -7,3 +7,6 @@ pub mod path;
 
 pub use model::Models;
 pub use path::{ObjectId, Record, ResourcePath, Value};
+pub mod operation;
+pub mod registration;
+pub mod server;

@@ -134,7 +134,8 @@ impl Models {
                 path: path.clone(),
                 source,
             })?;
-            let objects = parse_ddf(&text).map_err(|e| Error::malformed("DDF file", format!("{}: {e}", path.display())))?;
+            let objects = parse_ddf(&text)
+                .map_err(|e| Error::malformed("DDF file", format!("{}: {e}", path.display())))?;
             for o in objects {
                 m.objects.insert(o.id, Arc::new(o));
             }
@@ -148,7 +149,9 @@ impl Models {
 
     /// The resource definition for a path at resource depth or below.
     pub fn resource(&self, path: &ResourcePath) -> Option<&ResourceModel> {
-        self.object(path.object()?)?.resources.get(&path.resource()?)
+        self.object(path.object()?)?
+            .resources
+            .get(&path.resource()?)
     }
 
     pub fn len(&self) -> usize {
@@ -192,7 +195,8 @@ pub fn parse_ddf(xml: &str) -> std::result::Result<Vec<ObjectModel>, String> {
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| format!("object {id}: Item without a numeric ID"))?;
                 let t = child_text(item, "Type").unwrap_or("");
-                let rtype = ResourceType::parse(t).ok_or_else(|| format!("object {id} resource {rid}: unknown Type `{t}`"))?;
+                let rtype = ResourceType::parse(t)
+                    .ok_or_else(|| format!("object {id} resource {rid}: unknown Type `{t}`"))?;
                 resources.insert(
                     rid,
                     ResourceModel {
@@ -210,7 +214,9 @@ pub fn parse_ddf(xml: &str) -> std::result::Result<Vec<ObjectModel>, String> {
         out.push(ObjectModel {
             id,
             name,
-            version: child_text(obj, "ObjectVersion").unwrap_or("1.0").to_string(),
+            version: child_text(obj, "ObjectVersion")
+                .unwrap_or("1.0")
+                .to_string(),
             multiple: child_text(obj, "MultipleInstances") == Some("Multiple"),
             mandatory: child_text(obj, "Mandatory") == Some("Mandatory"),
             resources,
@@ -238,7 +244,10 @@ mod tests {
         assert_eq!(t.rtype, ResourceType::Float);
         assert!(m.resource(&"/5/0/2".parse().unwrap()).unwrap().executable());
         assert!(m.object(33629).is_some());
-        assert_eq!(m.describe(&"/3/0/9".parse().unwrap()).unwrap(), "Device / Battery Level");
+        assert_eq!(
+            m.describe(&"/3/0/9".parse().unwrap()).unwrap(),
+            "Device / Battery Level"
+        );
     }
 
     #[test]
@@ -252,7 +261,10 @@ mod tests {
         )
         .unwrap();
         let m = Models::with_dir(dir.path()).unwrap();
-        assert_eq!(m.resource(&"/10241/0/1".parse().unwrap()).unwrap().name, "Flow");
+        assert_eq!(
+            m.resource(&"/10241/0/1".parse().unwrap()).unwrap().name,
+            "Flow"
+        );
         std::fs::write(dir.path().join("bad.xml"), "<LWM2M><Object>").unwrap();
         let err = Models::with_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("bad.xml"), "{err}");

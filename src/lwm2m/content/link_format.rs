@@ -13,7 +13,10 @@ pub struct Link {
 
 impl Link {
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
     }
     pub fn has_attr(&self, name: &str) -> bool {
         self.attrs.iter().any(|(k, _)| k == name)
@@ -29,7 +32,9 @@ pub fn parse(text: &str) -> Result<Vec<Link>> {
     let mut links = Vec::new();
     let mut rest = text.trim();
     while !rest.is_empty() {
-        rest = rest.strip_prefix('<').ok_or_else(|| malformed("link does not start with `<`"))?;
+        rest = rest
+            .strip_prefix('<')
+            .ok_or_else(|| malformed("link does not start with `<`"))?;
         let end = rest.find('>').ok_or_else(|| malformed("missing `>`"))?;
         let target = rest[..end].to_string();
         rest = rest[end + 1..].trim_start();
@@ -44,7 +49,9 @@ pub fn parse(text: &str) -> Result<Vec<Link>> {
             let mut r = &r[name_end..];
             let value = if let Some(v) = r.strip_prefix('=') {
                 if let Some(q) = v.strip_prefix('"') {
-                    let close = q.find('"').ok_or_else(|| malformed("unterminated quoted value"))?;
+                    let close = q
+                        .find('"')
+                        .ok_or_else(|| malformed("unterminated quoted value"))?;
                     r = &q[close + 1..];
                     Some(q[..close].to_string())
                 } else {
@@ -106,7 +113,9 @@ mod tests {
 
     #[test]
     fn registration_payload() {
-        let links = parse(r#"</>;rt="oma.lwm2m";ct=110, </1/0>,</3/0>,</5>;ver=1.1,</3303/0>;dim=2;obs"#).unwrap();
+        let links =
+            parse(r#"</>;rt="oma.lwm2m";ct=110, </1/0>,</3/0>,</5>;ver=1.1,</3303/0>;dim=2;obs"#)
+                .unwrap();
         assert_eq!(links.len(), 5);
         assert_eq!(links[0].target, "/");
         assert_eq!(links[0].attr("rt"), Some("oma.lwm2m"));
@@ -120,7 +129,14 @@ mod tests {
     fn quoted_separators_and_errors() {
         let l = parse(r#"<a>;title="x, y; z""#).unwrap();
         assert_eq!(l[0].attr("title"), Some("x, y; z"));
-        for bad in ["/1/0", "</1/0", "</1>,", "</1>;=3", "</1> </2>", r#"</1>;t="x"#] {
+        for bad in [
+            "/1/0",
+            "</1/0",
+            "</1>,",
+            "</1>;=3",
+            "</1> </2>",
+            r#"</1>;t="x"#,
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("").unwrap().is_empty());

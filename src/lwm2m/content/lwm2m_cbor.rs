@@ -16,7 +16,9 @@ fn malformed(reason: impl Into<String>) -> Error {
 
 fn id(v: &Cbor) -> Result<u16> {
     match v {
-        Cbor::Integer(i) => u16::try_from(i128::from(*i)).map_err(|_| malformed("path id out of range")),
+        Cbor::Integer(i) => {
+            u16::try_from(i128::from(*i)).map_err(|_| malformed("path id out of range"))
+        }
         _ => Err(malformed("path key is not an unsigned integer")),
     }
 }
@@ -52,7 +54,9 @@ fn walk(at: &ResourcePath, v: &Cbor, models: &Models, out: &mut Vec<Record>) -> 
             k => vec![id(k)?],
         };
         for i in ids {
-            path = path.child(i).ok_or_else(|| malformed("path deeper than 4 levels"))?;
+            path = path
+                .child(i)
+                .ok_or_else(|| malformed("path deeper than 4 levels"))?;
         }
         walk(&path, child, models, out)?;
     }
@@ -65,30 +69,45 @@ fn leaf(path: &ResourcePath, v: &Cbor, models: &Models, out: &mut Vec<Record>) -
     }
     let rtype = models.resource(path).map(|m| m.rtype);
     let value = match (v, rtype) {
-        (Cbor::Integer(i), Some(ResourceType::UnsignedInteger)) => {
-            Value::Unsigned(u64::try_from(i128::from(*i)).map_err(|_| malformed("negative unsigned"))?)
+        (Cbor::Integer(i), Some(ResourceType::UnsignedInteger)) => Value::Unsigned(
+            u64::try_from(i128::from(*i)).map_err(|_| malformed("negative unsigned"))?,
+        ),
+        (Cbor::Integer(i), Some(ResourceType::Time)) => {
+            Value::Time(i64::try_from(i128::from(*i)).map_err(|_| malformed("time out of range"))?)
         }
-        (Cbor::Integer(i), Some(ResourceType::Time)) => Value::Time(i64::try_from(i128::from(*i)).map_err(|_| malformed("time out of range"))?),
         (Cbor::Integer(i), _) => match i64::try_from(i128::from(*i)) {
             Ok(x) => Value::Integer(x),
-            Err(_) => Value::Unsigned(u64::try_from(i128::from(*i)).map_err(|_| malformed("integer out of range"))?),
+            Err(_) => Value::Unsigned(
+                u64::try_from(i128::from(*i)).map_err(|_| malformed("integer out of range"))?,
+            ),
         },
         (Cbor::Tag(1, inner), _) => match inner.as_ref() {
-            Cbor::Integer(i) => Value::Time(i64::try_from(i128::from(*i)).map_err(|_| malformed("time out of range"))?),
+            Cbor::Integer(i) => Value::Time(
+                i64::try_from(i128::from(*i)).map_err(|_| malformed("time out of range"))?,
+            ),
             _ => return Err(malformed("tag 1 without an integer")),
         },
         (Cbor::Float(f), _) => Value::Float(*f),
         (Cbor::Bool(b), _) => Value::Boolean(*b),
         (Cbor::Bytes(b), _) => Value::Opaque(b.clone()),
         (Cbor::Text(s), Some(ResourceType::Objlnk)) => {
-            let (o, i) = s.split_once(':').ok_or_else(|| malformed("bad object link"))?;
-            Value::ObjectLink(o.parse().map_err(|_| malformed("bad object link"))?, i.parse().map_err(|_| malformed("bad object link"))?)
+            let (o, i) = s
+                .split_once(':')
+                .ok_or_else(|| malformed("bad object link"))?;
+            Value::ObjectLink(
+                o.parse().map_err(|_| malformed("bad object link"))?,
+                i.parse().map_err(|_| malformed("bad object link"))?,
+            )
         }
         (Cbor::Text(s), Some(ResourceType::Corelnk)) => Value::CoreLink(s.clone()),
         (Cbor::Text(s), _) => Value::String(s.clone()),
         (other, _) => return Err(malformed(format!("unsupported value {other:?}"))),
     };
-    out.push(Record { path: *path, value, time: None });
+    out.push(Record {
+        path: *path,
+        value,
+        time: None,
+    });
     Ok(())
 }
 
@@ -97,7 +116,13 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
     let entries = records
         .iter()
         .map(|r| {
-            let key = Cbor::Array(r.path.ids().iter().map(|i| Cbor::Integer(Integer::from(*i))).collect());
+            let key = Cbor::Array(
+                r.path
+                    .ids()
+                    .iter()
+                    .map(|i| Cbor::Integer(Integer::from(*i)))
+                    .collect(),
+            );
             let v = match &r.value {
                 Value::String(s) | Value::CoreLink(s) => Cbor::Text(s.clone()),
                 Value::Integer(i) => Cbor::Integer((*i).into()),
@@ -132,12 +157,19 @@ mod tests {
                     Cbor::Map(vec![
                         (Cbor::Integer(0.into()), Cbor::Text("ACME".into())),
                         (Cbor::Integer(9.into()), Cbor::Integer(80.into())),
-                        (Cbor::Integer(13.into()), Cbor::Tag(1, Box::new(Cbor::Integer(1_700_000_000.into())))),
+                        (
+                            Cbor::Integer(13.into()),
+                            Cbor::Tag(1, Box::new(Cbor::Integer(1_700_000_000.into()))),
+                        ),
                     ]),
                 )]),
             ),
             (
-                Cbor::Array(vec![Cbor::Integer(3303.into()), Cbor::Integer(0.into()), Cbor::Integer(5700.into())]),
+                Cbor::Array(vec![
+                    Cbor::Integer(3303.into()),
+                    Cbor::Integer(0.into()),
+                    Cbor::Integer(5700.into()),
+                ]),
                 Cbor::Float(21.5),
             ),
         ]);
@@ -156,7 +188,14 @@ mod tests {
         let m = Models::embedded();
         let p: ResourcePath = "/3/0/9".parse().unwrap();
         let recs = decode_single(&p, &[0x18, 0x50], &m).unwrap();
-        assert_eq!(recs, vec![Record { path: p, value: Value::Integer(80), time: None }]);
+        assert_eq!(
+            recs,
+            vec![Record {
+                path: p,
+                value: Value::Integer(80),
+                time: None
+            }]
+        );
         assert!(decode_single(&p, &[0xA0], &m).is_err());
         assert!(decode_single(&"/3/0".parse().unwrap(), &[0x01], &m).is_err());
     }
@@ -165,7 +204,11 @@ mod tests {
     fn rejects_values_above_resources() {
         let m = Models::embedded();
         let mut buf = Vec::new();
-        ciborium::ser::into_writer(&Cbor::Map(vec![(Cbor::Integer(3.into()), Cbor::Integer(1.into()))]), &mut buf).unwrap();
+        ciborium::ser::into_writer(
+            &Cbor::Map(vec![(Cbor::Integer(3.into()), Cbor::Integer(1.into()))]),
+            &mut buf,
+        )
+        .unwrap();
         assert!(decode(&buf, &m).is_err());
     }
 }

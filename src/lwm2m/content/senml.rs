@@ -60,32 +60,47 @@ fn resolve(raws: Vec<Raw>, models: &Models, what: &'static str) -> Result<Vec<Re
             // Read-Composite request path list) names a path only.
             continue;
         };
-        let path: ResourcePath = name.parse().map_err(|_| malformed(what, format!("bad name `{name}`")))?;
+        let path: ResourcePath = name
+            .parse()
+            .map_err(|_| malformed(what, format!("bad name `{name}`")))?;
         let rtype = models.resource(&path).map(|m| m.rtype);
         let value = match (v, rtype) {
             (RawValue::Int(i), Some(ResourceType::UnsignedInteger)) => {
                 Value::Unsigned(u64::try_from(i).map_err(|_| malformed(what, "negative unsigned"))?)
             }
-            (RawValue::Int(i), Some(ResourceType::Time)) => Value::Time(i64::try_from(i).map_err(|_| malformed(what, "time out of range"))?),
+            (RawValue::Int(i), Some(ResourceType::Time)) => {
+                Value::Time(i64::try_from(i).map_err(|_| malformed(what, "time out of range"))?)
+            }
             (RawValue::Int(i), Some(ResourceType::Float)) => Value::Float(i as f64),
             (RawValue::Int(i), _) => match i64::try_from(i) {
                 Ok(x) => Value::Integer(x),
-                Err(_) => Value::Unsigned(u64::try_from(i).map_err(|_| malformed(what, "integer out of range"))?),
+                Err(_) => Value::Unsigned(
+                    u64::try_from(i).map_err(|_| malformed(what, "integer out of range"))?,
+                ),
             },
-            (RawValue::Float(f), Some(ResourceType::Integer)) if f.fract() == 0.0 => Value::Integer(f as i64),
-            (RawValue::Float(f), Some(ResourceType::Time)) if f.fract() == 0.0 => Value::Time(f as i64),
+            (RawValue::Float(f), Some(ResourceType::Integer)) if f.fract() == 0.0 => {
+                Value::Integer(f as i64)
+            }
+            (RawValue::Float(f), Some(ResourceType::Time)) if f.fract() == 0.0 => {
+                Value::Time(f as i64)
+            }
             (RawValue::Float(f), _) => Value::Float(f),
             (RawValue::Str(s), Some(ResourceType::Corelnk)) => Value::CoreLink(s),
             (RawValue::Str(s), _) => Value::String(s),
             (RawValue::Bool(b), _) => Value::Boolean(b),
             (RawValue::Data(d), _) => Value::Opaque(d),
             (RawValue::ObjLnk(s), _) => {
-                let (o, i) = parse_objlnk(&s).ok_or_else(|| malformed(what, format!("bad object link `{s}`")))?;
+                let (o, i) = parse_objlnk(&s)
+                    .ok_or_else(|| malformed(what, format!("bad object link `{s}`")))?;
                 Value::ObjectLink(o, i)
             }
         };
         let t = bt + r.t.unwrap_or(0.0);
-        out.push(Record { path, value, time: (t != 0.0).then_some(t) });
+        out.push(Record {
+            path,
+            value,
+            time: (t != 0.0).then_some(t),
+        });
     }
     Ok(out)
 }
@@ -105,7 +120,10 @@ pub fn names(format: u16, buf: &[u8]) -> Result<Vec<ResourcePath>> {
             bn = b;
         }
         let name = format!("{bn}{}", r.n.unwrap_or_default());
-        out.push(name.parse().map_err(|_| malformed("SenML", format!("bad name `{name}`")))?);
+        out.push(
+            name.parse()
+                .map_err(|_| malformed("SenML", format!("bad name `{name}`")))?,
+        );
     }
     Ok(out)
 }
@@ -125,26 +143,47 @@ fn json_number(v: &serde_json::Value) -> Option<RawValue> {
 
 fn parse_json(buf: &[u8]) -> Result<Vec<Raw>> {
     let what = "SenML-JSON";
-    let doc: serde_json::Value = serde_json::from_slice(buf).map_err(|e| malformed(what, e.to_string()))?;
-    let arr = doc.as_array().ok_or_else(|| malformed(what, "not an array"))?;
-    arr.iter().map(|rec| json_record(rec, what, false)).collect()
+    let doc: serde_json::Value =
+        serde_json::from_slice(buf).map_err(|e| malformed(what, e.to_string()))?;
+    let arr = doc
+        .as_array()
+        .ok_or_else(|| malformed(what, "not an array"))?;
+    arr.iter()
+        .map(|rec| json_record(rec, what, false))
+        .collect()
 }
 
 /// One record of SenML-JSON, or (legacy) of LwM2M 1.0 JSON's `e` array.
 fn json_record(rec: &serde_json::Value, what: &'static str, legacy: bool) -> Result<Raw> {
-    let obj = rec.as_object().ok_or_else(|| malformed(what, "record is not an object"))?;
+    let obj = rec
+        .as_object()
+        .ok_or_else(|| malformed(what, "record is not an object"))?;
     let mut r = Raw::default();
-    let num = |v: &serde_json::Value| v.as_f64().ok_or_else(|| malformed(what, "time is not a number"));
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_string).ok_or_else(|| malformed(what, "expected a string"));
+    let num = |v: &serde_json::Value| {
+        v.as_f64()
+            .ok_or_else(|| malformed(what, "time is not a number"))
+    };
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| malformed(what, "expected a string"))
+    };
     for (k, v) in obj {
         match (k.as_str(), legacy) {
             ("bn", _) => r.bn = Some(text(v)?),
             ("bt", _) => r.bt = Some(num(v)?),
             ("n", _) => r.n = Some(text(v)?),
             ("t", _) => r.t = Some(num(v)?),
-            ("v", _) => r.value = Some(json_number(v).ok_or_else(|| malformed(what, "v is not a number"))?),
+            ("v", _) => {
+                r.value = Some(json_number(v).ok_or_else(|| malformed(what, "v is not a number"))?)
+            }
             ("vs", false) | ("sv", true) => r.value = Some(RawValue::Str(text(v)?)),
-            ("vb", false) | ("bv", true) => r.value = Some(RawValue::Bool(v.as_bool().ok_or_else(|| malformed(what, "vb is not a boolean"))?)),
+            ("vb", false) | ("bv", true) => {
+                r.value = Some(RawValue::Bool(
+                    v.as_bool()
+                        .ok_or_else(|| malformed(what, "vb is not a boolean"))?,
+                ))
+            }
             ("vd", false) => {
                 let d = URL_SAFE_NO_PAD
                     .decode(text(v)?.trim_end_matches('='))
@@ -155,7 +194,10 @@ fn json_record(rec: &serde_json::Value, what: &'static str, legacy: bool) -> Res
             _ => {} // unknown labels are ignored (RFC 8428 §4.4) unless ending in `_`
         }
         if k.ends_with('_') {
-            return Err(malformed(what, format!("mandatory-to-understand label `{k}`")));
+            return Err(malformed(
+                what,
+                format!("mandatory-to-understand label `{k}`"),
+            ));
         }
     }
     Ok(r)
@@ -169,15 +211,27 @@ pub fn decode_json(buf: &[u8], models: &Models) -> Result<Vec<Record>> {
 /// Decode LwM2M 1.0 JSON (11543): `{"bn": …, "bt": …, "e": [ … ]}`.
 pub fn decode_legacy_json(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Record>> {
     let what = "LwM2M JSON";
-    let doc: serde_json::Value = serde_json::from_slice(buf).map_err(|e| malformed(what, e.to_string()))?;
-    let obj = doc.as_object().ok_or_else(|| malformed(what, "not an object"))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(buf).map_err(|e| malformed(what, e.to_string()))?;
+    let obj = doc
+        .as_object()
+        .ok_or_else(|| malformed(what, "not an object"))?;
     let bn = match obj.get("bn") {
-        Some(v) => v.as_str().ok_or_else(|| malformed(what, "bn is not a string"))?.to_string(),
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| malformed(what, "bn is not a string"))?
+            .to_string(),
         None => format!("{base}/"),
     };
     let bt = obj.get("bt").and_then(serde_json::Value::as_f64);
-    let e = obj.get("e").and_then(|e| e.as_array()).ok_or_else(|| malformed(what, "no `e` array"))?;
-    let mut raws: Vec<Raw> = e.iter().map(|r| json_record(r, what, true)).collect::<Result<_>>()?;
+    let e = obj
+        .get("e")
+        .and_then(|e| e.as_array())
+        .ok_or_else(|| malformed(what, "no `e` array"))?;
+    let mut raws: Vec<Raw> = e
+        .iter()
+        .map(|r| json_record(r, what, true))
+        .collect::<Result<_>>()?;
     if let Some(first) = raws.first_mut() {
         first.bn = Some(bn);
         first.bt = bt;
@@ -190,7 +244,10 @@ fn json_value(v: &Value) -> (&'static str, serde_json::Value) {
         Value::String(s) | Value::CoreLink(s) => ("vs", s.clone().into()),
         Value::Integer(i) | Value::Time(i) => ("v", (*i).into()),
         Value::Unsigned(u) => ("v", (*u).into()),
-        Value::Float(f) => ("v", serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)),
+        Value::Float(f) => (
+            "v",
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
+        ),
         Value::Boolean(b) => ("vb", (*b).into()),
         Value::Opaque(d) => ("vd", URL_SAFE_NO_PAD.encode(d).into()),
         Value::ObjectLink(o, i) => ("vlo", format!("{o}:{i}").into()),
@@ -217,7 +274,10 @@ pub fn encode_json(records: &[Record]) -> Vec<u8> {
 
 /// A list of names only, for Read-Composite / Observe-Composite requests.
 pub fn encode_json_names(paths: &[ResourcePath]) -> Vec<u8> {
-    let arr: Vec<serde_json::Value> = paths.iter().map(|p| serde_json::json!({ "n": p.to_string() })).collect();
+    let arr: Vec<serde_json::Value> = paths
+        .iter()
+        .map(|p| serde_json::json!({ "n": p.to_string() }))
+        .collect();
     serde_json::to_vec(&arr).expect("JSON encode")
 }
 
@@ -252,19 +312,32 @@ pub(crate) fn cbor_from_slice(buf: &[u8], what: &'static str) -> Result<Cbor> {
 fn parse_cbor(buf: &[u8]) -> Result<Vec<Raw>> {
     let what = "SenML-CBOR";
     let doc = cbor_from_slice(buf, what)?;
-    let arr = doc.as_array().ok_or_else(|| malformed(what, "not an array"))?;
+    let arr = doc
+        .as_array()
+        .ok_or_else(|| malformed(what, "not an array"))?;
     let mut out = Vec::with_capacity(arr.len());
     for rec in arr {
-        let map = rec.as_map().ok_or_else(|| malformed(what, "record is not a map"))?;
+        let map = rec
+            .as_map()
+            .ok_or_else(|| malformed(what, "record is not a map"))?;
         let mut r = Raw::default();
         for (k, v) in map {
-            let text = || v.as_text().map(str::to_string).ok_or_else(|| malformed(what, "expected text"));
+            let text = || {
+                v.as_text()
+                    .map(str::to_string)
+                    .ok_or_else(|| malformed(what, "expected text"))
+            };
             match k {
                 Cbor::Integer(i) => match i128::from(*i) {
                     label::BN => r.bn = Some(text()?),
-                    label::BT => r.bt = Some(cbor_f64(v).ok_or_else(|| malformed(what, "bt is not a number"))?),
+                    label::BT => {
+                        r.bt =
+                            Some(cbor_f64(v).ok_or_else(|| malformed(what, "bt is not a number"))?)
+                    }
                     label::N => r.n = Some(text()?),
-                    label::T => r.t = Some(cbor_f64(v).ok_or_else(|| malformed(what, "t is not a number"))?),
+                    label::T => {
+                        r.t = Some(cbor_f64(v).ok_or_else(|| malformed(what, "t is not a number"))?)
+                    }
                     label::V => {
                         r.value = Some(match v {
                             Cbor::Integer(i) => RawValue::Int(i128::from(*i)),
@@ -273,12 +346,28 @@ fn parse_cbor(buf: &[u8]) -> Result<Vec<Raw>> {
                         })
                     }
                     label::VS => r.value = Some(RawValue::Str(text()?)),
-                    label::VB => r.value = Some(RawValue::Bool(v.as_bool().ok_or_else(|| malformed(what, "vb is not a boolean"))?)),
-                    label::VD => r.value = Some(RawValue::Data(v.as_bytes().cloned().ok_or_else(|| malformed(what, "vd is not a byte string"))?)),
+                    label::VB => {
+                        r.value = Some(RawValue::Bool(
+                            v.as_bool()
+                                .ok_or_else(|| malformed(what, "vb is not a boolean"))?,
+                        ))
+                    }
+                    label::VD => {
+                        r.value = Some(RawValue::Data(
+                            v.as_bytes()
+                                .cloned()
+                                .ok_or_else(|| malformed(what, "vd is not a byte string"))?,
+                        ))
+                    }
                     _ => {}
                 },
                 Cbor::Text(t) if t == "vlo" => r.value = Some(RawValue::ObjLnk(text()?)),
-                Cbor::Text(t) if t.ends_with('_') => return Err(malformed(what, format!("mandatory-to-understand label `{t}`"))),
+                Cbor::Text(t) if t.ends_with('_') => {
+                    return Err(malformed(
+                        what,
+                        format!("mandatory-to-understand label `{t}`"),
+                    ));
+                }
                 _ => {}
             }
         }
@@ -317,7 +406,10 @@ pub fn encode_cbor(records: &[Record]) -> Vec<u8> {
     let arr = records
         .iter()
         .map(|r| {
-            let mut m = vec![(n.clone(), Cbor::Text(r.path.to_string())), cbor_value(&r.value)];
+            let mut m = vec![
+                (n.clone(), Cbor::Text(r.path.to_string())),
+                cbor_value(&r.value),
+            ];
             if let Some(t) = r.time {
                 m.push((Cbor::Integer(Integer::from(6u8)), Cbor::Float(t)));
             }
@@ -330,7 +422,10 @@ pub fn encode_cbor(records: &[Record]) -> Vec<u8> {
 /// A list of names only, for Read-Composite / Observe-Composite requests.
 pub fn encode_cbor_names(paths: &[ResourcePath]) -> Vec<u8> {
     let n = Cbor::Integer(Integer::from(0u8));
-    let arr = paths.iter().map(|p| Cbor::Map(vec![(n.clone(), Cbor::Text(p.to_string()))])).collect();
+    let arr = paths
+        .iter()
+        .map(|p| Cbor::Map(vec![(n.clone(), Cbor::Text(p.to_string()))]))
+        .collect();
     cbor_to_vec(&Cbor::Array(arr))
 }
 
@@ -360,12 +455,36 @@ mod tests {
     fn round_trips() {
         let m = Models::embedded();
         let recs = vec![
-            Record { path: p("/3/0/0"), value: Value::String("x".into()), time: None },
-            Record { path: p("/3/0/9"), value: Value::Integer(-3), time: Some(1.7e9) },
-            Record { path: p("/3303/0/5700"), value: Value::Float(21.25), time: None },
-            Record { path: p("/1/0/6"), value: Value::Boolean(true), time: None },
-            Record { path: p("/5/0/0"), value: Value::Opaque(vec![0, 1, 255]), time: None },
-            Record { path: p("/1/0/10"), value: Value::ObjectLink(11, 0), time: None },
+            Record {
+                path: p("/3/0/0"),
+                value: Value::String("x".into()),
+                time: None,
+            },
+            Record {
+                path: p("/3/0/9"),
+                value: Value::Integer(-3),
+                time: Some(1.7e9),
+            },
+            Record {
+                path: p("/3303/0/5700"),
+                value: Value::Float(21.25),
+                time: None,
+            },
+            Record {
+                path: p("/1/0/6"),
+                value: Value::Boolean(true),
+                time: None,
+            },
+            Record {
+                path: p("/5/0/0"),
+                value: Value::Opaque(vec![0, 1, 255]),
+                time: None,
+            },
+            Record {
+                path: p("/1/0/10"),
+                value: Value::ObjectLink(11, 0),
+                time: None,
+            },
         ];
         assert_eq!(decode_json(&encode_json(&recs), &m).unwrap(), recs);
         assert_eq!(decode_cbor(&encode_cbor(&recs), &m).unwrap(), recs);
@@ -374,8 +493,14 @@ mod tests {
     #[test]
     fn names_only() {
         let paths = vec![p("/3/0/9"), p("/3303/0")];
-        assert_eq!(names(super::super::SENML_CBOR, &encode_cbor_names(&paths)).unwrap(), paths);
-        assert_eq!(names(super::super::SENML_JSON, &encode_json_names(&paths)).unwrap(), paths);
+        assert_eq!(
+            names(super::super::SENML_CBOR, &encode_cbor_names(&paths)).unwrap(),
+            paths
+        );
+        assert_eq!(
+            names(super::super::SENML_JSON, &encode_json_names(&paths)).unwrap(),
+            paths
+        );
     }
 
     #[test]

@@ -43,14 +43,27 @@ fn items(mut buf: &[u8]) -> Result<Vec<Item<'_>>> {
         if buf.len() < header {
             return Err(malformed("truncated header"));
         }
-        let id = if id_len == 2 { u16::from_be_bytes([buf[1], buf[2]]) } else { u16::from(buf[1]) };
+        let id = if id_len == 2 {
+            u16::from_be_bytes([buf[1], buf[2]])
+        } else {
+            u16::from(buf[1])
+        };
         let len = if len_len == 0 {
             usize::from(t & 0x7)
         } else {
-            buf[1 + id_len..header].iter().fold(0usize, |a, b| (a << 8) | usize::from(*b))
+            buf[1 + id_len..header]
+                .iter()
+                .fold(0usize, |a, b| (a << 8) | usize::from(*b))
         };
-        let end = header.checked_add(len).filter(|e| *e <= buf.len()).ok_or_else(|| malformed("length beyond buffer"))?;
-        out.push(Item { kind, id, value: &buf[header..end] });
+        let end = header
+            .checked_add(len)
+            .filter(|e| *e <= buf.len())
+            .ok_or_else(|| malformed("length beyond buffer"))?;
+        out.push(Item {
+            kind,
+            id,
+            value: &buf[header..end],
+        });
         buf = &buf[end..];
     }
     Ok(out)
@@ -69,16 +82,24 @@ fn int_be(b: &[u8]) -> Result<i64> {
 /// Type a raw TLV value by the resource type (Core §7.4.3 table 7.4.3-2).
 pub fn typed_value(raw: &[u8], rtype: Option<ResourceType>) -> Result<Value> {
     Ok(match rtype {
-        Some(ResourceType::String) => Value::String(String::from_utf8(raw.to_vec()).map_err(|_| malformed("string is not UTF-8"))?),
-        Some(ResourceType::Corelnk) => Value::CoreLink(String::from_utf8(raw.to_vec()).map_err(|_| malformed("link is not UTF-8"))?),
+        Some(ResourceType::String) => Value::String(
+            String::from_utf8(raw.to_vec()).map_err(|_| malformed("string is not UTF-8"))?,
+        ),
+        Some(ResourceType::Corelnk) => Value::CoreLink(
+            String::from_utf8(raw.to_vec()).map_err(|_| malformed("link is not UTF-8"))?,
+        ),
         Some(ResourceType::Integer) => Value::Integer(int_be(raw)?),
         Some(ResourceType::Time) => Value::Time(int_be(raw)?),
         Some(ResourceType::UnsignedInteger) => match raw.len() {
-            1 | 2 | 4 | 8 => Value::Unsigned(raw.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b))),
+            1 | 2 | 4 | 8 => {
+                Value::Unsigned(raw.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)))
+            }
             n => return Err(malformed(format!("unsigned integer of {n} bytes"))),
         },
         Some(ResourceType::Float) => match raw.len() {
-            4 => Value::Float(f64::from(f32::from_be_bytes(raw.try_into().expect("4 bytes")))),
+            4 => Value::Float(f64::from(f32::from_be_bytes(
+                raw.try_into().expect("4 bytes"),
+            ))),
             8 => Value::Float(f64::from_be_bytes(raw.try_into().expect("8 bytes"))),
             n => return Err(malformed(format!("float of {n} bytes"))),
         },
@@ -88,7 +109,9 @@ pub fn typed_value(raw: &[u8], rtype: Option<ResourceType>) -> Result<Value> {
             _ => return Err(malformed("boolean is not one byte 0 or 1")),
         },
         Some(ResourceType::Objlnk) => match raw {
-            [a, b, c, d] => Value::ObjectLink(u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d])),
+            [a, b, c, d] => {
+                Value::ObjectLink(u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d]))
+            }
             _ => return Err(malformed("object link is not 4 bytes")),
         },
         Some(ResourceType::Opaque) | Some(ResourceType::None) | None => Value::Opaque(raw.to_vec()),
@@ -102,7 +125,9 @@ fn path_or_err(p: Option<ResourcePath>) -> Result<ResourcePath> {
 /// Decode a TLV payload that answered a request on `base`.
 pub fn decode(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Record>> {
     let mut out = Vec::new();
-    let object = base.object().ok_or_else(|| malformed("TLV needs an object in the path"))?;
+    let object = base
+        .object()
+        .ok_or_else(|| malformed("TLV needs an object in the path"))?;
     let obj_path = ResourcePath::new(&[object]).expect("valid");
     for item in items(buf)? {
         match item.kind {
@@ -123,20 +148,35 @@ pub fn decode(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Re
     Ok(out)
 }
 
-fn decode_resources(inst: &ResourcePath, buf: &[u8], models: &Models, out: &mut Vec<Record>) -> Result<()> {
+fn decode_resources(
+    inst: &ResourcePath,
+    buf: &[u8],
+    models: &Models,
+    out: &mut Vec<Record>,
+) -> Result<()> {
     for item in items(buf)? {
         decode_resource(inst, &item, None, models, out)?;
     }
     Ok(())
 }
 
-fn decode_resource(inst: &ResourcePath, item: &Item<'_>, resource: Option<u16>, models: &Models, out: &mut Vec<Record>) -> Result<()> {
+fn decode_resource(
+    inst: &ResourcePath,
+    item: &Item<'_>,
+    resource: Option<u16>,
+    models: &Models,
+    out: &mut Vec<Record>,
+) -> Result<()> {
     match item.kind {
         Kind::ObjectInstance => Err(malformed("object instance nested in an instance")),
         Kind::Resource => {
             let path = path_or_err(inst.child(item.id))?;
             let rtype = models.resource(&path).map(|r| r.rtype);
-            out.push(Record { path, value: typed_value(item.value, rtype)?, time: None });
+            out.push(Record {
+                path,
+                value: typed_value(item.value, rtype)?,
+                time: None,
+            });
             Ok(())
         }
         Kind::MultipleResource => {
@@ -147,16 +187,27 @@ fn decode_resource(inst: &ResourcePath, item: &Item<'_>, resource: Option<u16>, 
                     return Err(malformed("multiple resource holds a non-instance"));
                 }
                 let path = path_or_err(res.child(ri.id))?;
-                out.push(Record { path, value: typed_value(ri.value, rtype)?, time: None });
+                out.push(Record {
+                    path,
+                    value: typed_value(ri.value, rtype)?,
+                    time: None,
+                });
             }
             Ok(())
         }
         Kind::ResourceInstance => {
             // A bare resource instance answers a read of /O/I/R.
-            let res = path_or_err(inst.child(resource.ok_or_else(|| malformed("resource instance without resource"))?))?;
+            let res =
+                path_or_err(inst.child(
+                    resource.ok_or_else(|| malformed("resource instance without resource"))?,
+                ))?;
             let rtype = models.resource(&res).map(|r| r.rtype);
             let path = path_or_err(res.child(item.id))?;
-            out.push(Record { path, value: typed_value(item.value, rtype)?, time: None });
+            out.push(Record {
+                path,
+                value: typed_value(item.value, rtype)?,
+                time: None,
+            });
             Ok(())
         }
     }
@@ -191,7 +242,11 @@ pub fn value_bytes(v: &Value) -> Vec<u8> {
         }
         Value::Float(f) => {
             let narrow = *f as f32;
-            if f64::from(narrow) == *f { narrow.to_be_bytes().to_vec() } else { f.to_be_bytes().to_vec() }
+            if f64::from(narrow) == *f {
+                narrow.to_be_bytes().to_vec()
+            } else {
+                f.to_be_bytes().to_vec()
+            }
         }
         Value::Boolean(b) => vec![u8::from(*b)],
         Value::Opaque(b) => b.clone(),
@@ -232,7 +287,10 @@ fn push_item(out: &mut Vec<u8>, kind: Kind, id: u16, value: &[u8]) {
 pub fn encode(base: &ResourcePath, records: &[Record], models: &Models) -> Result<Vec<u8>> {
     for r in records {
         if !r.path.starts_with(base) || r.path.depth() < 3 {
-            return Err(malformed(format!("{} is not a resource below {base}", r.path)));
+            return Err(malformed(format!(
+                "{} is not a resource below {base}",
+                r.path
+            )));
         }
     }
     // Group: instance → resource → instances, in order of first appearance.
@@ -240,10 +298,13 @@ pub fn encode(base: &ResourcePath, records: &[Record], models: &Models) -> Resul
     for r in records {
         let i = r.path.instance().expect("depth checked");
         let res = r.path.resource().expect("depth checked");
-        let pos = instances.iter().position(|(id, _)| *id == i).unwrap_or_else(|| {
-            instances.push((i, Vec::new()));
-            instances.len() - 1
-        });
+        let pos = instances
+            .iter()
+            .position(|(id, _)| *id == i)
+            .unwrap_or_else(|| {
+                instances.push((i, Vec::new()));
+                instances.len() - 1
+            });
         let rs = &mut instances[pos].1;
         match rs.iter_mut().find(|(id, _)| *id == res) {
             Some((_, v)) => v.push(r),
@@ -258,7 +319,12 @@ pub fn encode(base: &ResourcePath, records: &[Record], models: &Models) -> Resul
             if multiple {
                 let mut inner = Vec::new();
                 for r in recs {
-                    push_item(&mut inner, Kind::ResourceInstance, r.path.resource_instance().unwrap_or(0), &value_bytes(&r.value));
+                    push_item(
+                        &mut inner,
+                        Kind::ResourceInstance,
+                        r.path.resource_instance().unwrap_or(0),
+                        &value_bytes(&r.value),
+                    );
                 }
                 push_item(&mut buf, Kind::MultipleResource, *res, &inner);
             } else {
@@ -290,10 +356,11 @@ mod tests {
 
     /// The Device object example of LwM2M Core §7.4.3.2 (read of /3/0).
     const DEVICE_EXAMPLE: &[u8] = &[
-        0xC8, 0x00, 0x14, b'O', b'p', b'e', b'n', b' ', b'M', b'o', b'b', b'i', b'l', b'e', b' ', b'A', b'l', b'l', b'i', b'a', b'n', b'c',
-        b'e', 0xC8, 0x01, 0x16, b'L', b'i', b'g', b'h', b't', b'w', b'e', b'i', b'g', b'h', b't', b' ', b'M', b'2', b'M', b' ', b'C', b'l',
-        b'i', b'e', b'n', b't', 0x86, 0x06, 0x41, 0x00, 0x01, 0x41, 0x01, 0x05, 0xC1, 0x09, 0x64, 0x88, 0x07, 0x08, 0x42, 0x00, 0x0E, 0xD8,
-        0x42, 0x01, 0x13, 0x88,
+        0xC8, 0x00, 0x14, b'O', b'p', b'e', b'n', b' ', b'M', b'o', b'b', b'i', b'l', b'e', b' ',
+        b'A', b'l', b'l', b'i', b'a', b'n', b'c', b'e', 0xC8, 0x01, 0x16, b'L', b'i', b'g', b'h',
+        b't', b'w', b'e', b'i', b'g', b'h', b't', b' ', b'M', b'2', b'M', b' ', b'C', b'l', b'i',
+        b'e', b'n', b't', 0x86, 0x06, 0x41, 0x00, 0x01, 0x41, 0x01, 0x05, 0xC1, 0x09, 0x64, 0x88,
+        0x07, 0x08, 0x42, 0x00, 0x0E, 0xD8, 0x42, 0x01, 0x13, 0x88,
     ];
 
     #[test]

@@ -1,0 +1,243 @@
+//! Wiring for `flownexus serve`: open the store, restore state, bind the
+//! listeners, start the shells and background tasks, report readiness.
+//!
+//! [`start`] takes a config whose listeners may use port 0 and returns the
+//! bound addresses, so integration tests run the whole server in-process.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::coap::{Exchanges, Params};
+use crate::config::{Config, UnknownEndpoints};
+use crate::lwm2m::model::Models;
+use crate::lwm2m::server::{Server, ServerConfig};
+use crate::shell::now;
+use crate::shell::udp::{self, Command, Events};
+use crate::store::Store;
+use crate::store::writer::{Command as StoreCommand, WriterHandle};
+
+/// How often operations queued by other processes (CLI, API) are picked up.
+pub const OPERATION_POLL: Duration = Duration::from_millis(250);
+
+pub struct Running {
+    pub coap_addr: SocketAddr,
+    pub events: Events,
+    pub commands: mpsc::Sender<Command>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    writer: WriterHandle<SocketAddr>,
+}
+
+impl Running {
+    /// Stop accepting, commit everything pending, and wait for the end.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+        let writer = self.writer;
+        tokio::task::spawn_blocking(move || writer.close())
+            .await
+            .ok();
+    }
+
+    /// Wait until every event so far is committed to the store.
+    pub async fn flush(&self) {
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || w.flush()).await.ok();
+    }
+}
+
+pub fn load_models(config: &Config) -> anyhow::Result<Models> {
+    Ok(match &config.lwm2m.models_dir {
+        Some(dir) => {
+            Models::with_dir(dir).with_context(|| format!("lwm2m.models_dir {}", dir.display()))?
+        }
+        None => Models::embedded(),
+    })
+}
+
+fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("data_dir {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The store holds device keys from the DTLS issue on: owner only.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Start every part of the server; returns once the listeners are bound.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    create_data_dir(&config.data_dir)?;
+    let db_path = config.database_path();
+    log::info!("data directory {}", config.data_dir.display());
+    log::info!("database {}", db_path.display());
+    let models = Arc::new(load_models(&config)?);
+    log::info!("object model: {} objects", models.len());
+
+    let store = Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let t = now();
+    let params = Params::from_config(&config.coap);
+    let seed = fastrand::u64(..);
+    let mut server = Server::new(
+        Exchanges::new(params, seed),
+        ServerConfig::from_config(&config.lwm2m),
+        models,
+        seed ^ 1,
+    );
+    let mut restored = 0;
+    for reg in store.registrations()? {
+        match reg.peer.parse::<SocketAddr>() {
+            Ok(peer) => {
+                let reg = reg.with_peer(peer);
+                server.restore_registration(t, reg);
+                restored += 1;
+            }
+            Err(_) => log::warn!(
+                "registration of {} has an unreadable peer `{}`; dropped",
+                reg.endpoint,
+                reg.peer
+            ),
+        }
+    }
+    if config.lwm2m.unknown_endpoints == UnknownEndpoints::Reject {
+        server.set_known_endpoints(store.endpoints()?.into_iter().collect());
+    }
+    let pending = store.pending_operations(0)?;
+    let mut last_op = store.max_operation_id()?;
+    log::info!(
+        "restored {restored} registrations and {} pending operations",
+        pending.len()
+    );
+    for op in pending {
+        server.enqueue(t, op);
+    }
+
+    let socket = UdpSocket::bind(config.coap.listen)
+        .await
+        .with_context(|| format!("coap.listen {}", config.coap.listen))?;
+    let coap_addr = socket.local_addr()?;
+    log::info!("CoAP (LwM2M) listening on udp {coap_addr}");
+
+    let writer = WriterHandle::start(Store::open(&db_path)?, config.store.batch_size);
+    let (events, _) = broadcast::channel(4096);
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let shell_writer = writer.clone();
+    let shell_events = events.clone();
+    let (poll_stop_tx, poll_stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stop_rx.await;
+        };
+        udp::run(socket, server, shell_writer, shell_events, cmd_rx, shutdown).await;
+        let _ = poll_stop_tx.send(true);
+    });
+
+    // Poll the store for operations queued or cancelled by other processes.
+    let poll_cmd = cmd_tx.clone();
+    let reject_unknown = config.lwm2m.unknown_endpoints == UnknownEndpoints::Reject;
+    let retention_ms = config.store.value_retention_days as i64 * 86_400_000;
+    let prune_writer = writer.clone();
+    tokio::spawn(async move {
+        let mut stop = poll_stop_rx;
+        let mut cancelled_since = crate::store::now_ms();
+        let mut known = (0usize, String::new());
+        let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
+        let poller = match Store::open(&db_path) {
+            Ok(s) => Arc::new(std::sync::Mutex::new(s)),
+            Err(e) => {
+                log::error!("operation poller cannot open the store: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(OPERATION_POLL) => {}
+            }
+            let store = poller.clone();
+            let since = cancelled_since;
+            let known_key = known.clone();
+            let polled = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+                let s = store.lock().expect("poller store");
+                let ops = s.pending_operations(last_op)?;
+                let cancelled = s.cancelled_since(since)?;
+                let endpoints = if reject_unknown {
+                    let list = s.endpoints()?;
+                    let key = (list.len(), list.last().cloned().unwrap_or_default());
+                    (key != known_key).then_some((key, list))
+                } else {
+                    None
+                };
+                Ok((ops, cancelled, endpoints))
+            })
+            .await;
+            let Ok(Ok((ops, cancelled, endpoints))) = polled else {
+                log::warn!("operation poll failed; retrying");
+                continue;
+            };
+            cancelled_since = crate::store::now_ms() - OPERATION_POLL.as_millis() as i64 * 4;
+            for op in ops {
+                last_op = last_op.max(op.id);
+                let _ = poll_cmd.send(Command::Enqueue(op)).await;
+            }
+            for id in cancelled {
+                let _ = poll_cmd.send(Command::Cancel(id)).await;
+            }
+            if let Some((key, list)) = endpoints {
+                known = key;
+                let _ = poll_cmd
+                    .send(Command::KnownEndpoints(
+                        list.into_iter().collect::<HashSet<_>>(),
+                    ))
+                    .await;
+            }
+            if retention_ms > 0 && last_prune.elapsed() > Duration::from_secs(3600) {
+                last_prune = std::time::Instant::now();
+                prune_writer.send(StoreCommand::Prune(crate::store::now_ms() - retention_ms));
+            }
+        }
+    });
+
+    let runtime = serde_json::json!({ "pid": std::process::id(), "coap": coap_addr.to_string() });
+    let runtime_path = config.runtime_path();
+    std::fs::write(&runtime_path, runtime.to_string())
+        .with_context(|| format!("writing {}", runtime_path.display()))?;
+
+    Ok(Running {
+        coap_addr,
+        events,
+        commands: cmd_tx,
+        shutdown: Some(stop_tx),
+        task,
+        writer,
+    })
+}
+
+/// `flownexus serve`: run until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    log::info!("flownexus ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    log::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    running.stop().await;
+    log::info!("stopped; all changes committed");
+    Ok(())
+}

@@ -1,0 +1,569 @@
+//! The `flownexus` command line. Commands act on the installation whose data
+//! directory they are given, whether or not its server is running: queued
+//! operations go through the store, which the server polls.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides, process_env};
+use crate::lwm2m::operation::{OperationKind, OperationState, WriteValue};
+use crate::lwm2m::path::ResourcePath;
+use crate::store::{Store, now_ms};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flownexus",
+    version,
+    about = "LwM2M device management and firmware server for nRF9160 fleets"
+)]
+pub struct Cli {
+    /// TOML configuration file (also FLOWNEXUS_CONFIG).
+    #[arg(long, global = true, env = "FLOWNEXUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory: database, firmware, secrets [env: FLOWNEXUS_DATA_DIR].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// CoAP/UDP listen address, port 0 picks one [env: FLOWNEXUS_COAP_LISTEN].
+    #[arg(long, global = true)]
+    coap_listen: Option<SocketAddr>,
+    /// CoAP/DTLS listen address [env: FLOWNEXUS_COAPS_LISTEN].
+    #[arg(long, global = true)]
+    coaps_listen: Option<SocketAddr>,
+    /// Dashboard and REST API listen address [env: FLOWNEXUS_HTTP_LISTEN].
+    #[arg(long, global = true)]
+    http_listen: Option<SocketAddr>,
+    /// Firmware HTTPS listen address [env: FLOWNEXUS_FW_LISTEN].
+    #[arg(long, global = true)]
+    fw_listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server with the effective configuration.
+    Serve,
+    /// Print the effective configuration (every layer applied) as TOML.
+    PrintConfig,
+    /// Check the store and, if the server runs, that it answers CoAP.
+    Healthcheck,
+    /// Manage devices and send them operations.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Run simulated LwM2M devices against a server.
+    Sim(crate::sim::SimArgs),
+    /// Measure throughput and memory (see docs/benchmarks.md).
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct OpArgs {
+    /// Wait for the operation to finish and print its result.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up waiting after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Seconds until the queued operation expires (default lwm2m.operation_deadline_s).
+    #[arg(long)]
+    deadline: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// Provision a device.
+    Add {
+        endpoint: String,
+        #[arg(long, default_value = "")]
+        tags: String,
+    },
+    /// List devices with status, last seen and firmware version.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a device, its latest values and recent operations.
+    Show { endpoint: String },
+    /// Remove a device and its history.
+    Remove { endpoint: String },
+    /// Read a path (Core §6.3.1).
+    Read {
+        endpoint: String,
+        path: ResourcePath,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Write a value to a resource (Write-Replace with --replace, else Partial Update).
+    Write {
+        endpoint: String,
+        path: ResourcePath,
+        value: String,
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Execute a resource, with optional arguments (Core §6.3.4).
+    Exec {
+        endpoint: String,
+        path: ResourcePath,
+        args: Option<String>,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Observe a path, or cancel the observation with --cancel.
+    Observe {
+        endpoint: String,
+        path: ResourcePath,
+        #[arg(long)]
+        cancel: bool,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Discover the resources and attributes under a path.
+    Discover {
+        endpoint: String,
+        path: ResourcePath,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Create an object instance: PATH=VALUE pairs below the object.
+    Create {
+        endpoint: String,
+        path: ResourcePath,
+        values: Vec<String>,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Delete an object instance.
+    Delete {
+        endpoint: String,
+        path: ResourcePath,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Write-Attributes, e.g. `pmin=10 pmax=60`.
+    Attributes {
+        endpoint: String,
+        path: ResourcePath,
+        attributes: Vec<String>,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Read several paths at once (Read-Composite, LwM2M 1.1).
+    ReadComposite {
+        endpoint: String,
+        paths: Vec<ResourcePath>,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Observe several paths at once (Observe-Composite, LwM2M 1.1).
+    ObserveComposite {
+        endpoint: String,
+        paths: Vec<ResourcePath>,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Cancel a queued operation.
+    Cancel { id: i64 },
+    /// Show one operation.
+    Operation { id: i64 },
+}
+
+impl Cli {
+    fn load_config(&self) -> anyhow::Result<Config> {
+        let flags = Overrides {
+            data_dir: self.data_dir.clone(),
+            coap_listen: self.coap_listen,
+            coaps_listen: self.coaps_listen,
+            http_listen: self.http_listen,
+            fw_listen: self.fw_listen,
+        };
+        Ok(Config::load(
+            self.config.as_deref(),
+            &process_env(),
+            &flags,
+        )?)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flownexus: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(
+        std::env::var("FLOWNEXUS_LOG")
+            .as_deref()
+            .unwrap_or(&config.log.level),
+    );
+    match run(cli.command, config) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flownexus: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => {
+            runtime()?.block_on(crate::app::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrintConfig => {
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck => healthcheck(&config),
+        Command::Device(d) => device(d, &config),
+        Command::Sim(args) => runtime()?.block_on(crate::sim::run(args)),
+        Command::Bench(args) => runtime()?.block_on(crate::bench::run(args, config)),
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let path = config.database_path();
+    if !path.exists() {
+        bail!(
+            "no database at {} (run `flownexus serve` or give --data-dir)",
+            path.display()
+        );
+    }
+    Store::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    match open_store(config).and_then(|s| Ok(s.schema_version()?)) {
+        Ok(v) => println!(
+            "store: ok (schema {v}, {})",
+            config.database_path().display()
+        ),
+        Err(e) => {
+            ok = false;
+            println!("store: FAIL ({e:#})");
+        }
+    }
+    // The running server's bound address is in runtime.json; a CoAP ping
+    // (empty CON) must come back as RST (RFC 7252 §4.3).
+    let addr = std::fs::read_to_string(config.runtime_path())
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| {
+            v["coap"]
+                .as_str()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        });
+    match addr {
+        None => {
+            ok = false;
+            println!("coap: FAIL (no runtime.json: is the server running?)");
+        }
+        Some(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    [127, 0, 0, 1].into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            match coap_ping(addr) {
+                Ok(ms) => println!("coap: ok ({addr} answered a ping in {ms} ms)"),
+                Err(e) => {
+                    ok = false;
+                    println!("coap: FAIL ({addr}: {e})");
+                }
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn coap_ping(addr: SocketAddr) -> anyhow::Result<u128> {
+    let sock = std::net::UdpSocket::bind(if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mid = fastrand::u16(..);
+    let start = std::time::Instant::now();
+    let ping = crate::coap::Message::empty(crate::coap::Type::Con, mid).encode();
+    sock.send_to(&ping, addr)?;
+    let mut buf = [0u8; 64];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).context("no answer within 2 s")?;
+        if let Ok(m) = crate::coap::Message::decode(&buf[..n])
+            && m.mtype == crate::coap::Type::Rst
+            && m.message_id == mid
+        {
+            return Ok(start.elapsed().as_millis());
+        }
+    }
+}
+
+fn parse_assignments(values: &[String]) -> anyhow::Result<Vec<WriteValue>> {
+    values
+        .iter()
+        .map(|a| {
+            let (p, v) = a
+                .split_once('=')
+                .with_context(|| format!("`{a}` is not PATH=VALUE"))?;
+            Ok(WriteValue {
+                path: p.parse()?,
+                value: v.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let store = match &cmd {
+        // Adding a device is how an installation starts: create the store.
+        DeviceCommand::Add { .. } => {
+            std::fs::create_dir_all(&config.data_dir)?;
+            Store::open(&config.database_path())?
+        }
+        _ => open_store(config)?,
+    };
+    let (endpoint, kind, op) = match cmd {
+        DeviceCommand::Add { endpoint, tags } => {
+            store.add_device(&endpoint, None, &tags)?;
+            println!("added {endpoint}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::List {
+            limit,
+            offset,
+            json,
+        } => {
+            let now = now_ms();
+            let l = &config.lwm2m;
+            let rows = store.list_devices(limit, offset)?;
+            if json {
+                let out: Vec<_> = rows
+                    .iter()
+                    .map(|d| serde_json::json!({ "device": d, "status": d.status(now, l.queue_awake_window_s, l.lifetime_grace_s) }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{:<40} {:<9} {:<24} FIRMWARE",
+                    "ENDPOINT", "STATUS", "LAST SEEN"
+                );
+                for d in rows {
+                    let status = d.status(now, l.queue_awake_window_s, l.lifetime_grace_s);
+                    let seen = d.last_seen.map(format_ms).unwrap_or_else(|| "never".into());
+                    println!(
+                        "{:<40} {:<9} {:<24} {}",
+                        d.endpoint,
+                        serde_json::to_value(status)?.as_str().unwrap_or(""),
+                        seen,
+                        d.firmware_version.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::Show { endpoint } => {
+            let d = store.device(&endpoint)?;
+            let l = &config.lwm2m;
+            let models = crate::app::load_models(config)?;
+            let values: Vec<_> = store
+                .latest_values(&endpoint)?
+                .into_iter()
+                .map(|v| serde_json::json!({ "path": v.path, "name": models.describe(&v.path), "ts": v.ts, "value": v.value }))
+                .collect();
+            let out = serde_json::json!({
+                "device": d,
+                "status": d.status(now_ms(), l.queue_awake_window_s, l.lifetime_grace_s),
+                "values": values,
+                "operations": store.operations_of(&endpoint, 20)?,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::Remove { endpoint } => {
+            store.remove_device(&endpoint)?;
+            println!("removed {endpoint}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::Cancel { id } => {
+            if store.cancel_operation(id)? {
+                println!("cancelled operation {id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            bail!("operation {id} is not queued (already sent or finished)");
+        }
+        DeviceCommand::Operation { id } => {
+            println!("{}", serde_json::to_string_pretty(&store.operation(id)?)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::Read { endpoint, path, op } => (endpoint, OperationKind::Read { path }, op),
+        DeviceCommand::Write {
+            endpoint,
+            path,
+            value,
+            replace,
+            op,
+        } => (
+            endpoint,
+            OperationKind::Write {
+                path,
+                values: vec![WriteValue { path, value }],
+                replace,
+            },
+            op,
+        ),
+        DeviceCommand::Exec {
+            endpoint,
+            path,
+            args,
+            op,
+        } => (endpoint, OperationKind::Execute { path, args }, op),
+        DeviceCommand::Observe {
+            endpoint,
+            path,
+            cancel,
+            op,
+        } => {
+            let kind = if cancel {
+                OperationKind::CancelObserve { path }
+            } else {
+                OperationKind::Observe { path }
+            };
+            (endpoint, kind, op)
+        }
+        DeviceCommand::Discover { endpoint, path, op } => {
+            (endpoint, OperationKind::Discover { path }, op)
+        }
+        DeviceCommand::Create {
+            endpoint,
+            path,
+            values,
+            op,
+        } => (
+            endpoint,
+            OperationKind::Create {
+                path,
+                values: parse_assignments(&values)?,
+            },
+            op,
+        ),
+        DeviceCommand::Delete { endpoint, path, op } => {
+            (endpoint, OperationKind::Delete { path }, op)
+        }
+        DeviceCommand::Attributes {
+            endpoint,
+            path,
+            attributes,
+            op,
+        } => (
+            endpoint,
+            OperationKind::WriteAttributes { path, attributes },
+            op,
+        ),
+        DeviceCommand::ReadComposite {
+            endpoint,
+            paths,
+            op,
+        } => (endpoint, OperationKind::ReadComposite { paths }, op),
+        DeviceCommand::ObserveComposite {
+            endpoint,
+            paths,
+            op,
+        } => (endpoint, OperationKind::ObserveComposite { paths }, op),
+    };
+    let models = crate::app::load_models(config)?;
+    kind.validate(&models)?;
+    let deadline_s = op.deadline.unwrap_or(config.lwm2m.operation_deadline_s);
+    let id = store.queue_operation(
+        &endpoint,
+        &kind,
+        now_ms() + deadline_s as i64 * 1000,
+        config.lwm2m.operation_max_attempts,
+    )?;
+    if !op.wait {
+        println!("queued operation {id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(op.timeout);
+    loop {
+        let row = store.operation(id)?;
+        if row.state.is_final() {
+            println!("{}", serde_json::to_string_pretty(&row)?);
+            return Ok(if row.state == OperationState::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        if std::time::Instant::now() >= until {
+            eprintln!(
+                "operation {id} is still {} after {} s; it stays queued",
+                row.state.as_str(),
+                op.timeout
+            );
+            return Ok(ExitCode::from(3));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Unix milliseconds as an RFC 3339 UTC timestamp.
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (H. Hinnant's algorithm), proleptic Gregorian.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps() {
+        assert_eq!(super::format_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::format_ms(1_795_392_000_000), "2026-11-23T00:00:00Z");
+        assert_eq!(super::format_ms(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,874 @@
+//! The LwM2M server core, sans-I/O: the Registration interface (Core §6.2),
+//! device management and observe (§6.3, §6.4), Send (§6.4.7), and queue
+//! mode (Transport §6.5) with a per-device operation queue.
+//!
+//! It drives an [`Exchanges`] and is driven the same way: datagrams and the
+//! time ([`Now`]) go in; datagrams, [`ServerEvent`]s and the next deadline
+//! come out. Persistence is the caller's: every change worth keeping is an
+//! event.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::coap::{
+    self, Code, Event, Exchanges, Failure, Method, Request, RequestId, Response, Transmit,
+};
+use crate::config::{Lwm2mConfig, UnknownEndpoints};
+use crate::lwm2m::content;
+use crate::lwm2m::model::Models;
+use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationResult, Outcome};
+use crate::lwm2m::path::{Record, ResourcePath};
+use crate::lwm2m::registration::{
+    RegisterParams, Registration, RegistrationId, Rejection, parse_object_links,
+};
+
+/// The time, as the shell reads it: a monotonic instant for CoAP timers and
+/// Unix milliseconds for what is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix_ms: i64,
+}
+
+/// Where reported values came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Notification,
+    Send,
+    Read,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent<P> {
+    Registered {
+        registration: Registration<P>,
+        replaced: Option<RegistrationId>,
+    },
+    /// `persist` is false for updates that only refresh the lifetime, when
+    /// the last persisted copy is recent (see [`Server::persist_interval`]).
+    Updated {
+        registration: Registration<P>,
+        persist: bool,
+    },
+    Deregistered {
+        endpoint: String,
+        id: RegistrationId,
+    },
+    Expired {
+        endpoint: String,
+        id: RegistrationId,
+    },
+    ValuesReported {
+        endpoint: String,
+        source: Source,
+        records: Vec<Record>,
+    },
+    OperationSent {
+        id: OperationId,
+        endpoint: String,
+        attempt: u32,
+    },
+    /// A sent operation got no answer and waits for the device's next wake.
+    OperationRequeued {
+        id: OperationId,
+        endpoint: String,
+        attempts: u32,
+        reason: String,
+    },
+    OperationFinished {
+        id: OperationId,
+        endpoint: String,
+        outcome: Outcome,
+    },
+    /// A request we refused, for the event log (bad input is visible).
+    Rejected {
+        endpoint: Option<String>,
+        code: Code,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct InFlight {
+    op: Operation,
+}
+
+#[derive(Debug)]
+struct Observation {
+    endpoint: String,
+    path: ResourcePath,
+    /// Composite observations name several paths.
+    composite: bool,
+}
+
+#[derive(Debug)]
+struct Device<P> {
+    reg: Registration<P>,
+    /// When the registration was last persisted (Unix ms).
+    persisted_at: i64,
+    /// Queue mode: the device listens until then (monotonic).
+    awake_until: Instant,
+}
+
+/// Settings the core needs, from the `[lwm2m]` config section.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub awake_window: Duration,
+    pub lifetime_grace_s: u64,
+    pub min_lifetime_s: u64,
+    pub max_lifetime_s: u64,
+    pub unknown_endpoints: UnknownEndpoints,
+}
+
+impl ServerConfig {
+    pub fn from_config(c: &Lwm2mConfig) -> ServerConfig {
+        ServerConfig {
+            awake_window: Duration::from_secs(c.queue_awake_window_s),
+            lifetime_grace_s: c.lifetime_grace_s,
+            min_lifetime_s: c.min_lifetime_s,
+            max_lifetime_s: c.max_lifetime_s,
+            unknown_endpoints: c.unknown_endpoints,
+        }
+    }
+}
+
+pub struct Server<P> {
+    coap: Exchanges<P>,
+    config: ServerConfig,
+    models: Arc<Models>,
+    rng: fastrand::Rng,
+    devices: HashMap<RegistrationId, Device<P>>,
+    by_endpoint: HashMap<String, RegistrationId>,
+    by_peer: HashMap<P, RegistrationId>,
+    /// Pending operations per endpoint, in order; kept across
+    /// re-registrations and while the device is offline.
+    queues: HashMap<String, VecDeque<Operation>>,
+    /// At most one operation in flight per endpoint.
+    in_flight: HashMap<RequestId, InFlight>,
+    busy: HashSet<String>,
+    observations: HashMap<RequestId, Observation>,
+    /// Endpoints provisioned in the device table (for the reject policy).
+    known_endpoints: HashSet<String>,
+    events: VecDeque<ServerEvent<P>>,
+    next_sweep: Option<Instant>,
+}
+
+/// How often expired registrations and operation deadlines are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
+    pub fn new(coap: Exchanges<P>, config: ServerConfig, models: Arc<Models>, seed: u64) -> Self {
+        Server {
+            coap,
+            config,
+            models,
+            rng: fastrand::Rng::with_seed(seed),
+            devices: HashMap::new(),
+            by_endpoint: HashMap::new(),
+            by_peer: HashMap::new(),
+            queues: HashMap::new(),
+            in_flight: HashMap::new(),
+            busy: HashSet::new(),
+            observations: HashMap::new(),
+            known_endpoints: HashSet::new(),
+            events: VecDeque::new(),
+            next_sweep: None,
+        }
+    }
+
+    pub fn models(&self) -> &Arc<Models> {
+        &self.models
+    }
+
+    /// An Update that changes nothing but the lifetime is persisted at most
+    /// this often; a registration lost to a crash inside the window is
+    /// recovered by the client, which re-registers when its Update gets
+    /// 4.04 (Core §6.2.2).
+    pub fn persist_interval(&self, reg: &Registration<P>) -> i64 {
+        (i64::from(reg.lifetime) * 1000 / 4).clamp(1000, 60_000)
+    }
+
+    pub fn registration_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn registration(&self, endpoint: &str) -> Option<&Registration<P>> {
+        self.by_endpoint
+            .get(endpoint)
+            .and_then(|id| self.devices.get(id))
+            .map(|d| &d.reg)
+    }
+
+    pub fn queued_count(&self, endpoint: &str) -> usize {
+        self.queues.get(endpoint).map_or(0, VecDeque::len)
+    }
+
+    pub fn set_known_endpoints(&mut self, endpoints: HashSet<String>) {
+        self.known_endpoints = endpoints;
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit<P>> {
+        self.coap.poll_transmit()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ServerEvent<P>> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.coap.poll_timeout(), self.next_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Restore a persisted registration at start-up. Expired ones are
+    /// reported as such on the first sweep.
+    pub fn restore_registration(&mut self, now: Now, reg: Registration<P>) {
+        let id = reg.id;
+        self.by_endpoint.insert(reg.endpoint.clone(), id);
+        self.by_peer.insert(reg.peer, id);
+        self.devices.insert(
+            id,
+            Device {
+                persisted_at: reg.updated_at,
+                reg,
+                awake_until: now.mono,
+            },
+        );
+        self.schedule_sweep(now);
+    }
+
+    /// Queue an operation (from the store, the CLI or the API).
+    pub fn enqueue(&mut self, now: Now, op: Operation) {
+        let endpoint = op.endpoint.clone();
+        self.queues
+            .entry(endpoint.clone())
+            .or_default()
+            .push_back(op);
+        self.schedule_sweep(now);
+        self.dispatch(now, &endpoint);
+    }
+
+    /// Cancel a queued operation; one already sent runs to its end.
+    pub fn cancel(&mut self, id: OperationId) -> bool {
+        for (endpoint, q) in self.queues.iter_mut() {
+            if let Some(pos) = q.iter().position(|o| o.id == id) {
+                q.remove(pos);
+                self.events.push_back(ServerEvent::OperationFinished {
+                    id,
+                    endpoint: endpoint.clone(),
+                    outcome: Outcome::Cancelled,
+                });
+                return true;
+            }
+        }
+        false
+    }
+
+    fn schedule_sweep(&mut self, now: Now) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now.mono + SWEEP_INTERVAL);
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Now, peer: P, bytes: &[u8]) {
+        self.coap.handle_datagram(now.mono, peer, bytes);
+        self.drain_coap(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.coap.handle_timeout(now.mono);
+        if self.next_sweep.is_some_and(|t| t <= now.mono) {
+            self.next_sweep = None;
+            self.sweep(now);
+        }
+        self.drain_coap(now);
+    }
+
+    fn drain_coap(&mut self, now: Now) {
+        while let Some(ev) = self.coap.poll_event() {
+            match ev {
+                Event::Request {
+                    id, peer, request, ..
+                } => {
+                    let response = self.on_request(now, peer, request);
+                    self.coap.respond(now.mono, id, response);
+                }
+                Event::Response { id, peer, response } => self.on_response(now, peer, id, response),
+                Event::Notification { id, peer, response } => {
+                    self.on_notification(now, peer, id, response)
+                }
+                Event::Failed { id, failure, .. } => self.on_failure(now, id, failure),
+                // We hold no observations of devices' servers' resources.
+                Event::ObserverGone { .. } => {}
+            }
+        }
+    }
+
+    // ---- Registration interface and Send: requests from devices -------------
+
+    fn on_request(&mut self, now: Now, peer: P, req: Request) -> Response {
+        let path = &req.options.uri_path;
+        let result = match (req.method, path.first().map(String::as_str), path.len()) {
+            (Method::Post, Some("rd"), 1) => self.register(now, peer, &req),
+            (Method::Post, Some("rd"), 2) => self.update(now, peer, &req),
+            (Method::Delete, Some("rd"), 2) => self.deregister(now, &path[1]),
+            (Method::Post, Some("dp"), 1) => self.send(now, peer, &req),
+            (_, Some("rd" | "dp"), _) => Err(Rejection {
+                code: Code::METHOD_NOT_ALLOWED,
+                reason: "method not allowed here".into(),
+            }),
+            _ => Err(Rejection {
+                code: Code::NOT_FOUND,
+                reason: format!("no resource {}", req.path()),
+            }),
+        };
+        match result {
+            Ok(r) => r,
+            Err(rej) => {
+                let endpoint = self
+                    .by_peer
+                    .get(&peer)
+                    .and_then(|id| self.devices.get(id))
+                    .map(|d| d.reg.endpoint.clone());
+                log::debug!("{peer:?}: {} {}: {}", rej.code, req.path(), rej.reason);
+                self.events.push_back(ServerEvent::Rejected {
+                    endpoint,
+                    code: rej.code,
+                    reason: rej.reason.clone(),
+                });
+                let mut r = Response::new(rej.code);
+                // A diagnostic payload helps operators debugging a client (RFC 7252 §5.5.2).
+                r.payload = rej.reason.into_bytes();
+                r.options.content_format = Some(content::TEXT_PLAIN);
+                r
+            }
+        }
+    }
+
+    fn new_registration_id(&mut self) -> RegistrationId {
+        loop {
+            let id = RegistrationId(self.rng.u64(..) & RegistrationId::MASK);
+            if !self.devices.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn register(&mut self, now: Now, peer: P, req: &Request) -> Result<Response, Rejection> {
+        let params = RegisterParams::parse(&req.options.uri_query)?;
+        let endpoint = params.endpoint.clone().ok_or(Rejection {
+            code: Code::BAD_REQUEST,
+            reason: "missing ep".into(),
+        })?;
+        if self.config.unknown_endpoints == UnknownEndpoints::Reject
+            && !self.known_endpoints.contains(&endpoint)
+        {
+            return Err(Rejection {
+                code: Code::FORBIDDEN,
+                reason: format!("endpoint {endpoint} is not provisioned"),
+            });
+        }
+        let lifetime = self.check_lifetime(params.lifetime.unwrap_or(86400))?;
+        let (object_links, root_path, announced_format) =
+            parse_object_links(&req.payload, req.options.content_format)?;
+        let replaced = self.by_endpoint.get(&endpoint).copied();
+        if let Some(old) = replaced {
+            // Re-registration replaces the old registration (Core §6.2.1);
+            // its observations belong to the old session.
+            self.remove_registration(old);
+        }
+        let id = self.new_registration_id();
+        let reg = Registration {
+            id,
+            endpoint: endpoint.clone(),
+            peer,
+            lifetime,
+            version: params.version.unwrap_or_else(|| "1.0".into()),
+            binding: params.binding.unwrap_or_else(|| "U".into()),
+            queue_mode: params.queue,
+            sms: params.sms,
+            object_links,
+            root_path,
+            announced_format,
+            registered_at: now.unix_ms,
+            updated_at: now.unix_ms,
+            last_seen: now.unix_ms,
+        };
+        self.by_endpoint.insert(endpoint.clone(), id);
+        self.by_peer.insert(peer, id);
+        self.devices.insert(
+            id,
+            Device {
+                reg: reg.clone(),
+                persisted_at: now.unix_ms,
+                awake_until: now.mono,
+            },
+        );
+        self.events.push_back(ServerEvent::Registered {
+            registration: reg,
+            replaced,
+        });
+        self.schedule_sweep(now);
+        self.woke(now, &endpoint);
+        let mut r = Response::new(Code::CREATED);
+        r.options.location_path = vec!["rd".into(), id.to_string()];
+        Ok(r)
+    }
+
+    fn check_lifetime(&self, lt: u32) -> Result<u32, Rejection> {
+        if u64::from(lt) < self.config.min_lifetime_s || u64::from(lt) > self.config.max_lifetime_s
+        {
+            return Err(Rejection {
+                code: Code::BAD_REQUEST,
+                reason: format!(
+                    "lt must be between {} and {}",
+                    self.config.min_lifetime_s, self.config.max_lifetime_s
+                ),
+            });
+        }
+        Ok(lt)
+    }
+
+    fn lookup(&self, id: &str) -> Result<RegistrationId, Rejection> {
+        RegistrationId::parse(id)
+            .filter(|id| self.devices.contains_key(id))
+            .ok_or(Rejection {
+                code: Code::NOT_FOUND,
+                reason: format!("no registration {id}"),
+            })
+    }
+
+    fn update(&mut self, now: Now, peer: P, req: &Request) -> Result<Response, Rejection> {
+        let id = self.lookup(&req.options.uri_path[1])?;
+        let params = RegisterParams::parse(&req.options.uri_query)?;
+        let lifetime = params
+            .lifetime
+            .map(|l| self.check_lifetime(l))
+            .transpose()?;
+        let links = if req.payload.is_empty() {
+            None
+        } else {
+            Some(parse_object_links(
+                &req.payload,
+                req.options.content_format,
+            )?)
+        };
+        let dev = self.devices.get_mut(&id).expect("looked up");
+        let before = dev.reg.clone();
+        let reg = &mut dev.reg;
+        if let Some(l) = lifetime {
+            reg.lifetime = l;
+        }
+        if let Some(b) = params.binding {
+            reg.binding = b;
+        }
+        if params.queue || reg.binding.contains('Q') {
+            reg.queue_mode = true;
+        }
+        if let Some(s) = params.sms {
+            reg.sms = Some(s);
+        }
+        if let Some((links, root, ct)) = links {
+            reg.object_links = links;
+            reg.root_path = root;
+            reg.announced_format = ct.or(reg.announced_format);
+        }
+        reg.updated_at = now.unix_ms;
+        reg.last_seen = now.unix_ms;
+        let old_peer = reg.peer;
+        // The source address may change under NAT; the registration follows it.
+        reg.peer = peer;
+        let significant = reg.lifetime != before.lifetime
+            || reg.binding != before.binding
+            || reg.object_links != before.object_links
+            || reg.sms != before.sms
+            || reg.peer != before.peer;
+        let reg = reg.clone();
+        let persist = significant || now.unix_ms - dev.persisted_at >= self.persist_interval(&reg);
+        if persist {
+            self.devices.get_mut(&id).expect("present").persisted_at = now.unix_ms;
+        }
+        if old_peer != peer {
+            if self.by_peer.get(&old_peer) == Some(&id) {
+                self.by_peer.remove(&old_peer);
+            }
+            self.by_peer.insert(peer, id);
+        }
+        let endpoint = reg.endpoint.clone();
+        self.events.push_back(ServerEvent::Updated {
+            registration: reg,
+            persist,
+        });
+        self.woke(now, &endpoint);
+        Ok(Response::new(Code::CHANGED))
+    }
+
+    fn deregister(&mut self, _now: Now, id: &str) -> Result<Response, Rejection> {
+        let id = self.lookup(id)?;
+        if let Some(reg) = self.remove_registration(id) {
+            self.events.push_back(ServerEvent::Deregistered {
+                endpoint: reg.endpoint,
+                id,
+            });
+        }
+        Ok(Response::new(Code::DELETED))
+    }
+
+    /// Drop a registration and everything tied to its session. Queued
+    /// operations stay: they wait for the next registration.
+    fn remove_registration(&mut self, id: RegistrationId) -> Option<Registration<P>> {
+        let dev = self.devices.remove(&id)?;
+        let reg = dev.reg;
+        if self.by_endpoint.get(&reg.endpoint) == Some(&id) {
+            self.by_endpoint.remove(&reg.endpoint);
+        }
+        if self.by_peer.get(&reg.peer) == Some(&id) {
+            self.by_peer.remove(&reg.peer);
+        }
+        let gone: Vec<RequestId> = self
+            .observations
+            .iter()
+            .filter(|(_, o)| o.endpoint == reg.endpoint)
+            .map(|(id, _)| *id)
+            .collect();
+        for rid in gone {
+            self.observations.remove(&rid);
+            self.coap.forget(rid);
+        }
+        Some(reg)
+    }
+
+    /// Send (Core §6.4.7): values pushed by a registered client.
+    fn send(&mut self, now: Now, peer: P, req: &Request) -> Result<Response, Rejection> {
+        let id = *self.by_peer.get(&peer).ok_or(Rejection {
+            code: Code::NOT_FOUND,
+            reason: "Send from an unregistered client".into(),
+        })?;
+        let cf = req.options.content_format.ok_or(Rejection {
+            code: Code::BAD_REQUEST,
+            reason: "Send without Content-Format".into(),
+        })?;
+        if ![
+            content::SENML_CBOR,
+            content::SENML_JSON,
+            content::LWM2M_CBOR,
+        ]
+        .contains(&cf)
+        {
+            return Err(Rejection {
+                code: Code::UNSUPPORTED_CONTENT_FORMAT,
+                reason: format!("Send in format {cf}"),
+            });
+        }
+        let records = content::decode(cf, &ResourcePath::ROOT, &req.payload, &self.models)
+            .map_err(|e| Rejection {
+                code: Code::BAD_REQUEST,
+                reason: e.to_string(),
+            })?;
+        let endpoint = self.devices[&id].reg.endpoint.clone();
+        self.report(now, &endpoint, Source::Send, records);
+        self.woke(now, &endpoint);
+        Ok(Response::new(Code::CHANGED))
+    }
+
+    /// Resolve device timestamps (SenML relative times, RFC 8428 §4.5.3) and emit.
+    fn report(&mut self, now: Now, endpoint: &str, source: Source, mut records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        let now_s = now.unix_ms as f64 / 1000.0;
+        for r in &mut records {
+            r.time = Some(match r.time {
+                None => now_s,
+                Some(t) if t < (1u64 << 28) as f64 => now_s + t,
+                Some(t) => t,
+            });
+        }
+        self.events.push_back(ServerEvent::ValuesReported {
+            endpoint: endpoint.to_string(),
+            source,
+            records,
+        });
+    }
+
+    // ---- queue mode and dispatch ---------------------------------------------
+
+    /// Any uplink: the device listens for a while (Transport §6.5).
+    fn woke(&mut self, now: Now, endpoint: &str) {
+        if let Some(id) = self.by_endpoint.get(endpoint)
+            && let Some(dev) = self.devices.get_mut(id)
+        {
+            dev.awake_until = now.mono + self.config.awake_window;
+            dev.reg.last_seen = now.unix_ms;
+        }
+        self.dispatch(now, endpoint);
+    }
+
+    fn reachable(&self, now: Now, endpoint: &str) -> Option<(P, &Registration<P>)> {
+        let dev = self.devices.get(self.by_endpoint.get(endpoint)?)?;
+        if dev.reg.queue_mode && now.mono >= dev.awake_until {
+            return None;
+        }
+        Some((dev.reg.peer, &dev.reg))
+    }
+
+    /// Send the next queued operation if the device is reachable and has none
+    /// in flight: operations go out one at a time, in order, never twice at once.
+    fn dispatch(&mut self, now: Now, endpoint: &str) {
+        if self.busy.contains(endpoint) {
+            return;
+        }
+        loop {
+            let Some(q) = self.queues.get_mut(endpoint) else {
+                return;
+            };
+            let Some(front) = q.front() else {
+                self.queues.remove(endpoint);
+                return;
+            };
+            if front.deadline <= now.unix_ms {
+                let op = q.pop_front().expect("front exists");
+                self.events.push_back(ServerEvent::OperationFinished {
+                    id: op.id,
+                    endpoint: op.endpoint,
+                    outcome: Outcome::Expired,
+                });
+                continue;
+            }
+            let Some((peer, reg)) = self.reachable(now, endpoint) else {
+                return;
+            };
+            let format = reg.preferred_format();
+            let root: Vec<String> = coap::message::split_path(&reg.root_path);
+            let mut op = self
+                .queues
+                .get_mut(endpoint)
+                .and_then(VecDeque::pop_front)
+                .expect("front exists");
+            let sent = match &op.kind {
+                OperationKind::CancelObserve { path } => {
+                    self.cancel_observation(now, endpoint, path)
+                }
+                kind => kind
+                    .to_request(format, &root, &self.models)
+                    .map(|request| self.coap.request(now.mono, peer, request))
+                    .map_err(|e| e.to_string()),
+            };
+            let rid = match sent {
+                Ok(rid) => rid,
+                Err(reason) => {
+                    let outcome = Outcome::Failed { code: None, reason };
+                    self.events.push_back(ServerEvent::OperationFinished {
+                        id: op.id,
+                        endpoint: op.endpoint,
+                        outcome,
+                    });
+                    continue;
+                }
+            };
+            op.attempts += 1;
+            self.events.push_back(ServerEvent::OperationSent {
+                id: op.id,
+                endpoint: op.endpoint.clone(),
+                attempt: op.attempts,
+            });
+            self.busy.insert(endpoint.to_string());
+            self.in_flight.insert(rid, InFlight { op });
+            return;
+        }
+    }
+
+    /// Active cancellation (RFC 7641 §3.6): GET with Observe 1 on the
+    /// observation's own token; its response completes the operation.
+    fn cancel_observation(
+        &mut self,
+        now: Now,
+        endpoint: &str,
+        path: &ResourcePath,
+    ) -> Result<RequestId, String> {
+        let rid = self
+            .observations
+            .iter()
+            .find(|(_, o)| o.endpoint == endpoint && o.path == *path && !o.composite)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| format!("no active observation of {path}"))?;
+        self.observations.remove(&rid);
+        if self.coap.cancel_observation(now.mono, rid) {
+            Ok(rid)
+        } else {
+            Err(format!("observation of {path} already ended"))
+        }
+    }
+
+    fn finish(&mut self, now: Now, op: Operation, outcome: Outcome) {
+        self.busy.remove(&op.endpoint);
+        let endpoint = op.endpoint.clone();
+        self.events.push_back(ServerEvent::OperationFinished {
+            id: op.id,
+            endpoint: op.endpoint,
+            outcome,
+        });
+        self.dispatch(now, &endpoint);
+    }
+
+    fn on_response(&mut self, now: Now, _peer: P, rid: RequestId, response: Response) {
+        let Some(InFlight { op }) = self.in_flight.remove(&rid) else {
+            return;
+        };
+        let outcome = op.kind.outcome(&response, &self.models);
+        if let Outcome::Succeeded(OperationResult { records, .. }) = &outcome {
+            let observes = matches!(
+                op.kind,
+                OperationKind::Observe { .. } | OperationKind::ObserveComposite { .. }
+            );
+            if observes && response.options.observe.is_some() {
+                let composite = matches!(op.kind, OperationKind::ObserveComposite { .. });
+                let path = op.kind.path();
+                // A new observation of the same path replaces the old one.
+                self.drop_observations(&op.endpoint, &path, composite);
+                self.observations.insert(
+                    rid,
+                    Observation {
+                        endpoint: op.endpoint.clone(),
+                        path,
+                        composite,
+                    },
+                );
+            }
+            if !records.is_empty() {
+                self.report(now, &op.endpoint, Source::Read, records.clone());
+            }
+        }
+        self.finish(now, op, outcome);
+    }
+
+    fn drop_observations(&mut self, endpoint: &str, path: &ResourcePath, composite: bool) {
+        let old: Vec<RequestId> = self
+            .observations
+            .iter()
+            .filter(|(_, o)| o.endpoint == endpoint && o.path == *path && o.composite == composite)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            self.observations.remove(&id);
+            self.coap.forget(id);
+        }
+    }
+
+    fn on_notification(&mut self, now: Now, _peer: P, rid: RequestId, response: Response) {
+        let Some(obs) = self.observations.get(&rid) else {
+            return;
+        };
+        let endpoint = obs.endpoint.clone();
+        let path = obs.path;
+        if !response.code.is_success() || response.options.observe.is_none() {
+            // The device ended the observation (RFC 7641 §3.2).
+            self.observations.remove(&rid);
+        }
+        if response.code.is_success() {
+            match crate::lwm2m::operation::decode_response(&path, &response, &self.models) {
+                Ok(records) => self.report(now, &endpoint, Source::Notification, records),
+                Err(e) => self.events.push_back(ServerEvent::Rejected {
+                    endpoint: Some(endpoint.clone()),
+                    code: Code::BAD_REQUEST,
+                    reason: format!("undecodable notification for {path}: {e}"),
+                }),
+            }
+        }
+        self.woke(now, &endpoint);
+    }
+
+    fn on_failure(&mut self, now: Now, rid: RequestId, failure: Failure) {
+        if let Some(obs) = self.observations.remove(&rid) {
+            log::debug!(
+                "observation of {} on {} ended: {failure:?}",
+                obs.path,
+                obs.endpoint
+            );
+            return;
+        }
+        let Some(InFlight { op }) = self.in_flight.remove(&rid) else {
+            return;
+        };
+        let retry = failure == Failure::Timeout
+            && op.attempts < op.max_attempts
+            && op.deadline > now.unix_ms;
+        if retry {
+            // The device went to sleep or lost the message: wait for its next
+            // uplink before trying again, at the head of its queue.
+            self.busy.remove(&op.endpoint);
+            if let Some(id) = self.by_endpoint.get(&op.endpoint)
+                && let Some(dev) = self.devices.get_mut(id)
+                && dev.reg.queue_mode
+            {
+                dev.awake_until = now.mono;
+            }
+            let endpoint = op.endpoint.clone();
+            self.events.push_back(ServerEvent::OperationRequeued {
+                id: op.id,
+                endpoint: endpoint.clone(),
+                attempts: op.attempts,
+                reason: "no answer (CoAP timeout)".into(),
+            });
+            self.queues
+                .entry(endpoint.clone())
+                .or_default()
+                .push_front(op);
+            self.dispatch(now, &endpoint);
+            return;
+        }
+        let reason = match failure {
+            Failure::Timeout => format!("no answer after {} attempts", op.attempts),
+            Failure::Reset => "device answered with RST".to_string(),
+            Failure::BadBlocks => "block-wise transfer failed".to_string(),
+        };
+        self.finish(now, op, Outcome::Failed { code: None, reason });
+    }
+
+    // ---- timers -------------------------------------------------------------
+
+    fn sweep(&mut self, now: Now) {
+        let grace = self.config.lifetime_grace_s;
+        let expired: Vec<RegistrationId> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.reg.expired(now.unix_ms, grace))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(reg) = self.remove_registration(id) {
+                self.events.push_back(ServerEvent::Expired {
+                    endpoint: reg.endpoint,
+                    id,
+                });
+            }
+        }
+        // Operation deadlines: queued operations past theirs expire now, not
+        // only when their device next wakes.
+        let mut finished = Vec::new();
+        for q in self.queues.values_mut() {
+            q.retain(|op| {
+                let keep = op.deadline > now.unix_ms;
+                if !keep {
+                    finished.push((op.id, op.endpoint.clone()));
+                }
+                keep
+            });
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        for (id, endpoint) in finished {
+            self.events.push_back(ServerEvent::OperationFinished {
+                id,
+                endpoint,
+                outcome: Outcome::Expired,
+            });
+        }
+        if !self.devices.is_empty() || !self.queues.is_empty() {
+            self.schedule_sweep(now);
+        }
+    }
+}

@@ -1,0 +1,637 @@
+//! One simulated LwM2M 1.1 client, sans-I/O, modelled on Zephyr's: objects
+//! 1, 3, 5, 3303, 3304; SenML-CBOR or TLV; queue mode with an awake window;
+//! periodic Updates; answers Read/Write/Execute/Create/Delete/Discover/
+//! Write-Attributes/Observe and their composite forms; optional Send.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::coap::{Code, Event, Exchanges, Method, Params, Request, RequestId, Response};
+use crate::lwm2m::content::{self, link_format::Link, senml};
+use crate::lwm2m::model::Models;
+use crate::lwm2m::path::{Record, ResourcePath, Value};
+
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub endpoint: String,
+    pub lifetime: u32,
+    /// Update every this long (Zephyr updates ahead of lifetime expiry).
+    pub update_interval: Duration,
+    pub queue_mode: bool,
+    /// Queue mode: how long the client listens after each uplink.
+    pub awake_window: Duration,
+    /// Content format for reads and notifications: SenML-CBOR or TLV.
+    pub format: u16,
+    /// How often sensor values change and observations notify.
+    pub notify_interval: Duration,
+    /// Send (`POST /dp`) the temperature this often, if set.
+    pub send_interval: Option<Duration>,
+    pub params: Params,
+}
+
+impl DeviceConfig {
+    pub fn new(endpoint: &str) -> DeviceConfig {
+        DeviceConfig {
+            endpoint: endpoint.to_string(),
+            lifetime: 300,
+            update_interval: Duration::from_secs(240),
+            queue_mode: false,
+            awake_window: Duration::from_secs(20),
+            format: content::SENML_CBOR,
+            notify_interval: Duration::from_secs(10),
+            send_interval: None,
+            params: Params::default(),
+        }
+    }
+}
+
+/// Counters a runner aggregates.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub registrations: u64,
+    pub updates: u64,
+    pub requests_served: u64,
+    pub notifications: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug)]
+struct Observer {
+    token: Vec<u8>,
+    paths: Vec<ResourcePath>,
+    composite: bool,
+    seq: u32,
+    format: u16,
+}
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    Idle,
+    Registering(RequestId),
+    Registered {
+        location: Vec<String>,
+    },
+    Updating {
+        location: Vec<String>,
+        id: RequestId,
+    },
+}
+
+pub struct Client {
+    cfg: DeviceConfig,
+    models: Arc<Models>,
+    coap: Exchanges<()>,
+    phase: Phase,
+    values: BTreeMap<ResourcePath, Value>,
+    observers: Vec<Observer>,
+    awake_until: Option<Instant>,
+    next_update: Option<Instant>,
+    next_notify: Option<Instant>,
+    next_send: Option<Instant>,
+    /// Re-register at this time (after a reboot or failure).
+    next_register: Option<Instant>,
+    rng: fastrand::Rng,
+    pub counters: Counters,
+    /// Send Updates back-to-back (benchmarks).
+    pub continuous_updates: bool,
+}
+
+fn path(s: &str) -> ResourcePath {
+    s.parse().expect("static path")
+}
+
+impl Client {
+    pub fn new(cfg: DeviceConfig, models: Arc<Models>, seed: u64) -> Client {
+        let mut values = BTreeMap::new();
+        let mut set = |p: &str, v: Value| {
+            values.insert(path(p), v);
+        };
+        set("/1/0/0", Value::Integer(1));
+        set("/1/0/1", Value::Integer(i64::from(cfg.lifetime)));
+        set("/1/0/6", Value::Boolean(false));
+        set(
+            "/1/0/7",
+            Value::String(if cfg.queue_mode { "UQ" } else { "U" }.into()),
+        );
+        set("/3/0/0", Value::String("Nordic Semiconductor ASA".into()));
+        set("/3/0/1", Value::String("nRF9160-SIM".into()));
+        set("/3/0/2", Value::String(format!("{:016x}", seed)));
+        set("/3/0/3", Value::String("sim-1.0.0".into()));
+        set("/3/0/9", Value::Integer(87));
+        set("/3/0/11/0", Value::Integer(0));
+        set("/3/0/13", Value::Time(1_700_000_000));
+        set("/3/0/16", Value::String("UQ".into()));
+        set("/3/0/19", Value::String("sim".into()));
+        set("/5/0/1", Value::String(String::new()));
+        set("/5/0/3", Value::Integer(0));
+        set("/5/0/5", Value::Integer(0));
+        for (i, proto) in [0, 1, 2, 3].iter().enumerate() {
+            set(&format!("/5/0/8/{i}"), Value::Integer(*proto));
+        }
+        set("/5/0/9", Value::Integer(0));
+        set("/3303/0/5700", Value::Float(21.5));
+        set("/3303/0/5701", Value::String("Cel".into()));
+        set("/3304/0/5700", Value::Float(45.0));
+        set("/3304/0/5701", Value::String("%RH".into()));
+        Client {
+            coap: Exchanges::new(cfg.params.clone(), seed),
+            cfg,
+            models,
+            phase: Phase::Idle,
+            values,
+            observers: Vec::new(),
+            awake_until: None,
+            next_update: None,
+            next_notify: None,
+            next_send: None,
+            next_register: None,
+            rng: fastrand::Rng::with_seed(seed ^ 0x5eed),
+            counters: Counters::default(),
+            continuous_updates: false,
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.cfg.endpoint
+    }
+
+    pub fn is_registered(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Registered { .. } | Phase::Updating { .. }
+        )
+    }
+
+    pub fn value(&self, p: &ResourcePath) -> Option<&Value> {
+        self.values.get(p)
+    }
+
+    pub fn set_value(&mut self, p: ResourcePath, v: Value) {
+        self.values.insert(p, v);
+    }
+
+    /// Is the radio on? Sleeping queue-mode clients hear nothing.
+    pub fn awake(&self, now: Instant) -> bool {
+        !self.cfg.queue_mode || self.awake_until.is_some_and(|t| now < t)
+    }
+
+    fn uplink(&mut self, now: Instant) {
+        self.awake_until = Some(now + self.cfg.awake_window);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.coap.poll_transmit().map(|t| t.bytes)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.coap.poll_timeout(),
+            self.next_update,
+            self.next_notify,
+            self.next_send,
+            self.next_register,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Register now.
+    pub fn start(&mut self, now: Instant) {
+        self.register(now);
+        self.next_notify = Some(now + self.cfg.notify_interval);
+        self.next_send = self.cfg.send_interval.map(|d| now + d);
+    }
+
+    fn object_links(&self) -> String {
+        let mut links = vec![format!("</>;rt=\"oma.lwm2m\";ct={}", self.cfg.format)];
+        let mut seen = Vec::new();
+        for p in self.values.keys() {
+            let inst = ResourcePath::new(&p.ids()[..2]).expect("instance path");
+            if !seen.contains(&inst) {
+                seen.push(inst);
+                links.push(format!("<{inst}>"));
+            }
+        }
+        links.join(",")
+    }
+
+    fn register(&mut self, now: Instant) {
+        self.next_register = None;
+        self.observers.clear();
+        let mut req = Request::new(Method::Post, "/rd");
+        req.options.uri_query = vec![
+            format!("ep={}", self.cfg.endpoint),
+            format!("lt={}", self.cfg.lifetime),
+            "lwm2m=1.1".into(),
+            "b=U".into(),
+        ];
+        if self.cfg.queue_mode {
+            req.options.uri_query.push("Q".into());
+        }
+        req.options.content_format = Some(content::LINK_FORMAT);
+        req.payload = self.object_links().into_bytes();
+        let id = self.coap.request(now, (), req);
+        self.phase = Phase::Registering(id);
+        self.uplink(now);
+    }
+
+    fn update(&mut self, now: Instant) {
+        self.next_update = None;
+        let Phase::Registered { location } = &self.phase else {
+            return;
+        };
+        let location = location.clone();
+        let mut req = Request::new(Method::Post, "");
+        req.options.uri_path = location.clone();
+        let id = self.coap.request(now, (), req);
+        self.phase = Phase::Updating { location, id };
+        self.uplink(now);
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        if !self.awake(now) {
+            return; // PSM: the modem is off
+        }
+        self.coap.handle_datagram(now, (), bytes);
+        self.drain(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.coap.handle_timeout(now);
+        if self.next_register.is_some_and(|t| t <= now) {
+            self.register(now);
+        }
+        if self.next_update.is_some_and(|t| t <= now) {
+            self.update(now);
+        }
+        if self.next_notify.is_some_and(|t| t <= now) {
+            self.next_notify = Some(now + self.cfg.notify_interval);
+            self.change_sensors();
+            if self.is_registered() {
+                self.notify_all(now);
+            }
+        }
+        if self.next_send.is_some_and(|t| t <= now) {
+            self.next_send = self.cfg.send_interval.map(|d| now + d);
+            if self.is_registered() {
+                self.send(now);
+            }
+        }
+        self.drain(now);
+    }
+
+    fn change_sensors(&mut self) {
+        for p in ["/3303/0/5700", "/3304/0/5700"] {
+            if let Some(Value::Float(v)) = self.values.get_mut(&path(p)) {
+                *v = ((*v + (self.rng.f64() - 0.5)) * 100.0).round() / 100.0;
+            }
+        }
+    }
+
+    fn drain(&mut self, now: Instant) {
+        while let Some(ev) = self.coap.poll_event() {
+            match ev {
+                Event::Response { id, response, .. } => self.on_response(now, id, response),
+                Event::Failed { id, .. } => {
+                    self.counters.failures += 1;
+                    match &self.phase {
+                        Phase::Registering(r) if *r == id => {
+                            self.phase = Phase::Idle;
+                            self.next_register = Some(now + Duration::from_secs(1));
+                        }
+                        Phase::Updating { id: r, location } if *r == id => {
+                            // Zephyr retries the Update, then falls back to Register.
+                            self.phase = Phase::Registered {
+                                location: location.clone(),
+                            };
+                            self.next_update = Some(now + Duration::from_secs(1));
+                        }
+                        _ => {}
+                    }
+                }
+                Event::Request {
+                    id, token, request, ..
+                } => {
+                    self.counters.requests_served += 1;
+                    let response = self.serve(now, &token, request);
+                    self.coap.respond(now, id, response);
+                }
+                Event::Notification { .. } => {}
+                Event::ObserverGone { token, .. } => self.observers.retain(|o| o.token != token),
+            }
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, id: RequestId, r: Response) {
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Registering(rid) if rid == id => {
+                if r.code == Code::CREATED && !r.options.location_path.is_empty() {
+                    self.counters.registrations += 1;
+                    self.phase = Phase::Registered {
+                        location: r.options.location_path,
+                    };
+                    self.schedule_update(now);
+                } else {
+                    self.counters.failures += 1;
+                    self.next_register = Some(now + Duration::from_secs(5));
+                }
+            }
+            Phase::Updating { location, id: rid } if rid == id => {
+                if r.code == Code::CHANGED {
+                    self.counters.updates += 1;
+                    self.phase = Phase::Registered { location };
+                    self.schedule_update(now);
+                } else {
+                    // 4.04: the server lost us; register again (Core §6.2.2).
+                    self.counters.failures += 1;
+                    self.register(now);
+                }
+            }
+            other => self.phase = other,
+        }
+    }
+
+    fn schedule_update(&mut self, now: Instant) {
+        self.next_update = Some(if self.continuous_updates {
+            now
+        } else {
+            now + self.cfg.update_interval
+        });
+    }
+
+    fn records_under(&self, p: &ResourcePath) -> Vec<Record> {
+        self.values
+            .iter()
+            .filter(|(k, _)| k.starts_with(p))
+            .map(|(k, v)| Record {
+                path: *k,
+                value: v.clone(),
+                time: None,
+            })
+            .collect()
+    }
+
+    fn encode(
+        &self,
+        p: &ResourcePath,
+        records: &[Record],
+        accept: Option<u16>,
+    ) -> Result<Response, Code> {
+        let format = match accept {
+            None => self.cfg.format,
+            Some(f)
+                if [
+                    content::TLV,
+                    content::SENML_CBOR,
+                    content::SENML_JSON,
+                    content::LWM2M_CBOR,
+                ]
+                .contains(&f) =>
+            {
+                f
+            }
+            Some(content::TEXT_PLAIN) if records.len() == 1 && records[0].path == *p => {
+                content::TEXT_PLAIN
+            }
+            Some(_) => return Err(Code::NOT_ACCEPTABLE),
+        };
+        let payload = content::encode(format, p, records, &self.models)
+            .map_err(|_| Code::INTERNAL_SERVER_ERROR)?;
+        Ok(Response::with_payload(Code::CONTENT, format, payload))
+    }
+
+    fn serve(&mut self, now: Instant, token: &[u8], req: Request) -> Response {
+        let p = match ResourcePath::from_segments(&req.options.uri_path) {
+            Some(p) => p,
+            None => return Response::new(Code::NOT_FOUND),
+        };
+        let result = match req.method {
+            Method::Get if req.options.accept == Some(content::LINK_FORMAT) => self.discover(&p),
+            Method::Get => self.read(now, token, &p, &req),
+            Method::Put if req.payload.is_empty() && !req.options.uri_query.is_empty() => {
+                Ok(Response::new(Code::CHANGED))
+            }
+            Method::Put | Method::Post if p.depth() >= 2 && !self.is_executable(&p) => {
+                self.write(&p, &req)
+            }
+            Method::Post if self.is_executable(&p) => self.execute(now, &p),
+            Method::Post if p.depth() == 1 => self.create(&p, &req),
+            Method::Delete if p.depth() == 2 => {
+                let before = self.values.len();
+                self.values.retain(|k, _| !k.starts_with(&p));
+                if self.values.len() == before {
+                    Err(Code::NOT_FOUND)
+                } else {
+                    Ok(Response::new(Code::DELETED))
+                }
+            }
+            Method::Fetch => self.read_composite(token, &req),
+            _ => Err(Code::METHOD_NOT_ALLOWED),
+        };
+        result.unwrap_or_else(Response::new)
+    }
+
+    fn is_executable(&self, p: &ResourcePath) -> bool {
+        p.depth() == 3 && self.models.resource(p).is_some_and(|r| r.executable())
+    }
+
+    fn read(
+        &mut self,
+        _now: Instant,
+        token: &[u8],
+        p: &ResourcePath,
+        req: &Request,
+    ) -> Result<Response, Code> {
+        let records = self.records_under(p);
+        if records.is_empty() {
+            return Err(Code::NOT_FOUND);
+        }
+        let mut r = self.encode(p, &records, req.options.accept)?;
+        match req.options.observe {
+            Some(0) => {
+                self.observers.retain(|o| o.token != token);
+                let format = r.options.content_format.unwrap_or(self.cfg.format);
+                self.observers.push(Observer {
+                    token: token.to_vec(),
+                    paths: vec![*p],
+                    composite: false,
+                    seq: 0,
+                    format,
+                });
+                r.options.observe = Some(0);
+            }
+            Some(1) => self.observers.retain(|o| o.token != token),
+            _ => {}
+        }
+        Ok(r)
+    }
+
+    fn discover(&self, p: &ResourcePath) -> Result<Response, Code> {
+        let mut links = Vec::new();
+        let mut last = None;
+        for k in self.values.keys().filter(|k| k.starts_with(p)) {
+            let res = ResourcePath::new(&k.ids()[..3.min(k.depth())]).expect("prefix");
+            if last != Some(res) {
+                links.push(Link {
+                    target: res.to_string(),
+                    attrs: vec![],
+                });
+                last = Some(res);
+            }
+        }
+        if links.is_empty() {
+            return Err(Code::NOT_FOUND);
+        }
+        let text = content::link_format::format(&links);
+        Ok(Response::with_payload(
+            Code::CONTENT,
+            content::LINK_FORMAT,
+            text.into_bytes(),
+        ))
+    }
+
+    fn write(&mut self, p: &ResourcePath, req: &Request) -> Result<Response, Code> {
+        let cf = req.options.content_format.unwrap_or(content::TEXT_PLAIN);
+        let records = content::decode(cf, p, &req.payload, &self.models).map_err(|e| match e {
+            crate::Error::UnsupportedContentFormat(_) => Code::UNSUPPORTED_CONTENT_FORMAT,
+            _ => Code::BAD_REQUEST,
+        })?;
+        for r in &records {
+            if !r.path.starts_with(p) {
+                return Err(Code::BAD_REQUEST);
+            }
+            if !self.models.resource(&r.path).is_some_and(|m| m.writable()) {
+                return Err(Code::METHOD_NOT_ALLOWED);
+            }
+        }
+        if req.method == Method::Put && p.depth() == 3 {
+            // Write-Replace of a multiple resource replaces all its instances.
+            self.values
+                .retain(|k, _| !(k.starts_with(p) && k.depth() == 4));
+        }
+        for r in records {
+            self.values.insert(r.path, r.value);
+        }
+        Ok(Response::new(Code::CHANGED))
+    }
+
+    fn execute(&mut self, now: Instant, p: &ResourcePath) -> Result<Response, Code> {
+        if *p == path("/3/0/4") {
+            // Reboot: answer, then come back with a fresh registration.
+            self.next_register = Some(now + Duration::from_millis(500));
+            self.next_update = None;
+        }
+        Ok(Response::new(Code::CHANGED))
+    }
+
+    fn create(&mut self, p: &ResourcePath, req: &Request) -> Result<Response, Code> {
+        let object = p.object().expect("depth 1");
+        let next = self
+            .values
+            .keys()
+            .filter(|k| k.object() == Some(object))
+            .filter_map(|k| k.instance())
+            .max()
+            .map_or(0, |i| i + 1);
+        let base = p.child(next).ok_or(Code::BAD_REQUEST)?;
+        let cf = req.options.content_format.unwrap_or(content::TLV);
+        let records = content::decode(cf, &base, &req.payload, &self.models)
+            .map_err(|_| Code::BAD_REQUEST)?;
+        let instance = records
+            .first()
+            .and_then(|r| r.path.instance())
+            .unwrap_or(next);
+        for r in records {
+            self.values.insert(r.path, r.value);
+        }
+        let mut r = Response::new(Code::CREATED);
+        r.options.location_path = vec![object.to_string(), instance.to_string()];
+        Ok(r)
+    }
+
+    fn read_composite(&mut self, token: &[u8], req: &Request) -> Result<Response, Code> {
+        let cf = req.options.content_format.unwrap_or(content::SENML_CBOR);
+        let paths = senml::names(cf, &req.payload).map_err(|_| Code::BAD_REQUEST)?;
+        let records: Vec<Record> = paths.iter().flat_map(|p| self.records_under(p)).collect();
+        let format = req.options.accept.unwrap_or(content::SENML_CBOR);
+        let payload = match format {
+            content::SENML_CBOR => senml::encode_cbor(&records),
+            content::SENML_JSON => senml::encode_json(&records),
+            _ => return Err(Code::NOT_ACCEPTABLE),
+        };
+        let mut r = Response::with_payload(Code::CONTENT, format, payload);
+        if req.options.observe == Some(0) {
+            self.observers.retain(|o| o.token != token);
+            self.observers.push(Observer {
+                token: token.to_vec(),
+                paths,
+                composite: true,
+                seq: 0,
+                format,
+            });
+            r.options.observe = Some(0);
+        }
+        Ok(r)
+    }
+
+    fn notify_all(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        for o in &mut self.observers {
+            o.seq += 1;
+            let records: Vec<Record> = o
+                .paths
+                .iter()
+                .flat_map(|p| {
+                    self.values
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(p))
+                        .map(|(k, v)| Record {
+                            path: *k,
+                            value: v.clone(),
+                            time: None,
+                        })
+                })
+                .collect();
+            let base = if o.composite {
+                ResourcePath::ROOT
+            } else {
+                o.paths[0]
+            };
+            let Ok(payload) = content::encode(o.format, &base, &records, &self.models) else {
+                continue;
+            };
+            let mut r = Response::with_payload(Code::CONTENT, o.format, payload);
+            r.options.observe = Some(o.seq);
+            // Every tenth notification is confirmable, so a vanished
+            // observer is noticed (RFC 7641 §4.5).
+            out.push((o.token.clone(), r, o.seq % 10 == 0));
+        }
+        for (token, r, con) in out {
+            self.counters.notifications += 1;
+            self.coap.notify(now, (), &token, &r, con);
+            self.uplink(now);
+        }
+    }
+
+    fn send(&mut self, now: Instant) {
+        let records = self.records_under(&path("/3303/0/5700"));
+        let mut req = Request::new(Method::Post, "/dp");
+        req.options.content_format = Some(content::SENML_CBOR);
+        req.payload = senml::encode_cbor(&records);
+        self.coap.request(now, (), req);
+        self.uplink(now);
+    }
+
+    /// De-register (used when a simulator stops cleanly).
+    pub fn deregister(&mut self, now: Instant) {
+        if let Phase::Registered { location } | Phase::Updating { location, .. } = &self.phase {
+            let mut req = Request::new(Method::Delete, "");
+            req.options.uri_path = location.clone();
+            self.coap.request(now, (), req);
+            self.phase = Phase::Idle;
+            self.next_update = None;
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `flownexus sim`: simulated LwM2M devices against a server, each with its
+//! own UDP socket (so the server sees distinct peers, as with real devices).
+
+pub mod client;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use crate::lwm2m::content;
+use crate::lwm2m::model::Models;
+pub use client::{Client, Counters, DeviceConfig};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// The LwM2M server's CoAP address.
+    #[arg(long, default_value = "127.0.0.1:5683")]
+    pub server: SocketAddr,
+    /// Number of devices.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Endpoint names are PREFIX + index.
+    #[arg(long, default_value = "urn:sim:")]
+    pub prefix: String,
+    #[arg(long, default_value_t = 300)]
+    pub lifetime: u32,
+    /// Seconds between Updates (default: 80% of the lifetime).
+    #[arg(long)]
+    pub update_interval_s: Option<u64>,
+    /// Queue mode (binding Q): the device sleeps outside its awake window.
+    #[arg(long)]
+    pub queue_mode: bool,
+    #[arg(long, default_value_t = 20)]
+    pub awake_window_s: u64,
+    /// senml-cbor, senml-json or tlv.
+    #[arg(long, default_value = "senml-cbor")]
+    pub format: String,
+    #[arg(long, default_value_t = 10_000)]
+    pub notify_interval_ms: u64,
+    /// Send the temperature with `POST /dp` this often.
+    #[arg(long)]
+    pub send_interval_s: Option<u64>,
+    /// Stop (and de-register) after this many seconds; default: until Ctrl-C.
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+}
+
+impl SimArgs {
+    pub fn device_config(&self, index: usize) -> anyhow::Result<DeviceConfig> {
+        let mut c = DeviceConfig::new(&format!("{}{index}", self.prefix));
+        c.lifetime = self.lifetime;
+        c.update_interval = Duration::from_secs(
+            self.update_interval_s
+                .unwrap_or(u64::from(self.lifetime) * 4 / 5)
+                .max(1),
+        );
+        c.queue_mode = self.queue_mode;
+        c.awake_window = Duration::from_secs(self.awake_window_s);
+        c.format = match self.format.as_str() {
+            "senml-cbor" => content::SENML_CBOR,
+            "senml-json" => content::SENML_JSON,
+            "tlv" => content::TLV,
+            other => anyhow::bail!("--format {other}: expected senml-cbor, senml-json or tlv"),
+        };
+        c.notify_interval = Duration::from_millis(self.notify_interval_ms.max(1));
+        c.send_interval = self.send_interval_s.map(Duration::from_secs);
+        Ok(c)
+    }
+}
+
+/// Fleet-wide counters, summed over devices.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub registrations: AtomicU64,
+    pub updates: AtomicU64,
+    pub requests_served: AtomicU64,
+    pub notifications: AtomicU64,
+    pub failures: AtomicU64,
+    pub registered: AtomicI64,
+}
+
+impl Stats {
+    fn add(&self, before: &Counters, after: &Counters) {
+        self.registrations.fetch_add(
+            after.registrations - before.registrations,
+            Ordering::Relaxed,
+        );
+        self.updates
+            .fetch_add(after.updates - before.updates, Ordering::Relaxed);
+        self.requests_served.fetch_add(
+            after.requests_served - before.requests_served,
+            Ordering::Relaxed,
+        );
+        self.notifications.fetch_add(
+            after.notifications - before.notifications,
+            Ordering::Relaxed,
+        );
+        self.failures
+            .fetch_add(after.failures - before.failures, Ordering::Relaxed);
+    }
+}
+
+/// Running simulated devices.
+pub struct Fleet {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub stats: Arc<Stats>,
+}
+
+/// Raise the open-file limit to what the kernel allows: one socket a device.
+pub fn raise_fd_limit(wanted: u64) {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < wanted {
+            let target = libc::rlimit {
+                rlim_cur: wanted.max(r.rlim_cur),
+                rlim_max: wanted.max(r.rlim_max),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &target) != 0 {
+                let soft = libc::rlimit {
+                    rlim_cur: r.rlim_max,
+                    rlim_max: r.rlim_max,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
+            }
+        }
+    }
+}
+
+impl Fleet {
+    /// Start `configs.len()` devices against `server`.
+    pub async fn spawn(
+        configs: Vec<DeviceConfig>,
+        server: SocketAddr,
+        models: Arc<Models>,
+        continuous_updates: bool,
+    ) -> std::io::Result<Fleet> {
+        raise_fd_limit(configs.len() as u64 + 1024);
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let mut tasks = Vec::with_capacity(configs.len());
+        let local: SocketAddr = if server.is_ipv4() {
+            "127.0.0.1:0".parse().expect("addr")
+        } else {
+            "[::1]:0".parse().expect("addr")
+        };
+        for (i, cfg) in configs.into_iter().enumerate() {
+            let sock = UdpSocket::bind(local).await?;
+            sock.connect(server).await?;
+            let mut client = Client::new(cfg, models.clone(), fastrand::u64(..) ^ i as u64);
+            client.continuous_updates = continuous_updates;
+            tasks.push(tokio::spawn(run_device(
+                client,
+                sock,
+                stop_rx.clone(),
+                stats.clone(),
+            )));
+        }
+        Ok(Fleet { stop, tasks, stats })
+    }
+
+    /// De-register every device and wait for them to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn run_device(
+    mut client: Client,
+    sock: UdpSocket,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let start = tokio::time::Instant::now().into_std();
+    client.start(start);
+    let mut before = client.counters;
+    let mut registered = false;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    loop {
+        while let Some(bytes) = client.poll_transmit() {
+            let _ = sock.send(&bytes).await;
+        }
+        let after = client.counters;
+        stats.add(&before, &after);
+        before = after;
+        if client.is_registered() != registered {
+            registered = client.is_registered();
+            stats
+                .registered
+                .fetch_add(if registered { 1 } else { -1 }, Ordering::Relaxed);
+        }
+        let deadline = client
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(far);
+        tokio::select! {
+            _ = stop.changed() => {
+                client.deregister(std::time::Instant::now());
+                while let Some(bytes) = client.poll_transmit() {
+                    let _ = sock.send(&bytes).await;
+                }
+                if registered {
+                    stats.registered.fetch_sub(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            r = sock.recv(&mut buf) => {
+                if let Ok(n) = r {
+                    client.handle_datagram(std::time::Instant::now(), &buf[..n]);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => client.handle_timeout(std::time::Instant::now()),
+        }
+    }
+}
+
+/// `flownexus sim`: run devices, print counters every 5 s.
+pub async fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
+    let configs = (0..args.count)
+        .map(|i| args.device_config(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fleet = Fleet::spawn(configs, args.server, Arc::new(Models::embedded()), false).await?;
+    let stats = fleet.stats.clone();
+    let report = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            println!(
+                "registered {} | registrations {} updates {} served {} notifications {} failures {}",
+                stats.registered.load(Ordering::Relaxed),
+                stats.registrations.load(Ordering::Relaxed),
+                stats.updates.load(Ordering::Relaxed),
+                stats.requests_served.load(Ordering::Relaxed),
+                stats.notifications.load(Ordering::Relaxed),
+                stats.failures.load(Ordering::Relaxed)
+            );
+        }
+    };
+    let until = async {
+        match args.duration_s {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = report => {}
+        _ = until => {}
+    }
+    fleet.stop().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,615 @@
+//! The SQLite store (rusqlite, WAL). Only this module speaks SQL.
+//!
+//! One writer thread ([`writer`]) applies server events in batched
+//! transactions; readers (CLI, API, the operation poller) open their own
+//! connections, which WAL lets run beside the writer.
+
+pub mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationState, Outcome};
+use crate::lwm2m::path::{Record, ResourcePath, Value};
+use crate::lwm2m::registration::{Registration, RegistrationId};
+
+/// Versioned migrations, applied in order at start-up; never edit one that
+/// has shipped, add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: devices, registrations, values, events, operations
+    r#"
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL UNIQUE,
+        psk_identity TEXT UNIQUE,
+        tags TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE registrations (
+        device_id INTEGER PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+        reg_id TEXT NOT NULL UNIQUE,
+        peer TEXT NOT NULL,
+        lifetime INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        binding TEXT NOT NULL,
+        queue_mode INTEGER NOT NULL,
+        sms TEXT,
+        object_links TEXT NOT NULL,
+        root_path TEXT NOT NULL,
+        announced_format INTEGER,
+        registered_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );
+    -- Value history: one row per reported value; `value` keeps SQLite's
+    -- own type (INTEGER, REAL, TEXT, BLOB), `vtype` the LwM2M type.
+    CREATE TABLE resource_values (
+        device_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        vtype TEXT NOT NULL,
+        value ANY
+    );
+    CREATE INDEX resource_values_by_path ON resource_values(device_id, path, ts);
+    CREATE INDEX resource_values_by_ts ON resource_values(ts);
+    -- Latest value per resource, kept by upsert so reads never scan history.
+    CREATE TABLE latest_values (
+        device_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        vtype TEXT NOT NULL,
+        value ANY,
+        PRIMARY KEY (device_id, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        endpoint TEXT,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX events_by_endpoint ON events(endpoint, ts);
+    CREATE INDEX events_by_ts ON events(ts);
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        request TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        coap_code TEXT,
+        result TEXT
+    );
+    CREATE INDEX operations_pending ON operations(state) WHERE state IN ('queued', 'sent');
+    CREATE INDEX operations_by_endpoint ON operations(endpoint, id);
+    "#,
+];
+
+pub struct Store {
+    conn: Connection,
+}
+
+/// A device row with its registration state, for `device list/show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceSummary {
+    pub endpoint: String,
+    pub psk_identity: Option<String>,
+    pub tags: String,
+    pub registered: bool,
+    pub queue_mode: bool,
+    pub last_seen: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub lifetime: Option<u32>,
+    pub firmware_version: Option<String>,
+}
+
+/// Whether a device can be reached now (the CLI's and dashboard's word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Online,
+    Sleeping,
+    Offline,
+}
+
+impl DeviceSummary {
+    pub fn status(&self, now_ms: i64, awake_window_s: u64, grace_s: u64) -> Status {
+        match (
+            self.registered,
+            self.updated_at,
+            self.lifetime,
+            self.last_seen,
+        ) {
+            (true, Some(u), Some(lt), Some(seen))
+                if now_ms <= u + (i64::from(lt) + grace_s as i64) * 1000 =>
+            {
+                if self.queue_mode && now_ms > seen + awake_window_s as i64 * 1000 {
+                    Status::Sleeping
+                } else {
+                    Status::Online
+                }
+            }
+            _ => Status::Offline,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationRow {
+    pub id: OperationId,
+    pub endpoint: String,
+    pub kind: OperationKind,
+    pub state: OperationState,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deadline: i64,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub coap_code: Option<String>,
+    pub result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredValue {
+    pub path: ResourcePath,
+    pub ts: i64,
+    pub value: Value,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A stored value's SQLite form: LwM2M type name and SQL value.
+fn sql_value(v: &Value) -> (&'static str, rusqlite::types::Value) {
+    use rusqlite::types::Value as S;
+    match v {
+        Value::String(s) => ("string", S::Text(s.clone())),
+        Value::CoreLink(s) => ("corelnk", S::Text(s.clone())),
+        Value::Integer(i) => ("integer", S::Integer(*i)),
+        Value::Time(i) => ("time", S::Integer(*i)),
+        // u64 above i64::MAX is kept as text so nothing is lost.
+        Value::Unsigned(u) => (
+            "unsigned",
+            i64::try_from(*u).map_or_else(|_| S::Text(u.to_string()), S::Integer),
+        ),
+        Value::Float(f) => ("float", S::Real(*f)),
+        Value::Boolean(b) => ("boolean", S::Integer(i64::from(*b))),
+        Value::Opaque(b) => ("opaque", S::Blob(b.clone())),
+        Value::ObjectLink(o, i) => ("objlnk", S::Text(format!("{o}:{i}"))),
+    }
+}
+
+fn from_sql(vtype: &str, v: rusqlite::types::Value) -> Option<Value> {
+    use rusqlite::types::Value as S;
+    Some(match (vtype, v) {
+        ("string", S::Text(s)) => Value::String(s),
+        ("corelnk", S::Text(s)) => Value::CoreLink(s),
+        ("integer", S::Integer(i)) => Value::Integer(i),
+        ("time", S::Integer(i)) => Value::Time(i),
+        ("unsigned", S::Integer(i)) => Value::Unsigned(i as u64),
+        ("unsigned", S::Text(s)) => Value::Unsigned(s.parse().ok()?),
+        ("float", S::Real(f)) => Value::Float(f),
+        ("float", S::Integer(i)) => Value::Float(i as f64),
+        ("boolean", S::Integer(i)) => Value::Boolean(i != 0),
+        ("opaque", S::Blob(b)) => Value::Opaque(b),
+        ("objlnk", S::Text(s)) => {
+            let (o, i) = s.split_once(':')?;
+            Value::ObjectLink(o.parse().ok()?, i.parse().ok()?)
+        }
+        _ => return None,
+    })
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // WAL + NORMAL: a commit is durable once the WAL is synced at
+        // checkpoint; a power cut can lose the last commits, never corrupt.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
+        let current: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        if current as usize > MIGRATIONS.len() {
+            return Err(Error::malformed(
+                "database",
+                format!(
+                    "schema version {current} is newer than this flownexus ({})",
+                    MIGRATIONS.len()
+                ),
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![i as i64 + 1, now_ms()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    // ---- devices -------------------------------------------------------------
+
+    pub fn add_device(
+        &self,
+        endpoint: &str,
+        psk_identity: Option<&str>,
+        tags: &str,
+    ) -> Result<i64> {
+        let n = self.conn.execute(
+            "INSERT INTO devices (endpoint, psk_identity, tags, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(endpoint) DO NOTHING",
+            params![endpoint, psk_identity, tags, now_ms()],
+        );
+        match n {
+            Ok(0) => Err(Error::AlreadyExists(format!("device {endpoint}"))),
+            Ok(_) => Ok(self.conn.last_insert_rowid()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::AlreadyExists(format!(
+                    "PSK identity {}",
+                    psk_identity.unwrap_or("")
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn remove_device(&self, endpoint: &str) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM devices WHERE endpoint = ?1",
+                [endpoint],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = id.ok_or_else(|| Error::UnknownEndpoint(endpoint.to_string()))?;
+        tx.execute("DELETE FROM resource_values WHERE device_id = ?1", [id])?;
+        tx.execute("DELETE FROM latest_values WHERE device_id = ?1", [id])?;
+        tx.execute(
+            "UPDATE operations SET state = 'cancelled', updated_at = ?2 WHERE endpoint = ?1 AND state IN ('queued', 'sent')",
+            params![endpoint, now_ms()],
+        )?;
+        tx.execute("DELETE FROM devices WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT endpoint FROM devices ORDER BY endpoint")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    const SUMMARY_SQL: &'static str = "SELECT d.endpoint, d.psk_identity, d.tags, r.reg_id IS NOT NULL, r.queue_mode, r.last_seen, r.updated_at, r.lifetime,
+            (SELECT value FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3')
+         FROM devices d LEFT JOIN registrations r ON r.device_id = d.id";
+
+    fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceSummary> {
+        Ok(DeviceSummary {
+            endpoint: r.get(0)?,
+            psk_identity: r.get(1)?,
+            tags: r.get(2)?,
+            registered: r.get(3)?,
+            queue_mode: r.get::<_, Option<bool>>(4)?.unwrap_or(false),
+            last_seen: r.get(5)?,
+            updated_at: r.get(6)?,
+            lifetime: r.get(7)?,
+            firmware_version: r.get::<_, Option<rusqlite::types::Value>>(8)?.and_then(
+                |v| match v {
+                    rusqlite::types::Value::Text(s) => Some(s),
+                    _ => None,
+                },
+            ),
+        })
+    }
+
+    pub fn list_devices(&self, limit: usize, offset: usize) -> Result<Vec<DeviceSummary>> {
+        let mut st = self.conn.prepare(&format!(
+            "{} ORDER BY d.endpoint LIMIT ?1 OFFSET ?2",
+            Self::SUMMARY_SQL
+        ))?;
+        let rows = st.query_map(params![limit as i64, offset as i64], Self::summary_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn device(&self, endpoint: &str) -> Result<DeviceSummary> {
+        let mut st = self
+            .conn
+            .prepare(&format!("{} WHERE d.endpoint = ?1", Self::SUMMARY_SQL))?;
+        st.query_row([endpoint], Self::summary_row)
+            .optional()?
+            .ok_or_else(|| Error::UnknownEndpoint(endpoint.to_string()))
+    }
+
+    // ---- registrations --------------------------------------------------------
+
+    /// All persisted registrations, for restoring the server core.
+    pub fn registrations(&self) -> Result<Vec<Registration<String>>> {
+        let mut st = self.conn.prepare(
+            "SELECT r.reg_id, d.endpoint, r.peer, r.lifetime, r.version, r.binding, r.queue_mode, r.sms, r.object_links,
+                    r.root_path, r.announced_format, r.registered_at, r.updated_at, r.last_seen
+             FROM registrations r JOIN devices d ON d.id = r.device_id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let id: String = r.get(0)?;
+            Ok(Registration {
+                id: RegistrationId::parse(&id).unwrap_or(RegistrationId(0)),
+                endpoint: r.get(1)?,
+                peer: r.get(2)?,
+                lifetime: r.get(3)?,
+                version: r.get(4)?,
+                binding: r.get(5)?,
+                queue_mode: r.get(6)?,
+                sms: r.get(7)?,
+                object_links: r.get(8)?,
+                root_path: r.get(9)?,
+                announced_format: r.get(10)?,
+                registered_at: r.get(11)?,
+                updated_at: r.get(12)?,
+                last_seen: r.get(13)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- values -----------------------------------------------------------------
+
+    pub fn latest_values(&self, endpoint: &str) -> Result<Vec<StoredValue>> {
+        let mut st = self.conn.prepare(
+            "SELECT l.path, l.ts, l.vtype, l.value FROM latest_values l JOIN devices d ON d.id = l.device_id
+             WHERE d.endpoint = ?1 ORDER BY l.path",
+        )?;
+        let rows = st.query_map([endpoint], Self::value_row)?;
+        Ok(rows
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Value history of one resource in `[from, to)` (Unix ms), oldest first.
+    pub fn history(
+        &self,
+        endpoint: &str,
+        path: &ResourcePath,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredValue>> {
+        let mut st = self.conn.prepare(
+            "SELECT v.path, v.ts, v.vtype, v.value FROM resource_values v JOIN devices d ON d.id = v.device_id
+             WHERE d.endpoint = ?1 AND v.path = ?2 AND v.ts >= ?3 AND v.ts < ?4 ORDER BY v.ts LIMIT ?5",
+        )?;
+        let rows = st.query_map(
+            params![endpoint, path.to_string(), from, to, limit as i64],
+            Self::value_row,
+        )?;
+        Ok(rows
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    fn value_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StoredValue>> {
+        let path: String = r.get(0)?;
+        let vtype: String = r.get(2)?;
+        let v: rusqlite::types::Value = r.get(3)?;
+        let ts: i64 = r.get(1)?;
+        Ok(path
+            .parse()
+            .ok()
+            .zip(from_sql(&vtype, v))
+            .map(|(path, value)| StoredValue { path, ts, value }))
+    }
+
+    /// Delete history older than `cutoff_ms`; returns the rows removed.
+    pub fn prune_values(&self, cutoff_ms: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM resource_values WHERE ts < ?1", [cutoff_ms])?)
+    }
+
+    // ---- events ------------------------------------------------------------------
+
+    pub fn events(
+        &self,
+        endpoint: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Option<String>, String, String)>> {
+        let mut st = self.conn.prepare(
+            "SELECT ts, endpoint, kind, detail FROM events WHERE (?1 IS NULL OR endpoint = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![endpoint, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- operations ----------------------------------------------------------------
+
+    /// Queue an operation; committed before this returns, so a crash or
+    /// restart after it cannot lose it.
+    pub fn queue_operation(
+        &self,
+        endpoint: &str,
+        kind: &OperationKind,
+        deadline: i64,
+        max_attempts: u32,
+    ) -> Result<OperationId> {
+        let exists: bool = self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM devices WHERE endpoint = ?1)",
+            [endpoint],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(Error::UnknownEndpoint(endpoint.to_string()));
+        }
+        let now = now_ms();
+        self.conn.execute(
+            "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
+            params![endpoint, kind.name(), serde_json::to_string(kind).expect("serialises"), now, deadline, max_attempts],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Mark a queued operation cancelled; the server picks it up like a new one.
+    pub fn cancel_operation(&self, id: OperationId) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE operations SET state = 'cancelled', updated_at = ?2 WHERE id = ?1 AND state = 'queued'",
+            params![id, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn operation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperationRow> {
+        let request: String = r.get(2)?;
+        let state: String = r.get(3)?;
+        let result: Option<String> = r.get(10)?;
+        Ok(OperationRow {
+            id: r.get(0)?,
+            endpoint: r.get(1)?,
+            kind: serde_json::from_str(&request).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
+            state: OperationState::parse(&state).unwrap_or(OperationState::Failed),
+            created_at: r.get(4)?,
+            updated_at: r.get(5)?,
+            deadline: r.get(6)?,
+            attempts: r.get(7)?,
+            max_attempts: r.get(8)?,
+            coap_code: r.get(9)?,
+            result: result.and_then(|s| serde_json::from_str(&s).ok()),
+        })
+    }
+
+    const OPERATION_SQL: &'static str = "SELECT id, endpoint, request, state, created_at, updated_at, deadline, attempts, max_attempts, coap_code, result FROM operations";
+
+    pub fn operation(&self, id: OperationId) -> Result<OperationRow> {
+        let mut st = self
+            .conn
+            .prepare(&format!("{} WHERE id = ?1", Self::OPERATION_SQL))?;
+        st.query_row([id], Self::operation_row)
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("operation {id}")))
+    }
+
+    pub fn operations_of(&self, endpoint: &str, limit: usize) -> Result<Vec<OperationRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "{} WHERE endpoint = ?1 ORDER BY id DESC LIMIT ?2",
+            Self::OPERATION_SQL
+        ))?;
+        let rows = st.query_map(params![endpoint, limit as i64], Self::operation_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Queued or sent operations with id > `after`, oldest first: the
+    /// server's start-up load and its poll for operations queued elsewhere.
+    /// `sent` ones were interrupted by a restart and go out again.
+    pub fn pending_operations(&self, after: OperationId) -> Result<Vec<Operation>> {
+        let mut st = self.conn.prepare(&format!(
+            "{} WHERE state IN ('queued', 'sent') AND id > ?1 ORDER BY id",
+            Self::OPERATION_SQL
+        ))?;
+        let rows = st.query_map([after], Self::operation_row)?;
+        let rows: Vec<OperationRow> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Operation {
+                id: r.id,
+                endpoint: r.endpoint,
+                kind: r.kind,
+                deadline: r.deadline,
+                attempts: r.attempts,
+                max_attempts: r.max_attempts,
+            })
+            .collect())
+    }
+
+    /// Operations cancelled by another process since `since` (Unix ms).
+    pub fn cancelled_since(&self, since: i64) -> Result<Vec<OperationId>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM operations WHERE state = 'cancelled' AND updated_at >= ?1")?;
+        let rows = st.query_map([since], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn max_operation_id(&self) -> Result<OperationId> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM operations", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// The JSON form of an outcome's result, and its CoAP code, for the row.
+pub fn outcome_columns(outcome: &Outcome) -> (Option<String>, String) {
+    let code = match outcome {
+        Outcome::Succeeded(r) => Some(r.code.clone()),
+        Outcome::Failed { code, .. } => code.clone(),
+        _ => None,
+    };
+    (code, serde_json::to_string(outcome).expect("serialises"))
+}
+
+/// Values of records as stored, for tests and the CLI.
+pub fn record_row(r: &Record) -> (String, &'static str, rusqlite::types::Value) {
+    let (t, v) = sql_value(&r.value);
+    (r.path.to_string(), t, v)
+}

@@ -1,0 +1,331 @@
+//! The store's single writer: a thread that applies server events in
+//! batched transactions, so a burst of notifications costs one commit, not
+//! one per value. Whatever is queued when the process stops cleanly is
+//! committed before [`WriterHandle::close`] returns.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
+
+use rusqlite::{Transaction, params};
+
+use crate::error::Result;
+use crate::lwm2m::operation::Outcome;
+use crate::lwm2m::registration::Registration;
+use crate::lwm2m::registration::RegistrationId;
+use crate::lwm2m::server::ServerEvent;
+use crate::store::{Store, now_ms, outcome_columns, sql_value};
+
+pub enum Command<P> {
+    Event(ServerEvent<P>),
+    /// Delete value history older than this (Unix ms).
+    Prune(i64),
+    /// Reply once everything sent before has been committed.
+    Flush(SyncSender<()>),
+}
+
+/// Where the server sends what must be stored.
+pub struct WriterHandle<P> {
+    tx: Option<SyncSender<Command<P>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<P> Clone for WriterHandle<P> {
+    fn clone(&self) -> Self {
+        WriterHandle {
+            tx: self.tx.clone(),
+            thread: None,
+        }
+    }
+}
+
+/// How many commands may wait for the writer before senders block: the
+/// back-pressure that keeps memory bounded if the disk is slow.
+const CAPACITY: usize = 65_536;
+
+/// At most this many "rejected request" events are stored per second, so a
+/// flood of bad packets cannot flood the events table.
+const REJECTIONS_PER_SECOND: u32 = 20;
+
+impl<P: Display + Send + 'static> WriterHandle<P> {
+    pub fn start(store: Store, batch_size: usize) -> WriterHandle<P> {
+        let (tx, rx) = sync_channel(CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run(store, rx, batch_size))
+            .expect("spawn store writer");
+        WriterHandle {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn send(&self, cmd: Command<P>) {
+        if let Some(tx) = &self.tx
+            && tx.send(cmd).is_err()
+        {
+            log::error!("store writer has stopped; a change was not stored");
+        }
+    }
+
+    /// Wait until everything sent so far is committed.
+    pub fn flush(&self) {
+        let (tx, rx) = sync_channel(1);
+        self.send(Command::Flush(tx));
+        let _ = rx.recv();
+    }
+
+    /// Commit what is queued and stop the thread.
+    pub fn close(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run<P: Display>(mut store: Store, rx: Receiver<Command<P>>, batch_size: usize) {
+    let mut devices: HashMap<String, i64> = HashMap::new();
+    let mut rejections = (0i64, 0u32);
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < batch_size {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let mut acks = Vec::new();
+        let result = (|| -> Result<()> {
+            let tx = store.conn.transaction()?;
+            for cmd in batch {
+                match cmd {
+                    Command::Event(ev) => apply(&tx, &mut devices, &mut rejections, ev)?,
+                    Command::Prune(cutoff) => {
+                        let n =
+                            tx.execute("DELETE FROM resource_values WHERE ts < ?1", [cutoff])?;
+                        if n > 0 {
+                            log::info!("retention: deleted {n} values");
+                        }
+                    }
+                    Command::Flush(ack) => acks.push(ack),
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // The device ids cached may belong to the rolled-back transaction.
+            devices.clear();
+            log::error!("store write failed, batch lost: {e}");
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+    }
+}
+
+fn device_id(
+    tx: &Transaction<'_>,
+    cache: &mut HashMap<String, i64>,
+    endpoint: &str,
+) -> Result<i64> {
+    if let Some(id) = cache.get(endpoint) {
+        return Ok(*id);
+    }
+    tx.execute(
+        "INSERT INTO devices (endpoint, created_at) VALUES (?1, ?2) ON CONFLICT(endpoint) DO NOTHING",
+        params![endpoint, now_ms()],
+    )?;
+    let id: i64 = tx.query_row(
+        "SELECT id FROM devices WHERE endpoint = ?1",
+        [endpoint],
+        |r| r.get(0),
+    )?;
+    cache.insert(endpoint.to_string(), id);
+    Ok(id)
+}
+
+fn event(
+    tx: &Transaction<'_>,
+    endpoint: Option<&str>,
+    kind: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO events (ts, endpoint, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now_ms(), endpoint, kind, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+fn upsert_registration<P: Display>(
+    tx: &Transaction<'_>,
+    device: i64,
+    r: &Registration<P>,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO registrations (device_id, reg_id, peer, lifetime, version, binding, queue_mode, sms, object_links, root_path,
+                                    announced_format, registered_at, updated_at, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT(device_id) DO UPDATE SET reg_id = excluded.reg_id, peer = excluded.peer, lifetime = excluded.lifetime,
+            version = excluded.version, binding = excluded.binding, queue_mode = excluded.queue_mode, sms = excluded.sms,
+            object_links = excluded.object_links, root_path = excluded.root_path, announced_format = excluded.announced_format,
+            registered_at = excluded.registered_at, updated_at = excluded.updated_at, last_seen = excluded.last_seen",
+        params![
+            device,
+            r.id.to_string(),
+            r.peer.to_string(),
+            r.lifetime,
+            r.version,
+            r.binding,
+            r.queue_mode,
+            r.sms,
+            r.object_links,
+            r.root_path,
+            r.announced_format,
+            r.registered_at,
+            r.updated_at,
+            r.last_seen
+        ],
+    )?;
+    Ok(())
+}
+
+fn end_registration(
+    tx: &Transaction<'_>,
+    devices: &mut HashMap<String, i64>,
+    endpoint: &str,
+    id: RegistrationId,
+    kind: &str,
+) -> Result<()> {
+    let dev = device_id(tx, devices, endpoint)?;
+    // Only the registration that ended is removed, not a newer one.
+    tx.execute(
+        "DELETE FROM registrations WHERE device_id = ?1 AND reg_id = ?2",
+        params![dev, id.to_string()],
+    )?;
+    event(
+        tx,
+        Some(endpoint),
+        kind,
+        serde_json::json!({ "registration": id.to_string() }),
+    )
+}
+
+fn apply<P: Display>(
+    tx: &Transaction<'_>,
+    devices: &mut HashMap<String, i64>,
+    rejections: &mut (i64, u32),
+    ev: ServerEvent<P>,
+) -> Result<()> {
+    use serde_json::json;
+    match ev {
+        ServerEvent::Registered {
+            registration: r,
+            replaced,
+        } => {
+            let id = device_id(tx, devices, &r.endpoint)?;
+            upsert_registration(tx, id, &r)?;
+            event(
+                tx,
+                Some(&r.endpoint),
+                "registered",
+                json!({ "registration": r.id.to_string(), "peer": r.peer.to_string(), "lifetime": r.lifetime,
+                        "version": r.version, "binding": r.binding, "replaced": replaced.map(|x| x.to_string()) }),
+            )?;
+        }
+        ServerEvent::Updated {
+            registration: r,
+            persist,
+        } => {
+            if persist {
+                let id = device_id(tx, devices, &r.endpoint)?;
+                upsert_registration(tx, id, &r)?;
+            }
+        }
+        ServerEvent::Deregistered { endpoint, id } => {
+            end_registration(tx, devices, &endpoint, id, "deregistered")?
+        }
+        ServerEvent::Expired { endpoint, id } => {
+            end_registration(tx, devices, &endpoint, id, "expired")?
+        }
+        ServerEvent::ValuesReported {
+            endpoint, records, ..
+        } => {
+            let dev = device_id(tx, devices, &endpoint)?;
+            let mut hist = tx.prepare_cached("INSERT INTO resource_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut latest = tx.prepare_cached(
+                "INSERT INTO latest_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(device_id, path) DO UPDATE SET ts = excluded.ts, vtype = excluded.vtype, value = excluded.value
+                 WHERE excluded.ts >= latest_values.ts",
+            )?;
+            for r in &records {
+                let ts = r.time.map_or_else(now_ms, |t| (t * 1000.0) as i64);
+                let path = r.path.to_string();
+                let (vtype, value) = sql_value(&r.value);
+                hist.execute(params![dev, path, ts, vtype, value])?;
+                latest.execute(params![dev, path, ts, vtype, value])?;
+            }
+        }
+        ServerEvent::OperationSent { id, attempt, .. } => {
+            tx.execute(
+                "UPDATE operations SET state = 'sent', attempts = ?2, updated_at = ?3 WHERE id = ?1 AND state IN ('queued', 'sent')",
+                params![id, attempt, now_ms()],
+            )?;
+        }
+        ServerEvent::OperationRequeued {
+            id,
+            attempts,
+            reason,
+            ..
+        } => {
+            tx.execute(
+                "UPDATE operations SET state = 'queued', attempts = ?2, updated_at = ?3, result = ?4 WHERE id = ?1 AND state = 'sent'",
+                params![id, attempts, now_ms(), json!({ "retry": reason }).to_string()],
+            )?;
+        }
+        ServerEvent::OperationFinished {
+            id,
+            endpoint,
+            outcome,
+        } => {
+            let (code, result) = outcome_columns(&outcome);
+            let state = outcome.state().as_str();
+            // A cancellation requested through the store is already final there.
+            tx.execute(
+                "UPDATE operations SET state = ?2, coap_code = ?3, result = ?4, updated_at = ?5 WHERE id = ?1 AND state IN ('queued', 'sent')",
+                params![id, state, code, result, now_ms()],
+            )?;
+            if !matches!(outcome, Outcome::Cancelled) {
+                event(
+                    tx,
+                    Some(&endpoint),
+                    "operation",
+                    json!({ "operation": id, "state": state, "code": code }),
+                )?;
+            }
+        }
+        ServerEvent::Rejected {
+            endpoint,
+            code,
+            reason,
+        } => {
+            let second = now_ms() / 1000;
+            if rejections.0 != second {
+                *rejections = (second, 0);
+            }
+            rejections.1 += 1;
+            if rejections.1 <= REJECTIONS_PER_SECOND {
+                event(
+                    tx,
+                    endpoint.as_deref(),
+                    "rejected",
+                    json!({ "code": code.to_string(), "reason": reason }),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
