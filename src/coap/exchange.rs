@@ -1155,3 +1155,7 @@ fn block2_reply(body: &Response, num: u32, szx: u8) -> Option<Response> {
     }
     Some(r)
 }
+
+#[cfg(test)]
+#[path = "exchange_tests.rs"]
+mod tests;

@@ -872,3 +872,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -303,9 +303,18 @@ fn cbor_f64(v: &Cbor) -> Option<f64> {
     }
 }
 
-/// Decode CBOR with a bounded nesting depth (ciborium's default limit).
+/// Decode exactly one CBOR item (nesting bounded by ciborium's recursion
+/// limit); bytes after it make the payload malformed.
 pub(crate) fn cbor_from_slice(buf: &[u8], what: &'static str) -> Result<Cbor> {
-    let v: Cbor = ciborium::de::from_reader(buf).map_err(|e| malformed(what, e.to_string()))?;
+    let mut rest = buf;
+    let v: Cbor =
+        ciborium::de::from_reader(&mut rest).map_err(|e| malformed(what, e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed(
+            what,
+            format!("{} bytes after the CBOR item", rest.len()),
+        ));
+    }
     Ok(v)
 }
 
@@ -522,5 +531,6 @@ mod tests {
         assert!(decode_json(br#"[{"n":"/3/0/0","v":1,"x_":1}]"#, &m).is_err());
         assert!(decode_cbor(&[0x81, 0xA1, 0x00], &m).is_err());
         assert!(decode_cbor(&[0xFF], &m).is_err());
+        assert!(decode_cbor(&[0x80, 0x00], &m).is_err(), "trailing bytes");
     }
 }

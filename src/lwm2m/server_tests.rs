@@ -1,0 +1,595 @@
+//! Server-core tests: the sans-I/O server and sans-I/O simulated clients
+//! joined by an in-memory network, with simulated time. Hours of device
+//! life (lifetimes, queue-mode sleep, deadlines) run in milliseconds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::coap::Params;
+use crate::config::Config;
+use crate::lwm2m::content;
+use crate::lwm2m::operation::{OperationState, WriteValue};
+use crate::lwm2m::path::Value;
+use crate::sim::{Client, DeviceConfig};
+
+struct Net {
+    server: Server<u8>,
+    clients: Vec<Client>,
+    /// Clients whose radio is "unplugged": their traffic is lost both ways.
+    dead: Vec<bool>,
+    t0: Instant,
+    now: Instant,
+    events: Vec<ServerEvent<u8>>,
+    next_op: OperationId,
+}
+
+/// MAX_RETRANSMIT 2: an unanswered request fails after 14–21 s.
+fn fast_params() -> Params {
+    Params {
+        ack_timeout: Duration::from_secs(2),
+        max_retransmit: 2,
+        ..Params::default()
+    }
+}
+
+/// The server's idea of the queue-mode awake window, matched by devices.
+const AWAKE: Duration = Duration::from_secs(5);
+
+impl Net {
+    fn new(configs: Vec<DeviceConfig>) -> Net {
+        let mut config = Config::default();
+        config.lwm2m.queue_awake_window_s = AWAKE.as_secs();
+        let models = Arc::new(Models::embedded());
+        let server = Server::new(
+            Exchanges::new(fast_params(), 1),
+            ServerConfig::from_config(&config.lwm2m),
+            models.clone(),
+            2,
+        );
+        let t0 = Instant::now();
+        let clients: Vec<Client> = configs
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Client::new(c, models.clone(), i as u64 + 10))
+            .collect();
+        let n = clients.len();
+        let mut net = Net {
+            server,
+            clients,
+            dead: vec![false; n],
+            t0,
+            now: t0,
+            events: Vec::new(),
+            next_op: 1,
+        };
+        for c in &mut net.clients {
+            c.start(t0);
+        }
+        net.pump();
+        net
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono: self.now,
+            unix_ms: 1_800_000_000_000 + (self.now - self.t0).as_millis() as i64,
+        }
+    }
+
+    /// Move datagrams until nothing is in flight at this instant.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            let now = self.now();
+            for (i, c) in self.clients.iter_mut().enumerate() {
+                while let Some(bytes) = c.poll_transmit() {
+                    moved = true;
+                    if !self.dead[i] {
+                        self.server.handle_datagram(now, i as u8, &bytes);
+                    }
+                }
+            }
+            while let Some(t) = self.server.poll_transmit() {
+                moved = true;
+                let i = usize::from(t.peer);
+                if !self.dead[i] {
+                    self.clients[i].handle_datagram(now.mono, &t.bytes);
+                }
+            }
+            while let Some(e) = self.server.poll_event() {
+                self.events.push(e);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let target = self.now + d;
+        loop {
+            let next = self
+                .clients
+                .iter()
+                .filter_map(Client::poll_timeout)
+                .chain(self.server.poll_timeout())
+                .min()
+                .filter(|t| *t <= target);
+            let Some(t) = next else {
+                break;
+            };
+            self.now = t.max(self.now);
+            let now = self.now();
+            self.server.handle_timeout(now);
+            for c in &mut self.clients {
+                c.handle_timeout(now.mono);
+            }
+            self.pump();
+        }
+        self.now = target;
+        self.pump();
+    }
+
+    fn enqueue(&mut self, endpoint: &str, kind: OperationKind) -> OperationId {
+        let id = self.next_op;
+        self.next_op += 1;
+        let now = self.now();
+        let op = Operation {
+            id,
+            endpoint: endpoint.into(),
+            kind,
+            deadline: now.unix_ms + 3_600_000,
+            attempts: 0,
+            max_attempts: 3,
+        };
+        self.server.enqueue(now, op);
+        self.pump();
+        id
+    }
+
+    fn take_events(&mut self) -> Vec<ServerEvent<u8>> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn outcome(&self, id: OperationId) -> Option<&Outcome> {
+        self.events.iter().rev().find_map(|e| match e {
+            ServerEvent::OperationFinished { id: i, outcome, .. } if *i == id => Some(outcome),
+            _ => None,
+        })
+    }
+
+    fn sent_count(&self, id: OperationId) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::OperationSent { id: i, .. } if *i == id))
+            .count()
+    }
+}
+
+fn device(name: &str) -> DeviceConfig {
+    let mut c = DeviceConfig::new(name);
+    c.lifetime = 60;
+    c.update_interval = Duration::from_secs(50);
+    c.notify_interval = Duration::from_secs(5);
+    c.awake_window = AWAKE;
+    c.params = fast_params();
+    c
+}
+
+fn p(s: &str) -> ResourcePath {
+    s.parse().unwrap()
+}
+
+#[test]
+fn registration_life_cycle() {
+    let mut net = Net::new(vec![device("dev-a")]);
+    assert!(net.clients[0].is_registered());
+    let reg = net.server.registration("dev-a").unwrap().clone();
+    assert_eq!(reg.version, "1.1");
+    assert_eq!(reg.preferred_format(), content::SENML_CBOR);
+    assert!(reg.objects().contains(&p("/3303/0")));
+    assert!(matches!(
+        net.take_events().as_slice(),
+        [ServerEvent::Registered { replaced: None, .. }]
+    ));
+
+    net.advance(Duration::from_secs(51));
+    let updated = net
+        .take_events()
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Updated { .. }))
+        .count();
+    assert_eq!(updated, 1);
+    assert_eq!(
+        net.server.registration("dev-a").unwrap().id,
+        reg.id,
+        "an Update keeps the registration"
+    );
+
+    net.clients[0].deregister(net.now);
+    net.pump();
+    assert!(net.server.registration("dev-a").is_none());
+    assert!(matches!(
+        net.take_events().as_slice(),
+        [ServerEvent::Deregistered { .. }]
+    ));
+}
+
+#[test]
+fn silent_device_expires_after_lifetime_and_grace() {
+    let mut net = Net::new(vec![device("dev-b")]);
+    net.dead[0] = true;
+    net.advance(Duration::from_secs(60 + 14));
+    assert!(net.server.registration("dev-b").is_some());
+    net.advance(Duration::from_secs(3));
+    assert!(net.server.registration("dev-b").is_none());
+    assert!(
+        net.take_events()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Expired { endpoint, .. } if endpoint == "dev-b"))
+    );
+}
+
+#[test]
+fn reregistration_replaces_and_update_of_unknown_gets_404() {
+    let mut net = Net::new(vec![device("dev-c")]);
+    let first = net.server.registration("dev-c").unwrap().id;
+    // Reboot: the client registers again.
+    let id = net.enqueue(
+        "dev-c",
+        OperationKind::Execute {
+            path: p("/3/0/4"),
+            args: None,
+        },
+    );
+    net.advance(Duration::from_secs(1));
+    assert!(matches!(net.outcome(id), Some(Outcome::Succeeded(_))));
+    let second = net.server.registration("dev-c").unwrap().id;
+    assert_ne!(first, second);
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Registered { replaced: Some(r), .. } if *r == first))
+    );
+
+    // The server forgets the client (as after a crash inside the persist
+    // window); its next Update gets 4.04 and it registers again.
+    net.server.remove_registration(second);
+    net.take_events();
+    net.advance(Duration::from_secs(51));
+    let ev = net.take_events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ServerEvent::Rejected { code, .. } if *code == Code::NOT_FOUND))
+    );
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ServerEvent::Registered { .. }))
+    );
+    assert!(net.server.registration("dev-c").is_some());
+}
+
+#[test]
+fn device_management_operations() {
+    let mut net = Net::new(vec![device("dev-d")]);
+    let read = net.enqueue("dev-d", OperationKind::Read { path: p("/3/0/9") });
+    match net.outcome(read) {
+        Some(Outcome::Succeeded(r)) => assert_eq!(r.records[0].value, Value::Integer(87)),
+        o => panic!("{o:?}"),
+    }
+    assert!(net.events.iter().any(|e| matches!(
+        e,
+        ServerEvent::ValuesReported {
+            source: Source::Read,
+            ..
+        }
+    )));
+
+    let write = net.enqueue(
+        "dev-d",
+        OperationKind::Write {
+            path: p("/1/0/1"),
+            values: vec![WriteValue {
+                path: p("/1/0/1"),
+                value: "120".into(),
+            }],
+            replace: true,
+        },
+    );
+    assert!(matches!(net.outcome(write), Some(Outcome::Succeeded(_))));
+    assert_eq!(
+        net.clients[0].value(&p("/1/0/1")),
+        Some(&Value::Integer(120))
+    );
+
+    // Writing a read-only resource: the device's 4.05 is a failure with its code.
+    let bad = net.enqueue(
+        "dev-d",
+        OperationKind::Write {
+            path: p("/3/0/0"),
+            values: vec![WriteValue {
+                path: p("/3/0/0"),
+                value: "x".into(),
+            }],
+            replace: true,
+        },
+    );
+    match net.outcome(bad) {
+        Some(Outcome::Failed { code, .. }) => assert_eq!(code.as_deref(), Some("4.05")),
+        o => panic!("{o:?}"),
+    }
+    let missing = net.enqueue("dev-d", OperationKind::Read { path: p("/9999/0") });
+    assert!(
+        matches!(net.outcome(missing), Some(Outcome::Failed { code: Some(c), .. }) if c == "4.04")
+    );
+
+    let disc = net.enqueue("dev-d", OperationKind::Discover { path: p("/3303") });
+    match net.outcome(disc) {
+        Some(Outcome::Succeeded(r)) => {
+            assert!(r.links.as_deref().unwrap().contains("</3303/0/5700>"))
+        }
+        o => panic!("{o:?}"),
+    }
+    let create = net.enqueue(
+        "dev-d",
+        OperationKind::Create {
+            path: p("/3303"),
+            values: vec![WriteValue {
+                path: p("/3303/1/5700"),
+                value: "1.5".into(),
+            }],
+        },
+    );
+    assert!(
+        matches!(net.outcome(create), Some(Outcome::Succeeded(r)) if r.location.as_deref() == Some("1"))
+    );
+    assert_eq!(
+        net.clients[0].value(&p("/3303/1/5700")),
+        Some(&Value::Float(1.5))
+    );
+    let delete = net.enqueue("dev-d", OperationKind::Delete { path: p("/3303/1") });
+    assert!(matches!(net.outcome(delete), Some(Outcome::Succeeded(_))));
+    assert_eq!(net.clients[0].value(&p("/3303/1/5700")), None);
+
+    let attrs = net.enqueue(
+        "dev-d",
+        OperationKind::WriteAttributes {
+            path: p("/3303/0/5700"),
+            attributes: vec!["pmin=1".into()],
+        },
+    );
+    assert!(matches!(net.outcome(attrs), Some(Outcome::Succeeded(_))));
+    let comp = net.enqueue(
+        "dev-d",
+        OperationKind::ReadComposite {
+            paths: vec![p("/3/0/9"), p("/3304/0/5700")],
+        },
+    );
+    match net.outcome(comp) {
+        Some(Outcome::Succeeded(r)) => assert_eq!(r.records.len(), 2),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn observe_stores_notifications_and_cancel_ends_them() {
+    let mut net = Net::new(vec![device("dev-e")]);
+    let obs = net.enqueue(
+        "dev-e",
+        OperationKind::Observe {
+            path: p("/3303/0/5700"),
+        },
+    );
+    assert!(matches!(net.outcome(obs), Some(Outcome::Succeeded(_))));
+    net.take_events();
+    net.advance(Duration::from_secs(16));
+    let notified = net
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, ServerEvent::ValuesReported { source: Source::Notification, records, .. } if records[0].path == p("/3303/0/5700")))
+        .count();
+    assert_eq!(notified, 3, "one notification per 5 s");
+
+    let cancel = net.enqueue(
+        "dev-e",
+        OperationKind::CancelObserve {
+            path: p("/3303/0/5700"),
+        },
+    );
+    assert!(matches!(net.outcome(cancel), Some(Outcome::Succeeded(_))));
+    net.take_events();
+    net.advance(Duration::from_secs(16));
+    assert!(!net.take_events().iter().any(|e| matches!(
+        e,
+        ServerEvent::ValuesReported {
+            source: Source::Notification,
+            ..
+        }
+    )));
+
+    let again = net.enqueue(
+        "dev-e",
+        OperationKind::CancelObserve {
+            path: p("/3303/0/5700"),
+        },
+    );
+    assert!(
+        matches!(net.outcome(again), Some(Outcome::Failed { .. })),
+        "nothing to cancel"
+    );
+}
+
+#[test]
+fn send_is_stored() {
+    let mut c = device("dev-f");
+    c.send_interval = Some(Duration::from_secs(10));
+    let mut net = Net::new(vec![c]);
+    net.advance(Duration::from_secs(11));
+    assert!(net.events.iter().any(|e| matches!(e, ServerEvent::ValuesReported { source: Source::Send, records, .. } if records[0].path == p("/3303/0/5700"))));
+}
+
+#[test]
+fn queue_mode_waits_for_the_device_then_delivers_in_order() {
+    let mut c = device("dev-q");
+    c.queue_mode = true;
+    let mut net = Net::new(vec![c]);
+    assert!(net.server.registration("dev-q").unwrap().queue_mode);
+    net.advance(Duration::from_secs(10)); // asleep now
+    let a = net.enqueue("dev-q", OperationKind::Read { path: p("/3/0/9") });
+    let b = net.enqueue(
+        "dev-q",
+        OperationKind::Write {
+            path: p("/1/0/1"),
+            values: vec![WriteValue {
+                path: p("/1/0/1"),
+                value: "90".into(),
+            }],
+            replace: true,
+        },
+    );
+    assert_eq!(net.sent_count(a), 0, "nothing is sent to a sleeping device");
+    assert_eq!(net.server.queued_count("dev-q"), 2);
+    // The periodic Update at 50 s wakes it: both go out, in order, once each.
+    net.advance(Duration::from_secs(41));
+    assert!(matches!(net.outcome(a), Some(Outcome::Succeeded(_))));
+    assert!(matches!(net.outcome(b), Some(Outcome::Succeeded(_))));
+    assert_eq!((net.sent_count(a), net.sent_count(b)), (1, 1));
+    let order: Vec<OperationId> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::OperationFinished { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec![a, b]);
+}
+
+#[test]
+fn deadline_expires_queued_operation() {
+    let mut c = device("dev-x");
+    c.queue_mode = true;
+    let mut net = Net::new(vec![c]);
+    net.advance(Duration::from_secs(10));
+    let now = net.now();
+    net.server.enqueue(
+        now,
+        Operation {
+            id: 77,
+            endpoint: "dev-x".into(),
+            kind: OperationKind::Read { path: p("/3/0/9") },
+            deadline: now.unix_ms + 5000,
+            attempts: 0,
+            max_attempts: 3,
+        },
+    );
+    net.advance(Duration::from_secs(7));
+    assert_eq!(
+        net.outcome(77).map(Outcome::state),
+        Some(OperationState::Expired)
+    );
+    assert_eq!(net.sent_count(77), 0);
+    net.advance(Duration::from_secs(40));
+    assert_eq!(net.sent_count(77), 0, "an expired operation never goes out");
+}
+
+#[test]
+fn unanswered_operation_is_retried_on_next_wake_never_concurrently() {
+    let mut c = device("dev-r");
+    c.queue_mode = true;
+    let mut net = Net::new(vec![c]);
+    // The device stops hearing us right after registering (e.g. PSM came early).
+    net.dead[0] = true;
+    let id = net.enqueue("dev-r", OperationKind::Read { path: p("/3/0/9") });
+    assert_eq!(net.sent_count(id), 1);
+    net.advance(Duration::from_secs(25)); // past MAX_TRANSMIT_WAIT (≤ 21 s here)
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::OperationRequeued { id: i, .. } if *i == id))
+    );
+    assert!(net.outcome(id).is_none());
+    assert_eq!(net.sent_count(id), 1, "not re-sent while the device sleeps");
+    net.dead[0] = false;
+    net.advance(Duration::from_secs(30)); // the Update at 50 s wakes it
+    assert!(matches!(net.outcome(id), Some(Outcome::Succeeded(_))));
+    assert_eq!(net.sent_count(id), 2);
+}
+
+#[test]
+fn bad_registrations_are_refused_with_the_right_code() {
+    use crate::coap::{Message, Type};
+    let mut net = Net::new(vec![device("dev-z")]);
+    let now = net.now();
+    let cases: Vec<(Request, Code)> = vec![
+        ({ Request::new(Method::Post, "/rd") }, Code::BAD_REQUEST),
+        (
+            {
+                let mut r = Request::new(Method::Post, "/rd");
+                r.options.uri_query = vec!["ep=x".into(), "lt=0".into()];
+                r
+            },
+            Code::BAD_REQUEST,
+        ),
+        (
+            {
+                let mut r = Request::new(Method::Post, "/rd");
+                r.options.uri_query = vec!["ep=x".into()];
+                r.options.content_format = Some(content::SENML_JSON);
+                r.payload = b"[]".to_vec();
+                r
+            },
+            Code::UNSUPPORTED_CONTENT_FORMAT,
+        ),
+        (
+            {
+                let mut r = Request::new(Method::Post, "/rd");
+                r.options.uri_query = vec!["ep=x".into()];
+                r.payload = b"<1/0".to_vec();
+                r
+            },
+            Code::BAD_REQUEST,
+        ),
+        (
+            { Request::new(Method::Post, "/rd/ffffffffffff") },
+            Code::NOT_FOUND,
+        ),
+        (
+            { Request::new(Method::Delete, "/rd/nonsense") },
+            Code::NOT_FOUND,
+        ),
+        (
+            { Request::new(Method::Get, "/rd") },
+            Code::METHOD_NOT_ALLOWED,
+        ),
+        ({ Request::new(Method::Get, "/elsewhere") }, Code::NOT_FOUND),
+        (
+            {
+                let mut r = Request::new(Method::Post, "/dp");
+                r.options.content_format = Some(content::SENML_CBOR);
+                r.payload = vec![0xFF];
+                r
+            },
+            Code::NOT_FOUND,
+        ), // peer 9 never registered
+    ];
+    for (i, (req, code)) in cases.into_iter().enumerate() {
+        let bytes = Message::request(Type::Con, 1000 + i as u16, vec![i as u8], &req).encode();
+        net.server.handle_datagram(now, 9, &bytes);
+        let reply = Message::decode(&net.server.poll_transmit().unwrap().bytes).unwrap();
+        assert_eq!(Code(reply.code), code, "case {i}: {req:?}");
+    }
+    // A registered peer's garbage Send is a 4.00, not a crash.
+    let mut r = Request::new(Method::Post, "/dp");
+    r.options.content_format = Some(content::SENML_CBOR);
+    r.payload = vec![0x9F, 0xFF, 0x00];
+    net.server.handle_datagram(
+        now,
+        0,
+        &Message::request(Type::Con, 2000, vec![1], &r).encode(),
+    );
+    let reply = Message::decode(&net.server.poll_transmit().unwrap().bytes).unwrap();
+    assert_eq!(Code(reply.code), Code::BAD_REQUEST);
+    assert!(net.server.registration("dev-z").is_some());
+}
