@@ -43,9 +43,7 @@ impl Running {
         }
         let _ = (&mut self.task).await;
         let writer = self.writer;
-        tokio::task::spawn_blocking(move || writer.close())
-            .await
-            .ok();
+        tokio::task::spawn_blocking(move || writer.close()).await.ok();
     }
 
     /// Wait until every event so far is committed to the store.
@@ -57,9 +55,7 @@ impl Running {
 
 pub fn load_models(config: &Config) -> anyhow::Result<Models> {
     Ok(match &config.lwm2m.models_dir {
-        Some(dir) => {
-            Models::with_dir(dir).with_context(|| format!("lwm2m.models_dir {}", dir.display()))?
-        }
+        Some(dir) => Models::with_dir(dir).with_context(|| format!("lwm2m.models_dir {}", dir.display()))?,
         None => Models::embedded(),
     })
 }
@@ -198,9 +194,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             if let Some((key, list)) = endpoints {
                 known = key;
                 let _ = poll_cmd
-                    .send(Command::KnownEndpoints(
-                        list.into_iter().collect::<HashSet<_>>(),
-                    ))
+                    .send(Command::KnownEndpoints(list.into_iter().collect::<HashSet<_>>()))
                     .await;
             }
             if retention_ms > 0 && last_prune.elapsed() > Duration::from_secs(3600) {

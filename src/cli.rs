@@ -188,11 +188,7 @@ impl Cli {
             http_listen: self.http_listen,
             fw_listen: self.fw_listen,
         };
-        Ok(Config::load(
-            self.config.as_deref(),
-            &process_env(),
-            &flags,
-        )?)
+        Ok(Config::load(self.config.as_deref(), &process_env(), &flags)?)
     }
 }
 
@@ -205,11 +201,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(
-        std::env::var("FLOWNEXUS_LOG")
-            .as_deref()
-            .unwrap_or(&config.log.level),
-    );
+    crate::logging::init(std::env::var("FLOWNEXUS_LOG").as_deref().unwrap_or(&config.log.level));
     match run(cli.command, config) {
         Ok(code) => code,
         Err(e) => {
@@ -220,9 +212,7 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
@@ -256,10 +246,7 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
 fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     match open_store(config).and_then(|s| Ok(s.schema_version()?)) {
-        Ok(v) => println!(
-            "store: ok (schema {v}, {})",
-            config.database_path().display()
-        ),
+        Ok(v) => println!("store: ok (schema {v}, {})", config.database_path().display()),
         Err(e) => {
             ok = false;
             println!("store: FAIL ({e:#})");
@@ -270,11 +257,7 @@ fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
     let addr = std::fs::read_to_string(config.runtime_path())
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| {
-            v["coap"]
-                .as_str()
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        });
+        .and_then(|v| v["coap"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()));
     match addr {
         None => {
             ok = false;
@@ -297,19 +280,11 @@ fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn coap_ping(addr: SocketAddr) -> anyhow::Result<u128> {
-    let sock = std::net::UdpSocket::bind(if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    })?;
+    let sock = std::net::UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mid = fastrand::u16(..);
     let start = std::time::Instant::now();
@@ -331,9 +306,7 @@ fn parse_assignments(values: &[String]) -> anyhow::Result<Vec<WriteValue>> {
     values
         .iter()
         .map(|a| {
-            let (p, v) = a
-                .split_once('=')
-                .with_context(|| format!("`{a}` is not PATH=VALUE"))?;
+            let (p, v) = a.split_once('=').with_context(|| format!("`{a}` is not PATH=VALUE"))?;
             Ok(WriteValue {
                 path: p.parse()?,
                 value: v.to_string(),
@@ -357,11 +330,7 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
             println!("added {endpoint}");
             return Ok(ExitCode::SUCCESS);
         }
-        DeviceCommand::List {
-            limit,
-            offset,
-            json,
-        } => {
+        DeviceCommand::List { limit, offset, json } => {
             let now = now_ms();
             let l = &config.lwm2m;
             let rows = store.list_devices(limit, offset)?;
@@ -372,10 +341,7 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!(
-                    "{:<40} {:<9} {:<24} FIRMWARE",
-                    "ENDPOINT", "STATUS", "LAST SEEN"
-                );
+                println!("{:<40} {:<9} {:<24} FIRMWARE", "ENDPOINT", "STATUS", "LAST SEEN");
                 for d in rows {
                     let status = d.status(now, l.queue_awake_window_s, l.lifetime_grace_s);
                     let seen = d.last_seen.map(format_ms).unwrap_or_else(|| "never".into());
@@ -459,9 +425,7 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
             };
             (endpoint, kind, op)
         }
-        DeviceCommand::Discover { endpoint, path, op } => {
-            (endpoint, OperationKind::Discover { path }, op)
-        }
+        DeviceCommand::Discover { endpoint, path, op } => (endpoint, OperationKind::Discover { path }, op),
         DeviceCommand::Create {
             endpoint,
             path,
@@ -475,29 +439,17 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
             },
             op,
         ),
-        DeviceCommand::Delete { endpoint, path, op } => {
-            (endpoint, OperationKind::Delete { path }, op)
-        }
+        DeviceCommand::Delete { endpoint, path, op } => (endpoint, OperationKind::Delete { path }, op),
         DeviceCommand::Attributes {
             endpoint,
             path,
             attributes,
             op,
-        } => (
-            endpoint,
-            OperationKind::WriteAttributes { path, attributes },
-            op,
-        ),
-        DeviceCommand::ReadComposite {
-            endpoint,
-            paths,
-            op,
-        } => (endpoint, OperationKind::ReadComposite { paths }, op),
-        DeviceCommand::ObserveComposite {
-            endpoint,
-            paths,
-            op,
-        } => (endpoint, OperationKind::ObserveComposite { paths }, op),
+        } => (endpoint, OperationKind::WriteAttributes { path, attributes }, op),
+        DeviceCommand::ReadComposite { endpoint, paths, op } => (endpoint, OperationKind::ReadComposite { paths }, op),
+        DeviceCommand::ObserveComposite { endpoint, paths, op } => {
+            (endpoint, OperationKind::ObserveComposite { paths }, op)
+        }
     };
     let models = crate::app::load_models(config)?;
     kind.validate(&models)?;

@@ -162,9 +162,7 @@ impl Default for Config {
                 flush_interval_ms: 20,
                 batch_size: 5000,
             },
-            log: LogConfig {
-                level: "info".into(),
-            },
+            log: LogConfig { level: "info".into() },
         }
     }
 }
@@ -181,20 +179,15 @@ pub struct Overrides {
 
 impl Config {
     /// Build the effective configuration from every layer and validate it.
-    pub fn load(
-        file: Option<&Path>,
-        env: &BTreeMap<String, String>,
-        flags: &Overrides,
-    ) -> Result<Config> {
-        let mut tree = toml::Table::try_from(Config::default())
-            .expect("the default config serialises to a table");
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<Config> {
+        let mut tree = toml::Table::try_from(Config::default()).expect("the default config serialises to a table");
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
                 path: path.to_owned(),
                 source,
             })?;
-            let file_tree: toml::Table = toml::from_str(&text)
-                .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
+            let file_tree: toml::Table =
+                toml::from_str(&text).map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
             merge(&mut tree, file_tree, "")?;
         }
         apply_env(&mut tree, env)?;
@@ -215,8 +208,8 @@ impl Config {
         // Deserialise from text so a type error carries a span we can turn
         // back into the dotted key it belongs to.
         let text = toml::to_string(&tree).expect("a table serialises");
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|e| Error::config(key_at(&text, &e), e.message().to_string()))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| Error::config(key_at(&text, &e), e.message().to_string()))?;
         config.validate()?;
         config.data_dir = absolute(&config.data_dir)?;
         if let Some(dir) = &config.lwm2m.models_dir {
@@ -232,10 +225,7 @@ impl Config {
             return Err(Error::config("data_dir", "must not be empty"));
         }
         if self.mode == Mode::Production && self.data_dir.is_relative() {
-            return Err(Error::config(
-                "data_dir",
-                "must be an absolute path in production mode",
-            ));
+            return Err(Error::config("data_dir", "must be an absolute path in production mode"));
         }
         if c.ack_timeout_ms == 0 {
             return Err(Error::config("coap.ack_timeout_ms", "must be > 0"));
@@ -259,10 +249,7 @@ impl Config {
             ));
         }
         if c.max_body_size < c.block_size {
-            return Err(Error::config(
-                "coap.max_body_size",
-                "must be >= coap.block_size",
-            ));
+            return Err(Error::config("coap.max_body_size", "must be >= coap.block_size"));
         }
         let l = &self.lwm2m;
         if l.min_lifetime_s == 0 || l.min_lifetime_s > l.max_lifetime_s {
@@ -272,10 +259,7 @@ impl Config {
             ));
         }
         if l.operation_max_attempts == 0 {
-            return Err(Error::config(
-                "lwm2m.operation_max_attempts",
-                "must be >= 1",
-            ));
+            return Err(Error::config("lwm2m.operation_max_attempts", "must be >= 1"));
         }
         if self.store.batch_size == 0 {
             return Err(Error::config("store.batch_size", "must be >= 1"));
@@ -442,9 +426,7 @@ fn set_path(tree: &mut toml::Table, key: &str, value: toml::Value) {
 
 /// The `FLOWNEXUS_*` variables of this process.
 pub fn process_env() -> BTreeMap<String, String> {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect()
+    std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
 }
 
 #[cfg(test)]
@@ -452,10 +434,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -486,12 +465,7 @@ mod tests {
         let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("coap.ack_timeout"), "{err}");
 
-        let err = Config::load(
-            None,
-            &env(&[("FLOWNEXUS_COAP_TYPO", "1")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = Config::load(None, &env(&[("FLOWNEXUS_COAP_TYPO", "1")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("FLOWNEXUS_COAP_TYPO"), "{err}");
     }
 
@@ -501,11 +475,7 @@ mod tests {
             ("FLOWNEXUS_COAP_BLOCK_SIZE", "1000", "coap.block_size"),
             ("FLOWNEXUS_COAP_NSTART", "0", "coap.nstart"),
             ("FLOWNEXUS_DATA_DIR", "", "data_dir"),
-            (
-                "FLOWNEXUS_COAP_ACK_TIMEOUT_MS",
-                "soon",
-                "FLOWNEXUS_COAP_ACK_TIMEOUT_MS",
-            ),
+            ("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "soon", "FLOWNEXUS_COAP_ACK_TIMEOUT_MS"),
             ("FLOWNEXUS_LOG_LEVEL", "loud", "log.level"),
             ("FLOWNEXUS_COAP_LISTEN", "nowhere", "coap.listen"),
         ];
@@ -517,12 +487,7 @@ mod tests {
 
     #[test]
     fn production_refuses_relative_data_dir() {
-        let err = Config::load(
-            None,
-            &env(&[("FLOWNEXUS_MODE", "production")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = Config::load(None, &env(&[("FLOWNEXUS_MODE", "production")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("data_dir"), "{err}");
     }
 

@@ -30,11 +30,7 @@ pub fn init(level: &str) {
     let filter: log::LevelFilter = level.parse().unwrap_or(log::LevelFilter::Info);
     let installed = if systemd_journal_logger::connected_to_journal() {
         systemd_journal_logger::JournalLog::new()
-            .map(|j| {
-                j.with_syslog_identifier("flownexus".into())
-                    .install()
-                    .is_ok()
-            })
+            .map(|j| j.with_syslog_identifier("flownexus".into()).install().is_ok())
             .unwrap_or(false)
     } else {
         false

@@ -116,7 +116,10 @@ pub enum Event<P> {
     },
     /// The peer rejected a notification of ours with RST, or never
     /// acknowledged it: stop notifying that token (RFC 7641 §3.6, §4.5).
-    ObserverGone { peer: P, token: Vec<u8> },
+    ObserverGone {
+        peer: P,
+        token: Vec<u8>,
+    },
 }
 
 /// How many recent message ids per peer are remembered for deduplication.
@@ -336,11 +339,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         if p.recent.len() == RECENT_PER_PEER {
             p.recent.pop_front();
         }
-        p.recent.push_back(Recent {
-            mid,
-            at: now,
-            reply,
-        });
+        p.recent.push_back(Recent { mid, at: now, reply });
     }
 
     /// RFC 7252 §4.5: a duplicate gets the same reply again and is not processed.
@@ -349,11 +348,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         let Some(p) = self.peers.get(&peer) else {
             return false;
         };
-        let Some(r) = p
-            .recent
-            .iter()
-            .find(|r| r.mid == mid && now < r.at + lifetime)
-        else {
+        let Some(r) = p.recent.iter().find(|r| r.mid == mid && now < r.at + lifetime) else {
             return false;
         };
         if let Some(reply) = r.reply.clone() {
@@ -419,8 +414,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             && let Some((resp, _)) = self.block2_bodies.get(&key)
         {
             let resp = resp.clone();
-            let reply = block2_reply(&resp, b2.num, b2.szx)
-                .unwrap_or_else(|| Response::new(Code::BAD_OPTION));
+            let reply = block2_reply(&resp, b2.num, b2.szx).unwrap_or_else(|| Response::new(Code::BAD_OPTION));
             self.reply(now, peer, mid, &token, confirmable, &reply);
             return;
         }
@@ -447,17 +441,12 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
                 );
                 return;
             }
-            let a = self
-                .assemblies
-                .entry(key.clone())
-                .or_insert_with(|| Assembly {
-                    body: Vec::new(),
-                    next_num: 0,
-                    expires: now,
-                });
-            if a.body.len() + request.payload.len() > max
-                || request.options.size1.is_some_and(|s| s as usize > max)
-            {
+            let a = self.assemblies.entry(key.clone()).or_insert_with(|| Assembly {
+                body: Vec::new(),
+                next_num: 0,
+                expires: now,
+            });
+            if a.body.len() + request.payload.len() > max || request.options.size1.is_some_and(|s| s as usize > max) {
                 self.assemblies.remove(&key);
                 let mut r = Response::new(Code::REQUEST_ENTITY_TOO_LARGE);
                 r.options.size1 = Some(max as u32);
@@ -505,10 +494,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         if confirmable {
             // If the application does not answer within half an ACK timeout,
             // send an empty ACK so the peer stops retransmitting (§5.2.2).
-            self.schedule(
-                now + self.params.ack_timeout / 2,
-                Timer::SeparateAck { inbound: id },
-            );
+            self.schedule(now + self.params.ack_timeout / 2, Timer::SeparateAck { inbound: id });
         }
         self.events.push_back(Event::Request {
             id: InboundId(id),
@@ -518,15 +504,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         });
     }
 
-    fn reply(
-        &mut self,
-        now: Instant,
-        peer: P,
-        mid: u16,
-        token: &[u8],
-        confirmable: bool,
-        r: &Response,
-    ) {
+    fn reply(&mut self, now: Instant, peer: P, mid: u16, token: &[u8], confirmable: bool, r: &Response) {
         let (t, reply_mid) = if confirmable {
             (Type::Ack, mid)
         } else {
@@ -555,35 +533,20 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             // The follow-ups come with the same Uri; keep the body until then.
             // RFC 7959 §2.4 lets us resend it later; we do not rely on ETag.
             let expires = now + self.params.exchange_lifetime();
-            self.block2_bodies
-                .insert((inb.peer, inb.key.clone()), (body, expires));
+            self.block2_bodies.insert((inb.peer, inb.key.clone()), (body, expires));
         }
         if inb.separately_acked {
             // Separate response: a new CON exchange of its own (RFC 7252 §5.2.2).
             self.send_tracked(now, inb.peer, inb.token, &response, Role::SeparateResponse);
         } else {
-            self.reply(
-                now,
-                inb.peer,
-                inb.mid,
-                &inb.token,
-                inb.confirmable,
-                &response,
-            );
+            self.reply(now, inb.peer, inb.mid, &inb.token, inb.confirmable, &response);
         }
     }
 
     /// Send a notification for an observation a peer holds on us (RFC 7641
     /// §4.2). `response.options.observe` should carry the sequence number.
     /// A confirmable one is retransmitted until acknowledged.
-    pub fn notify(
-        &mut self,
-        now: Instant,
-        peer: P,
-        token: &[u8],
-        response: &Response,
-        confirmable: bool,
-    ) {
+    pub fn notify(&mut self, now: Instant, peer: P, token: &[u8], response: &Response, confirmable: bool) {
         if confirmable && token.len() <= 8 {
             let mut t = [0u8; 8];
             t[..token.len()].copy_from_slice(token);
@@ -594,23 +557,13 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             self.send_tracked(now, peer, token.to_vec(), response, role);
         } else {
             let mid = self.next_mid(peer);
-            self.send(
-                peer,
-                &Message::response(Type::Non, mid, token.to_vec(), response),
-            );
+            self.send(peer, &Message::response(Type::Non, mid, token.to_vec(), response));
         }
     }
 
     /// Send a confirmable response-type message and retransmit it until its
     /// ACK; nothing awaits a response to it.
-    fn send_tracked(
-        &mut self,
-        now: Instant,
-        peer: P,
-        token: Vec<u8>,
-        response: &Response,
-        role: Role,
-    ) {
+    fn send_tracked(&mut self, now: Instant, peer: P, token: Vec<u8>, response: &Response, role: Role) {
         let mid = self.next_mid(peer);
         let bytes = self.send(peer, &Message::response(Type::Con, mid, token, response));
         let mut key = self.rng.u64(..);
@@ -709,12 +662,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             req.payload.clear();
             req.options.block1 = None;
         } else if req.payload.len() > 1 << (o.block1_szx + 4) {
-            let (b1, chunk) = BlockValue::slice(
-                &req.payload,
-                (o.block1_sent >> (o.block1_szx + 4)) as u32,
-                o.block1_szx,
-            )
-            .expect("offset within payload");
+            let (b1, chunk) =
+                BlockValue::slice(&req.payload, (o.block1_sent >> (o.block1_szx + 4)) as u32, o.block1_szx)
+                    .expect("offset within payload");
             req.options.block1 = Some(b1);
             if b1.num == 0 {
                 req.options.size1 = Some(req.payload.len() as u32);
@@ -722,15 +672,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             req.payload = chunk.to_vec();
         }
         let mid = self.next_mid(peer);
-        let mtype = if req.non_confirmable {
-            Type::Non
-        } else {
-            Type::Con
-        };
-        let bytes = self.send(
-            peer,
-            &Message::request(mtype, mid, token.to_be_bytes().to_vec(), &req),
-        );
+        let mtype = if req.non_confirmable { Type::Non } else { Type::Con };
+        let bytes = self.send(peer, &Message::request(mtype, mid, token.to_be_bytes().to_vec(), &req));
         let o = self.outgoing.get_mut(&token).expect("exchange present");
         let old = std::mem::replace(&mut o.mid, mid);
         o.bytes = bytes;
@@ -831,10 +774,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
                 Role::SeparateResponse => {}
                 Role::Notification { token, len } => {
                     let token = token[..usize::from(len)].to_vec();
-                    self.events.push_back(Event::ObserverGone {
-                        peer: o.peer,
-                        token,
-                    });
+                    self.events.push_back(Event::ObserverGone { peer: o.peer, token });
                 }
             }
             self.start_waiting(now, o.peer);
@@ -879,9 +819,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         if self.is_duplicate(now, peer, m.message_id) {
             return;
         }
-        let token = <[u8; 8]>::try_from(m.token.as_slice())
-            .ok()
-            .map(u64::from_be_bytes);
+        let token = <[u8; 8]>::try_from(m.token.as_slice()).ok().map(u64::from_be_bytes);
         let known = token.is_some_and(|t| self.outgoing.get(&t).is_some_and(|o| o.peer == peer));
         if !known {
             // Unknown token: reject so the peer stops notifying (RFC 7641 §3.6).
@@ -936,9 +874,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
 
         // Block2: collect, then ask for the next block (RFC 7959 §2.4).
         if let Some(b2) = m.options.block2.filter(|_| code.is_success()) {
-            if b2.offset() != o.block2_body.len()
-                || o.block2_body.len() + m.payload.len() > max_body
-            {
+            if b2.offset() != o.block2_body.len() || o.block2_body.len() + m.payload.len() > max_body {
                 self.fail(now, token, Failure::BadBlocks);
                 return;
             }
@@ -1051,9 +987,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         let fresh = match o.last_observe {
             None => true,
             Some((v1, t1)) => {
-                (v1 < v2 && v2 - v1 < 1 << 23)
-                    || (v1 > v2 && v1 - v2 > 1 << 23)
-                    || now > t1 + Duration::from_secs(128)
+                (v1 < v2 && v2 - v1 < 1 << 23) || (v1 > v2 && v1 - v2 > 1 << 23) || now > t1 + Duration::from_secs(128)
             }
         };
         if fresh {
@@ -1071,14 +1005,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             }
             self.timers.pop();
             match timer {
-                Timer::Retransmit { token, generation } => {
-                    self.on_retransmit(now, token, generation)
-                }
+                Timer::Retransmit { token, generation } => self.on_retransmit(now, token, generation),
                 Timer::ResponseTimeout { token, generation } => {
-                    let current = self
-                        .outgoing
-                        .get(&token)
-                        .is_some_and(|o| o.generation == generation);
+                    let current = self.outgoing.get(&token).is_some_and(|o| o.generation == generation);
                     if current {
                         self.fail(now, token, Failure::Timeout);
                     }

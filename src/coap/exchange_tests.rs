@@ -105,11 +105,7 @@ fn piggybacked_and_separate_responses() {
         ),
     );
     match events(&mut ex).as_slice() {
-        [
-            Event::Response {
-                id: rid, response, ..
-            },
-        ] => {
+        [Event::Response { id: rid, response, .. }] => {
             assert_eq!(*rid, id);
             assert_eq!(response.payload, b"87");
         }
@@ -122,10 +118,7 @@ fn piggybacked_and_separate_responses() {
     ex.handle_datagram(t0, DEV, &Message::empty(Type::Ack, m.message_id).encode());
     assert!(events(&mut ex).is_empty());
     ex.handle_timeout(t0 + Duration::from_secs(20));
-    assert!(
-        sent(&mut ex).is_empty(),
-        "no retransmission after the empty ACK"
-    );
+    assert!(sent(&mut ex).is_empty(), "no retransmission after the empty ACK");
     let resp = Message::response(
         Type::Con,
         0x4242,
@@ -191,11 +184,7 @@ fn nstart_holds_back_the_second_request() {
     ex.handle_datagram(
         t0,
         DEV,
-        &ack(
-            first.message_id,
-            &first.token,
-            &Response::new(Code::CONTENT),
-        ),
+        &ack(first.message_id, &first.token, &Response::new(Code::CONTENT)),
     );
     let next = sent(&mut ex);
     assert_eq!(next.len(), 1);
@@ -214,10 +203,7 @@ fn duplicate_request_gets_the_same_response_once_processed() {
     ex.respond(t0, id, Response::new(Code::CREATED));
     let first = sent(&mut ex);
     ex.handle_datagram(t0 + Duration::from_secs(3), DEV, &req);
-    assert!(
-        events(&mut ex).is_empty(),
-        "a duplicate is not processed again"
-    );
+    assert!(events(&mut ex).is_empty(), "a duplicate is not processed again");
     assert_eq!(sent(&mut ex), first, "but answered with the same response");
 }
 
@@ -287,11 +273,7 @@ fn block2_response_is_reassembled() {
         }
     }
     match events(&mut ex).as_slice() {
-        [
-            Event::Response {
-                id: rid, response, ..
-            },
-        ] => {
+        [Event::Response { id: rid, response, .. }] => {
             assert_eq!(*rid, id);
             assert_eq!(response.payload, body);
             assert_eq!(response.options.block2, None);
@@ -312,11 +294,7 @@ fn block1_request_is_sent_in_blocks() {
         let m = sent(&mut ex).remove(0);
         let b = m.options.block1.unwrap();
         got.extend_from_slice(&m.payload);
-        let mut r = Response::new(if b.more {
-            Code::CONTINUE
-        } else {
-            Code::CHANGED
-        });
+        let mut r = Response::new(if b.more { Code::CONTINUE } else { Code::CHANGED });
         r.options.block1 = Some(b);
         ex.handle_datagram(t0, DEV, &ack(m.message_id, &m.token, &r));
         if !b.more {
@@ -343,39 +321,26 @@ fn observe_notifications_reordering_and_cancel() {
         r
     };
     ex.handle_datagram(t0, DEV, &ack(m.message_id, &m.token, &notif(5, "20")));
-    assert!(matches!(
-        events(&mut ex).as_slice(),
-        [Event::Response { .. }]
-    ));
-    let non =
-        |mid: u16, r: &Response| Message::response(Type::Non, mid, m.token.clone(), r).encode();
+    assert!(matches!(events(&mut ex).as_slice(), [Event::Response { .. }]));
+    let non = |mid: u16, r: &Response| Message::response(Type::Non, mid, m.token.clone(), r).encode();
     ex.handle_datagram(t0, DEV, &non(900, &notif(7, "22")));
     ex.handle_datagram(t0, DEV, &non(901, &notif(6, "21"))); // stale: older than 7
     let got: Vec<_> = events(&mut ex)
         .into_iter()
         .map(|e| match e {
-            Event::Notification {
-                id: rid, response, ..
-            } if rid == id => String::from_utf8(response.payload).unwrap(),
+            Event::Notification { id: rid, response, .. } if rid == id => String::from_utf8(response.payload).unwrap(),
             e => panic!("{e:?}"),
         })
         .collect();
     assert_eq!(got, ["22"]);
     // 128 s later an "older" number is fresh again (RFC 7641 §3.4).
-    ex.handle_datagram(
-        t0 + Duration::from_secs(129),
-        DEV,
-        &non(902, &notif(6, "23")),
-    );
+    ex.handle_datagram(t0 + Duration::from_secs(129), DEV, &non(902, &notif(6, "23")));
     assert_eq!(events(&mut ex).len(), 1);
 
     // Active cancel: GET with Observe 1 on the same token.
     assert!(ex.cancel_observation(t0, id));
     let c = sent(&mut ex).remove(0);
-    assert_eq!(
-        (c.options.observe, c.token.clone()),
-        (Some(1), m.token.clone())
-    );
+    assert_eq!((c.options.observe, c.token.clone()), (Some(1), m.token.clone()));
     ex.handle_datagram(
         t0,
         DEV,
@@ -385,10 +350,7 @@ fn observe_notifications_reordering_and_cancel() {
             &Response::with_payload(Code::CONTENT, 0, b"24".to_vec()),
         ),
     );
-    assert!(matches!(
-        events(&mut ex).as_slice(),
-        [Event::Response { .. }]
-    ));
+    assert!(matches!(events(&mut ex).as_slice(), [Event::Response { .. }]));
     // Now unknown: a late notification gets RST (passive cancel).
     ex.handle_datagram(
         t0,
@@ -430,22 +392,14 @@ fn malformed_input_never_sticks() {
 fn slow_application_gets_an_empty_ack_then_a_separate_response() {
     let t0 = Instant::now();
     let mut ex = Ex::new(params(), 12);
-    ex.handle_datagram(
-        t0,
-        DEV,
-        &con_request(5, &[3], &Request::new(Method::Post, "/rd")),
-    );
+    ex.handle_datagram(t0, DEV, &con_request(5, &[3], &Request::new(Method::Post, "/rd")));
     let Some(Event::Request { id, .. }) = ex.poll_event() else {
         panic!()
     };
     ex.handle_timeout(t0 + Duration::from_secs(1));
     let a = sent(&mut ex);
     assert_eq!((a[0].mtype, a[0].code), (Type::Ack, 0));
-    ex.respond(
-        t0 + Duration::from_secs(2),
-        id,
-        Response::new(Code::CREATED),
-    );
+    ex.respond(t0 + Duration::from_secs(2), id, Response::new(Code::CREATED));
     let r = sent(&mut ex).remove(0);
     assert_eq!((r.mtype, r.token.clone()), (Type::Con, vec![3]));
     // Retransmitted until ACKed.

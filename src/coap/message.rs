@@ -191,10 +191,7 @@ impl Response {
 }
 
 pub fn split_path(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 pub fn join_path(segments: &[String]) -> String {
@@ -228,33 +225,25 @@ fn uint_bytes(v: u32) -> Vec<u8> {
 }
 
 fn utf8(v: &[u8], name: &'static str) -> Result<String> {
-    String::from_utf8(v.to_vec())
-        .map_err(|_| Error::malformed("CoAP option", format!("{name} is not UTF-8")))
+    String::from_utf8(v.to_vec()).map_err(|_| Error::malformed("CoAP option", format!("{name} is not UTF-8")))
 }
 
 impl Message {
     /// Decode a datagram. Never panics on any input.
     pub fn decode(bytes: &[u8]) -> Result<Message> {
         if bytes.len() < 4 {
-            return Err(Error::malformed(
-                "CoAP message",
-                "shorter than the 4-byte header",
-            ));
+            return Err(Error::malformed("CoAP message", "shorter than the 4-byte header"));
         }
         if bytes[0] >> 6 != 1 {
             return Err(Error::malformed("CoAP message", "version is not 1"));
         }
-        let packet = Packet::from_bytes(bytes)
-            .map_err(|e| Error::malformed("CoAP message", format!("{e:?}")))?;
+        let packet = Packet::from_bytes(bytes).map_err(|e| Error::malformed("CoAP message", format!("{e:?}")))?;
         // RFC 7252 §3: a payload marker followed by a zero-length payload is a
         // format error. coap-lite silently accepts it.
         if packet.payload.is_empty() && bytes.last() == Some(&0xFF) {
             let tkl = usize::from(bytes[0] & 0x0F);
             if bytes.len() > 4 + tkl {
-                return Err(Error::malformed(
-                    "CoAP message",
-                    "payload marker without payload",
-                ));
+                return Err(Error::malformed("CoAP message", "payload marker without payload"));
             }
         }
         let mtype = match packet.header.get_type() {
@@ -271,17 +260,11 @@ impl Message {
                     CoapOption::UriPath => o.uri_path.push(utf8(v, "Uri-Path")?),
                     CoapOption::UriQuery => o.uri_query.push(utf8(v, "Uri-Query")?),
                     CoapOption::LocationPath => o.location_path.push(utf8(v, "Location-Path")?),
-                    CoapOption::ContentFormat => {
-                        o.content_format = Some(uint(v, 2, "Content-Format")? as u16)
-                    }
+                    CoapOption::ContentFormat => o.content_format = Some(uint(v, 2, "Content-Format")? as u16),
                     CoapOption::Accept => o.accept = Some(uint(v, 2, "Accept")? as u16),
                     CoapOption::Observe => o.observe = Some(uint(v, 3, "Observe")?),
-                    CoapOption::Block1 => {
-                        o.block1 = Some(BlockValue::decode(uint(v, 3, "Block1")?)?)
-                    }
-                    CoapOption::Block2 => {
-                        o.block2 = Some(BlockValue::decode(uint(v, 3, "Block2")?)?)
-                    }
+                    CoapOption::Block1 => o.block1 = Some(BlockValue::decode(uint(v, 3, "Block1")?)?),
+                    CoapOption::Block2 => o.block2 = Some(BlockValue::decode(uint(v, 3, "Block2")?)?),
                     CoapOption::Size1 => o.size1 = Some(uint(v, 4, "Size1")?),
                     CoapOption::Size2 => o.size2 = Some(uint(v, 4, "Size2")?),
                     CoapOption::MaxAge => o.max_age = Some(uint(v, 4, "Max-Age")?),

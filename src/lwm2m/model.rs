@@ -134,8 +134,8 @@ impl Models {
                 path: path.clone(),
                 source,
             })?;
-            let objects = parse_ddf(&text)
-                .map_err(|e| Error::malformed("DDF file", format!("{}: {e}", path.display())))?;
+            let objects =
+                parse_ddf(&text).map_err(|e| Error::malformed("DDF file", format!("{}: {e}", path.display())))?;
             for o in objects {
                 m.objects.insert(o.id, Arc::new(o));
             }
@@ -149,9 +149,7 @@ impl Models {
 
     /// The resource definition for a path at resource depth or below.
     pub fn resource(&self, path: &ResourcePath) -> Option<&ResourceModel> {
-        self.object(path.object()?)?
-            .resources
-            .get(&path.resource()?)
+        self.object(path.object()?)?.resources.get(&path.resource()?)
     }
 
     pub fn len(&self) -> usize {
@@ -195,8 +193,8 @@ pub fn parse_ddf(xml: &str) -> std::result::Result<Vec<ObjectModel>, String> {
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| format!("object {id}: Item without a numeric ID"))?;
                 let t = child_text(item, "Type").unwrap_or("");
-                let rtype = ResourceType::parse(t)
-                    .ok_or_else(|| format!("object {id} resource {rid}: unknown Type `{t}`"))?;
+                let rtype =
+                    ResourceType::parse(t).ok_or_else(|| format!("object {id} resource {rid}: unknown Type `{t}`"))?;
                 resources.insert(
                     rid,
                     ResourceModel {
@@ -214,9 +212,7 @@ pub fn parse_ddf(xml: &str) -> std::result::Result<Vec<ObjectModel>, String> {
         out.push(ObjectModel {
             id,
             name,
-            version: child_text(obj, "ObjectVersion")
-                .unwrap_or("1.0")
-                .to_string(),
+            version: child_text(obj, "ObjectVersion").unwrap_or("1.0").to_string(),
             multiple: child_text(obj, "MultipleInstances") == Some("Multiple"),
             mandatory: child_text(obj, "Mandatory") == Some("Mandatory"),
             resources,
@@ -261,10 +257,7 @@ mod tests {
         )
         .unwrap();
         let m = Models::with_dir(dir.path()).unwrap();
-        assert_eq!(
-            m.resource(&"/10241/0/1".parse().unwrap()).unwrap().name,
-            "Flow"
-        );
+        assert_eq!(m.resource(&"/10241/0/1".parse().unwrap()).unwrap().name, "Flow");
         std::fs::write(dir.path().join("bad.xml"), "<LWM2M><Object>").unwrap();
         let err = Models::with_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("bad.xml"), "{err}");

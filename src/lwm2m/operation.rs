@@ -100,9 +100,7 @@ impl OperationKind {
             | OperationKind::WriteAttributes { path, .. }
             | OperationKind::Observe { path }
             | OperationKind::CancelObserve { path } => *path,
-            OperationKind::ReadComposite { .. } | OperationKind::ObserveComposite { .. } => {
-                ResourcePath::ROOT
-            }
+            OperationKind::ReadComposite { .. } | OperationKind::ObserveComposite { .. } => ResourcePath::ROOT,
         }
     }
 
@@ -118,12 +116,10 @@ impl OperationKind {
             }
         };
         match self {
-            OperationKind::Read { path }
-            | OperationKind::Observe { path }
-            | OperationKind::CancelObserve { path } => need(path, 1, 4),
-            OperationKind::Discover { path } | OperationKind::WriteAttributes { path, .. } => {
-                need(path, 1, 3)
+            OperationKind::Read { path } | OperationKind::Observe { path } | OperationKind::CancelObserve { path } => {
+                need(path, 1, 4)
             }
+            OperationKind::Discover { path } | OperationKind::WriteAttributes { path, .. } => need(path, 1, 3),
             OperationKind::Write { path, values, .. } => {
                 need(path, 2, 4)?;
                 if values.is_empty() {
@@ -132,9 +128,7 @@ impl OperationKind {
                 self.records(models).map(|_| ())
             }
             OperationKind::Execute { path, .. } => need(path, 3, 3),
-            OperationKind::Create { path, .. } => {
-                need(path, 1, 1).and_then(|_| self.records(models).map(|_| ()))
-            }
+            OperationKind::Create { path, .. } => need(path, 1, 1).and_then(|_| self.records(models).map(|_| ())),
             OperationKind::Delete { path } => need(path, 2, 2),
             OperationKind::ReadComposite { paths } | OperationKind::ObserveComposite { paths } => {
                 if paths.is_empty() {
@@ -147,19 +141,14 @@ impl OperationKind {
 
     fn records(&self, models: &Models) -> Result<Vec<Record>> {
         let (base, values) = match self {
-            OperationKind::Write { path, values, .. } | OperationKind::Create { path, values } => {
-                (path, values)
-            }
+            OperationKind::Write { path, values, .. } | OperationKind::Create { path, values } => (path, values),
             _ => return Ok(Vec::new()),
         };
         values
             .iter()
             .map(|v| {
                 if !v.path.starts_with(base) || v.path.depth() < 3 {
-                    return Err(Error::InvalidPath(format!(
-                        "{} is not a resource below {base}",
-                        v.path
-                    )));
+                    return Err(Error::InvalidPath(format!("{} is not a resource below {base}", v.path)));
                 }
                 let rtype = models.resource(&v.path).map(|r| r.rtype);
                 Ok(Record {
@@ -176,9 +165,9 @@ impl OperationKind {
     pub fn to_request(&self, format: u16, root: &[String], models: &Models) -> Result<Request> {
         let mut path = self.path();
         let (method, accept) = match self {
-            OperationKind::Read { .. }
-            | OperationKind::Observe { .. }
-            | OperationKind::CancelObserve { .. } => (Method::Get, Some(format)),
+            OperationKind::Read { .. } | OperationKind::Observe { .. } | OperationKind::CancelObserve { .. } => {
+                (Method::Get, Some(format))
+            }
             OperationKind::Discover { .. } => (Method::Get, Some(content::LINK_FORMAT)),
             OperationKind::Write { replace: true, .. } => (Method::Put, None),
             OperationKind::Write { replace: false, .. }
@@ -197,9 +186,7 @@ impl OperationKind {
         req.options.uri_path = segments;
         req.options.accept = accept;
         match self {
-            OperationKind::Observe { .. } | OperationKind::ObserveComposite { .. } => {
-                req.options.observe = Some(0)
-            }
+            OperationKind::Observe { .. } | OperationKind::ObserveComposite { .. } => req.options.observe = Some(0),
             OperationKind::CancelObserve { .. } => req.options.observe = Some(1),
             _ => {}
         }
@@ -220,9 +207,7 @@ impl OperationKind {
                 req.payload = a.as_bytes().to_vec();
                 req.options.content_format = Some(content::TEXT_PLAIN);
             }
-            OperationKind::WriteAttributes { attributes, .. } => {
-                req.options.uri_query = attributes.clone()
-            }
+            OperationKind::WriteAttributes { attributes, .. } => req.options.uri_query = attributes.clone(),
             OperationKind::ReadComposite { paths } | OperationKind::ObserveComposite { paths } => {
                 let cf = composite_format(format);
                 req.payload = if cf == content::SENML_JSON {
@@ -246,9 +231,9 @@ impl OperationKind {
             | OperationKind::CancelObserve { .. }
             | OperationKind::ReadComposite { .. }
             | OperationKind::ObserveComposite { .. } => &[Code::CONTENT],
-            OperationKind::Write { .. }
-            | OperationKind::Execute { .. }
-            | OperationKind::WriteAttributes { .. } => &[Code::CHANGED],
+            OperationKind::Write { .. } | OperationKind::Execute { .. } | OperationKind::WriteAttributes { .. } => {
+                &[Code::CHANGED]
+            }
             OperationKind::Create { .. } => &[Code::CREATED],
             OperationKind::Delete { .. } => &[Code::DELETED],
         }
@@ -282,9 +267,7 @@ impl OperationKind {
                 }
                 result.links = Some(text);
             }
-            OperationKind::Read { path }
-            | OperationKind::Observe { path }
-            | OperationKind::CancelObserve { path } => {
+            OperationKind::Read { path } | OperationKind::Observe { path } | OperationKind::CancelObserve { path } => {
                 match decode_response(path, response, models) {
                     Ok(r) => result.records = r,
                     Err(e) => {
@@ -306,9 +289,7 @@ impl OperationKind {
                     }
                 }
             }
-            OperationKind::Create { .. } => {
-                result.location = response.options.location_path.last().cloned()
-            }
+            OperationKind::Create { .. } => result.location = response.options.location_path.last().cloned(),
             _ => {}
         }
         Outcome::Succeeded(result)
@@ -327,18 +308,11 @@ fn composite_format(preferred: u16) -> u16 {
 
 /// Decode a response payload for `path`; an absent Content-Format means
 /// text/plain for a single resource (Core §7.4: the default format).
-pub fn decode_response(
-    path: &ResourcePath,
-    response: &Response,
-    models: &Models,
-) -> Result<Vec<Record>> {
+pub fn decode_response(path: &ResourcePath, response: &Response, models: &Models) -> Result<Vec<Record>> {
     if response.payload.is_empty() {
         return Ok(Vec::new());
     }
-    let cf = response
-        .options
-        .content_format
-        .unwrap_or(content::TEXT_PLAIN);
+    let cf = response.options.content_format.unwrap_or(content::TEXT_PLAIN);
     content::decode(cf, path, &response.payload, models)
 }
 
@@ -457,9 +431,7 @@ mod tests {
             }],
             replace: false,
         };
-        let req = write
-            .to_request(content::TLV, &["lwm2m".into()], &m)
-            .unwrap();
+        let req = write.to_request(content::TLV, &["lwm2m".into()], &m).unwrap();
         assert_eq!(req.method, Method::Post);
         assert_eq!(req.path(), "/lwm2m/1/0");
         assert_eq!(req.options.content_format, Some(content::TLV));
@@ -501,11 +473,7 @@ mod tests {
             .validate(&m)
             .is_err()
         );
-        assert!(
-            OperationKind::Delete { path: p("/3/0/1") }
-                .validate(&m)
-                .is_err()
-        );
+        assert!(OperationKind::Delete { path: p("/3/0/1") }.validate(&m).is_err());
         let bad_value = OperationKind::Write {
             path: p("/3/0/13"),
             values: vec![WriteValue {
@@ -514,13 +482,7 @@ mod tests {
             }],
             replace: true,
         };
-        assert!(
-            bad_value
-                .validate(&m)
-                .unwrap_err()
-                .to_string()
-                .contains("noon")
-        );
+        assert!(bad_value.validate(&m).unwrap_err().to_string().contains("noon"));
         let outside = OperationKind::Write {
             path: p("/3/0"),
             values: vec![WriteValue {
@@ -567,10 +529,7 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        let garbage = read.outcome(
-            &Response::with_payload(Code::CONTENT, content::TLV, vec![0xC8]),
-            &m,
-        );
+        let garbage = read.outcome(&Response::with_payload(Code::CONTENT, content::TLV, vec![0xC8]), &m);
         assert!(matches!(garbage, Outcome::Failed { .. }));
     }
 }

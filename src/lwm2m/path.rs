@@ -18,10 +18,7 @@ pub struct ResourcePath {
 }
 
 impl ResourcePath {
-    pub const ROOT: ResourcePath = ResourcePath {
-        ids: [0; 4],
-        len: 0,
-    };
+    pub const ROOT: ResourcePath = ResourcePath { ids: [0; 4], len: 0 };
 
     pub fn new(ids: &[u16]) -> Option<ResourcePath> {
         if ids.len() > 4 || ids.contains(&u16::MAX) {
@@ -65,8 +62,7 @@ impl ResourcePath {
 
     /// True if `self` is `other` or lies below it.
     pub fn starts_with(&self, other: &ResourcePath) -> bool {
-        self.len >= other.len
-            && self.ids[..usize::from(other.len)] == other.ids[..usize::from(other.len)]
+        self.len >= other.len && self.ids[..usize::from(other.len)] == other.ids[..usize::from(other.len)]
     }
 
     /// Uri-Path segments for a CoAP request.

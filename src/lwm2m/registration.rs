@@ -111,9 +111,7 @@ fn strip_root<'a>(target: &'a str, root: &str) -> &'a str {
     if root == "/" {
         target
     } else {
-        target
-            .strip_prefix(root.trim_end_matches('/'))
-            .unwrap_or(target)
+        target.strip_prefix(root.trim_end_matches('/')).unwrap_or(target)
     }
 }
 
@@ -151,23 +149,19 @@ impl RegisterParams {
                 None => (item.as_str(), None),
             };
             match (k, v) {
-                ("ep", Some(v)) if !v.is_empty() && v.len() <= 255 => {
-                    p.endpoint = Some(v.to_string())
-                }
+                ("ep", Some(v)) if !v.is_empty() && v.len() <= 255 => p.endpoint = Some(v.to_string()),
                 ("ep", _) => return Err(reject(Code::BAD_REQUEST, "ep must be 1 to 255 bytes")),
                 ("lt", Some(v)) => {
-                    p.lifetime = Some(v.parse().ok().filter(|l| *l > 0).ok_or_else(|| {
-                        reject(Code::BAD_REQUEST, "lt must be a positive integer")
-                    })?)
+                    p.lifetime = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|l| *l > 0)
+                            .ok_or_else(|| reject(Code::BAD_REQUEST, "lt must be a positive integer"))?,
+                    )
                 }
-                ("lwm2m", Some(v)) if matches!(v, "1.0" | "1.1" | "1.2") => {
-                    p.version = Some(v.to_string())
-                }
+                ("lwm2m", Some(v)) if matches!(v, "1.0" | "1.1" | "1.2") => p.version = Some(v.to_string()),
                 ("lwm2m", _) => {
-                    return Err(reject(
-                        Code::PRECONDITION_FAILED,
-                        "unsupported LwM2M version",
-                    ));
+                    return Err(reject(Code::PRECONDITION_FAILED, "unsupported LwM2M version"));
                 }
                 ("b", Some(v)) if !v.is_empty() && v.chars().all(|c| "UMHTSNQ".contains(c)) => {
                     p.queue |= v.contains('Q');
@@ -196,8 +190,7 @@ pub fn parse_object_links(
             "object links must be application/link-format",
         ));
     }
-    let text = std::str::from_utf8(payload)
-        .map_err(|_| reject(Code::BAD_REQUEST, "object links are not UTF-8"))?;
+    let text = std::str::from_utf8(payload).map_err(|_| reject(Code::BAD_REQUEST, "object links are not UTF-8"))?;
     let links = link_format::parse(text).map_err(|e| reject(Code::BAD_REQUEST, e.to_string()))?;
     let mut root = "/".to_string();
     let mut ct = None;
@@ -231,14 +224,7 @@ mod tests {
 
     #[test]
     fn parameters() {
-        let p = RegisterParams::parse(&q(&[
-            "ep=urn:imei:351234567890123",
-            "lt=300",
-            "lwm2m=1.1",
-            "b=U",
-            "Q",
-        ]))
-        .unwrap();
+        let p = RegisterParams::parse(&q(&["ep=urn:imei:351234567890123", "lt=300", "lwm2m=1.1", "b=U", "Q"])).unwrap();
         assert_eq!(p.endpoint.as_deref(), Some("urn:imei:351234567890123"));
         assert_eq!(p.lifetime, Some(300));
         assert!(p.queue);
@@ -255,29 +241,20 @@ mod tests {
             RegisterParams::parse(&q(&["lwm2m=2.0"])).unwrap_err().code,
             Code::PRECONDITION_FAILED
         );
-        assert_eq!(
-            RegisterParams::parse(&q(&["ep="])).unwrap_err().code,
-            Code::BAD_REQUEST
-        );
+        assert_eq!(RegisterParams::parse(&q(&["ep="])).unwrap_err().code, Code::BAD_REQUEST);
     }
 
     #[test]
     fn object_links() {
-        let (_, root, ct) = parse_object_links(
-            br#"</lwm2m>;rt="oma.lwm2m";ct=112,</lwm2m/1/0>,</lwm2m/3/0>"#,
-            Some(40),
-        )
-        .unwrap();
+        let (_, root, ct) =
+            parse_object_links(br#"</lwm2m>;rt="oma.lwm2m";ct=112,</lwm2m/1/0>,</lwm2m/3/0>"#, Some(40)).unwrap();
         assert_eq!(root, "/lwm2m");
         assert_eq!(ct, Some(112));
         assert_eq!(
             parse_object_links(b"</1/0>", Some(0)).unwrap_err().code,
             Code::UNSUPPORTED_CONTENT_FORMAT
         );
-        assert_eq!(
-            parse_object_links(b"</x/y>", None).unwrap_err().code,
-            Code::BAD_REQUEST
-        );
+        assert_eq!(parse_object_links(b"</x/y>", None).unwrap_err().code, Code::BAD_REQUEST);
         assert_eq!(
             parse_object_links(b"garbage", None).unwrap_err().code,
             Code::BAD_REQUEST

@@ -12,17 +12,13 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::coap::{
-    self, Code, Event, Exchanges, Failure, Method, Request, RequestId, Response, Transmit,
-};
+use crate::coap::{self, Code, Event, Exchanges, Failure, Method, Request, RequestId, Response, Transmit};
 use crate::config::{Lwm2mConfig, UnknownEndpoints};
 use crate::lwm2m::content;
 use crate::lwm2m::model::Models;
 use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationResult, Outcome};
 use crate::lwm2m::path::{Record, ResourcePath};
-use crate::lwm2m::registration::{
-    RegisterParams, Registration, RegistrationId, Rejection, parse_object_links,
-};
+use crate::lwm2m::registration::{RegisterParams, Registration, RegistrationId, Rejection, parse_object_links};
 
 /// The time, as the shell reads it: a monotonic instant for CoAP timers and
 /// Unix milliseconds for what is stored.
@@ -244,10 +240,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     /// Queue an operation (from the store, the CLI or the API).
     pub fn enqueue(&mut self, now: Now, op: Operation) {
         let endpoint = op.endpoint.clone();
-        self.queues
-            .entry(endpoint.clone())
-            .or_default()
-            .push_back(op);
+        self.queues.entry(endpoint.clone()).or_default().push_back(op);
         self.schedule_sweep(now);
         self.dispatch(now, &endpoint);
     }
@@ -291,16 +284,12 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     fn drain_coap(&mut self, now: Now) {
         while let Some(ev) = self.coap.poll_event() {
             match ev {
-                Event::Request {
-                    id, peer, request, ..
-                } => {
+                Event::Request { id, peer, request, .. } => {
                     let response = self.on_request(now, peer, request);
                     self.coap.respond(now.mono, id, response);
                 }
                 Event::Response { id, peer, response } => self.on_response(now, peer, id, response),
-                Event::Notification { id, peer, response } => {
-                    self.on_notification(now, peer, id, response)
-                }
+                Event::Notification { id, peer, response } => self.on_notification(now, peer, id, response),
                 Event::Failed { id, failure, .. } => self.on_failure(now, id, failure),
                 // We hold no observations of devices' servers' resources.
                 Event::ObserverGone { .. } => {}
@@ -364,17 +353,14 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             code: Code::BAD_REQUEST,
             reason: "missing ep".into(),
         })?;
-        if self.config.unknown_endpoints == UnknownEndpoints::Reject
-            && !self.known_endpoints.contains(&endpoint)
-        {
+        if self.config.unknown_endpoints == UnknownEndpoints::Reject && !self.known_endpoints.contains(&endpoint) {
             return Err(Rejection {
                 code: Code::FORBIDDEN,
                 reason: format!("endpoint {endpoint} is not provisioned"),
             });
         }
         let lifetime = self.check_lifetime(params.lifetime.unwrap_or(86400))?;
-        let (object_links, root_path, announced_format) =
-            parse_object_links(&req.payload, req.options.content_format)?;
+        let (object_links, root_path, announced_format) = parse_object_links(&req.payload, req.options.content_format)?;
         let replaced = self.by_endpoint.get(&endpoint).copied();
         if let Some(old) = replaced {
             // Re-registration replaces the old registration (Core §6.2.1);
@@ -420,8 +406,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     }
 
     fn check_lifetime(&self, lt: u32) -> Result<u32, Rejection> {
-        if u64::from(lt) < self.config.min_lifetime_s || u64::from(lt) > self.config.max_lifetime_s
-        {
+        if u64::from(lt) < self.config.min_lifetime_s || u64::from(lt) > self.config.max_lifetime_s {
             return Err(Rejection {
                 code: Code::BAD_REQUEST,
                 reason: format!(
@@ -445,17 +430,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     fn update(&mut self, now: Now, peer: P, req: &Request) -> Result<Response, Rejection> {
         let id = self.lookup(&req.options.uri_path[1])?;
         let params = RegisterParams::parse(&req.options.uri_query)?;
-        let lifetime = params
-            .lifetime
-            .map(|l| self.check_lifetime(l))
-            .transpose()?;
+        let lifetime = params.lifetime.map(|l| self.check_lifetime(l)).transpose()?;
         let links = if req.payload.is_empty() {
             None
         } else {
-            Some(parse_object_links(
-                &req.payload,
-                req.options.content_format,
-            )?)
+            Some(parse_object_links(&req.payload, req.options.content_format)?)
         };
         let dev = self.devices.get_mut(&id).expect("looked up");
         let before = dev.reg.clone();
@@ -552,23 +531,16 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             code: Code::BAD_REQUEST,
             reason: "Send without Content-Format".into(),
         })?;
-        if ![
-            content::SENML_CBOR,
-            content::SENML_JSON,
-            content::LWM2M_CBOR,
-        ]
-        .contains(&cf)
-        {
+        if ![content::SENML_CBOR, content::SENML_JSON, content::LWM2M_CBOR].contains(&cf) {
             return Err(Rejection {
                 code: Code::UNSUPPORTED_CONTENT_FORMAT,
                 reason: format!("Send in format {cf}"),
             });
         }
-        let records = content::decode(cf, &ResourcePath::ROOT, &req.payload, &self.models)
-            .map_err(|e| Rejection {
-                code: Code::BAD_REQUEST,
-                reason: e.to_string(),
-            })?;
+        let records = content::decode(cf, &ResourcePath::ROOT, &req.payload, &self.models).map_err(|e| Rejection {
+            code: Code::BAD_REQUEST,
+            reason: e.to_string(),
+        })?;
         let endpoint = self.devices[&id].reg.endpoint.clone();
         self.report(now, &endpoint, Source::Send, records);
         self.woke(now, &endpoint);
@@ -650,9 +622,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
                 .and_then(VecDeque::pop_front)
                 .expect("front exists");
             let sent = match &op.kind {
-                OperationKind::CancelObserve { path } => {
-                    self.cancel_observation(now, endpoint, path)
-                }
+                OperationKind::CancelObserve { path } => self.cancel_observation(now, endpoint, path),
                 kind => kind
                     .to_request(format, &root, &self.models)
                     .map(|request| self.coap.request(now.mono, peer, request))
@@ -684,12 +654,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
 
     /// Active cancellation (RFC 7641 §3.6): GET with Observe 1 on the
     /// observation's own token; its response completes the operation.
-    fn cancel_observation(
-        &mut self,
-        now: Now,
-        endpoint: &str,
-        path: &ResourcePath,
-    ) -> Result<RequestId, String> {
+    fn cancel_observation(&mut self, now: Now, endpoint: &str, path: &ResourcePath) -> Result<RequestId, String> {
         let rid = self
             .observations
             .iter()
@@ -784,19 +749,13 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
 
     fn on_failure(&mut self, now: Now, rid: RequestId, failure: Failure) {
         if let Some(obs) = self.observations.remove(&rid) {
-            log::debug!(
-                "observation of {} on {} ended: {failure:?}",
-                obs.path,
-                obs.endpoint
-            );
+            log::debug!("observation of {} on {} ended: {failure:?}", obs.path, obs.endpoint);
             return;
         }
         let Some(InFlight { op }) = self.in_flight.remove(&rid) else {
             return;
         };
-        let retry = failure == Failure::Timeout
-            && op.attempts < op.max_attempts
-            && op.deadline > now.unix_ms;
+        let retry = failure == Failure::Timeout && op.attempts < op.max_attempts && op.deadline > now.unix_ms;
         if retry {
             // The device went to sleep or lost the message: wait for its next
             // uplink before trying again, at the head of its queue.
@@ -814,10 +773,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
                 attempts: op.attempts,
                 reason: "no answer (CoAP timeout)".into(),
             });
-            self.queues
-                .entry(endpoint.clone())
-                .or_default()
-                .push_front(op);
+            self.queues.entry(endpoint.clone()).or_default().push_front(op);
             self.dispatch(now, &endpoint);
             return;
         }

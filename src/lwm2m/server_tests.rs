@@ -263,10 +263,7 @@ fn reregistration_replaces_and_update_of_unknown_gets_404() {
         ev.iter()
             .any(|e| matches!(e, ServerEvent::Rejected { code, .. } if *code == Code::NOT_FOUND))
     );
-    assert!(
-        ev.iter()
-            .any(|e| matches!(e, ServerEvent::Registered { .. }))
-    );
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::Registered { .. })));
     assert!(net.server.registration("dev-c").is_some());
 }
 
@@ -298,10 +295,7 @@ fn device_management_operations() {
         },
     );
     assert!(matches!(net.outcome(write), Some(Outcome::Succeeded(_))));
-    assert_eq!(
-        net.clients[0].value(&p("/1/0/1")),
-        Some(&Value::Integer(120))
-    );
+    assert_eq!(net.clients[0].value(&p("/1/0/1")), Some(&Value::Integer(120)));
 
     // Writing a read-only resource: the device's 4.05 is a failure with its code.
     let bad = net.enqueue(
@@ -320,9 +314,7 @@ fn device_management_operations() {
         o => panic!("{o:?}"),
     }
     let missing = net.enqueue("dev-d", OperationKind::Read { path: p("/9999/0") });
-    assert!(
-        matches!(net.outcome(missing), Some(Outcome::Failed { code: Some(c), .. }) if c == "4.04")
-    );
+    assert!(matches!(net.outcome(missing), Some(Outcome::Failed { code: Some(c), .. }) if c == "4.04"));
 
     let disc = net.enqueue("dev-d", OperationKind::Discover { path: p("/3303") });
     match net.outcome(disc) {
@@ -341,13 +333,8 @@ fn device_management_operations() {
             }],
         },
     );
-    assert!(
-        matches!(net.outcome(create), Some(Outcome::Succeeded(r)) if r.location.as_deref() == Some("1"))
-    );
-    assert_eq!(
-        net.clients[0].value(&p("/3303/1/5700")),
-        Some(&Value::Float(1.5))
-    );
+    assert!(matches!(net.outcome(create), Some(Outcome::Succeeded(r)) if r.location.as_deref() == Some("1")));
+    assert_eq!(net.clients[0].value(&p("/3303/1/5700")), Some(&Value::Float(1.5)));
     let delete = net.enqueue("dev-d", OperationKind::Delete { path: p("/3303/1") });
     assert!(matches!(net.outcome(delete), Some(Outcome::Succeeded(_))));
     assert_eq!(net.clients[0].value(&p("/3303/1/5700")), None);
@@ -485,10 +472,7 @@ fn deadline_expires_queued_operation() {
         },
     );
     net.advance(Duration::from_secs(7));
-    assert_eq!(
-        net.outcome(77).map(Outcome::state),
-        Some(OperationState::Expired)
-    );
+    assert_eq!(net.outcome(77).map(Outcome::state), Some(OperationState::Expired));
     assert_eq!(net.sent_count(77), 0);
     net.advance(Duration::from_secs(40));
     assert_eq!(net.sent_count(77), 0, "an expired operation never goes out");
@@ -551,18 +535,9 @@ fn bad_registrations_are_refused_with_the_right_code() {
             },
             Code::BAD_REQUEST,
         ),
-        (
-            { Request::new(Method::Post, "/rd/ffffffffffff") },
-            Code::NOT_FOUND,
-        ),
-        (
-            { Request::new(Method::Delete, "/rd/nonsense") },
-            Code::NOT_FOUND,
-        ),
-        (
-            { Request::new(Method::Get, "/rd") },
-            Code::METHOD_NOT_ALLOWED,
-        ),
+        ({ Request::new(Method::Post, "/rd/ffffffffffff") }, Code::NOT_FOUND),
+        ({ Request::new(Method::Delete, "/rd/nonsense") }, Code::NOT_FOUND),
+        ({ Request::new(Method::Get, "/rd") }, Code::METHOD_NOT_ALLOWED),
         ({ Request::new(Method::Get, "/elsewhere") }, Code::NOT_FOUND),
         (
             {
@@ -584,11 +559,8 @@ fn bad_registrations_are_refused_with_the_right_code() {
     let mut r = Request::new(Method::Post, "/dp");
     r.options.content_format = Some(content::SENML_CBOR);
     r.payload = vec![0x9F, 0xFF, 0x00];
-    net.server.handle_datagram(
-        now,
-        0,
-        &Message::request(Type::Con, 2000, vec![1], &r).encode(),
-    );
+    net.server
+        .handle_datagram(now, 0, &Message::request(Type::Con, 2000, vec![1], &r).encode());
     let reply = Message::decode(&net.server.poll_transmit().unwrap().bytes).unwrap();
     assert_eq!(Code(reply.code), Code::BAD_REQUEST);
     assert!(net.server.registration("dev-z").is_some());

@@ -98,9 +98,7 @@ pub async fn run(
 
 fn log_event(ev: &ServerEvent<SocketAddr>) {
     match ev {
-        ServerEvent::Registered {
-            registration: r, ..
-        } => {
+        ServerEvent::Registered { registration: r, .. } => {
             log::info!(
                 "registered {} from {} (lt {}, lwm2m {}, b={})",
                 r.endpoint,
@@ -112,11 +110,9 @@ fn log_event(ev: &ServerEvent<SocketAddr>) {
         }
         ServerEvent::Deregistered { endpoint, .. } => log::info!("deregistered {endpoint}"),
         ServerEvent::Expired { endpoint, .. } => log::info!("registration of {endpoint} expired"),
-        ServerEvent::OperationFinished {
-            id,
-            endpoint,
-            outcome,
-        } => log::info!("operation {id} on {endpoint}: {:?}", outcome.state()),
+        ServerEvent::OperationFinished { id, endpoint, outcome } => {
+            log::info!("operation {id} on {endpoint}: {:?}", outcome.state())
+        }
         _ => {}
     }
 }

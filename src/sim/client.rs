@@ -69,13 +69,8 @@ struct Observer {
 enum Phase {
     Idle,
     Registering(RequestId),
-    Registered {
-        location: Vec<String>,
-    },
-    Updating {
-        location: Vec<String>,
-        id: RequestId,
-    },
+    Registered { location: Vec<String> },
+    Updating { location: Vec<String>, id: RequestId },
 }
 
 pub struct Client {
@@ -110,10 +105,7 @@ impl Client {
         set("/1/0/0", Value::Integer(1));
         set("/1/0/1", Value::Integer(i64::from(cfg.lifetime)));
         set("/1/0/6", Value::Boolean(false));
-        set(
-            "/1/0/7",
-            Value::String(if cfg.queue_mode { "UQ" } else { "U" }.into()),
-        );
+        set("/1/0/7", Value::String(if cfg.queue_mode { "UQ" } else { "U" }.into()));
         set("/3/0/0", Value::String("Nordic Semiconductor ASA".into()));
         set("/3/0/1", Value::String("nRF9160-SIM".into()));
         set("/3/0/2", Value::String(format!("{:016x}", seed)));
@@ -157,10 +149,7 @@ impl Client {
     }
 
     pub fn is_registered(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Registered { .. } | Phase::Updating { .. }
-        )
+        matches!(self.phase, Phase::Registered { .. } | Phase::Updating { .. })
     }
 
     pub fn value(&self, p: &ResourcePath) -> Option<&Value> {
@@ -311,9 +300,7 @@ impl Client {
                         _ => {}
                     }
                 }
-                Event::Request {
-                    id, token, request, ..
-                } => {
+                Event::Request { id, token, request, .. } => {
                     self.counters.requests_served += 1;
                     let response = self.serve(now, &token, request);
                     self.coap.respond(now, id, response);
@@ -373,12 +360,7 @@ impl Client {
             .collect()
     }
 
-    fn encode(
-        &self,
-        p: &ResourcePath,
-        records: &[Record],
-        accept: Option<u16>,
-    ) -> Result<Response, Code> {
+    fn encode(&self, p: &ResourcePath, records: &[Record], accept: Option<u16>) -> Result<Response, Code> {
         let format = match accept {
             None => self.cfg.format,
             Some(f)
@@ -392,13 +374,10 @@ impl Client {
             {
                 f
             }
-            Some(content::TEXT_PLAIN) if records.len() == 1 && records[0].path == *p => {
-                content::TEXT_PLAIN
-            }
+            Some(content::TEXT_PLAIN) if records.len() == 1 && records[0].path == *p => content::TEXT_PLAIN,
             Some(_) => return Err(Code::NOT_ACCEPTABLE),
         };
-        let payload = content::encode(format, p, records, &self.models)
-            .map_err(|_| Code::INTERNAL_SERVER_ERROR)?;
+        let payload = content::encode(format, p, records, &self.models).map_err(|_| Code::INTERNAL_SERVER_ERROR)?;
         Ok(Response::with_payload(Code::CONTENT, format, payload))
     }
 
@@ -413,9 +392,7 @@ impl Client {
             Method::Put if req.payload.is_empty() && !req.options.uri_query.is_empty() => {
                 Ok(Response::new(Code::CHANGED))
             }
-            Method::Put | Method::Post if p.depth() >= 2 && !self.is_executable(&p) => {
-                self.write(&p, &req)
-            }
+            Method::Put | Method::Post if p.depth() >= 2 && !self.is_executable(&p) => self.write(&p, &req),
             Method::Post if self.is_executable(&p) => self.execute(now, &p),
             Method::Post if p.depth() == 1 => self.create(&p, &req),
             Method::Delete if p.depth() == 2 => {
@@ -437,13 +414,7 @@ impl Client {
         p.depth() == 3 && self.models.resource(p).is_some_and(|r| r.executable())
     }
 
-    fn read(
-        &mut self,
-        _now: Instant,
-        token: &[u8],
-        p: &ResourcePath,
-        req: &Request,
-    ) -> Result<Response, Code> {
+    fn read(&mut self, _now: Instant, token: &[u8], p: &ResourcePath, req: &Request) -> Result<Response, Code> {
         let records = self.records_under(p);
         if records.is_empty() {
             return Err(Code::NOT_FOUND);
@@ -508,8 +479,7 @@ impl Client {
         }
         if req.method == Method::Put && p.depth() == 3 {
             // Write-Replace of a multiple resource replaces all its instances.
-            self.values
-                .retain(|k, _| !(k.starts_with(p) && k.depth() == 4));
+            self.values.retain(|k, _| !(k.starts_with(p) && k.depth() == 4));
         }
         for r in records {
             self.values.insert(r.path, r.value);
@@ -537,12 +507,8 @@ impl Client {
             .map_or(0, |i| i + 1);
         let base = p.child(next).ok_or(Code::BAD_REQUEST)?;
         let cf = req.options.content_format.unwrap_or(content::TLV);
-        let records = content::decode(cf, &base, &req.payload, &self.models)
-            .map_err(|_| Code::BAD_REQUEST)?;
-        let instance = records
-            .first()
-            .and_then(|r| r.path.instance())
-            .unwrap_or(next);
+        let records = content::decode(cf, &base, &req.payload, &self.models).map_err(|_| Code::BAD_REQUEST)?;
+        let instance = records.first().and_then(|r| r.path.instance()).unwrap_or(next);
         for r in records {
             self.values.insert(r.path, r.value);
         }
@@ -594,11 +560,7 @@ impl Client {
                         })
                 })
                 .collect();
-            let base = if o.composite {
-                ResourcePath::ROOT
-            } else {
-                o.paths[0]
-            };
+            let base = if o.composite { ResourcePath::ROOT } else { o.paths[0] };
             let Ok(payload) = content::encode(o.format, &base, &records, &self.models) else {
                 continue;
             };

@@ -85,20 +85,14 @@ pub struct Stats {
 
 impl Stats {
     fn add(&self, before: &Counters, after: &Counters) {
-        self.registrations.fetch_add(
-            after.registrations - before.registrations,
-            Ordering::Relaxed,
-        );
+        self.registrations
+            .fetch_add(after.registrations - before.registrations, Ordering::Relaxed);
         self.updates
             .fetch_add(after.updates - before.updates, Ordering::Relaxed);
-        self.requests_served.fetch_add(
-            after.requests_served - before.requests_served,
-            Ordering::Relaxed,
-        );
-        self.notifications.fetch_add(
-            after.notifications - before.notifications,
-            Ordering::Relaxed,
-        );
+        self.requests_served
+            .fetch_add(after.requests_served - before.requests_served, Ordering::Relaxed);
+        self.notifications
+            .fetch_add(after.notifications - before.notifications, Ordering::Relaxed);
         self.failures
             .fetch_add(after.failures - before.failures, Ordering::Relaxed);
     }
@@ -157,12 +151,7 @@ impl Fleet {
             sock.connect(server).await?;
             let mut client = Client::new(cfg, models.clone(), fastrand::u64(..) ^ i as u64);
             client.continuous_updates = continuous_updates;
-            tasks.push(tokio::spawn(run_device(
-                client,
-                sock,
-                stop_rx.clone(),
-                stats.clone(),
-            )));
+            tasks.push(tokio::spawn(run_device(client, sock, stop_rx.clone(), stats.clone())));
         }
         Ok(Fleet { stop, tasks, stats })
     }
@@ -176,12 +165,7 @@ impl Fleet {
     }
 }
 
-async fn run_device(
-    mut client: Client,
-    sock: UdpSocket,
-    mut stop: watch::Receiver<bool>,
-    stats: Arc<Stats>,
-) {
+async fn run_device(mut client: Client, sock: UdpSocket, mut stop: watch::Receiver<bool>, stats: Arc<Stats>) {
     let mut buf = vec![0u8; 2048];
     let start = tokio::time::Instant::now().into_std();
     client.start(start);

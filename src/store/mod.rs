@@ -122,15 +122,8 @@ pub enum Status {
 
 impl DeviceSummary {
     pub fn status(&self, now_ms: i64, awake_window_s: u64, grace_s: u64) -> Status {
-        match (
-            self.registered,
-            self.updated_at,
-            self.lifetime,
-            self.last_seen,
-        ) {
-            (true, Some(u), Some(lt), Some(seen))
-                if now_ms <= u + (i64::from(lt) + grace_s as i64) * 1000 =>
-            {
+        match (self.registered, self.updated_at, self.lifetime, self.last_seen) {
+            (true, Some(u), Some(lt), Some(seen)) if now_ms <= u + (i64::from(lt) + grace_s as i64) * 1000 => {
                 if self.queue_mode && now_ms > seen + awake_window_s as i64 * 1000 {
                     Status::Sleeping
                 } else {
@@ -155,6 +148,14 @@ pub struct OperationRow {
     pub max_attempts: u32,
     pub coap_code: Option<String>,
     pub result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub ts: i64,
+    pub endpoint: Option<String>,
+    pub kind: String,
+    pub detail: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,12 +236,12 @@ impl Store {
 
     fn migrate(&mut self) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
-        let current: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-            [],
-            |r| r.get(0),
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
         )?;
+        let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })?;
         if current as usize > MIGRATIONS.len() {
             return Err(Error::malformed(
                 "database",
@@ -264,19 +265,12 @@ impl Store {
     pub fn schema_version(&self) -> Result<i64> {
         Ok(self
             .conn
-            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
-                r.get(0)
-            })?)
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))?)
     }
 
     // ---- devices -------------------------------------------------------------
 
-    pub fn add_device(
-        &self,
-        endpoint: &str,
-        psk_identity: Option<&str>,
-        tags: &str,
-    ) -> Result<i64> {
+    pub fn add_device(&self, endpoint: &str, psk_identity: Option<&str>, tags: &str) -> Result<i64> {
         let n = self.conn.execute(
             "INSERT INTO devices (endpoint, psk_identity, tags, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(endpoint) DO NOTHING",
             params![endpoint, psk_identity, tags, now_ms()],
@@ -284,14 +278,9 @@ impl Store {
         match n {
             Ok(0) => Err(Error::AlreadyExists(format!("device {endpoint}"))),
             Ok(_) => Ok(self.conn.last_insert_rowid()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(Error::AlreadyExists(format!(
-                    "PSK identity {}",
-                    psk_identity.unwrap_or("")
-                )))
-            }
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(
+                Error::AlreadyExists(format!("PSK identity {}", psk_identity.unwrap_or(""))),
+            ),
             Err(e) => Err(e.into()),
         }
     }
@@ -299,11 +288,7 @@ impl Store {
     pub fn remove_device(&self, endpoint: &str) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         let id: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM devices WHERE endpoint = ?1",
-                [endpoint],
-                |r| r.get(0),
-            )
+            .query_row("SELECT id FROM devices WHERE endpoint = ?1", [endpoint], |r| r.get(0))
             .optional()?;
         let id = id.ok_or_else(|| Error::UnknownEndpoint(endpoint.to_string()))?;
         tx.execute("DELETE FROM resource_values WHERE device_id = ?1", [id])?;
@@ -318,9 +303,7 @@ impl Store {
     }
 
     pub fn endpoints(&self) -> Result<Vec<String>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT endpoint FROM devices ORDER BY endpoint")?;
+        let mut st = self.conn.prepare("SELECT endpoint FROM devices ORDER BY endpoint")?;
         let rows = st.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -339,20 +322,17 @@ impl Store {
             last_seen: r.get(5)?,
             updated_at: r.get(6)?,
             lifetime: r.get(7)?,
-            firmware_version: r.get::<_, Option<rusqlite::types::Value>>(8)?.and_then(
-                |v| match v {
-                    rusqlite::types::Value::Text(s) => Some(s),
-                    _ => None,
-                },
-            ),
+            firmware_version: r.get::<_, Option<rusqlite::types::Value>>(8)?.and_then(|v| match v {
+                rusqlite::types::Value::Text(s) => Some(s),
+                _ => None,
+            }),
         })
     }
 
     pub fn list_devices(&self, limit: usize, offset: usize) -> Result<Vec<DeviceSummary>> {
-        let mut st = self.conn.prepare(&format!(
-            "{} ORDER BY d.endpoint LIMIT ?1 OFFSET ?2",
-            Self::SUMMARY_SQL
-        ))?;
+        let mut st = self
+            .conn
+            .prepare(&format!("{} ORDER BY d.endpoint LIMIT ?1 OFFSET ?2", Self::SUMMARY_SQL))?;
         let rows = st.query_map(params![limit as i64, offset as i64], Self::summary_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -457,16 +437,19 @@ impl Store {
 
     // ---- events ------------------------------------------------------------------
 
-    pub fn events(
-        &self,
-        endpoint: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(i64, Option<String>, String, String)>> {
+    /// Newest events first, optionally of one endpoint.
+    pub fn events(&self, endpoint: Option<&str>, limit: usize) -> Result<Vec<EventRow>> {
         let mut st = self.conn.prepare(
             "SELECT ts, endpoint, kind, detail FROM events WHERE (?1 IS NULL OR endpoint = ?1) ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![endpoint, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            let detail: String = r.get(3)?;
+            Ok(EventRow {
+                ts: r.get(0)?,
+                endpoint: r.get(1)?,
+                kind: r.get(2)?,
+                detail: serde_json::from_str(&detail).unwrap_or_default(),
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -494,7 +477,14 @@ impl Store {
         self.conn.execute(
             "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
              VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
-            params![endpoint, kind.name(), serde_json::to_string(kind).expect("serialises"), now, deadline, max_attempts],
+            params![
+                endpoint,
+                kind.name(),
+                serde_json::to_string(kind).expect("serialises"),
+                now,
+                deadline,
+                max_attempts
+            ],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -515,13 +505,8 @@ impl Store {
         Ok(OperationRow {
             id: r.get(0)?,
             endpoint: r.get(1)?,
-            kind: serde_json::from_str(&request).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    2,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?,
+            kind: serde_json::from_str(&request)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e)))?,
             state: OperationState::parse(&state).unwrap_or(OperationState::Failed),
             created_at: r.get(4)?,
             updated_at: r.get(5)?,
@@ -536,9 +521,7 @@ impl Store {
     const OPERATION_SQL: &'static str = "SELECT id, endpoint, request, state, created_at, updated_at, deadline, attempts, max_attempts, coap_code, result FROM operations";
 
     pub fn operation(&self, id: OperationId) -> Result<OperationRow> {
-        let mut st = self
-            .conn
-            .prepare(&format!("{} WHERE id = ?1", Self::OPERATION_SQL))?;
+        let mut st = self.conn.prepare(&format!("{} WHERE id = ?1", Self::OPERATION_SQL))?;
         st.query_row([id], Self::operation_row)
             .optional()?
             .ok_or_else(|| Error::NotFound(format!("operation {id}")))
@@ -588,9 +571,7 @@ impl Store {
     pub fn max_operation_id(&self) -> Result<OperationId> {
         Ok(self
             .conn
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM operations", [], |r| {
-                r.get(0)
-            })?)
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM operations", [], |r| r.get(0))?)
     }
 
     pub fn connection(&self) -> &Connection {

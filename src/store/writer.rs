@@ -103,8 +103,7 @@ fn run<P: Display>(mut store: Store, rx: Receiver<Command<P>>, batch_size: usize
                 match cmd {
                     Command::Event(ev) => apply(&tx, &mut devices, &mut rejections, ev)?,
                     Command::Prune(cutoff) => {
-                        let n =
-                            tx.execute("DELETE FROM resource_values WHERE ts < ?1", [cutoff])?;
+                        let n = tx.execute("DELETE FROM resource_values WHERE ts < ?1", [cutoff])?;
                         if n > 0 {
                             log::info!("retention: deleted {n} values");
                         }
@@ -126,11 +125,7 @@ fn run<P: Display>(mut store: Store, rx: Receiver<Command<P>>, batch_size: usize
     }
 }
 
-fn device_id(
-    tx: &Transaction<'_>,
-    cache: &mut HashMap<String, i64>,
-    endpoint: &str,
-) -> Result<i64> {
+fn device_id(tx: &Transaction<'_>, cache: &mut HashMap<String, i64>, endpoint: &str) -> Result<i64> {
     if let Some(id) = cache.get(endpoint) {
         return Ok(*id);
     }
@@ -138,21 +133,12 @@ fn device_id(
         "INSERT INTO devices (endpoint, created_at) VALUES (?1, ?2) ON CONFLICT(endpoint) DO NOTHING",
         params![endpoint, now_ms()],
     )?;
-    let id: i64 = tx.query_row(
-        "SELECT id FROM devices WHERE endpoint = ?1",
-        [endpoint],
-        |r| r.get(0),
-    )?;
+    let id: i64 = tx.query_row("SELECT id FROM devices WHERE endpoint = ?1", [endpoint], |r| r.get(0))?;
     cache.insert(endpoint.to_string(), id);
     Ok(id)
 }
 
-fn event(
-    tx: &Transaction<'_>,
-    endpoint: Option<&str>,
-    kind: &str,
-    detail: serde_json::Value,
-) -> Result<()> {
+fn event(tx: &Transaction<'_>, endpoint: Option<&str>, kind: &str, detail: serde_json::Value) -> Result<()> {
     tx.execute(
         "INSERT INTO events (ts, endpoint, kind, detail) VALUES (?1, ?2, ?3, ?4)",
         params![now_ms(), endpoint, kind, detail.to_string()],
@@ -160,11 +146,7 @@ fn event(
     Ok(())
 }
 
-fn upsert_registration<P: Display>(
-    tx: &Transaction<'_>,
-    device: i64,
-    r: &Registration<P>,
-) -> Result<()> {
+fn upsert_registration<P: Display>(tx: &Transaction<'_>, device: i64, r: &Registration<P>) -> Result<()> {
     tx.execute(
         "INSERT INTO registrations (device_id, reg_id, peer, lifetime, version, binding, queue_mode, sms, object_links, root_path,
                                     announced_format, registered_at, updated_at, last_seen)
@@ -245,17 +227,13 @@ fn apply<P: Display>(
                 upsert_registration(tx, id, &r)?;
             }
         }
-        ServerEvent::Deregistered { endpoint, id } => {
-            end_registration(tx, devices, &endpoint, id, "deregistered")?
-        }
-        ServerEvent::Expired { endpoint, id } => {
-            end_registration(tx, devices, &endpoint, id, "expired")?
-        }
-        ServerEvent::ValuesReported {
-            endpoint, records, ..
-        } => {
+        ServerEvent::Deregistered { endpoint, id } => end_registration(tx, devices, &endpoint, id, "deregistered")?,
+        ServerEvent::Expired { endpoint, id } => end_registration(tx, devices, &endpoint, id, "expired")?,
+        ServerEvent::ValuesReported { endpoint, records, .. } => {
             let dev = device_id(tx, devices, &endpoint)?;
-            let mut hist = tx.prepare_cached("INSERT INTO resource_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut hist = tx.prepare_cached(
+                "INSERT INTO resource_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             let mut latest = tx.prepare_cached(
                 "INSERT INTO latest_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(device_id, path) DO UPDATE SET ts = excluded.ts, vtype = excluded.vtype, value = excluded.value
@@ -276,21 +254,14 @@ fn apply<P: Display>(
             )?;
         }
         ServerEvent::OperationRequeued {
-            id,
-            attempts,
-            reason,
-            ..
+            id, attempts, reason, ..
         } => {
             tx.execute(
                 "UPDATE operations SET state = 'queued', attempts = ?2, updated_at = ?3, result = ?4 WHERE id = ?1 AND state = 'sent'",
                 params![id, attempts, now_ms(), json!({ "retry": reason }).to_string()],
             )?;
         }
-        ServerEvent::OperationFinished {
-            id,
-            endpoint,
-            outcome,
-        } => {
+        ServerEvent::OperationFinished { id, endpoint, outcome } => {
             let (code, result) = outcome_columns(&outcome);
             let state = outcome.state().as_str();
             // A cancellation requested through the store is already final there.
@@ -307,11 +278,7 @@ fn apply<P: Display>(
                 )?;
             }
         }
-        ServerEvent::Rejected {
-            endpoint,
-            code,
-            reason,
-        } => {
+        ServerEvent::Rejected { endpoint, code, reason } => {
             let second = now_ms() / 1000;
             if rejections.0 != second {
                 *rejections = (second, 0);

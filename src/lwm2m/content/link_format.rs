@@ -49,9 +49,7 @@ pub fn parse(text: &str) -> Result<Vec<Link>> {
             let mut r = &r[name_end..];
             let value = if let Some(v) = r.strip_prefix('=') {
                 if let Some(q) = v.strip_prefix('"') {
-                    let close = q
-                        .find('"')
-                        .ok_or_else(|| malformed("unterminated quoted value"))?;
+                    let close = q.find('"').ok_or_else(|| malformed("unterminated quoted value"))?;
                     r = &q[close + 1..];
                     Some(q[..close].to_string())
                 } else {
@@ -113,9 +111,7 @@ mod tests {
 
     #[test]
     fn registration_payload() {
-        let links =
-            parse(r#"</>;rt="oma.lwm2m";ct=110, </1/0>,</3/0>,</5>;ver=1.1,</3303/0>;dim=2;obs"#)
-                .unwrap();
+        let links = parse(r#"</>;rt="oma.lwm2m";ct=110, </1/0>,</3/0>,</5>;ver=1.1,</3303/0>;dim=2;obs"#).unwrap();
         assert_eq!(links.len(), 5);
         assert_eq!(links[0].target, "/");
         assert_eq!(links[0].attr("rt"), Some("oma.lwm2m"));
@@ -129,14 +125,7 @@ mod tests {
     fn quoted_separators_and_errors() {
         let l = parse(r#"<a>;title="x, y; z""#).unwrap();
         assert_eq!(l[0].attr("title"), Some("x, y; z"));
-        for bad in [
-            "/1/0",
-            "</1/0",
-            "</1>,",
-            "</1>;=3",
-            "</1> </2>",
-            r#"</1>;t="x"#,
-        ] {
+        for bad in ["/1/0", "</1/0", "</1>,", "</1>;=3", "</1> </2>", r#"</1>;t="x"#] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("").unwrap().is_empty());

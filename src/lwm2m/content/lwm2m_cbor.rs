@@ -16,9 +16,7 @@ fn malformed(reason: impl Into<String>) -> Error {
 
 fn id(v: &Cbor) -> Result<u16> {
     match v {
-        Cbor::Integer(i) => {
-            u16::try_from(i128::from(*i)).map_err(|_| malformed("path id out of range"))
-        }
+        Cbor::Integer(i) => u16::try_from(i128::from(*i)).map_err(|_| malformed("path id out of range")),
         _ => Err(malformed("path key is not an unsigned integer")),
     }
 }
@@ -54,9 +52,7 @@ fn walk(at: &ResourcePath, v: &Cbor, models: &Models, out: &mut Vec<Record>) -> 
             k => vec![id(k)?],
         };
         for i in ids {
-            path = path
-                .child(i)
-                .ok_or_else(|| malformed("path deeper than 4 levels"))?;
+            path = path.child(i).ok_or_else(|| malformed("path deeper than 4 levels"))?;
         }
         walk(&path, child, models, out)?;
     }
@@ -69,31 +65,25 @@ fn leaf(path: &ResourcePath, v: &Cbor, models: &Models, out: &mut Vec<Record>) -
     }
     let rtype = models.resource(path).map(|m| m.rtype);
     let value = match (v, rtype) {
-        (Cbor::Integer(i), Some(ResourceType::UnsignedInteger)) => Value::Unsigned(
-            u64::try_from(i128::from(*i)).map_err(|_| malformed("negative unsigned"))?,
-        ),
+        (Cbor::Integer(i), Some(ResourceType::UnsignedInteger)) => {
+            Value::Unsigned(u64::try_from(i128::from(*i)).map_err(|_| malformed("negative unsigned"))?)
+        }
         (Cbor::Integer(i), Some(ResourceType::Time)) => {
             Value::Time(i64::try_from(i128::from(*i)).map_err(|_| malformed("time out of range"))?)
         }
         (Cbor::Integer(i), _) => match i64::try_from(i128::from(*i)) {
             Ok(x) => Value::Integer(x),
-            Err(_) => Value::Unsigned(
-                u64::try_from(i128::from(*i)).map_err(|_| malformed("integer out of range"))?,
-            ),
+            Err(_) => Value::Unsigned(u64::try_from(i128::from(*i)).map_err(|_| malformed("integer out of range"))?),
         },
         (Cbor::Tag(1, inner), _) => match inner.as_ref() {
-            Cbor::Integer(i) => Value::Time(
-                i64::try_from(i128::from(*i)).map_err(|_| malformed("time out of range"))?,
-            ),
+            Cbor::Integer(i) => Value::Time(i64::try_from(i128::from(*i)).map_err(|_| malformed("time out of range"))?),
             _ => return Err(malformed("tag 1 without an integer")),
         },
         (Cbor::Float(f), _) => Value::Float(*f),
         (Cbor::Bool(b), _) => Value::Boolean(*b),
         (Cbor::Bytes(b), _) => Value::Opaque(b.clone()),
         (Cbor::Text(s), Some(ResourceType::Objlnk)) => {
-            let (o, i) = s
-                .split_once(':')
-                .ok_or_else(|| malformed("bad object link"))?;
+            let (o, i) = s.split_once(':').ok_or_else(|| malformed("bad object link"))?;
             Value::ObjectLink(
                 o.parse().map_err(|_| malformed("bad object link"))?,
                 i.parse().map_err(|_| malformed("bad object link"))?,
@@ -116,13 +106,7 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
     let entries = records
         .iter()
         .map(|r| {
-            let key = Cbor::Array(
-                r.path
-                    .ids()
-                    .iter()
-                    .map(|i| Cbor::Integer(Integer::from(*i)))
-                    .collect(),
-            );
+            let key = Cbor::Array(r.path.ids().iter().map(|i| Cbor::Integer(Integer::from(*i))).collect());
             let v = match &r.value {
                 Value::String(s) | Value::CoreLink(s) => Cbor::Text(s.clone()),
                 Value::Integer(i) => Cbor::Integer((*i).into()),

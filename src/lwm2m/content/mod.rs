@@ -43,52 +43,34 @@ pub fn name(format: u16) -> &'static str {
 pub fn parse_text(text: &str, rtype: Option<ResourceType>) -> Result<Value> {
     let bad = |what: &str| Error::malformed("text value", format!("`{text}` is not {what}"));
     Ok(match rtype {
-        Some(ResourceType::Integer) => {
-            Value::Integer(text.trim().parse().map_err(|_| bad("an integer"))?)
+        Some(ResourceType::Integer) => Value::Integer(text.trim().parse().map_err(|_| bad("an integer"))?),
+        Some(ResourceType::Time) => Value::Time(text.trim().parse().map_err(|_| bad("a time in seconds"))?),
+        Some(ResourceType::UnsignedInteger) => {
+            Value::Unsigned(text.trim().parse().map_err(|_| bad("an unsigned integer"))?)
         }
-        Some(ResourceType::Time) => {
-            Value::Time(text.trim().parse().map_err(|_| bad("a time in seconds"))?)
-        }
-        Some(ResourceType::UnsignedInteger) => Value::Unsigned(
-            text.trim()
-                .parse()
-                .map_err(|_| bad("an unsigned integer"))?,
-        ),
-        Some(ResourceType::Float) => {
-            Value::Float(text.trim().parse().map_err(|_| bad("a number"))?)
-        }
+        Some(ResourceType::Float) => Value::Float(text.trim().parse().map_err(|_| bad("a number"))?),
         Some(ResourceType::Boolean) => match text.trim() {
             "1" | "true" => Value::Boolean(true),
             "0" | "false" => Value::Boolean(false),
             _ => return Err(bad("a boolean (0 or 1)")),
         },
         Some(ResourceType::Objlnk) => {
-            let (o, i) = text
-                .trim()
-                .split_once(':')
-                .ok_or_else(|| bad("an object link O:I"))?;
+            let (o, i) = text.trim().split_once(':').ok_or_else(|| bad("an object link O:I"))?;
             Value::ObjectLink(
                 o.parse().map_err(|_| bad("an object link"))?,
                 i.parse().map_err(|_| bad("an object link"))?,
             )
         }
-        Some(ResourceType::Opaque) => Value::Opaque(
-            crate::lwm2m::path::hex_bytes::decode(text.trim()).ok_or_else(|| bad("hex bytes"))?,
-        ),
-        Some(ResourceType::Corelnk) => Value::CoreLink(text.to_string()),
-        Some(ResourceType::String) | Some(ResourceType::None) | None => {
-            Value::String(text.to_string())
+        Some(ResourceType::Opaque) => {
+            Value::Opaque(crate::lwm2m::path::hex_bytes::decode(text.trim()).ok_or_else(|| bad("hex bytes"))?)
         }
+        Some(ResourceType::Corelnk) => Value::CoreLink(text.to_string()),
+        Some(ResourceType::String) | Some(ResourceType::None) | None => Value::String(text.to_string()),
     })
 }
 
 /// Decode a response or uplink payload of `format` that refers to `base`.
-pub fn decode(
-    format: u16,
-    base: &ResourcePath,
-    buf: &[u8],
-    models: &Models,
-) -> Result<Vec<Record>> {
+pub fn decode(format: u16, base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Record>> {
     let single = |value: Value| -> Result<Vec<Record>> {
         if base.depth() < 3 {
             return Err(Error::malformed(
@@ -104,8 +86,7 @@ pub fn decode(
     };
     match format {
         TEXT_PLAIN => {
-            let text = std::str::from_utf8(buf)
-                .map_err(|_| Error::malformed("text value", "not UTF-8"))?;
+            let text = std::str::from_utf8(buf).map_err(|_| Error::malformed("text value", "not UTF-8"))?;
             single(parse_text(text, models.resource(base).map(|r| r.rtype))?)
         }
         OPAQUE => single(Value::Opaque(buf.to_vec())),
@@ -121,22 +102,14 @@ pub fn decode(
 }
 
 /// Encode records for a request on `base` in `format`.
-pub fn encode(
-    format: u16,
-    base: &ResourcePath,
-    records: &[Record],
-    models: &Models,
-) -> Result<Vec<u8>> {
+pub fn encode(format: u16, base: &ResourcePath, records: &[Record], models: &Models) -> Result<Vec<u8>> {
     match format {
         TEXT_PLAIN | OPAQUE => match records {
             [r] if r.path == *base => Ok(match (&r.value, format) {
                 (Value::Opaque(b), OPAQUE) => b.clone(),
                 (v, TEXT_PLAIN) => v.to_text().into_bytes(),
                 _ => {
-                    return Err(Error::malformed(
-                        "payload",
-                        "opaque format needs an opaque value",
-                    ));
+                    return Err(Error::malformed("payload", "opaque format needs an opaque value"));
                 }
             }),
             _ => Err(Error::malformed(

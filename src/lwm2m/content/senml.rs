@@ -74,24 +74,17 @@ fn resolve(raws: Vec<Raw>, models: &Models, what: &'static str) -> Result<Vec<Re
             (RawValue::Int(i), Some(ResourceType::Float)) => Value::Float(i as f64),
             (RawValue::Int(i), _) => match i64::try_from(i) {
                 Ok(x) => Value::Integer(x),
-                Err(_) => Value::Unsigned(
-                    u64::try_from(i).map_err(|_| malformed(what, "integer out of range"))?,
-                ),
+                Err(_) => Value::Unsigned(u64::try_from(i).map_err(|_| malformed(what, "integer out of range"))?),
             },
-            (RawValue::Float(f), Some(ResourceType::Integer)) if f.fract() == 0.0 => {
-                Value::Integer(f as i64)
-            }
-            (RawValue::Float(f), Some(ResourceType::Time)) if f.fract() == 0.0 => {
-                Value::Time(f as i64)
-            }
+            (RawValue::Float(f), Some(ResourceType::Integer)) if f.fract() == 0.0 => Value::Integer(f as i64),
+            (RawValue::Float(f), Some(ResourceType::Time)) if f.fract() == 0.0 => Value::Time(f as i64),
             (RawValue::Float(f), _) => Value::Float(f),
             (RawValue::Str(s), Some(ResourceType::Corelnk)) => Value::CoreLink(s),
             (RawValue::Str(s), _) => Value::String(s),
             (RawValue::Bool(b), _) => Value::Boolean(b),
             (RawValue::Data(d), _) => Value::Opaque(d),
             (RawValue::ObjLnk(s), _) => {
-                let (o, i) = parse_objlnk(&s)
-                    .ok_or_else(|| malformed(what, format!("bad object link `{s}`")))?;
+                let (o, i) = parse_objlnk(&s).ok_or_else(|| malformed(what, format!("bad object link `{s}`")))?;
                 Value::ObjectLink(o, i)
             }
         };
@@ -143,14 +136,9 @@ fn json_number(v: &serde_json::Value) -> Option<RawValue> {
 
 fn parse_json(buf: &[u8]) -> Result<Vec<Raw>> {
     let what = "SenML-JSON";
-    let doc: serde_json::Value =
-        serde_json::from_slice(buf).map_err(|e| malformed(what, e.to_string()))?;
-    let arr = doc
-        .as_array()
-        .ok_or_else(|| malformed(what, "not an array"))?;
-    arr.iter()
-        .map(|rec| json_record(rec, what, false))
-        .collect()
+    let doc: serde_json::Value = serde_json::from_slice(buf).map_err(|e| malformed(what, e.to_string()))?;
+    let arr = doc.as_array().ok_or_else(|| malformed(what, "not an array"))?;
+    arr.iter().map(|rec| json_record(rec, what, false)).collect()
 }
 
 /// One record of SenML-JSON, or (legacy) of LwM2M 1.0 JSON's `e` array.
@@ -159,10 +147,7 @@ fn json_record(rec: &serde_json::Value, what: &'static str, legacy: bool) -> Res
         .as_object()
         .ok_or_else(|| malformed(what, "record is not an object"))?;
     let mut r = Raw::default();
-    let num = |v: &serde_json::Value| {
-        v.as_f64()
-            .ok_or_else(|| malformed(what, "time is not a number"))
-    };
+    let num = |v: &serde_json::Value| v.as_f64().ok_or_else(|| malformed(what, "time is not a number"));
     let text = |v: &serde_json::Value| {
         v.as_str()
             .map(str::to_string)
@@ -174,14 +159,11 @@ fn json_record(rec: &serde_json::Value, what: &'static str, legacy: bool) -> Res
             ("bt", _) => r.bt = Some(num(v)?),
             ("n", _) => r.n = Some(text(v)?),
             ("t", _) => r.t = Some(num(v)?),
-            ("v", _) => {
-                r.value = Some(json_number(v).ok_or_else(|| malformed(what, "v is not a number"))?)
-            }
+            ("v", _) => r.value = Some(json_number(v).ok_or_else(|| malformed(what, "v is not a number"))?),
             ("vs", false) | ("sv", true) => r.value = Some(RawValue::Str(text(v)?)),
             ("vb", false) | ("bv", true) => {
                 r.value = Some(RawValue::Bool(
-                    v.as_bool()
-                        .ok_or_else(|| malformed(what, "vb is not a boolean"))?,
+                    v.as_bool().ok_or_else(|| malformed(what, "vb is not a boolean"))?,
                 ))
             }
             ("vd", false) => {
@@ -194,10 +176,7 @@ fn json_record(rec: &serde_json::Value, what: &'static str, legacy: bool) -> Res
             _ => {} // unknown labels are ignored (RFC 8428 §4.4) unless ending in `_`
         }
         if k.ends_with('_') {
-            return Err(malformed(
-                what,
-                format!("mandatory-to-understand label `{k}`"),
-            ));
+            return Err(malformed(what, format!("mandatory-to-understand label `{k}`")));
         }
     }
     Ok(r)
@@ -211,11 +190,8 @@ pub fn decode_json(buf: &[u8], models: &Models) -> Result<Vec<Record>> {
 /// Decode LwM2M 1.0 JSON (11543): `{"bn": …, "bt": …, "e": [ … ]}`.
 pub fn decode_legacy_json(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Record>> {
     let what = "LwM2M JSON";
-    let doc: serde_json::Value =
-        serde_json::from_slice(buf).map_err(|e| malformed(what, e.to_string()))?;
-    let obj = doc
-        .as_object()
-        .ok_or_else(|| malformed(what, "not an object"))?;
+    let doc: serde_json::Value = serde_json::from_slice(buf).map_err(|e| malformed(what, e.to_string()))?;
+    let obj = doc.as_object().ok_or_else(|| malformed(what, "not an object"))?;
     let bn = match obj.get("bn") {
         Some(v) => v
             .as_str()
@@ -228,10 +204,7 @@ pub fn decode_legacy_json(base: &ResourcePath, buf: &[u8], models: &Models) -> R
         .get("e")
         .and_then(|e| e.as_array())
         .ok_or_else(|| malformed(what, "no `e` array"))?;
-    let mut raws: Vec<Raw> = e
-        .iter()
-        .map(|r| json_record(r, what, true))
-        .collect::<Result<_>>()?;
+    let mut raws: Vec<Raw> = e.iter().map(|r| json_record(r, what, true)).collect::<Result<_>>()?;
     if let Some(first) = raws.first_mut() {
         first.bn = Some(bn);
         first.bt = bt;
@@ -307,13 +280,9 @@ fn cbor_f64(v: &Cbor) -> Option<f64> {
 /// limit); bytes after it make the payload malformed.
 pub(crate) fn cbor_from_slice(buf: &[u8], what: &'static str) -> Result<Cbor> {
     let mut rest = buf;
-    let v: Cbor =
-        ciborium::de::from_reader(&mut rest).map_err(|e| malformed(what, e.to_string()))?;
+    let v: Cbor = ciborium::de::from_reader(&mut rest).map_err(|e| malformed(what, e.to_string()))?;
     if !rest.is_empty() {
-        return Err(malformed(
-            what,
-            format!("{} bytes after the CBOR item", rest.len()),
-        ));
+        return Err(malformed(what, format!("{} bytes after the CBOR item", rest.len())));
     }
     Ok(v)
 }
@@ -321,14 +290,10 @@ pub(crate) fn cbor_from_slice(buf: &[u8], what: &'static str) -> Result<Cbor> {
 fn parse_cbor(buf: &[u8]) -> Result<Vec<Raw>> {
     let what = "SenML-CBOR";
     let doc = cbor_from_slice(buf, what)?;
-    let arr = doc
-        .as_array()
-        .ok_or_else(|| malformed(what, "not an array"))?;
+    let arr = doc.as_array().ok_or_else(|| malformed(what, "not an array"))?;
     let mut out = Vec::with_capacity(arr.len());
     for rec in arr {
-        let map = rec
-            .as_map()
-            .ok_or_else(|| malformed(what, "record is not a map"))?;
+        let map = rec.as_map().ok_or_else(|| malformed(what, "record is not a map"))?;
         let mut r = Raw::default();
         for (k, v) in map {
             let text = || {
@@ -339,14 +304,9 @@ fn parse_cbor(buf: &[u8]) -> Result<Vec<Raw>> {
             match k {
                 Cbor::Integer(i) => match i128::from(*i) {
                     label::BN => r.bn = Some(text()?),
-                    label::BT => {
-                        r.bt =
-                            Some(cbor_f64(v).ok_or_else(|| malformed(what, "bt is not a number"))?)
-                    }
+                    label::BT => r.bt = Some(cbor_f64(v).ok_or_else(|| malformed(what, "bt is not a number"))?),
                     label::N => r.n = Some(text()?),
-                    label::T => {
-                        r.t = Some(cbor_f64(v).ok_or_else(|| malformed(what, "t is not a number"))?)
-                    }
+                    label::T => r.t = Some(cbor_f64(v).ok_or_else(|| malformed(what, "t is not a number"))?),
                     label::V => {
                         r.value = Some(match v {
                             Cbor::Integer(i) => RawValue::Int(i128::from(*i)),
@@ -357,8 +317,7 @@ fn parse_cbor(buf: &[u8]) -> Result<Vec<Raw>> {
                     label::VS => r.value = Some(RawValue::Str(text()?)),
                     label::VB => {
                         r.value = Some(RawValue::Bool(
-                            v.as_bool()
-                                .ok_or_else(|| malformed(what, "vb is not a boolean"))?,
+                            v.as_bool().ok_or_else(|| malformed(what, "vb is not a boolean"))?,
                         ))
                     }
                     label::VD => {
@@ -372,10 +331,7 @@ fn parse_cbor(buf: &[u8]) -> Result<Vec<Raw>> {
                 },
                 Cbor::Text(t) if t == "vlo" => r.value = Some(RawValue::ObjLnk(text()?)),
                 Cbor::Text(t) if t.ends_with('_') => {
-                    return Err(malformed(
-                        what,
-                        format!("mandatory-to-understand label `{t}`"),
-                    ));
+                    return Err(malformed(what, format!("mandatory-to-understand label `{t}`")));
                 }
                 _ => {}
             }
@@ -415,10 +371,7 @@ pub fn encode_cbor(records: &[Record]) -> Vec<u8> {
     let arr = records
         .iter()
         .map(|r| {
-            let mut m = vec![
-                (n.clone(), Cbor::Text(r.path.to_string())),
-                cbor_value(&r.value),
-            ];
+            let mut m = vec![(n.clone(), Cbor::Text(r.path.to_string())), cbor_value(&r.value)];
             if let Some(t) = r.time {
                 m.push((Cbor::Integer(Integer::from(6u8)), Cbor::Float(t)));
             }

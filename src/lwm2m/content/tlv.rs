@@ -82,24 +82,20 @@ fn int_be(b: &[u8]) -> Result<i64> {
 /// Type a raw TLV value by the resource type (Core §7.4.3 table 7.4.3-2).
 pub fn typed_value(raw: &[u8], rtype: Option<ResourceType>) -> Result<Value> {
     Ok(match rtype {
-        Some(ResourceType::String) => Value::String(
-            String::from_utf8(raw.to_vec()).map_err(|_| malformed("string is not UTF-8"))?,
-        ),
-        Some(ResourceType::Corelnk) => Value::CoreLink(
-            String::from_utf8(raw.to_vec()).map_err(|_| malformed("link is not UTF-8"))?,
-        ),
+        Some(ResourceType::String) => {
+            Value::String(String::from_utf8(raw.to_vec()).map_err(|_| malformed("string is not UTF-8"))?)
+        }
+        Some(ResourceType::Corelnk) => {
+            Value::CoreLink(String::from_utf8(raw.to_vec()).map_err(|_| malformed("link is not UTF-8"))?)
+        }
         Some(ResourceType::Integer) => Value::Integer(int_be(raw)?),
         Some(ResourceType::Time) => Value::Time(int_be(raw)?),
         Some(ResourceType::UnsignedInteger) => match raw.len() {
-            1 | 2 | 4 | 8 => {
-                Value::Unsigned(raw.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)))
-            }
+            1 | 2 | 4 | 8 => Value::Unsigned(raw.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b))),
             n => return Err(malformed(format!("unsigned integer of {n} bytes"))),
         },
         Some(ResourceType::Float) => match raw.len() {
-            4 => Value::Float(f64::from(f32::from_be_bytes(
-                raw.try_into().expect("4 bytes"),
-            ))),
+            4 => Value::Float(f64::from(f32::from_be_bytes(raw.try_into().expect("4 bytes")))),
             8 => Value::Float(f64::from_be_bytes(raw.try_into().expect("8 bytes"))),
             n => return Err(malformed(format!("float of {n} bytes"))),
         },
@@ -109,9 +105,7 @@ pub fn typed_value(raw: &[u8], rtype: Option<ResourceType>) -> Result<Value> {
             _ => return Err(malformed("boolean is not one byte 0 or 1")),
         },
         Some(ResourceType::Objlnk) => match raw {
-            [a, b, c, d] => {
-                Value::ObjectLink(u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d]))
-            }
+            [a, b, c, d] => Value::ObjectLink(u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d])),
             _ => return Err(malformed("object link is not 4 bytes")),
         },
         Some(ResourceType::Opaque) | Some(ResourceType::None) | None => Value::Opaque(raw.to_vec()),
@@ -148,12 +142,7 @@ pub fn decode(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Re
     Ok(out)
 }
 
-fn decode_resources(
-    inst: &ResourcePath,
-    buf: &[u8],
-    models: &Models,
-    out: &mut Vec<Record>,
-) -> Result<()> {
+fn decode_resources(inst: &ResourcePath, buf: &[u8], models: &Models, out: &mut Vec<Record>) -> Result<()> {
     for item in items(buf)? {
         decode_resource(inst, &item, None, models, out)?;
     }
@@ -198,9 +187,7 @@ fn decode_resource(
         Kind::ResourceInstance => {
             // A bare resource instance answers a read of /O/I/R.
             let res =
-                path_or_err(inst.child(
-                    resource.ok_or_else(|| malformed("resource instance without resource"))?,
-                ))?;
+                path_or_err(inst.child(resource.ok_or_else(|| malformed("resource instance without resource"))?))?;
             let rtype = models.resource(&res).map(|r| r.rtype);
             let path = path_or_err(res.child(item.id))?;
             out.push(Record {
@@ -283,28 +270,25 @@ fn push_item(out: &mut Vec<u8>, kind: Kind, id: u16, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// Resources of one instance: (resource id, its records) in order.
+type Resources<'a> = Vec<(u16, Vec<&'a Record>)>;
+
 /// Encode records for a request on `base` (Write, Create).
 pub fn encode(base: &ResourcePath, records: &[Record], models: &Models) -> Result<Vec<u8>> {
     for r in records {
         if !r.path.starts_with(base) || r.path.depth() < 3 {
-            return Err(malformed(format!(
-                "{} is not a resource below {base}",
-                r.path
-            )));
+            return Err(malformed(format!("{} is not a resource below {base}", r.path)));
         }
     }
     // Group: instance → resource → instances, in order of first appearance.
-    let mut instances: Vec<(u16, Vec<(u16, Vec<&Record>)>)> = Vec::new();
+    let mut instances: Vec<(u16, Resources<'_>)> = Vec::new();
     for r in records {
         let i = r.path.instance().expect("depth checked");
         let res = r.path.resource().expect("depth checked");
-        let pos = instances
-            .iter()
-            .position(|(id, _)| *id == i)
-            .unwrap_or_else(|| {
-                instances.push((i, Vec::new()));
-                instances.len() - 1
-            });
+        let pos = instances.iter().position(|(id, _)| *id == i).unwrap_or_else(|| {
+            instances.push((i, Vec::new()));
+            instances.len() - 1
+        });
         let rs = &mut instances[pos].1;
         match rs.iter_mut().find(|(id, _)| *id == res) {
             Some((_, v)) => v.push(r),
@@ -356,11 +340,10 @@ mod tests {
 
     /// The Device object example of LwM2M Core §7.4.3.2 (read of /3/0).
     const DEVICE_EXAMPLE: &[u8] = &[
-        0xC8, 0x00, 0x14, b'O', b'p', b'e', b'n', b' ', b'M', b'o', b'b', b'i', b'l', b'e', b' ',
-        b'A', b'l', b'l', b'i', b'a', b'n', b'c', b'e', 0xC8, 0x01, 0x16, b'L', b'i', b'g', b'h',
-        b't', b'w', b'e', b'i', b'g', b'h', b't', b' ', b'M', b'2', b'M', b' ', b'C', b'l', b'i',
-        b'e', b'n', b't', 0x86, 0x06, 0x41, 0x00, 0x01, 0x41, 0x01, 0x05, 0xC1, 0x09, 0x64, 0x88,
-        0x07, 0x08, 0x42, 0x00, 0x0E, 0xD8, 0x42, 0x01, 0x13, 0x88,
+        0xC8, 0x00, 0x14, b'O', b'p', b'e', b'n', b' ', b'M', b'o', b'b', b'i', b'l', b'e', b' ', b'A', b'l', b'l',
+        b'i', b'a', b'n', b'c', b'e', 0xC8, 0x01, 0x16, b'L', b'i', b'g', b'h', b't', b'w', b'e', b'i', b'g', b'h',
+        b't', b' ', b'M', b'2', b'M', b' ', b'C', b'l', b'i', b'e', b'n', b't', 0x86, 0x06, 0x41, 0x00, 0x01, 0x41,
+        0x01, 0x05, 0xC1, 0x09, 0x64, 0x88, 0x07, 0x08, 0x42, 0x00, 0x0E, 0xD8, 0x42, 0x01, 0x13, 0x88,
     ];
 
     #[test]

@@ -1,0 +1,49 @@
+# flownexus — build, run, test.
+#
+#   make run    run the server on embedded defaults (./data, UDP 5683)
+#   make test   install the test peers if missing, then run every test
+#   make bench  release benchmarks (see docs/benchmarks.md)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages the tests use as real peers (libcoap's coap-client for
+# the CoAP interop tests; more arrive with the DTLS, firmware and dashboard work).
+DEB_TEST_PACKAGES := libcoap3-bin
+
+# How many random cases each property test runs inside `make test`.
+export PROPTEST_CASES ?= 512
+
+.PHONY: run test deps lint fmt bench build
+
+run:
+	$(CARGO) run --release -- serve
+
+build:
+	$(CARGO) build --locked
+
+# Install what is missing; `apt-get update` first, as on a fresh machine.
+deps:
+	@missing=""; for p in $(DEB_TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test: deps lint
+	$(CARGO) test --locked
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: deps
+	$(CARGO) build --release --locked
+	./target/release/flownexus bench all

@@ -1,0 +1,453 @@
+//! System tests: the whole server in-process on port 0 with a temporary
+//! data directory, real UDP sockets, a real SQLite file, simulated devices,
+//! the real `flownexus` binary for CLI paths, and Debian's libcoap client
+//! as an independent peer.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use flownexus::app::{self, Running};
+use flownexus::config::{Config, Overrides};
+use flownexus::lwm2m::Models;
+use flownexus::lwm2m::operation::{OperationKind, OperationState, WriteValue};
+use flownexus::sim::{DeviceConfig, Fleet};
+use flownexus::store::{Store, now_ms};
+
+fn config(dir: &Path) -> Config {
+    let flags = Overrides {
+        data_dir: Some(dir.to_path_buf()),
+        coap_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    };
+    let mut c = Config::load(None, &Default::default(), &flags).unwrap();
+    c.coap.ack_timeout_ms = 500;
+    c.coap.max_retransmit = 2;
+    c.lwm2m.queue_awake_window_s = 3;
+    c
+}
+
+fn device(name: &str) -> DeviceConfig {
+    let mut d = DeviceConfig::new(name);
+    d.lifetime = 120;
+    d.update_interval = Duration::from_secs(100);
+    d.notify_interval = Duration::from_millis(300);
+    d.params.ack_timeout = Duration::from_millis(500);
+    d
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn store(dir: &Path) -> Store {
+    Store::open(&dir.join("flownexus.sqlite3")).unwrap()
+}
+
+async fn fleet(running: &Running, devices: Vec<DeviceConfig>) -> Fleet {
+    let n = devices.len() as i64;
+    let f = Fleet::spawn(devices, running.coap_addr, Arc::new(Models::embedded()), false)
+        .await
+        .unwrap();
+    let stats = f.stats.clone();
+    wait_for("registrations", Duration::from_secs(10), || {
+        stats.registered.load(Ordering::Relaxed) == n
+    })
+    .await;
+    f
+}
+
+/// Queue through the store, as the CLI and API do, and wait for the end.
+async fn run_op(dir: &Path, endpoint: &str, kind: OperationKind) -> flownexus::store::OperationRow {
+    let s = store(dir);
+    let id = s.queue_operation(endpoint, &kind, now_ms() + 60_000, 3).unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let row = s.operation(id).unwrap();
+        if row.state.is_final() {
+            return row;
+        }
+        assert!(Instant::now() < until, "operation {id} stuck in {:?}", row.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_life_cycle_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(config(dir.path())).await.unwrap();
+    let f = fleet(&running, vec![device("sys-a"), device("sys-b")]).await;
+    running.flush().await;
+    let regs = store(dir.path()).registrations().unwrap();
+    let mut names: Vec<_> = regs.iter().map(|r| r.endpoint.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["sys-a", "sys-b"]);
+    assert!(
+        regs.iter()
+            .all(|r| r.version == "1.1" && r.object_links.contains("</3303/0>"))
+    );
+
+    f.stop().await; // de-registers
+    let s = store(dir.path());
+    wait_for("de-registration", Duration::from_secs(5), || {
+        s.registrations().unwrap().is_empty()
+    })
+    .await;
+    let events = s.events(Some("sys-a"), 10).unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"registered") && kinds.contains(&"deregistered"),
+        "{kinds:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_against_simulated_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(config(dir.path())).await.unwrap();
+    let f = fleet(&running, vec![device("sys-ops")]).await;
+    let p = |s: &str| s.parse().unwrap();
+
+    let read = run_op(dir.path(), "sys-ops", OperationKind::Read { path: p("/3/0") }).await;
+    assert_eq!(read.state, OperationState::Succeeded);
+    assert_eq!(read.coap_code.as_deref(), Some("2.05"));
+    let write = OperationKind::Write {
+        path: p("/1/0/1"),
+        values: vec![WriteValue {
+            path: p("/1/0/1"),
+            value: "300".into(),
+        }],
+        replace: true,
+    };
+    assert_eq!(
+        run_op(dir.path(), "sys-ops", write).await.state,
+        OperationState::Succeeded
+    );
+    let check = run_op(dir.path(), "sys-ops", OperationKind::Read { path: p("/1/0/1") }).await;
+    assert!(serde_json::to_string(&check.result).unwrap().contains("300"));
+
+    let denied = OperationKind::Write {
+        path: p("/3/0/0"),
+        values: vec![WriteValue {
+            path: p("/3/0/0"),
+            value: "x".into(),
+        }],
+        replace: true,
+    };
+    let denied = run_op(dir.path(), "sys-ops", denied).await;
+    assert_eq!(
+        (denied.state, denied.coap_code.as_deref()),
+        (OperationState::Failed, Some("4.05"))
+    );
+
+    let exec = run_op(
+        dir.path(),
+        "sys-ops",
+        OperationKind::Execute {
+            path: p("/3303/0/5605"),
+            args: None,
+        },
+    )
+    .await;
+    assert_eq!(exec.state, OperationState::Succeeded);
+    let disc = run_op(dir.path(), "sys-ops", OperationKind::Discover { path: p("/3") }).await;
+    assert!(serde_json::to_string(&disc.result).unwrap().contains("</3/0/9>"));
+
+    // Observe: notifications land in history and latest values.
+    let obs = run_op(
+        dir.path(),
+        "sys-ops",
+        OperationKind::Observe {
+            path: p("/3303/0/5700"),
+        },
+    )
+    .await;
+    assert_eq!(obs.state, OperationState::Succeeded);
+    let s = store(dir.path());
+    let path = p("/3303/0/5700");
+    wait_for("notifications in history", Duration::from_secs(10), || {
+        s.history("sys-ops", &path, 0, i64::MAX, 100).unwrap().len() >= 4
+    })
+    .await;
+    let latest = s.latest_values("sys-ops").unwrap();
+    assert!(latest.iter().any(|v| v.path == path));
+    assert!(
+        latest.iter().any(|v| v.path == p("/3/0/3")),
+        "the read of /3/0 filled latest values"
+    );
+
+    f.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_registrations_and_queued_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = device("sys-q");
+    d.queue_mode = true;
+    d.awake_window = Duration::from_secs(3);
+    d.update_interval = Duration::from_secs(6);
+    let running = app::start(config(dir.path())).await.unwrap();
+    let f = fleet(&running, vec![d]).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await; // device asleep now
+
+    // Queued while asleep, then the server restarts before the device wakes.
+    let s = store(dir.path());
+    let id = s
+        .queue_operation(
+            "sys-q",
+            &OperationKind::Read {
+                path: "/3/0/9".parse().unwrap(),
+            },
+            now_ms() + 60_000,
+            3,
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        s.operation(id).unwrap().state,
+        OperationState::Queued,
+        "not sent to a sleeping device"
+    );
+    let addr = running.coap_addr;
+    running.stop().await;
+
+    let mut c = config(dir.path());
+    c.coap.listen = addr; // same address: the device keeps talking to it
+    let running = app::start(c).await.unwrap();
+    // The device's next Update finds its registration (2.04, not 4.04) and
+    // wakes it; the queued read goes out exactly once.
+    wait_for("queued read delivered after restart", Duration::from_secs(15), || {
+        s.operation(id).unwrap().state.is_final()
+    })
+    .await;
+    let row = s.operation(id).unwrap();
+    assert_eq!((row.state, row.attempts), (OperationState::Succeeded, 1));
+    assert_eq!(
+        f.stats.registrations.load(Ordering::Relaxed),
+        1,
+        "no re-registration was needed"
+    );
+    assert!(f.stats.updates.load(Ordering::Relaxed) >= 1);
+    f.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_queues_and_waits_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(config(dir.path())).await.unwrap();
+    let f = fleet(&running, vec![device("sys-cli")]).await;
+    let bin = env!("CARGO_BIN_EXE_flownexus");
+    let data = dir.path().to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args([
+                "--data-dir",
+                &data,
+                "device",
+                "read",
+                "sys-cli",
+                "/3/0/3",
+                "--wait",
+                "--timeout",
+                "10",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("sim-1.0.0"), "{stdout}");
+
+    let data = dir.path().to_str().unwrap().to_string();
+    let list = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(["--data-dir", &data, "device", "list"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    let line = text.lines().find(|l| l.starts_with("sys-cli")).unwrap_or_default();
+    assert!(line.contains("online") && line.contains("sim-1.0.0"), "{text}");
+
+    // A failing operation exits non-zero.
+    let data = dir.path().to_str().unwrap().to_string();
+    let bad = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args([
+                "--data-dir",
+                &data,
+                "device",
+                "write",
+                "sys-cli",
+                "/3/0/0",
+                "x",
+                "--wait",
+                "--timeout",
+                "10",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("4.05"));
+
+    let data = dir.path().to_str().unwrap().to_string();
+    let health = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(["--data-dir", &data, "healthcheck"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stdout));
+    f.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_do_not_disturb_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(config(dir.path())).await.unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(42);
+    for i in 0..2000 {
+        let len = rng.usize(0..300);
+        let mut d: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        if i % 2 == 0 && d.len() >= 4 {
+            d[0] = 0x40 | (d[0] & 0x0F); // version 1, CON: gets past the first check
+        }
+        sock.send_to(&d, running.coap_addr).await.unwrap();
+    }
+    let f = fleet(&running, vec![device("sys-after-garbage")]).await;
+    assert_eq!(f.stats.registered.load(Ordering::Relaxed), 1);
+    f.stop().await;
+    running.stop().await;
+}
+
+fn coap_client() -> &'static str {
+    for c in [
+        "coap-client-notls",
+        "coap-client-openssl",
+        "coap-client-gnutls",
+        "coap-client",
+    ] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c;
+        }
+    }
+    panic!("libcoap's coap-client is not installed (Debian package libcoap3-bin; `make test` installs it)");
+}
+
+fn libcoap(args: &[&str]) -> String {
+    let out = Command::new(coap_client())
+        .args(["-v", "6", "-B", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_client_registers_updates_and_deregisters() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(config(dir.path())).await.unwrap();
+    let base = format!("coap://{}", running.coap_addr);
+    let reg_url = format!("{base}/rd?ep=libcoap-dev&lt=300&lwm2m=1.1&b=U");
+    let out = tokio::task::spawn_blocking(move || {
+        libcoap(&["-m", "post", "-t", "40", "-e", "</1/0>,</3/0>,</3303/0>", &reg_url])
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("2.01"), "{out}");
+    let location = out
+        .split("Location-Path:")
+        .nth(2)
+        .map(|s| s.split([',', ' ', ']']).next().unwrap().trim().to_string())
+        .unwrap_or_else(|| panic!("no second Location-Path in {out}"));
+    running.flush().await;
+    let regs = store(dir.path()).registrations().unwrap();
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0].id.to_string(), location);
+
+    let upd = format!("{base}/rd/{location}?lt=600");
+    let out = tokio::task::spawn_blocking(move || libcoap(&["-m", "post", &upd]))
+        .await
+        .unwrap();
+    assert!(out.contains("2.04"), "{out}");
+    let bogus = format!("{base}/rd/000000000000");
+    let out = tokio::task::spawn_blocking(move || libcoap(&["-m", "post", &bogus]))
+        .await
+        .unwrap();
+    assert!(out.contains("4.04"), "{out}");
+    let del = format!("{base}/rd/{location}");
+    let out = tokio::task::spawn_blocking(move || libcoap(&["-m", "delete", &del]))
+        .await
+        .unwrap();
+    assert!(out.contains("2.02"), "{out}");
+    running.flush().await;
+    assert!(store(dir.path()).registrations().unwrap().is_empty());
+    running.stop().await;
+}
+
+#[test]
+fn bad_config_fails_at_start_naming_the_key() {
+    let bin = env!("CARGO_BIN_EXE_flownexus");
+    let out = Command::new(bin)
+        .env("FLOWNEXUS_COAP_BLOCK_SIZE", "1000")
+        .args(["print-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("coap.block_size"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[lwm2m]\nqueue_awake_window = 3\n").unwrap();
+    let out = Command::new(bin)
+        .args(["--config", file.to_str().unwrap(), "print-config"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lwm2m.queue_awake_window"));
+    let ok = Command::new(bin)
+        .args([
+            "--data-dir",
+            "/var/lib/fx",
+            "--coap-listen",
+            "127.0.0.1:9999",
+            "print-config",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        text.contains("data_dir = \"/var/lib/fx\"") && text.contains("127.0.0.1:9999"),
+        "{text}"
+    );
+}
