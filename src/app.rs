@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::coap::{Exchanges, Params};
@@ -119,8 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         server.enqueue(t, op);
     }
 
-    let socket = UdpSocket::bind(config.coap.listen)
-        .await
+    let socket = udp::bind(config.coap.listen, config.coap.socket_buffer_bytes)
         .with_context(|| format!("coap.listen {}", config.coap.listen))?;
     let coap_addr = socket.local_addr()?;
     log::info!("CoAP (LwM2M) listening on udp {coap_addr}");

@@ -71,6 +71,10 @@ pub struct CoapConfig {
     pub max_body_size: usize,
     /// How long we wait for a separate response after an empty ACK.
     pub response_timeout_ms: u64,
+    /// SO_RCVBUF/SO_SNDBUF of the socket: a registration storm after an
+    /// outage must queue in the kernel, not be dropped (capped by
+    /// net.core.rmem_max unless running as root).
+    pub socket_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -134,6 +138,7 @@ impl Default for Config {
                 block_size: 1024,
                 max_body_size: 256 * 1024,
                 response_timeout_ms: 60_000,
+                socket_buffer_bytes: 4 << 20,
             },
             coaps: ListenerConfig {
                 enabled: false,

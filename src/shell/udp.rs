@@ -29,6 +29,39 @@ const RECV_BATCH: usize = 256;
 
 pub type Events = broadcast::Sender<ServerEvent<SocketAddr>>;
 
+/// Bind a UDP socket with kernel buffers of `buffer` bytes each way.
+pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind(addr)?;
+    sock.set_nonblocking(true)?;
+    let fd = sock.as_raw_fd();
+    let size = buffer.min(i32::MAX as usize) as libc::c_int;
+    for (plain, force) in [
+        (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE),
+        (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE),
+    ] {
+        // The FORCE variants pass net.core.[rw]mem_max when we may (root,
+        // CAP_NET_ADMIN); otherwise the kernel caps the plain request.
+        // SAFETY: setsockopt on a socket we own with a pointer to a local int.
+        let set = |opt| unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set(force) != 0 && set(plain) != 0 {
+            log::warn!(
+                "could not set socket buffer of {addr} to {buffer} bytes: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    UdpSocket::from_std(sock)
+}
+
 /// Run until `shutdown` resolves. Every event is stored through `writer`
 /// and published on `events` for live consumers.
 pub async fn run(

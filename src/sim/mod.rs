@@ -26,6 +26,10 @@ pub struct SimArgs {
     /// Endpoint names are PREFIX + index.
     #[arg(long, default_value = "urn:sim:")]
     pub prefix: String,
+    /// Index of the first device: several simulator processes share one
+    /// numbering (and so spread over source addresses without clashing).
+    #[arg(long, default_value_t = 0)]
+    pub first_index: usize,
     #[arg(long, default_value_t = 300)]
     pub lifetime: u32,
     /// Seconds between Updates (default: 80% of the lifetime).
@@ -51,7 +55,7 @@ pub struct SimArgs {
 
 impl SimArgs {
     pub fn device_config(&self, index: usize) -> anyhow::Result<DeviceConfig> {
-        let mut c = DeviceConfig::new(&format!("{}{index}", self.prefix));
+        let mut c = DeviceConfig::new(&format!("{}{}", self.prefix, self.first_index + index));
         c.lifetime = self.lifetime;
         c.update_interval = Duration::from_secs(
             self.update_interval_s
@@ -98,6 +102,19 @@ impl Stats {
     }
 }
 
+/// Devices per loopback address: the ephemeral port range (about 28,000
+/// ports) limits sockets per source address, so large fleets spread over
+/// 127.0.0.1, 127.0.0.2, … (all of 127/8 is loopback on Linux).
+const DEVICES_PER_ADDRESS: usize = 20_000;
+
+fn local_addr(server: SocketAddr, index: usize) -> SocketAddr {
+    if server.is_ipv6() {
+        return "[::1]:0".parse().expect("addr");
+    }
+    let n = (index / DEVICES_PER_ADDRESS) as u32 + 1;
+    SocketAddr::from((std::net::Ipv4Addr::from(0x7f00_0000 + n), 0))
+}
+
 /// Running simulated devices.
 pub struct Fleet {
     stop: watch::Sender<bool>,
@@ -137,17 +154,24 @@ impl Fleet {
         models: Arc<Models>,
         continuous_updates: bool,
     ) -> std::io::Result<Fleet> {
+        Fleet::spawn_from(0, configs, server, models, continuous_updates).await
+    }
+
+    /// As [`Fleet::spawn`], numbering devices from `first_index` for the
+    /// choice of source address.
+    pub async fn spawn_from(
+        first_index: usize,
+        configs: Vec<DeviceConfig>,
+        server: SocketAddr,
+        models: Arc<Models>,
+        continuous_updates: bool,
+    ) -> std::io::Result<Fleet> {
         raise_fd_limit(configs.len() as u64 + 1024);
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
         let mut tasks = Vec::with_capacity(configs.len());
-        let local: SocketAddr = if server.is_ipv4() {
-            "127.0.0.1:0".parse().expect("addr")
-        } else {
-            "[::1]:0".parse().expect("addr")
-        };
         for (i, cfg) in configs.into_iter().enumerate() {
-            let sock = UdpSocket::bind(local).await?;
+            let sock = UdpSocket::bind(local_addr(server, first_index + i)).await?;
             sock.connect(server).await?;
             let mut client = Client::new(cfg, models.clone(), fastrand::u64(..) ^ i as u64);
             client.continuous_updates = continuous_updates;
@@ -215,7 +239,14 @@ pub async fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
     let configs = (0..args.count)
         .map(|i| args.device_config(i))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let fleet = Fleet::spawn(configs, args.server, Arc::new(Models::embedded()), false).await?;
+    let fleet = Fleet::spawn_from(
+        args.first_index,
+        configs,
+        args.server,
+        Arc::new(Models::embedded()),
+        false,
+    )
+    .await?;
     let stats = fleet.stats.clone();
     let report = async {
         loop {

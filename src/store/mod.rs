@@ -489,6 +489,50 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Queue `per_endpoint` copies of one operation for each endpoint in a
+    /// single transaction (bulk actions, benchmarks).
+    pub fn queue_operations(
+        &mut self,
+        endpoints: &[String],
+        kind: &OperationKind,
+        per_endpoint: usize,
+        deadline: i64,
+        max_attempts: u32,
+    ) -> Result<()> {
+        let request = serde_json::to_string(kind).expect("serialises");
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare(
+                "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
+            )?;
+            for _ in 0..per_endpoint {
+                for e in endpoints {
+                    st.execute(params![e, kind.name(), request, now, deadline, max_attempts])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn count_registrations(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM registrations", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    pub fn count_operations(&self, state: &str) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM operations WHERE state = ?1", [state], |r| {
+                r.get(0)
+            })?;
+        Ok(n as u64)
+    }
+
     /// Mark a queued operation cancelled; the server picks it up like a new one.
     pub fn cancel_operation(&self, id: OperationId) -> Result<bool> {
         let n = self.conn.execute(
