@@ -8,9 +8,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages the tests use as real peers (libcoap's coap-client for
-# the CoAP interop tests; more arrive with the DTLS, firmware and dashboard work).
-DEB_TEST_PACKAGES := libcoap3-bin
+# Debian packages the tests use as real peers (libcoap's coap-client and
+# coap-server for the CoAP interop tests and the baseline benchmark) and
+# linters; more arrive with the DTLS, firmware and dashboard work.
+DEB_TEST_PACKAGES := libcoap3-bin shellcheck
 
 # How many random cases each property test runs inside `make test`.
 export PROPTEST_CASES ?= 512
@@ -35,6 +36,7 @@ deps:
 	fi
 
 lint:
+	shellcheck deploy/*.sh .ci/run
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 

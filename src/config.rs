@@ -109,8 +109,6 @@ pub enum UnknownEndpoints {
 pub struct StoreConfig {
     /// Value history older than this is deleted; 0 keeps everything.
     pub value_retention_days: u64,
-    /// Longest a reported value or registration change waits before commit.
-    pub flush_interval_ms: u64,
     /// Largest number of changes committed in one transaction.
     pub batch_size: usize,
 }
@@ -164,7 +162,6 @@ impl Default for Config {
             },
             store: StoreConfig {
                 value_retention_days: 90,
-                flush_interval_ms: 20,
                 batch_size: 5000,
             },
             log: LogConfig { level: "info".into() },
@@ -225,6 +222,23 @@ impl Config {
 
     /// Checks that serde cannot express; each error names its key.
     pub fn validate(&self) -> Result<()> {
+        // Listeners whose servers are not built yet: refuse rather than
+        // silently not listen (DESIGN §5: no setting that does nothing).
+        for (key, on, what) in [
+            ("coaps.enabled", self.coaps.enabled, "CoAP over DTLS"),
+            ("http.enabled", self.http.enabled, "the dashboard and REST API"),
+            ("fw.enabled", self.fw.enabled, "the firmware download server"),
+        ] {
+            if on {
+                return Err(Error::config(key, format!("{what} is not available in this version")));
+            }
+        }
+        if !self.coap.enabled {
+            return Err(Error::config(
+                "coap.enabled",
+                "CoAP/UDP is the only device transport in this version; it cannot be disabled",
+            ));
+        }
         let c = &self.coap;
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::config("data_dir", "must not be empty"));
@@ -483,6 +497,8 @@ mod tests {
             ("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "soon", "FLOWNEXUS_COAP_ACK_TIMEOUT_MS"),
             ("FLOWNEXUS_LOG_LEVEL", "loud", "log.level"),
             ("FLOWNEXUS_COAP_LISTEN", "nowhere", "coap.listen"),
+            ("FLOWNEXUS_COAPS_ENABLED", "true", "coaps.enabled"),
+            ("FLOWNEXUS_COAP_ENABLED", "false", "coap.enabled"),
         ];
         for (k, v, named) in cases {
             let err = Config::load(None, &env(&[(k, v)]), &Overrides::default()).unwrap_err();
@@ -494,6 +510,22 @@ mod tests {
     fn production_refuses_relative_data_dir() {
         let err = Config::load(None, &env(&[("FLOWNEXUS_MODE", "production")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("data_dir"), "{err}");
+    }
+
+    /// docs/configuration.md documents every key under its environment name.
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../docs/configuration.md");
+        let mut keys = Vec::new();
+        leaf_keys(&toml::Table::try_from(Config::default()).unwrap(), "", &mut keys);
+        keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
+        for k in keys {
+            assert!(
+                doc.contains(&format!("`{k}`")) && doc.contains(&env_name(&k)),
+                "{k} / {} missing",
+                env_name(&k)
+            );
+        }
     }
 
     #[test]

@@ -451,3 +451,80 @@ fn bad_config_fails_at_start_naming_the_key() {
         "{text}"
     );
 }
+
+/// Every file of tests/data/manifest.json decodes as its manifest says;
+/// captured Register datagrams register through the server core.
+#[test]
+fn captured_bytes_decode() {
+    use flownexus::coap::{Code, Exchanges, Message, Params};
+    use flownexus::lwm2m::content;
+    use flownexus::lwm2m::server::{Now, Server, ServerConfig};
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let models = Arc::new(Models::embedded());
+    let mut checked = 0;
+    for entry in manifest.as_array().unwrap() {
+        let file = entry["file"].as_str().unwrap();
+        match entry["kind"].as_str().unwrap() {
+            "coap-register" => {
+                let blocks = entry["blocks"].as_u64().unwrap_or(1) as usize;
+                let files: Vec<Vec<u8>> = if blocks == 1 {
+                    vec![std::fs::read(dir.join(file)).unwrap()]
+                } else {
+                    (0..blocks)
+                        .map(|i| std::fs::read(dir.join(file.replace("{0..6}", &i.to_string()))).unwrap())
+                        .collect()
+                };
+                let config = Config::default();
+                let mut server: Server<u8> = Server::new(
+                    Exchanges::new(Params::default(), 1),
+                    ServerConfig::from_config(&config.lwm2m),
+                    models.clone(),
+                    2,
+                );
+                let now = Now {
+                    mono: Instant::now(),
+                    unix_ms: now_ms(),
+                };
+                for (i, bytes) in files.iter().enumerate() {
+                    server.handle_datagram(now, 1, bytes);
+                    let reply = Message::decode(&server.poll_transmit().unwrap().bytes).unwrap();
+                    let want = if i + 1 < files.len() {
+                        Code::CONTINUE
+                    } else {
+                        Code::CREATED
+                    };
+                    assert_eq!(Code(reply.code), want, "{file} block {i}");
+                }
+                let endpoint = entry["endpoint"].as_str().unwrap();
+                let reg = server
+                    .registration(endpoint)
+                    .unwrap_or_else(|| panic!("{file}: {endpoint} not registered"));
+                assert_eq!(reg.objects().len() as u64, entry["objects"].as_u64().unwrap(), "{file}");
+            }
+            "payload" => {
+                let bytes = std::fs::read(dir.join(file)).unwrap();
+                let format = entry["format"].as_u64().unwrap() as u16;
+                let base = entry["base"].as_str().unwrap().parse().unwrap();
+                let records = content::decode(format, &base, &bytes, &models).unwrap_or_else(|e| panic!("{file}: {e}"));
+                assert_eq!(
+                    records.len() as u64,
+                    entry["count"].as_u64().unwrap(),
+                    "{file}: {records:?}"
+                );
+                for (path, text) in entry["expect"].as_object().unwrap() {
+                    let r = records
+                        .iter()
+                        .find(|r| r.path.to_string() == *path)
+                        .unwrap_or_else(|| panic!("{file}: no {path}"));
+                    assert_eq!(r.value.to_text(), text.as_str().unwrap(), "{file} {path}");
+                }
+            }
+            k => panic!("unknown kind {k}"),
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
+}

@@ -124,3 +124,6 @@ pub fn encode(format: u16, base: &ResourcePath, records: &[Record], models: &Mod
         f => Err(Error::UnsupportedContentFormat(f)),
     }
 }
+
+#[cfg(test)]
+mod properties;
