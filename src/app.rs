@@ -59,7 +59,8 @@ pub fn load_models(config: &Config) -> anyhow::Result<Models> {
     })
 }
 
-fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+/// Create the data directory, owner-only.
+pub fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("data_dir {}", dir.display()))?;
     #[cfg(unix)]
     {
@@ -105,13 +106,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ),
         }
     }
+    let observations = store.observations()?;
+    let restored_observations = observations.len();
+    for (token, endpoint, kind) in observations {
+        server.restore_observation(t, &endpoint, crate::coap::RequestId(token), kind);
+    }
     if config.lwm2m.unknown_endpoints == UnknownEndpoints::Reject {
         server.set_known_endpoints(store.endpoints()?.into_iter().collect());
     }
     let pending = store.pending_operations(0)?;
     let mut last_op = store.max_operation_id()?;
     log::info!(
-        "restored {restored} registrations and {} pending operations",
+        "restored {restored} registrations, {restored_observations} observations and {} pending operations",
         pending.len()
     );
     for op in pending {
@@ -219,6 +225,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 /// `flownexus serve`: run until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime_path = config.runtime_path();
     let running = start(config).await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     log::info!("flownexus ready");
@@ -230,6 +237,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     log::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     running.stop().await;
+    // `healthcheck` reads this file; a stopped server must not look alive.
+    let _ = std::fs::remove_file(&runtime_path);
     log::info!("stopped; all changes committed");
     Ok(())
 }

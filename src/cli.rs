@@ -319,7 +319,7 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
     let store = match &cmd {
         // Adding a device is how an installation starts: create the store.
         DeviceCommand::Add { .. } => {
-            std::fs::create_dir_all(&config.data_dir)?;
+            crate::app::create_data_dir(&config.data_dir)?;
             Store::open(&config.database_path())?
         }
         _ => open_store(config)?,

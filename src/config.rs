@@ -75,6 +75,9 @@ pub struct CoapConfig {
     /// outage must queue in the kernel, not be dropped (capped by
     /// net.core.rmem_max unless running as root).
     pub socket_buffer_bytes: usize,
+    /// Most peers the exchange layer keeps duplicate-detection state for;
+    /// bounds memory under a flood from spoofed source addresses.
+    pub max_peers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -137,6 +140,7 @@ impl Default for Config {
                 max_body_size: 256 * 1024,
                 response_timeout_ms: 60_000,
                 socket_buffer_bytes: 4 << 20,
+                max_peers: 2_000_000,
             },
             coaps: ListenerConfig {
                 enabled: false,

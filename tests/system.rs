@@ -241,30 +241,55 @@ async fn restart_keeps_registrations_and_queued_operations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observations_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(config(dir.path())).await.unwrap();
+    let f = fleet(&running, vec![device("sys-obs")]).await;
+    let path: flownexus::lwm2m::ResourcePath = "/3304/0/5700".parse().unwrap();
+    let obs = run_op(dir.path(), "sys-obs", OperationKind::Observe { path }).await;
+    assert_eq!(obs.state, OperationState::Succeeded);
+    running.flush().await;
+    assert_eq!(store(dir.path()).observations().unwrap().len(), 1);
+    let addr = running.coap_addr;
+    running.stop().await;
+
+    let mut c = config(dir.path());
+    c.coap.listen = addr;
+    let running = app::start(c).await.unwrap();
+    let restarted = now_ms();
+    let s = store(dir.path());
+    // The device kept notifying on its token; the new process accepts them.
+    wait_for("notifications after the restart", Duration::from_secs(10), || {
+        s.history("sys-obs", &path, restarted, i64::MAX, 100).unwrap().len() >= 3
+    })
+    .await;
+    f.stop().await;
+    // De-registration ends the observation, in memory and in the store.
+    wait_for("observation removed", Duration::from_secs(5), || {
+        s.observations().unwrap().is_empty()
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_queues_and_waits_while_the_server_runs() {
     let dir = tempfile::tempdir().unwrap();
     let running = app::start(config(dir.path())).await.unwrap();
     let f = fleet(&running, vec![device("sys-cli")]).await;
-    let bin = env!("CARGO_BIN_EXE_flownexus");
-    let data = dir.path().to_str().unwrap().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args([
-                "--data-dir",
-                &data,
-                "device",
-                "read",
-                "sys-cli",
-                "/3/0/3",
-                "--wait",
-                "--timeout",
-                "10",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--data-dir".to_string(), dir.path().to_str().unwrap().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_flownexus"))
+                .args(all)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = cli(&["device", "read", "sys-cli", "/3/0/3", "--wait", "--timeout", "10"])
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -273,52 +298,19 @@ async fn cli_queues_and_waits_while_the_server_runs() {
     );
     assert!(stdout.contains("sim-1.0.0"), "{stdout}");
 
-    let data = dir.path().to_str().unwrap().to_string();
-    let list = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(["--data-dir", &data, "device", "list"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let list = cli(&["device", "list"]).await.unwrap();
     let text = String::from_utf8_lossy(&list.stdout);
     let line = text.lines().find(|l| l.starts_with("sys-cli")).unwrap_or_default();
     assert!(line.contains("online") && line.contains("sim-1.0.0"), "{text}");
 
     // A failing operation exits non-zero.
-    let data = dir.path().to_str().unwrap().to_string();
-    let bad = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args([
-                "--data-dir",
-                &data,
-                "device",
-                "write",
-                "sys-cli",
-                "/3/0/0",
-                "x",
-                "--wait",
-                "--timeout",
-                "10",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let bad = cli(&["device", "write", "sys-cli", "/3/0/0", "x", "--wait", "--timeout", "10"])
+        .await
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stdout).contains("4.05"));
 
-    let data = dir.path().to_str().unwrap().to_string();
-    let health = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(["--data-dir", &data, "healthcheck"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let health = cli(&["healthcheck"]).await.unwrap();
     assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stdout));
     f.stop().await;
     running.stop().await;

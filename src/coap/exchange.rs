@@ -29,6 +29,10 @@ pub struct Params {
     pub block_szx: u8,
     pub max_body_size: usize,
     pub response_timeout: Duration,
+    /// Most peers with dedup state at once. Any datagram from a new address
+    /// would otherwise create state that lives for EXCHANGE_LIFETIME, so a
+    /// spoofed-source flood could exhaust memory.
+    pub max_peers: usize,
 }
 
 impl Params {
@@ -41,6 +45,7 @@ impl Params {
             block_szx: BlockValue::szx_for(c.block_size),
             max_body_size: c.max_body_size,
             response_timeout: Duration::from_millis(c.response_timeout_ms),
+            max_peers: c.max_peers,
         }
     }
 
@@ -299,6 +304,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
     }
 
     fn next_mid(&mut self, peer: P) -> u16 {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= self.params.max_peers {
+            return self.rng.u16(..);
+        }
         let p = self.peer(peer);
         let mid = p.next_mid;
         p.next_mid = p.next_mid.wrapping_add(1);
@@ -331,6 +339,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
 
     /// Remember what we answered to (peer, mid) for duplicate detection.
     fn remember(&mut self, now: Instant, peer: P, mid: u16, reply: Option<Vec<u8>>) {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= self.params.max_peers {
+            // Over the cap (a flood from many source addresses): answer, but
+            // keep no dedup state for newcomers; known peers are unaffected.
+            return;
+        }
         let p = self.peer(peer);
         if let Some(r) = p.recent.iter_mut().find(|r| r.mid == mid) {
             r.reply = reply;
@@ -714,6 +727,44 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         self.peer(peer).outstanding += 1;
         self.transmit_request(now, id.0, None);
         true
+    }
+
+    /// Take up an observation established before a restart: notifications
+    /// with token `id` from `peer` are accepted again. Freshness restarts
+    /// from the first notification (RFC 7641 §3.4 allows it after 128 s).
+    pub fn restore_observation(&mut self, now: Instant, peer: P, id: RequestId, mut request: Request) {
+        self.ensure_sweep(now);
+        request.payload.clear();
+        request.options.observe = Some(0);
+        self.outgoing.insert(
+            id.0,
+            Outgoing {
+                peer,
+                request,
+                state: OutState::Observing,
+                mid: 0,
+                bytes: Vec::new(),
+                retransmits: 0,
+                timeout: Duration::ZERO,
+                generation: 0,
+                block1_sent: 0,
+                block1_szx: self.params.block_szx,
+                block2_body: Vec::new(),
+                last_observe: None,
+                role: Role::Request,
+                cancelling: false,
+            },
+        );
+    }
+
+    /// A peer's transport address changed (NAT rebinding seen in an Update):
+    /// its observations now arrive from `new`.
+    pub fn rebind_peer(&mut self, old: P, new: P) {
+        for o in self.outgoing.values_mut() {
+            if o.peer == old && o.state == OutState::Observing {
+                o.peer = new;
+            }
+        }
     }
 
     /// Forget a request or observation; a later notification gets RST

@@ -18,6 +18,7 @@ fn params() -> Params {
         block_szx: 2, // 64-byte blocks keep the fixtures small
         max_body_size: 1024,
         response_timeout: Duration::from_secs(30),
+        max_peers: 100,
     }
 }
 
@@ -29,6 +30,10 @@ fn sent(ex: &mut Ex) -> Vec<Message> {
 
 fn events(ex: &mut Ex) -> Vec<Event<u8>> {
     std::iter::from_fn(|| ex.poll_event()).collect()
+}
+
+fn assert_failed(ex: &mut Ex, id: RequestId, failure: Failure) {
+    assert_eq!(events(ex), vec![Event::Failed { id, peer: DEV, failure }]);
 }
 
 fn con_request(mid: u16, token: &[u8], r: &Request) -> Vec<u8> {
@@ -78,14 +83,7 @@ fn retransmits_with_backoff_then_times_out() {
     // MAX_RETRANSMIT reached: the last wait ends in failure, not a 5th copy.
     ex.handle_timeout(now + Duration::from_secs(100));
     assert!(sent(&mut ex).is_empty());
-    assert_eq!(
-        events(&mut ex),
-        vec![Event::Failed {
-            id,
-            peer: DEV,
-            failure: Failure::Timeout
-        }]
-    );
+    assert_failed(&mut ex, id, Failure::Timeout);
     assert_eq!(ex.outgoing_count(), 0);
 }
 
@@ -144,14 +142,7 @@ fn separate_response_times_out() {
     let m = sent(&mut ex).remove(0);
     ex.handle_datagram(t0, DEV, &Message::empty(Type::Ack, m.message_id).encode());
     ex.handle_timeout(t0 + Duration::from_secs(31));
-    assert_eq!(
-        events(&mut ex),
-        vec![Event::Failed {
-            id,
-            peer: DEV,
-            failure: Failure::Timeout
-        }]
-    );
+    assert_failed(&mut ex, id, Failure::Timeout);
 }
 
 #[test]
@@ -161,14 +152,7 @@ fn reset_fails_the_request() {
     let id = ex.request(t0, DEV, Request::new(Method::Get, "/3/0/0"));
     let m = sent(&mut ex).remove(0);
     ex.handle_datagram(t0, DEV, &Message::empty(Type::Rst, m.message_id).encode());
-    assert_eq!(
-        events(&mut ex),
-        vec![Event::Failed {
-            id,
-            peer: DEV,
-            failure: Failure::Reset
-        }]
-    );
+    assert_failed(&mut ex, id, Failure::Reset);
 }
 
 #[test]
@@ -412,4 +396,23 @@ fn slow_application_gets_an_empty_ack_then_a_separate_response() {
     );
     ex.handle_timeout(t0 + Duration::from_secs(100));
     assert!(sent(&mut ex).is_empty());
+}
+
+#[test]
+fn peer_state_is_capped_under_a_flood() {
+    let t0 = Instant::now();
+    let mut ex = Exchanges::<u32>::new(params(), 13);
+    let req = con_request(1, &[1], &Request::new(Method::Post, "/rd"));
+    for peer in 0..1000u32 {
+        ex.handle_datagram(t0, peer, &req);
+        while let Some(Event::Request { id, .. }) = ex.poll_event() {
+            ex.respond(t0, id, Response::new(Code::NOT_FOUND));
+        }
+    }
+    assert_eq!(ex.peer_count(), 100, "state for at most max_peers peers");
+    assert_eq!(
+        std::iter::from_fn(|| ex.poll_transmit()).count(),
+        1000,
+        "every request was still answered"
+    );
 }

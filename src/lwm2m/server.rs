@@ -78,6 +78,17 @@ pub enum ServerEvent<P> {
         endpoint: String,
         outcome: Outcome,
     },
+    /// An observation was established; persisted so a restarted server
+    /// still accepts its notifications (the device keeps the token).
+    ObservationStarted {
+        endpoint: String,
+        token: RequestId,
+        kind: OperationKind,
+    },
+    ObservationEnded {
+        endpoint: String,
+        token: RequestId,
+    },
     /// A request we refused, for the event log (bad input is visible).
     Rejected {
         endpoint: Option<String>,
@@ -94,9 +105,14 @@ struct InFlight {
 #[derive(Debug)]
 struct Observation {
     endpoint: String,
-    path: ResourcePath,
-    /// Composite observations name several paths.
-    composite: bool,
+    /// `Observe` or `ObserveComposite`: what to re-issue after a restart.
+    kind: OperationKind,
+}
+
+impl Observation {
+    fn composite(&self) -> bool {
+        matches!(self.kind, OperationKind::ObserveComposite { .. })
+    }
 }
 
 #[derive(Debug)]
@@ -476,6 +492,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
                 self.by_peer.remove(&old_peer);
             }
             self.by_peer.insert(peer, id);
+            // Its observations' notifications now come from the new address.
+            self.coap.rebind_peer(old_peer, peer);
         }
         let endpoint = reg.endpoint.clone();
         self.events.push_back(ServerEvent::Updated {
@@ -515,8 +533,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             .map(|(id, _)| *id)
             .collect();
         for rid in gone {
-            self.observations.remove(&rid);
-            self.coap.forget(rid);
+            self.end_observation(rid, true);
         }
         Some(reg)
     }
@@ -658,10 +675,10 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         let rid = self
             .observations
             .iter()
-            .find(|(_, o)| o.endpoint == endpoint && o.path == *path && !o.composite)
+            .find(|(_, o)| o.endpoint == endpoint && o.kind.path() == *path && !o.composite())
             .map(|(id, _)| *id)
             .ok_or_else(|| format!("no active observation of {path}"))?;
-        self.observations.remove(&rid);
+        self.end_observation(rid, false);
         if self.coap.cancel_observation(now.mono, rid) {
             Ok(rid)
         } else {
@@ -691,18 +708,18 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
                 OperationKind::Observe { .. } | OperationKind::ObserveComposite { .. }
             );
             if observes && response.options.observe.is_some() {
-                let composite = matches!(op.kind, OperationKind::ObserveComposite { .. });
-                let path = op.kind.path();
                 // A new observation of the same path replaces the old one.
-                self.drop_observations(&op.endpoint, &path, composite);
-                self.observations.insert(
-                    rid,
-                    Observation {
-                        endpoint: op.endpoint.clone(),
-                        path,
-                        composite,
-                    },
-                );
+                self.drop_observations(&op.endpoint, &op.kind);
+                self.events.push_back(ServerEvent::ObservationStarted {
+                    endpoint: op.endpoint.clone(),
+                    token: rid,
+                    kind: op.kind.clone(),
+                });
+                let observation = Observation {
+                    endpoint: op.endpoint.clone(),
+                    kind: op.kind.clone(),
+                };
+                self.observations.insert(rid, observation);
             }
             if !records.is_empty() {
                 self.report(now, &op.endpoint, Source::Read, records.clone());
@@ -711,16 +728,55 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         self.finish(now, op, outcome);
     }
 
-    fn drop_observations(&mut self, endpoint: &str, path: &ResourcePath, composite: bool) {
+    fn drop_observations(&mut self, endpoint: &str, kind: &OperationKind) {
         let old: Vec<RequestId> = self
             .observations
             .iter()
-            .filter(|(_, o)| o.endpoint == endpoint && o.path == *path && o.composite == composite)
+            .filter(|(_, o)| o.endpoint == endpoint && o.kind == *kind)
             .map(|(id, _)| *id)
             .collect();
         for id in old {
-            self.observations.remove(&id);
-            self.coap.forget(id);
+            self.end_observation(id, true);
+        }
+    }
+
+    /// Stop accepting an observation's notifications; `forget` also drops
+    /// the token in the exchange layer (later notifications get RST).
+    fn end_observation(&mut self, rid: RequestId, forget: bool) -> Option<Observation> {
+        let obs = self.observations.remove(&rid)?;
+        if forget {
+            self.coap.forget(rid);
+        }
+        self.events.push_back(ServerEvent::ObservationEnded {
+            endpoint: obs.endpoint.clone(),
+            token: rid,
+        });
+        Some(obs)
+    }
+
+    /// Take up a persisted observation after a restart. One whose device is
+    /// no longer registered is ended instead.
+    pub fn restore_observation(&mut self, now: Now, endpoint: &str, token: RequestId, kind: OperationKind) {
+        let request = self.registration(endpoint).and_then(|reg| {
+            let root = coap::message::split_path(&reg.root_path);
+            let req = kind.to_request(reg.preferred_format(), &root, &self.models).ok()?;
+            Some((reg.peer, req))
+        });
+        match request {
+            Some((peer, req)) => {
+                self.coap.restore_observation(now.mono, peer, token, req);
+                self.observations.insert(
+                    token,
+                    Observation {
+                        endpoint: endpoint.to_string(),
+                        kind,
+                    },
+                );
+            }
+            None => self.events.push_back(ServerEvent::ObservationEnded {
+                endpoint: endpoint.to_string(),
+                token,
+            }),
         }
     }
 
@@ -729,10 +785,10 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             return;
         };
         let endpoint = obs.endpoint.clone();
-        let path = obs.path;
+        let path = obs.kind.path();
         if !response.code.is_success() || response.options.observe.is_none() {
             // The device ended the observation (RFC 7641 §3.2).
-            self.observations.remove(&rid);
+            self.end_observation(rid, false);
         }
         if response.code.is_success() {
             match crate::lwm2m::operation::decode_response(&path, &response, &self.models) {
@@ -748,8 +804,12 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     }
 
     fn on_failure(&mut self, now: Now, rid: RequestId, failure: Failure) {
-        if let Some(obs) = self.observations.remove(&rid) {
-            log::debug!("observation of {} on {} ended: {failure:?}", obs.path, obs.endpoint);
+        if let Some(obs) = self.end_observation(rid, false) {
+            log::debug!(
+                "observation of {} on {} ended: {failure:?}",
+                obs.kind.path(),
+                obs.endpoint
+            );
             return;
         }
         let Some(InFlight { op }) = self.in_flight.remove(&rid) else {

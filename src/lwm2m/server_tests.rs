@@ -18,6 +18,8 @@ struct Net {
     clients: Vec<Client>,
     /// Clients whose radio is "unplugged": their traffic is lost both ways.
     dead: Vec<bool>,
+    /// The peer address each client appears from (changes on NAT rebinding).
+    alias: Vec<u8>,
     t0: Instant,
     now: Instant,
     events: Vec<ServerEvent<u8>>,
@@ -58,6 +60,7 @@ impl Net {
             server,
             clients,
             dead: vec![false; n],
+            alias: (0..n as u8).collect(),
             t0,
             now: t0,
             events: Vec::new(),
@@ -86,14 +89,16 @@ impl Net {
                 while let Some(bytes) = c.poll_transmit() {
                     moved = true;
                     if !self.dead[i] {
-                        self.server.handle_datagram(now, i as u8, &bytes);
+                        self.server.handle_datagram(now, self.alias[i], &bytes);
                     }
                 }
             }
             while let Some(t) = self.server.poll_transmit() {
                 moved = true;
-                let i = usize::from(t.peer);
-                if !self.dead[i] {
+                // A datagram to an address nobody has any more is lost.
+                if let Some(i) = self.alias.iter().position(|a| *a == t.peer)
+                    && !self.dead[i]
+                {
                     self.clients[i].handle_datagram(now.mono, &t.bytes);
                 }
             }
@@ -564,4 +569,85 @@ fn bad_registrations_are_refused_with_the_right_code() {
     let reply = Message::decode(&net.server.poll_transmit().unwrap().bytes).unwrap();
     assert_eq!(Code(reply.code), Code::BAD_REQUEST);
     assert!(net.server.registration("dev-z").is_some());
+}
+
+#[test]
+fn observations_follow_a_nat_rebinding() {
+    let mut net = Net::new(vec![device("dev-nat")]);
+    let obs = net.enqueue(
+        "dev-nat",
+        OperationKind::Observe {
+            path: p("/3304/0/5700"),
+        },
+    );
+    assert!(matches!(net.outcome(obs), Some(Outcome::Succeeded(_))));
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::ObservationStarted { .. }))
+    );
+    // The NAT gives the device a new address; its next Update carries it.
+    net.alias[0] = 200;
+    net.advance(Duration::from_secs(51));
+    assert_eq!(net.server.registration("dev-nat").unwrap().peer, 200);
+    net.take_events();
+    net.advance(Duration::from_secs(11));
+    let notified = net
+        .take_events()
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ServerEvent::ValuesReported {
+                    source: Source::Notification,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(notified, 2, "notifications from the new address are accepted");
+    // Reads go to the new address too.
+    let read = net.enqueue("dev-nat", OperationKind::Read { path: p("/3/0/9") });
+    assert!(matches!(net.outcome(read), Some(Outcome::Succeeded(_))));
+}
+
+#[test]
+fn lwm2m_1_0_client_gets_tlv() {
+    let mut c = device("dev-tlv");
+    c.version = "1.0".into();
+    c.format = content::TLV;
+    let mut net = Net::new(vec![c]);
+    let reg = net.server.registration("dev-tlv").unwrap().clone();
+    assert_eq!((reg.version.as_str(), reg.announced_format), ("1.0", None));
+    assert_eq!(reg.preferred_format(), content::TLV);
+    let read = net.enqueue("dev-tlv", OperationKind::Read { path: p("/3/0") });
+    match net.outcome(read) {
+        Some(Outcome::Succeeded(r)) => {
+            // TLV is typed through the object model.
+            assert!(r.records.contains(&Record {
+                path: p("/3/0/9"),
+                value: Value::Integer(87),
+                time: None
+            }));
+            assert!(
+                r.records
+                    .iter()
+                    .any(|x| x.path == p("/3/0/13") && x.value == Value::Time(1_700_000_000))
+            );
+        }
+        o => panic!("{o:?}"),
+    }
+    let write = net.enqueue(
+        "dev-tlv",
+        OperationKind::Write {
+            path: p("/1/0"),
+            values: vec![WriteValue {
+                path: p("/1/0/1"),
+                value: "77".into(),
+            }],
+            replace: false,
+        },
+    );
+    assert!(matches!(net.outcome(write), Some(Outcome::Succeeded(_))));
+    assert_eq!(net.clients[0].value(&p("/1/0/1")), Some(&Value::Integer(77)));
 }

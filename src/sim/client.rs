@@ -27,6 +27,8 @@ pub struct DeviceConfig {
     pub notify_interval: Duration,
     /// Send (`POST /dp`) the temperature this often, if set.
     pub send_interval: Option<Duration>,
+    /// LwM2M version announced at Register: "1.1" or "1.0".
+    pub version: String,
     pub params: Params,
 }
 
@@ -41,6 +43,7 @@ impl DeviceConfig {
             format: content::SENML_CBOR,
             notify_interval: Duration::from_secs(10),
             send_interval: None,
+            version: "1.1".into(),
             params: Params::default(),
         }
     }
@@ -194,7 +197,12 @@ impl Client {
     }
 
     fn object_links(&self) -> String {
-        let mut links = vec![format!("</>;rt=\"oma.lwm2m\";ct={}", self.cfg.format)];
+        // A 1.0 client announces no root attributes (the `ct` link attribute is 1.1).
+        let mut links = if self.cfg.version == "1.0" {
+            Vec::new()
+        } else {
+            vec![format!("</>;rt=\"oma.lwm2m\";ct={}", self.cfg.format)]
+        };
         let mut seen = Vec::new();
         for p in self.values.keys() {
             let inst = ResourcePath::new(&p.ids()[..2]).expect("instance path");
@@ -213,7 +221,7 @@ impl Client {
         req.options.uri_query = vec![
             format!("ep={}", self.cfg.endpoint),
             format!("lt={}", self.cfg.lifetime),
-            "lwm2m=1.1".into(),
+            format!("lwm2m={}", self.cfg.version),
             "b=U".into(),
         ];
         if self.cfg.queue_mode {
@@ -544,22 +552,10 @@ impl Client {
 
     fn notify_all(&mut self, now: Instant) {
         let mut out = Vec::new();
-        for o in &mut self.observers {
-            o.seq += 1;
-            let records: Vec<Record> = o
-                .paths
-                .iter()
-                .flat_map(|p| {
-                    self.values
-                        .iter()
-                        .filter(|(k, _)| k.starts_with(p))
-                        .map(|(k, v)| Record {
-                            path: *k,
-                            value: v.clone(),
-                            time: None,
-                        })
-                })
-                .collect();
+        for i in 0..self.observers.len() {
+            self.observers[i].seq += 1;
+            let o = &self.observers[i];
+            let records: Vec<Record> = o.paths.iter().flat_map(|p| self.records_under(p)).collect();
             let base = if o.composite { ResourcePath::ROOT } else { o.paths[0] };
             let Ok(payload) = content::encode(o.format, &base, &records, &self.models) else {
                 continue;

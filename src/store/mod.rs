@@ -91,6 +91,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX operations_pending ON operations(state) WHERE state IN ('queued', 'sent');
     CREATE INDEX operations_by_endpoint ON operations(endpoint, id);
     "#,
+    // 2: observations, so a restart keeps accepting their notifications
+    r#"
+    CREATE TABLE observations (
+        token INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        request TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX observations_by_endpoint ON observations(endpoint);
+    "#,
 ];
 
 pub struct Store {
@@ -610,6 +620,23 @@ impl Store {
             .prepare("SELECT id FROM operations WHERE state = 'cancelled' AND updated_at >= ?1")?;
         let rows = st.query_map([since], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Persisted observations: (token, endpoint, the Observe operation).
+    pub fn observations(&self) -> Result<Vec<(u64, String, OperationKind)>> {
+        let mut st = self.conn.prepare("SELECT token, endpoint, request FROM observations")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (token, endpoint, request) = row?;
+            // The token is a u64 kept bit-for-bit in SQLite's i64.
+            if let Ok(kind) = serde_json::from_str(&request) {
+                out.push((token as u64, endpoint, kind));
+            }
+        }
+        Ok(out)
     }
 
     pub fn max_operation_id(&self) -> Result<OperationId> {

@@ -278,6 +278,20 @@ fn apply<P: Display>(
                 )?;
             }
         }
+        ServerEvent::ObservationStarted { endpoint, token, kind } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO observations (token, endpoint, request, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    token.0 as i64,
+                    endpoint,
+                    serde_json::to_string(&kind).expect("serialises"),
+                    now_ms()
+                ],
+            )?;
+        }
+        ServerEvent::ObservationEnded { token, .. } => {
+            tx.execute("DELETE FROM observations WHERE token = ?1", [token.0 as i64])?;
+        }
         ServerEvent::Rejected { endpoint, code, reason } => {
             let second = now_ms() / 1000;
             if rejections.0 != second {
