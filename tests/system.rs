@@ -160,6 +160,54 @@ async fn operations_against_simulated_devices() {
     let disc = run_op(dir.path(), "sys-ops", OperationKind::Discover { path: p("/3") }).await;
     assert!(serde_json::to_string(&disc.result).unwrap().contains("</3/0/9>"));
 
+    let create = OperationKind::Create {
+        path: p("/3303"),
+        values: vec![WriteValue {
+            path: p("/3303/1/5700"),
+            value: "-4.5".into(),
+        }],
+    };
+    let create = run_op(dir.path(), "sys-ops", create).await;
+    assert_eq!(
+        (create.state, create.coap_code.as_deref()),
+        (OperationState::Succeeded, Some("2.01"))
+    );
+    let attrs = OperationKind::WriteAttributes {
+        path: p("/3303/1/5700"),
+        attributes: vec!["pmin=1".into(), "pmax=5".into()],
+    };
+    assert_eq!(
+        run_op(dir.path(), "sys-ops", attrs).await.state,
+        OperationState::Succeeded
+    );
+    let comp = run_op(
+        dir.path(),
+        "sys-ops",
+        OperationKind::ReadComposite {
+            paths: vec![p("/3303/1/5700"), p("/3/0/9")],
+        },
+    )
+    .await;
+    let text = serde_json::to_string(&comp.result).unwrap();
+    assert!(text.contains("-4.5") && text.contains("87"), "{text}");
+    let delete = run_op(dir.path(), "sys-ops", OperationKind::Delete { path: p("/3303/1") }).await;
+    assert_eq!(
+        (delete.state, delete.coap_code.as_deref()),
+        (OperationState::Succeeded, Some("2.02"))
+    );
+    let gone = run_op(dir.path(), "sys-ops", OperationKind::Read { path: p("/3303/1") }).await;
+    assert_eq!(
+        (gone.state, gone.coap_code.as_deref()),
+        (OperationState::Failed, Some("4.04"))
+    );
+    let comp_obs = OperationKind::ObserveComposite {
+        paths: vec![p("/3304/0/5700")],
+    };
+    assert_eq!(
+        run_op(dir.path(), "sys-ops", comp_obs).await.state,
+        OperationState::Succeeded
+    );
+
     // Observe: notifications land in history and latest values.
     let obs = run_op(
         dir.path(),
@@ -172,6 +220,11 @@ async fn operations_against_simulated_devices() {
     assert_eq!(obs.state, OperationState::Succeeded);
     let s = store(dir.path());
     let path = p("/3303/0/5700");
+    let humidity = p("/3304/0/5700");
+    wait_for("composite notifications in history", Duration::from_secs(10), || {
+        s.history("sys-ops", &humidity, 0, i64::MAX, 100).unwrap().len() >= 4
+    })
+    .await;
     wait_for("notifications in history", Duration::from_secs(10), || {
         s.history("sys-ops", &path, 0, i64::MAX, 100).unwrap().len() >= 4
     })

@@ -344,6 +344,17 @@ fn device_management_operations() {
     assert!(matches!(net.outcome(delete), Some(Outcome::Succeeded(_))));
     assert_eq!(net.clients[0].value(&p("/3303/1/5700")), None);
 
+    let security = net.enqueue("dev-d", OperationKind::Read { path: p("/0/0") });
+    assert!(matches!(net.outcome(security), Some(Outcome::Failed { code: Some(c), .. }) if c == "4.01"));
+    assert!(
+        !net.server
+            .registration("dev-d")
+            .unwrap()
+            .objects()
+            .iter()
+            .any(|o| o.object() == Some(0))
+    );
+
     let attrs = net.enqueue(
         "dev-d",
         OperationKind::WriteAttributes {

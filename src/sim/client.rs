@@ -95,6 +95,9 @@ pub struct Client {
     pub continuous_updates: bool,
 }
 
+/// Object 0, LwM2M Security.
+const SECURITY: u16 = 0;
+
 fn path(s: &str) -> ResourcePath {
     s.parse().expect("static path")
 }
@@ -105,6 +108,11 @@ impl Client {
         let mut set = |p: &str, v: Value| {
             values.insert(path(p), v);
         };
+        // Security object: the client's own, never shown to the server.
+        set("/0/0/0", Value::String("coap://server".into()));
+        set("/0/0/1", Value::Boolean(false));
+        set("/0/0/2", Value::Integer(3)); // NoSec
+        set("/0/0/10", Value::Integer(1));
         set("/1/0/0", Value::Integer(1));
         set("/1/0/1", Value::Integer(i64::from(cfg.lifetime)));
         set("/1/0/6", Value::Boolean(false));
@@ -204,7 +212,8 @@ impl Client {
             vec![format!("</>;rt=\"oma.lwm2m\";ct={}", self.cfg.format)]
         };
         let mut seen = Vec::new();
-        for p in self.values.keys() {
+        // The Security object is not listed (LwM2M 1.1 Core §6.2.1).
+        for p in self.values.keys().filter(|p| p.object() != Some(SECURITY)) {
             let inst = ResourcePath::new(&p.ids()[..2]).expect("instance path");
             if !seen.contains(&inst) {
                 seen.push(inst);
@@ -394,6 +403,11 @@ impl Client {
             Some(p) => p,
             None => return Response::new(Code::NOT_FOUND),
         };
+        if p.object() == Some(SECURITY) || (p.depth() == 0 && req.method != Method::Fetch) {
+            // A Device Management server has no access to the Security
+            // object (Core §6.3: 4.01 Unauthorized), nor to the root.
+            return Response::new(Code::UNAUTHORIZED);
+        }
         let result = match req.method {
             Method::Get if req.options.accept == Some(content::LINK_FORMAT) => self.discover(&p),
             Method::Get => self.read(now, token, &p, &req),
