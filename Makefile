@@ -8,10 +8,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages the tests use as real peers (libcoap's coap-client and
-# coap-server for the CoAP interop tests and the baseline benchmark) and
-# linters; more arrive with the DTLS, firmware and dashboard work.
-DEB_TEST_PACKAGES := libcoap3-bin shellcheck
+# Debian packages the tests use as real peers: libcoap's coap-client and
+# coap-server (CoAP interop, baseline benchmark), curl and openssl (firmware
+# server), shellcheck (deploy scripts).
+DEB_TEST_PACKAGES := libcoap3-bin shellcheck curl openssl
 
 # How many random cases each property test runs inside `make test`.
 export PROPTEST_CASES ?= 512

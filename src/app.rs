@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::coap::{Exchanges, Params};
 use crate::config::{Config, UnknownEndpoints};
@@ -27,20 +27,30 @@ pub const OPERATION_POLL: Duration = Duration::from_millis(250);
 
 pub struct Running {
     pub coap_addr: SocketAddr,
+    /// The firmware HTTPS server, when `fw.enabled`.
+    pub fw_addr: Option<SocketAddr>,
     pub events: Events,
     pub commands: mpsc::Sender<Command>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     writer: WriterHandle<SocketAddr>,
+    /// Keeps the certificate watcher alive.
+    _cert_watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Resolves once `stop` has been signalled.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 impl Running {
-    /// Stop accepting, commit everything pending, and wait for the end.
-    pub async fn stop(mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
+    /// Stop accepting, let running downloads finish (up to
+    /// `fw.shutdown_grace_s`), commit everything pending, and return.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
         }
-        let _ = (&mut self.task).await;
         let writer = self.writer;
         tokio::task::spawn_blocking(move || writer.close()).await.ok();
     }
@@ -132,25 +142,34 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let writer = WriterHandle::start(Store::open(&db_path)?, config.store.batch_size);
     let (events, _) = broadcast::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let shell_writer = writer.clone();
     let shell_events = events.clone();
-    let (poll_stop_tx, poll_stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stop_rx.await;
-        };
-        udp::run(socket, server, shell_writer, shell_events, cmd_rx, shutdown).await;
-        let _ = poll_stop_tx.send(true);
-    });
+    let mut tasks = vec![tokio::spawn(udp::run(
+        socket,
+        server,
+        shell_writer,
+        shell_events,
+        cmd_rx,
+        stopped(stop_rx.clone()),
+    ))];
+    let (fw_addr, cert_watcher) = match start_firmware_server(&config, &writer, stop_rx.clone()).await? {
+        Some((addr, task, watcher)) => {
+            tasks.push(task);
+            (Some(addr), Some(watcher))
+        }
+        None => (None, None),
+    };
 
     // Poll the store for operations queued or cancelled by other processes.
     let poll_cmd = cmd_tx.clone();
     let reject_unknown = config.lwm2m.unknown_endpoints == UnknownEndpoints::Reject;
     let retention_ms = config.store.value_retention_days as i64 * 86_400_000;
     let prune_writer = writer.clone();
+    let poll_stop = stop_rx.clone();
     tokio::spawn(async move {
-        let mut stop = poll_stop_rx;
+        let stop = stopped(poll_stop);
+        tokio::pin!(stop);
         let mut cancelled_since = crate::store::now_ms();
         let mut known = (0usize, String::new());
         let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
@@ -163,7 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         };
         loop {
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = &mut stop => return,
                 _ = tokio::time::sleep(OPERATION_POLL) => {}
             }
             let store = poller.clone();
@@ -208,19 +227,85 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
 
-    let runtime = serde_json::json!({ "pid": std::process::id(), "coap": coap_addr.to_string() });
+    let runtime = serde_json::json!({
+        "pid": std::process::id(),
+        "coap": coap_addr.to_string(),
+        "fw": fw_addr.map(|a| a.to_string()),
+    });
     let runtime_path = config.runtime_path();
     std::fs::write(&runtime_path, runtime.to_string())
         .with_context(|| format!("writing {}", runtime_path.display()))?;
 
     Ok(Running {
         coap_addr,
+        fw_addr,
         events,
         commands: cmd_tx,
-        shutdown: Some(stop_tx),
-        task,
+        shutdown: stop_tx,
+        tasks,
         writer,
+        _cert_watcher: cert_watcher,
     })
+}
+
+/// The firmware download server: catalogue clean-up, certificates (and
+/// their watcher), the token key, the listener.
+async fn start_firmware_server(
+    config: &Config,
+    writer: &WriterHandle<SocketAddr>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<(SocketAddr, tokio::task::JoinHandle<()>, notify::RecommendedWatcher)>> {
+    use crate::download::{self, tls, token::TokenKey};
+    let fw = &config.fw;
+    if !fw.enabled {
+        return Ok(None);
+    }
+    let store = Store::open(&config.database_path())?;
+    let catalogue = crate::firmware::Catalogue::new(&config.data_dir, fw.max_image_bytes);
+    let cleaned = catalogue.clean(&store)?;
+    if cleaned > 0 {
+        log::info!("firmware catalogue: removed {cleaned} partial or orphaned files");
+    }
+    let pairs = tls::configured_pairs(fw, &config.data_dir).context("fw.cert_file")?;
+    for p in &pairs {
+        log::info!(
+            "firmware server certificate {} (key {})",
+            p.cert.display(),
+            p.key.display()
+        );
+    }
+    let certs = tls::Certificates::load(pairs, tls::provider()).context("fw.cert_file")?;
+    let watcher = tls::watch(certs.clone())?;
+    let tls_config = tls::server_config(certs, fw.max_record_bytes)?;
+    let key_path = fw
+        .token_secret_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("fw-token.key"));
+    let key = TokenKey::load_or_create(&key_path).context("fw.token_secret_file")?;
+    let listener = tokio::net::TcpListener::bind(fw.listen)
+        .await
+        .with_context(|| format!("fw.listen {}", fw.listen))?;
+    let addr = listener.local_addr()?;
+    log::info!(
+        "firmware server listening on https://{addr} (TLS records ≤ {} bytes)",
+        fw.max_record_bytes
+    );
+    let record_writer = writer.clone();
+    let server = Arc::new(download::Server::new(
+        catalogue,
+        store,
+        Some(key),
+        fw.require_token,
+        fw.cache_bytes,
+        Box::new(move |d| record_writer.send(StoreCommand::Download(d))),
+    ));
+    let limits = download::Limits {
+        handshake: Duration::from_secs(fw.handshake_timeout_s),
+        idle: Duration::from_secs(fw.idle_timeout_s),
+        shutdown_grace: Duration::from_secs(fw.shutdown_grace_s),
+    };
+    let task = tokio::spawn(download::run(listener, tls_config, server, limits, stopped(stop)));
+    Ok(Some((addr, task, watcher)))
 }
 
 /// `flownexus serve`: run until SIGINT or SIGTERM.

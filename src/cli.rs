@@ -55,10 +55,54 @@ enum Command {
     /// Manage devices and send them operations.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// The firmware catalogue.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
     /// Run simulated LwM2M devices against a server.
     Sim(crate::sim::SimArgs),
     /// Measure throughput and memory (see docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum FirmwareCommand {
+    /// Add an image (stored once by content; the record names it).
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// Download name, `/binaries/NAME` (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "")]
+        notes: String,
+        /// Who uploads it (default: $USER).
+        #[arg(long)]
+        uploader: Option<String>,
+    },
+    /// List images (`--all` includes removed ones).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image by id or name, with its download statistics.
+    Show { image: String },
+    /// Remove an image: it is no longer served; the record stays.
+    Remove { image: String },
+    /// A download URL for a device, with a signed, expiring token.
+    Url {
+        image: String,
+        #[arg(long)]
+        device: String,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// Base URL devices reach the firmware server at.
+        #[arg(long, default_value = "https://localhost:8443")]
+        base: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -227,6 +271,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Healthcheck => healthcheck(&config),
         Command::Device(d) => device(d, &config),
+        Command::Firmware(f) => firmware(f, &config),
         Command::Sim(args) => runtime()?.block_on(crate::sim::run(args)),
         Command::Bench(args) => runtime()?.block_on(crate::bench::run(args, config)),
     }
@@ -302,6 +347,130 @@ fn coap_ping(addr: SocketAddr) -> anyhow::Result<u128> {
     }
 }
 
+fn firmware(cmd: FirmwareCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let catalogue = crate::firmware::Catalogue::new(&config.data_dir, config.fw.max_image_bytes);
+    match cmd {
+        FirmwareCommand::Add {
+            file,
+            version,
+            name,
+            notes,
+            uploader,
+        } => {
+            crate::app::create_data_dir(&config.data_dir)?;
+            let mut store = Store::open(&config.database_path())?;
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("FILE has no usable name; give --name")?
+                    .to_string(),
+            };
+            let mut src = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let total = src.metadata().map(|m| m.len()).unwrap_or(0);
+            let uploader = uploader
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "cli".into());
+            let show = std::io::IsTerminal::is_terminal(&std::io::stderr()) && total > 0;
+            let mut last = 0u64;
+            let mut progress = |n: u64| {
+                if show && (n - last >= 1 << 20 || n == total) {
+                    last = n;
+                    eprint!(
+                        "\r{:>8.1} / {:.1} MiB ({:>3}%)",
+                        n as f64 / 1048576.0,
+                        total as f64 / 1048576.0,
+                        n * 100 / total
+                    );
+                }
+            };
+            let upload = crate::firmware::Upload {
+                name: &name,
+                version: &version,
+                notes: &notes,
+                uploader: &uploader,
+            };
+            let (row, new) = catalogue.add(&mut store, &mut src, &upload, &mut progress)?;
+            if show {
+                eprintln!();
+            }
+            if !new {
+                println!(
+                    "already in the catalogue as #{} {} ({}); stored once",
+                    row.id, row.name, row.version
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&row)?);
+        }
+        FirmwareCommand::List { all, json } => {
+            let rows = open_store(config)?.firmware_list(all)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:>4} {:<28} {:<14} {:>10} {:<20} {:<16} UPLOADED",
+                    "ID", "NAME", "VERSION", "SIZE", "TYPE", "SHA-256"
+                );
+                for r in rows {
+                    println!(
+                        "{:>4} {:<28} {:<14} {:>10} {:<20} {:<16} {}{}",
+                        r.id,
+                        r.name,
+                        r.version,
+                        r.size,
+                        r.image_type,
+                        &r.sha256[..16],
+                        crate::datetime::rfc3339(r.uploaded_at),
+                        if r.deleted_at.is_some() { " (removed)" } else { "" }
+                    );
+                }
+            }
+        }
+        FirmwareCommand::Show { image } => {
+            let store = open_store(config)?;
+            let row = store.firmware(&image)?;
+            let stats = store.download_stats(row.id)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "firmware": row, "downloads": stats }))?
+            );
+        }
+        FirmwareCommand::Remove { image } => {
+            let store = open_store(config)?;
+            let row = store.firmware(&image)?;
+            let row = catalogue.remove(&store, row.id)?;
+            println!("removed #{} {} ({}); no longer served", row.id, row.name, row.version);
+        }
+        FirmwareCommand::Url {
+            image,
+            device,
+            ttl,
+            base,
+        } => {
+            let store = open_store(config)?;
+            let row = store.firmware(&image)?;
+            if row.deleted_at.is_some() {
+                bail!("firmware #{} was removed", row.id);
+            }
+            let key_path = config
+                .fw
+                .token_secret_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("fw-token.key"));
+            let key = crate::download::token::TokenKey::load_or_create(&key_path)?;
+            let token = key.sign(&device, &row.sha256, now_ms() / 1000 + ttl as i64);
+            println!(
+                "{}/fw/{}/{}?t={token}",
+                base.trim_end_matches('/'),
+                row.sha256,
+                row.name
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn parse_assignments(values: &[String]) -> anyhow::Result<Vec<WriteValue>> {
     values
         .iter()
@@ -344,7 +513,10 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
                 println!("{:<40} {:<9} {:<24} FIRMWARE", "ENDPOINT", "STATUS", "LAST SEEN");
                 for d in rows {
                     let status = d.status(now, l.queue_awake_window_s, l.lifetime_grace_s);
-                    let seen = d.last_seen.map(format_ms).unwrap_or_else(|| "never".into());
+                    let seen = d
+                        .last_seen
+                        .map(crate::datetime::rfc3339)
+                        .unwrap_or_else(|| "never".into());
                     println!(
                         "{:<40} {:<9} {:<24} {}",
                         d.endpoint,
@@ -484,38 +656,5 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(3));
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Unix milliseconds as an RFC 3339 UTC timestamp.
-pub fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (H. Hinnant's algorithm), proleptic Gregorian.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn timestamps() {
-        assert_eq!(super::format_ms(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::format_ms(1_795_392_000_000), "2026-11-23T00:00:00Z");
-        assert_eq!(super::format_ms(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 }

@@ -32,7 +32,7 @@ pub struct Config {
     pub coap: CoapConfig,
     pub coaps: ListenerConfig,
     pub http: ListenerConfig,
-    pub fw: ListenerConfig,
+    pub fw: FirmwareServerConfig,
     pub lwm2m: Lwm2mConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
@@ -78,6 +78,45 @@ pub struct CoapConfig {
     /// Most peers the exchange layer keeps duplicate-detection state for;
     /// bounds memory under a flood from spoofed source addresses.
     pub max_peers: usize,
+}
+
+/// The firmware download server (HTTPS for nRF91 devices).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareServerConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// No TLS record on the wire is larger than this, handshake included:
+    /// the nRF91 modem's receive buffer is 2 KB (DESIGN §2).
+    pub max_record_bytes: usize,
+    /// PEM certificate chain (certbot's fullchain.pem) and key; unset: a
+    /// development CA and certificate are generated in the data directory.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// More certificates chosen by SNI (config file only).
+    pub sni: Vec<SniCertificate>,
+    /// Names the generated development certificate is valid for.
+    pub dev_names: Vec<String>,
+    /// Largest firmware image accepted into the catalogue.
+    pub max_image_bytes: u64,
+    /// Memory for images kept ready to serve.
+    pub cache_bytes: u64,
+    /// Refuse downloads without a valid per-device token (403).
+    pub require_token: bool,
+    /// HMAC key for download tokens; unset: generated in the data directory.
+    pub token_secret_file: Option<PathBuf>,
+    pub idle_timeout_s: u64,
+    pub handshake_timeout_s: u64,
+    /// On shutdown, running downloads get this long to finish.
+    pub shutdown_grace_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    pub names: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,9 +189,21 @@ impl Default for Config {
                 enabled: false,
                 listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             },
-            fw: ListenerConfig {
-                enabled: false,
+            fw: FirmwareServerConfig {
+                enabled: true,
                 listen: any(8443),
+                max_record_bytes: 1370,
+                cert_file: None,
+                key_file: None,
+                sni: Vec::new(),
+                dev_names: vec!["localhost".into(), "127.0.0.1".into()],
+                max_image_bytes: 64 << 20,
+                cache_bytes: 256 << 20,
+                require_token: false,
+                token_secret_file: None,
+                idle_timeout_s: 120,
+                handshake_timeout_s: 10,
+                shutdown_grace_s: 30,
             },
             lwm2m: Lwm2mConfig {
                 queue_awake_window_s: 20,
@@ -218,8 +269,19 @@ impl Config {
             toml::from_str(&text).map_err(|e| Error::config(key_at(&text, &e), e.message().to_string()))?;
         config.validate()?;
         config.data_dir = absolute(&config.data_dir)?;
-        if let Some(dir) = &config.lwm2m.models_dir {
-            config.lwm2m.models_dir = Some(absolute(dir)?);
+        for p in [
+            &mut config.lwm2m.models_dir,
+            &mut config.fw.cert_file,
+            &mut config.fw.key_file,
+            &mut config.fw.token_secret_file,
+        ] {
+            if let Some(dir) = p.as_ref() {
+                *p = Some(absolute(dir)?);
+            }
+        }
+        for s in &mut config.fw.sni {
+            s.cert_file = absolute(&s.cert_file)?;
+            s.key_file = absolute(&s.key_file)?;
         }
         Ok(config)
     }
@@ -231,11 +293,32 @@ impl Config {
         for (key, on, what) in [
             ("coaps.enabled", self.coaps.enabled, "CoAP over DTLS"),
             ("http.enabled", self.http.enabled, "the dashboard and REST API"),
-            ("fw.enabled", self.fw.enabled, "the firmware download server"),
         ] {
             if on {
                 return Err(Error::config(key, format!("{what} is not available in this version")));
             }
+        }
+        let f = &self.fw;
+        if !(256..=16_408).contains(&f.max_record_bytes) {
+            return Err(Error::config("fw.max_record_bytes", "must be between 256 and 16408"));
+        }
+        if f.cert_file.is_some() != f.key_file.is_some() {
+            return Err(Error::config(
+                "fw.cert_file",
+                "fw.cert_file and fw.key_file go together",
+            ));
+        }
+        if f.max_image_bytes == 0 {
+            return Err(Error::config("fw.max_image_bytes", "must be > 0"));
+        }
+        if f.handshake_timeout_s == 0 || f.idle_timeout_s == 0 {
+            return Err(Error::config("fw.handshake_timeout_s", "timeouts must be > 0"));
+        }
+        if f.cert_file.is_none() && f.dev_names.is_empty() {
+            return Err(Error::config(
+                "fw.dev_names",
+                "needs at least one name when no fw.cert_file is given",
+            ));
         }
         if !self.coap.enabled {
             return Err(Error::config(
@@ -371,7 +454,16 @@ fn merge(into: &mut toml::Table, from: toml::Table, prefix: &str) -> Result<()> 
 }
 
 /// Keys whose default is "unset" and so do not appear in the default tree.
-const OPTIONAL_KEYS: &[&str] = &["lwm2m.models_dir"];
+/// Keys that only a config file can set (lists of tables have no
+/// sensible single-variable form); they have no environment name.
+const FILE_ONLY_KEYS: &[&str] = &["fw.sni"];
+
+const OPTIONAL_KEYS: &[&str] = &[
+    "lwm2m.models_dir",
+    "fw.cert_file",
+    "fw.key_file",
+    "fw.token_secret_file",
+];
 
 fn env_name(key: &str) -> String {
     format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
@@ -396,7 +488,11 @@ fn apply_env(tree: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(
     let mut keys = Vec::new();
     leaf_keys(tree, "", &mut keys);
     keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
-    let by_env: BTreeMap<String, String> = keys.into_iter().map(|k| (env_name(&k), k)).collect();
+    let by_env: BTreeMap<String, String> = keys
+        .into_iter()
+        .filter(|k| !FILE_ONLY_KEYS.contains(&k.as_str()))
+        .map(|k| (env_name(&k), k))
+        .collect();
     for (name, raw) in env {
         if !name.starts_with(ENV_PREFIX) || ENV_NOT_KEYS.contains(&name.as_str()) {
             continue;
@@ -417,6 +513,14 @@ fn apply_env(tree: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(
                 .parse::<bool>()
                 .map(toml::Value::Boolean)
                 .map_err(|_| Error::config(name.clone(), "expected true or false"))?,
+            // Lists come as comma-separated text (FLOWNEXUS_FW_DEV_NAMES=a,b).
+            Some(toml::Value::Array(_)) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(|x| x.to_string().into())
+                    .collect(),
+            ),
             _ => toml::Value::String(raw.clone()),
         };
         set_path(tree, key, value);
@@ -524,10 +628,14 @@ mod tests {
         leaf_keys(&toml::Table::try_from(Config::default()).unwrap(), "", &mut keys);
         keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
         for k in keys {
-            assert!(
-                doc.contains(&format!("`{k}`")) && doc.contains(&env_name(&k)),
-                "{k} / {} missing",
+            let env = if FILE_ONLY_KEYS.contains(&k.as_str()) {
+                "file only".to_string()
+            } else {
                 env_name(&k)
+            };
+            assert!(
+                doc.contains(&format!("`{k}`")) && doc.contains(&env),
+                "{k} / {env} missing"
             );
         }
     }

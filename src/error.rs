@@ -35,6 +35,14 @@ pub enum Error {
     #[error("already exists: {0}")]
     AlreadyExists(String),
 
+    /// A firmware image (or other upload) over its size limit.
+    #[error("too large: {what} exceeds the limit of {limit} bytes")]
+    TooLarge { what: String, limit: u64 },
+
+    /// A name, version or other operator input that is not acceptable.
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+
     #[error("store: {0}")]
     Store(#[from] rusqlite::Error),
 

@@ -16,6 +16,9 @@ use flownexus::lwm2m::operation::{OperationKind, OperationState, WriteValue};
 use flownexus::sim::{DeviceConfig, Fleet};
 use flownexus::store::{Store, now_ms};
 
+#[path = "system/firmware.rs"]
+mod firmware;
+
 fn config(dir: &Path) -> Config {
     let flags = Overrides {
         data_dir: Some(dir.to_path_buf()),
@@ -23,6 +26,7 @@ fn config(dir: &Path) -> Config {
         ..Default::default()
     };
     let mut c = Config::load(None, &Default::default(), &flags).unwrap();
+    c.fw.listen = "127.0.0.1:0".parse().unwrap();
     c.coap.ack_timeout_ms = 500;
     c.coap.max_retransmit = 2;
     c.lwm2m.queue_awake_window_s = 3;

@@ -21,6 +21,8 @@ pub enum Command<P> {
     Event(ServerEvent<P>),
     /// Delete value history older than this (Unix ms).
     Prune(i64),
+    /// One firmware download request, for accounting.
+    Download(crate::download::DownloadRecord),
     /// Reply once everything sent before has been committed.
     Flush(SyncSender<()>),
 }
@@ -109,6 +111,7 @@ fn run<P: Display>(mut store: Store, rx: Receiver<Command<P>>, batch_size: usize
                         }
                     }
                     Command::Flush(ack) => acks.push(ack),
+                    Command::Download(d) => record_download(&tx, &d)?,
                 }
             }
             tx.commit()?;
@@ -172,6 +175,35 @@ fn upsert_registration<P: Display>(tx: &Transaction<'_>, device: i64, r: &Regist
             r.last_seen
         ],
     )?;
+    Ok(())
+}
+
+fn record_download(tx: &Transaction<'_>, d: &crate::download::DownloadRecord) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO downloads (ts, firmware_id, range_start, range_end, status, bytes, duration_us, peer, device, doom_loop)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        d.ts,
+        d.firmware_id,
+        d.range.map(|r| r.0 as i64),
+        d.range.map(|r| r.1 as i64),
+        d.status,
+        d.bytes as i64,
+        d.duration_us as i64,
+        d.peer.to_string(),
+        d.device,
+        d.doom_loop
+    ])?;
+    if d.doom_loop {
+        // Its own event: FOTA resets the device's job on it (DESIGN §2).
+        event(
+            tx,
+            d.device.as_deref(),
+            "fota-doom-loop",
+            serde_json::json!({ "firmware": d.firmware_id, "peer": d.peer.to_string() }),
+        )?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,318 @@
+//! The firmware download server for nRF91 devices: HTTPS with every TLS
+//! record ≤ `fw.max_record_bytes`, HTTP/1.1 only (hyper's http1 server; h2
+//! is not compiled in), single byte ranges, tiny response heads.
+//!
+//! URLs: `/binaries/NAME` (what devices with a hard-coded host prepend) and
+//! `/fw/SHA256/NAME`; an optional `?t=TOKEN` binds a download to a device.
+//! Every request is recorded for FOTA and the dashboard.
+
+pub mod range;
+pub mod tls;
+pub mod token;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::firmware::Catalogue;
+use crate::store::{FirmwareRow, Store, now_ms};
+use range::{Plan, Representation};
+use token::TokenKey;
+
+/// One download request, as accounted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownloadRecord {
+    pub ts: i64,
+    pub firmware_id: i64,
+    /// Inclusive byte range served, for 206.
+    pub range: Option<(u64, u64)>,
+    pub status: u16,
+    pub bytes: u64,
+    pub duration_us: u64,
+    pub peer: SocketAddr,
+    /// The device the download token was issued to.
+    pub device: Option<String>,
+    /// A resume at offset == size: the nRF "FOTA doom loop".
+    pub doom_loop: bool,
+}
+
+/// A servable image: its record, bytes and validators.
+struct Image {
+    row: FirmwareRow,
+    bytes: Bytes,
+    rep: Representation,
+}
+
+struct CacheEntry {
+    image: Arc<Image>,
+    checked: Instant,
+}
+
+/// Catalogue records are re-read at most this often per URL, so a removal
+/// by the CLI stops downloads within this time.
+const RECHECK: Duration = Duration::from_secs(1);
+
+pub struct Server {
+    catalogue: Catalogue,
+    store: Mutex<Store>,
+    key: Option<TokenKey>,
+    require_token: bool,
+    cache: Mutex<HashMap<String, CacheEntry>>,
+    cache_budget: u64,
+    record: Box<dyn Fn(DownloadRecord) + Send + Sync>,
+}
+
+/// Timeouts and limits of the connection handling.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub handshake: Duration,
+    pub idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+enum Lookup<'a> {
+    Name(&'a str),
+    Sha(&'a str),
+}
+
+fn response(status: u16, headers: Vec<(&'static str, String)>, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = StatusCode::from_u16(status).expect("valid status");
+    let h = r.headers_mut();
+    for (k, v) in headers {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&v) {
+            h.append(k, v);
+        }
+    }
+    r
+}
+
+fn status_only(status: u16) -> Response<Full<Bytes>> {
+    response(status, vec![("content-length", "0".into())], Bytes::new())
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+}
+
+impl Server {
+    pub fn new(
+        catalogue: Catalogue,
+        store: Store,
+        key: Option<TokenKey>,
+        require_token: bool,
+        cache_budget: u64,
+        record: Box<dyn Fn(DownloadRecord) + Send + Sync>,
+    ) -> Server {
+        Server {
+            catalogue,
+            store: Mutex::new(store),
+            key,
+            require_token,
+            cache: Mutex::new(HashMap::new()),
+            cache_budget,
+            record,
+        }
+    }
+
+    /// Find a live image, from the cache while it is fresh.
+    async fn image(self: &Arc<Self>, lookup: Lookup<'_>) -> Option<Arc<Image>> {
+        let key = match lookup {
+            Lookup::Name(n) => format!("n:{n}"),
+            Lookup::Sha(s) => format!("s:{s}"),
+        };
+        if let Some(e) = self.cache.lock().expect("cache").get(&key)
+            && e.checked.elapsed() < RECHECK
+        {
+            return Some(e.image.clone());
+        }
+        let this = self.clone();
+        let k = key.clone();
+        let found = tokio::task::spawn_blocking(move || -> Option<(FirmwareRow, Bytes)> {
+            let store = this.store.lock().expect("store");
+            let row = match k.split_at(2) {
+                ("n:", name) => store.live_firmware_by_name(name).ok()??,
+                (_, sha) => store.live_firmware_by_sha(sha).ok()??,
+            };
+            drop(store);
+            // Reuse bytes already in memory for the same content.
+            let cached = this
+                .cache
+                .lock()
+                .expect("cache")
+                .values()
+                .find(|e| e.image.row.sha256 == row.sha256)
+                .map(|e| e.image.bytes.clone());
+            let bytes = match cached {
+                Some(b) => b,
+                None => Bytes::from(std::fs::read(this.catalogue.image_path(&row.sha256)).ok()?),
+            };
+            Some((row, bytes))
+        })
+        .await
+        .ok()
+        .flatten();
+        let mut cache = self.cache.lock().expect("cache");
+        let Some((row, bytes)) = found else {
+            cache.remove(&key);
+            return None;
+        };
+        let rep = Representation::new(row.size, &row.sha256, row.uploaded_at / 1000);
+        let image = Arc::new(Image { row, bytes, rep });
+        let used: u64 = cache.values().map(|e| e.image.row.size).sum();
+        if used + image.row.size <= self.cache_budget || cache.contains_key(&key) {
+            cache.insert(
+                key,
+                CacheEntry {
+                    image: image.clone(),
+                    checked: Instant::now(),
+                },
+            );
+        }
+        Some(image)
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let is_get = req.method() == Method::GET;
+        if !is_get && req.method() != Method::HEAD {
+            return response(
+                405,
+                vec![("allow", "GET, HEAD".into()), ("content-length", "0".into())],
+                Bytes::new(),
+            );
+        }
+        // Old clients send `//binaries/x.bin`: leading slashes collapse.
+        let path = req.uri().path().trim_start_matches('/');
+        let segments: Vec<&str> = path.split('/').collect();
+        let lookup = match segments.as_slice() {
+            ["binaries", name] if crate::firmware::valid_name(name) => Lookup::Name(name),
+            ["fw", sha, name]
+                if sha.len() == 64
+                    && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                    && crate::firmware::valid_name(name) =>
+            {
+                Lookup::Sha(sha)
+            }
+            // Anything else, dotfiles and traversal included, is not here.
+            _ => return status_only(404),
+        };
+        let Some(image) = self.image(lookup).await else {
+            return status_only(404);
+        };
+        let device = match (query_param(req.uri().query(), "t"), &self.key) {
+            (Some(t), Some(key)) => match key.verify(t, &image.row.sha256, now_ms() / 1000) {
+                Ok(d) => Some(d),
+                Err(_) => return status_only(403),
+            },
+            (Some(_), None) => return status_only(403),
+            (None, _) if self.require_token => return status_only(403),
+            (None, _) => None,
+        };
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let plan = range::plan(
+            is_get,
+            header(hyper::header::RANGE),
+            header(hyper::header::IF_RANGE),
+            &image.rep,
+        );
+        let (status, headers) = range::head(plan, &image.rep);
+        let (body, range) = match plan {
+            Plan::Full => (image.bytes.clone(), None),
+            Plan::Partial { start, end } => (image.bytes.slice(start as usize..=end as usize), Some((start, end))),
+            Plan::Unsatisfiable { .. } => (Bytes::new(), None),
+        };
+        let sent = if is_get { body.len() as u64 } else { 0 };
+        (self.record)(DownloadRecord {
+            ts: now_ms(),
+            firmware_id: image.row.id,
+            range,
+            status,
+            bytes: sent,
+            duration_us: started.elapsed().as_micros() as u64,
+            peer,
+            device,
+            doom_loop: matches!(plan, Plan::Unsatisfiable { doom_loop: true }),
+        });
+        response(status, headers, if is_get { body } else { Bytes::new() })
+    }
+}
+
+/// Accept TLS connections until `shutdown`, then let running downloads
+/// finish for up to `limits.shutdown_grace`.
+pub async fn run(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    server: Arc<Server>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin.
+                    log::warn!("firmware server accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let server = server.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    log::debug!("firmware server: TLS handshake with {peer}: {e}");
+                    return;
+                }
+                Err(_) => {
+                    log::debug!("firmware server: TLS handshake with {peer} timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .header_read_timeout(limits.idle)
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                log::debug!("firmware server: connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "firmware server: downloads still running after {:?}; closing them",
+            limits.shutdown_grace
+        );
+    }
+}
