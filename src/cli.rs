@@ -259,7 +259,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// Commands that only print should end quietly when piped into `head`
+/// (default SIGPIPE). Commands that talk to the network must never die on
+/// it: a peer that closes its socket mid-write is normal there, and Rust
+/// ignores SIGPIPE by default, turning it into an EPIPE error.
+fn set_sigpipe(command: &Command) {
+    let network = matches!(
+        command,
+        Command::Serve | Command::Sim(_) | Command::Bench(_) | Command::Healthcheck
+    );
+    if !network {
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    set_sigpipe(&command);
     match command {
         Command::Serve => {
             runtime()?.block_on(crate::app::serve(config))?;

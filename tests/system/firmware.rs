@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flownexus::app;
+use flownexus::bench::fw::{HttpConn, client_config};
 use flownexus::config::Config;
 use flownexus::firmware::{Catalogue, Upload};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -100,77 +101,10 @@ async fn record_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<usize>
     (addr, sizes)
 }
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-async fn connect(addr: SocketAddr, ca: &Path, version: &'static rustls::SupportedProtocolVersion) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+async fn connect(addr: SocketAddr, ca: &Path, version: &'static rustls::SupportedProtocolVersion) -> HttpConn {
+    HttpConn::connect(addr, client_config(ca, version).unwrap())
         .await
         .unwrap()
-}
-
-/// One response read off a keep-alive connection: status, head, body, and
-/// how many bytes it took on the connection.
-struct Reply {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-    wire_bytes: usize,
-}
-
-async fn request(tls: &mut Tls, req: &str, carry: &mut Vec<u8>) -> Reply {
-    tls.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 16384];
-    let head_end = loop {
-        if let Some(i) = carry.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = tls.read(&mut buf).await.unwrap();
-        assert!(n > 0, "connection closed before the head");
-        carry.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&carry[..head_end]).into_owned();
-    let status: u16 = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let is_head = req.starts_with("HEAD");
-    let body_len = if is_head { 0 } else { len };
-    while carry.len() < head_end + body_len {
-        let n = tls.read(&mut buf).await.unwrap();
-        assert!(n > 0, "connection closed in the body");
-        carry.extend_from_slice(&buf[..n]);
-    }
-    let body = carry[head_end..head_end + body_len].to_vec();
-    carry.drain(..head_end + body_len);
-    Reply {
-        status,
-        head,
-        body,
-        wire_bytes: head_end + body_len,
-    }
-}
-
-fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
-    r.head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
 }
 
 /// An RSA-2048 chain with an intermediate, made by the openssl CLI:
@@ -219,21 +153,16 @@ async fn every_tls_record_fits_the_modem() {
         for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
             sizes.lock().unwrap().clear();
             let mut tls = connect(proxy, &ca, version).await;
-            let mut carry = Vec::new();
-            let full = request(
-                &mut tls,
-                "GET /binaries/app.bin HTTP/1.1\r\nHost: localhost\r\n\r\n",
-                &mut carry,
-            )
-            .await;
+            let full = tls
+                .request("GET /binaries/app.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
             assert_eq!(full.status, 200);
             assert_eq!(sha256(&full.body), sha256(&image()));
-            let part = request(
-                &mut tls,
-                "GET /binaries/app.bin HTTP/1.1\r\nHost: localhost\r\nRange: bytes=1000-9999\r\n\r\n",
-                &mut carry,
-            )
-            .await;
+            let part = tls
+                .request("GET /binaries/app.bin HTTP/1.1\r\nHost: localhost\r\nRange: bytes=1000-9999\r\n\r\n")
+                .await
+                .unwrap();
             assert_eq!((part.status, part.body.len()), (206, 9000));
             drop(tls);
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -262,7 +191,6 @@ async fn nrf_style_range_download_on_one_connection() {
     let (proxy, sizes) = record_proxy(running.fw_addr.unwrap()).await;
     let ca = dir.path().join("fw-tls/ca.pem");
     let mut tls = connect(proxy, &ca, &rustls::version::TLS12).await;
-    let mut carry = Vec::new();
     let mut assembled = Vec::new();
     let mut largest = 0;
     // As nRF Connect SDK's downloader: 2 KB ranges, keep-alive, no ALPN.
@@ -272,10 +200,10 @@ async fn nrf_style_range_download_on_one_connection() {
         let req = format!(
             "GET /binaries/app.bin HTTP/1.1\r\nHost: localhost\r\nRange: bytes={a}-{b}\r\nConnection: keep-alive\r\n\r\n"
         );
-        let r = request(&mut tls, &req, &mut carry).await;
+        let r = tls.request(&req).await.unwrap();
         assert_eq!(r.status, 206);
         assert_eq!(
-            header(&r, "content-range"),
+            r.header("content-range"),
             Some(format!("bytes {a}-{b}/{IMAGE_SIZE}").as_str())
         );
         largest = largest.max(r.wire_bytes);
@@ -288,50 +216,40 @@ async fn nrf_style_range_download_on_one_connection() {
     assert_eq!(sha256(&assembled), row.sha256);
 
     // Resume with `bytes=N-`.
-    let r = request(
-        &mut tls,
-        "GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=522240-\r\n\r\n",
-        &mut carry,
-    )
-    .await;
+    let r = tls
+        .request("GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=522240-\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!((r.status, r.body.as_slice()), (206, &assembled[522_240..]));
     // A client that clamps the last byte to the size gets it clamped, not 416.
-    let r = request(
-        &mut tls,
-        "GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=524000-524288\r\n\r\n",
-        &mut carry,
-    )
-    .await;
+    let r = tls
+        .request("GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=524000-524288\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(
-        (r.status, header(&r, "content-range")),
+        (r.status, r.header("content-range")),
         (206, Some("bytes 524000-524287/524288"))
     );
     // Resuming at the very end: 416 with the size, and flagged.
-    let r = request(
-        &mut tls,
-        "GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=524288-\r\n\r\n",
-        &mut carry,
-    )
-    .await;
-    assert_eq!((r.status, header(&r, "content-range")), (416, Some("bytes */524288")));
+    let r = tls
+        .request("GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=524288-\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */524288")));
     // If-Range with a stale validator: the whole image.
-    let r = request(
-        &mut tls,
-        "GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=0-9\r\nIf-Range: \"stale\"\r\n\r\n",
-        &mut carry,
-    )
-    .await;
+    let r = tls
+        .request("GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=0-9\r\nIf-Range: \"stale\"\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!((r.status, r.body.len()), (200, IMAGE_SIZE));
-    let etag = header(&r, "etag").unwrap().to_string();
+    let etag = r.header("etag").unwrap().to_string();
     let req = format!("GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes=0-9\r\nIf-Range: {etag}\r\n\r\n");
-    assert_eq!(request(&mut tls, &req, &mut carry).await.status, 206);
-    let h = request(
-        &mut tls,
-        "HEAD /binaries/app.bin HTTP/1.1\r\nHost: l\r\n\r\n",
-        &mut carry,
-    )
-    .await;
-    assert_eq!((h.status, header(&h, "content-length")), (200, Some("524288")));
+    assert_eq!(tls.request(&req).await.unwrap().status, 206);
+    let h = tls
+        .request("HEAD /binaries/app.bin HTTP/1.1\r\nHost: l\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!((h.status, h.header("content-length")), (200, Some("524288")));
     drop(tls);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let max_record = *sizes.lock().unwrap().iter().max().unwrap();
@@ -573,8 +491,7 @@ async fn certificate_renewal_during_a_download() {
     let addr = running.fw_addr.unwrap();
 
     let mut tls = connect(addr, &root, &rustls::version::TLS13).await;
-    let old_leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    let mut carry = Vec::new();
+    let old_leaf = tls.peer_certificate().unwrap();
     let mut assembled = Vec::new();
     // First half of the image, then the renewal, then the rest on the same connection.
     for i in 0..128 {
@@ -583,7 +500,7 @@ async fn certificate_renewal_during_a_download() {
             i * 2048,
             i * 2048 + 2047
         );
-        assembled.extend(request(&mut tls, &req, &mut carry).await.body);
+        assembled.extend(tls.request(&req).await.unwrap().body);
     }
     let second = tempfile::tempdir().unwrap();
     let (chain2, key2, root2) = rsa_chain(second.path());
@@ -598,7 +515,7 @@ async fn certificate_renewal_during_a_download() {
             i * 2048,
             i * 2048 + 2047
         );
-        let r = request(&mut tls, &req, &mut carry).await;
+        let r = tls.request(&req).await.unwrap();
         assert_eq!(r.status, 206);
         assembled.extend(r.body);
         tokio::time::sleep(Duration::from_millis(4)).await;
@@ -613,7 +530,7 @@ async fn certificate_renewal_during_a_download() {
     for _ in 0..50 {
         let fresh = connect(addr, &root2, &rustls::version::TLS13);
         if let Ok(t) = tokio::time::timeout(Duration::from_secs(2), fresh).await {
-            new_leaf = t.get_ref().1.peer_certificates().unwrap()[0].clone();
+            new_leaf = t.peer_certificate().unwrap();
             break;
         }
     }
@@ -653,16 +570,15 @@ async fn tokens_and_removal() {
     assert!(url.contains("?t="), "{url}");
     let path = url.strip_prefix(&base).unwrap().to_string();
     let mut tls = connect(addr, &ca, &rustls::version::TLS12).await;
-    let mut carry = Vec::new();
     let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: l\r\nRange: bytes=0-99\r\n\r\n");
-    assert_eq!(request(&mut tls, &get(&path), &mut carry).await.status, 206);
+    assert_eq!(tls.request(&get(&path)).await.unwrap().status, 206);
     assert_eq!(
-        request(&mut tls, &get("/binaries/app.bin"), &mut carry).await.status,
+        tls.request(&get("/binaries/app.bin")).await.unwrap().status,
         403,
         "no token"
     );
     let forged = path.replace("?t=", "?t=x");
-    assert_eq!(request(&mut tls, &get(&forged), &mut carry).await.status, 403);
+    assert_eq!(tls.request(&get(&forged)).await.unwrap().status, 403);
     running.flush().await;
     let rows: Vec<Option<String>> = store(dir.path())
         .connection()
@@ -686,7 +602,7 @@ async fn tokens_and_removal() {
     assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
     let mut status = 0;
     for _ in 0..30 {
-        status = request(&mut tls, &get(&path), &mut carry).await.status;
+        status = tls.request(&get(&path)).await.unwrap().status;
         if status == 404 {
             break;
         }
@@ -738,4 +654,50 @@ async fn an_add_killed_mid_write_leaves_nothing() {
     let running = app::start(fw_config(dir.path())).await.unwrap();
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     running.stop().await;
+}
+
+/// Devices drop connections mid-download all the time. The real binary
+/// (not the test harness, which ignores SIGPIPE for us) must survive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_survives_clients_that_vanish_mid_download() {
+    let dir = tempfile::tempdir().unwrap();
+    add_image(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flownexus"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--coap-listen",
+            "127.0.0.1:0",
+            "--fw-listen",
+            "127.0.0.1:0",
+            "serve",
+        ])
+        .env("FLOWNEXUS_LOG_LEVEL", "warn")
+        .spawn()
+        .unwrap();
+    let runtime = dir.path().join("runtime.json");
+    wait_for("the server", Duration::from_secs(20), || runtime.exists()).await;
+    let rt: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&runtime).unwrap()).unwrap();
+    let addr: SocketAddr = rt["fw"].as_str().unwrap().parse().unwrap();
+    let ca = dir.path().join("fw-tls/ca.pem");
+    for _ in 0..20 {
+        let mut conn = connect(addr, &ca, &rustls::version::TLS13).await;
+        // Ask for the whole image and hang up before reading it.
+        let req = "GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\n\r\nGET /binaries/app.bin HTTP/1.1\r\nHost: l\r\n\r\n";
+        let _ = tokio::time::timeout(Duration::from_millis(20), conn.request(req)).await;
+        drop(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the server died");
+    let mut conn = connect(addr, &ca, &rustls::version::TLS12).await;
+    let r = conn
+        .request("GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!((r.status, sha256(&r.body)), (200, sha256(&image())));
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
 }

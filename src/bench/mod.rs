@@ -7,6 +7,9 @@
 //! - `read`: Read round-trips/s queued through the store, as the CLI does.
 //! - `coap`: raw CoAP GET handling, flownexus beside Debian's libcoap
 //!   `coap-server` driven by the same load generator in the same run.
+//! - `fw`: the firmware server beside nginx as the old deployment ([`fw`]).
+
+pub mod fw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ use crate::store::{Store, now_ms};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// register, memory, read, coap or all.
+    /// register, memory, read, coap, fw or all.
     pub which: String,
     /// Simulated devices (default: 10,000; 100,000 for `memory`).
     #[arg(long)]
@@ -35,6 +38,9 @@ pub struct BenchArgs {
     /// Measurement window in seconds.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// `fw`: idle keep-alive TLS connections for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle: usize,
 }
 
 /// A `flownexus serve` child on a temporary data directory.
@@ -42,17 +48,28 @@ struct ServerProcess {
     child: Child,
     dir: tempfile::TempDir,
     coap: SocketAddr,
+    fw: Option<SocketAddr>,
 }
 
 impl ServerProcess {
     fn start(extra_env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
+        Self::start_with(extra_env, |_| Ok(()))
+    }
+
+    /// Start after `prepare` has set up the data directory (e.g. added firmware).
+    fn start_with(
+        extra_env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<ServerProcess> {
         let dir = tempfile::tempdir()?;
+        prepare(dir.path())?;
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("FLOWNEXUS_DATA_DIR", dir.path())
             .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_LOG_LEVEL", "warn")
             .stdout(Stdio::null());
         for (k, v) in extra_env {
@@ -61,20 +78,21 @@ impl ServerProcess {
         let child = cmd.spawn().context("starting flownexus serve")?;
         let runtime = dir.path().join("runtime.json");
         let until = Instant::now() + Duration::from_secs(20);
-        let coap = loop {
-            if let Some(a) = std::fs::read_to_string(&runtime)
+        let (coap, fw) = loop {
+            let rt = std::fs::read_to_string(&runtime)
                 .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .and_then(|v| v["coap"].as_str().and_then(|a| a.parse().ok()))
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+            if let Some(v) = rt
+                && let Some(a) = v["coap"].as_str().and_then(|a| a.parse().ok())
             {
-                break a;
+                break (a, v["fw"].as_str().and_then(|a| a.parse().ok()));
             }
             if Instant::now() > until {
                 bail!("server did not start");
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        Ok(ServerProcess { child, dir, coap })
+        Ok(ServerProcess { child, dir, coap, fw })
     }
 
     fn status_kib(&self, field: &str) -> u64 {
@@ -142,8 +160,8 @@ async fn registered(fleet: &Fleet, n: usize, timeout: Duration) -> anyhow::Resul
 pub async fn run(args: BenchArgs, _config: Config) -> anyhow::Result<ExitCode> {
     let models = Arc::new(Models::embedded());
     let all = args.which == "all";
-    if !all && !["register", "memory", "read", "coap"].contains(&args.which.as_str()) {
-        bail!("bench {}: expected register, memory, read, coap or all", args.which);
+    if !all && !["register", "memory", "read", "coap", "fw"].contains(&args.which.as_str()) {
+        bail!("bench {}: expected register, memory, read, coap, fw or all", args.which);
     }
     if all || args.which == "register" {
         register(args.devices.unwrap_or(10_000), args.seconds, &models).await?;
@@ -153,6 +171,9 @@ pub async fn run(args: BenchArgs, _config: Config) -> anyhow::Result<ExitCode> {
     }
     if all || args.which == "coap" {
         coap(args.seconds).await?;
+    }
+    if all || args.which == "fw" {
+        fw::run(args.seconds, args.idle).await?;
     }
     if all || args.which == "memory" {
         memory(args.devices.unwrap_or(100_000)).await?;

@@ -1,0 +1,520 @@
+//! `flownexus bench fw`: the firmware server beside Debian's nginx set up
+//! as the old deployment (`ssl_buffer_size 1370`, no http2, no gzip), same
+//! certificate, same 512 KiB image, same load generator, one run.
+//!
+//! The load generator is a TLS keep-alive HTTP/1.1 client with Range
+//! support ([`HttpConn`]), also used by the wire-level tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{ServerProcess, proc_status_kib};
+
+/// A client TLS configuration trusting `ca`, pinned to one protocol
+/// version, without session resumption (every handshake is a full one).
+pub fn client_config(
+    ca: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+        roots.add(c?)?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[version])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
+/// A TCP stream that notes the size of every TLS record it reads.
+pub struct RecordCounting {
+    inner: TcpStream,
+    pending: Vec<u8>,
+    largest: Arc<AtomicU64>,
+}
+
+impl AsyncRead for RecordCounting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let fresh = buf.filled()[before..].to_vec();
+            let me = &mut *self;
+            me.pending.extend_from_slice(&fresh);
+            while me.pending.len() >= 5 {
+                let len = 5 + usize::from(u16::from_be_bytes([me.pending[3], me.pending[4]]));
+                if me.pending.len() < len {
+                    break;
+                }
+                me.largest.fetch_max(len as u64, Ordering::Relaxed);
+                me.pending.drain(..len);
+            }
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for RecordCounting {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One response off a keep-alive connection.
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+    /// Head plus body: what the device's receive buffer must hold.
+    pub wire_bytes: usize,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection over TLS.
+pub struct HttpConn {
+    tls: tokio_rustls::client::TlsStream<RecordCounting>,
+    carry: Vec<u8>,
+    /// Largest TLS record received on this connection, header included.
+    pub largest_record: Arc<AtomicU64>,
+}
+
+impl HttpConn {
+    pub async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<HttpConn> {
+        Self::connect_from(None, addr, config).await
+    }
+
+    /// Connect from a chosen local address: a load generator making many
+    /// short connections spreads them over loopback addresses, so it does
+    /// not cycle through one address's ephemeral ports while old
+    /// connections still sit in TIME_WAIT.
+    pub async fn connect_from(
+        local: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<HttpConn> {
+        let tcp = match local {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let sock = tokio::net::TcpSocket::new_v4()?;
+                sock.bind(SocketAddr::new(ip, 0))?;
+                sock.connect(addr).await?
+            }
+        };
+        tcp.set_nodelay(true)?;
+        let largest = Arc::new(AtomicU64::new(0));
+        let io = RecordCounting {
+            inner: tcp,
+            pending: Vec::new(),
+            largest: largest.clone(),
+        };
+        let name = ServerName::try_from("localhost").expect("valid name");
+        let tls = tokio_rustls::TlsConnector::from(config).connect(name, io).await?;
+        Ok(HttpConn {
+            tls,
+            carry: Vec::new(),
+            largest_record: largest,
+        })
+    }
+
+    /// The server's end-entity certificate.
+    pub fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        self.tls.get_ref().1.peer_certificates()?.first().cloned()
+    }
+
+    /// Send one request (a complete head) and read its response.
+    pub async fn request(&mut self, req: &str) -> std::io::Result<Reply> {
+        let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
+        self.tls.write_all(req.as_bytes()).await?;
+        // rustls may hold encrypted records back when the socket was full;
+        // without a flush the request can sit there while we wait for its reply.
+        self.tls.flush().await?;
+        let mut buf = vec![0u8; 16384];
+        let head_end = loop {
+            if let Some(i) = self.carry.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.tls.read(&mut buf).await?;
+            if n == 0 {
+                return Err(eof());
+            }
+            self.carry.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.carry[..head_end]).into_owned();
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(eof)?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        let body_len = if req.starts_with("HEAD") { 0 } else { len };
+        while self.carry.len() < head_end + body_len {
+            let n = self.tls.read(&mut buf).await?;
+            if n == 0 {
+                return Err(eof());
+            }
+            self.carry.extend_from_slice(&buf[..n]);
+        }
+        let body = self.carry[head_end..head_end + body_len].to_vec();
+        self.carry.drain(..head_end + body_len);
+        Ok(Reply {
+            status,
+            head,
+            body,
+            wire_bytes: head_end + body_len,
+        })
+    }
+}
+
+/// Debian's nginx as the old deployment served firmware.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(cert: &Path, key: &Path, image: &Path) -> anyhow::Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        let www = dir.path().join("www/binaries");
+        std::fs::create_dir_all(&www)?;
+        std::fs::copy(image, www.join("app.bin"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let d = dir.path().display();
+        let conf = format!(
+            "user root;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 16384; }}\n\
+             http {{\n access_log off;\n gzip off;\n keepalive_timeout 120s;\n keepalive_requests 1000000;\n\
+             client_body_temp_path {d}/cb; proxy_temp_path {d}/px; fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
+             default_type application/octet-stream;\n\
+             server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};\n\
+               ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_buffer_size 1370;\n  root {d}/www;\n }}\n}}\n",
+            cert.display(),
+            key.display()
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = std::process::Command::new("nginx")
+            .args(["-c", conf_path.to_str().expect("utf-8 path"), "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting nginx (Debian package nginx)")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > until {
+                bail!(
+                    "nginx did not start: {}",
+                    std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Nginx { child, addr, _dir: dir })
+    }
+
+    /// RSS of the master and its workers, KiB.
+    fn rss_kib(&self) -> u64 {
+        let master = self.child.id();
+        let mut total = proc_status_kib(master, "VmRSS:");
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")) {
+            total += children
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .map(|p| proc_status_kib(p, "VmRSS:"))
+                .sum::<u64>();
+        }
+        total
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGQUIT);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a server's resident memory, KiB.
+type RssProbe<'a> = Box<dyn Fn() -> u64 + 'a>;
+
+const IMAGE: usize = 512 * 1024;
+const RANGE: usize = 2048;
+
+fn range_request(offset: usize) -> String {
+    let end = (offset + RANGE - 1).min(IMAGE - 1);
+    format!(
+        "GET /binaries/app.bin HTTP/1.1\r\nHost: localhost\r\nRange: bytes={offset}-{end}\r\nConnection: keep-alive\r\n\r\n"
+    )
+}
+
+const FULL: &str = "GET /binaries/app.bin HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// nRF pattern: `conns` keep-alive connections, each walking the image in
+/// 2 KB ranges. Returns (requests/s, p50 µs, p99 µs).
+async fn nrf_pattern(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    conns: usize,
+    secs: u64,
+) -> anyhow::Result<(f64, u64, u64)> {
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        let (cfg, latencies) = (cfg.clone(), latencies.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpConn::connect(addr, cfg).await?;
+            let mut mine = Vec::new();
+            let mut offset = (i * 37 * RANGE) % IMAGE;
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let r = conn.request(&range_request(offset)).await?;
+                if r.status != 206 {
+                    bail!("status {}", r.status);
+                }
+                mine.push(t.elapsed().as_micros() as u64);
+                offset = (offset + RANGE) % IMAGE;
+            }
+            latencies.lock().expect("latencies").extend(mine);
+            Ok(())
+        }));
+    }
+    let t0 = Instant::now();
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let mut l = latencies.lock().expect("latencies").clone();
+    l.sort_unstable();
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok((l.len() as f64 / elapsed, pct(0.50), pct(0.99)))
+}
+
+/// Whole-image downloads on `conns` keep-alive connections: MB/s.
+async fn full_downloads(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    conns: usize,
+    secs: u64,
+) -> anyhow::Result<f64> {
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let bytes = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (cfg, bytes) = (cfg.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpConn::connect(addr, cfg).await?;
+            while Instant::now() < stop {
+                let r = conn.request(FULL).await?;
+                if r.status != 200 || r.body.len() != IMAGE {
+                    bail!("status {} with {} bytes", r.status, r.body.len());
+                }
+                bytes.fetch_add(r.body.len() as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let t0 = Instant::now();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(bytes.load(Ordering::Relaxed) as f64 / 1e6 / t0.elapsed().as_secs_f64())
+}
+
+/// Full TLS handshakes per second (no resumption), `conns` at a time,
+/// each task from its own loopback source address. Returns (rate, failures).
+async fn handshakes(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    conns: usize,
+    secs: u64,
+) -> anyhow::Result<(f64, u64)> {
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        let (cfg, done, failed) = (cfg.clone(), done.clone(), failed.clone());
+        let local = std::net::IpAddr::from([127, 0, 1, 1 + i as u8]);
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                match HttpConn::connect_from(Some(local), addr, cfg.clone()).await {
+                    Ok(conn) => {
+                        drop(conn);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    for t in tasks {
+        t.await?;
+    }
+    Ok((
+        done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    ))
+}
+
+/// Open `n` keep-alive connections (one request each), hold them idle,
+/// and read the server's RSS growth in KiB.
+async fn idle_connections(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    n: usize,
+    rss: impl Fn() -> u64,
+) -> anyhow::Result<(u64, u64)> {
+    let before = rss();
+    let mut conns = Vec::with_capacity(n);
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        let cfg = cfg.clone();
+        pending.push(tokio::spawn(async move {
+            let mut c = HttpConn::connect(addr, cfg).await?;
+            c.request(&range_request(0)).await?;
+            anyhow::Ok(c)
+        }));
+        if pending.len() == 200 {
+            for p in pending.drain(..) {
+                conns.push(p.await??);
+            }
+        }
+    }
+    for p in pending {
+        conns.push(p.await??);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss();
+    drop(conns);
+    Ok((before, after))
+}
+
+/// Largest TLS record of a full download (TLS 1.2 and 1.3) and handshake.
+async fn largest_record(addr: SocketAddr, ca: &Path) -> anyhow::Result<u64> {
+    let mut largest = 0;
+    for v in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut c = HttpConn::connect(addr, client_config(ca, v)?).await?;
+        c.request(FULL).await?;
+        c.request(&range_request(0)).await?;
+        largest = largest.max(c.largest_record.load(Ordering::Relaxed));
+    }
+    Ok(largest)
+}
+
+pub async fn run(seconds: u64, idle: usize) -> anyhow::Result<()> {
+    let image: Vec<u8> = (0..IMAGE).map(|i| (i * 31 % 251) as u8).collect();
+    let img_dir = tempfile::tempdir()?;
+    let img_path = img_dir.path().join("app.bin");
+    std::fs::write(&img_path, &image)?;
+    // flownexus first: it makes the ECDSA P-256 certificate both servers use.
+    let fx = ServerProcess::start_with(&[("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")], |data_dir: &Path| {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["--data-dir", data_dir.to_str().expect("utf-8"), "firmware", "add"])
+            .arg(&img_path)
+            .args(["--version", "bench"])
+            .stdout(Stdio::null())
+            .status()?;
+        if !out.success() {
+            bail!("firmware add failed");
+        }
+        Ok(())
+    })?;
+    let fx_addr = fx.fw.context("flownexus reported no firmware listener")?;
+    let tls_dir: PathBuf = fx.data_dir().join("fw-tls");
+    let ca = tls_dir.join("ca.pem");
+    let nginx = Nginx::start(&tls_dir.join("server.pem"), &tls_dir.join("server.key"), &img_path)?;
+    println!(
+        "fw: same image ({IMAGE} bytes), same ECDSA P-256 certificate, same load generator; {seconds} s per figure"
+    );
+
+    let fx_pid = fx.child.id();
+    let servers: [(&str, SocketAddr, RssProbe); 2] = [
+        (
+            "flownexus",
+            fx_addr,
+            Box::new(move || proc_status_kib(fx_pid, "VmRSS:")),
+        ),
+        ("nginx", nginx.addr, Box::new(|| nginx.rss_kib())),
+    ];
+    let tls12 = client_config(&ca, &rustls::version::TLS12)?;
+    let tls13 = client_config(&ca, &rustls::version::TLS13)?;
+    let mut results: Vec<[f64; 6]> = Vec::new();
+    for (name, addr, rss) in &servers {
+        let (rps, p50, p99) = nrf_pattern(*addr, tls12.clone(), 200, seconds).await?;
+        println!(
+            "fw: {name}: nRF pattern, 200 keep-alive TLS 1.2 connections, 2 KB ranges: {rps:.0} requests/s, p50 {p50} µs, p99 {p99} µs"
+        );
+        let mbps = full_downloads(*addr, tls13.clone(), 8, seconds).await?;
+        println!("fw: {name}: full-image downloads, 8 connections: {mbps:.1} MB/s");
+        let (hs, hs_failed) = handshakes(*addr, tls13.clone(), 16, seconds).await?;
+        println!("fw: {name}: new TLS 1.3 handshakes (ECDSA P-256, no resumption): {hs:.0}/s ({hs_failed} failed)");
+        let (before, after) = idle_connections(*addr, tls12.clone(), idle, rss).await?;
+        println!(
+            "fw: {name}: RSS {before} KiB → {after} KiB with {idle} idle keep-alive TLS connections (+{} KiB)",
+            after.saturating_sub(before)
+        );
+        let largest = largest_record(*addr, &ca).await?;
+        println!("fw: {name}: largest TLS record received: {largest} bytes");
+        results.push([rps, p99 as f64, mbps, hs, after as f64, largest as f64]);
+    }
+    let (f, n) = (results[0], results[1]);
+    println!(
+        "fw: ratios flownexus/nginx: nRF requests/s {:.2} (goal >= 1.2), p99 {:.2}, full-download MB/s {:.2} (goal >= 1.0), handshakes/s {:.2} (goal >= 1.0), RSS with idle connections {:.2} (goal <= 1.0)",
+        f[0] / n[0],
+        f[1] / n[1],
+        f[2] / n[2],
+        f[3] / n[3],
+        f[4] / n[4]
+    );
+    println!(
+        "fw: largest record: flownexus {} bytes, nginx {} bytes (device limit 2048; ours {})",
+        f[5], n[5], 1370
+    );
+    Ok(())
+}
