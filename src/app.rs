@@ -139,7 +139,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let coap_addr = socket.local_addr()?;
     log::info!("CoAP (LwM2M) listening on udp {coap_addr}");
 
-    let writer = WriterHandle::start(Store::open(&db_path)?, config.store.batch_size);
+    let writer = WriterHandle::start(
+        Store::open(&db_path)?,
+        config.store.batch_size,
+        Duration::from_millis(config.store.commit_interval_ms),
+    );
     let (events, _) = broadcast::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -304,7 +308,7 @@ async fn start_firmware_server(
         idle: Duration::from_secs(fw.idle_timeout_s),
         shutdown_grace: Duration::from_secs(fw.shutdown_grace_s),
     };
-    let task = tokio::spawn(download::run(listener, tls_config, server, limits, stopped(stop)));
+    let task = tokio::spawn(download::run(listener, tls_config, server, limits, stop));
     Ok(Some((addr, task, watcher)))
 }
 

@@ -153,6 +153,10 @@ pub struct StoreConfig {
     pub value_retention_days: u64,
     /// Largest number of changes committed in one transaction.
     pub batch_size: usize,
+    /// Longest a change waits for others to share its commit (a crash
+    /// loses at most this much of reported values and download accounting;
+    /// queued operations are committed by whoever queues them).
+    pub commit_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -218,6 +222,7 @@ impl Default for Config {
             store: StoreConfig {
                 value_retention_days: 90,
                 batch_size: 5000,
+                commit_interval_ms: 10,
             },
             log: LogConfig { level: "info".into() },
         }

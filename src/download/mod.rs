@@ -6,13 +6,12 @@
 //! `/fw/SHA256/NAME`; an optional `?t=TOKEN` binds a download to a device.
 //! Every request is recorded for FOTA and the dashboard.
 
+pub mod connection;
 pub mod range;
 pub mod tls;
 pub mod token;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::firmware::Catalogue;
@@ -250,21 +248,23 @@ impl Server {
     }
 }
 
-/// Accept TLS connections until `shutdown`, then let running downloads
-/// finish for up to `limits.shutdown_grace`.
+/// Accept TLS connections until `stop` is raised, then let running
+/// downloads finish for up to `limits.shutdown_grace`.
 pub async fn run(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     server: Arc<Server>,
     limits: Limits,
-    shutdown: impl Future<Output = ()>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stopped = stop.clone();
     loop {
+        // Reap finished connections so the set stays the size of the live ones.
+        while connections.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = connection::raised(&mut stopped) => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -278,8 +278,8 @@ pub async fn run(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let server = server.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        connections.spawn(async move {
             let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -291,28 +291,17 @@ pub async fn run(
                     return;
                 }
             };
-            let service = hyper::service::service_fn(move |req| {
-                let server = server.clone();
-                async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .keep_alive(true)
-                .header_read_timeout(limits.idle)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                log::debug!("firmware server: connection from {peer}: {e}");
-            }
+            let handle = move |req| server.clone().handle(req, peer);
+            connection::serve(tls, handle, limits.idle, stop).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown_grace, drain).await.is_err() {
         log::warn!(
             "firmware server: downloads still running after {:?}; closing them",
             limits.shutdown_grace
         );
+        connections.abort_all();
     }
 }

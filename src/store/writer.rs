@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use rusqlite::{Transaction, params};
@@ -51,11 +51,11 @@ const CAPACITY: usize = 65_536;
 const REJECTIONS_PER_SECOND: u32 = 20;
 
 impl<P: Display + Send + 'static> WriterHandle<P> {
-    pub fn start(store: Store, batch_size: usize) -> WriterHandle<P> {
+    pub fn start(store: Store, batch_size: usize, commit_interval: std::time::Duration) -> WriterHandle<P> {
         let (tx, rx) = sync_channel(CAPACITY);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(store, rx, batch_size))
+            .spawn(move || run(store, rx, batch_size, commit_interval))
             .expect("spawn store writer");
         WriterHandle {
             tx: Some(tx),
@@ -87,15 +87,41 @@ impl<P: Display + Send + 'static> WriterHandle<P> {
     }
 }
 
-fn run<P: Display>(mut store: Store, rx: Receiver<Command<P>>, batch_size: usize) {
+fn run<P: Display>(
+    mut store: Store,
+    rx: Receiver<Command<P>>,
+    batch_size: usize,
+    commit_interval: std::time::Duration,
+) {
     let mut devices: HashMap<String, i64> = HashMap::new();
     let mut rejections = (0i64, 0u32);
     while let Ok(first) = rx.recv() {
+        // Gather for up to `commit_interval` (or `batch_size` changes): one
+        // transaction then carries a burst, instead of a commit (and its WAL
+        // writes) per notification or download request.
+        let waiting = matches!(first, Command::Flush(_));
+        let deadline = std::time::Instant::now()
+            + if waiting {
+                std::time::Duration::ZERO
+            } else {
+                commit_interval
+            };
         let mut batch = vec![first];
         while batch.len() < batch_size {
-            match rx.try_recv() {
+            let now = std::time::Instant::now();
+            let next = if now >= deadline {
+                rx.try_recv().map_err(|_| ())
+            } else {
+                rx.recv_timeout(deadline - now).map_err(|_| ())
+            };
+            match next {
+                Ok(Command::Flush(ack)) => {
+                    // Someone waits: commit now.
+                    batch.push(Command::Flush(ack));
+                    break;
+                }
                 Ok(c) => batch.push(c),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                Err(()) => break,
             }
         }
         let mut acks = Vec::new();

@@ -701,3 +701,37 @@ async fn the_server_survives_clients_that_vanish_mid_download() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+/// A keep-alive connection idle past the linger time is parked (hyper's
+/// buffers released) and resumes seamlessly, pipelined requests included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_park_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    add_image(dir.path());
+    let running = app::start(fw_config(dir.path())).await.unwrap();
+    let ca = dir.path().join("fw-tls/ca.pem");
+    let mut conn = connect(running.fw_addr.unwrap(), &ca, &rustls::version::TLS12).await;
+    let range = |a: usize| {
+        format!(
+            "GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\nRange: bytes={a}-{}\r\n\r\n",
+            a + 2047
+        )
+    };
+    for round in 0..3 {
+        let r = conn.request(&range(round * 2048)).await.unwrap();
+        assert_eq!(
+            (r.status, r.header("connection")),
+            (206, None),
+            "kept alive, round {round}"
+        );
+        assert_eq!(r.body, image()[round * 2048..round * 2048 + 2048]);
+        tokio::time::sleep(flownexus::download::connection::LINGER * 2).await;
+    }
+    // Two requests in one write, after a park: both answered, in order.
+    let two = format!("{}{}", range(0), range(4096));
+    let first = conn.request(&two).await.unwrap();
+    assert_eq!(first.body, image()[..2048]);
+    let second = conn.request("").await.unwrap();
+    assert_eq!(second.body, image()[4096..6144]);
+    running.stop().await;
+}
