@@ -295,13 +295,24 @@ async fn start_firmware_server(
         fw.max_record_bytes
     );
     let record_writer = writer.clone();
+    // Accounting never stalls a download: if the writer is 65,536 records
+    // behind, records are dropped and counted, and the count is logged.
+    let dropped = std::sync::atomic::AtomicU64::new(0);
+    let record = move |d| {
+        if !record_writer.try_send(StoreCommand::Download(d)) {
+            let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                log::warn!("download accounting: the store writer is behind; {n} records dropped so far");
+            }
+        }
+    };
     let server = Arc::new(download::Server::new(
         catalogue,
         store,
         Some(key),
         fw.require_token,
         fw.cache_bytes,
-        Box::new(move |d| record_writer.send(StoreCommand::Download(d))),
+        Box::new(record),
     ));
     let limits = download::Limits {
         handshake: Duration::from_secs(fw.handshake_timeout_s),

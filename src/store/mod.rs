@@ -132,7 +132,7 @@ const MIGRATIONS: &[&str] = &[
         doom_loop INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX downloads_by_firmware ON downloads(firmware_id, ts);
-    CREATE INDEX downloads_by_device ON downloads(device, ts);
+    CREATE INDEX downloads_by_device ON downloads(device, ts) WHERE device IS NOT NULL;
     "#,
 ];
 
@@ -272,6 +272,10 @@ impl Store {
         // checkpoint; a power cut can lose the last commits, never corrupt.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The default 2 MB page cache makes index updates miss once the
+        // value history and download accounting grow past a million rows.
+        // Negative: KiB; pages are allocated only as they are used.
+        conn.pragma_update(None, "cache_size", -32_768)?;
         let mut store = Store { conn };
         store.migrate()?;
         Ok(store)

@@ -71,6 +71,12 @@ impl<P: Display + Send + 'static> WriterHandle<P> {
         }
     }
 
+    /// Queue without blocking; false if the writer is that far behind.
+    /// For paths that must never stall on the disk (download accounting).
+    pub fn try_send(&self, cmd: Command<P>) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.try_send(cmd).is_ok())
+    }
+
     /// Wait until everything sent so far is committed.
     pub fn flush(&self) {
         let (tx, rx) = sync_channel(1);
