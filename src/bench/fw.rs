@@ -6,7 +6,7 @@
 //! support ([`HttpConn`]), also used by the wire-level tests.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -447,59 +447,90 @@ async fn largest_record(addr: SocketAddr, ca: &Path) -> anyhow::Result<u64> {
     Ok(largest)
 }
 
-pub async fn run(seconds: u64, idle: usize) -> anyhow::Result<()> {
-    let image: Vec<u8> = (0..IMAGE).map(|i| (i * 31 % 251) as u8).collect();
-    let img_dir = tempfile::tempdir()?;
-    let img_path = img_dir.path().join("app.bin");
-    std::fs::write(&img_path, &image)?;
-    // flownexus first: it makes the ECDSA P-256 certificate both servers use.
-    let fx = ServerProcess::start_with(&[("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")], |data_dir: &Path| {
-        let out = std::process::Command::new(std::env::current_exe()?)
+/// A server under test: its address and a probe of its resident memory.
+struct UnderTest {
+    addr: SocketAddr,
+    rss: RssProbe<'static>,
+    /// Keeps the server running until the figure is taken.
+    _guard: Box<dyn std::any::Any>,
+}
+
+/// Start a fresh server of `kind` serving the image with the shared certificate.
+fn start(kind: &str, img: &Path, cert: &Path, key: &Path) -> anyhow::Result<UnderTest> {
+    if kind == "nginx" {
+        let n = Nginx::start(cert, key, img)?;
+        let addr = n.addr;
+        let n = Arc::new(n);
+        let probe = n.clone();
+        return Ok(UnderTest {
+            addr,
+            rss: Box::new(move || probe.rss_kib()),
+            _guard: Box::new(n),
+        });
+    }
+    let env = [
+        ("FLOWNEXUS_FW_CERT_FILE", cert.to_str().expect("utf-8")),
+        ("FLOWNEXUS_FW_KEY_FILE", key.to_str().expect("utf-8")),
+    ];
+    let fx = ServerProcess::start_with(&env, |data_dir: &Path| {
+        let ok = std::process::Command::new(std::env::current_exe()?)
             .args(["--data-dir", data_dir.to_str().expect("utf-8"), "firmware", "add"])
-            .arg(&img_path)
+            .arg(img)
             .args(["--version", "bench"])
             .stdout(Stdio::null())
-            .status()?;
-        if !out.success() {
+            .status()?
+            .success();
+        if !ok {
             bail!("firmware add failed");
         }
         Ok(())
     })?;
-    let fx_addr = fx.fw.context("flownexus reported no firmware listener")?;
-    let tls_dir: PathBuf = fx.data_dir().join("fw-tls");
-    let ca = tls_dir.join("ca.pem");
-    let nginx = Nginx::start(&tls_dir.join("server.pem"), &tls_dir.join("server.key"), &img_path)?;
-    println!(
-        "fw: same image ({IMAGE} bytes), same ECDSA P-256 certificate, same load generator; {seconds} s per figure"
-    );
+    let addr = fx.fw.context("flownexus reported no firmware listener")?;
+    let pid = fx.child.id();
+    Ok(UnderTest {
+        addr,
+        rss: Box::new(move || proc_status_kib(pid, "VmRSS:")),
+        _guard: Box::new(fx),
+    })
+}
 
-    let fx_pid = fx.child.id();
-    let servers: [(&str, SocketAddr, RssProbe); 2] = [
-        (
-            "flownexus",
-            fx_addr,
-            Box::new(move || proc_status_kib(fx_pid, "VmRSS:")),
-        ),
-        ("nginx", nginx.addr, Box::new(|| nginx.rss_kib())),
-    ];
+pub async fn run(seconds: u64, idle: usize) -> anyhow::Result<()> {
+    let image: Vec<u8> = (0..IMAGE).map(|i| (i * 31 % 251) as u8).collect();
+    let dir = tempfile::tempdir()?;
+    let img = dir.path().join("app.bin");
+    std::fs::write(&img, &image)?;
+    // One ECDSA P-256 certificate (and its CA) for both servers.
+    let pair = crate::download::tls::development_certificates(&dir.path().join("tls"), &["localhost".to_string()])?;
+    let ca = dir.path().join("tls/ca.pem");
+    println!(
+        "fw: same image ({IMAGE} bytes), same ECDSA P-256 certificate, same load generator, a fresh server per figure; {seconds} s per figure"
+    );
     let tls12 = client_config(&ca, &rustls::version::TLS12)?;
     let tls13 = client_config(&ca, &rustls::version::TLS13)?;
     let mut results: Vec<[f64; 6]> = Vec::new();
-    for (name, addr, rss) in &servers {
-        let (rps, p50, p99) = nrf_pattern(*addr, tls12.clone(), 200, seconds).await?;
-        println!(
-            "fw: {name}: nRF pattern, 200 keep-alive TLS 1.2 connections, 2 KB ranges: {rps:.0} requests/s, p50 {p50} µs, p99 {p99} µs"
-        );
-        let mbps = full_downloads(*addr, tls13.clone(), 8, seconds).await?;
-        println!("fw: {name}: full-image downloads, 8 connections: {mbps:.1} MB/s");
-        let (hs, hs_failed) = handshakes(*addr, tls13.clone(), 16, seconds).await?;
-        println!("fw: {name}: new TLS 1.3 handshakes (ECDSA P-256, no resumption): {hs:.0}/s ({hs_failed} failed)");
-        let (before, after) = idle_connections(*addr, tls12.clone(), idle, rss).await?;
+    for name in ["flownexus", "nginx"] {
+        let fresh = || start(name, &img, &pair.cert, &pair.key);
+        let s = fresh()?;
+        let (before, after) = idle_connections(s.addr, tls12.clone(), idle, &s.rss).await?;
         println!(
             "fw: {name}: RSS {before} KiB → {after} KiB with {idle} idle keep-alive TLS connections (+{} KiB)",
             after.saturating_sub(before)
         );
-        let largest = largest_record(*addr, &ca).await?;
+        drop(s);
+        let s = fresh()?;
+        let (rps, p50, p99) = nrf_pattern(s.addr, tls12.clone(), 200, seconds).await?;
+        println!(
+            "fw: {name}: nRF pattern, 200 keep-alive TLS 1.2 connections, 2 KB ranges: {rps:.0} requests/s, p50 {p50} µs, p99 {p99} µs"
+        );
+        drop(s);
+        let s = fresh()?;
+        let mbps = full_downloads(s.addr, tls13.clone(), 8, seconds).await?;
+        println!("fw: {name}: full-image downloads, 8 connections: {mbps:.1} MB/s");
+        drop(s);
+        let s = fresh()?;
+        let (hs, hs_failed) = handshakes(s.addr, tls13.clone(), 16, seconds).await?;
+        println!("fw: {name}: new TLS 1.3 handshakes (ECDSA P-256, no resumption): {hs:.0}/s ({hs_failed} failed)");
+        let largest = largest_record(s.addr, &ca).await?;
         println!("fw: {name}: largest TLS record received: {largest} bytes");
         results.push([rps, p99 as f64, mbps, hs, after as f64, largest as f64]);
     }
