@@ -124,6 +124,16 @@ impl HttpConn {
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,
     ) -> std::io::Result<HttpConn> {
+        Self::connect_as(local, addr, config, "localhost").await
+    }
+
+    /// Connect sending `server_name` as SNI (and verifying against it).
+    pub async fn connect_as(
+        local: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> std::io::Result<HttpConn> {
         let tcp = match local {
             None => TcpStream::connect(addr).await?,
             Some(ip) => {
@@ -139,7 +149,8 @@ impl HttpConn {
             pending: Vec::new(),
             largest: largest.clone(),
         };
-        let name = ServerName::try_from("localhost").expect("valid name");
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let tls = tokio_rustls::TlsConnector::from(config).connect(name, io).await?;
         Ok(HttpConn {
             tls,

@@ -735,3 +735,95 @@ async fn idle_connections_park_and_resume() {
     assert_eq!(second.body, image()[4096..6144]);
     running.stop().await;
 }
+
+/// `[[fw.sni]]` certificates are chosen by the name the client sends; others
+/// (and clients without SNI) get the default certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_chooses_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    add_image(dir.path());
+    let other_dir = dir.path().join("other-tls");
+    let other = flownexus::download::tls::development_certificates(&other_dir, &["fw.other.example".into()]).unwrap();
+    let mut c = fw_config(dir.path());
+    c.fw.sni = vec![flownexus::config::SniCertificate {
+        names: vec!["fw.other.example".into()],
+        cert_file: other.cert.clone(),
+        key_file: other.key.clone(),
+    }];
+    let running = app::start(c).await.unwrap();
+    let addr = running.fw_addr.unwrap();
+    let other_ca = client_config(&other_dir.join("ca.pem"), &rustls::version::TLS13).unwrap();
+    let mut conn = HttpConn::connect_as(None, addr, other_ca, "fw.other.example")
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.request("GET /binaries/app.bin HTTP/1.1\r\nHost: fw.other.example\r\nRange: bytes=0-9\r\n\r\n")
+            .await
+            .unwrap()
+            .status,
+        206
+    );
+    let expected = CertificateDer::pem_file_iter(&other.cert)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.peer_certificate().unwrap(), expected);
+    // The default name still gets the default certificate.
+    let default = connect(addr, &dir.path().join("fw-tls/ca.pem"), &rustls::version::TLS13).await;
+    assert_ne!(default.peer_certificate().unwrap(), expected);
+    running.stop().await;
+}
+
+/// Stopping lets a download in progress finish (within the grace time)
+/// and refuses new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_downloads_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    add_image(dir.path());
+    let running = app::start(fw_config(dir.path())).await.unwrap();
+    let addr = running.fw_addr.unwrap();
+    let ca = dir.path().join("fw-tls/ca.pem");
+    // A slow device: a 4 KiB receive buffer, read in small paced chunks, so
+    // the server is still writing the image when the stop comes.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let cfg = client_config(&ca, &rustls::version::TLS12).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /binaries/app.bin HTTP/1.1\r\nHost: l\r\n\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < 64 * 1024 {
+        let n = tls.read(&mut buf).await.unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Stop while this client is mid-transfer (whether the rest still sits
+    // in hyper or already in the kernel's send buffer, it must arrive).
+    let stopping = tokio::spawn(running.stop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    loop {
+        let n = tls.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(
+        sha256(&got[head_end..]),
+        sha256(&image()),
+        "the running download completed"
+    );
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
