@@ -201,6 +201,27 @@ struct Outgoing<P> {
     cancelling: bool,
 }
 
+impl<P> Outgoing<P> {
+    fn new(peer: P, request: Request, state: OutState, role: Role, block1_szx: u8) -> Self {
+        Outgoing {
+            peer,
+            request,
+            state,
+            mid: 0,
+            bytes: Vec::new(),
+            retransmits: 0,
+            timeout: Duration::ZERO,
+            generation: 0,
+            block1_sent: 0,
+            block1_szx,
+            block2_body: Vec::new(),
+            last_observe: None,
+            role,
+            cancelling: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inbound<P> {
     peer: P,
@@ -574,35 +595,27 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         }
     }
 
+    /// A random token no exchange of ours uses (RFC 7252 §5.3.1: tokens
+    /// of unsecured requests should be hard to guess).
+    fn fresh_token(&mut self) -> u64 {
+        loop {
+            let t = self.rng.u64(..);
+            if !self.outgoing.contains_key(&t) {
+                return t;
+            }
+        }
+    }
+
     /// Send a confirmable response-type message and retransmit it until its
     /// ACK; nothing awaits a response to it.
     fn send_tracked(&mut self, now: Instant, peer: P, token: Vec<u8>, response: &Response, role: Role) {
         let mid = self.next_mid(peer);
         let bytes = self.send(peer, &Message::response(Type::Con, mid, token, response));
-        let mut key = self.rng.u64(..);
-        while self.outgoing.contains_key(&key) {
-            key = self.rng.u64(..);
-        }
+        let key = self.fresh_token();
         let timeout = self.initial_timeout();
-        self.outgoing.insert(
-            key,
-            Outgoing {
-                peer,
-                request: Request::new(Method::Get, ""),
-                state: OutState::AwaitAck,
-                mid,
-                bytes,
-                retransmits: 0,
-                timeout,
-                generation: 0,
-                block1_sent: 0,
-                block1_szx: 0,
-                block2_body: Vec::new(),
-                last_observe: None,
-                role,
-                cancelling: false,
-            },
-        );
+        let mut out = Outgoing::new(peer, Request::new(Method::Get, ""), OutState::AwaitAck, role, 0);
+        (out.mid, out.bytes, out.timeout) = (mid, bytes, timeout);
+        self.outgoing.insert(key, out);
         self.by_mid.insert((peer, mid), key);
         self.schedule(
             now + timeout,
@@ -626,27 +639,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
     /// this an observation whose notifications arrive with the same id.
     pub fn request(&mut self, now: Instant, peer: P, request: Request) -> RequestId {
         self.ensure_sweep(now);
-        let mut token = self.rng.u64(..);
-        while self.outgoing.contains_key(&token) {
-            token = self.rng.u64(..);
-        }
-        let szx = self.params.block_szx;
-        let out = Outgoing {
-            peer,
-            request,
-            state: OutState::Waiting,
-            mid: 0,
-            bytes: Vec::new(),
-            retransmits: 0,
-            timeout: Duration::ZERO,
-            generation: 0,
-            block1_sent: 0,
-            block1_szx: szx,
-            block2_body: Vec::new(),
-            last_observe: None,
-            role: Role::Request,
-            cancelling: false,
-        };
+        let token = self.fresh_token();
+        let out = Outgoing::new(peer, request, OutState::Waiting, Role::Request, self.params.block_szx);
         self.outgoing.insert(token, out);
         let nstart = self.params.nstart;
         let p = self.peer(peer);
@@ -736,25 +730,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         self.ensure_sweep(now);
         request.payload.clear();
         request.options.observe = Some(0);
-        self.outgoing.insert(
-            id.0,
-            Outgoing {
-                peer,
-                request,
-                state: OutState::Observing,
-                mid: 0,
-                bytes: Vec::new(),
-                retransmits: 0,
-                timeout: Duration::ZERO,
-                generation: 0,
-                block1_sent: 0,
-                block1_szx: self.params.block_szx,
-                block2_body: Vec::new(),
-                last_observe: None,
-                role: Role::Request,
-                cancelling: false,
-            },
-        );
+        let out = Outgoing::new(peer, request, OutState::Observing, Role::Request, self.params.block_szx);
+        self.outgoing.insert(id.0, out);
     }
 
     /// A peer's transport address changed (NAT rebinding seen in an Update):

@@ -264,20 +264,26 @@ async fn nrf_style_range_download_on_one_connection() {
     running.stop().await;
 }
 
-fn curl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+/// Run curl (off the async threads) and return (success, stdout+stderr).
+async fn curl(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 fn s_client(addr: SocketAddr, args: &[&str], input: &str) -> String {
@@ -315,59 +321,26 @@ async fn curl_and_openssl_as_peers() {
     let ca = dir.path().join("fw-tls/ca.pem").to_str().unwrap().to_string();
     let url = format!("https://localhost:{}/binaries/app.bin", addr.port());
     let out = dir.path().join("dl.bin");
-    let (out_s, url2, ca2) = (out.to_str().unwrap().to_string(), url.clone(), ca.clone());
-    let (ok, text) = tokio::task::spawn_blocking(move || {
-        curl(&[
-            "--http1.1",
-            "--cacert",
-            &ca2,
-            "-o",
-            &out_s,
-            "-w",
-            "%{http_code} %{http_version}",
-            &url2,
-        ])
-    })
-    .await
-    .unwrap();
+    let w = "%{http_code} %{http_version}";
+    let (ok, text) = curl(&["--http1.1", "--cacert", &ca, "-o", out.to_str().unwrap(), "-w", w, &url]).await;
     assert!(ok && text.starts_with("200 1.1"), "{text}");
     assert_eq!(sha256(&std::fs::read(&out).unwrap()), row.sha256);
     // curl asking for h2 falls back to HTTP/1.1 (ALPN offers only http/1.1).
-    let (ca3, url3) = (ca.clone(), url.clone());
-    let (ok, text) = tokio::task::spawn_blocking(move || {
-        curl(&[
-            "--http2",
-            "--cacert",
-            &ca3,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{http_version}",
-            &url3,
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, text) = curl(&["--http2", "--cacert", &ca, "-o", "/dev/null", "-w", w, &url]).await;
     assert!(ok && text.starts_with("200 1.1"), "{text}");
-    let (ca4, fw_url) = (
-        ca.clone(),
-        format!("https://localhost:{}/fw/{}/app.bin", addr.port(), row.sha256),
-    );
-    let (ok, text) = tokio::task::spawn_blocking(move || {
-        curl(&[
-            "--cacert",
-            &ca4,
-            "-r",
-            "0-99",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{size_download}",
-            &fw_url,
-        ])
-    })
-    .await
-    .unwrap();
+    let fw_url = format!("https://localhost:{}/fw/{}/app.bin", addr.port(), row.sha256);
+    let (ok, text) = curl(&[
+        "--cacert",
+        &ca,
+        "-r",
+        "0-99",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        &fw_url,
+    ])
+    .await;
     assert!(ok && text.starts_with("206 100"), "{text}");
 
     // An h2-only client is refused: alert 120, no_application_protocol.
@@ -430,46 +403,19 @@ async fn curl_and_openssl_as_peers() {
         );
     }
     // No listings, no dotfiles, no traversal, no other methods.
-    for (path, want) in [
-        ("/binaries/", "404"),
-        ("/binaries/.hidden", "404"),
-        ("/binaries/../flownexus.sqlite3", "404"),
-        ("/", "404"),
-    ] {
-        let (ca7, u) = (ca.clone(), format!("https://localhost:{}{path}", addr.port()));
-        let (_, text) = tokio::task::spawn_blocking(move || {
-            curl(&[
-                "--path-as-is",
-                "--cacert",
-                &ca7,
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &u,
-            ])
-        })
-        .await
-        .unwrap();
-        assert_eq!(text, want, "{path}");
+    let status = |extra: &'static [&'static str], u: String| {
+        let ca = ca.clone();
+        async move {
+            let mut args: Vec<&str> = extra.to_vec();
+            args.extend(["--cacert", &ca, "-o", "/dev/null", "-w", "%{http_code}", &u]);
+            curl(&args).await.1
+        }
+    };
+    for path in ["/binaries/", "/binaries/.hidden", "/binaries/../flownexus.sqlite3", "/"] {
+        let u = format!("https://localhost:{}{path}", addr.port());
+        assert_eq!(status(&["--path-as-is"], u).await, "404", "{path}");
     }
-    let (ca8, u) = (ca.clone(), url.clone());
-    let (_, text) = tokio::task::spawn_blocking(move || {
-        curl(&[
-            "-X",
-            "POST",
-            "--cacert",
-            &ca8,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &u,
-        ])
-    })
-    .await
-    .unwrap();
-    assert_eq!(text, "405");
+    assert_eq!(status(&["-X", "POST"], url.clone()).await, "405");
     running.stop().await;
 }
 
