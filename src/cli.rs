@@ -315,25 +315,43 @@ fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
             println!("store: FAIL ({e:#})");
         }
     }
-    // The running server's bound address is in runtime.json; a CoAP ping
+    // The running server's bound addresses are in runtime.json; a CoAP ping
     // (empty CON) must come back as RST (RFC 7252 §4.3).
-    let addr = std::fs::read_to_string(config.runtime_path())
+    let runtime = std::fs::read_to_string(config.runtime_path())
         .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v["coap"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()));
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    let bound = |key: &str| {
+        runtime
+            .as_ref()
+            .and_then(|v| v[key].as_str().and_then(|a| a.parse::<SocketAddr>().ok()))
+    };
+    let loopback = |mut a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            a.set_ip(if a.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        a
+    };
+    if let Some(fw) = bound("fw").map(loopback) {
+        match std::net::TcpStream::connect_timeout(&fw, Duration::from_secs(2)) {
+            Ok(_) => println!("fw: ok ({fw} accepts connections)"),
+            Err(e) => {
+                ok = false;
+                println!("fw: FAIL ({fw}: {e})");
+            }
+        }
+    }
+    let addr = bound("coap");
     match addr {
         None => {
             ok = false;
             println!("coap: FAIL (no runtime.json: is the server running?)");
         }
-        Some(mut addr) => {
-            if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() {
-                    [127, 0, 0, 1].into()
-                } else {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                });
-            }
+        Some(addr) => {
+            let addr = loopback(addr);
             match coap_ping(addr) {
                 Ok(ms) => println!("coap: ok ({addr} answered a ping in {ms} ms)"),
                 Err(e) => {
