@@ -316,6 +316,10 @@ impl Config {
         if f.max_image_bytes == 0 {
             return Err(Error::config("fw.max_image_bytes", "must be > 0"));
         }
+        if f.cache_bytes < f.max_image_bytes {
+            // Images are served from memory: the largest must fit.
+            return Err(Error::config("fw.cache_bytes", "must be >= fw.max_image_bytes"));
+        }
         if f.handshake_timeout_s == 0 || f.idle_timeout_s == 0 {
             return Err(Error::config("fw.handshake_timeout_s", "timeouts must be > 0"));
         }

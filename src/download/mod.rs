@@ -169,16 +169,37 @@ impl Server {
         };
         let rep = Representation::new(row.size, &row.sha256, row.uploaded_at / 1000);
         let image = Arc::new(Image { row, bytes, rep });
-        let used: u64 = cache.values().map(|e| e.image.row.size).sum();
-        if used + image.row.size <= self.cache_budget || cache.contains_key(&key) {
-            cache.insert(
-                key,
-                CacheEntry {
-                    image: image.clone(),
-                    checked: Instant::now(),
-                },
-            );
+        // Make room by dropping the least recently checked other images
+        // (entries of the same content share its bytes and cost nothing
+        // more). Start-up guarantees one image always fits the budget.
+        cache.remove(&key);
+        let cost = |c: &HashMap<String, CacheEntry>| {
+            let mut seen = std::collections::HashSet::new();
+            c.values()
+                .filter(|e| seen.insert(e.image.row.sha256.clone()))
+                .map(|e| e.image.row.size)
+                .sum::<u64>()
+        };
+        while cost(&cache) + image.row.size > self.cache_budget {
+            let oldest = cache
+                .iter()
+                .filter(|(_, e)| e.image.row.sha256 != image.row.sha256)
+                .min_by_key(|(_, e)| e.checked)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    cache.remove(&k);
+                }
+                None => break,
+            }
         }
+        cache.insert(
+            key,
+            CacheEntry {
+                image: image.clone(),
+                checked: Instant::now(),
+            },
+        );
         Some(image)
     }
 

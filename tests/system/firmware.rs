@@ -773,3 +773,99 @@ async fn shutdown_lets_running_downloads_finish() {
         .unwrap()
         .unwrap();
 }
+
+/// Every cipher suite the server offers keeps every record within the
+/// limit: each of rustls' nine suites is forced in turn, on an RSA chain
+/// and on an ECDSA certificate (TLS 1.2 suites need their key type).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_suite_keeps_records_within_the_limit() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let (chain, key, root) = rsa_chain(certs_dir.path());
+    let mut negotiated = Vec::new();
+    for rsa in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        add_image(dir.path());
+        let mut c = fw_config(dir.path());
+        let ca = if rsa {
+            c.fw.cert_file = Some(chain.clone());
+            c.fw.key_file = Some(key.clone());
+            root.clone()
+        } else {
+            dir.path().join("fw-tls/ca.pem")
+        };
+        let running = app::start(c).await.unwrap();
+        let (proxy, sizes) = record_proxy(running.fw_addr.unwrap()).await;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        for suite in rustls::crypto::ring::default_provider().cipher_suites {
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                ..rustls::crypto::ring::default_provider()
+            };
+            let version = suite.version();
+            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            sizes.lock().unwrap().clear();
+            // A TLS 1.2 suite for the other key type fails the handshake: skip it.
+            let Ok(mut conn) = HttpConn::connect(proxy, Arc::new(cfg)).await else {
+                continue;
+            };
+            let r = conn
+                .request("GET /binaries/app.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(sha256(&r.body), sha256(&image()));
+            drop(conn);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let max = sizes.lock().unwrap().iter().copied().max().unwrap();
+            assert!(max <= LIMIT, "{:?} (rsa={rsa}): a {max}-byte record", suite.suite());
+            negotiated.push(format!("{:?}/{}", suite.suite(), if rsa { "rsa" } else { "ecdsa" }));
+        }
+        running.stop().await;
+    }
+    // 3 TLS 1.3 suites on each key + 3 TLS 1.2 suites for each key type.
+    assert_eq!(negotiated.len(), 12, "{negotiated:?}");
+}
+
+/// With room for one image only, two images alternate in the cache and
+/// both are served intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_larger_than_the_cache_room_are_evicted_not_reread() {
+    let dir = tempfile::tempdir().unwrap();
+    add_image(dir.path());
+    let other: Vec<u8> = image().iter().map(|b| b ^ 0x5a).collect();
+    let upload = Upload {
+        name: "other.bin",
+        version: "2",
+        notes: "",
+        uploader: "test",
+    };
+    Catalogue::new(dir.path(), 1 << 30)
+        .add(&mut store(dir.path()), &mut other.as_slice(), &upload, &mut |_| {})
+        .unwrap();
+    let mut c = fw_config(dir.path());
+    c.fw.max_image_bytes = IMAGE_SIZE as u64 + 1000;
+    c.fw.cache_bytes = IMAGE_SIZE as u64 + 1000;
+    let running = app::start(c).await.unwrap();
+    let mut conn = connect(
+        running.fw_addr.unwrap(),
+        &dir.path().join("fw-tls/ca.pem"),
+        &rustls::version::TLS12,
+    )
+    .await;
+    for round in 0..3 {
+        for (name, want) in [("app.bin", image()), ("other.bin", other.clone())] {
+            let r = conn
+                .request(&format!("GET /binaries/{name} HTTP/1.1\r\nHost: l\r\n\r\n"))
+                .await
+                .unwrap();
+            assert_eq!(sha256(&r.body), sha256(&want), "{name}, round {round}");
+        }
+    }
+    running.stop().await;
+}
