@@ -64,6 +64,9 @@ async fn fleet(running: &Running, devices: Vec<DeviceConfig>) -> Fleet {
         stats.registered.load(Ordering::Relaxed) == n
     })
     .await;
+    // The devices' rows are committed within the writer's commit window;
+    // operations can be queued for them once they are.
+    running.flush().await;
     f
 }
 
