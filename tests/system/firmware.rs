@@ -133,22 +133,33 @@ fn rsa_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (dir.join("fullchain.pem"), dir.join("privkey.pem"), dir.join("root.pem"))
 }
 
+/// A server with the test image and, if given, the (chain, key, root) of an
+/// RSA certificate; otherwise its development ECDSA one. Returns the data
+/// directory (keep it alive), the server and the CA file to trust.
+async fn start_with_certificate(
+    rsa: Option<(&PathBuf, &PathBuf, &PathBuf)>,
+) -> (tempfile::TempDir, app::Running, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    add_image(dir.path());
+    let mut c = fw_config(dir.path());
+    let ca = match rsa {
+        Some((chain, key, root)) => {
+            c.fw.cert_file = Some(chain.clone());
+            c.fw.key_file = Some(key.clone());
+            root.clone()
+        }
+        None => dir.path().join("fw-tls/ca.pem"),
+    };
+    let running = app::start(c).await.unwrap();
+    (dir, running, ca)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tls_record_fits_the_modem() {
     let certs_dir = tempfile::tempdir().unwrap();
     let (chain, key, root) = rsa_chain(certs_dir.path());
     for rsa in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        add_image(dir.path());
-        let mut c = fw_config(dir.path());
-        let ca = if rsa {
-            c.fw.cert_file = Some(chain.clone());
-            c.fw.key_file = Some(key.clone());
-            root.clone()
-        } else {
-            dir.path().join("fw-tls/ca.pem")
-        };
-        let running = app::start(c).await.unwrap();
+        let (_dir, running, ca) = start_with_certificate(rsa.then_some((&chain, &key, &root))).await;
         let (proxy, sizes) = record_proxy(running.fw_addr.unwrap()).await;
         for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
             sizes.lock().unwrap().clear();
@@ -783,17 +794,7 @@ async fn every_suite_keeps_records_within_the_limit() {
     let (chain, key, root) = rsa_chain(certs_dir.path());
     let mut negotiated = Vec::new();
     for rsa in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        add_image(dir.path());
-        let mut c = fw_config(dir.path());
-        let ca = if rsa {
-            c.fw.cert_file = Some(chain.clone());
-            c.fw.key_file = Some(key.clone());
-            root.clone()
-        } else {
-            dir.path().join("fw-tls/ca.pem")
-        };
-        let running = app::start(c).await.unwrap();
+        let (_dir, running, ca) = start_with_certificate(rsa.then_some((&chain, &key, &root))).await;
         let (proxy, sizes) = record_proxy(running.fw_addr.unwrap()).await;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&ca).unwrap() {
