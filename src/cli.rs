@@ -106,6 +106,35 @@ enum FirmwareCommand {
 }
 
 #[derive(Args, Debug)]
+struct PskArgs {
+    /// The identity the device presents in its DTLS handshake (default: the endpoint name).
+    #[arg(long)]
+    psk_identity: Option<String>,
+    /// The key, as hex.
+    #[arg(long, conflicts_with = "generate_psk")]
+    psk_key_hex: Option<String>,
+    /// Generate a random 128-bit key and print it, once.
+    #[arg(long)]
+    generate_psk: bool,
+}
+
+impl PskArgs {
+    /// The PSK these flags describe, if any; `required` for rotation.
+    /// Without `--psk-identity` the identity is `default_identity`.
+    fn psk(&self, default_identity: &str, required: bool) -> anyhow::Result<Option<crate::psk::Psk>> {
+        let identity = self.psk_identity.as_deref().unwrap_or(default_identity);
+        Ok(match (&self.psk_key_hex, self.generate_psk) {
+            (Some(hex), _) => Some(crate::psk::Psk::from_hex(identity, hex)?),
+            (None, true) => Some(crate::psk::Psk::generate(identity)?),
+            (None, false) if required || self.psk_identity.is_some() => {
+                bail!("give --psk-key-hex HEX or --generate-psk")
+            }
+            (None, false) => None,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
 struct OpArgs {
     /// Wait for the operation to finish and print its result.
     #[arg(long)]
@@ -120,12 +149,23 @@ struct OpArgs {
 
 #[derive(Subcommand, Debug)]
 enum DeviceCommand {
-    /// Provision a device.
+    /// Provision a device, optionally with a PSK for CoAP over DTLS.
     Add {
         endpoint: String,
         #[arg(long, default_value = "")]
         tags: String,
+        #[command(flatten)]
+        psk: PskArgs,
     },
+    /// Give a device a new PSK (the old one stops working).
+    RotatePsk {
+        endpoint: String,
+        #[command(flatten)]
+        psk: PskArgs,
+    },
+    /// Factory provisioning: add devices from a CSV of endpoint,identity,key-hex
+    /// lines. Every bad line is reported; on any error nothing is added.
+    Import { file: PathBuf },
     /// List devices with status, last seen and firmware version.
     List {
         #[arg(long, default_value_t = 100)]
@@ -521,19 +561,61 @@ fn parse_assignments(values: &[String]) -> anyhow::Result<Vec<WriteValue>> {
 }
 
 fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
-    let store = match &cmd {
+    let mut store = match &cmd {
         // Adding a device is how an installation starts: create the store.
-        DeviceCommand::Add { .. } => {
+        DeviceCommand::Add { .. } | DeviceCommand::Import { .. } => {
             crate::app::create_data_dir(&config.data_dir)?;
             Store::open(&config.database_path())?
         }
         _ => open_store(config)?,
     };
     let (endpoint, kind, op) = match cmd {
-        DeviceCommand::Add { endpoint, tags } => {
-            store.add_device(&endpoint, None, &tags)?;
+        DeviceCommand::Add { endpoint, tags, psk } => {
+            let psk = psk.psk(&endpoint, false)?;
+            store.add_device(&endpoint, psk.as_ref(), &tags)?;
             println!("added {endpoint}");
+            if let Some(p) = psk {
+                // The only time the key is shown.
+                println!(
+                    "psk identity: {}\npsk key (hex, shown once): {}",
+                    p.identity,
+                    p.key_hex()
+                );
+            }
             return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::RotatePsk { endpoint, psk } => {
+            // A new key keeps the device's identity unless told otherwise.
+            let current = store
+                .device(&endpoint)?
+                .psk_identity
+                .unwrap_or_else(|| endpoint.clone());
+            let p = psk.psk(&current, true)?.expect("required");
+            store.rotate_psk(&endpoint, &p)?;
+            println!(
+                "new psk for {endpoint}\npsk identity: {}\npsk key (hex, shown once): {}",
+                p.identity,
+                p.key_hex()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let errors = match crate::psk::parse_provisioning(&text) {
+                Ok(rows) => match store.import_devices(&rows)? {
+                    Ok(n) => {
+                        println!("imported {n} devices");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(errors) => errors,
+                },
+                Err(errors) => errors,
+            };
+            for e in &errors {
+                eprintln!("{}: {e}", file.display());
+            }
+            eprintln!("nothing imported ({} bad lines)", errors.len());
+            return Ok(ExitCode::FAILURE);
         }
         DeviceCommand::List { limit, offset, json } => {
             let now = now_ms();

@@ -13,6 +13,7 @@ pub mod error;
 pub mod firmware;
 pub mod logging;
 pub mod lwm2m;
+pub mod psk;
 pub mod shell;
 pub mod sim;
 pub mod store;

@@ -580,3 +580,107 @@ fn captured_bytes_decode() {
     }
     assert_eq!(checked, 8);
 }
+
+/// PSK provisioning through the CLI: a generated key is printed once and
+/// never again (not by list or show); rotation replaces it; identities are
+/// unique; a CSV import with any bad line adds nothing and names the lines.
+#[test]
+fn psk_provisioning_keeps_keys_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flownexus"))
+            .args(["--data-dir", &data])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&[
+        "device",
+        "add",
+        "urn:imei:1",
+        "--psk-identity",
+        "id-1",
+        "--generate-psk",
+    ]);
+    assert!(ok, "{err}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("psk key (hex, shown once): "))
+        .unwrap()
+        .to_string();
+    assert_eq!(key.len(), 32);
+    let stored: Vec<u8> = store(dir.path())
+        .connection()
+        .query_row("SELECT psk_key FROM devices WHERE endpoint = 'urn:imei:1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(flownexus::lwm2m::path::hex_bytes::encode(&stored), key);
+    for args in [
+        &["device", "list", "--json"][..],
+        &["device", "list"],
+        &["device", "show", "urn:imei:1"],
+    ] {
+        let (ok, out, _) = run(args);
+        assert!(
+            ok && out.contains("urn:imei:1") && !out.contains(&key),
+            "{args:?} shows the key: {out}"
+        );
+    }
+    assert!(
+        run(&["device", "show", "urn:imei:1"]).1.contains("id-1"),
+        "the identity is shown"
+    );
+
+    // Identities are unique; rotation gives a new key.
+    let (ok, _, err) = run(&[
+        "device",
+        "add",
+        "urn:imei:2",
+        "--psk-identity",
+        "id-1",
+        "--psk-key-hex",
+        "0011",
+    ]);
+    assert!(!ok && err.contains("id-1"), "{err}");
+    let (ok, out, _) = run(&["device", "rotate-psk", "urn:imei:1", "--generate-psk"]);
+    let rotated = out
+        .lines()
+        .find_map(|l| l.strip_prefix("psk key (hex, shown once): "))
+        .unwrap();
+    assert!(ok && rotated != key);
+    assert!(out.contains("psk identity: id-1"), "rotation keeps the identity: {out}");
+    assert!(!run(&["device", "rotate-psk", "urn:imei:404", "--generate-psk"]).0);
+
+    // Factory import: all or nothing, every bad line reported.
+    let csv = dir.path().join("factory.csv");
+    std::fs::write(
+        &csv,
+        "endpoint,identity,key\nurn:imei:10,id-10,00112233\nurn:imei:11,id-11\nurn:imei:12,id-1,0011\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["device", "import", csv.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("line 3") && err.contains("nothing imported"),
+        "{err}"
+    );
+    std::fs::write(&csv, "urn:imei:10,id-10,00112233\nurn:imei:12,id-1,0011\n").unwrap();
+    let (ok, _, err) = run(&["device", "import", csv.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("line 2") && err.contains("id-1"),
+        "clash with the store: {err}"
+    );
+    assert!(
+        !run(&["device", "list"]).1.contains("urn:imei:10"),
+        "nothing half-imported"
+    );
+    std::fs::write(&csv, "urn:imei:10,id-10,00112233\nurn:imei:12,id-12,0011\n").unwrap();
+    let (ok, out, err) = run(&["device", "import", csv.to_str().unwrap()]);
+    assert!(ok && out.contains("imported 2"), "{err}");
+}

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationState, Outcome};
 use crate::lwm2m::path::{Record, ResourcePath, Value};
 use crate::lwm2m::registration::{Registration, RegistrationId};
+use crate::psk::Psk;
 
 /// Versioned migrations, applied in order at start-up; never edit one that
 /// has shipped, add a new one.
@@ -133,6 +134,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX downloads_by_firmware ON downloads(firmware_id, ts);
     CREATE INDEX downloads_by_device ON downloads(device, ts) WHERE device IS NOT NULL;
+    "#,
+    // 4: per-device PSK for CoAP over DTLS (the identity column exists since 1)
+    r#"
+    ALTER TABLE devices ADD COLUMN psk_key BLOB;
     "#,
 ];
 
@@ -317,19 +322,45 @@ impl Store {
 
     // ---- devices -------------------------------------------------------------
 
-    pub fn add_device(&self, endpoint: &str, psk_identity: Option<&str>, tags: &str) -> Result<i64> {
-        let n = self.conn.execute(
-            "INSERT INTO devices (endpoint, psk_identity, tags, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(endpoint) DO NOTHING",
-            params![endpoint, psk_identity, tags, now_ms()],
-        );
-        match n {
-            Ok(0) => Err(Error::AlreadyExists(format!("device {endpoint}"))),
-            Ok(_) => Ok(self.conn.last_insert_rowid()),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(
-                Error::AlreadyExists(format!("PSK identity {}", psk_identity.unwrap_or(""))),
-            ),
-            Err(e) => Err(e.into()),
+    /// Provision a device, with a PSK for DTLS if given.
+    pub fn add_device(&self, endpoint: &str, psk: Option<&Psk>, tags: &str) -> Result<i64> {
+        insert_device(&self.conn, endpoint, psk, tags)
+    }
+
+    /// Replace a device's PSK (identity and key). Sessions using the old
+    /// key end when the DTLS layer refreshes its cache.
+    pub fn rotate_psk(&self, endpoint: &str, psk: &Psk) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE devices SET psk_identity = ?2, psk_key = ?3 WHERE endpoint = ?1",
+                params![endpoint, psk.identity, psk.key()],
+            )
+            .map_err(|e| identity_taken(e, psk))?;
+        if n == 0 {
+            return Err(Error::UnknownEndpoint(endpoint.to_string()));
         }
+        Ok(())
+    }
+
+    /// Add many provisioned devices in one transaction: all or none. Every
+    /// row that clashes with the store is reported with its line.
+    pub fn import_devices(
+        &mut self,
+        rows: &[crate::psk::Provisioned],
+    ) -> Result<std::result::Result<usize, Vec<String>>> {
+        let tx = self.conn.transaction()?;
+        let mut errors = Vec::new();
+        for r in rows {
+            if let Err(e) = insert_device(&tx, &r.endpoint, Some(&r.psk), "") {
+                errors.push(format!("line {}: {e}", r.line));
+            }
+        }
+        if !errors.is_empty() {
+            return Ok(Err(errors)); // dropping `tx` rolls everything back
+        }
+        tx.commit()?;
+        Ok(Ok(rows.len()))
     }
 
     pub fn remove_device(&self, endpoint: &str) -> Result<()> {
@@ -685,6 +716,38 @@ impl Store {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+fn identity_taken(e: rusqlite::Error, psk: &Psk) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Error::AlreadyExists(format!("PSK identity {}", psk.identity))
+        }
+        e => e.into(),
+    }
+}
+
+fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &str) -> Result<i64> {
+    let n = conn
+        .execute(
+            "INSERT INTO devices (endpoint, psk_identity, psk_key, tags, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(endpoint) DO NOTHING",
+            params![
+                endpoint,
+                psk.map(|p| p.identity.as_str()),
+                psk.map(Psk::key),
+                tags,
+                now_ms()
+            ],
+        )
+        .map_err(|e| match psk {
+            Some(p) => identity_taken(e, p),
+            None => e.into(),
+        })?;
+    if n == 0 {
+        return Err(Error::AlreadyExists(format!("device {endpoint}")));
+    }
+    Ok(conn.last_insert_rowid())
 }
 
 /// A firmware catalogue record.
