@@ -46,16 +46,24 @@ pub fn parse(text: &str) -> Result<Vec<Link>> {
             if name.is_empty() {
                 return Err(malformed("empty attribute name"));
             }
+            if !name.chars().all(is_parmname_char) {
+                return Err(malformed(format!("attribute name {name:?} is not a token")));
+            }
             let mut r = &r[name_end..];
             let value = if let Some(v) = r.strip_prefix('=') {
                 if let Some(q) = v.strip_prefix('"') {
-                    let close = q.find('"').ok_or_else(|| malformed("unterminated quoted value"))?;
-                    r = &q[close + 1..];
-                    Some(q[..close].to_string())
+                    let (value, after) = quoted_string(q)?;
+                    r = after;
+                    Some(value)
                 } else {
                     let e = v.find([';', ',']).unwrap_or(v.len());
                     r = &v[e..];
-                    Some(v[..e].trim().to_string())
+                    let value = v[..e].trim();
+                    // ptoken (RFC 6690 §2) has no DQUOTE: `a=b"c` is an error, not a value.
+                    if value.contains('"') {
+                        return Err(malformed(format!("unquoted value {value:?} contains `\"`")));
+                    }
+                    Some(value.to_string())
                 }
             } else {
                 None
@@ -77,6 +85,27 @@ pub fn parse(text: &str) -> Result<Vec<Link>> {
     Ok(links)
 }
 
+/// `parmname` of RFC 5987 §3.2.1, which RFC 6690 §2 uses for attribute names.
+fn is_parmname_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$&+-.^_`|~".contains(c)
+}
+
+/// The rest of a quoted-string after its opening DQUOTE (RFC 2616 §2.2,
+/// which RFC 6690 §2 refers to): `\` escapes the next character. Returns
+/// the unescaped value and the text after the closing DQUOTE.
+fn quoted_string(q: &str) -> Result<(String, &str)> {
+    let mut value = String::new();
+    let mut chars = q.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((value, &q[i + 1..])),
+            '\\' => value.push(chars.next().ok_or_else(|| malformed("unterminated quoted value"))?.1),
+            c => value.push(c),
+        }
+    }
+    Err(malformed("unterminated quoted value"))
+}
+
 /// Serialise links; values that need it are quoted.
 pub fn format(links: &[Link]) -> String {
     let mut out = String::new();
@@ -92,9 +121,14 @@ pub fn format(links: &[Link]) -> String {
             out.push_str(k);
             if let Some(v) = v {
                 out.push('=');
-                if v.is_empty() || v.contains([',', ';', ' ', '"']) || v.parse::<f64>().is_err() {
+                if v.is_empty() || v.contains([',', ';', ' ', '"', '\\']) || v.parse::<f64>().is_err() {
                     out.push('"');
-                    out.push_str(&v.replace('"', ""));
+                    for c in v.chars() {
+                        if c == '"' || c == '\\' {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
                     out.push('"');
                 } else {
                     out.push_str(v);
@@ -125,7 +159,19 @@ mod tests {
     fn quoted_separators_and_errors() {
         let l = parse(r#"<a>;title="x, y; z""#).unwrap();
         assert_eq!(l[0].attr("title"), Some("x, y; z"));
-        for bad in ["/1/0", "</1/0", "</1>,", "</1>;=3", "</1> </2>", r#"</1>;t="x"#] {
+        let l = parse(r#"<a>;title="say \"hi\" \\o/""#).unwrap();
+        assert_eq!(l[0].attr("title"), Some(r#"say "hi" \o/"#));
+        assert_eq!(parse(&format(&l)).unwrap(), l);
+        for bad in [
+            "/1/0",
+            "</1/0",
+            "</1>,",
+            "</1>;=3",
+            "</1> </2>",
+            r#"</1>;t="x"#,
+            r#"<>;"=<""#,
+            r#"<>;a=b"c"#,
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("").unwrap().is_empty());
