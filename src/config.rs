@@ -30,7 +30,7 @@ pub struct Config {
     /// one (DESIGN §5: a relative path silently lands in a throwaway place).
     pub mode: Mode,
     pub coap: CoapConfig,
-    pub coaps: ListenerConfig,
+    pub coaps: CoapsConfig,
     pub http: ListenerConfig,
     pub fw: FirmwareServerConfig,
     pub lwm2m: Lwm2mConfig,
@@ -78,6 +78,32 @@ pub struct CoapConfig {
     /// Most peers the exchange layer keeps duplicate-detection state for;
     /// bounds memory under a flood from spoofed source addresses.
     pub max_peers: usize,
+}
+
+/// CoAP over DTLS 1.2 with per-device pre-shared keys (RFC 7252 §9.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CoapsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Sockets (SO_REUSEPORT) with a session table each, handled in
+    /// parallel; 0: one per CPU.
+    pub shards: usize,
+    /// Established and half-open sessions kept, in all; at the cap the
+    /// session idle the longest is closed.
+    pub max_sessions: usize,
+    /// Half-open handshakes kept per shard; at the cap the oldest is dropped,
+    /// so stalled handshakes cannot lock out real devices.
+    pub max_handshakes: usize,
+    /// A handshake not finished within this is dropped.
+    pub handshake_timeout_s: u64,
+    /// An established session without traffic for this long is forgotten;
+    /// the device handshakes again on its next uplink.
+    pub session_idle_timeout_s: u64,
+    /// ClientHellos answered per source address and second, burst twice
+    /// that; 0 disables the limit. Devices behind one carrier NAT share an
+    /// address: keep it generous.
+    pub hellos_per_source_per_s: u32,
 }
 
 /// The firmware download server (HTTPS for nRF91 devices).
@@ -185,9 +211,15 @@ impl Default for Config {
                 socket_buffer_bytes: 4 << 20,
                 max_peers: 2_000_000,
             },
-            coaps: ListenerConfig {
-                enabled: false,
+            coaps: CoapsConfig {
+                enabled: true,
                 listen: any(5684),
+                shards: 0,
+                max_sessions: 1_000_000,
+                max_handshakes: 4096,
+                handshake_timeout_s: 30,
+                session_idle_timeout_s: 86_400,
+                hellos_per_source_per_s: 200,
             },
             http: ListenerConfig {
                 enabled: false,
@@ -295,13 +327,11 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         // Listeners whose servers are not built yet: refuse rather than
         // silently not listen (DESIGN §5: no setting that does nothing).
-        for (key, on, what) in [
-            ("coaps.enabled", self.coaps.enabled, "CoAP over DTLS"),
-            ("http.enabled", self.http.enabled, "the dashboard and REST API"),
-        ] {
-            if on {
-                return Err(Error::config(key, format!("{what} is not available in this version")));
-            }
+        if self.http.enabled {
+            return Err(Error::config(
+                "http.enabled",
+                "the dashboard and REST API are not available in this version",
+            ));
         }
         let f = &self.fw;
         if !(256..=16_408).contains(&f.max_record_bytes) {
@@ -329,11 +359,21 @@ impl Config {
                 "needs at least one name when no fw.cert_file is given",
             ));
         }
-        if !self.coap.enabled {
+        if !self.coap.enabled && !self.coaps.enabled {
             return Err(Error::config(
                 "coap.enabled",
-                "CoAP/UDP is the only device transport in this version; it cannot be disabled",
+                "devices need a transport: enable coap or coaps (or both)",
             ));
+        }
+        let d = &self.coaps;
+        if d.max_sessions == 0 || d.max_handshakes == 0 {
+            return Err(Error::config("coaps.max_handshakes", "session caps must be > 0"));
+        }
+        if d.handshake_timeout_s == 0 || d.session_idle_timeout_s == 0 {
+            return Err(Error::config("coaps.handshake_timeout_s", "timeouts must be > 0"));
+        }
+        if d.shards > 64 {
+            return Err(Error::config("coaps.shards", "must be <= 64"));
         }
         let c = &self.coap;
         if self.data_dir.as_os_str().is_empty() {
@@ -614,8 +654,9 @@ mod tests {
             ("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "soon", "FLOWNEXUS_COAP_ACK_TIMEOUT_MS"),
             ("FLOWNEXUS_LOG_LEVEL", "loud", "log.level"),
             ("FLOWNEXUS_COAP_LISTEN", "nowhere", "coap.listen"),
-            ("FLOWNEXUS_COAPS_ENABLED", "true", "coaps.enabled"),
-            ("FLOWNEXUS_COAP_ENABLED", "false", "coap.enabled"),
+            ("FLOWNEXUS_HTTP_ENABLED", "true", "http.enabled"),
+            ("FLOWNEXUS_COAPS_SHARDS", "100", "coaps.shards"),
+            ("FLOWNEXUS_COAPS_MAX_HANDSHAKES", "0", "coaps.max_handshakes"),
         ];
         for (k, v, named) in cases {
             let err = Config::load(None, &env(&[(k, v)]), &Overrides::default()).unwrap_err();

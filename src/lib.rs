@@ -9,6 +9,7 @@ pub mod coap;
 pub mod config;
 pub mod datetime;
 pub mod download;
+pub mod dtls;
 pub mod error;
 pub mod firmware;
 pub mod logging;

@@ -1,0 +1,571 @@
+//! CoAP over DTLS 1.2 with pre-shared keys (RFC 7252 §9.1, RFC 6347,
+//! RFC 4279): a sans-I/O session table over rtc-dtls. Datagrams and the
+//! time go in; datagrams to send and decrypted CoAP come out.
+//!
+//! Protection before state (RFC 6347 §4.2.1): a ClientHello without a
+//! valid cookie gets a HelloVerifyRequest built here, statelessly, from an
+//! HMAC of the client's address and ClientHello. Only a ClientHello that
+//! returns our cookie creates a session, and then only within a per-source
+//! rate and a cap on half-open handshakes (the oldest is evicted); a
+//! handshake must finish within a deadline; established sessions are
+//! evicted when idle.
+//!
+//! rtc-dtls always runs its own cookie exchange and generates the cookie
+//! from its provider's random source. So that the client sees one exchange,
+//! not two, the session is created by replaying the verified ClientHello
+//! as its first one (message_seq 0) while our random source hands rtc-dtls
+//! the very cookie the client already holds ([`provider`]); rtc-dtls' own
+//! HelloVerifyRequest is discarded and the real ClientHello then matches.
+//! The transcript is unaffected: the first ClientHello and the
+//! HelloVerifyRequest are not part of it (RFC 6347 §4.2.6).
+//!
+//! Sessions are keyed by a [`SessionId`]; the peer address is an attribute,
+//! so RFC 9146 Connection IDs can move a session once a DTLS library offers
+//! them. Without CID, a device behind a rebinding NAT handshakes again and
+//! its next Register or Update moves its registration to the new session.
+
+pub mod client;
+pub mod keys;
+pub mod provider;
+pub mod record;
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc_dtls::cipher_suite::CipherSuiteId;
+use rtc_dtls::config::{ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig};
+use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
+
+use crate::error::{Error, Result};
+use keys::{Binding, PskKeys};
+use record::CookieJar;
+
+/// The suites we accept, most preferred first. CCM_8 is what the nRF9160
+/// modem and tinydtls clients offer (RFC 7252 §9.1.3.1 makes it mandatory
+/// for CoAP); rtc-dtls has no PSK-CBC suite.
+pub const CIPHER_SUITES: [CipherSuiteId; 3] = [
+    CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
+    CipherSuiteId::Tls_Psk_With_Aes_128_Ccm,
+    CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
+];
+
+/// Each rtc-dtls endpoint here holds exactly one association, always under
+/// this address: the real one is ours to track.
+const ASSOCIATION: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 1);
+/// How often deadlines are swept; handshake retransmissions are checked at
+/// [`HANDSHAKE_TICK`].
+const SWEEP: Duration = Duration::from_secs(1);
+const HANDSHAKE_TICK: Duration = Duration::from_millis(100);
+/// Datagram payload limit for handshake flights (RFC 6347 §4.1.1.1); PSK
+/// flights are far smaller.
+const MTU: usize = 1200;
+const RATE_BUCKETS: usize = 4096;
+
+/// A session, unique within the process (the shard is in the top byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    pub fn shard(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub max_handshakes: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// ClientHellos answered per source address and second (burst: twice
+    /// that); 0: unlimited.
+    pub hellos_per_source_per_s: u32,
+    pub cookie_rotation: Duration,
+}
+
+impl Limits {
+    pub fn from_config(c: &crate::config::CoapsConfig) -> Limits {
+        Limits {
+            max_sessions: c.max_sessions,
+            max_handshakes: c.max_handshakes,
+            handshake_timeout: Duration::from_secs(c.handshake_timeout_s),
+            idle_timeout: Duration::from_secs(c.session_idle_timeout_s),
+            hellos_per_source_per_s: c.hellos_per_source_per_s,
+            cookie_rotation: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the session table reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A handshake completed; the session speaks for `binding.endpoint`.
+    Established {
+        session: SessionId,
+        addr: SocketAddr,
+        binding: Binding,
+    },
+    /// Decrypted application data (a CoAP message).
+    Data {
+        session: SessionId,
+        addr: SocketAddr,
+        payload: Vec<u8>,
+    },
+    /// An established session ended (close_notify, idle, replaced, key
+    /// rotated, evicted).
+    Closed { session: SessionId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub datagram: Vec<u8>,
+}
+
+/// Counters for logs and benchmarks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub hello_verify_requests: u64,
+    pub handshakes_started: u64,
+    pub handshakes_completed: u64,
+    pub handshakes_failed: u64,
+    pub handshakes_evicted: u64,
+    pub rate_limited: u64,
+    pub dropped: u64,
+}
+
+enum Phase {
+    Handshaking { started: Instant },
+    Established { identity: Box<[u8]>, binding: Binding },
+}
+
+struct Session {
+    addr: SocketAddr,
+    association: Box<Endpoint>,
+    phase: Phase,
+    last_seen: Instant,
+}
+
+/// Token buckets for ClientHellos, a fixed table indexed by a keyed hash of
+/// the source address: bounded memory whatever the number of sources.
+struct SourceRate {
+    per_s: f64,
+    hasher: RandomState,
+    buckets: Vec<(f32, Option<Instant>)>,
+}
+
+impl SourceRate {
+    fn new(per_s: u32) -> SourceRate {
+        SourceRate {
+            per_s: per_s as f64,
+            hasher: RandomState::new(),
+            buckets: vec![(0.0, None); if per_s == 0 { 0 } else { RATE_BUCKETS }],
+        }
+    }
+
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.buckets.is_empty() {
+            return true;
+        }
+        let burst = 2.0 * self.per_s;
+        let i = (self.hasher.hash_one(ip) % RATE_BUCKETS as u64) as usize;
+        let (tokens, last) = &mut self.buckets[i];
+        let refill = last.map_or(burst, |l| now.saturating_duration_since(l).as_secs_f64() * self.per_s);
+        let available = (*tokens as f64 + refill).min(burst);
+        *last = Some(now);
+        if available >= 1.0 {
+            *tokens = (available - 1.0) as f32;
+            true
+        } else {
+            *tokens = available as f32;
+            false
+        }
+    }
+}
+
+/// The DTLS sessions of one socket (or one shard of a socket).
+pub struct Sessions {
+    config: Arc<HandshakeConfig>,
+    keys: Arc<PskKeys>,
+    limits: Limits,
+    cookies: CookieJar,
+    rate: SourceRate,
+    shard: u64,
+    next_id: u64,
+    sessions: HashMap<SessionId, Session>,
+    by_addr: HashMap<SocketAddr, SessionId>,
+    handshaking: HashSet<SessionId>,
+    next_sweep: Instant,
+    last_now: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SessionEvent>,
+    pub counters: Counters,
+}
+
+/// The server's handshake configuration: PSK from `keys`, our suites.
+pub fn server_config(keys: Arc<PskKeys>) -> Result<Arc<HandshakeConfig>> {
+    let callback = Arc::new(move |identity: &[u8]| Ok(keys.key_or_decoy(identity)));
+    ConfigBuilder::default()
+        .with_crypto_provider(provider::provider())
+        .with_psk(Some(callback))
+        .with_cipher_suites(CIPHER_SUITES.to_vec())
+        .with_extended_master_secret(ExtendedMasterSecretType::Request)
+        .with_mtu(MTU)
+        .build(false, None)
+        .map(Arc::new)
+        .map_err(|e| Error::Invalid {
+            what: "DTLS configuration",
+            reason: e.to_string(),
+        })
+}
+
+impl Sessions {
+    pub fn new(now: Instant, shard: u8, keys: Arc<PskKeys>, limits: Limits) -> Result<Sessions> {
+        Ok(Sessions {
+            config: server_config(keys.clone())?,
+            keys,
+            cookies: CookieJar::new(now, limits.cookie_rotation),
+            rate: SourceRate::new(limits.hellos_per_source_per_s),
+            limits,
+            shard: (shard as u64) << 56,
+            next_id: 1,
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            handshaking: HashSet::new(),
+            next_sweep: now + SWEEP,
+            last_now: now,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn handshakes(&self) -> usize {
+        self.handshaking.len()
+    }
+
+    pub fn addr(&self, session: SessionId) -> Option<SocketAddr> {
+        self.sessions.get(&session).map(|s| s.addr)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Instant {
+        if self.handshaking.is_empty() {
+            self.next_sweep
+        } else {
+            self.next_sweep.min(self.last_now + HANDSHAKE_TICK)
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.last_now = now;
+        if let Some(&id) = self.by_addr.get(&from) {
+            let restarted = matches!(self.sessions[&id].phase, Phase::Established { .. })
+                && record::client_hello(datagram).is_some();
+            if !restarted {
+                self.feed(now, id, datagram);
+                return;
+            }
+            // A ClientHello on an established session: the client lost its
+            // state (rebooted) and starts over (RFC 6347 §4.2.8). It goes
+            // through the cookie exchange like any newcomer; the old session
+            // ends once the new ClientHello proves the address.
+        }
+        let Some(hello) = record::client_hello(datagram) else {
+            // Application data or a later flight for a session we do not
+            // have (expired, or lost in a restart): the client will time out
+            // and handshake again.
+            self.counters.dropped += 1;
+            return;
+        };
+        if !self.rate.allow(from.ip(), now) {
+            self.counters.rate_limited += 1;
+            return;
+        }
+        self.cookies.maybe_rotate(now);
+        let Some(cookie) = self.cookies.verify(from, &hello) else {
+            let cookie = self.cookies.issue(from, &hello);
+            self.counters.hello_verify_requests += 1;
+            self.transmits.push_back(Transmit {
+                to: from,
+                datagram: record::hello_verify_request(hello.record_sequence, &cookie),
+            });
+            return;
+        };
+        // The replayed first ClientHello takes the record number below the
+        // real one; a client that sent its second ClientHello as record 0
+        // (none we know does) cannot be served this way.
+        let Some(first_seq) = hello.record_sequence.checked_sub(1) else {
+            self.counters.dropped += 1;
+            return;
+        };
+        if let Some(old) = self.by_addr.get(&from).copied() {
+            self.remove(old);
+        }
+        self.make_room(now);
+        let first = record::restamp(hello.record, first_seq, 0);
+        let mut association = Box::new(Endpoint::new(
+            ASSOCIATION,
+            Default::default(),
+            Some(self.config.clone()),
+        ));
+        let primed = provider::with_cookie(cookie, || {
+            association
+                .read(now, ASSOCIATION, None, BytesMut::from(&first[..]))
+                .is_ok()
+        });
+        // rtc-dtls' own HelloVerifyRequest: the client already has ours.
+        while association.poll_transmit().is_some() {}
+        if !primed {
+            log::warn!("DTLS: could not prime a session for {from}; is rtc-dtls' cookie generation unchanged?");
+            self.counters.handshakes_failed += 1;
+            return;
+        }
+        let id = SessionId(self.shard | self.next_id);
+        self.next_id += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                addr: from,
+                association,
+                phase: Phase::Handshaking { started: now },
+                last_seen: now,
+            },
+        );
+        self.by_addr.insert(from, id);
+        self.handshaking.insert(id);
+        self.counters.handshakes_started += 1;
+        self.feed(now, id, datagram);
+    }
+
+    /// Keep within the caps before a new handshake: evict the oldest
+    /// half-open handshake (a stalled one, under a flood) and, at the
+    /// session cap, the session idle the longest.
+    fn make_room(&mut self, now: Instant) {
+        if self.handshaking.len() >= self.limits.max_handshakes {
+            let oldest = self
+                .handshaking
+                .iter()
+                .copied()
+                .min_by_key(|id| match &self.sessions[id].phase {
+                    Phase::Handshaking { started } => *started,
+                    Phase::Established { .. } => now,
+                });
+            if let Some(id) = oldest {
+                self.counters.handshakes_evicted += 1;
+                self.remove(id);
+            }
+        }
+        if self.sessions.len() >= self.limits.max_sessions {
+            let idlest = self.sessions.iter().min_by_key(|(_, s)| s.last_seen).map(|(id, _)| *id);
+            if let Some(id) = idlest {
+                log::warn!("DTLS: coaps.max_sessions reached; closing the session idle the longest");
+                self.remove(id);
+            }
+        }
+    }
+
+    fn feed(&mut self, now: Instant, id: SessionId, datagram: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let result = s.association.read(now, ASSOCIATION, None, BytesMut::from(datagram));
+        let established = matches!(s.phase, Phase::Established { .. });
+        if result.is_err() && established {
+            // A record that does not decrypt or parse on an established
+            // session is discarded (RFC 6347 §4.1.2.7), and so is the alert
+            // rtc-dtls queued: anyone can send from a spoofed address, and
+            // must not be able to close a device's session.
+            while s.association.poll_transmit().is_some() {}
+            self.counters.dropped += 1;
+            return;
+        }
+        s.last_seen = now;
+        let addr = s.addr;
+        while let Some(t) = s.association.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                to: addr,
+                datagram: t.message.to_vec(),
+            });
+        }
+        let events = match result {
+            Ok(events) => events,
+            Err(e) => {
+                log::debug!("DTLS handshake with {addr} failed: {e}");
+                self.counters.handshakes_failed += 1;
+                self.remove(id);
+                return;
+            }
+        };
+        for ev in events {
+            match ev {
+                EndpointEvent::HandshakeComplete => self.established(id),
+                EndpointEvent::ApplicationData(payload) => {
+                    if matches!(
+                        self.sessions.get(&id).map(|s| &s.phase),
+                        Some(Phase::Established { .. })
+                    ) {
+                        self.events.push_back(SessionEvent::Data {
+                            session: id,
+                            addr,
+                            payload: payload.to_vec(),
+                        });
+                    }
+                }
+                EndpointEvent::PeerClosed => self.remove(id),
+                _ => {}
+            }
+        }
+    }
+
+    fn established(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let identity: Box<[u8]> = s
+            .association
+            .get_connection_state(ASSOCIATION)
+            .map(|st| st.identity_hint.clone().into_boxed_slice())
+            .unwrap_or_default();
+        self.handshaking.remove(&id);
+        // The key was found during the handshake; if it vanished since, the
+        // device no longer has a key and the session must not live.
+        let Some(binding) = self.keys.binding(&identity) else {
+            self.counters.handshakes_failed += 1;
+            self.remove(id);
+            return;
+        };
+        self.counters.handshakes_completed += 1;
+        s.phase = Phase::Established {
+            identity,
+            binding: binding.clone(),
+        };
+        self.events.push_back(SessionEvent::Established {
+            session: id,
+            addr: s.addr,
+            binding,
+        });
+    }
+
+    /// Encrypt `payload` for `session`; false if it is not established.
+    pub fn send(&mut self, now: Instant, session: SessionId, payload: &[u8]) -> bool {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        if !matches!(s.phase, Phase::Established { .. }) || s.association.write(now, ASSOCIATION, payload).is_err() {
+            return false;
+        }
+        while let Some(t) = s.association.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                to: s.addr,
+                datagram: t.message.to_vec(),
+            });
+        }
+        true
+    }
+
+    fn remove(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.remove(&id) {
+            if self.by_addr.get(&s.addr) == Some(&id) {
+                self.by_addr.remove(&s.addr);
+            }
+            if !self.handshaking.remove(&id) {
+                self.events.push_back(SessionEvent::Closed { session: id });
+            }
+        }
+    }
+
+    /// Close a session with close_notify.
+    pub fn close(&mut self, now: Instant, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.association.stop(now, ASSOCIATION);
+            while let Some(t) = s.association.poll_transmit() {
+                self.transmits.push_back(Transmit {
+                    to: s.addr,
+                    datagram: t.message.to_vec(),
+                });
+            }
+        }
+        self.remove(id);
+    }
+
+    /// After the key table changed: end sessions whose identity lost its
+    /// key or whose key was rotated.
+    pub fn keys_changed(&mut self, now: Instant) {
+        let stale: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| match &s.phase {
+                Phase::Established { identity, binding } => self.keys.binding(identity).as_ref() != Some(binding),
+                Phase::Handshaking { .. } => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            log::info!("DTLS: closing session {id}: its key was rotated or removed");
+            self.close(now, id);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        let mut failed = Vec::new();
+        for id in &self.handshaking {
+            let s = self.sessions.get_mut(id).expect("handshaking sessions exist");
+            if s.association.poll_timeout(&ASSOCIATION).is_some_and(|t| t <= now) {
+                if s.association.handle_timeout(ASSOCIATION, now).is_err() {
+                    failed.push(*id);
+                }
+                while let Some(t) = s.association.poll_transmit() {
+                    self.transmits.push_back(Transmit {
+                        to: s.addr,
+                        datagram: t.message.to_vec(),
+                    });
+                }
+            }
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP;
+            let limits = &self.limits;
+            failed.extend(self.sessions.iter().filter_map(|(id, s)| {
+                let expired = match s.phase {
+                    Phase::Handshaking { started } => now.saturating_duration_since(started) > limits.handshake_timeout,
+                    Phase::Established { .. } => now.saturating_duration_since(s.last_seen) > limits.idle_timeout,
+                };
+                expired.then_some(*id)
+            }));
+        }
+        for id in failed {
+            if self.handshaking.contains(&id) {
+                self.counters.handshakes_failed += 1;
+            }
+            self.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
