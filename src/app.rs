@@ -15,25 +15,31 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::coap::{Exchanges, Params};
 use crate::config::{Config, UnknownEndpoints};
+use crate::dtls::keys::PskKeys;
+use crate::dtls::{Limits, Sessions};
 use crate::lwm2m::model::Models;
 use crate::lwm2m::server::{Server, ServerConfig};
-use crate::shell::now;
-use crate::shell::udp::{self, Command, Events};
+use crate::shell::lwm2m::{self, Command, DtlsLink, Events, Transports};
+use crate::shell::{dtls as dtls_shell, now, udp};
 use crate::store::Store;
 use crate::store::writer::{Command as StoreCommand, WriterHandle};
+use crate::transport::Peer;
 
 /// How often operations queued by other processes (CLI, API) are picked up.
 pub const OPERATION_POLL: Duration = Duration::from_millis(250);
 
 pub struct Running {
-    pub coap_addr: SocketAddr,
+    /// Plain CoAP, when `coap.enabled`.
+    pub coap_addr: Option<SocketAddr>,
+    /// CoAP over DTLS, when `coaps.enabled`.
+    pub coaps_addr: Option<SocketAddr>,
     /// The firmware HTTPS server, when `fw.enabled`.
     pub fw_addr: Option<SocketAddr>,
     pub events: Events,
     pub commands: mpsc::Sender<Command>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    writer: WriterHandle<SocketAddr>,
+    writer: WriterHandle<Peer>,
     /// Keeps the certificate watcher alive.
     _cert_watcher: Option<notify::RecommendedWatcher>,
 }
@@ -103,7 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let mut restored = 0;
     for reg in store.registrations()? {
-        match reg.peer.parse::<SocketAddr>() {
+        match reg.peer.parse::<Peer>() {
             Ok(peer) => {
                 let reg = reg.with_peer(peer);
                 server.restore_registration(t, reg);
@@ -124,6 +130,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.lwm2m.unknown_endpoints == UnknownEndpoints::Reject {
         server.set_known_endpoints(store.endpoints()?.into_iter().collect());
     }
+    let mut keys_generation = store.keys_generation()?;
+    let keys = PskKeys::new(store.device_keys()?);
+    server.set_keyed_endpoints(keys.endpoints());
+    log::info!("{} devices have a PSK", keys.len());
     let pending = store.pending_operations(0)?;
     let mut last_op = store.max_operation_id()?;
     log::info!(
@@ -134,10 +144,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         server.enqueue(t, op);
     }
 
-    let socket = udp::bind(config.coap.listen, config.coap.socket_buffer_bytes)
-        .with_context(|| format!("coap.listen {}", config.coap.listen))?;
-    let coap_addr = socket.local_addr()?;
-    log::info!("CoAP (LwM2M) listening on udp {coap_addr}");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let udp_socket = if config.coap.enabled {
+        let socket = udp::bind(config.coap.listen, config.coap.socket_buffer_bytes)
+            .with_context(|| format!("coap.listen {}", config.coap.listen))?;
+        log::info!("CoAP (LwM2M) listening on udp {}", socket.local_addr()?);
+        Some(socket)
+    } else {
+        log::info!("plain CoAP is disabled (coap.enabled = false)");
+        None
+    };
+    let coap_addr = udp_socket.as_ref().map(|s| s.local_addr()).transpose()?;
+    let (keys_changed, keys_rx) = watch::channel(0u64);
+    let (dtls, coaps_addr) = if config.coaps.enabled {
+        let (link, addr, shards) = start_dtls(&config, keys.clone(), keys_rx, &stop_rx, &mut tasks)?;
+        log::info!("CoAP over DTLS (PSK) listening on udp {addr} ({shards} shards)");
+        (Some(link), Some(addr))
+    } else {
+        log::info!("CoAP over DTLS is disabled (coaps.enabled = false)");
+        (None, None)
+    };
 
     let writer = WriterHandle::start(
         Store::open(&db_path)?,
@@ -146,17 +173,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let (events, _) = broadcast::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let shell_writer = writer.clone();
     let shell_events = events.clone();
-    let mut tasks = vec![tokio::spawn(udp::run(
-        socket,
+    tasks.push(tokio::spawn(lwm2m::run(
+        Transports { udp: udp_socket, dtls },
         server,
         shell_writer,
         shell_events,
         cmd_rx,
         stopped(stop_rx.clone()),
-    ))];
+    )));
     let (fw_addr, cert_watcher) = match start_firmware_server(&config, &writer, stop_rx.clone()).await? {
         Some((addr, task, watcher)) => {
             tasks.push(task);
@@ -171,6 +197,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let retention_ms = config.store.value_retention_days as i64 * 86_400_000;
     let prune_writer = writer.clone();
     let poll_stop = stop_rx.clone();
+    let poll_keys = keys.clone();
+    let poll_keys_changed = keys_changed;
     tokio::spawn(async move {
         let stop = stopped(poll_stop);
         tokio::pin!(stop);
@@ -203,10 +231,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 } else {
                     None
                 };
-                Ok((ops, cancelled, endpoints))
+                let generation = s.keys_generation()?;
+                let device_keys = if generation != keys_generation {
+                    Some((generation, s.device_keys()?))
+                } else {
+                    None
+                };
+                Ok((ops, cancelled, endpoints, device_keys))
             })
             .await;
-            let Ok(Ok((ops, cancelled, endpoints))) = polled else {
+            let Ok(Ok((ops, cancelled, endpoints, device_keys))) = polled else {
                 log::warn!("operation poll failed; retrying");
                 continue;
             };
@@ -217,6 +251,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
             for id in cancelled {
                 let _ = poll_cmd.send(Command::Cancel(id)).await;
+            }
+            if let Some((generation, device_keys)) = device_keys {
+                keys_generation = generation;
+                poll_keys.replace(device_keys);
+                log::info!("device keys changed: {} devices have a PSK", poll_keys.len());
+                poll_keys_changed.send_modify(|g| *g += 1);
+                let _ = poll_cmd.send(Command::KeyedEndpoints(poll_keys.endpoints())).await;
             }
             if let Some((key, list)) = endpoints {
                 known = key;
@@ -233,7 +274,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let runtime = serde_json::json!({
         "pid": std::process::id(),
-        "coap": coap_addr.to_string(),
+        "coap": coap_addr.map(|a| a.to_string()),
+        "coaps": coaps_addr.map(|a| a.to_string()),
         "fw": fw_addr.map(|a| a.to_string()),
     });
     let runtime_path = config.runtime_path();
@@ -242,6 +284,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     Ok(Running {
         coap_addr,
+        coaps_addr,
         fw_addr,
         events,
         commands: cmd_tx,
@@ -252,11 +295,61 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// The DTLS shards: a SO_REUSEPORT socket and a session table each.
+fn start_dtls(
+    config: &Config,
+    keys: Arc<PskKeys>,
+    keys_changed: watch::Receiver<u64>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<(DtlsLink, SocketAddr, usize)> {
+    let c = &config.coaps;
+    let shards = if c.shards == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        c.shards
+    };
+    let mut limits = Limits::from_config(c);
+    limits.max_sessions = c.max_sessions.div_ceil(shards);
+    let (inbound_tx, inbound) = mpsc::channel(16_384);
+    let mut outbound = Vec::new();
+    let mut addr = c.listen;
+    if shards > 1 && addr.port() != 0 {
+        // Any process of the same user could join a SO_REUSEPORT group and
+        // silently take half the traffic: make sure nobody holds the port
+        // before we form the group (a second flownexus fails here).
+        drop(std::net::UdpSocket::bind(addr).with_context(|| format!("coaps.listen {addr}"))?);
+    }
+    for shard in 0..shards {
+        // With port 0 the first socket picks the port; the others join it.
+        let socket = if shards == 1 {
+            udp::bind(addr, config.coap.socket_buffer_bytes)
+        } else {
+            udp::bind_shared(addr, config.coap.socket_buffer_bytes)
+        }
+        .with_context(|| format!("coaps.listen {addr}"))?;
+        addr = socket.local_addr()?;
+        let sessions =
+            Sessions::new(std::time::Instant::now(), shard as u8, keys.clone(), limits.clone()).context("coaps")?;
+        let (tx, rx) = mpsc::channel(4096);
+        outbound.push(tx);
+        tasks.push(tokio::spawn(dtls_shell::run(
+            socket,
+            sessions,
+            inbound_tx.clone(),
+            rx,
+            keys_changed.clone(),
+            stopped(stop.clone()),
+        )));
+    }
+    Ok((DtlsLink { inbound, outbound }, addr, shards))
+}
+
 /// The firmware download server: catalogue clean-up, certificates (and
 /// their watcher), the token key, the listener.
 async fn start_firmware_server(
     config: &Config,
-    writer: &WriterHandle<SocketAddr>,
+    writer: &WriterHandle<Peer>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<(SocketAddr, tokio::task::JoinHandle<()>, notify::RecommendedWatcher)>> {
     use crate::download::{self, tls, token::TokenKey};

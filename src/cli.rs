@@ -384,19 +384,21 @@ fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let addr = bound("coap");
-    match addr {
-        None => {
-            ok = false;
-            println!("coap: FAIL (no runtime.json: is the server running?)");
-        }
-        Some(addr) => {
-            let addr = loopback(addr);
-            match coap_ping(addr) {
-                Ok(ms) => println!("coap: ok ({addr} answered a ping in {ms} ms)"),
+    if runtime.is_none() {
+        ok = false;
+        println!("coap: FAIL (no runtime.json: is the server running?)");
+    }
+    let probes: [(&str, fn(SocketAddr) -> anyhow::Result<u128>, &str); 2] = [
+        ("coap", coap_ping, "answered a ping"),
+        ("coaps", dtls_hello, "answered a ClientHello with a HelloVerifyRequest"),
+    ];
+    for (key, probe, what) in probes {
+        if let Some(addr) = bound(key).map(loopback) {
+            match probe(addr) {
+                Ok(ms) => println!("{key}: ok ({addr} {what} in {ms} ms)"),
                 Err(e) => {
                     ok = false;
-                    println!("coap: FAIL ({addr}: {e})");
+                    println!("{key}: FAIL ({addr}: {e})");
                 }
             }
         }
@@ -404,23 +406,37 @@ fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn coap_ping(addr: SocketAddr) -> anyhow::Result<u128> {
+/// Send `request` from a fresh socket and wait up to 2 s for a datagram
+/// `accept` takes; the round trip in ms.
+fn probe_udp(addr: SocketAddr, request: &[u8], accept: impl Fn(&[u8]) -> bool) -> anyhow::Result<u128> {
     let sock = std::net::UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mid = fastrand::u16(..);
     let start = std::time::Instant::now();
-    let ping = crate::coap::Message::empty(crate::coap::Type::Con, mid).encode();
-    sock.send_to(&ping, addr)?;
-    let mut buf = [0u8; 64];
+    sock.send_to(request, addr)?;
+    let mut buf = [0u8; 512];
     loop {
         let (n, _) = sock.recv_from(&mut buf).context("no answer within 2 s")?;
-        if let Ok(m) = crate::coap::Message::decode(&buf[..n])
-            && m.mtype == crate::coap::Type::Rst
-            && m.message_id == mid
-        {
+        if accept(&buf[..n]) {
             return Ok(start.elapsed().as_millis());
         }
     }
+}
+
+/// A ClientHello must come back as a HelloVerifyRequest: the stateless
+/// cookie front answers without creating a session (RFC 6347 §4.2.1).
+fn dtls_hello(addr: SocketAddr) -> anyhow::Result<u128> {
+    let config = crate::dtls::client::client_config("healthcheck", b"-", &crate::dtls::CIPHER_SUITES)?;
+    let mut client = crate::dtls::client::Client::connect(std::time::Instant::now(), addr, config)?;
+    let hello = client.poll_transmit().context("no ClientHello")?;
+    probe_udp(addr, &hello, crate::dtls::record::is_hello_verify_request)
+}
+
+fn coap_ping(addr: SocketAddr) -> anyhow::Result<u128> {
+    let mid = fastrand::u16(..);
+    let ping = crate::coap::Message::empty(crate::coap::Type::Con, mid).encode();
+    probe_udp(addr, &ping, |d| {
+        crate::coap::Message::decode(d).is_ok_and(|m| m.mtype == crate::coap::Type::Rst && m.message_id == mid)
+    })
 }
 
 fn firmware(cmd: FirmwareCommand, config: &Config) -> anyhow::Result<ExitCode> {

@@ -104,6 +104,9 @@ pub struct CoapsConfig {
     /// that; 0 disables the limit. Devices behind one carrier NAT share an
     /// address: keep it generous.
     pub hellos_per_source_per_s: u32,
+    /// PSK cipher suites accepted, by IANA name; the client's order of
+    /// preference decides among them.
+    pub cipher_suites: Vec<String>,
 }
 
 /// The firmware download server (HTTPS for nRF91 devices).
@@ -220,6 +223,7 @@ impl Default for Config {
                 handshake_timeout_s: 30,
                 session_idle_timeout_s: 86_400,
                 hellos_per_source_per_s: 200,
+                cipher_suites: crate::dtls::CIPHER_SUITES.iter().map(|s| s.to_string()).collect(),
             },
             http: ListenerConfig {
                 enabled: false,
@@ -375,6 +379,7 @@ impl Config {
         if d.shards > 64 {
             return Err(Error::config("coaps.shards", "must be <= 64"));
         }
+        crate::dtls::cipher_suites(&d.cipher_suites).map_err(|reason| Error::config("coaps.cipher_suites", reason))?;
         let c = &self.coap;
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::config("data_dir", "must not be empty"));
@@ -657,6 +662,12 @@ mod tests {
             ("FLOWNEXUS_HTTP_ENABLED", "true", "http.enabled"),
             ("FLOWNEXUS_COAPS_SHARDS", "100", "coaps.shards"),
             ("FLOWNEXUS_COAPS_MAX_HANDSHAKES", "0", "coaps.max_handshakes"),
+            (
+                "FLOWNEXUS_COAPS_CIPHER_SUITES",
+                "TLS_PSK_WITH_NULL_SHA",
+                "coaps.cipher_suites",
+            ),
+            ("FLOWNEXUS_COAPS_CIPHER_SUITES", "", "coaps.cipher_suites"),
         ];
         for (k, v, named) in cases {
             let err = Config::load(None, &env(&[(k, v)]), &Overrides::default()).unwrap_err();

@@ -18,5 +18,6 @@ pub mod psk;
 pub mod shell;
 pub mod sim;
 pub mod store;
+pub mod transport;
 
 pub use error::{Error, Result};

@@ -70,6 +70,11 @@ impl Psk {
         })
     }
 
+    /// A key as stored (already checked when it was provisioned).
+    pub fn from_parts(identity: String, key: Vec<u8>) -> Psk {
+        Psk { identity, key }
+    }
+
     pub fn key(&self) -> &[u8] {
         &self.key
     }

@@ -16,6 +16,8 @@ use flownexus::lwm2m::operation::{OperationKind, OperationState, WriteValue};
 use flownexus::sim::{DeviceConfig, Fleet};
 use flownexus::store::{Store, now_ms};
 
+#[path = "system/dtls.rs"]
+mod dtls;
 #[path = "system/firmware.rs"]
 mod firmware;
 
@@ -27,6 +29,7 @@ fn config(dir: &Path) -> Config {
     };
     let mut c = Config::load(None, &Default::default(), &flags).unwrap();
     c.fw.listen = "127.0.0.1:0".parse().unwrap();
+    c.coaps.listen = "127.0.0.1:0".parse().unwrap();
     c.coap.ack_timeout_ms = 500;
     c.coap.max_retransmit = 2;
     c.lwm2m.queue_awake_window_s = 3;
@@ -56,7 +59,7 @@ fn store(dir: &Path) -> Store {
 
 async fn fleet(running: &Running, devices: Vec<DeviceConfig>) -> Fleet {
     let n = devices.len() as i64;
-    let f = Fleet::spawn(devices, running.coap_addr, Arc::new(Models::embedded()), false)
+    let f = Fleet::spawn(devices, running.coap_addr.unwrap(), Arc::new(Models::embedded()), false)
         .await
         .unwrap();
     let stats = f.stats.clone();
@@ -276,7 +279,7 @@ async fn restart_keeps_registrations_and_queued_operations() {
         OperationState::Queued,
         "not sent to a sleeping device"
     );
-    let addr = running.coap_addr;
+    let addr = running.coap_addr.unwrap();
     running.stop().await;
 
     let mut c = config(dir.path());
@@ -310,7 +313,7 @@ async fn observations_survive_a_restart() {
     assert_eq!(obs.state, OperationState::Succeeded);
     running.flush().await;
     assert_eq!(store(dir.path()).observations().unwrap().len(), 1);
-    let addr = running.coap_addr;
+    let addr = running.coap_addr.unwrap();
     running.stop().await;
 
     let mut c = config(dir.path());
@@ -371,7 +374,11 @@ async fn cli_queues_and_waits_while_the_server_runs() {
     assert!(String::from_utf8_lossy(&bad.stdout).contains("4.05"));
 
     let health = cli(&["healthcheck"]).await.unwrap();
-    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stdout));
+    let report = String::from_utf8_lossy(&health.stdout);
+    assert!(health.status.success(), "{report}");
+    for part in ["store: ok", "fw: ok", "coap: ok", "coaps: ok"] {
+        assert!(report.contains(part), "{part}: {report}");
+    }
     f.stop().await;
     running.stop().await;
 }
@@ -388,7 +395,7 @@ async fn garbage_datagrams_do_not_disturb_the_server() {
         if i % 2 == 0 && d.len() >= 4 {
             d[0] = 0x40 | (d[0] & 0x0F); // version 1, CON: gets past the first check
         }
-        sock.send_to(&d, running.coap_addr).await.unwrap();
+        sock.send_to(&d, running.coap_addr.unwrap()).await.unwrap();
     }
     let f = fleet(&running, vec![device("sys-after-garbage")]).await;
     assert_eq!(f.stats.registered.load(Ordering::Relaxed), 1);
@@ -431,7 +438,7 @@ fn libcoap(args: &[&str]) -> String {
 async fn libcoap_client_registers_updates_and_deregisters() {
     let dir = tempfile::tempdir().unwrap();
     let running = app::start(config(dir.path())).await.unwrap();
-    let base = format!("coap://{}", running.coap_addr);
+    let base = format!("coap://{}", running.coap_addr.unwrap());
     let reg_url = format!("{base}/rd?ep=libcoap-dev&lt=300&lwm2m=1.1&b=U");
     let out = tokio::task::spawn_blocking(move || {
         libcoap(&["-m", "post", "-t", "40", "-e", "</1/0>,</3/0>,</3303/0>", &reg_url])

@@ -8,7 +8,9 @@
 //! - `coap`: raw CoAP GET handling, flownexus beside Debian's libcoap
 //!   `coap-server` driven by the same load generator in the same run.
 //! - `fw`: the firmware server beside nginx as the old deployment ([`fw`]).
+//! - `dtls`: CoAP over DTLS beside libcoap's `coap-server-openssl` ([`dtls`]).
 
+pub mod dtls;
 pub mod fw;
 
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ use crate::store::{Store, now_ms};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// register, memory, read, coap, fw or all.
+    /// register, memory, read, coap, fw, dtls or all.
     pub which: String,
     /// Simulated devices (default: 10,000; 100,000 for `memory`).
     #[arg(long)]
@@ -41,6 +43,9 @@ pub struct BenchArgs {
     /// `fw`: idle keep-alive TLS connections for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     pub idle: usize,
+    /// `dtls`: established idle DTLS sessions for the memory figure.
+    #[arg(long, default_value_t = 100_000)]
+    pub sessions: usize,
 }
 
 /// A `flownexus serve` child on a temporary data directory.
@@ -48,6 +53,7 @@ struct ServerProcess {
     child: Child,
     dir: tempfile::TempDir,
     coap: SocketAddr,
+    coaps: Option<SocketAddr>,
     fw: Option<SocketAddr>,
 }
 
@@ -69,6 +75,7 @@ impl ServerProcess {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("FLOWNEXUS_DATA_DIR", dir.path())
             .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_COAPS_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_LOG_LEVEL", "warn")
             .stdout(Stdio::null());
@@ -78,21 +85,28 @@ impl ServerProcess {
         let child = cmd.spawn().context("starting flownexus serve")?;
         let runtime = dir.path().join("runtime.json");
         let until = Instant::now() + Duration::from_secs(20);
-        let (coap, fw) = loop {
+        let (coap, coaps, fw) = loop {
             let rt = std::fs::read_to_string(&runtime)
                 .ok()
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
             if let Some(v) = rt
                 && let Some(a) = v["coap"].as_str().and_then(|a| a.parse().ok())
             {
-                break (a, v["fw"].as_str().and_then(|a| a.parse().ok()));
+                let addr = |k: &str| v[k].as_str().and_then(|a| a.parse().ok());
+                break (a, addr("coaps"), addr("fw"));
             }
             if Instant::now() > until {
                 bail!("server did not start");
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        Ok(ServerProcess { child, dir, coap, fw })
+        Ok(ServerProcess {
+            child,
+            dir,
+            coap,
+            coaps,
+            fw,
+        })
     }
 
     fn status_kib(&self, field: &str) -> u64 {
@@ -160,8 +174,8 @@ async fn registered(fleet: &Fleet, n: usize, timeout: Duration) -> anyhow::Resul
 pub async fn run(args: BenchArgs, _config: Config) -> anyhow::Result<ExitCode> {
     let models = Arc::new(Models::embedded());
     let all = args.which == "all";
-    if !all && !["register", "memory", "read", "coap", "fw"].contains(&args.which.as_str()) {
-        bail!("bench {}: expected register, memory, read, coap, fw or all", args.which);
+    if !all && !["register", "memory", "read", "coap", "fw", "dtls"].contains(&args.which.as_str()) {
+        bail!("bench {}: expected register, memory, read, coap, fw, dtls or all", args.which);
     }
     if all || args.which == "register" {
         register(args.devices.unwrap_or(10_000), args.seconds, &models).await?;
@@ -174,6 +188,9 @@ pub async fn run(args: BenchArgs, _config: Config) -> anyhow::Result<ExitCode> {
     }
     if all || args.which == "fw" {
         fw::run(args.seconds, args.idle).await?;
+    }
+    if all || args.which == "dtls" {
+        dtls::run(args.seconds, args.sessions).await?;
     }
     if all || args.which == "memory" {
         memory(args.devices.unwrap_or(100_000)).await?;

@@ -54,6 +54,27 @@ pub const CIPHER_SUITES: [CipherSuiteId; 3] = [
     CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
 ];
 
+/// The suites named in `names` (IANA names), in order; an error names
+/// what is unknown.
+pub fn cipher_suites(names: &[String]) -> std::result::Result<Vec<CipherSuiteId>, String> {
+    if names.is_empty() {
+        return Err("at least one cipher suite is needed".into());
+    }
+    names
+        .iter()
+        .map(|n| {
+            CIPHER_SUITES
+                .iter()
+                .copied()
+                .find(|s| s.to_string() == *n)
+                .ok_or_else(|| {
+                    let known: Vec<String> = CIPHER_SUITES.iter().map(|s| s.to_string()).collect();
+                    format!("unknown or unsupported suite {n}; supported: {}", known.join(", "))
+                })
+        })
+        .collect()
+}
+
 /// Each rtc-dtls endpoint here holds exactly one association, always under
 /// this address: the real one is ours to track.
 const ASSOCIATION: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 1);
@@ -92,6 +113,7 @@ pub struct Limits {
     /// that); 0: unlimited.
     pub hellos_per_source_per_s: u32,
     pub cookie_rotation: Duration,
+    pub cipher_suites: Vec<CipherSuiteId>,
 }
 
 impl Limits {
@@ -103,6 +125,8 @@ impl Limits {
             idle_timeout: Duration::from_secs(c.session_idle_timeout_s),
             hellos_per_source_per_s: c.hellos_per_source_per_s,
             cookie_rotation: Duration::from_secs(60),
+            // Checked by config validation.
+            cipher_suites: cipher_suites(&c.cipher_suites).unwrap_or_else(|_| CIPHER_SUITES.to_vec()),
         }
     }
 }
@@ -214,12 +238,12 @@ pub struct Sessions {
 }
 
 /// The server's handshake configuration: PSK from `keys`, our suites.
-pub fn server_config(keys: Arc<PskKeys>) -> Result<Arc<HandshakeConfig>> {
+pub fn server_config(keys: Arc<PskKeys>, suites: &[CipherSuiteId]) -> Result<Arc<HandshakeConfig>> {
     let callback = Arc::new(move |identity: &[u8]| Ok(keys.key_or_decoy(identity)));
     ConfigBuilder::default()
         .with_crypto_provider(provider::provider())
         .with_psk(Some(callback))
-        .with_cipher_suites(CIPHER_SUITES.to_vec())
+        .with_cipher_suites(suites.to_vec())
         .with_extended_master_secret(ExtendedMasterSecretType::Request)
         .with_mtu(MTU)
         .build(false, None)
@@ -233,7 +257,7 @@ pub fn server_config(keys: Arc<PskKeys>) -> Result<Arc<HandshakeConfig>> {
 impl Sessions {
     pub fn new(now: Instant, shard: u8, keys: Arc<PskKeys>, limits: Limits) -> Result<Sessions> {
         Ok(Sessions {
-            config: server_config(keys.clone())?,
+            config: server_config(keys.clone(), &limits.cipher_suites)?,
             keys,
             cookies: CookieJar::new(now, limits.cookie_rotation),
             rate: SourceRate::new(limits.hellos_per_source_per_s),

@@ -127,6 +127,17 @@ pub fn hello_verify_request(record_sequence: u64, cookie: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Does `datagram` open with a HelloVerifyRequest?
+pub fn is_hello_verify_request(datagram: &[u8]) -> bool {
+    records(datagram)
+        .and_then(|r| r.into_iter().next())
+        .is_some_and(|(h, range)| {
+            h.content_type == CONTENT_HANDSHAKE
+                && h.epoch == 0
+                && datagram[range].get(RECORD_HEADER) == Some(&HANDSHAKE_HELLO_VERIFY_REQUEST)
+        })
+}
+
 /// `record` (one ClientHello record) with its record sequence number and
 /// handshake message_seq replaced.
 pub fn restamp(record: &[u8], record_sequence: u64, message_seq: u16) -> Vec<u8> {
@@ -271,6 +282,8 @@ pub(crate) mod tests {
         assert_eq!(recs[0].1, 0..hvr.len());
         assert_eq!(hvr[RECORD_HEADER], HANDSHAKE_HELLO_VERIFY_REQUEST);
         assert_eq!(&hvr[hvr.len() - COOKIE_LEN..], &[9; COOKIE_LEN]);
+        assert!(is_hello_verify_request(&hvr));
+        assert!(!is_hello_verify_request(&client_hello_record(0, 0, &[])));
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn limits() -> Limits {
         idle_timeout: Duration::from_secs(600),
         hellos_per_source_per_s: 0,
         cookie_rotation: Duration::from_secs(60),
+        cipher_suites: CIPHER_SUITES.to_vec(),
     }
 }
 

@@ -163,6 +163,11 @@ pub struct Server<P> {
     observations: HashMap<RequestId, Observation>,
     /// Endpoints provisioned in the device table (for the reject policy).
     known_endpoints: HashSet<String>,
+    /// Endpoints that have a PSK: they may only speak over DTLS.
+    keyed_endpoints: HashSet<String>,
+    /// Secure peers (DTLS sessions) and the one endpoint each may speak
+    /// for, from its PSK identity.
+    sessions: HashMap<P, Arc<str>>,
     events: VecDeque<ServerEvent<P>>,
     next_sweep: Option<Instant>,
 }
@@ -185,6 +190,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             busy: HashSet::new(),
             observations: HashMap::new(),
             known_endpoints: HashSet::new(),
+            keyed_endpoints: HashSet::new(),
+            sessions: HashMap::new(),
             events: VecDeque::new(),
             next_sweep: None,
         }
@@ -219,6 +226,48 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
 
     pub fn set_known_endpoints(&mut self, endpoints: HashSet<String>) {
         self.known_endpoints = endpoints;
+    }
+
+    pub fn set_keyed_endpoints(&mut self, endpoints: HashSet<String>) {
+        self.keyed_endpoints = endpoints;
+    }
+
+    /// A DTLS session was established for `endpoint` (bound to its PSK
+    /// identity): it may register and update that endpoint only.
+    pub fn session_established(&mut self, peer: P, endpoint: Arc<str>) {
+        self.sessions.insert(peer, endpoint);
+    }
+
+    /// The session ended. Its registration stays: the device's next
+    /// session moves it with an Update (or registers anew).
+    pub fn session_closed(&mut self, peer: P) {
+        self.sessions.remove(&peer);
+    }
+
+    /// May `peer` speak for `endpoint`? A DTLS session only for the
+    /// endpoint of its PSK identity; plain CoAP only for endpoints without
+    /// a key (a key means the device is meant to be authenticated).
+    fn authorize(&self, peer: P, endpoint: &str) -> Result<(), Rejection> {
+        match self.sessions.get(&peer) {
+            Some(bound) if **bound == *endpoint => Ok(()),
+            Some(bound) => Err(Rejection {
+                code: Code::FORBIDDEN,
+                reason: format!("this DTLS session's PSK identity belongs to {bound}, not {endpoint}"),
+            }),
+            None if self.keyed_endpoints.contains(endpoint) => Err(Rejection {
+                code: Code::FORBIDDEN,
+                reason: format!("{endpoint} has a PSK and must use CoAP over DTLS"),
+            }),
+            None if self.config.unknown_endpoints == UnknownEndpoints::Reject
+                && !self.known_endpoints.contains(endpoint) =>
+            {
+                Err(Rejection {
+                    code: Code::FORBIDDEN,
+                    reason: format!("endpoint {endpoint} is not provisioned"),
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit<P>> {
@@ -320,7 +369,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         let result = match (req.method, path.first().map(String::as_str), path.len()) {
             (Method::Post, Some("rd"), 1) => self.register(now, peer, &req),
             (Method::Post, Some("rd"), 2) => self.update(now, peer, &req),
-            (Method::Delete, Some("rd"), 2) => self.deregister(now, &path[1]),
+            (Method::Delete, Some("rd"), 2) => self.deregister(now, peer, &path[1]),
             (Method::Post, Some("dp"), 1) => self.send(now, peer, &req),
             (_, Some("rd" | "dp"), _) => Err(Rejection {
                 code: Code::METHOD_NOT_ALLOWED,
@@ -369,12 +418,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             code: Code::BAD_REQUEST,
             reason: "missing ep".into(),
         })?;
-        if self.config.unknown_endpoints == UnknownEndpoints::Reject && !self.known_endpoints.contains(&endpoint) {
-            return Err(Rejection {
-                code: Code::FORBIDDEN,
-                reason: format!("endpoint {endpoint} is not provisioned"),
-            });
-        }
+        self.authorize(peer, &endpoint)?;
         let lifetime = self.check_lifetime(params.lifetime.unwrap_or(86400))?;
         let (object_links, root_path, announced_format) = parse_object_links(&req.payload, req.options.content_format)?;
         let replaced = self.by_endpoint.get(&endpoint).copied();
@@ -445,6 +489,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
 
     fn update(&mut self, now: Now, peer: P, req: &Request) -> Result<Response, Rejection> {
         let id = self.lookup(&req.options.uri_path[1])?;
+        self.authorize(peer, &self.devices[&id].reg.endpoint)?;
         let params = RegisterParams::parse(&req.options.uri_query)?;
         let lifetime = params.lifetime.map(|l| self.check_lifetime(l)).transpose()?;
         let links = if req.payload.is_empty() {
@@ -504,8 +549,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         Ok(Response::new(Code::CHANGED))
     }
 
-    fn deregister(&mut self, _now: Now, id: &str) -> Result<Response, Rejection> {
+    fn deregister(&mut self, _now: Now, peer: P, id: &str) -> Result<Response, Rejection> {
         let id = self.lookup(id)?;
+        self.authorize(peer, &self.devices[&id].reg.endpoint)?;
         if let Some(reg) = self.remove_registration(id) {
             self.events.push_back(ServerEvent::Deregistered {
                 endpoint: reg.endpoint,

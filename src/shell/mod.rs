@@ -1,6 +1,8 @@
 //! Thin tokio shells around the sans-I/O cores: they own sockets, timers and
 //! the clock, and move bytes and events between the world and a core.
 
+pub mod dtls;
+pub mod lwm2m;
 pub mod udp;
 
 use crate::lwm2m::server::Now;

@@ -1,39 +1,31 @@
-//! The LwM2M server on a UDP socket: receive → core → send, timers, and
-//! commands from the rest of the process (operations to queue or cancel).
+//! UDP sockets for the CoAP and DTLS listeners: kernel buffers sized for
+//! registration storms, and SO_REUSEPORT groups for sharded listeners.
 
-use std::collections::HashSet;
-use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc};
-
-use crate::lwm2m::operation::{Operation, OperationId};
-use crate::lwm2m::server::{Server, ServerEvent};
-use crate::shell::now;
-use crate::store::writer::{Command as StoreCommand, WriterHandle};
-
-/// Requests to the running server from other tasks.
-#[derive(Debug)]
-pub enum Command {
-    Enqueue(Operation),
-    Cancel(OperationId),
-    KnownEndpoints(HashSet<String>),
-}
-
-/// Largest datagram we read; CoAP over UDP should stay under the path MTU,
-/// block-wise transfers keep messages small (RFC 7252 §4.6).
-const MAX_DATAGRAM: usize = 65_535;
-/// Datagrams handled per wake-up before timers and commands get a turn.
-const RECV_BATCH: usize = 256;
-
-pub type Events = broadcast::Sender<ServerEvent<SocketAddr>>;
 
 /// Bind a UDP socket with kernel buffers of `buffer` bytes each way.
 pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    bind_with(addr, buffer, false)
+}
+
+/// Bind one of several sockets sharing `addr` (SO_REUSEPORT): the kernel
+/// spreads datagrams over them by a hash of the 4-tuple, so a given peer
+/// always reaches the same socket.
+pub fn bind_shared(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    bind_with(addr, buffer, true)
+}
+
+fn bind_with(addr: SocketAddr, buffer: usize, reuse_port: bool) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
     use std::os::fd::AsRawFd;
-    let sock = std::net::UdpSocket::bind(addr)?;
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
     let fd = sock.as_raw_fd();
     let size = buffer.min(i32::MAX as usize) as libc::c_int;
     for (plain, force) in [
@@ -59,93 +51,5 @@ pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
             );
         }
     }
-    UdpSocket::from_std(sock)
-}
-
-/// Run until `shutdown` resolves. Every event is stored through `writer`
-/// and published on `events` for live consumers.
-pub async fn run(
-    socket: UdpSocket,
-    mut server: Server<SocketAddr>,
-    writer: WriterHandle<SocketAddr>,
-    events: Events,
-    mut commands: mpsc::Receiver<Command>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
-    loop {
-        let deadline = server
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(far);
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            r = socket.recv_from(&mut buf) => {
-                match r {
-                    Ok((n, peer)) => {
-                        let t = now();
-                        server.handle_datagram(t, peer, &buf[..n]);
-                        for _ in 0..RECV_BATCH {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, peer)) => server.handle_datagram(t, peer, &buf[..n]),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    Err(e) => log::debug!("udp receive: {e}"),
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => server.handle_timeout(now()),
-            Some(cmd) = commands.recv() => {
-                let t = now();
-                match cmd {
-                    Command::Enqueue(op) => server.enqueue(t, op),
-                    Command::Cancel(id) => { server.cancel(id); }
-                    Command::KnownEndpoints(set) => server.set_known_endpoints(set),
-                }
-            }
-        }
-        while let Some(tx) = server.poll_transmit() {
-            match socket.try_send_to(&tx.bytes, tx.peer) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Err(e) = socket.send_to(&tx.bytes, tx.peer).await {
-                        log::debug!("udp send to {}: {e}", tx.peer);
-                    }
-                }
-                Err(e) => log::debug!("udp send to {}: {e}", tx.peer),
-            }
-        }
-        while let Some(ev) = server.poll_event() {
-            log_event(&ev);
-            if events.receiver_count() > 0 {
-                let _ = events.send(ev.clone());
-            }
-            writer.send(StoreCommand::Event(ev));
-        }
-    }
-}
-
-fn log_event(ev: &ServerEvent<SocketAddr>) {
-    match ev {
-        ServerEvent::Registered { registration: r, .. } => {
-            log::info!(
-                "registered {} from {} (lt {}, lwm2m {}, b={})",
-                r.endpoint,
-                r.peer,
-                r.lifetime,
-                r.version,
-                r.binding
-            )
-        }
-        ServerEvent::Deregistered { endpoint, .. } => log::info!("deregistered {endpoint}"),
-        ServerEvent::Expired { endpoint, .. } => log::info!("registration of {endpoint} expired"),
-        ServerEvent::OperationFinished { id, endpoint, outcome } => {
-            log::info!("operation {id} on {endpoint}: {:?}", outcome.state())
-        }
-        _ => {}
-    }
+    UdpSocket::from_std(sock.into())
 }

@@ -30,6 +30,8 @@ pub struct DeviceConfig {
     /// LwM2M version announced at Register: "1.1" or "1.0".
     pub version: String,
     pub params: Params,
+    /// Speak CoAP over DTLS with this identity and key.
+    pub psk: Option<crate::psk::Psk>,
 }
 
 impl DeviceConfig {
@@ -45,6 +47,7 @@ impl DeviceConfig {
             send_interval: None,
             version: "1.1".into(),
             params: Params::default(),
+            psk: None,
         }
     }
 }
@@ -254,6 +257,12 @@ impl Client {
         let id = self.coap.request(now, (), req);
         self.phase = Phase::Updating { location, id };
         self.uplink(now);
+    }
+
+    /// Send a registration Update now, as Zephyr's client does after its
+    /// connection was re-established (e.g. a new DTLS handshake).
+    pub fn update_now(&mut self, now: Instant) {
+        self.update(now);
     }
 
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {

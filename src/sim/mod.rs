@@ -2,18 +2,19 @@
 //! own UDP socket (so the server sees distinct peers, as with real devices).
 
 pub mod client;
+pub mod link;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::lwm2m::content;
 use crate::lwm2m::model::Models;
 pub use client::{Client, Counters, DeviceConfig};
+use link::Link;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimArgs {
@@ -51,6 +52,10 @@ pub struct SimArgs {
     /// Stop (and de-register) after this many seconds; default: until Ctrl-C.
     #[arg(long)]
     pub duration_s: Option<u64>,
+    /// Speak CoAP over DTLS with this key (hex); each device's PSK identity
+    /// is its endpoint name. Point --server at the CoAPS port.
+    #[arg(long)]
+    pub psk_key_hex: Option<String>,
 }
 
 impl SimArgs {
@@ -72,6 +77,9 @@ impl SimArgs {
         };
         c.notify_interval = Duration::from_millis(self.notify_interval_ms.max(1));
         c.send_interval = self.send_interval_s.map(Duration::from_secs);
+        if let Some(key) = &self.psk_key_hex {
+            c.psk = Some(crate::psk::Psk::from_hex(&c.endpoint, key)?);
+        }
         Ok(c)
     }
 }
@@ -85,6 +93,8 @@ pub struct Stats {
     pub notifications: AtomicU64,
     pub failures: AtomicU64,
     pub registered: AtomicI64,
+    /// Completed DTLS handshakes.
+    pub handshakes: AtomicU64,
 }
 
 impl Stats {
@@ -119,6 +129,7 @@ fn local_addr(server: SocketAddr, index: usize) -> SocketAddr {
 pub struct Fleet {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    rebinds: Vec<Arc<Notify>>,
     pub stats: Arc<Stats>,
 }
 
@@ -170,14 +181,32 @@ impl Fleet {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
         let mut tasks = Vec::with_capacity(configs.len());
+        let mut rebinds = Vec::with_capacity(configs.len());
         for (i, cfg) in configs.into_iter().enumerate() {
-            let sock = UdpSocket::bind(local_addr(server, first_index + i)).await?;
-            sock.connect(server).await?;
+            let link = Link::open(local_addr(server, first_index + i), server, cfg.psk.as_ref()).await?;
             let mut client = Client::new(cfg, models.clone(), fastrand::u64(..) ^ i as u64);
             client.continuous_updates = continuous_updates;
-            tasks.push(tokio::spawn(run_device(client, sock, stop_rx.clone(), stats.clone())));
+            let rebind = Arc::new(Notify::new());
+            rebinds.push(rebind.clone());
+            tasks.push(tokio::spawn(run_device(
+                client,
+                link,
+                rebind,
+                stop_rx.clone(),
+                stats.clone(),
+            )));
         }
-        Ok(Fleet { stop, tasks, stats })
+        Ok(Fleet {
+            stop,
+            tasks,
+            rebinds,
+            stats,
+        })
+    }
+
+    /// Move device `index` to a new source port, as a NAT rebinding would.
+    pub fn rebind(&self, index: usize) {
+        self.rebinds[index].notify_one();
     }
 
     /// De-register every device and wait for them to finish.
@@ -189,47 +218,77 @@ impl Fleet {
     }
 }
 
-async fn run_device(mut client: Client, sock: UdpSocket, mut stop: watch::Receiver<bool>, stats: Arc<Stats>) {
+async fn run_device(
+    mut client: Client,
+    mut link: Link,
+    rebind: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) {
     let mut buf = vec![0u8; 2048];
     let start = tokio::time::Instant::now().into_std();
     client.start(start);
     let mut before = client.counters;
+    let mut handshakes = 0;
     let mut registered = false;
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         while let Some(bytes) = client.poll_transmit() {
-            let _ = sock.send(&bytes).await;
+            link.send(bytes).await;
         }
         let after = client.counters;
         stats.add(&before, &after);
         before = after;
+        stats
+            .handshakes
+            .fetch_add(link.handshakes() - handshakes, Ordering::Relaxed);
+        handshakes = link.handshakes();
         if client.is_registered() != registered {
             registered = client.is_registered();
             stats
                 .registered
                 .fetch_add(if registered { 1 } else { -1 }, Ordering::Relaxed);
         }
-        let deadline = client
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(far);
+        let deadline = match (client.poll_timeout(), link.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(tokio::time::Instant::from_std)
+        .unwrap_or_else(far);
         tokio::select! {
             _ = stop.changed() => {
                 client.deregister(std::time::Instant::now());
                 while let Some(bytes) = client.poll_transmit() {
-                    let _ = sock.send(&bytes).await;
+                    link.send(bytes).await;
                 }
                 if registered {
                     stats.registered.fetch_sub(1, Ordering::Relaxed);
                 }
                 return;
             }
-            r = sock.recv(&mut buf) => {
-                if let Ok(n) = r {
-                    client.handle_datagram(std::time::Instant::now(), &buf[..n]);
+            r = link.recv(&mut buf) => {
+                if let Ok((messages, established)) = r {
+                    let now = std::time::Instant::now();
+                    for m in messages {
+                        client.handle_datagram(now, &m);
+                    }
+                    // A new session after the first: tell the server where
+                    // the device is now (Zephyr updates after reconnecting).
+                    if established && link.handshakes() > 1 {
+                        client.update_now(now);
+                    }
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => client.handle_timeout(std::time::Instant::now()),
+            _ = rebind.notified() => {
+                if let Err(e) = link.rebind().await {
+                    log::warn!("sim: rebind of {}: {e}", client.endpoint());
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = std::time::Instant::now();
+                client.handle_timeout(now);
+                link.handle_timeout(now).await;
+            }
         }
     }
 }

@@ -139,6 +139,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE devices ADD COLUMN psk_key BLOB;
     "#,
+    // 5: a counter bumped by every change to a device's key, whoever makes
+    // it (server, CLI, API): the running server polls it and reloads its
+    // in-memory key table when it moves.
+    r#"
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters VALUES ('psk_generation', 0);
+    CREATE TRIGGER psk_inserted AFTER INSERT ON devices WHEN NEW.psk_identity IS NOT NULL
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'psk_generation'; END;
+    CREATE TRIGGER psk_updated AFTER UPDATE OF psk_identity, psk_key ON devices
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'psk_generation'; END;
+    CREATE TRIGGER psk_deleted AFTER DELETE ON devices WHEN OLD.psk_identity IS NOT NULL
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'psk_generation'; END;
+    "#,
 ];
 
 pub struct Store {
@@ -378,6 +391,31 @@ impl Store {
         tx.execute("DELETE FROM devices WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every device key, for the DTLS handshake's in-memory table.
+    pub fn device_keys(&self) -> Result<Vec<(String, Psk)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT endpoint, psk_identity, psk_key FROM devices WHERE psk_identity IS NOT NULL AND psk_key IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (endpoint, identity, key) = row?;
+            out.push((endpoint, Psk::from_parts(identity, key)));
+        }
+        Ok(out)
+    }
+
+    /// Moves whenever any device key is added, changed or removed.
+    pub fn keys_generation(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM counters WHERE name = 'psk_generation'", [], |r| {
+                r.get(0)
+            })?)
     }
 
     pub fn endpoints(&self) -> Result<Vec<String>> {

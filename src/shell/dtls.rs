@@ -1,0 +1,93 @@
+//! One DTLS shard: a socket of the SO_REUSEPORT group on the CoAPS port,
+//! its session table, and the channels to the LwM2M server's task.
+//! Shards run in parallel on the runtime's worker threads; handshakes and
+//! record crypto happen here, off the server's task.
+
+use std::future::Future;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::dtls::{SessionEvent, Sessions};
+use crate::shell::lwm2m::{FromDtls, MAX_DATAGRAM, RECV_BATCH, ToDtls};
+use crate::transport::Peer;
+
+pub async fn run(
+    socket: UdpSocket,
+    mut sessions: Sessions,
+    to_server: mpsc::Sender<FromDtls>,
+    mut from_server: mpsc::Receiver<ToDtls>,
+    mut keys_changed: watch::Receiver<u64>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let deadline = tokio::time::Instant::from_std(sessions.poll_timeout());
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    let t = Instant::now();
+                    sessions.handle_datagram(t, from, &buf[..n]);
+                    for _ in 0..RECV_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) => sessions.handle_datagram(t, from, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(e) => log::debug!("coaps receive: {e}"),
+            },
+            Some(msg) = from_server.recv() => {
+                let t = Instant::now();
+                sessions.send(t, msg.session, &msg.payload);
+                for _ in 0..RECV_BATCH {
+                    match from_server.try_recv() {
+                        Ok(msg) => { sessions.send(t, msg.session, &msg.payload); }
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => sessions.handle_timeout(Instant::now()),
+            Ok(()) = keys_changed.changed() => sessions.keys_changed(Instant::now()),
+        }
+        while let Some(t) = sessions.poll_transmit() {
+            match socket.try_send_to(&t.datagram, t.to) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = socket.send_to(&t.datagram, t.to).await {
+                        log::debug!("coaps send to {}: {e}", t.to);
+                    }
+                }
+                Err(e) => log::debug!("coaps send to {}: {e}", t.to),
+            }
+        }
+        while let Some(ev) = sessions.poll_event() {
+            let msg = match ev {
+                SessionEvent::Established { session, addr, binding } => {
+                    log::debug!("DTLS session {session} from {addr} for {}", binding.endpoint);
+                    FromDtls::Established {
+                        peer: Peer::Dtls { session, addr },
+                        endpoint: binding.endpoint,
+                    }
+                }
+                SessionEvent::Data { session, addr, payload } => FromDtls::Data {
+                    peer: Peer::Dtls { session, addr },
+                    payload,
+                },
+                SessionEvent::Closed { session } => FromDtls::Closed {
+                    peer: Peer::Dtls {
+                        session,
+                        addr: ([0, 0, 0, 0], 0).into(),
+                    },
+                },
+            };
+            if to_server.send(msg).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The LwM2M server's task: CoAP from plain UDP and from the DTLS shards →
+//! core → back out the way each peer came; timers; commands from the rest
+//! of the process (operations to queue or cancel, provisioning changes).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::dtls::SessionId;
+use crate::lwm2m::operation::{Operation, OperationId};
+use crate::lwm2m::server::{Server, ServerEvent};
+use crate::shell::now;
+use crate::store::writer::{Command as StoreCommand, WriterHandle};
+use crate::transport::Peer;
+
+/// Requests to the running server from other tasks.
+#[derive(Debug)]
+pub enum Command {
+    Enqueue(Operation),
+    Cancel(OperationId),
+    KnownEndpoints(HashSet<String>),
+    /// Endpoints with a PSK, after the key table changed.
+    KeyedEndpoints(HashSet<String>),
+}
+
+/// From a DTLS shard to the server.
+#[derive(Debug)]
+pub enum FromDtls {
+    Established { peer: Peer, endpoint: Arc<str> },
+    Data { peer: Peer, payload: Vec<u8> },
+    Closed { peer: Peer },
+}
+
+/// From the server to the DTLS shard owning `session`.
+#[derive(Debug)]
+pub struct ToDtls {
+    pub session: SessionId,
+    pub payload: Vec<u8>,
+}
+
+/// How devices reach the server: plain UDP, DTLS shards, or both.
+pub struct Transports {
+    pub udp: Option<UdpSocket>,
+    pub dtls: Option<DtlsLink>,
+}
+
+pub struct DtlsLink {
+    pub inbound: mpsc::Receiver<FromDtls>,
+    /// One sender per shard, indexed by [`SessionId::shard`].
+    pub outbound: Vec<mpsc::Sender<ToDtls>>,
+}
+
+/// Largest datagram we read; CoAP over UDP should stay under the path MTU,
+/// block-wise transfers keep messages small (RFC 7252 §4.6).
+pub const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams handled per wake-up before timers and commands get a turn.
+pub const RECV_BATCH: usize = 256;
+
+pub type Events = broadcast::Sender<ServerEvent<Peer>>;
+
+async fn recv_udp(socket: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_dtls(link: &mut Option<DtlsLink>) -> Option<FromDtls> {
+    match link {
+        Some(l) => l.inbound.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn from_dtls(server: &mut Server<Peer>, msg: FromDtls) {
+    let t = now();
+    match msg {
+        FromDtls::Data { peer, payload } => server.handle_datagram(t, peer, &payload),
+        FromDtls::Established { peer, endpoint } => server.session_established(peer, endpoint),
+        FromDtls::Closed { peer } => server.session_closed(peer),
+    }
+}
+
+/// Run until `shutdown` resolves. Every event is stored through `writer`
+/// and published on `events` for live consumers.
+pub async fn run(
+    mut transports: Transports,
+    mut server: Server<Peer>,
+    writer: WriterHandle<Peer>,
+    events: Events,
+    mut commands: mpsc::Receiver<Command>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+    let udp = transports.udp.take();
+    loop {
+        let deadline = server
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(far);
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = recv_udp(udp.as_ref(), &mut buf) => {
+                let socket = udp.as_ref().expect("only polled with a socket");
+                match r {
+                    Ok((n, from)) => {
+                        let t = now();
+                        server.handle_datagram(t, Peer::Udp(from), &buf[..n]);
+                        for _ in 0..RECV_BATCH {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, from)) => server.handle_datagram(t, Peer::Udp(from), &buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => log::debug!("udp receive: {e}"),
+                }
+            }
+            Some(msg) = recv_dtls(&mut transports.dtls) => {
+                from_dtls(&mut server, msg);
+                let link = transports.dtls.as_mut().expect("only polled with a link");
+                for _ in 0..RECV_BATCH {
+                    match link.inbound.try_recv() {
+                        Ok(msg) => from_dtls(&mut server, msg),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => server.handle_timeout(now()),
+            Some(cmd) = commands.recv() => {
+                let t = now();
+                match cmd {
+                    Command::Enqueue(op) => server.enqueue(t, op),
+                    Command::Cancel(id) => { server.cancel(id); }
+                    Command::KnownEndpoints(set) => server.set_known_endpoints(set),
+                    Command::KeyedEndpoints(set) => server.set_keyed_endpoints(set),
+                }
+            }
+        }
+        while let Some(tx) = server.poll_transmit() {
+            match tx.peer {
+                Peer::Udp(to) => {
+                    let Some(socket) = udp.as_ref() else { continue };
+                    match socket.try_send_to(&tx.bytes, to) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if let Err(e) = socket.send_to(&tx.bytes, to).await {
+                                log::debug!("udp send to {to}: {e}");
+                            }
+                        }
+                        Err(e) => log::debug!("udp send to {to}: {e}"),
+                    }
+                }
+                Peer::Dtls { session, .. } => {
+                    let Some(shard) = transports.dtls.as_ref().and_then(|l| l.outbound.get(session.shard())) else {
+                        continue;
+                    };
+                    // A full shard queue drops the message like a full
+                    // socket would; CoAP retransmits confirmable ones.
+                    let _ = shard.try_send(ToDtls {
+                        session,
+                        payload: tx.bytes,
+                    });
+                }
+            }
+        }
+        while let Some(ev) = server.poll_event() {
+            log_event(&ev);
+            if events.receiver_count() > 0 {
+                let _ = events.send(ev.clone());
+            }
+            writer.send(StoreCommand::Event(ev));
+        }
+    }
+}
+
+fn log_event(ev: &ServerEvent<Peer>) {
+    match ev {
+        ServerEvent::Registered { registration: r, .. } => {
+            log::info!(
+                "registered {} from {} (lt {}, lwm2m {}, b={})",
+                r.endpoint,
+                r.peer,
+                r.lifetime,
+                r.version,
+                r.binding
+            )
+        }
+        ServerEvent::Deregistered { endpoint, .. } => log::info!("deregistered {endpoint}"),
+        ServerEvent::Expired { endpoint, .. } => log::info!("registration of {endpoint} expired"),
+        ServerEvent::OperationFinished { id, endpoint, outcome } => {
+            log::info!("operation {id} on {endpoint}: {:?}", outcome.state())
+        }
+        _ => {}
+    }
+}
