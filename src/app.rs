@@ -322,25 +322,31 @@ fn start_dtls(
     }
     for shard in 0..shards {
         // With port 0 the first socket picks the port; the others join it.
-        let socket = if shards == 1 {
-            udp::bind(addr, config.coap.socket_buffer_bytes)
-        } else {
-            udp::bind_shared(addr, config.coap.socket_buffer_bytes)
-        }
-        .with_context(|| format!("coaps.listen {addr}"))?;
+        let socket = udp::bind_std(addr, config.coap.socket_buffer_bytes, shards > 1)
+            .with_context(|| format!("coaps.listen {addr}"))?;
         addr = socket.local_addr()?;
         let sessions =
             Sessions::new(std::time::Instant::now(), shard as u8, keys.clone(), limits.clone()).context("coaps")?;
         let (tx, rx) = mpsc::channel(4096);
         outbound.push(tx);
-        tasks.push(tokio::spawn(dtls_shell::run(
-            socket,
-            sessions,
-            inbound_tx.clone(),
-            rx,
-            keys_changed.clone(),
-            stopped(stop.clone()),
-        )));
+        let (to_server, keys_changed, stop) = (inbound_tx.clone(), keys_changed.clone(), stop.clone());
+        // Each shard on a thread of its own: its sessions' memory then
+        // comes from the thread's own malloc arena instead of being mixed
+        // with long-lived registration data, so what parking frees can go
+        // back to the kernel; and handshake crypto stays off the server's
+        // workers.
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return log::error!("coaps shard {shard}: no runtime: {e}"),
+            };
+            rt.block_on(async move {
+                match tokio::net::UdpSocket::from_std(socket) {
+                    Ok(socket) => dtls_shell::run(socket, sessions, to_server, rx, keys_changed, stopped(stop)).await,
+                    Err(e) => log::error!("coaps shard {shard}: {e}"),
+                }
+            })
+        }));
     }
     Ok((DtlsLink { inbound, outbound }, addr, shards))
 }

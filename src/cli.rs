@@ -388,7 +388,7 @@ fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
         ok = false;
         println!("coap: FAIL (no runtime.json: is the server running?)");
     }
-    let probes: [(&str, fn(SocketAddr) -> anyhow::Result<u128>, &str); 2] = [
+    let probes: [(&str, Probe, &str); 2] = [
         ("coap", coap_ping, "answered a ping"),
         ("coaps", dtls_hello, "answered a ClientHello with a HelloVerifyRequest"),
     ];
@@ -405,6 +405,9 @@ fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
+
+/// A liveness probe of one listener: the round trip in ms.
+type Probe = fn(SocketAddr) -> anyhow::Result<u128>;
 
 /// Send `request` from a fresh socket and wait up to 2 s for a datagram
 /// `accept` takes; the round trip in ms.

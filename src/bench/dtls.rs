@@ -18,10 +18,10 @@ use anyhow::{Context, bail};
 use rtc_dtls::config::HandshakeConfig;
 use tokio::net::UdpSocket;
 
-use super::{ServerProcess, proc_status_kib};
+use super::{ServerProcess, proc_cpu_seconds};
 use crate::coap::{Message, Method, Request, Type};
-use crate::dtls::client::{Client, client_config};
 use crate::dtls::CIPHER_SUITES;
+use crate::dtls::client::{Client, client_config};
 use crate::psk::Psk;
 use crate::store::Store;
 
@@ -32,7 +32,7 @@ const KEY: &str = "flownexus-bench!";
 const CLIENTS: usize = 64;
 /// libcoap has no per-source ClientHello limit; for a like-for-like
 /// capacity figure ours is off too (`coaps.hellos_per_source_per_s = 0`).
-const NO_HELLO_LIMIT: (&str, &str) = ("FLOWNEXUS_COAPS_HELLOS_PER_SOURCE_PER_S", "0");
+pub(crate) const NO_HELLO_LIMIT: (&str, &str) = ("FLOWNEXUS_COAPS_HELLOS_PER_SOURCE_PER_S", "0");
 
 fn identity(i: usize) -> String {
     format!("bench-{i}")
@@ -46,15 +46,15 @@ fn config_for(i: usize) -> anyhow::Result<Arc<HandshakeConfig>> {
     Ok(client_config(&identity(i), KEY.as_bytes(), &CIPHER_SUITES[..1])?)
 }
 
-/// Provision identities 0..n with [`KEY`] for the flownexus server.
-fn provision(dir: &Path, n: usize) -> anyhow::Result<()> {
+/// Provision devices 0..n, identity `identity(i)`, with `key`.
+pub(crate) fn provision(dir: &Path, n: usize, identity: impl Fn(usize) -> String, key: &[u8]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut store = Store::open(&dir.join("flownexus.sqlite3"))?;
     let rows: Vec<crate::psk::Provisioned> = (0..n)
         .map(|i| crate::psk::Provisioned {
             line: i + 1,
-            endpoint: format!("urn:bench:{i}"),
-            psk: Psk::from_parts(identity(i), KEY.as_bytes().to_vec()),
+            endpoint: identity(i),
+            psk: Psk::from_parts(identity(i), key.to_vec()),
         })
         .collect();
     if let Err(errors) = store.import_devices(&rows)? {
@@ -64,7 +64,11 @@ fn provision(dir: &Path, n: usize) -> anyhow::Result<()> {
 }
 
 /// Drive one client's handshake on `sock` to the end; true if established.
-async fn handshake(sock: &UdpSocket, target: SocketAddr, config: Arc<HandshakeConfig>) -> anyhow::Result<Option<Client>> {
+async fn handshake(
+    sock: &UdpSocket,
+    target: SocketAddr,
+    config: Arc<HandshakeConfig>,
+) -> anyhow::Result<Option<Client>> {
     let mut c = Client::connect(Instant::now(), target, config)?;
     let mut buf = [0u8; 2048];
     loop {
@@ -213,84 +217,84 @@ fn libcoap_server() -> anyhow::Result<(std::process::Child, SocketAddr)> {
     Ok((child, SocketAddr::from(([127, 0, 0, 1], port + 1))))
 }
 
-pub async fn run(seconds: u64, idle: usize) -> anyhow::Result<()> {
-    let server = ServerProcess::start_with(&[NO_HELLO_LIMIT], |dir| provision(dir, CLIENTS))?;
-    let ours = server.coaps.context("flownexus reported no coaps listener")?;
-    let (hs_ours, n_ours, f_ours) = handshakes(ours, seconds).await?;
-    println!("dtls: flownexus {hs_ours:.0} handshakes/s ({n_ours} in {seconds} s, {f_ours} failed)");
-    let (get_ours, g_ours) = gets(ours, 8, seconds).await?;
-    println!("dtls: flownexus {get_ours:.0} GET/s over {CLIENTS} sessions ({g_ours} in {seconds} s; 4.04: the LwM2M server has no such resource)");
-    drop(server);
-
-    let (mut child, theirs) = libcoap_server()?;
-    let result = async {
-        let (hs, n, f) = handshakes(theirs, seconds).await?;
-        println!("dtls: libcoap coap-server-openssl {hs:.0} handshakes/s ({n} in {seconds} s, {f} failed)");
-        let (get, g) = gets(theirs, 8, seconds).await?;
-        println!("dtls: libcoap coap-server-openssl {get:.0} GET/s over {CLIENTS} sessions ({g} in {seconds} s; 2.05 with its link-format)");
-        anyhow::Ok((hs, get))
-    }
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let (hs_theirs, get_theirs) = result?;
-    println!(
-        "dtls: ratio flownexus / libcoap: handshakes {:.2}, GET round-trips {:.2}; goal 2 on both",
-        hs_ours / hs_theirs.max(1.0),
-        get_ours / get_theirs.max(1.0)
-    );
-    memory(idle).await
+/// One server's figures: rates, and its own CPU time per operation (the
+/// load generator shares the machine's two cores, so the CPU cost is the
+/// figure that does not depend on how much of them it leaves).
+struct Figures {
+    handshakes: f64,
+    handshake_cpu_us: f64,
+    gets: f64,
+    get_cpu_us: f64,
 }
 
-/// RSS of the server with `n` established, idle sessions. Each session is
-/// made from its own source address and port; the generator's socket is
-/// closed after the handshake (the server keeps the session until it has
-/// been idle for `coaps.session_idle_timeout_s`).
-async fn memory(n: usize) -> anyhow::Result<()> {
-    let server = ServerProcess::start_with(&[NO_HELLO_LIMIT], |dir| provision(dir, n))?;
-    let target = server.coaps.context("no coaps listener")?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = server.child.id();
-    let base = proc_status_kib(pid, "VmRSS:");
-    let t0 = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (next, failed) = (next.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= n {
-                    return anyhow::Ok(());
-                }
-                // 20,000 ports on each of 127.3.x.y: unique 4-tuples.
-                let local = SocketAddr::from(([127, 3, (i / 20_000 / 250) as u8, (i / 20_000 % 250 + 1) as u8], 20_000 + (i % 20_000) as u16));
-                let sock = UdpSocket::bind(local).await?;
-                sock.connect(target).await?;
-                if handshake(&sock, target, config_for(i)?).await?.is_none() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let took = t0.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = proc_status_kib(pid, "VmRSS:");
-    let hwm = proc_status_kib(pid, "VmHWM:");
-    let made = n as u64 - failed.load(Ordering::Relaxed);
+async fn measure(name: &str, pid: u32, target: SocketAddr, seconds: u64) -> anyhow::Result<Figures> {
+    let cpu0 = proc_cpu_seconds(pid);
+    let (handshakes, n, failed) = self::handshakes(target, seconds).await?;
+    let cpu1 = proc_cpu_seconds(pid);
+    let handshake_cpu_us = (cpu1 - cpu0) * 1e6 / n.max(1) as f64;
     println!(
-        "dtls: {made} idle sessions established in {:.1} s ({:.0}/s); server RSS {base} KiB before, {rss} KiB after, peak {hwm} KiB",
-        took.as_secs_f64(),
-        made as f64 / took.as_secs_f64()
+        "dtls: {name} {handshakes:.0} handshakes/s ({n} in {seconds} s, {failed} failed), {handshake_cpu_us:.1} µs server CPU each"
     );
+    let (gets, g) = self::gets(target, 8, seconds).await?;
+    let get_cpu_us = (proc_cpu_seconds(pid) - cpu1) * 1e6 / g.max(1) as f64;
     println!(
-        "dtls: {:.0} bytes per established idle session (RSS), {:.0} (peak); goal 2048",
-        (rss.saturating_sub(base) * 1024) as f64 / made.max(1) as f64,
-        (hwm.saturating_sub(base) * 1024) as f64 / made.max(1) as f64
+        "dtls: {name} {gets:.0} GET/s over {CLIENTS} sessions ({g} in {seconds} s), {get_cpu_us:.1} µs server CPU each (session set-up included)"
+    );
+    Ok(Figures {
+        handshakes,
+        handshake_cpu_us,
+        gets,
+        get_cpu_us,
+    })
+}
+
+pub async fn run(seconds: u64) -> anyhow::Result<()> {
+    let server = ServerProcess::start_with(&[NO_HELLO_LIMIT], |dir| {
+        provision(dir, CLIENTS, identity, KEY.as_bytes())
+    })?;
+    let target = server.coaps.context("flownexus reported no coaps listener")?;
+    println!(
+        "dtls: flownexus answers GET /.well-known/core with 4.04 (no such LwM2M resource), libcoap with 2.05 and its link-format"
+    );
+    let ours = measure("flownexus", server.child.id(), target, seconds).await?;
+    drop(server);
+
+    let (mut child, target) = libcoap_server()?;
+    let theirs = measure("libcoap coap-server-openssl", child.id(), target, seconds).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let theirs = theirs?;
+    println!(
+        "dtls: ratio flownexus / libcoap: handshakes/s {:.2}, GET/s {:.2} (goal 2 on both); server CPU per handshake {:.2}×, per GET {:.2}× less",
+        ours.handshakes / theirs.handshakes.max(1.0),
+        ours.gets / theirs.gets.max(1.0),
+        theirs.handshake_cpu_us / ours.handshake_cpu_us.max(0.001),
+        theirs.get_cpu_us / ours.get_cpu_us.max(0.001)
+    );
+    Ok(())
+}
+
+/// Server memory per device with `n` devices registered over DTLS, beside
+/// the same over plain CoAP: the difference is what a DTLS session costs
+/// beyond the registration itself.
+pub async fn memory(n: usize) -> anyhow::Result<()> {
+    let plain = super::memory_of(n, None).await?;
+    let secure = super::memory_of(n, Some(KEY.as_bytes())).await?;
+    for (what, m) in [("plain CoAP", &plain), ("DTLS", &secure)] {
+        println!(
+            "dtls: {n} devices registered over {what} in {:.1} s; server RSS {} KiB at start, {} KiB settled, peak {} KiB: {:.0} B/device settled, {:.0} B/device peak",
+            m.took.as_secs_f64(),
+            m.base_kib,
+            m.rss_kib,
+            m.peak_kib,
+            m.rss_per_device(),
+            m.peak_per_device()
+        );
+    }
+    println!(
+        "dtls: an established idle DTLS session costs {:.0} B settled, {:.0} B at peak, beyond its registration (goal <= 2048)",
+        secure.rss_per_device() - plain.rss_per_device(),
+        secure.peak_per_device() - plain.peak_per_device()
     );
     Ok(())
 }

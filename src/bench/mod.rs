@@ -32,7 +32,7 @@ use crate::store::{Store, now_ms};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// register, memory, read, coap, fw, dtls or all.
+    /// register, memory, read, coap, fw, dtls, dtls-memory or all.
     pub which: String,
     /// Simulated devices (default: 10,000; 100,000 for `memory`).
     #[arg(long)]
@@ -129,6 +129,22 @@ impl Drop for ServerProcess {
     }
 }
 
+/// CPU time (user + system) a process has used, from /proc/PID/stat.
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime
+            // are fields 14 and 15 of the whole line.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
 /// A `VmRSS:`/`VmHWM:` style field of /proc/PID/status, in KiB.
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -174,8 +190,11 @@ async fn registered(fleet: &Fleet, n: usize, timeout: Duration) -> anyhow::Resul
 pub async fn run(args: BenchArgs, _config: Config) -> anyhow::Result<ExitCode> {
     let models = Arc::new(Models::embedded());
     let all = args.which == "all";
-    if !all && !["register", "memory", "read", "coap", "fw", "dtls"].contains(&args.which.as_str()) {
-        bail!("bench {}: expected register, memory, read, coap, fw, dtls or all", args.which);
+    if !all && !["register", "memory", "read", "coap", "fw", "dtls", "dtls-memory"].contains(&args.which.as_str()) {
+        bail!(
+            "bench {}: expected register, memory, read, coap, fw, dtls, dtls-memory or all",
+            args.which
+        );
     }
     if all || args.which == "register" {
         register(args.devices.unwrap_or(10_000), args.seconds, &models).await?;
@@ -190,7 +209,10 @@ pub async fn run(args: BenchArgs, _config: Config) -> anyhow::Result<ExitCode> {
         fw::run(args.seconds, args.idle).await?;
     }
     if all || args.which == "dtls" {
-        dtls::run(args.seconds, args.sessions).await?;
+        dtls::run(args.seconds).await?;
+    }
+    if all || args.which == "dtls-memory" {
+        dtls::memory(args.sessions).await?;
     }
     if all || args.which == "memory" {
         memory(args.devices.unwrap_or(100_000)).await?;
@@ -234,51 +256,99 @@ async fn register(n: usize, seconds: u64, models: &Arc<Models>) -> anyhow::Resul
 /// CAP_SYS_RESOURCE), so large fleets run as several `flownexus sim` children.
 const DEVICES_PER_SIM_PROCESS: usize = 15_000;
 
-/// Peak server RSS per registered device.
-async fn memory(n: usize) -> anyhow::Result<()> {
-    let server = ServerProcess::start(&[])?;
+/// Server memory with `devices` registered devices.
+pub(crate) struct MemoryFigure {
+    pub devices: usize,
+    pub base_kib: u64,
+    pub rss_kib: u64,
+    pub peak_kib: u64,
+    pub took: Duration,
+}
+
+impl MemoryFigure {
+    /// Peak RSS growth per device, in bytes.
+    pub fn peak_per_device(&self) -> f64 {
+        (self.peak_kib.saturating_sub(self.base_kib) * 1024) as f64 / self.devices as f64
+    }
+    /// RSS growth per device once settled, in bytes.
+    pub fn rss_per_device(&self) -> f64 {
+        (self.rss_kib.saturating_sub(self.base_kib) * 1024) as f64 / self.devices as f64
+    }
+}
+
+/// Register `n` simulated devices (in `flownexus sim` children) and read
+/// the server's RSS. With `psk_key`, each device has that key under its
+/// endpoint name and speaks CoAP over DTLS.
+pub(crate) async fn memory_of(n: usize, psk_key: Option<&[u8]>) -> anyhow::Result<MemoryFigure> {
+    let prefix = "bench:mem:";
+    let server = ServerProcess::start_with(&[dtls::NO_HELLO_LIMIT], |dir| match psk_key {
+        Some(key) => dtls::provision(dir, n, |i| format!("{prefix}{i}"), key),
+        None => Ok(()),
+    })?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = server.status_kib("VmRSS:");
     let store = Store::open(&server.data_dir().join("flownexus.sqlite3"))?;
+    let target = match psk_key {
+        Some(_) => server.coaps.context("no coaps listener")?,
+        None => server.coap,
+    };
     let start = Instant::now();
     let mut sims = Vec::new();
     for first in (0..n).step_by(DEVICES_PER_SIM_PROCESS) {
         let count = DEVICES_PER_SIM_PROCESS.min(n - first);
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args([
-                "sim",
-                "--server",
-                &server.coap.to_string(),
-                "--count",
-                &count.to_string(),
-            ])
-            .args(["--prefix", "bench:mem:", "--first-index", &first.to_string()])
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(["sim", "--server", &target.to_string(), "--count", &count.to_string()])
+            .args(["--prefix", prefix, "--first-index", &first.to_string()])
             .args(["--lifetime", "86400", "--notify-interval-ms", "3600000"])
             .env("FLOWNEXUS_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting flownexus sim")?;
-        sims.push(KillOnDrop(child));
+            .stdout(Stdio::null());
+        if let Some(key) = psk_key {
+            cmd.args(["--psk-key-hex", &crate::lwm2m::path::hex_bytes::encode(key)]);
+        }
+        sims.push(KillOnDrop(cmd.spawn().context("starting flownexus sim")?));
     }
     let mut registered = 0;
+    let mut reported = Instant::now();
     while registered < n {
-        if start.elapsed() > Duration::from_secs(600) {
-            bail!("only {registered} of {n} devices registered in 600 s");
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("only {registered} of {n} devices registered in 900 s");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         registered = store.count_registrations()? as usize;
+        if reported.elapsed() > Duration::from_secs(10) {
+            reported = Instant::now();
+            eprintln!(
+                "memory: {registered} of {n} registered after {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+        }
     }
     let took = start.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let hwm = server.status_kib("VmHWM:");
-    let rss = server.status_kib("VmRSS:");
-    let per = (hwm.saturating_sub(base) * 1024) as f64 / n as f64;
+    // Long enough for idle DTLS sessions to be parked (coaps.park_after_ms).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    Ok(MemoryFigure {
+        devices: n,
+        base_kib: base,
+        rss_kib: server.status_kib("VmRSS:"),
+        peak_kib: server.status_kib("VmHWM:"),
+        took,
+    })
+}
+
+/// Peak server RSS per registered device.
+async fn memory(n: usize) -> anyhow::Result<()> {
+    let m = memory_of(n, None).await?;
     println!(
-        "memory: {n} devices registered in {:.1} s ({} simulator processes); server RSS {base} KiB at start, {rss} KiB now, peak {hwm} KiB",
-        took.as_secs_f64(),
-        sims.len()
+        "memory: {n} devices registered in {:.1} s; server RSS {} KiB at start, {} KiB now, peak {} KiB",
+        m.took.as_secs_f64(),
+        m.base_kib,
+        m.rss_kib,
+        m.peak_kib
     );
-    println!("memory: {per:.0} bytes peak RSS per registered device (goal <= 4096)");
+    println!(
+        "memory: {:.0} bytes peak RSS per registered device (goal <= 4096)",
+        m.peak_per_device()
+    );
     Ok(())
 }
 

@@ -22,6 +22,9 @@ pub fn client_config(identity: &str, key: &[u8], suites: &[CipherSuiteId]) -> Re
         .with_psk(Some(Arc::new(move |_hint: &[u8]| Ok(key.clone()))))
         .with_psk_identity_hint(Some(identity.as_bytes().to_vec()))
         .with_cipher_suites(suites.to_vec())
+        // Used for SNI only, which PSK handshakes do not need; set so that
+        // rtc-dtls does not warn about its default.
+        .with_server_name("flownexus".into())
         .build(true, None)
         .map(Arc::new)
         .map_err(|e| Error::Invalid {

@@ -25,8 +25,15 @@ pub struct Binding {
 }
 
 #[derive(Default)]
+struct Table {
+    by_identity: HashMap<Box<[u8]>, Entry>,
+    /// Endpoint → the tag of its current key.
+    by_endpoint: HashMap<Arc<str>, u64>,
+}
+
+#[derive(Default)]
 pub struct PskKeys {
-    table: RwLock<Arc<HashMap<Box<[u8]>, Entry>>>,
+    table: RwLock<Arc<Table>>,
 }
 
 fn tag(key: &[u8]) -> u64 {
@@ -45,27 +52,28 @@ impl PskKeys {
     /// removal); handshakes in progress finish with whichever table they
     /// read.
     pub fn replace(&self, devices: impl IntoIterator<Item = (String, Psk)>) {
-        let table = devices
-            .into_iter()
-            .map(|(endpoint, psk)| {
-                let key = psk.key().to_vec();
-                let entry = Entry {
-                    endpoint: endpoint.into(),
-                    tag: tag(&key),
-                    key,
-                };
-                (psk.identity.into_bytes().into_boxed_slice(), entry)
-            })
-            .collect();
+        let mut table = Table::default();
+        for (endpoint, psk) in devices {
+            let key = psk.key().to_vec();
+            let entry = Entry {
+                endpoint: endpoint.into(),
+                tag: tag(&key),
+                key,
+            };
+            table.by_endpoint.insert(entry.endpoint.clone(), entry.tag);
+            table
+                .by_identity
+                .insert(psk.identity.into_bytes().into_boxed_slice(), entry);
+        }
         *self.table.write().expect("psk table") = Arc::new(table);
     }
 
-    fn snapshot(&self) -> Arc<HashMap<Box<[u8]>, Entry>> {
+    fn snapshot(&self) -> Arc<Table> {
         self.table.read().expect("psk table").clone()
     }
 
     pub fn len(&self) -> usize {
-        self.snapshot().len()
+        self.snapshot().by_identity.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -74,22 +82,27 @@ impl PskKeys {
 
     /// The endpoint an identity may speak for, and its key's tag.
     pub fn binding(&self, identity: &[u8]) -> Option<Binding> {
-        self.snapshot().get(identity).map(|e| Binding {
+        self.snapshot().by_identity.get(identity).map(|e| Binding {
             endpoint: e.endpoint.clone(),
             tag: e.tag,
         })
     }
 
+    /// Is `binding` still the endpoint's current key?
+    pub fn is_current(&self, binding: &Binding) -> bool {
+        self.snapshot().by_endpoint.get(&binding.endpoint) == Some(&binding.tag)
+    }
+
     /// Endpoints that have a key: they must come over DTLS.
     pub fn endpoints(&self) -> std::collections::HashSet<String> {
-        self.snapshot().values().map(|e| e.endpoint.to_string()).collect()
+        self.snapshot().by_endpoint.keys().map(|e| e.to_string()).collect()
     }
 
     /// The key for `identity`. For an unknown identity a random key, so the
     /// handshake fails exactly as with a wrong key (decrypt_error on the
     /// Finished) and does not reveal which identities exist (RFC 4279 §2).
     pub fn key_or_decoy(&self, identity: &[u8]) -> Vec<u8> {
-        if let Some(e) = self.snapshot().get(identity) {
+        if let Some(e) = self.snapshot().by_identity.get(identity) {
             return e.key.clone();
         }
         log::debug!("DTLS: unknown PSK identity {:?}", String::from_utf8_lossy(identity));
@@ -112,8 +125,10 @@ mod tests {
         let decoy = keys.key_or_decoy(b"nobody");
         assert_eq!(decoy.len(), crate::psk::GENERATED_KEY_BYTES);
         assert_ne!(decoy, keys.key_or_decoy(b"nobody"), "a fresh decoy each time");
+        assert!(keys.is_current(&b));
         keys.replace([("urn:imei:1".to_string(), Psk::from_hex("id1", "44").unwrap())]);
         assert_ne!(keys.binding(b"id1").unwrap().tag, b.tag, "rotation changes the tag");
+        assert!(!keys.is_current(&b));
         keys.replace([]);
         assert!(keys.binding(b"id1").is_none() && keys.is_empty());
     }

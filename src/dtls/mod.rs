@@ -24,6 +24,7 @@
 //! them. Without CID, a device behind a rebinding NAT handshakes again and
 //! its next Register or Update moves its registration to the new session.
 
+pub mod association;
 pub mod client;
 pub mod keys;
 pub mod provider;
@@ -36,12 +37,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use rtc_dtls::cipher_suite::CipherSuiteId;
 use rtc_dtls::config::{ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig};
-use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
+use rtc_dtls::crypto_provider::RTCCryptoProvider;
+use rtc_dtls::endpoint::EndpointEvent;
 
 use crate::error::{Error, Result};
+use association::{Association, Context, Refused};
 use keys::{Binding, PskKeys};
 use record::CookieJar;
 
@@ -78,10 +80,15 @@ pub fn cipher_suites(names: &[String]) -> std::result::Result<Vec<CipherSuiteId>
 /// Each rtc-dtls endpoint here holds exactly one association, always under
 /// this address: the real one is ours to track.
 const ASSOCIATION: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 1);
-/// How often deadlines are swept; handshake retransmissions are checked at
-/// [`HANDSHAKE_TICK`].
+/// How often deadlines are swept (all sessions).
 const SWEEP: Duration = Duration::from_secs(1);
-const HANDSHAKE_TICK: Duration = Duration::from_millis(100);
+/// How often handshake retransmissions and parking are checked (only
+/// handshaking and live sessions).
+const TICK: Duration = Duration::from_millis(100);
+/// A half-open handshake this old has stalled: a real client answers our
+/// flight within a round trip, or retransmits its own after 1, 2 and 4 s
+/// (RFC 6347 §4.2.4.1).
+const STALLED: Duration = Duration::from_secs(5);
 /// Datagram payload limit for handshake flights (RFC 6347 §4.1.1.1); PSK
 /// flights are far smaller.
 const MTU: usize = 1200;
@@ -114,6 +121,9 @@ pub struct Limits {
     pub hellos_per_source_per_s: u32,
     pub cookie_rotation: Duration,
     pub cipher_suites: Vec<CipherSuiteId>,
+    /// An established session idle this long is parked (its state
+    /// compacted, see [`association`]).
+    pub park_after: Duration,
 }
 
 impl Limits {
@@ -122,6 +132,7 @@ impl Limits {
             max_sessions: c.max_sessions,
             max_handshakes: c.max_handshakes,
             handshake_timeout: Duration::from_secs(c.handshake_timeout_s),
+            park_after: Duration::from_millis(c.park_after_ms),
             idle_timeout: Duration::from_secs(c.session_idle_timeout_s),
             hellos_per_source_per_s: c.hellos_per_source_per_s,
             cookie_rotation: Duration::from_secs(60),
@@ -167,16 +178,18 @@ pub struct Counters {
     pub handshakes_evicted: u64,
     pub rate_limited: u64,
     pub dropped: u64,
+    pub parked: u64,
+    pub restored: u64,
 }
 
 enum Phase {
     Handshaking { started: Instant },
-    Established { identity: Box<[u8]>, binding: Binding },
+    Established { binding: Binding },
 }
 
 struct Session {
     addr: SocketAddr,
-    association: Box<Endpoint>,
+    association: Association,
     phase: Phase,
     last_seen: Instant,
 }
@@ -220,7 +233,7 @@ impl SourceRate {
 
 /// The DTLS sessions of one socket (or one shard of a socket).
 pub struct Sessions {
-    config: Arc<HandshakeConfig>,
+    ctx: Context,
     keys: Arc<PskKeys>,
     limits: Limits,
     cookies: CookieJar,
@@ -230,6 +243,8 @@ pub struct Sessions {
     sessions: HashMap<SessionId, Session>,
     by_addr: HashMap<SocketAddr, SessionId>,
     handshaking: HashSet<SessionId>,
+    /// Established sessions that are live (not parked).
+    unparked: HashSet<SessionId>,
     next_sweep: Instant,
     last_now: Instant,
     transmits: VecDeque<Transmit>,
@@ -238,10 +253,14 @@ pub struct Sessions {
 }
 
 /// The server's handshake configuration: PSK from `keys`, our suites.
-pub fn server_config(keys: Arc<PskKeys>, suites: &[CipherSuiteId]) -> Result<Arc<HandshakeConfig>> {
+pub fn server_config(
+    keys: Arc<PskKeys>,
+    suites: &[CipherSuiteId],
+    provider: Arc<dyn RTCCryptoProvider>,
+) -> Result<Arc<HandshakeConfig>> {
     let callback = Arc::new(move |identity: &[u8]| Ok(keys.key_or_decoy(identity)));
     ConfigBuilder::default()
-        .with_crypto_provider(provider::provider())
+        .with_crypto_provider(provider)
         .with_psk(Some(callback))
         .with_cipher_suites(suites.to_vec())
         .with_extended_master_secret(ExtendedMasterSecretType::Request)
@@ -256,8 +275,12 @@ pub fn server_config(keys: Arc<PskKeys>, suites: &[CipherSuiteId]) -> Result<Arc
 
 impl Sessions {
     pub fn new(now: Instant, shard: u8, keys: Arc<PskKeys>, limits: Limits) -> Result<Sessions> {
+        let provider = provider::provider();
         Ok(Sessions {
-            config: server_config(keys.clone(), &limits.cipher_suites)?,
+            ctx: Context::new(
+                server_config(keys.clone(), &limits.cipher_suites, provider.clone())?,
+                provider,
+            ),
             keys,
             cookies: CookieJar::new(now, limits.cookie_rotation),
             rate: SourceRate::new(limits.hellos_per_source_per_s),
@@ -267,6 +290,7 @@ impl Sessions {
             sessions: HashMap::new(),
             by_addr: HashMap::new(),
             handshaking: HashSet::new(),
+            unparked: HashSet::new(),
             next_sweep: now + SWEEP,
             last_now: now,
             transmits: VecDeque::new(),
@@ -287,6 +311,11 @@ impl Sessions {
         self.handshaking.len()
     }
 
+    /// Sessions parked now (an O(n) count, for status lines).
+    pub fn parked(&self) -> usize {
+        self.sessions.values().filter(|s| s.association.is_parked()).count()
+    }
+
     pub fn addr(&self, session: SessionId) -> Option<SocketAddr> {
         self.sessions.get(&session).map(|s| s.addr)
     }
@@ -301,10 +330,10 @@ impl Sessions {
 
     /// When [`Self::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Instant {
-        if self.handshaking.is_empty() {
+        if self.handshaking.is_empty() && self.unparked.is_empty() {
             self.next_sweep
         } else {
-            self.next_sweep.min(self.last_now + HANDSHAKE_TICK)
+            self.next_sweep.min(self.last_now + TICK)
         }
     }
 
@@ -350,21 +379,17 @@ impl Sessions {
             self.counters.dropped += 1;
             return;
         };
+        if !self.make_room(now) {
+            self.counters.dropped += 1;
+            return;
+        }
         if let Some(old) = self.by_addr.get(&from).copied() {
             self.remove(old);
         }
-        self.make_room(now);
         let first = record::restamp(hello.record, first_seq, 0);
-        let mut association = Box::new(Endpoint::new(
-            ASSOCIATION,
-            Default::default(),
-            Some(self.config.clone()),
-        ));
-        let primed = provider::with_cookie(cookie, || {
-            association
-                .read(now, ASSOCIATION, None, BytesMut::from(&first[..]))
-                .is_ok()
-        });
+        let mut association = Association::new(&self.ctx);
+        let ctx = &mut self.ctx;
+        let primed = provider::with_cookie(cookie, || association.read(now, ctx, &first).is_ok());
         // rtc-dtls' own HelloVerifyRequest: the client already has ours.
         while association.poll_transmit().is_some() {}
         if !primed {
@@ -389,22 +414,28 @@ impl Sessions {
         self.feed(now, id, datagram);
     }
 
-    /// Keep within the caps before a new handshake: evict the oldest
-    /// half-open handshake (a stalled one, under a flood) and, at the
-    /// session cap, the session idle the longest.
-    fn make_room(&mut self, now: Instant) {
+    /// Keep within the caps before a new handshake; false: no room, drop
+    /// the ClientHello (the client retransmits it). At the half-open cap
+    /// the oldest handshake is evicted if it has stalled (a flood of
+    /// ClientHellos that never go on); if all are young (a storm of real
+    /// devices after an outage) the newcomer waits instead. At the session
+    /// cap the session idle the longest is closed.
+    fn make_room(&mut self, now: Instant) -> bool {
         if self.handshaking.len() >= self.limits.max_handshakes {
             let oldest = self
                 .handshaking
                 .iter()
-                .copied()
-                .min_by_key(|id| match &self.sessions[id].phase {
-                    Phase::Handshaking { started } => *started,
-                    Phase::Established { .. } => now,
-                });
-            if let Some(id) = oldest {
-                self.counters.handshakes_evicted += 1;
-                self.remove(id);
+                .map(|id| match &self.sessions[id].phase {
+                    Phase::Handshaking { started } => (*started, *id),
+                    Phase::Established { .. } => (now, *id),
+                })
+                .min();
+            match oldest {
+                Some((started, id)) if now.saturating_duration_since(started) >= STALLED => {
+                    self.counters.handshakes_evicted += 1;
+                    self.remove(id);
+                }
+                _ => return false,
             }
         }
         if self.sessions.len() >= self.limits.max_sessions {
@@ -414,12 +445,23 @@ impl Sessions {
                 self.remove(id);
             }
         }
+        true
     }
 
     fn feed(&mut self, now: Instant, id: SessionId, datagram: &[u8]) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
-        let result = s.association.read(now, ASSOCIATION, None, BytesMut::from(datagram));
+        let parked = s.association.is_parked();
+        let result = s.association.read(now, &mut self.ctx, datagram);
+        if parked && !s.association.is_parked() {
+            self.counters.restored += 1;
+            self.unparked.insert(id);
+        }
         let established = matches!(s.phase, Phase::Established { .. });
+        if let Err(Refused::Restore(e)) = &result {
+            log::warn!("DTLS: session {id} could not be restored ({e}); the device will handshake again");
+            self.remove(id);
+            return;
+        }
         if result.is_err() && established {
             // A record that does not decrypt or parse on an established
             // session is discarded (RFC 6347 §4.1.2.7), and so is the alert
@@ -434,13 +476,13 @@ impl Sessions {
         while let Some(t) = s.association.poll_transmit() {
             self.transmits.push_back(Transmit {
                 to: addr,
-                datagram: t.message.to_vec(),
+                datagram: t.to_vec(),
             });
         }
         let events = match result {
             Ok(events) => events,
             Err(e) => {
-                log::debug!("DTLS handshake with {addr} failed: {e}");
+                log::debug!("DTLS handshake with {addr} failed: {e:?}");
                 self.counters.handshakes_failed += 1;
                 self.remove(id);
                 return;
@@ -469,11 +511,7 @@ impl Sessions {
 
     fn established(&mut self, id: SessionId) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
-        let identity: Box<[u8]> = s
-            .association
-            .get_connection_state(ASSOCIATION)
-            .map(|st| st.identity_hint.clone().into_boxed_slice())
-            .unwrap_or_default();
+        let identity = s.association.identity().unwrap_or_default();
         self.handshaking.remove(&id);
         // The key was found during the handshake; if it vanished since, the
         // device no longer has a key and the session must not live.
@@ -483,8 +521,8 @@ impl Sessions {
             return;
         };
         self.counters.handshakes_completed += 1;
+        self.unparked.insert(id);
         s.phase = Phase::Established {
-            identity,
             binding: binding.clone(),
         };
         self.events.push_back(SessionEvent::Established {
@@ -499,13 +537,30 @@ impl Sessions {
         let Some(s) = self.sessions.get_mut(&session) else {
             return false;
         };
-        if !matches!(s.phase, Phase::Established { .. }) || s.association.write(now, ASSOCIATION, payload).is_err() {
+        if !matches!(s.phase, Phase::Established { .. }) {
             return false;
+        }
+        let parked = s.association.is_parked();
+        match s.association.live(now, &mut self.ctx) {
+            Ok(endpoint) => {
+                if endpoint.write(now, ASSOCIATION, payload).is_err() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                log::warn!("DTLS: session {session} could not be restored ({e:?})");
+                self.remove(session);
+                return false;
+            }
+        }
+        if parked {
+            self.counters.restored += 1;
+            self.unparked.insert(session);
         }
         while let Some(t) = s.association.poll_transmit() {
             self.transmits.push_back(Transmit {
                 to: s.addr,
-                datagram: t.message.to_vec(),
+                datagram: t.to_vec(),
             });
         }
         true
@@ -519,17 +574,21 @@ impl Sessions {
             if !self.handshaking.remove(&id) {
                 self.events.push_back(SessionEvent::Closed { session: id });
             }
+            self.unparked.remove(&id);
+            s.association.release(&mut self.ctx);
         }
     }
 
     /// Close a session with close_notify.
     pub fn close(&mut self, now: Instant, id: SessionId) {
-        if let Some(s) = self.sessions.get_mut(&id) {
-            s.association.stop(now, ASSOCIATION);
+        if let Some(s) = self.sessions.get_mut(&id)
+            && let Ok(endpoint) = s.association.live(now, &mut self.ctx)
+        {
+            endpoint.stop(now, ASSOCIATION);
             while let Some(t) = s.association.poll_transmit() {
                 self.transmits.push_back(Transmit {
                     to: s.addr,
-                    datagram: t.message.to_vec(),
+                    datagram: t.to_vec(),
                 });
             }
         }
@@ -543,7 +602,7 @@ impl Sessions {
             .sessions
             .iter()
             .filter(|(_, s)| match &s.phase {
-                Phase::Established { identity, binding } => self.keys.binding(identity).as_ref() != Some(binding),
+                Phase::Established { binding } => !self.keys.is_current(binding),
                 Phase::Handshaking { .. } => false,
             })
             .map(|(id, _)| *id)
@@ -559,11 +618,14 @@ impl Sessions {
         let mut failed = Vec::new();
         for id in &self.handshaking {
             let s = self.sessions.get_mut(id).expect("handshaking sessions exist");
-            if s.association.poll_timeout(&ASSOCIATION).is_some_and(|t| t <= now) {
-                if s.association.handle_timeout(ASSOCIATION, now).is_err() {
+            let Association::Live { endpoint, .. } = &mut s.association else {
+                continue;
+            };
+            if endpoint.poll_timeout(&ASSOCIATION).is_some_and(|t| t <= now) {
+                if endpoint.handle_timeout(ASSOCIATION, now).is_err() {
                     failed.push(*id);
                 }
-                while let Some(t) = s.association.poll_transmit() {
+                while let Some(t) = endpoint.poll_transmit() {
                     self.transmits.push_back(Transmit {
                         to: s.addr,
                         datagram: t.message.to_vec(),
@@ -571,16 +633,41 @@ impl Sessions {
                 }
             }
         }
+        // Park what has been idle long enough: a storm of handshakes (all
+        // devices after an outage) then holds few live associations at once.
+        // Beyond as many live ones as there may be half-open handshakes,
+        // park whatever was quiet for a tick.
+        let (limits, ctx) = (&self.limits, &mut self.ctx);
+        let park_after = if self.unparked.len() > limits.max_handshakes {
+            TICK
+        } else {
+            limits.park_after
+        };
+        let mut parked = 0;
+        self.unparked.retain(|id| {
+            let Some(s) = self.sessions.get_mut(id) else {
+                return false;
+            };
+            let idle = now.saturating_duration_since(s.last_seen);
+            // A peer that never sent data may still need our last flight
+            // (RFC 6347 §4.2.4); by the handshake deadline it would have
+            // asked.
+            let park = idle >= park_after && s.association.park(idle > limits.handshake_timeout, ctx);
+            parked += park as u64;
+            !park
+        });
+        self.counters.parked += parked;
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP;
-            let limits = &self.limits;
-            failed.extend(self.sessions.iter().filter_map(|(id, s)| {
+            for (id, s) in self.sessions.iter() {
                 let expired = match s.phase {
                     Phase::Handshaking { started } => now.saturating_duration_since(started) > limits.handshake_timeout,
                     Phase::Established { .. } => now.saturating_duration_since(s.last_seen) > limits.idle_timeout,
                 };
-                expired.then_some(*id)
-            }));
+                if expired {
+                    failed.push(*id);
+                }
+            }
         }
         for id in failed {
             if self.handshaking.contains(&id) {

@@ -94,7 +94,11 @@ impl RTCCrypto for PskCrypto {
     fn generate_signing_key(&self, scheme: SignatureScheme) -> Result<Arc<dyn SigningKey>, CryptoError> {
         self.0.generate_signing_key(scheme)
     }
-    fn import_signing_key(&self, scheme: SignatureScheme, pkcs8_der: &[u8]) -> Result<Arc<dyn SigningKey>, CryptoError> {
+    fn import_signing_key(
+        &self,
+        scheme: SignatureScheme,
+        pkcs8_der: &[u8],
+    ) -> Result<Arc<dyn SigningKey>, CryptoError> {
         self.0.import_signing_key(scheme, pkcs8_der)
     }
     fn verify_signature(

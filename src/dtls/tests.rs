@@ -19,6 +19,7 @@ fn limits() -> Limits {
         hellos_per_source_per_s: 0,
         cookie_rotation: Duration::from_secs(60),
         cipher_suites: CIPHER_SUITES.to_vec(),
+        park_after: Duration::from_secs(5),
     }
 }
 
@@ -178,28 +179,39 @@ fn half_open_handshakes_are_capped_and_time_out() {
     let t = Instant::now();
     let mut server = Sessions::new(t, 0, keys(), limits()).unwrap();
     // Stalled clients: they return the cookie and then go silent.
-    for port in 0..20u16 {
-        let from = SocketAddr::from(([203, 0, 113, 1], 20000 + port));
-        let mut c = client(t, "dev1", "00", CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8);
-        server.handle_datagram(t, from, &c.poll_transmit().unwrap());
-        c.handle_datagram(t, &server.poll_transmit().unwrap().datagram);
-        server.handle_datagram(t, from, &c.poll_transmit().unwrap());
+    let stall = |server: &mut Sessions, now: Instant, port: u16| {
+        let from = SocketAddr::from(([203, 0, 113, 1], port));
+        let mut c = client(now, "dev1", "00", CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8);
+        server.handle_datagram(now, from, &c.poll_transmit().unwrap());
+        c.handle_datagram(now, &server.poll_transmit().unwrap().datagram);
+        server.handle_datagram(now, from, &c.poll_transmit().unwrap());
         while server.poll_transmit().is_some() {}
         assert!(server.handshakes() <= limits().max_handshakes);
+    };
+    for port in 0..20 {
+        stall(&mut server, t, 20_000 + port);
     }
-    assert_eq!(server.counters.handshakes_evicted, 12);
-    // A real device still completes.
+    // All young: a storm, not a flood; newcomers wait (and retransmit).
+    assert_eq!((server.handshakes(), server.counters.handshakes_evicted), (8, 0));
+    assert_eq!(server.counters.dropped, 12);
+    // Once they have stalled, newcomers take their places, oldest first.
+    let t3 = t + Duration::from_secs(6);
+    for port in 0..4 {
+        stall(&mut server, t3, 30_000 + port);
+    }
+    assert_eq!((server.handshakes(), server.counters.handshakes_evicted), (8, 4));
+    // A real device completes.
     let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
     let mut c = client(
-        t,
+        t3,
         "dev2",
         "ffeeddccbbaa99887766554433221100",
         CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
     );
-    pump(t, &mut server, from, &mut c);
+    pump(t3, &mut server, from, &mut c);
     assert!(c.is_established());
     // The stalled ones expire at the deadline; the established one stays.
-    let later = t + Duration::from_secs(31);
+    let later = t + Duration::from_secs(37);
     server.handle_timeout(later);
     assert_eq!((server.handshakes(), server.len()), (0, 1));
     // … until it has been idle too long.
@@ -266,4 +278,62 @@ fn a_client_that_lost_its_session_handshakes_again_and_a_rotated_key_closes() {
     assert_eq!(events(&mut server), vec![SessionEvent::Closed { session: second }]);
     let close_notify = server.poll_transmit().unwrap();
     assert_eq!(close_notify.to, from);
+}
+
+#[test]
+fn idle_sessions_park_and_restore_without_accepting_replays() {
+    let t = Instant::now();
+    let mut server = Sessions::new(t, 0, keys(), limits()).unwrap();
+    let from: SocketAddr = "198.51.100.6:40000".parse().unwrap();
+    let mut c = client(
+        t,
+        "dev1",
+        "000102030405060708090a0b0c0d0e0f",
+        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
+    );
+    pump(t, &mut server, from, &mut c);
+    let session = match &events(&mut server)[..] {
+        [SessionEvent::Established { session, .. }] => *session,
+        e => panic!("{e:?}"),
+    };
+    // Not parked before the peer has sent data (it may need our Finished).
+    server.handle_timeout(t + Duration::from_secs(6));
+    assert_eq!(server.counters.parked, 0);
+
+    assert!(c.send(t, b"register"));
+    let recorded = c.poll_transmit().unwrap();
+    server.handle_datagram(t, from, &recorded);
+    assert_eq!(events(&mut server).len(), 1);
+    let later = t + Duration::from_secs(12);
+    server.handle_timeout(later);
+    assert_eq!(server.counters.parked, 1);
+
+    // A replay of the recorded datagram is dropped, not delivered.
+    server.handle_datagram(later, from, &recorded);
+    assert!(events(&mut server).is_empty(), "replay after parking");
+    assert_eq!(server.counters.restored, 0);
+
+    // The device's next uplink restores the session.
+    assert!(c.send(later, b"update"));
+    pump(later, &mut server, from, &mut c);
+    assert_eq!(
+        events(&mut server),
+        vec![SessionEvent::Data {
+            session,
+            addr: from,
+            payload: b"update".to_vec()
+        }]
+    );
+    assert_eq!(server.counters.restored, 1);
+
+    // Parked again; the server writes first (a queued operation).
+    let much_later = later + Duration::from_secs(12);
+    server.handle_timeout(much_later);
+    assert_eq!(server.counters.parked, 2);
+    assert!(server.send(much_later, session, b"read /3/0"));
+    pump(much_later, &mut server, from, &mut c);
+    assert_eq!(c.poll_received().unwrap(), b"read /3/0");
+    assert!(c.send(much_later, b"2.05"));
+    pump(much_later, &mut server, from, &mut c);
+    assert!(matches!(&events(&mut server)[..], [SessionEvent::Data { payload, .. }] if payload == b"2.05"));
 }

@@ -662,3 +662,45 @@ fn lwm2m_1_0_client_gets_tlv() {
     assert!(matches!(net.outcome(write), Some(Outcome::Succeeded(_))));
     assert_eq!(net.clients[0].value(&p("/1/0/1")), Some(&Value::Integer(77)));
 }
+
+#[test]
+fn sessions_speak_only_for_their_endpoint_and_keyed_endpoints_need_one() {
+    use crate::coap::{Message, Type};
+    // Client 0 comes over a session bound to its own endpoint; client 1
+    // over one bound to another endpoint; both endpoints have keys.
+    let mut net = Net::new(vec![]);
+    net.server
+        .set_keyed_endpoints(["sec-a".to_string(), "sec-b".to_string()].into_iter().collect());
+    net.server.session_established(7, "sec-a".into());
+    net.server.session_established(8, "sec-b".into());
+    let now = net.now();
+    let register = |ep: &str, mid: u16| {
+        let mut r = Request::new(Method::Post, "/rd");
+        r.options.uri_query = vec![format!("ep={ep}"), "lt=300".into()];
+        r.payload = b"</1/0>".to_vec();
+        Message::request(Type::Con, mid, mid.to_be_bytes().to_vec(), &r).encode()
+    };
+    let reply = |net: &mut Net, peer: u8, bytes: Vec<u8>| {
+        net.server.handle_datagram(now, peer, &bytes);
+        Message::decode(&net.server.poll_transmit().unwrap().bytes).unwrap()
+    };
+    // Impersonation over a session, and a keyed endpoint over plain CoAP.
+    assert_eq!(Code(reply(&mut net, 8, register("sec-a", 1)).code), Code::FORBIDDEN);
+    assert_eq!(Code(reply(&mut net, 3, register("sec-a", 2)).code), Code::FORBIDDEN);
+    // Its own endpoint: created; endpoints without a key still work in plain.
+    let created = reply(&mut net, 7, register("sec-a", 3));
+    assert_eq!(Code(created.code), Code::CREATED);
+    assert_eq!(Code(reply(&mut net, 3, register("plain", 4)).code), Code::CREATED);
+    // Nobody else may update or de-register sec-a's registration.
+    let location = format!("/{}", created.options.location_path.join("/"));
+    for (peer, method, mid) in [(8u8, Method::Post, 5u16), (3, Method::Delete, 6)] {
+        let bytes = Message::request(Type::Con, mid, vec![mid as u8], &Request::new(method, &location)).encode();
+        assert_eq!(Code(reply(&mut net, peer, bytes).code), Code::FORBIDDEN, "peer {peer}");
+    }
+    assert!(net.server.registration("sec-a").is_some());
+    // A new session of the same device (after a NAT rebinding) may update it.
+    net.server.session_established(9, "sec-a".into());
+    let bytes = Message::request(Type::Con, 7, vec![7], &Request::new(Method::Post, &location)).encode();
+    assert_eq!(Code(reply(&mut net, 9, bytes).code), Code::CHANGED);
+    assert_eq!(net.server.registration("sec-a").unwrap().peer, 9);
+}

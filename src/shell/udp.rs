@@ -7,17 +7,14 @@ use tokio::net::UdpSocket;
 
 /// Bind a UDP socket with kernel buffers of `buffer` bytes each way.
 pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
-    bind_with(addr, buffer, false)
+    UdpSocket::from_std(bind_std(addr, buffer, false)?)
 }
 
-/// Bind one of several sockets sharing `addr` (SO_REUSEPORT): the kernel
-/// spreads datagrams over them by a hash of the 4-tuple, so a given peer
-/// always reaches the same socket.
-pub fn bind_shared(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
-    bind_with(addr, buffer, true)
-}
-
-fn bind_with(addr: SocketAddr, buffer: usize, reuse_port: bool) -> std::io::Result<UdpSocket> {
+/// Bind a non-blocking std socket, for a runtime other than the caller's.
+/// With `reuse_port` it is one of several sockets sharing `addr`
+/// (SO_REUSEPORT): the kernel spreads datagrams over them by a hash of the
+/// 4-tuple, so a given peer always reaches the same socket.
+pub fn bind_std(addr: SocketAddr, buffer: usize, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::os::fd::AsRawFd;
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -51,5 +48,5 @@ fn bind_with(addr: SocketAddr, buffer: usize, reuse_port: bool) -> std::io::Resu
             );
         }
     }
-    UdpSocket::from_std(sock.into())
+    Ok(sock.into())
 }

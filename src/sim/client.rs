@@ -60,6 +60,9 @@ pub struct Counters {
     pub requests_served: u64,
     pub notifications: u64,
     pub failures: u64,
+    /// Registers and Updates that got no answer at all (a transport
+    /// problem; Zephyr's client reconnects, with a new DTLS handshake).
+    pub timeouts: u64,
 }
 
 #[derive(Debug)]
@@ -313,10 +316,12 @@ impl Client {
                     self.counters.failures += 1;
                     match &self.phase {
                         Phase::Registering(r) if *r == id => {
+                            self.counters.timeouts += 1;
                             self.phase = Phase::Idle;
                             self.next_register = Some(now + Duration::from_secs(1));
                         }
                         Phase::Updating { id: r, location } if *r == id => {
+                            self.counters.timeouts += 1;
                             // Zephyr retries the Update, then falls back to Register.
                             self.phase = Phase::Registered {
                                 location: location.clone(),

@@ -95,6 +95,15 @@ impl Link {
         Ok(())
     }
 
+    /// Start a new DTLS handshake on the same socket (after the server
+    /// stopped answering: it may have lost the session). No-op for plain CoAP.
+    pub async fn reconnect(&mut self) {
+        if let Some(s) = &mut self.secure {
+            s.session = None;
+            self.handshake(Instant::now()).await;
+        }
+    }
+
     /// True while a DTLS device has no established session.
     pub fn connecting(&self) -> bool {
         self.secure

@@ -237,6 +237,9 @@ async fn run_device(
             link.send(bytes).await;
         }
         let after = client.counters;
+        if after.timeouts > before.timeouts {
+            link.reconnect().await;
+        }
         stats.add(&before, &after);
         before = after;
         stats
