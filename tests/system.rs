@@ -53,13 +53,40 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Queue a Read for a sleeping queue-mode device and check it is held.
+async fn queue_read_while_asleep(s: &Store, endpoint: &str, path: &str) -> flownexus::lwm2m::operation::OperationId {
+    let id = s
+        .queue_operation(
+            endpoint,
+            &OperationKind::Read {
+                path: path.parse().unwrap(),
+            },
+            now_ms() + 60_000,
+            3,
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        s.operation(id).unwrap().state,
+        OperationState::Queued,
+        "not sent to a sleeping device"
+    );
+    id
+}
+
 fn store(dir: &Path) -> Store {
     Store::open(&dir.join("flownexus.sqlite3")).unwrap()
 }
 
 async fn fleet(running: &Running, devices: Vec<DeviceConfig>) -> Fleet {
+    fleet_at(running, running.coap_addr.unwrap(), devices).await
+}
+
+/// Devices against `server` (the CoAP or the CoAPS address), all registered
+/// and committed when this returns.
+async fn fleet_at(running: &Running, server: std::net::SocketAddr, devices: Vec<DeviceConfig>) -> Fleet {
     let n = devices.len() as i64;
-    let f = Fleet::spawn(devices, running.coap_addr.unwrap(), Arc::new(Models::embedded()), false)
+    let f = Fleet::spawn(devices, server, Arc::new(Models::embedded()), false)
         .await
         .unwrap();
     let stats = f.stats.clone();
@@ -263,22 +290,7 @@ async fn restart_keeps_registrations_and_queued_operations() {
 
     // Queued while asleep, then the server restarts before the device wakes.
     let s = store(dir.path());
-    let id = s
-        .queue_operation(
-            "sys-q",
-            &OperationKind::Read {
-                path: "/3/0/9".parse().unwrap(),
-            },
-            now_ms() + 60_000,
-            3,
-        )
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        s.operation(id).unwrap().state,
-        OperationState::Queued,
-        "not sent to a sleeping device"
-    );
+    let id = queue_read_while_asleep(&s, "sys-q", "/3/0/9").await;
     let addr = running.coap_addr.unwrap();
     running.stop().await;
 

@@ -243,6 +243,8 @@ pub struct Sessions {
     sessions: HashMap<SessionId, Session>,
     by_addr: HashMap<SocketAddr, SessionId>,
     handshaking: HashSet<SessionId>,
+    /// Half-open handshakes per source address.
+    half_open: HashMap<IpAddr, u32>,
     /// Established sessions that are live (not parked).
     unparked: HashSet<SessionId>,
     next_sweep: Instant,
@@ -290,6 +292,7 @@ impl Sessions {
             sessions: HashMap::new(),
             by_addr: HashMap::new(),
             handshaking: HashSet::new(),
+            half_open: HashMap::new(),
             unparked: HashSet::new(),
             next_sweep: now + SWEEP,
             last_now: now,
@@ -379,7 +382,7 @@ impl Sessions {
             self.counters.dropped += 1;
             return;
         };
-        if !self.make_room(now) {
+        if !self.make_room(now, from.ip()) {
             self.counters.dropped += 1;
             return;
         }
@@ -410,17 +413,38 @@ impl Sessions {
         );
         self.by_addr.insert(from, id);
         self.handshaking.insert(id);
+        *self.half_open.entry(from.ip()).or_default() += 1;
         self.counters.handshakes_started += 1;
         self.feed(now, id, datagram);
     }
 
-    /// Keep within the caps before a new handshake; false: no room, drop
-    /// the ClientHello (the client retransmits it). At the half-open cap
-    /// the oldest handshake is evicted if it has stalled (a flood of
-    /// ClientHellos that never go on); if all are young (a storm of real
-    /// devices after an outage) the newcomer waits instead. At the session
-    /// cap the session idle the longest is closed.
-    fn make_room(&mut self, now: Instant) -> bool {
+    /// Take `id` off the half-open books; true if it was half-open.
+    fn end_handshake(&mut self, id: SessionId, ip: IpAddr) -> bool {
+        if !self.handshaking.remove(&id) {
+            return false;
+        }
+        if let Some(n) = self.half_open.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.half_open.remove(&ip);
+            }
+        }
+        true
+    }
+
+    /// Keep within the caps before a new handshake from `ip`; false: no
+    /// room, drop the ClientHello (the client retransmits it). One source
+    /// may hold at most an eighth of the half-open table: stalled
+    /// handshakes need our cookie, so an attacker must use addresses it
+    /// really owns, and cannot crowd out everyone else from a few. At the
+    /// cap the oldest handshake goes if it has stalled (begun over 5 s
+    /// ago); otherwise — real devices after an outage — the newcomer waits.
+    /// At the session cap the session idle the longest is closed.
+    fn make_room(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let quota = (self.limits.max_handshakes / 8).max(1) as u32;
+        if self.half_open.get(&ip).is_some_and(|n| *n >= quota) {
+            return false;
+        }
         if self.handshaking.len() >= self.limits.max_handshakes {
             let oldest = self
                 .handshaking
@@ -510,9 +534,9 @@ impl Sessions {
     }
 
     fn established(&mut self, id: SessionId) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
-        let identity = s.association.identity().unwrap_or_default();
-        self.handshaking.remove(&id);
+        let Some(s) = self.sessions.get(&id) else { return };
+        let (identity, ip) = (s.association.identity().unwrap_or_default(), s.addr.ip());
+        self.end_handshake(id, ip);
         // The key was found during the handshake; if it vanished since, the
         // device no longer has a key and the session must not live.
         let Some(binding) = self.keys.binding(&identity) else {
@@ -522,6 +546,7 @@ impl Sessions {
         };
         self.counters.handshakes_completed += 1;
         self.unparked.insert(id);
+        let Some(s) = self.sessions.get_mut(&id) else { return };
         s.phase = Phase::Established {
             binding: binding.clone(),
         };
@@ -571,7 +596,7 @@ impl Sessions {
             if self.by_addr.get(&s.addr) == Some(&id) {
                 self.by_addr.remove(&s.addr);
             }
-            if !self.handshaking.remove(&id) {
+            if !self.end_handshake(id, s.addr.ip()) {
                 self.events.push_back(SessionEvent::Closed { session: id });
             }
             self.unparked.remove(&id);

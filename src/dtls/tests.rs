@@ -179,8 +179,7 @@ fn half_open_handshakes_are_capped_and_time_out() {
     let t = Instant::now();
     let mut server = Sessions::new(t, 0, keys(), limits()).unwrap();
     // Stalled clients: they return the cookie and then go silent.
-    let stall = |server: &mut Sessions, now: Instant, port: u16| {
-        let from = SocketAddr::from(([203, 0, 113, 1], port));
+    let stall = |server: &mut Sessions, now: Instant, from: SocketAddr| {
         let mut c = client(now, "dev1", "00", CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8);
         server.handle_datagram(now, from, &c.poll_transmit().unwrap());
         c.handle_datagram(now, &server.poll_transmit().unwrap().datagram);
@@ -188,30 +187,46 @@ fn half_open_handshakes_are_capped_and_time_out() {
         while server.poll_transmit().is_some() {}
         assert!(server.handshakes() <= limits().max_handshakes);
     };
+    // An attacker's address holds at most an eighth of the table (here 1).
     for port in 0..20 {
-        stall(&mut server, t, 20_000 + port);
+        stall(&mut server, t, SocketAddr::from(([203, 0, 113, 1], 20_000 + port)));
     }
-    // All young: a storm, not a flood; newcomers wait (and retransmit).
-    assert_eq!((server.handshakes(), server.counters.handshakes_evicted), (8, 0));
-    assert_eq!(server.counters.dropped, 12);
-    // Once they have stalled, newcomers take their places, oldest first.
-    let t3 = t + Duration::from_secs(6);
-    for port in 0..4 {
-        stall(&mut server, t3, 30_000 + port);
-    }
-    assert_eq!((server.handshakes(), server.counters.handshakes_evicted), (8, 4));
-    // A real device completes.
+    assert_eq!((server.handshakes(), server.counters.dropped), (1, 19));
+    // A real device gets in beside it.
     let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
     let mut c = client(
-        t3,
+        t,
         "dev2",
         "ffeeddccbbaa99887766554433221100",
         CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
     );
-    pump(t3, &mut server, from, &mut c);
+    pump(t, &mut server, from, &mut c);
     assert!(c.is_established());
+
+    // A storm of real devices, one handshake per address: at the cap a
+    // newcomer waits (dropped; it retransmits) rather than evict the young.
+    let mut storm = Sessions::new(t, 0, keys(), limits()).unwrap();
+    for i in 0..9u8 {
+        stall(&mut storm, t, SocketAddr::from(([198, 51, 100, 100 + i], 5683)));
+    }
+    assert_eq!(
+        (
+            storm.handshakes(),
+            storm.counters.handshakes_evicted,
+            storm.counters.dropped
+        ),
+        (8, 0, 1)
+    );
+    // Once the oldest has stalled, it makes room.
+    stall(
+        &mut storm,
+        t + Duration::from_secs(6),
+        "198.51.100.200:5683".parse().unwrap(),
+    );
+    assert_eq!((storm.handshakes(), storm.counters.handshakes_evicted), (8, 1));
+
     // The stalled ones expire at the deadline; the established one stays.
-    let later = t + Duration::from_secs(37);
+    let later = t + Duration::from_secs(31);
     server.handle_timeout(later);
     assert_eq!((server.handshakes(), server.len()), (0, 1));
     // … until it has been idle too long.

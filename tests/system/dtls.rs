@@ -19,7 +19,7 @@ use flownexus::sim::{DeviceConfig, Fleet};
 use flownexus::store::now_ms;
 use tokio::net::UdpSocket;
 
-use super::{config, device, store, wait_for};
+use super::{config, device, fleet_at, queue_read_while_asleep, store, wait_for};
 
 /// libcoap 4.3's `-k` takes the key as text: these are the bytes of
 /// "0123456789abcdef".
@@ -158,19 +158,8 @@ async fn simulated_devices_work_over_dtls_with_plain_coap_off() {
     c.coap.enabled = false;
     let running = app::start(c).await.unwrap();
     assert!(running.coap_addr.is_none());
-    let fleet = Fleet::spawn(
-        devices,
-        running.coaps_addr.unwrap(),
-        Arc::new(Models::embedded()),
-        false,
-    )
-    .await
-    .unwrap();
+    let fleet = fleet_at(&running, running.coaps_addr.unwrap(), devices).await;
     let stats = fleet.stats.clone();
-    wait_for("registrations over DTLS", Duration::from_secs(10), || {
-        stats.registered.load(Ordering::Relaxed) == 5
-    })
-    .await;
     assert_eq!(stats.handshakes.load(Ordering::Relaxed), 5);
     running.flush().await;
     let s = store(dir.path());
@@ -311,40 +300,13 @@ async fn nat_rebinding_re_handshakes_and_the_queued_operation_arrives_once() {
     d.queue_mode = true;
     d.awake_window = Duration::from_secs(5);
     let running = app::start(config(dir.path())).await.unwrap();
-    let fleet = Fleet::spawn(
-        vec![d],
-        running.coaps_addr.unwrap(),
-        Arc::new(Models::embedded()),
-        false,
-    )
-    .await
-    .unwrap();
+    let fleet = fleet_at(&running, running.coaps_addr.unwrap(), vec![d]).await;
     let stats = fleet.stats.clone();
-    wait_for("registration", Duration::from_secs(10), || {
-        stats.registered.load(Ordering::Relaxed) == 1
-    })
-    .await;
-    running.flush().await;
     let first_peer = store(dir.path()).registrations().unwrap()[0].peer.clone();
     // The server's awake window (3 s in tests) passes: the device sleeps.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let s = store(dir.path());
-    let id = s
-        .queue_operation(
-            "rebinder",
-            &OperationKind::Read {
-                path: "/3/0/0".parse().unwrap(),
-            },
-            now_ms() + 60_000,
-            3,
-        )
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        s.operation(id).unwrap().state,
-        OperationState::Queued,
-        "held while asleep"
-    );
+    let id = queue_read_while_asleep(&s, "rebinder", "/3/0/0").await;
     let served_before = stats.requests_served.load(Ordering::Relaxed);
 
     fleet.rebind(0);
