@@ -72,6 +72,39 @@ fn events(server: &mut Sessions) -> Vec<SessionEvent> {
     std::iter::from_fn(|| server.poll_event()).collect()
 }
 
+/// The device "dev1" with its right key, offering CCM_8.
+fn dev1(t: Instant) -> Client {
+    client(
+        t,
+        "dev1",
+        "000102030405060708090a0b0c0d0e0f",
+        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
+    )
+}
+
+/// The device "dev2" completes a handshake from `from`.
+fn assert_dev2_gets_in(t: Instant, server: &mut Sessions, from: &str) {
+    let mut c = client(
+        t,
+        "dev2",
+        "ffeeddccbbaa99887766554433221100",
+        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
+    );
+    pump(t, server, from.parse().unwrap(), &mut c);
+    assert!(c.is_established(), "dev2 from {from}");
+}
+
+/// `server` with dev1's session from `from` established.
+fn establish_dev1(t: Instant, server: &mut Sessions, from: &str) -> (SocketAddr, Client, SessionId) {
+    let from: SocketAddr = from.parse().unwrap();
+    let mut c = dev1(t);
+    pump(t, server, from, &mut c);
+    match &events(server)[..] {
+        [SessionEvent::Established { session, .. }] => (from, c, *session),
+        e => panic!("{e:?}"),
+    }
+}
+
 #[test]
 fn psk_handshake_with_one_cookie_exchange_then_data_both_ways() {
     let t = Instant::now();
@@ -138,30 +171,14 @@ fn wrong_key_and_unknown_identity_fail_alike_and_leave_nothing() {
     }
     assert_eq!(server.counters.handshakes_failed, 2);
     // And a good client still gets in.
-    let from = SocketAddr::from(([198, 51, 100, 2], 41000));
-    let mut c = client(
-        t,
-        "dev2",
-        "ffeeddccbbaa99887766554433221100",
-        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
-    );
-    pump(t, &mut server, from, &mut c);
-    assert!(c.is_established());
+    assert_dev2_gets_in(t, &mut server, "198.51.100.2:41000");
 }
 
 #[test]
 fn forged_records_do_not_close_an_established_session() {
     let t = Instant::now();
     let mut server = Sessions::new(t, 0, keys(), limits()).unwrap();
-    let from: SocketAddr = "198.51.100.3:40000".parse().unwrap();
-    let mut c = client(
-        t,
-        "dev1",
-        "000102030405060708090a0b0c0d0e0f",
-        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
-    );
-    pump(t, &mut server, from, &mut c);
-    let _ = events(&mut server);
+    let (from, mut c, _) = establish_dev1(t, &mut server, "198.51.100.3:40000");
     // An application-data record, epoch 1, that does not authenticate.
     let mut forged = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 9, 0, 24];
     forged.extend_from_slice(&[0x55; 24]);
@@ -193,15 +210,7 @@ fn half_open_handshakes_are_capped_and_time_out() {
     }
     assert_eq!((server.handshakes(), server.counters.dropped), (1, 19));
     // A real device gets in beside it.
-    let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
-    let mut c = client(
-        t,
-        "dev2",
-        "ffeeddccbbaa99887766554433221100",
-        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
-    );
-    pump(t, &mut server, from, &mut c);
-    assert!(c.is_established());
+    assert_dev2_gets_in(t, &mut server, "198.51.100.4:40000");
 
     // A storm of real devices, one handshake per address: at the cap a
     // newcomer waits (dropped; it retransmits) rather than evict the young.
@@ -259,25 +268,9 @@ fn a_client_that_lost_its_session_handshakes_again_and_a_rotated_key_closes() {
     let t = Instant::now();
     let keys = keys();
     let mut server = Sessions::new(t, 0, keys.clone(), limits()).unwrap();
-    let from: SocketAddr = "198.51.100.5:40000".parse().unwrap();
-    let mut c = client(
-        t,
-        "dev1",
-        "000102030405060708090a0b0c0d0e0f",
-        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
-    );
-    pump(t, &mut server, from, &mut c);
-    let first = match &events(&mut server)[..] {
-        [SessionEvent::Established { session, .. }] => *session,
-        e => panic!("{e:?}"),
-    };
+    let (from, _, first) = establish_dev1(t, &mut server, "198.51.100.5:40000");
     // Rebooted device, same address: a new handshake replaces the session.
-    let mut c2 = client(
-        t,
-        "dev1",
-        "000102030405060708090a0b0c0d0e0f",
-        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
-    );
+    let mut c2 = dev1(t);
     pump(t, &mut server, from, &mut c2);
     assert!(c2.is_established());
     let ev = events(&mut server);
@@ -299,18 +292,7 @@ fn a_client_that_lost_its_session_handshakes_again_and_a_rotated_key_closes() {
 fn idle_sessions_park_and_restore_without_accepting_replays() {
     let t = Instant::now();
     let mut server = Sessions::new(t, 0, keys(), limits()).unwrap();
-    let from: SocketAddr = "198.51.100.6:40000".parse().unwrap();
-    let mut c = client(
-        t,
-        "dev1",
-        "000102030405060708090a0b0c0d0e0f",
-        CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
-    );
-    pump(t, &mut server, from, &mut c);
-    let session = match &events(&mut server)[..] {
-        [SessionEvent::Established { session, .. }] => *session,
-        e => panic!("{e:?}"),
-    };
+    let (from, mut c, session) = establish_dev1(t, &mut server, "198.51.100.6:40000");
     // Not parked before the peer has sent data (it may need our Finished).
     server.handle_timeout(t + Duration::from_secs(6));
     assert_eq!(server.counters.parked, 0);
