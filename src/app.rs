@@ -110,7 +110,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut restored = 0;
     for reg in store.registrations()? {
         match reg.peer.parse::<Peer>() {
-            Ok(peer) => {
+            Ok(mut peer) => {
+                // Sessions do not survive a restart; each device's old one
+                // gets a distinct id nobody will use again.
+                if let Peer::Dtls { addr, .. } = peer {
+                    peer = Peer::Dtls {
+                        session: crate::dtls::SessionId::restored(restored),
+                        addr,
+                    };
+                }
                 let reg = reg.with_peer(peer);
                 server.restore_registration(t, reg);
                 restored += 1;

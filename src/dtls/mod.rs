@@ -102,6 +102,13 @@ impl SessionId {
     pub fn shard(self) -> usize {
         (self.0 >> 56) as usize
     }
+
+    /// A stand-in for the `n`th session remembered from before a restart:
+    /// distinct, and never issued (shards are < 64, so issued ids stay
+    /// below 2^62).
+    pub fn restored(n: u64) -> SessionId {
+        SessionId(u64::MAX - n)
+    }
 }
 
 impl std::fmt::Display for SessionId {

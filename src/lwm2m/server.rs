@@ -648,6 +648,12 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         if dev.reg.queue_mode && now.mono >= dev.awake_until {
             return None;
         }
+        // A device with a key is reached only through a live session; its
+        // last one may be gone (idle expiry, a restart): then its queue
+        // waits for the next session's Update.
+        if self.keyed_endpoints.contains(endpoint) && !self.sessions.contains_key(&dev.reg.peer) {
+            return None;
+        }
         Some((dev.reg.peer, &dev.reg))
     }
 

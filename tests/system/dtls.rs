@@ -335,3 +335,53 @@ async fn nat_rebinding_re_handshakes_and_the_queued_operation_arrives_once() {
     fleet.stop().await;
     running.stop().await;
 }
+
+/// Sessions do not survive a restart, registrations and queued operations
+/// do: an operation for an always-online (binding U) device waits for the
+/// device's next session instead of being sent into the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_operations_wait_for_the_devices_next_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = secure_device(dir.path(), "restarted");
+    d.update_interval = Duration::from_secs(2);
+    d.params.max_retransmit = 1;
+    let running = app::start(config(dir.path())).await.unwrap();
+    let coaps = running.coaps_addr.unwrap();
+    let fleet = fleet_at(&running, coaps, vec![d]).await;
+    running.stop().await;
+
+    let s = store(dir.path());
+    let id = s
+        .queue_operation(
+            "restarted",
+            &OperationKind::Read {
+                path: "/3/0/0".parse().unwrap(),
+            },
+            now_ms() + 60_000,
+            3,
+        )
+        .unwrap();
+    let mut c = config(dir.path());
+    c.coaps.listen = coaps;
+    c.coaps.shards = 1;
+    let running = app::start(c).await.unwrap();
+    // Not sent into the dead session: it would fail its attempts there.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(s.operation(id).unwrap().attempts, 0);
+    // The device's Update times out in the dead session; it handshakes
+    // again, updates, and the read goes out once, over the new session.
+    wait_for("the read after the restart", Duration::from_secs(20), || {
+        s.operation(id).unwrap().state.is_final()
+    })
+    .await;
+    let row = s.operation(id).unwrap();
+    assert_eq!((row.state, row.attempts), (OperationState::Succeeded, 1), "{row:?}");
+    assert_eq!(fleet.stats.handshakes.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        fleet.stats.registrations.load(Ordering::Relaxed),
+        1,
+        "no re-registration"
+    );
+    fleet.stop().await;
+    running.stop().await;
+}
