@@ -682,9 +682,10 @@ impl Sessions {
             };
             let idle = now.saturating_duration_since(s.last_seen);
             // A peer that never sent data may still need our last flight
-            // (RFC 6347 §4.2.4); by the handshake deadline it would have
-            // asked.
-            let park = idle >= park_after && s.association.park(idle > limits.handshake_timeout, ctx);
+            // (RFC 6347 §4.2.4): it would have asked within its 1, 2 s
+            // retransmissions; after that (its data lost, or it gave up)
+            // the session is parked anyway rather than held at ~9 KB.
+            let park = idle >= park_after && s.association.park(idle >= STALLED, ctx);
             parked += park as u64;
             !park
         });

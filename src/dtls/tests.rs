@@ -291,11 +291,14 @@ fn a_client_that_lost_its_session_handshakes_again_and_a_rotated_key_closes() {
 #[test]
 fn idle_sessions_park_and_restore_without_accepting_replays() {
     let t = Instant::now();
-    let mut server = Sessions::new(t, 0, keys(), limits()).unwrap();
+    let mut l = limits();
+    l.park_after = Duration::from_secs(1);
+    let mut server = Sessions::new(t, 0, keys(), l).unwrap();
     let (from, mut c, session) = establish_dev1(t, &mut server, "198.51.100.6:40000");
-    // Not parked before the peer has sent data (it may need our Finished).
-    server.handle_timeout(t + Duration::from_secs(6));
+    // Not parked before the peer has sent data (it may need our Finished)…
+    server.handle_timeout(t + Duration::from_secs(3));
     assert_eq!(server.counters.parked, 0);
+    // … unless it stays silent past its retransmissions: see the next test.
 
     assert!(c.send(t, b"register"));
     let recorded = c.poll_transmit().unwrap();
@@ -333,4 +336,27 @@ fn idle_sessions_park_and_restore_without_accepting_replays() {
     assert!(c.send(much_later, b"2.05"));
     pump(much_later, &mut server, from, &mut c);
     assert!(matches!(&events(&mut server)[..], [SessionEvent::Data { payload, .. }] if payload == b"2.05"));
+}
+
+#[test]
+fn a_silent_new_session_is_parked_after_the_peer_could_have_retransmitted() {
+    let t = Instant::now();
+    let mut l = limits();
+    l.park_after = Duration::from_secs(1);
+    let mut server = Sessions::new(t, 0, keys(), l).unwrap();
+    let (from, mut c, session) = establish_dev1(t, &mut server, "198.51.100.7:40000");
+    server.handle_timeout(t + Duration::from_secs(6));
+    assert_eq!(server.counters.parked, 1);
+    // Its first data restores it.
+    let t2 = t + Duration::from_secs(7);
+    assert!(c.send(t2, b"register"));
+    pump(t2, &mut server, from, &mut c);
+    assert_eq!(
+        events(&mut server),
+        vec![SessionEvent::Data {
+            session,
+            addr: from,
+            payload: b"register".to_vec()
+        }]
+    );
 }
