@@ -58,10 +58,46 @@ enum Command {
     /// The firmware catalogue.
     #[command(subcommand)]
     Firmware(FirmwareCommand),
+    /// Operators of the dashboard and API. Passwords are read from the
+    /// terminal (twice, not echoed) or, when piped, one line from stdin.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Run simulated LwM2M devices against a server.
     Sim(crate::sim::SimArgs),
     /// Measure throughput and memory (see docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create a user.
+    Add {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// Users, their roles and whether they are disabled (never a hash).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a user's role.
+    SetRole {
+        name: String,
+        role: String,
+    },
+    /// Stop a user from logging in (the record stays).
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    /// Set a new password.
+    Passwd {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,9 +366,95 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Healthcheck => healthcheck(&config),
         Command::Device(d) => device(d, &config),
         Command::Firmware(f) => firmware(f, &config),
+        Command::User(u) => user(u, &config),
         Command::Sim(args) => runtime()?.block_on(crate::sim::run(args)),
         Command::Bench(args) => runtime()?.block_on(crate::bench::run(args, config)),
     }
+}
+
+fn user(cmd: UserCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    use crate::users::{Role, check_name, hash_password};
+    crate::app::create_data_dir(&config.data_dir)?;
+    let store = Store::open(&config.database_path())?;
+    match cmd {
+        UserCommand::Add { name, role } => {
+            check_name(&name)?;
+            let role: Role = role.parse()?;
+            let hash = hash_password(&read_password(&format!("password for {name}"))?)?;
+            store.add_user(&name, &hash, role)?;
+            println!("added {name} ({})", role.as_str());
+        }
+        UserCommand::List { json } => {
+            let users = store.users()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                for u in users {
+                    let created = crate::datetime::rfc3339(u.created_at);
+                    let state = if u.disabled { "disabled" } else { "active" };
+                    println!("{:<32} {:<9} {:<9} {created}", u.name, u.role.as_str(), state);
+                }
+            }
+        }
+        UserCommand::SetRole { name, role } => {
+            let role: Role = role.parse()?;
+            store.set_user_role(&name, role)?;
+            println!("{name} is now {}", role.as_str());
+        }
+        UserCommand::Disable { name } => {
+            store.set_user_disabled(&name, true)?;
+            println!("disabled {name}");
+        }
+        UserCommand::Enable { name } => {
+            store.set_user_disabled(&name, false)?;
+            println!("enabled {name}");
+        }
+        UserCommand::Passwd { name } => {
+            if store.user_credentials(&name)?.is_none() {
+                bail!("no user {name}");
+            }
+            let hash = hash_password(&read_password(&format!("new password for {name}"))?)?;
+            store.set_user_password(&name, &hash)?;
+            println!("password of {name} changed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A password: from the terminal, typed twice with echo off; else one line
+/// of stdin (for scripts: `printf '%s\n' "$PW" | flownexus user add …`).
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let read_hidden = |prompt: &str| -> anyhow::Result<String> {
+        eprint!("{prompt}: ");
+        std::io::stderr().flush()?;
+        let fd = libc::STDIN_FILENO;
+        // SAFETY: termios calls on stdin with a zeroed struct they fill.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            bail!("cannot read the terminal's settings");
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+        let mut line = String::new();
+        let read = stdin.lock().read_line(&mut line);
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+        eprintln!();
+        read?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let first = read_hidden(prompt)?;
+    if read_hidden("again")? != first {
+        bail!("the passwords differ");
+    }
+    Ok(first)
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {

@@ -19,5 +19,6 @@ pub mod shell;
 pub mod sim;
 pub mod store;
 pub mod transport;
+pub mod users;
 
 pub use error::{Error, Result};

@@ -703,3 +703,71 @@ fn psk_provisioning_keeps_keys_secret() {
     let (ok, out, err) = run(&["device", "import", csv.to_str().unwrap()]);
     assert!(ok && out.contains("imported 2"), "{err}");
 }
+
+/// `flownexus user …` through the real binary, passwords on stdin: no
+/// default user, argon2id hashes only, clear errors, nothing half-done.
+#[test]
+fn users_are_managed_from_the_cli() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flownexus"))
+            .args(["--data-dir", &data])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, _) = run(&["user", "list"], "");
+    assert!(ok && out.trim().is_empty(), "no default user: {out}");
+
+    let (ok, _, err) = run(&["user", "add", "alice", "--role", "admin"], "short\n");
+    assert!(!ok && err.contains("at least 12 characters"), "{err}");
+    let (ok, _, err) = run(
+        &["user", "add", "<script>", "--role", "admin"],
+        "a long enough password\n",
+    );
+    assert!(!ok && err.contains("user name"), "{err}");
+    let (ok, _, err) = run(&["user", "add", "alice", "--role", "root"], "a long enough password\n");
+    assert!(!ok && err.contains("role"), "{err}");
+    assert!(
+        store(dir.path()).users().unwrap().is_empty(),
+        "nothing stored by failures"
+    );
+
+    let (ok, out, err) = run(&["user", "add", "alice", "--role", "admin"], "a long enough password\n");
+    assert!(ok, "{err}");
+    assert!(out.contains("added alice (admin)"), "{out}");
+    let (ok, _, err) = run(&["user", "add", "alice", "--role", "viewer"], "another long password\n");
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    let (user, hash) = store(dir.path()).user_credentials("alice").unwrap().unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(flownexus::users::verify_password("a long enough password", &hash));
+    assert_eq!((user.role, user.disabled), (flownexus::users::Role::Admin, false));
+
+    assert!(run(&["user", "set-role", "alice", "operator"], "").0);
+    assert!(run(&["user", "disable", "alice"], "").0);
+    let (_, out, _) = run(&["user", "list", "--json"], "");
+    assert!(!out.contains("argon2"), "listing never shows a hash: {out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["role"], "operator");
+    assert_eq!(listed[0]["disabled"], true);
+
+    assert!(run(&["user", "passwd", "alice"], "a different password\n").0);
+    let (_, hash) = store(dir.path()).user_credentials("alice").unwrap().unwrap();
+    assert!(flownexus::users::verify_password("a different password", &hash));
+    assert!(!flownexus::users::verify_password("a long enough password", &hash));
+    let (ok, _, err) = run(&["user", "disable", "bob"], "");
+    assert!(!ok && err.contains("not found"), "{err}");
+}

@@ -17,6 +17,7 @@ use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationSt
 use crate::lwm2m::path::{Record, ResourcePath, Value};
 use crate::lwm2m::registration::{Registration, RegistrationId};
 use crate::psk::Psk;
+use crate::users::{Role, User};
 
 /// Versioned migrations, applied in order at start-up; never edit one that
 /// has shipped, add a new one.
@@ -151,6 +152,19 @@ const MIGRATIONS: &[&str] = &[
     BEGIN UPDATE counters SET value = value + 1 WHERE name = 'psk_generation'; END;
     CREATE TRIGGER psk_deleted AFTER DELETE ON devices WHEN OLD.psk_identity IS NOT NULL
     BEGIN UPDATE counters SET value = value + 1 WHERE name = 'psk_generation'; END;
+    "#,
+    // 6: operators of the dashboard and API; the password as an argon2id
+    // PHC string, never anything reversible.
+    r#"
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        password_changed_at INTEGER NOT NULL
+    );
     "#,
 ];
 
@@ -391,6 +405,112 @@ impl Store {
         tx.execute("DELETE FROM devices WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Add an operator; `password_hash` is a PHC string from
+    /// [`crate::users::hash_password`].
+    pub fn add_user(&self, name: &str, password_hash: &str, role: Role) -> Result<()> {
+        let now = now_ms();
+        self.conn
+            .execute(
+                "INSERT INTO users (name, password_hash, role, created_at, password_changed_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![name, password_hash, role.as_str(), now],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Error::AlreadyExists(format!("user {name}"))
+                }
+                e => e.into(),
+            })?;
+        Ok(())
+    }
+
+    pub fn users(&self) -> Result<Vec<User>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, role, disabled, created_at FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, role, disabled, created_at) = row?;
+            out.push(User {
+                name,
+                role: role.parse()?,
+                disabled,
+                created_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The user and its password hash, for a login.
+    pub fn user_credentials(&self, name: &str) -> Result<Option<(User, String)>> {
+        self.conn
+            .query_row(
+                "SELECT name, role, disabled, created_at, password_hash FROM users WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
+            )
+            .optional()?
+            .map(|(name, role, disabled, created_at, hash)| {
+                Ok((
+                    User {
+                        name,
+                        role: role.parse()?,
+                        disabled,
+                        created_at,
+                    },
+                    hash,
+                ))
+            })
+            .transpose()
+    }
+
+    fn update_user(&self, name: &str, sql: &str, values: impl rusqlite::Params) -> Result<()> {
+        let n = self.conn.execute(sql, values)?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("user {name}")));
+        }
+        Ok(())
+    }
+
+    pub fn set_user_role(&self, name: &str, role: Role) -> Result<()> {
+        self.update_user(
+            name,
+            "UPDATE users SET role = ?2 WHERE name = ?1",
+            params![name, role.as_str()],
+        )
+    }
+
+    pub fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        self.update_user(
+            name,
+            "UPDATE users SET disabled = ?2 WHERE name = ?1",
+            params![name, disabled],
+        )
+    }
+
+    pub fn set_user_password(&self, name: &str, password_hash: &str) -> Result<()> {
+        self.update_user(
+            name,
+            "UPDATE users SET password_hash = ?2, password_changed_at = ?3 WHERE name = ?1",
+            params![name, password_hash, now_ms()],
+        )
     }
 
     /// Every device key, for the DTLS handshake's in-memory table.
