@@ -1,7 +1,7 @@
 //! One DTLS shard: a socket of the SO_REUSEPORT group on the CoAPS port,
 //! its session table, and the channels to the LwM2M server's task.
-//! Shards run in parallel on the runtime's worker threads; handshakes and
-//! record crypto happen here, off the server's task.
+//! Each shard runs on a thread of its own (a current-thread runtime), so
+//! handshakes and record crypto happen off the server's task.
 
 use std::future::Future;
 use std::time::Instant;
@@ -91,6 +91,13 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline) => sessions.handle_timeout(Instant::now()),
             Ok(()) = keys_changed.changed() => sessions.keys_changed(Instant::now()),
             _ = status.tick() => log_status(&sessions),
+        }
+        // Under a steady stream of datagrams the receive branch is always
+        // ready and, `biased`, would starve the timer branch: deadlines,
+        // retransmissions and parking are checked here on every turn.
+        let t = Instant::now();
+        if t >= sessions.poll_timeout() {
+            sessions.handle_timeout(t);
         }
         let c = sessions.counters;
         let churn = c.parked + c.handshakes_evicted + c.handshakes_failed + c.handshakes_completed;

@@ -144,6 +144,11 @@ pub async fn run(
                 }
             }
         }
+        // A steady stream of datagrams keeps the (biased) receive branches
+        // ready; timers must not wait for a lull.
+        if server.poll_timeout().is_some_and(|d| d <= std::time::Instant::now()) {
+            server.handle_timeout(now());
+        }
         while let Some(tx) = server.poll_transmit() {
             match tx.peer {
                 Peer::Udp(to) => {
