@@ -53,8 +53,9 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Queue a Read for a sleeping queue-mode device and check it is held.
-async fn queue_read_while_asleep(s: &Store, endpoint: &str, path: &str) -> flownexus::lwm2m::operation::OperationId {
+/// Queue a Read for a device that cannot be reached now (asleep, or its
+/// DTLS session gone) and check that it is held, not sent.
+async fn queue_read_and_see_it_held(s: &Store, endpoint: &str, path: &str) -> flownexus::lwm2m::operation::OperationId {
     let id = s
         .queue_operation(
             endpoint,
@@ -69,9 +70,38 @@ async fn queue_read_while_asleep(s: &Store, endpoint: &str, path: &str) -> flown
     assert_eq!(
         s.operation(id).unwrap().state,
         OperationState::Queued,
-        "not sent to a sleeping device"
+        "not sent to an unreachable device"
     );
     id
+}
+
+/// Run `cmd` with `stdin` written to its standard input.
+fn output_with_stdin(cmd: &mut Command, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The real `flownexus` binary on data directory `data`: success, stdout,
+/// stderr.
+fn flownexus_cli(data: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let out = output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_flownexus"))
+            .args(["--data-dir", data])
+            .args(args),
+        stdin,
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn store(dir: &Path) -> Store {
@@ -290,7 +320,7 @@ async fn restart_keeps_registrations_and_queued_operations() {
 
     // Queued while asleep, then the server restarts before the device wakes.
     let s = store(dir.path());
-    let id = queue_read_while_asleep(&s, "sys-q", "/3/0/9").await;
+    let id = queue_read_and_see_it_held(&s, "sys-q", "/3/0/9").await;
     let addr = running.coap_addr.unwrap();
     running.stop().await;
 
@@ -607,18 +637,7 @@ fn captured_bytes_decode() {
 fn psk_provisioning_keeps_keys_secret() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_flownexus"))
-            .args(["--data-dir", &data])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| flownexus_cli(&data, args, "");
     let (ok, out, err) = run(&[
         "device",
         "add",
@@ -708,26 +727,9 @@ fn psk_provisioning_keeps_keys_secret() {
 /// default user, argon2id hashes only, clear errors, nothing half-done.
 #[test]
 fn users_are_managed_from_the_cli() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
-    let run = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flownexus"))
-            .args(["--data-dir", &data])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str], stdin: &str| flownexus_cli(&data, args, stdin);
     let (ok, out, _) = run(&["user", "list"], "");
     assert!(ok && out.trim().is_empty(), "no default user: {out}");
 

@@ -326,10 +326,6 @@ impl Sessions {
         self.sessions.values().filter(|s| s.association.is_parked()).count()
     }
 
-    pub fn addr(&self, session: SessionId) -> Option<SocketAddr> {
-        self.sessions.get(&session).map(|s| s.addr)
-    }
-
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }

@@ -28,7 +28,6 @@ pub struct RecordHeader {
     pub epoch: u16,
     /// 48-bit record sequence number.
     pub sequence: u64,
-    pub length: usize,
 }
 
 /// The records of a datagram (RFC 6347 §4.1.1: several may share one);
@@ -50,7 +49,6 @@ pub fn records(datagram: &[u8]) -> Option<Vec<(RecordHeader, Range<usize>)>> {
                 content_type: h[0],
                 epoch: u16::from_be_bytes([h[3], h[4]]),
                 sequence: u64::from_be_bytes(seq),
-                length,
             },
             at..end,
         ));

@@ -104,13 +104,6 @@ impl Link {
         }
     }
 
-    /// True while a DTLS device has no established session.
-    pub fn connecting(&self) -> bool {
-        self.secure
-            .as_ref()
-            .is_some_and(|s| !s.session.as_ref().is_some_and(DtlsClient::is_established))
-    }
-
     pub async fn send(&mut self, coap: Vec<u8>) {
         match &mut self.secure {
             None => {

@@ -16,10 +16,9 @@ use flownexus::lwm2m::Models;
 use flownexus::lwm2m::operation::{OperationKind, OperationState};
 use flownexus::psk::Psk;
 use flownexus::sim::{DeviceConfig, Fleet};
-use flownexus::store::now_ms;
 use tokio::net::UdpSocket;
 
-use super::{config, device, fleet_at, queue_read_while_asleep, store, wait_for};
+use super::{config, device, fleet_at, queue_read_and_see_it_held, run_op, store, wait_for};
 
 /// libcoap 4.3's `-k` takes the key as text: these are the bytes of
 /// "0123456789abcdef".
@@ -161,23 +160,14 @@ async fn simulated_devices_work_over_dtls_with_plain_coap_off() {
     let fleet = fleet_at(&running, running.coaps_addr.unwrap(), devices).await;
     let stats = fleet.stats.clone();
     assert_eq!(stats.handshakes.load(Ordering::Relaxed), 5);
-    running.flush().await;
-    let s = store(dir.path());
-    let id = s
-        .queue_operation(
-            "sec-3",
-            &OperationKind::Read {
-                path: "/3/0/0".parse().unwrap(),
-            },
-            now_ms() + 30_000,
-            3,
-        )
-        .unwrap();
-    wait_for("read over DTLS", Duration::from_secs(10), || {
-        s.operation(id).unwrap().state.is_final()
-    })
+    let row = run_op(
+        dir.path(),
+        "sec-3",
+        OperationKind::Read {
+            path: "/3/0/0".parse().unwrap(),
+        },
+    )
     .await;
-    let row = s.operation(id).unwrap();
     assert_eq!(row.state, OperationState::Succeeded, "{row:?}");
     fleet.stop().await;
     running.stop().await;
@@ -306,7 +296,7 @@ async fn nat_rebinding_re_handshakes_and_the_queued_operation_arrives_once() {
     // The server's awake window (3 s in tests) passes: the device sleeps.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let s = store(dir.path());
-    let id = queue_read_while_asleep(&s, "rebinder", "/3/0/0").await;
+    let id = queue_read_and_see_it_held(&s, "rebinder", "/3/0/0").await;
     let served_before = stats.requests_served.load(Ordering::Relaxed);
 
     fleet.rebind(0);
@@ -350,24 +340,13 @@ async fn after_a_restart_operations_wait_for_the_devices_next_session() {
     let fleet = fleet_at(&running, coaps, vec![d]).await;
     running.stop().await;
 
-    let s = store(dir.path());
-    let id = s
-        .queue_operation(
-            "restarted",
-            &OperationKind::Read {
-                path: "/3/0/0".parse().unwrap(),
-            },
-            now_ms() + 60_000,
-            3,
-        )
-        .unwrap();
     let mut c = config(dir.path());
     c.coaps.listen = coaps;
     c.coaps.shards = 1;
     let running = app::start(c).await.unwrap();
-    // Not sent into the dead session: it would fail its attempts there.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(s.operation(id).unwrap().attempts, 0);
+    // Held, not sent into the dead session: it would fail its attempts there.
+    let s = store(dir.path());
+    let id = queue_read_and_see_it_held(&s, "restarted", "/3/0/0").await;
     // The device's Update times out in the dead session; it handshakes
     // again, updates, and the read goes out once, over the new session.
     wait_for("the read after the restart", Duration::from_secs(20), || {

@@ -18,7 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{config, store, wait_for};
+use super::{config, output_with_stdin, store, wait_for};
 
 const LIMIT: usize = 1370;
 const IMAGE_SIZE: usize = 512 * 1024;
@@ -298,24 +298,19 @@ async fn curl(args: &[&str]) -> (bool, String) {
 }
 
 fn s_client(addr: SocketAddr, args: &[&str], input: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            "-servername",
-            "localhost",
-            "-ign_eof",
-        ])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-ign_eof",
+            ])
+            .args(args),
+        input,
+    );
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
