@@ -7,6 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 revision=$(git rev-parse --short HEAD)
 unit_dir=${XDG_CONFIG_HOME:-$HOME/.config}/containers/systemd
+env_file=${XDG_CONFIG_HOME:-$HOME/.config}/flownexus/flownexus.env
+
+# Site settings live on the host, not in the image (nothing domain-specific
+# at build time); the dashboard's public URL is required in production.
+if ! grep -q '^FLOWNEXUS_HTTP_PUBLIC_URL=https://' "${env_file}" 2>/dev/null; then
+  echo "${env_file} must set FLOWNEXUS_HTTP_PUBLIC_URL=https://dashboard.<domain>" >&2
+  exit 1
+fi
 
 echo "building flownexus ${revision}"
 podman build --tag "localhost/flownexus:${revision}" --file deploy/Containerfile .

@@ -35,6 +35,8 @@ pub struct Running {
     pub coaps_addr: Option<SocketAddr>,
     /// The firmware HTTPS server, when `fw.enabled`.
     pub fw_addr: Option<SocketAddr>,
+    /// The dashboard and REST API, when `http.enabled`.
+    pub http_addr: Option<SocketAddr>,
     pub events: Events,
     pub commands: mpsc::Sender<Command>,
     shutdown: watch::Sender<bool>,
@@ -104,7 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut server = Server::new(
         Exchanges::new(params, seed),
         ServerConfig::from_config(&config.lwm2m),
-        models,
+        models.clone(),
         seed ^ 1,
     );
     let mut restored = 0;
@@ -199,6 +201,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => (None, None),
     };
 
+    let http_addr = if config.http.enabled {
+        let (addr, task) = start_web(&config, events.clone(), models.clone(), stop_rx.clone()).await?;
+        tasks.push(task);
+        Some(addr)
+    } else {
+        log::info!("the dashboard and REST API are disabled (http.enabled = false)");
+        None
+    };
+
     // Poll the store for operations queued or cancelled by other processes.
     let poll_cmd = cmd_tx.clone();
     let reject_unknown = config.lwm2m.unknown_endpoints == UnknownEndpoints::Reject;
@@ -207,6 +218,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let poll_stop = stop_rx.clone();
     let poll_keys = keys.clone();
     let poll_keys_changed = keys_changed;
+    let session_idle_ms = config.http.session_idle_timeout_s as i64 * 1000;
+    let session_max_ms = config.http.session_max_age_s as i64 * 1000;
     tokio::spawn(async move {
         let stop = stopped(poll_stop);
         tokio::pin!(stop);
@@ -273,9 +286,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     .send(Command::KnownEndpoints(list.into_iter().collect::<HashSet<_>>()))
                     .await;
             }
-            if retention_ms > 0 && last_prune.elapsed() > Duration::from_secs(3600) {
+            if last_prune.elapsed() > Duration::from_secs(3600) {
                 last_prune = std::time::Instant::now();
-                prune_writer.send(StoreCommand::Prune(crate::store::now_ms() - retention_ms));
+                if retention_ms > 0 {
+                    prune_writer.send(StoreCommand::Prune(crate::store::now_ms() - retention_ms));
+                }
+                let store = poller.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    store
+                        .lock()
+                        .expect("poller store")
+                        .prune_sessions(session_idle_ms, session_max_ms)
+                })
+                .await;
             }
         }
     });
@@ -285,6 +308,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "coap": coap_addr.map(|a| a.to_string()),
         "coaps": coaps_addr.map(|a| a.to_string()),
         "fw": fw_addr.map(|a| a.to_string()),
+        "http": http_addr.map(|a| a.to_string()),
     });
     let runtime_path = config.runtime_path();
     std::fs::write(&runtime_path, runtime.to_string())
@@ -294,6 +318,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         coap_addr,
         coaps_addr,
         fw_addr,
+        http_addr,
         events,
         commands: cmd_tx,
         shutdown: stop_tx,
@@ -428,6 +453,53 @@ async fn start_firmware_server(
     };
     let task = tokio::spawn(download::run(listener, tls_config, server, limits, stop));
     Ok(Some((addr, task, watcher)))
+}
+
+/// The dashboard and REST API: the signing secret, the listener, and the
+/// first-run setup link when no admin exists yet.
+async fn start_web(
+    config: &Config,
+    events: lwm2m::Events,
+    models: Arc<Models>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let h = &config.http;
+    let secret_path = h
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("http-secret.key"));
+    let secret = crate::secret::load_or_create(&secret_path, "http.secret_file")?;
+    let listener = tokio::net::TcpListener::bind(h.listen)
+        .await
+        .with_context(|| format!("http.listen {}", h.listen))?;
+    let addr = listener.local_addr()?;
+    let web = Arc::new(crate::web::Web::new(
+        h.clone(),
+        config.lwm2m.clone(),
+        &secret,
+        events,
+        models,
+        crate::firmware::Catalogue::new(&config.data_dir, config.fw.max_image_bytes),
+        config.fw.max_image_bytes,
+        config.database_path(),
+        stop.clone(),
+    ));
+    let base = web
+        .origin
+        .as_ref()
+        .map_or_else(|| format!("http://{addr}"), |o| o.url());
+    log::info!("dashboard and REST API listening on http://{addr} (operators use {base})");
+    if !Store::open(&config.database_path())?.has_admin()? {
+        let expires = crate::store::now_ms() / 1000 + h.setup_link_ttl_s as i64;
+        // The link is the one way in before any admin exists; it is logged
+        // once, valid for `http.setup_link_ttl_s`, and dead once an admin is made.
+        log::warn!(
+            "no admin exists: create the first one at {base}/setup?token={} (valid {} min), or run `flownexus user add NAME --role admin`",
+            web.signer.setup_token(expires),
+            h.setup_link_ttl_s / 60
+        );
+    }
+    Ok((addr, tokio::spawn(crate::web::run(listener, web, stop))))
 }
 
 /// `flownexus serve`: run until SIGINT or SIGTERM.

@@ -31,7 +31,7 @@ pub struct Config {
     pub mode: Mode,
     pub coap: CoapConfig,
     pub coaps: CoapsConfig,
-    pub http: ListenerConfig,
+    pub http: HttpConfig,
     pub fw: FirmwareServerConfig,
     pub lwm2m: Lwm2mConfig,
     pub store: StoreConfig,
@@ -45,13 +45,41 @@ pub enum Mode {
     Production,
 }
 
+/// The operators' dashboard and REST API (plain HTTP on loopback; nginx
+/// terminates TLS in front of it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
+pub struct HttpConfig {
     pub enabled: bool,
     /// Port 0 picks a free port; the bound address is logged and written to
     /// `runtime.json` in the data directory.
     pub listen: SocketAddr,
+    /// The address operators type, e.g. `https://dashboard.example.com`:
+    /// cookies are `Secure` when it is https, the first-run setup link is
+    /// built on it, and state-changing requests must come from its origin.
+    /// Unset: `http://` and the bound address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// The key that signs CSRF tokens and setup links. Unset: generated
+    /// (mode 0600) in the data directory on first run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// A dashboard session unused this long ends.
+    pub session_idle_timeout_s: u64,
+    /// A dashboard session ends this long after login, used or not.
+    pub session_max_age_s: u64,
+    /// Failed logins per account within `login_window_s` before that
+    /// account's logins are refused until the window passes.
+    pub login_failures_per_account: u32,
+    /// Failed logins per client address within `login_window_s`.
+    pub login_failures_per_address: u32,
+    pub login_window_s: u64,
+    /// Largest JSON or form body; firmware uploads are bounded by
+    /// `fw.max_image_bytes` instead.
+    pub max_body_bytes: usize,
+    /// How long the first-run setup link (logged when no admin exists)
+    /// stays valid.
+    pub setup_link_ttl_s: u64,
 }
 
 /// CoAP transmission parameters, RFC 7252 §4.8, plus our block-wise limits.
@@ -230,9 +258,18 @@ impl Default for Config {
                 hellos_per_source_per_s: 200,
                 cipher_suites: crate::dtls::CIPHER_SUITES.iter().map(|s| s.to_string()).collect(),
             },
-            http: ListenerConfig {
-                enabled: false,
+            http: HttpConfig {
+                enabled: true,
                 listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+                public_url: None,
+                secret_file: None,
+                session_idle_timeout_s: 8 * 3600,
+                session_max_age_s: 7 * 86400,
+                login_failures_per_account: 10,
+                login_failures_per_address: 50,
+                login_window_s: 900,
+                max_body_bytes: 1 << 20,
+                setup_link_ttl_s: 3600,
             },
             fw: FirmwareServerConfig {
                 enabled: true,
@@ -320,6 +357,7 @@ impl Config {
             &mut config.fw.cert_file,
             &mut config.fw.key_file,
             &mut config.fw.token_secret_file,
+            &mut config.http.secret_file,
         ] {
             if let Some(dir) = p.as_ref() {
                 *p = Some(absolute(dir)?);
@@ -334,13 +372,43 @@ impl Config {
 
     /// Checks that serde cannot express; each error names its key.
     pub fn validate(&self) -> Result<()> {
-        // Listeners whose servers are not built yet: refuse rather than
-        // silently not listen (DESIGN §5: no setting that does nothing).
-        if self.http.enabled {
+        let h = &self.http;
+        if h.enabled && h.public_url.is_none() && self.mode == Mode::Production {
+            // Behind nginx the browser's origin is https://dashboard.<domain>;
+            // without it every form would be refused as cross-origin.
             return Err(Error::config(
-                "http.enabled",
-                "the dashboard and REST API are not available in this version",
+                "http.public_url",
+                "required in production: the URL operators use, e.g. https://dashboard.example.com",
             ));
+        }
+        if let Some(url) = &h.public_url
+            && crate::web::Origin::parse(url).is_none()
+        {
+            return Err(Error::config(
+                "http.public_url",
+                "must be http:// or https:// and a host, without a path, e.g. https://dashboard.example.com",
+            ));
+        }
+        for (key, v) in [
+            ("http.session_idle_timeout_s", h.session_idle_timeout_s),
+            ("http.session_max_age_s", h.session_max_age_s),
+            ("http.login_window_s", h.login_window_s),
+            ("http.setup_link_ttl_s", h.setup_link_ttl_s),
+            (
+                "http.login_failures_per_account",
+                u64::from(h.login_failures_per_account),
+            ),
+            (
+                "http.login_failures_per_address",
+                u64::from(h.login_failures_per_address),
+            ),
+        ] {
+            if v == 0 {
+                return Err(Error::config(key, "must be > 0"));
+            }
+        }
+        if h.max_body_bytes < 1024 {
+            return Err(Error::config("http.max_body_bytes", "must be at least 1024"));
         }
         let f = &self.fw;
         if !(256..=16_408).contains(&f.max_record_bytes) {
@@ -522,6 +590,8 @@ const OPTIONAL_KEYS: &[&str] = &[
     "fw.cert_file",
     "fw.key_file",
     "fw.token_secret_file",
+    "http.public_url",
+    "http.secret_file",
 ];
 
 fn env_name(key: &str) -> String {
@@ -664,7 +734,8 @@ mod tests {
             ("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "soon", "FLOWNEXUS_COAP_ACK_TIMEOUT_MS"),
             ("FLOWNEXUS_LOG_LEVEL", "loud", "log.level"),
             ("FLOWNEXUS_COAP_LISTEN", "nowhere", "coap.listen"),
-            ("FLOWNEXUS_HTTP_ENABLED", "true", "http.enabled"),
+            ("FLOWNEXUS_HTTP_PUBLIC_URL", "ftp://x", "http.public_url"),
+            ("FLOWNEXUS_HTTP_LOGIN_WINDOW_S", "0", "http.login_window_s"),
             ("FLOWNEXUS_COAPS_SHARDS", "100", "coaps.shards"),
             ("FLOWNEXUS_COAPS_MAX_HANDSHAKES", "0", "coaps.max_handshakes"),
             (
@@ -681,9 +752,17 @@ mod tests {
     }
 
     #[test]
-    fn production_refuses_relative_data_dir() {
-        let err = Config::load(None, &env(&[("FLOWNEXUS_MODE", "production")]), &Overrides::default()).unwrap_err();
+    fn production_refuses_relative_data_dir_and_a_missing_public_url() {
+        let url = ("FLOWNEXUS_HTTP_PUBLIC_URL", "https://dashboard.example.com");
+        let err = Config::load(
+            None,
+            &env(&[("FLOWNEXUS_MODE", "production"), url]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("data_dir"), "{err}");
+        let err = Config::load(None, &env(&[("FLOWNEXUS_MODE", "production")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("http.public_url"), "{err}");
     }
 
     /// docs/configuration.md documents every key under its environment name.

@@ -15,10 +15,12 @@ pub mod firmware;
 pub mod logging;
 pub mod lwm2m;
 pub mod psk;
+pub mod secret;
 pub mod shell;
 pub mod sim;
 pub mod store;
 pub mod transport;
 pub mod users;
+pub mod web;
 
 pub use error::{Error, Result};

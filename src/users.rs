@@ -4,13 +4,12 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use ring::rand::{SecureRandom, SystemRandom};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// What a user may do; each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read everything.
@@ -99,10 +98,7 @@ fn argon2() -> Argon2<'static> {
 /// Hash a new password (checked for length) into a PHC string.
 pub fn hash_password(password: &str) -> Result<String> {
     check_password(password)?;
-    let mut salt = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut salt)
-        .map_err(|_| invalid("password", "no random source for the salt"))?;
+    let salt = crate::secret::random::<16>()?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| invalid("password", e.to_string()))?;
     Ok(argon2()
         .hash_password(password.as_bytes(), &salt)
@@ -116,8 +112,18 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
 }
 
+/// Someone signed in: through a dashboard session or an API token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: i64,
+    pub name: String,
+    /// For a token, the lesser of its role and its user's.
+    pub role: Role,
+    pub via_token: bool,
+}
+
 /// A user as listed: never the hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct User {
     pub name: String,
     pub role: Role,

@@ -20,6 +20,8 @@ use flownexus::store::{Store, now_ms};
 mod dtls;
 #[path = "system/firmware.rs"]
 mod firmware;
+#[path = "system/web.rs"]
+mod web;
 
 fn config(dir: &Path) -> Config {
     let flags = Overrides {
@@ -30,6 +32,7 @@ fn config(dir: &Path) -> Config {
     let mut c = Config::load(None, &Default::default(), &flags).unwrap();
     c.fw.listen = "127.0.0.1:0".parse().unwrap();
     c.coaps.listen = "127.0.0.1:0".parse().unwrap();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
     c.coap.ack_timeout_ms = 500;
     c.coap.max_retransmit = 2;
     c.lwm2m.queue_awake_window_s = 3;

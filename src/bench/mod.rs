@@ -77,6 +77,7 @@ impl ServerProcess {
             .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_COAPS_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_HTTP_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_LOG_LEVEL", "warn")
             .stdout(Stdio::null());
         for (k, v) in extra_env {

@@ -756,13 +756,13 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
         self.by_mid.remove(&(o.peer, o.mid));
         let counted = matches!(o.state, OutState::AwaitAck | OutState::AwaitResponse)
             && matches!(o.role, Role::Request | Role::NotificationFetch { .. });
-        if counted || o.state == OutState::Waiting {
-            if let Some(p) = self.peers.get_mut(&o.peer) {
-                if o.state == OutState::Waiting {
-                    p.waiting.retain(|t| *t != token);
-                } else {
-                    p.outstanding = p.outstanding.saturating_sub(1);
-                }
+        if (counted || o.state == OutState::Waiting)
+            && let Some(p) = self.peers.get_mut(&o.peer)
+        {
+            if o.state == OutState::Waiting {
+                p.waiting.retain(|t| *t != token);
+            } else {
+                p.outstanding = p.outstanding.saturating_sub(1);
             }
         }
         Some(o)
@@ -860,11 +860,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             self.remember(now, peer, m.message_id, Some(bytes));
         }
         let token = token.expect("known token");
-        if let Some(o) = self.outgoing.get_mut(&token) {
-            if o.state != OutState::Observing {
-                o.generation += 1;
-                self.by_mid.remove(&(peer, o.mid));
-            }
+        if let Some(o) = self.outgoing.get_mut(&token)
+            && o.state != OutState::Observing
+        {
+            o.generation += 1;
+            self.by_mid.remove(&(peer, o.mid));
         }
         self.on_response(now, token, m);
     }
@@ -1041,13 +1041,13 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
                     }
                 }
                 Timer::SeparateAck { inbound } => {
-                    if let Some(inb) = self.inbound.get_mut(&inbound) {
-                        if !inb.separately_acked {
-                            inb.separately_acked = true;
-                            let (peer, mid) = (inb.peer, inb.mid);
-                            let bytes = self.send_empty(peer, Type::Ack, mid);
-                            self.remember(now, peer, mid, Some(bytes));
-                        }
+                    if let Some(inb) = self.inbound.get_mut(&inbound)
+                        && !inb.separately_acked
+                    {
+                        inb.separately_acked = true;
+                        let (peer, mid) = (inb.peer, inb.mid);
+                        let bytes = self.send_empty(peer, Type::Ack, mid);
+                        self.remember(now, peer, mid, Some(bytes));
                     }
                 }
                 Timer::Sweep => self.sweep(now),

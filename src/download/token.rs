@@ -7,9 +7,8 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
-use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub struct TokenKey(hmac::Key);
 
@@ -32,35 +31,7 @@ pub enum Rejected {
 impl TokenKey {
     /// Read the secret, or create it (32 random bytes, mode 0600) on first use.
     pub fn load_or_create(path: &Path) -> Result<TokenKey> {
-        let io = |source| Error::Io {
-            path: path.to_owned(),
-            source,
-        };
-        if !path.exists() {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut secret = [0u8; 32];
-            SystemRandom::new()
-                .fill(&mut secret)
-                .map_err(|_| Error::malformed("random source", "unavailable"))?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            f.write_all(URL_SAFE_NO_PAD.encode(secret).as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        let secret = URL_SAFE_NO_PAD
-            .decode(text.trim())
-            .ok()
-            .filter(|s| s.len() >= 16)
-            .ok_or_else(|| Error::config("fw.token_secret_file", "must hold at least 16 bytes, base64url"))?;
+        let secret = crate::secret::load_or_create(path, "fw.token_secret_file")?;
         Ok(TokenKey(hmac::Key::new(hmac::HMAC_SHA256, &secret)))
     }
 

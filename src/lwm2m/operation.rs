@@ -18,13 +18,13 @@ pub type OperationId = i64;
 
 /// A value to write, given as text and typed with the object model when the
 /// request is built (Core §7.4.1 text forms; opaque as hex).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WriteValue {
     pub path: ResourcePath,
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum OperationKind {
     Read {
@@ -316,7 +316,7 @@ pub fn decode_response(path: &ResourcePath, response: &Response, models: &Models
     content::decode(cf, path, &response.payload, models)
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OperationResult {
     /// The device's CoAP response code, e.g. "2.05".
     pub code: String,
@@ -329,7 +329,7 @@ pub struct OperationResult {
     pub location: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum Outcome {
     Succeeded(OperationResult),
@@ -355,7 +355,7 @@ impl Outcome {
 
 /// The life of an operation: queued → sent → succeeded | failed, or
 /// expired / cancelled before it completes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationState {
     Queued,

@@ -112,6 +112,21 @@ impl Serialize for ResourcePath {
     }
 }
 
+/// Documented as what it serialises to: `/3/0/1`-style text.
+impl schemars::JsonSchema for ResourcePath {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ResourcePath".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "LwM2M path: /object[/instance[/resource[/resource-instance]]]",
+            "pattern": "^/([0-9]{1,5}(/[0-9]{1,5}){0,3})?$",
+            "example": "/3/0/0"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for ResourcePath {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -120,7 +135,7 @@ impl<'de> Deserialize<'de> for ResourcePath {
 }
 
 /// A value as LwM2M data types define it (Core Appendix C).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "value", rename_all = "lowercase")]
 pub enum Value {
     String(String),
@@ -128,7 +143,12 @@ pub enum Value {
     Unsigned(u64),
     Float(f64),
     Boolean(bool),
-    Opaque(#[serde(with = "hex_bytes")] Vec<u8>),
+    /// Hex.
+    Opaque(
+        #[serde(with = "hex_bytes")]
+        #[schemars(with = "String")]
+        Vec<u8>,
+    ),
     /// Seconds since the Unix epoch.
     Time(i64),
     ObjectLink(u16, u16),
@@ -136,6 +156,16 @@ pub enum Value {
 }
 
 impl Value {
+    /// Numeric values as a float, for charts.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Integer(i) | Value::Time(i) => Some(*i as f64),
+            Value::Unsigned(u) => Some(*u as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
     /// The value as text, as the text/plain format writes it (Core §7.4.1).
     pub fn to_text(&self) -> String {
         match self {
@@ -159,7 +189,7 @@ pub mod hex_bytes {
     }
 
     pub fn decode(s: &str) -> Option<Vec<u8>> {
-        if s.len() % 2 != 0 || !s.is_ascii() {
+        if !s.len().is_multiple_of(2) || !s.is_ascii() {
             return None;
         }
         (0..s.len())
@@ -179,7 +209,7 @@ pub mod hex_bytes {
 }
 
 /// One resource (instance) value, optionally timestamped by the device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Record {
     pub path: ResourcePath,
     pub value: Value,

@@ -32,6 +32,8 @@ pub struct DeviceConfig {
     pub params: Params,
     /// Speak CoAP over DTLS with this identity and key.
     pub psk: Option<crate::psk::Psk>,
+    /// What `/3/0/3` (Firmware Version) reports.
+    pub firmware_version: String,
 }
 
 impl DeviceConfig {
@@ -48,6 +50,7 @@ impl DeviceConfig {
             version: "1.1".into(),
             params: Params::default(),
             psk: None,
+            firmware_version: "sim-1.0.0".into(),
         }
     }
 }
@@ -126,7 +129,7 @@ impl Client {
         set("/3/0/0", Value::String("Nordic Semiconductor ASA".into()));
         set("/3/0/1", Value::String("nRF9160-SIM".into()));
         set("/3/0/2", Value::String(format!("{:016x}", seed)));
-        set("/3/0/3", Value::String("sim-1.0.0".into()));
+        set("/3/0/3", Value::String(cfg.firmware_version.clone()));
         set("/3/0/9", Value::Integer(87));
         set("/3/0/11/0", Value::Integer(0));
         set("/3/0/13", Value::Time(1_700_000_000));
@@ -592,7 +595,7 @@ impl Client {
             r.options.observe = Some(o.seq);
             // Every tenth notification is confirmable, so a vanished
             // observer is noticed (RFC 7641 §4.5).
-            out.push((o.token.clone(), r, o.seq % 10 == 0));
+            out.push((o.token.clone(), r, o.seq.is_multiple_of(10)));
         }
         for (token, r, con) in out {
             self.counters.notifications += 1;

@@ -4,6 +4,8 @@
 //! transactions; readers (CLI, API, the operation poller) open their own
 //! connections, which WAL lets run beside the writer.
 
+pub mod access;
+pub mod dashboard;
 pub mod writer;
 
 use std::path::Path;
@@ -17,7 +19,6 @@ use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationSt
 use crate::lwm2m::path::{Record, ResourcePath, Value};
 use crate::lwm2m::registration::{Registration, RegistrationId};
 use crate::psk::Psk;
-use crate::users::{Role, User};
 
 /// Versioned migrations, applied in order at start-up; never edit one that
 /// has shipped, add a new one.
@@ -166,6 +167,33 @@ const MIGRATIONS: &[&str] = &[
         password_changed_at INTEGER NOT NULL
     );
     "#,
+    // 7: dashboard sessions and API tokens. Only SHA-256 digests of the
+    // bearer secrets are kept: a copy of the database opens nothing.
+    r#"
+    CREATE TABLE web_sessions (
+        id_hash BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        address TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX web_sessions_by_user ON web_sessions(user_id);
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        revoked_at INTEGER
+    );
+    CREATE INDEX api_tokens_by_user ON api_tokens(user_id);
+    CREATE INDEX devices_by_created ON devices(created_at);
+    CREATE INDEX registrations_by_last_seen ON registrations(last_seen);
+    -- Devices per firmware version (overview chart, list filter).
+    CREATE INDEX latest_values_by_path ON latest_values(path, value);
+    "#,
 ];
 
 pub struct Store {
@@ -173,7 +201,7 @@ pub struct Store {
 }
 
 /// A device row with its registration state, for `device list/show`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct DeviceSummary {
     pub endpoint: String,
     pub psk_identity: Option<String>,
@@ -184,10 +212,11 @@ pub struct DeviceSummary {
     pub updated_at: Option<i64>,
     pub lifetime: Option<u32>,
     pub firmware_version: Option<String>,
+    pub created_at: i64,
 }
 
 /// Whether a device can be reached now (the CLI's and dashboard's word).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Online,
@@ -210,7 +239,7 @@ impl DeviceSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct OperationRow {
     pub id: OperationId,
     pub endpoint: String,
@@ -225,15 +254,16 @@ pub struct OperationRow {
     pub result: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct EventRow {
+    pub id: i64,
     pub ts: i64,
     pub endpoint: Option<String>,
     pub kind: String,
     pub detail: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct StoredValue {
     pub path: ResourcePath,
     pub ts: i64,
@@ -407,112 +437,6 @@ impl Store {
         Ok(())
     }
 
-    /// Add an operator; `password_hash` is a PHC string from
-    /// [`crate::users::hash_password`].
-    pub fn add_user(&self, name: &str, password_hash: &str, role: Role) -> Result<()> {
-        let now = now_ms();
-        self.conn
-            .execute(
-                "INSERT INTO users (name, password_hash, role, created_at, password_changed_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![name, password_hash, role.as_str(), now],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Error::AlreadyExists(format!("user {name}"))
-                }
-                e => e.into(),
-            })?;
-        Ok(())
-    }
-
-    pub fn users(&self) -> Result<Vec<User>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, role, disabled, created_at FROM users ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, bool>(2)?,
-                r.get(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, role, disabled, created_at) = row?;
-            out.push(User {
-                name,
-                role: role.parse()?,
-                disabled,
-                created_at,
-            });
-        }
-        Ok(out)
-    }
-
-    /// The user and its password hash, for a login.
-    pub fn user_credentials(&self, name: &str) -> Result<Option<(User, String)>> {
-        self.conn
-            .query_row(
-                "SELECT name, role, disabled, created_at, password_hash FROM users WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, bool>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, String>(4)?,
-                    ))
-                },
-            )
-            .optional()?
-            .map(|(name, role, disabled, created_at, hash)| {
-                Ok((
-                    User {
-                        name,
-                        role: role.parse()?,
-                        disabled,
-                        created_at,
-                    },
-                    hash,
-                ))
-            })
-            .transpose()
-    }
-
-    fn update_user(&self, name: &str, sql: &str, values: impl rusqlite::Params) -> Result<()> {
-        let n = self.conn.execute(sql, values)?;
-        if n == 0 {
-            return Err(Error::NotFound(format!("user {name}")));
-        }
-        Ok(())
-    }
-
-    pub fn set_user_role(&self, name: &str, role: Role) -> Result<()> {
-        self.update_user(
-            name,
-            "UPDATE users SET role = ?2 WHERE name = ?1",
-            params![name, role.as_str()],
-        )
-    }
-
-    pub fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<()> {
-        self.update_user(
-            name,
-            "UPDATE users SET disabled = ?2 WHERE name = ?1",
-            params![name, disabled],
-        )
-    }
-
-    pub fn set_user_password(&self, name: &str, password_hash: &str) -> Result<()> {
-        self.update_user(
-            name,
-            "UPDATE users SET password_hash = ?2, password_changed_at = ?3 WHERE name = ?1",
-            params![name, password_hash, now_ms()],
-        )
-    }
-
     /// Every device key, for the DTLS handshake's in-memory table.
     pub fn device_keys(&self) -> Result<Vec<(String, Psk)>> {
         let mut stmt = self
@@ -545,7 +469,7 @@ impl Store {
     }
 
     const SUMMARY_SQL: &'static str = "SELECT d.endpoint, d.psk_identity, d.tags, r.reg_id IS NOT NULL, r.queue_mode, r.last_seen, r.updated_at, r.lifetime,
-            (SELECT value FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3')
+            (SELECT value FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3'), d.created_at
          FROM devices d LEFT JOIN registrations r ON r.device_id = d.id";
 
     fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceSummary> {
@@ -562,6 +486,7 @@ impl Store {
                 rusqlite::types::Value::Text(s) => Some(s),
                 _ => None,
             }),
+            created_at: r.get(9)?,
         })
     }
 
@@ -586,12 +511,16 @@ impl Store {
 
     /// All persisted registrations, for restoring the server core.
     pub fn registrations(&self) -> Result<Vec<Registration<String>>> {
-        let mut st = self.conn.prepare(
+        self.registrations_where("1", [])
+    }
+
+    fn registrations_where(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Registration<String>>> {
+        let mut st = self.conn.prepare(&format!(
             "SELECT r.reg_id, d.endpoint, r.peer, r.lifetime, r.version, r.binding, r.queue_mode, r.sms, r.object_links,
                     r.root_path, r.announced_format, r.registered_at, r.updated_at, r.last_seen
-             FROM registrations r JOIN devices d ON d.id = r.device_id",
-        )?;
-        let rows = st.query_map([], |r| {
+             FROM registrations r JOIN devices d ON d.id = r.device_id WHERE {filter}"
+        ))?;
+        let rows = st.query_map(args, |r| {
             let id: String = r.get(0)?;
             Ok(Registration {
                 id: RegistrationId::parse(&id).unwrap_or(RegistrationId(0)),
@@ -676,18 +605,21 @@ impl Store {
     /// Newest events first, optionally of one endpoint.
     pub fn events(&self, endpoint: Option<&str>, limit: usize) -> Result<Vec<EventRow>> {
         let mut st = self.conn.prepare(
-            "SELECT ts, endpoint, kind, detail FROM events WHERE (?1 IS NULL OR endpoint = ?1) ORDER BY id DESC LIMIT ?2",
+            "SELECT id, ts, endpoint, kind, detail FROM events WHERE (?1 IS NULL OR endpoint = ?1) ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = st.query_map(params![endpoint, limit as i64], |r| {
-            let detail: String = r.get(3)?;
-            Ok(EventRow {
-                ts: r.get(0)?,
-                endpoint: r.get(1)?,
-                kind: r.get(2)?,
-                detail: serde_json::from_str(&detail).unwrap_or_default(),
-            })
-        })?;
+        let rows = st.query_map(params![endpoint, limit as i64], Self::event_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+        let detail: String = r.get(4)?;
+        Ok(EventRow {
+            id: r.get(0)?,
+            ts: r.get(1)?,
+            endpoint: r.get(2)?,
+            kind: r.get(3)?,
+            detail: serde_json::from_str(&detail).unwrap_or_default(),
+        })
     }
 
     // ---- operations ----------------------------------------------------------------
@@ -877,12 +809,7 @@ impl Store {
 }
 
 fn identity_taken(e: rusqlite::Error, psk: &Psk) -> Error {
-    match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            Error::AlreadyExists(format!("PSK identity {}", psk.identity))
-        }
-        e => e.into(),
-    }
+    access::constraint(e, || format!("PSK identity {}", psk.identity))
 }
 
 fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &str) -> Result<i64> {
@@ -909,7 +836,7 @@ fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &st
 }
 
 /// A firmware catalogue record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FirmwareRow {
     pub id: i64,
     pub name: String,

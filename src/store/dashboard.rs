@@ -1,0 +1,311 @@
+//! Queries behind the dashboard and the REST API: filtered, sorted,
+//! keyset-paginated lists that stay fast with a million devices (every
+//! page is an index range from a cursor, never an OFFSET scan).
+
+use rusqlite::types::Value as Sql;
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{DeviceSummary, EventRow, Status, Store, StoredValue, now_ms};
+use crate::error::Result;
+use crate::lwm2m::path::ResourcePath;
+
+/// Sort columns the device list accepts; anything else is refused before
+/// it reaches SQL (DESIGN §4 item 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSort {
+    Endpoint,
+    LastSeen,
+    Created,
+}
+
+impl DeviceSort {
+    pub fn parse(s: &str) -> Option<DeviceSort> {
+        Some(match s {
+            "endpoint" => DeviceSort::Endpoint,
+            "last_seen" => DeviceSort::LastSeen,
+            "created" => DeviceSort::Created,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceSort::Endpoint => "endpoint",
+            DeviceSort::LastSeen => "last_seen",
+            DeviceSort::Created => "created",
+        }
+    }
+
+    fn expr(self) -> &'static str {
+        match self {
+            DeviceSort::Endpoint => "d.endpoint",
+            DeviceSort::LastSeen => "COALESCE(r.last_seen, 0)",
+            DeviceSort::Created => "d.created_at",
+        }
+    }
+}
+
+/// Where a page of devices starts: the sort key and endpoint of the last
+/// row of the previous page.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortKey {
+    Text(String),
+    Int(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceQuery {
+    pub search: Option<String>,
+    pub status: Option<Status>,
+    pub tag: Option<String>,
+    pub firmware: Option<String>,
+    pub sort: DeviceSort,
+    pub descending: bool,
+    pub after: Option<(SortKey, String)>,
+    pub limit: usize,
+    /// For the status filter: `lwm2m.queue_awake_window_s`, `lifetime_grace_s`.
+    pub awake_window_s: u64,
+    pub grace_s: u64,
+}
+
+/// One image's downloads by one device.
+#[derive(Debug, Clone)]
+pub struct DeviceDownloads {
+    pub name: String,
+    pub requests: u64,
+    pub bytes: u64,
+    pub last: i64,
+}
+
+/// Counts for the overview.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetCounts {
+    pub total: u64,
+    pub online: u64,
+    pub sleeping: u64,
+    pub offline: u64,
+}
+
+/// SQL for "registered and not expired", "awake" (`?n` placeholders
+/// bound to now, grace, window by the callers).
+const ALIVE: &str = "(r.reg_id IS NOT NULL AND :now <= r.updated_at + (r.lifetime + :grace) * 1000)";
+const AWAKE: &str = "(r.queue_mode = 0 OR r.last_seen >= :now - :window * 1000)";
+
+impl Store {
+    /// One page of devices and whether more follow.
+    pub fn device_page(&self, q: &DeviceQuery) -> Result<(Vec<DeviceSummary>, bool)> {
+        let mut sql = format!("{} WHERE 1", Self::SUMMARY_SQL);
+        let mut args: Vec<(String, Sql)> = vec![
+            (":now".into(), Sql::Integer(now_ms())),
+            (":grace".into(), Sql::Integer(q.grace_s as i64)),
+            (":window".into(), Sql::Integer(q.awake_window_s as i64)),
+        ];
+        if let Some(s) = &q.search {
+            sql += " AND (instr(d.endpoint, :q) > 0 OR instr(COALESCE(d.psk_identity, ''), :q) > 0)";
+            args.push((":q".into(), Sql::Text(s.clone())));
+        }
+        if let Some(t) = &q.tag {
+            sql += " AND instr(',' || d.tags || ',', ',' || :tag || ',') > 0";
+            args.push((":tag".into(), Sql::Text(t.clone())));
+        }
+        if let Some(f) = &q.firmware {
+            sql += " AND EXISTS (SELECT 1 FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3' AND l.value = :fw)";
+            args.push((":fw".into(), Sql::Text(f.clone())));
+        }
+        match q.status {
+            Some(Status::Online) => sql += &format!(" AND {ALIVE} AND {AWAKE}"),
+            Some(Status::Sleeping) => sql += &format!(" AND {ALIVE} AND NOT {AWAKE}"),
+            Some(Status::Offline) => sql += &format!(" AND NOT COALESCE({ALIVE}, 0)"),
+            None => {}
+        }
+        let (cmp, dir) = if q.descending { ("<", "DESC") } else { (">", "ASC") };
+        let expr = q.sort.expr();
+        if let Some((key, endpoint)) = &q.after {
+            sql += &format!(" AND ({expr}, d.endpoint) {cmp} (:key, :after)");
+            args.push((
+                ":key".into(),
+                match key {
+                    SortKey::Text(s) => Sql::Text(s.clone()),
+                    SortKey::Int(i) => Sql::Integer(*i),
+                },
+            ));
+            args.push((":after".into(), Sql::Text(endpoint.clone())));
+        }
+        sql += &format!(" ORDER BY {expr} {dir}, d.endpoint {dir} LIMIT :limit");
+        args.push((":limit".into(), Sql::Integer(q.limit as i64 + 1)));
+        // Bind only the names this statement uses.
+        let mut st = self.conn.prepare(&sql)?;
+        let mut bound: Vec<(&str, &dyn rusqlite::ToSql)> = Vec::new();
+        for (name, v) in &args {
+            if st.parameter_index(name)?.is_some() {
+                bound.push((name.as_str(), v as &dyn rusqlite::ToSql));
+            }
+        }
+        let rows = st.query_map(bound.as_slice(), Self::summary_row)?;
+        let mut out: Vec<DeviceSummary> = rows.collect::<rusqlite::Result<_>>()?;
+        let more = out.len() > q.limit;
+        out.truncate(q.limit);
+        Ok((out, more))
+    }
+
+    /// The sort key of a row, for the next page's cursor.
+    pub fn sort_key(d: &DeviceSummary, sort: DeviceSort) -> SortKey {
+        match sort {
+            DeviceSort::Endpoint => SortKey::Text(d.endpoint.clone()),
+            DeviceSort::LastSeen => SortKey::Int(d.last_seen.unwrap_or(0)),
+            DeviceSort::Created => SortKey::Int(d.created_at),
+        }
+    }
+
+    pub fn fleet_counts(&self, awake_window_s: u64, grace_s: u64) -> Result<FleetCounts> {
+        let sql = format!(
+            "SELECT COUNT(*), COALESCE(SUM({ALIVE} AND {AWAKE}), 0), COALESCE(SUM({ALIVE} AND NOT {AWAKE}), 0)
+             FROM devices d LEFT JOIN registrations r ON r.device_id = d.id"
+        );
+        let (total, online, sleeping): (i64, i64, i64) = self.conn.query_row(
+            &sql,
+            rusqlite::named_params! { ":now": now_ms(), ":grace": grace_s as i64, ":window": awake_window_s as i64 },
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(FleetCounts {
+            total: total as u64,
+            online: online as u64,
+            sleeping: sleeping as u64,
+            offline: (total - online - sleeping) as u64,
+        })
+    }
+
+    /// Devices per reported firmware version (`/3/0/3`), most common first.
+    pub fn firmware_versions(&self, limit: usize) -> Result<Vec<(String, u64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT CAST(value AS TEXT), COUNT(*) FROM latest_values WHERE path = '/3/0/3'
+             GROUP BY value ORDER BY 2 DESC, 1 LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Values stored per hour over the last `hours` hours: (hour start ms, count).
+    pub fn values_per_hour(&self, hours: i64) -> Result<Vec<(i64, u64)>> {
+        let from = (now_ms() / 3_600_000 - hours + 1) * 3_600_000;
+        let mut st = self.conn.prepare(
+            "SELECT ts / 3600000 * 3600000 AS h, COUNT(*) FROM resource_values WHERE ts >= ?1 GROUP BY h ORDER BY h",
+        )?;
+        let rows = st.query_map([from], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A page of events, newest first, after event id `before`.
+    pub fn event_page(
+        &self,
+        endpoint: Option<&str>,
+        kind: Option<&str>,
+        range: (Option<i64>, Option<i64>),
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<EventRow>, bool)> {
+        let mut st = self.conn.prepare(
+            "SELECT id, ts, endpoint, kind, detail FROM events
+             WHERE (?1 IS NULL OR endpoint = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR ts >= ?3)
+               AND (?4 IS NULL OR ts < ?4) AND (?5 IS NULL OR id < ?5)
+             ORDER BY id DESC LIMIT ?6",
+        )?;
+        let rows = st.query_map(
+            params![endpoint, kind, range.0, range.1, before, limit as i64 + 1],
+            Self::event_row,
+        )?;
+        let mut out: Vec<EventRow> = rows.collect::<rusqlite::Result<_>>()?;
+        let more = out.len() > limit;
+        out.truncate(limit);
+        Ok((out, more))
+    }
+
+    /// A page of one resource's history in `[from, to)`, oldest first,
+    /// after `(ts, rowid)`; each value comes with its rowid for the cursor.
+    pub fn history_page(
+        &self,
+        endpoint: &str,
+        path: &ResourcePath,
+        range: (i64, i64),
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<(Vec<(i64, StoredValue)>, bool)> {
+        let Some(device) = self
+            .conn
+            .query_row("SELECT id FROM devices WHERE endpoint = ?1", [endpoint], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+        else {
+            return Err(crate::Error::UnknownEndpoint(endpoint.to_string()));
+        };
+        let (ts, rowid) = after.unwrap_or((range.0, -1));
+        let mut st = self.conn.prepare(
+            "SELECT path, ts, vtype, value, rowid FROM resource_values
+             WHERE device_id = ?1 AND path = ?2 AND ts < ?4 AND (ts, rowid) > (?3, ?5) AND ts >= ?6
+             ORDER BY ts, rowid LIMIT ?7",
+        )?;
+        let rows = st.query_map(
+            params![device, path.to_string(), ts, range.1, rowid, range.0, limit as i64 + 1],
+            |r| Ok((r.get::<_, i64>(4)?, Self::value_row(r)?)),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rowid, v) = row?;
+            if let Some(v) = v {
+                out.push((rowid, v));
+            }
+        }
+        let more = out.len() > limit;
+        out.truncate(limit);
+        Ok((out, more))
+    }
+
+    /// Numeric resources a device has history for (the chart picker).
+    pub fn numeric_paths(&self, endpoint: &str) -> Result<Vec<ResourcePath>> {
+        let mut st = self.conn.prepare(
+            "SELECT l.path FROM latest_values l JOIN devices d ON d.id = l.device_id
+             WHERE d.endpoint = ?1 AND l.vtype IN ('integer', 'unsigned', 'float') ORDER BY l.path",
+        )?;
+        let rows = st.query_map([endpoint], |r| r.get::<_, String>(0))?;
+        Ok(rows
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .filter_map(|p| p.parse().ok())
+            .collect())
+    }
+
+    /// Download requests a device made, per image, most recent first.
+    pub fn device_downloads(&self, endpoint: &str) -> Result<Vec<DeviceDownloads>> {
+        let mut st = self.conn.prepare(
+            "SELECT f.id, f.name, COUNT(*), COALESCE(SUM(dl.bytes), 0), MAX(dl.ts) FROM downloads dl
+             JOIN firmware f ON f.id = dl.firmware_id WHERE dl.device = ?1 GROUP BY f.id ORDER BY 5 DESC LIMIT 20",
+        )?;
+        let rows = st.query_map([endpoint], |r| {
+            Ok(DeviceDownloads {
+                name: r.get(1)?,
+                requests: r.get::<_, i64>(2)? as u64,
+                bytes: r.get::<_, i64>(3)? as u64,
+                last: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A device's registration, if it has one.
+    pub fn registration_of(&self, endpoint: &str) -> Result<Option<crate::lwm2m::registration::Registration<String>>> {
+        Ok(self.registrations_where("d.endpoint = ?1", [endpoint])?.pop())
+    }
+
+    /// How many devices report each live image's version.
+    pub fn devices_on_version(&self, version: &str) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM latest_values WHERE path = '/3/0/3' AND value = ?1",
+            [version],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+}

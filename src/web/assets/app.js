@@ -1,0 +1,51 @@
+// flownexus dashboard: enhancements only. Every page works without this
+// file; with it, regions marked data-live refresh when the server reports
+// news (Server-Sent Events), and destructive forms ask first.
+(function () {
+  "use strict";
+
+  document.addEventListener("submit", function (e) {
+    var message = e.target.getAttribute("data-confirm");
+    if (message && !window.confirm(message)) {
+      e.preventDefault();
+    }
+  });
+
+  var live = document.querySelector("[data-live]");
+  if (!live || !window.EventSource || !window.fetch) {
+    return;
+  }
+  var url = "/api/v1/events/stream";
+  var endpoint = live.getAttribute("data-endpoint");
+  if (endpoint) {
+    url += "?endpoint=" + encodeURIComponent(endpoint);
+  }
+
+  var timer = null;
+  function refresh() {
+    timer = null;
+    fetch(window.location.href, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (!html) { return; }
+        var fresh = new DOMParser().parseFromString(html, "text/html").querySelector("[data-live]");
+        if (fresh) {
+          var node = document.importNode(fresh, true);
+          live.replaceWith(node);
+          live = node;
+          document.body.setAttribute("data-refreshed", String(Date.now()));
+        }
+      })
+      .catch(function () {});
+  }
+  function soon() {
+    // Bursts of events (a registration storm) cause one refresh a second.
+    if (timer === null) { timer = window.setTimeout(refresh, 1000); }
+  }
+
+  var source = new EventSource(url);
+  ["registered", "updated", "deregistered", "expired", "values", "operation", "lagged"].forEach(function (name) {
+    source.addEventListener(name, soon);
+  });
+  source.addEventListener("open", function () { document.body.setAttribute("data-live-connected", "yes"); });
+})();

@@ -1,0 +1,151 @@
+//! Charts drawn on the server as SVG, so pages need no script to show
+//! them. Every label is escaped; the markup uses presentation attributes
+//! only (no `style`), which the Content-Security-Policy allows.
+
+use std::fmt::Write;
+
+/// Escape text for XML content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const W: f64 = 640.0;
+const H: f64 = 220.0;
+const LEFT: f64 = 56.0;
+const BOTTOM: f64 = 24.0;
+const TOP: f64 = 12.0;
+const RIGHT: f64 = 12.0;
+
+fn label(v: f64) -> String {
+    if v.abs() >= 1e6 || (v != 0.0 && v.abs() < 1e-2) {
+        format!("{v:.2e}")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A line chart of `(time ms, value)` points, oldest first; `time_label`
+/// turns a time into axis text.
+pub fn line(title: &str, points: &[(i64, f64)], time_label: impl Fn(i64) -> String) -> String {
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
+        t = escape(title)
+    );
+    if points.is_empty() {
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle" class="muted">no values in this range</text></svg>"#,
+            W / 2.0,
+            H / 2.0
+        );
+        return svg;
+    }
+    let (t0, t1) = (points[0].0, points[points.len() - 1].0);
+    let (mut lo, mut hi) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.1), h.max(p.1)));
+    if lo == hi {
+        lo -= 1.0;
+        hi += 1.0;
+    }
+    let span_t = (t1 - t0).max(1) as f64;
+    let x = |t: i64| LEFT + (t - t0) as f64 / span_t * (W - LEFT - RIGHT);
+    let y = |v: f64| TOP + (hi - v) / (hi - lo) * (H - TOP - BOTTOM);
+    for (i, v) in [hi, (hi + lo) / 2.0, lo].into_iter().enumerate() {
+        let yy = y(v);
+        let _ = write!(
+            svg,
+            r#"<line x1="{LEFT}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" class="grid"/><text x="{}" y="{:.1}" text-anchor="end" class="axis">{}</text>"#,
+            W - RIGHT,
+            LEFT - 4.0,
+            yy + 4.0 + if i == 0 { 4.0 } else { 0.0 },
+            escape(&label(v))
+        );
+    }
+    for (t, anchor) in [(t0, "start"), (t1, "end")] {
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="{anchor}" class="axis">{}</text>"#,
+            x(t),
+            H - 6.0,
+            escape(&time_label(t))
+        );
+    }
+    // Long histories are thinned to one point per horizontal pixel pair.
+    let step = (points.len() / 600).max(1);
+    let path: Vec<String> = points
+        .iter()
+        .step_by(step)
+        .chain(std::iter::once(&points[points.len() - 1]))
+        .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
+        .collect();
+    let _ = write!(
+        svg,
+        r#"<polyline points="{}" class="series" fill="none"/></svg>"#,
+        path.join(" ")
+    );
+    svg
+}
+
+/// Horizontal bars, e.g. devices per firmware version.
+pub fn bars(title: &str, rows: &[(String, u64)]) -> String {
+    let row_h = 22.0;
+    let h = (rows.len().max(1) as f64) * row_h + 8.0;
+    let max = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1) as f64;
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {W} {h}" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
+        t = escape(title)
+    );
+    if rows.is_empty() {
+        let _ = write!(svg, r#"<text x="8" y="18" class="muted">nothing reported yet</text>"#);
+    }
+    let label_w = 180.0;
+    for (i, (name, n)) in rows.iter().enumerate() {
+        let yy = 4.0 + i as f64 * row_h;
+        let w = (W - label_w - 60.0) * (*n as f64) / max;
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" class="axis">{}</text><rect x="{label_w}" y="{yy:.1}" width="{w:.1}" height="{}" class="bar"/><text x="{:.1}" y="{:.1}" class="axis">{n}</text>"#,
+            label_w - 6.0,
+            yy + 15.0,
+            escape(name),
+            row_h - 6.0,
+            label_w + w + 4.0,
+            yy + 15.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped_and_points_drawn() {
+        let svg = bars(
+            "versions",
+            &[("<script>alert(1)</script>".into(), 3), ("1.0".into(), 1)],
+        );
+        assert!(!svg.contains("<script>"));
+        assert!(svg.contains("&lt;script&gt;"));
+        let svg = line("t<", &[(0, 1.0), (1000, 3.0), (2000, 2.0)], |t| format!("{t}"));
+        assert!(svg.contains("<polyline points=\"56.0,"), "{svg}");
+        assert!(svg.contains("t&lt;"));
+        assert!(line("empty", &[], |_| String::new()).contains("no values"));
+    }
+}

@@ -1,0 +1,543 @@
+//! The operators' dashboard and REST API on `http.listen` (127.0.0.1:8000
+//! behind nginx): hyper's HTTP/1.1 server, the route table in [`route`],
+//! authentication ([`auth`]) and the one request pipeline below.
+//!
+//! Every request goes through the same steps: route lookup → principal
+//! (bearer token or session cookie) → role check → origin and CSRF check
+//! for state changes → bounded body read → handler on the blocking pool
+//! (it may use SQLite) → security headers. Handlers never see a request
+//! that failed a step.
+
+pub mod api;
+pub mod assets;
+pub mod auth;
+pub mod chart;
+pub mod form;
+pub mod pages;
+mod reply;
+pub mod route;
+pub mod sse;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+pub use auth::Origin;
+pub use reply::{Reply, WebError, WebResult};
+use route::{Access, BodyKind, Found, Route, Run, Surface};
+
+use crate::config::{HttpConfig, Lwm2mConfig};
+use crate::firmware::Catalogue;
+use crate::lwm2m::model::Models;
+use crate::shell::lwm2m::Events;
+use crate::store::Store;
+use crate::users::{Principal, Role};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Everything the handlers share.
+pub struct Web {
+    pub http: HttpConfig,
+    pub lwm2m: Lwm2mConfig,
+    /// Where operators reach us; `None`: whatever `Host` says (development).
+    pub origin: Option<Origin>,
+    pub cookies: auth::Cookies,
+    pub signer: auth::Signer,
+    pub limiter: Mutex<auth::LoginLimiter>,
+    pub events: Events,
+    pub models: Arc<Models>,
+    pub catalogue: Catalogue,
+    pub max_upload: u64,
+    db_path: PathBuf,
+    pool: Mutex<Vec<Store>>,
+    /// Password hashing (19 MiB each) admitted two at a time.
+    costly: Semaphore,
+    stop: watch::Receiver<bool>,
+}
+
+/// Reader connections kept for reuse.
+const POOL: usize = 8;
+
+/// What a handler gets: the request, decoded and checked.
+pub struct Ctx<'a> {
+    pub web: &'a Web,
+    pub store: &'a mut Store,
+    pub who: Option<Principal>,
+    /// The session cookie's secret value, when signed in with one.
+    pub session: Option<String>,
+    /// The pre-login cookie (binds the login form's CSRF token).
+    pub login_cookie: Option<String>,
+    pub params: Vec<(&'static str, String)>,
+    pub query: Vec<(String, String)>,
+    pub body: Bytes,
+    pub content_type: String,
+    pub peer: IpAddr,
+    /// The request's path and query, for `next=` after login.
+    pub target: String,
+}
+
+impl Ctx<'_> {
+    pub fn param(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        form::field(&self.query, name).filter(|v| !v.is_empty())
+    }
+
+    /// The signed-in principal; routes that reach a handler with
+    /// `Access::Signed` always have one.
+    pub fn who(&self) -> WebResult<&Principal> {
+        self.who.as_ref().ok_or_else(WebError::unauthorized)
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> WebResult<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| WebError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body: {e}")))
+    }
+
+    pub fn form(&self) -> Vec<(String, String)> {
+        form::urlencoded(&String::from_utf8_lossy(&self.body))
+    }
+
+    /// The CSRF token forms of this session carry.
+    pub fn csrf(&self) -> String {
+        match (&self.session, &self.login_cookie) {
+            (Some(s), _) => self.web.signer.csrf("session", s),
+            (None, Some(l)) => self.web.signer.csrf("login", l),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// An integer path parameter.
+    pub fn id(&self, name: &str) -> WebResult<i64> {
+        self.param(name)
+            .parse()
+            .map_err(|_| WebError::not_found(format!("no {name} `{}`", self.param(name))))
+    }
+}
+
+impl Web {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        http: HttpConfig,
+        lwm2m: Lwm2mConfig,
+        secret: &[u8],
+        events: Events,
+        models: Arc<Models>,
+        catalogue: Catalogue,
+        max_upload: u64,
+        db_path: PathBuf,
+        stop: watch::Receiver<bool>,
+    ) -> Web {
+        let origin = http.public_url.as_deref().and_then(Origin::parse);
+        let limiter = auth::LoginLimiter::new(
+            http.login_failures_per_account,
+            http.login_failures_per_address,
+            http.login_window_s,
+        );
+        Web {
+            cookies: auth::Cookies {
+                secure: origin.as_ref().is_some_and(|o| o.https),
+            },
+            origin,
+            signer: auth::Signer::new(secret),
+            limiter: Mutex::new(limiter),
+            http,
+            lwm2m,
+            events,
+            models,
+            catalogue,
+            max_upload,
+            db_path,
+            pool: Mutex::new(Vec::new()),
+            costly: Semaphore::new(2),
+            stop,
+        }
+    }
+
+    /// Run `f` with a store connection on the blocking pool.
+    async fn with_store<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Web, &mut Store) -> WebResult<T> + Send + 'static,
+    ) -> WebResult<T> {
+        let web = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = web.pool.lock().expect("pool").pop();
+            let mut store = match pooled {
+                Some(s) => s,
+                None => Store::open(&web.db_path).map_err(WebError::from)?,
+            };
+            let out = f(&web, &mut store);
+            let mut pool = web.pool.lock().expect("pool");
+            if pool.len() < POOL {
+                pool.push(store);
+            }
+            out
+        })
+        .await
+        .unwrap_or_else(|e| {
+            log::error!("web handler panicked: {e}");
+            Err(WebError::internal())
+        })
+    }
+
+    /// The origin state-changing requests must come from.
+    fn expected_origin(&self, headers: &HeaderMap) -> Option<String> {
+        match &self.origin {
+            Some(o) => Some(o.url()),
+            None => header_str(headers, header::HOST).map(|h| format!("http://{}", h.to_ascii_lowercase())),
+        }
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let api = parts.uri.path().starts_with("/api/");
+        let (route, params) = match route::find(&parts.method, parts.uri.path()) {
+            Found::Route(r, p) => (r, p),
+            Found::MethodNotAllowed(allow) => {
+                let allow = allow.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ");
+                let e = WebError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "method not allowed",
+                );
+                let mut r = self.error_response(&e, api);
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    r.headers_mut().insert(header::ALLOW, v);
+                }
+                return r;
+            }
+            Found::NotFound => return self.error_response(&WebError::not_found("no such page"), api),
+        };
+        let head = parts.method == Method::HEAD;
+        let mut response = match self.clone().pipeline(route, params, parts, body, peer).await {
+            Ok(r) => r,
+            Err(e) if e.status == StatusCode::UNAUTHORIZED && route.surface == Surface::Page => {
+                // Pages send the anonymous to the login form and back.
+                Reply::redirect("/login").into_response()
+            }
+            Err(e) => self.error_response(&e, route.surface == Surface::Api),
+        };
+        if head {
+            *response.body_mut() = Full::new(Bytes::new()).boxed();
+        }
+        response
+    }
+
+    async fn pipeline(
+        self: Arc<Self>,
+        route: &'static Route,
+        params: Vec<(&'static str, String)>,
+        parts: hyper::http::request::Parts,
+        body: Incoming,
+        peer: SocketAddr,
+    ) -> WebResult<Response<Body>> {
+        let headers = &parts.headers;
+        let cookie_header = header_str(headers, header::COOKIE).unwrap_or("").to_string();
+        let session = auth::cookie(&cookie_header, self.cookies.session_name()).map(str::to_string);
+        let login_cookie = auth::cookie(&cookie_header, self.cookies.login_name()).map(str::to_string);
+        let bearer = header_str(headers, header::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        if bearer.is_some() && route.surface == Surface::Page {
+            return Err(WebError::bad_request("pages take a session, not a bearer token"));
+        }
+
+        // Who is asking.
+        let idle = self.http.session_idle_timeout_s as i64 * 1000;
+        let max_age = self.http.session_max_age_s as i64 * 1000;
+        let (who, session) = {
+            let bearer = bearer.clone();
+            let session = session.clone();
+            self.with_store(move |_, store| {
+                if let Some(t) = bearer {
+                    let p = store.token_principal(&auth::digest(&t))?;
+                    return p.map(|p| (Some(p), None)).ok_or_else(WebError::unauthorized);
+                }
+                if let Some(s) = session
+                    && let Some(p) = store.session_principal(&auth::digest(&s), idle, max_age)?
+                {
+                    return Ok((Some(p), Some(s)));
+                }
+                Ok((None, None))
+            })
+            .await?
+        };
+
+        // May they?
+        if let Access::Signed(required) = route.access {
+            let Some(p) = &who else {
+                return Err(WebError::unauthorized());
+            };
+            if !p.role.allows(required) {
+                return Err(WebError::forbidden(format!(
+                    "this needs the {} role; {} has {}",
+                    required.as_str(),
+                    p.name,
+                    p.role.as_str()
+                )));
+            }
+        }
+
+        // State changes from a browser must come from our own pages.
+        let unsafe_method = !parts.method.is_safe();
+        let by_cookie = who.as_ref().is_some_and(|p| !p.via_token) || who.is_none();
+        if unsafe_method && by_cookie {
+            if let Some(origin) = header_str(headers, header::ORIGIN)
+                && Some(origin.to_ascii_lowercase()) != self.expected_origin(headers)
+            {
+                return Err(WebError::forbidden("cross-origin request refused"));
+            }
+            if route.surface == Surface::Api && who.is_some() {
+                let token = header_str(headers, "x-csrf-token").unwrap_or("");
+                let ok = session
+                    .as_deref()
+                    .is_some_and(|s| self.signer.csrf_ok("session", s, token));
+                if !ok {
+                    return Err(WebError::forbidden(
+                        "a session-authenticated API call needs the X-CSRF-Token header",
+                    ));
+                }
+            }
+        }
+
+        // The body, bounded, of the type the route takes.
+        let content_type = header_str(headers, header::CONTENT_TYPE).unwrap_or("").to_string();
+        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let (limit, wanted): (u64, &[&str]) = match (route.body, route.surface) {
+            (BodyKind::None, _) => (0, &[]),
+            (BodyKind::Json, _) => (self.http.max_body_bytes as u64, &["application/json"]),
+            (BodyKind::Form, _) => (
+                self.http.max_body_bytes as u64,
+                &["application/x-www-form-urlencoded", "multipart/form-data"],
+            ),
+            (BodyKind::Upload, Surface::Api) => (self.max_upload, &["application/octet-stream"]),
+            (BodyKind::Upload, Surface::Page) => (self.max_upload + 64 * 1024, &["multipart/form-data"]),
+        };
+        if route.body != BodyKind::None && !wanted.contains(&mime.as_str()) {
+            return Err(WebError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected {}", wanted.join(" or ")),
+            ));
+        }
+        if let Some(n) = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
+            && n > limit
+            && limit > 0
+        {
+            return Err(too_large(limit));
+        }
+        let body = if route.body == BodyKind::None {
+            drop(body);
+            Bytes::new()
+        } else {
+            Limited::new(body, limit as usize)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        too_large(limit)
+                    } else {
+                        WebError::bad_request("the request body could not be read")
+                    }
+                })?
+                .to_bytes()
+        };
+
+        // Forms carry a CSRF token bound to the session (or, before login,
+        // to the login cookie).
+        if unsafe_method && route.surface == Surface::Page {
+            let token = if route.body == BodyKind::Upload {
+                form::boundary(&content_type)
+                    .and_then(|b| form::multipart(&body, b))
+                    .and_then(|parts| parts.into_iter().find(|p| p.name == "csrf"))
+                    .map(|p| String::from_utf8_lossy(&p.data).into_owned())
+            } else {
+                form::field(&form::urlencoded(&String::from_utf8_lossy(&body)), "csrf").map(str::to_string)
+            }
+            .unwrap_or_default();
+            let ok = match (&session, &login_cookie) {
+                (Some(s), _) => self.signer.csrf_ok("session", s, &token),
+                (None, Some(l)) => self.signer.csrf_ok("login", l, &token),
+                (None, None) => false,
+            };
+            if !ok {
+                return Err(WebError::forbidden(
+                    "the form is out of date or was not sent from this site; reload the page and try again",
+                ));
+            }
+        }
+
+        if matches!(route.run, Run::EventStream) {
+            let endpoint = form::urlencoded(parts.uri.query().unwrap_or(""))
+                .into_iter()
+                .find(|(k, _)| k == "endpoint")
+                .map(|(_, v)| v);
+            return Ok(sse::stream(self.events.subscribe(), endpoint, self.stop.clone()));
+        }
+        let Run::Blocking(handler) = route.run else {
+            unreachable!("event streams returned above")
+        };
+        let _permit = if route.costly {
+            Some(self.costly.acquire().await.map_err(|_| WebError::internal())?)
+        } else {
+            None
+        };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let query = form::urlencoded(parts.uri.query().unwrap_or(""));
+        let reply = self
+            .with_store(move |web, store| {
+                let mut ctx = Ctx {
+                    web,
+                    store,
+                    who,
+                    session,
+                    login_cookie,
+                    params,
+                    query,
+                    body,
+                    content_type,
+                    peer: peer.ip(),
+                    target,
+                };
+                handler(&mut ctx)
+            })
+            .await?;
+        Ok(reply.into_response())
+    }
+
+    fn error_response(&self, e: &WebError, api: bool) -> Response<Body> {
+        let mut reply = if api {
+            Reply::json(e.status, &e.body())
+        } else {
+            Reply::html(pages::error_page(e)).with_status(e.status)
+        };
+        if let Some(s) = e.retry_after {
+            reply = reply.with_header(header::RETRY_AFTER, s.to_string());
+        }
+        reply.into_response()
+    }
+}
+
+fn too_large(limit: u64) -> WebError {
+    WebError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the request body exceeds the limit of {limit} bytes"),
+    )
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Scripts, styles and images only from us; no inline script or style, no
+/// framing, forms only to us (DESIGN §4 item 11).
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The headers every response carries.
+pub fn secure(headers: &mut HeaderMap, cacheable: bool) {
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(headers, header::CONTENT_SECURITY_POLICY, CSP);
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::X_FRAME_OPTIONS, "DENY");
+    set(headers, header::REFERRER_POLICY, "same-origin");
+    set(
+        headers,
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        "same-origin",
+    );
+    if !cacheable {
+        set(headers, header::CACHE_CONTROL, "no-store");
+    }
+}
+
+impl Reply {
+    pub fn into_response(self) -> Response<Body> {
+        let cacheable = self.headers.iter().any(|(k, _)| k == header::CACHE_CONTROL);
+        let mut r = Response::new(Full::new(self.body).boxed());
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        for (k, v) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.append(k, v);
+            }
+        }
+        secure(h, cacheable);
+        r
+    }
+}
+
+/// Whether a role may see a page (for the navigation).
+pub fn may(who: &Principal, role: Role) -> bool {
+    who.role.allows(role)
+}
+
+/// Accept connections until `stop`; each is served by hyper's HTTP/1.1
+/// server (h2 is not compiled in). Open connections get five seconds to
+/// finish after `stop`.
+pub async fn run(listener: TcpListener, web: Arc<Web>, mut stop: watch::Receiver<bool>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (tcp, peer) = tokio::select! {
+            _ = crate::download::connection::raised(&mut stop) => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("dashboard accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let web = web.clone();
+        let mut conn_stop = stop.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let web = web.clone();
+                async move { Ok::<_, Infallible>(web.handle(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        log::debug!("dashboard connection from {peer}: {e}");
+                    }
+                }
+                _ = crate::download::connection::raised(&mut conn_stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        connections.abort_all();
+    }
+}

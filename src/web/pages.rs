@@ -1,0 +1,949 @@
+//! The dashboard's pages: askama templates (HTML-escaped by default) fed
+//! with display rows computed here. Forms post back, the handler acts and
+//! redirects (post/redirect/get), so every page works without script.
+
+use askama::Template;
+use hyper::StatusCode;
+
+use super::api::{self, Device, NewDevice, UserChange};
+use super::reply::{Reply, WebError, WebResult};
+use super::{Ctx, assets, chart, form};
+use crate::datetime::rfc3339;
+use crate::lwm2m::operation::{OperationKind, WriteValue};
+use crate::lwm2m::path::ResourcePath;
+use crate::store::{EventRow, FirmwareRow, now_ms};
+use crate::users::{Role, verify_password};
+
+/// What every signed-in page shows around its content.
+pub struct Chrome {
+    pub user: String,
+    pub role: &'static str,
+    pub csrf: String,
+    pub active: &'static str,
+    pub nav: Vec<(&'static str, &'static str)>,
+    pub version: &'static str,
+    pub notice: Option<&'static str>,
+}
+
+/// Messages a redirect may ask for (`?done=`), from a fixed list so no
+/// request can put its own text on the page.
+const NOTICES: &[(&str, &str)] = &[
+    ("queued", "Operation queued."),
+    ("cancelled", "Operation cancelled."),
+    ("uploaded", "Firmware uploaded."),
+    ("deleted", "Deleted."),
+    ("user", "User saved."),
+    ("password", "Password changed; your other sessions have ended."),
+    ("revoked", "Token revoked."),
+];
+
+fn chrome(ctx: &Ctx<'_>, active: &'static str) -> WebResult<Chrome> {
+    let who = ctx.who()?;
+    let mut nav = vec![
+        ("/", "Overview"),
+        ("/devices", "Devices"),
+        ("/events", "Events"),
+        ("/firmware", "Firmware"),
+    ];
+    if who.role.allows(Role::Admin) {
+        nav.push(("/users", "Users"));
+    }
+    nav.push(("/tokens", "API tokens"));
+    let notice = ctx
+        .query("done")
+        .and_then(|d| NOTICES.iter().find(|(k, _)| *k == d).map(|(_, m)| *m));
+    Ok(Chrome {
+        user: who.name.clone(),
+        role: who.role.as_str(),
+        csrf: ctx.csrf(),
+        active,
+        nav,
+        version: assets::version(),
+        notice,
+    })
+}
+
+fn render(t: &impl Template) -> WebResult {
+    t.render().map(Reply::html).map_err(|e| {
+        log::error!("template: {e}");
+        WebError::internal()
+    })
+}
+
+fn time(ms: i64) -> String {
+    let s = rfc3339(ms);
+    // "2026-11-23T07:09:15.123Z" → "2026-11-23 07:09:15"
+    s.get(..19).map_or(s.clone(), |t| t.replace('T', " "))
+}
+
+fn opt_time(ms: Option<i64>) -> String {
+    ms.map(time).unwrap_or_default()
+}
+
+/// A form field, or a 400 naming it.
+fn required<'a>(f: &'a [(String, String)], name: &str) -> WebResult<&'a str> {
+    form::field(f, name)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| WebError::bad_request(format!("{name} is required")))
+}
+
+// ---- sign-in -------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "bare.html")]
+struct Bare<'a> {
+    title: &'a str,
+    version: &'a str,
+    error: Option<String>,
+    form: bool,
+    action: &'a str,
+    csrf: String,
+    setup_token: Option<String>,
+    button: &'a str,
+    back: Option<&'a str>,
+}
+
+pub fn error_page(e: &WebError) -> String {
+    Bare {
+        title: e.status.canonical_reason().unwrap_or("Error"),
+        version: assets::version(),
+        error: Some(e.message.clone()),
+        form: false,
+        action: "",
+        csrf: String::new(),
+        setup_token: None,
+        button: "",
+        back: Some("/"),
+    }
+    .render()
+    .unwrap_or_else(|_| "error".into())
+}
+
+/// A login-form page; sets the pre-login cookie its CSRF token is bound to.
+fn sign_in_page(ctx: &mut Ctx<'_>, setup: Option<String>, error: Option<String>, status: StatusCode) -> WebResult {
+    let mut set_cookie = None;
+    if ctx.login_cookie.is_none() {
+        let v = super::auth::new_secret()?;
+        set_cookie = Some(ctx.web.cookies.set(ctx.web.cookies.login_name(), &v, 3600));
+        ctx.login_cookie = Some(v);
+    }
+    let (title, action, button) = if setup.is_some() {
+        ("Create the first admin", "/setup", "Create admin")
+    } else {
+        ("Sign in", "/login", "Sign in")
+    };
+    let mut reply = render(&Bare {
+        title,
+        version: assets::version(),
+        error,
+        form: true,
+        action,
+        csrf: ctx.csrf(),
+        setup_token: setup,
+        button,
+        back: None,
+    })?
+    .with_status(status);
+    if let Some(c) = set_cookie {
+        reply = reply.with_header(hyper::header::SET_COOKIE, c);
+    }
+    Ok(reply)
+}
+
+pub fn login_form(ctx: &mut Ctx<'_>) -> WebResult {
+    if ctx.who.is_some() {
+        return Ok(Reply::redirect("/"));
+    }
+    sign_in_page(ctx, None, None, StatusCode::OK)
+}
+
+/// Start a session: a new id every time (no fixation), the login cookie
+/// cleared.
+fn start_session(ctx: &mut Ctx<'_>, name: &str) -> WebResult {
+    let id = super::auth::new_secret()?;
+    ctx.store
+        .create_session(&super::auth::digest(&id), name, &ctx.peer.to_string())?;
+    if let Some(old) = &ctx.session {
+        ctx.store.end_session(&super::auth::digest(old))?;
+    }
+    let c = &ctx.web.cookies;
+    Ok(Reply::redirect("/")
+        .with_header(
+            hyper::header::SET_COOKIE,
+            c.set(c.session_name(), &id, ctx.web.http.session_max_age_s),
+        )
+        .with_header(hyper::header::SET_COOKIE, c.set(c.login_name(), "", 0)))
+}
+
+pub fn login(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let name = form::field(&f, "name").unwrap_or("").trim().to_string();
+    let password = form::field(&f, "password").unwrap_or("").to_string();
+    let now = now_ms();
+    if let Err(wait) = ctx.web.limiter.lock().expect("limiter").check(now, &name, ctx.peer) {
+        log::warn!("login for {name:?} from {} refused: too many failures", ctx.peer);
+        let mut e = WebError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_logins",
+            format!("too many failed logins; try again in {wait} s"),
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    let user = ctx.store.user_credentials(&name)?;
+    let ok = match &user {
+        Some((u, hash)) => verify_password(&password, hash) && !u.disabled,
+        None => {
+            // Spend the same time as a real check, so timing does not tell
+            // which names exist.
+            let _ = verify_password(&password, dummy_hash());
+            false
+        }
+    };
+    if !ok {
+        ctx.web.limiter.lock().expect("limiter").failed(now, &name, ctx.peer);
+        log::warn!("failed login for {name:?} from {}", ctx.peer);
+        return sign_in_page(
+            ctx,
+            None,
+            Some("Wrong user name or password.".into()),
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    ctx.web.limiter.lock().expect("limiter").succeeded(&name);
+    log::info!("{name} signed in from {}", ctx.peer);
+    start_session(ctx, &name)
+}
+
+/// An argon2id hash of a random password, checked for unknown user names.
+fn dummy_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| {
+        let pw = super::auth::new_secret().unwrap_or_else(|_| "x".repeat(43));
+        crate::users::hash_password(&pw).unwrap_or_default()
+    })
+}
+
+pub fn logout(ctx: &mut Ctx<'_>) -> WebResult {
+    if let Some(s) = &ctx.session {
+        ctx.store.end_session(&super::auth::digest(s))?;
+    }
+    let c = &ctx.web.cookies;
+    Ok(Reply::redirect("/login").with_header(hyper::header::SET_COOKIE, c.set(c.session_name(), "", 0)))
+}
+
+pub fn logout_everywhere(ctx: &mut Ctx<'_>) -> WebResult {
+    let name = ctx.who()?.name.clone();
+    let n = ctx.store.end_sessions_of(&name, None)?;
+    log::info!("{name} logged out everywhere ({n} sessions)");
+    let c = &ctx.web.cookies;
+    Ok(Reply::redirect("/login").with_header(hyper::header::SET_COOKIE, c.set(c.session_name(), "", 0)))
+}
+
+fn setup_token_ok(ctx: &Ctx<'_>, token: &str) -> WebResult<()> {
+    if ctx.store.has_admin()? {
+        return Err(WebError::not_found("setup is done: an admin exists"));
+    }
+    if !ctx.web.signer.setup_ok(token, now_ms() / 1000) {
+        return Err(WebError::forbidden(
+            "this setup link is invalid or expired; restart the server for a new one, or use `flownexus user add`",
+        ));
+    }
+    Ok(())
+}
+
+pub fn setup_form(ctx: &mut Ctx<'_>) -> WebResult {
+    let token = ctx.query("token").unwrap_or("").to_string();
+    setup_token_ok(ctx, &token)?;
+    sign_in_page(ctx, Some(token), None, StatusCode::OK)
+}
+
+pub fn setup(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let token = form::field(&f, "token").unwrap_or("").to_string();
+    setup_token_ok(ctx, &token)?;
+    let name = form::field(&f, "name").unwrap_or("").trim().to_string();
+    let password = form::field(&f, "password").unwrap_or("");
+    if Some(password) != form::field(&f, "password2") {
+        return sign_in_page(
+            ctx,
+            Some(token),
+            Some("The passwords differ.".into()),
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    let created = crate::users::check_name(&name)
+        .and_then(|()| crate::users::hash_password(password))
+        .and_then(|h| ctx.store.add_user(&name, &h, Role::Admin));
+    if let Err(e) = created {
+        return sign_in_page(ctx, Some(token), Some(e.to_string()), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    log::info!("first admin {name} created through the setup link from {}", ctx.peer);
+    start_session(ctx, &name)
+}
+
+// ---- overview ------------------------------------------------------------------
+
+struct EventLine {
+    time: String,
+    endpoint: Option<String>,
+    kind: String,
+    detail: String,
+}
+
+fn event_lines(rows: Vec<EventRow>) -> Vec<EventLine> {
+    rows.into_iter()
+        .map(|e| EventLine {
+            time: time(e.ts),
+            endpoint: e.endpoint,
+            kind: e.kind,
+            detail: e.detail.to_string(),
+        })
+        .collect()
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    chrome: Chrome,
+    counts: crate::store::dashboard::FleetCounts,
+    values_chart: String,
+    versions_chart: String,
+    events: Vec<EventLine>,
+}
+
+pub fn overview(ctx: &mut Ctx<'_>) -> WebResult {
+    let l = &ctx.web.lwm2m;
+    let counts = ctx.store.fleet_counts(l.queue_awake_window_s, l.lifetime_grace_s)?;
+    let per_hour: Vec<(i64, f64)> = ctx
+        .store
+        .values_per_hour(24)?
+        .into_iter()
+        .map(|(h, n)| (h, n as f64))
+        .collect();
+    let versions = ctx.store.firmware_versions(12)?;
+    render(&Overview {
+        chrome: chrome(ctx, "Overview")?,
+        counts,
+        values_chart: chart::line("values stored per hour", &per_hour, |t| time(t)[11..16].to_string()),
+        versions_chart: chart::bars("devices per firmware version", &versions),
+        events: event_lines(ctx.store.events(None, 10)?),
+    })
+}
+
+// ---- devices -------------------------------------------------------------------
+
+struct DeviceRow {
+    summary: crate::store::DeviceSummary,
+    status: &'static str,
+    last_seen: String,
+}
+
+fn status_str(d: &Device) -> &'static str {
+    match d.status {
+        crate::store::Status::Online => "online",
+        crate::store::Status::Sleeping => "sleeping",
+        crate::store::Status::Offline => "offline",
+    }
+}
+
+#[derive(Template)]
+#[template(path = "devices.html")]
+struct Devices {
+    chrome: Chrome,
+    devices: Vec<DeviceRow>,
+    next: Option<String>,
+    q: String,
+    status: String,
+    tag: String,
+    firmware: String,
+    sort: String,
+    order: String,
+    statuses: Vec<(&'static str, &'static str)>,
+    sorts: Vec<(&'static str, &'static str)>,
+    admin: bool,
+}
+
+pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
+    let (rows, next) = api::device_page(ctx)?;
+    let keep = |k: &str| ctx.query(k).unwrap_or("").to_string();
+    let next = next.map(|c| {
+        let mut q: Vec<String> = ["q", "status", "tag", "firmware", "sort", "order", "limit"]
+            .iter()
+            .filter_map(|k| ctx.query(k).map(|v| format!("{k}={}", form::encode(v))))
+            .collect();
+        q.push(format!("cursor={c}"));
+        format!("/devices?{}", q.join("&"))
+    });
+    let page = Devices {
+        chrome: chrome(ctx, "Devices")?,
+        devices: rows
+            .into_iter()
+            .map(|d| DeviceRow {
+                status: status_str(&d),
+                last_seen: opt_time(d.summary.last_seen),
+                summary: d.summary,
+            })
+            .collect(),
+        next,
+        q: keep("q"),
+        status: keep("status"),
+        tag: keep("tag"),
+        firmware: keep("firmware"),
+        sort: ctx.query("sort").unwrap_or("endpoint").to_string(),
+        order: ctx.query("order").unwrap_or("asc").to_string(),
+        statuses: vec![
+            ("", "any"),
+            ("online", "online"),
+            ("sleeping", "sleeping"),
+            ("offline", "offline"),
+        ],
+        sorts: vec![
+            ("endpoint", "endpoint"),
+            ("last_seen", "last seen"),
+            ("created", "added"),
+        ],
+        admin: ctx.who()?.role.allows(Role::Admin),
+    };
+    render(&page)
+}
+
+pub fn add_device(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let identity = form::field(&f, "psk_identity").filter(|s| !s.trim().is_empty());
+    let generate = form::field(&f, "psk") != Some("none");
+    let new = NewDevice {
+        endpoint: required(&f, "endpoint")?.to_string(),
+        psk_identity: if generate { identity.map(str::to_string) } else { None },
+        psk_key_hex: None,
+        generate_psk: generate,
+        tags: form::field(&f, "tags").map(str::to_string),
+    };
+    let (device, key) = api::provision(ctx, new)?;
+    let endpoint = device.summary.endpoint.clone();
+    device_page(ctx, &endpoint, key)
+}
+
+pub fn delete_device(ctx: &mut Ctx<'_>) -> WebResult {
+    api::remove_device(ctx)?;
+    Ok(Reply::redirect("/devices?done=deleted"))
+}
+
+struct RegistrationView {
+    peer: String,
+    version: String,
+    binding: String,
+    queue_mode: bool,
+    lifetime: u32,
+    registered_at: String,
+    updated_at: String,
+    last_seen: String,
+    object_links: String,
+}
+
+struct ValueView {
+    path: String,
+    name: String,
+    value: String,
+    units: String,
+    time: String,
+}
+
+struct ObjectView {
+    id: u16,
+    name: String,
+    values: Vec<ValueView>,
+}
+
+struct OperationView {
+    id: i64,
+    kind: &'static str,
+    path: String,
+    state: &'static str,
+    attempts: u32,
+    code: String,
+    result: String,
+    updated: String,
+    cancellable: bool,
+}
+
+#[derive(Template)]
+#[template(path = "device.html")]
+struct DevicePage {
+    chrome: Chrome,
+    d: DeviceRow,
+    reg: Option<RegistrationView>,
+    objects: Vec<ObjectView>,
+    operations: Vec<OperationView>,
+    numeric: Vec<String>,
+    chart_path: String,
+    range: String,
+    ranges: Vec<(&'static str, &'static str)>,
+    chart: String,
+    events: Vec<EventLine>,
+    downloads: Vec<(String, u64, u64, String)>,
+    operator: bool,
+    admin: bool,
+    generated_key: Option<String>,
+}
+
+const RANGES: &[(&str, &str, i64)] = &[
+    ("1h", "1 hour", 3_600_000),
+    ("24h", "24 hours", 86_400_000),
+    ("7d", "7 days", 7 * 86_400_000),
+    ("30d", "30 days", 30 * 86_400_000),
+];
+
+/// Most points a chart draws; a longer range shows its first ones (and
+/// says so) rather than loading millions of rows.
+const CHART_POINTS: usize = 5000;
+
+pub fn device(ctx: &mut Ctx<'_>) -> WebResult {
+    let endpoint = ctx.param("endpoint").to_string();
+    device_page(ctx, &endpoint, None)
+}
+
+fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>) -> WebResult {
+    let summary = ctx.store.device(endpoint)?;
+    let d = api::device_of(ctx, summary);
+    let models = ctx.web.models.clone();
+    let reg = ctx.store.registration_of(endpoint)?.map(|r| RegistrationView {
+        peer: r.peer,
+        version: r.version,
+        binding: r.binding,
+        queue_mode: r.queue_mode,
+        lifetime: r.lifetime,
+        registered_at: time(r.registered_at),
+        updated_at: time(r.updated_at),
+        last_seen: time(r.last_seen),
+        object_links: r.object_links,
+    });
+    let mut objects: Vec<ObjectView> = Vec::new();
+    for v in ctx.store.latest_values(endpoint)? {
+        let oid = v.path.object().unwrap_or(0);
+        if objects.last().is_none_or(|o| o.id != oid) {
+            objects.push(ObjectView {
+                id: oid,
+                name: models
+                    .object(oid)
+                    .map_or_else(|| format!("Object {oid}"), |o| o.name.clone()),
+                values: Vec::new(),
+            });
+        }
+        let model = models.resource(&v.path);
+        objects.last_mut().expect("pushed").values.push(ValueView {
+            path: v.path.to_string(),
+            name: model.map(|m| m.name.clone()).unwrap_or_default(),
+            units: model.map(|m| m.units.clone()).unwrap_or_default(),
+            value: v.value.to_text(),
+            time: time(v.ts),
+        });
+    }
+    let operations = ctx
+        .store
+        .operations_of(endpoint, 20)?
+        .into_iter()
+        .map(|o| OperationView {
+            id: o.id,
+            kind: o.kind.name(),
+            path: o.kind.path().to_string(),
+            state: o.state.as_str(),
+            attempts: o.attempts,
+            code: o.coap_code.unwrap_or_default(),
+            result: o.result.map(|r| r.to_string()).unwrap_or_default(),
+            updated: time(o.updated_at),
+            cancellable: o.state == crate::lwm2m::operation::OperationState::Queued,
+        })
+        .collect();
+    let numeric: Vec<String> = ctx
+        .store
+        .numeric_paths(endpoint)?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let chart_path = ctx
+        .query("chart")
+        .map(str::to_string)
+        .or_else(|| numeric.first().cloned())
+        .unwrap_or_default();
+    let range = ctx.query("range").unwrap_or("24h").to_string();
+    let span = RANGES
+        .iter()
+        .find(|r| r.0 == range)
+        .ok_or_else(|| WebError::bad_request("range must be 1h, 24h, 7d or 30d"))?
+        .2;
+    let chart = if chart_path.is_empty() {
+        chart::line("no numeric resources", &[], |_| String::new())
+    } else {
+        let path: ResourcePath = chart_path.parse().map_err(WebError::from)?;
+        let now = now_ms();
+        let (rows, more) = ctx
+            .store
+            .history_page(endpoint, &path, (now - span, now + 1), None, CHART_POINTS)?;
+        let points: Vec<(i64, f64)> = rows
+            .iter()
+            .filter_map(|(_, v)| v.value.as_f64().map(|f| (v.ts, f)))
+            .collect();
+        let title = format!(
+            "{chart_path} over {}{}",
+            RANGES.iter().find(|r| r.0 == range).map_or("", |r| r.1),
+            if more {
+                format!(" (first {CHART_POINTS} values)")
+            } else {
+                String::new()
+            }
+        );
+        chart::line(&title, &points, |t| time(t)[5..16].to_string())
+    };
+    let downloads = ctx
+        .store
+        .device_downloads(endpoint)?
+        .into_iter()
+        .map(|d| (d.name, d.requests, d.bytes, time(d.last)))
+        .collect();
+    let who = ctx.who()?.clone();
+    render(&DevicePage {
+        chrome: chrome(ctx, "Devices")?,
+        d: DeviceRow {
+            status: status_str(&d),
+            last_seen: opt_time(d.summary.last_seen),
+            summary: d.summary,
+        },
+        reg,
+        objects,
+        operations,
+        numeric,
+        chart_path,
+        range,
+        ranges: RANGES.iter().map(|r| (r.0, r.1)).collect(),
+        chart,
+        events: event_lines(ctx.store.events(Some(endpoint), 10)?),
+        downloads,
+        operator: who.role.allows(Role::Operator),
+        admin: who.role.allows(Role::Admin),
+        generated_key,
+    })
+}
+
+/// The operation form: one path, a value for Write, arguments for Execute.
+pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let endpoint = ctx.param("endpoint").to_string();
+    let path: ResourcePath = required(&f, "path")?.trim().parse().map_err(WebError::from)?;
+    let value = form::field(&f, "value").unwrap_or("");
+    let kind = match required(&f, "op")? {
+        "read" => OperationKind::Read { path },
+        "write" => OperationKind::Write {
+            path,
+            values: vec![WriteValue {
+                path,
+                value: value.to_string(),
+            }],
+            replace: false,
+        },
+        "execute" => OperationKind::Execute {
+            path,
+            args: (!value.is_empty()).then(|| value.to_string()),
+        },
+        "observe" => OperationKind::Observe { path },
+        "cancel-observe" => OperationKind::CancelObserve { path },
+        "discover" => OperationKind::Discover { path },
+        _ => return Err(WebError::bad_request("unknown operation")),
+    };
+    api::queue(ctx, &endpoint, kind, None)?;
+    Ok(Reply::redirect(&format!(
+        "/devices/{}?done=queued",
+        form::encode(&endpoint)
+    )))
+}
+
+pub fn cancel_operation(ctx: &mut Ctx<'_>) -> WebResult {
+    let id = ctx.id("id")?;
+    let row = api::cancel(ctx, id)?;
+    Ok(Reply::redirect(&format!(
+        "/devices/{}?done=cancelled",
+        form::encode(&row.endpoint)
+    )))
+}
+
+// ---- events --------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "events.html")]
+struct Events {
+    chrome: Chrome,
+    events: Vec<EventLine>,
+    next: Option<String>,
+    endpoint: String,
+    kind: String,
+    from_date: String,
+    to_date: String,
+}
+
+/// `YYYY-MM-DDTHH:MM` (a datetime-local field, read as UTC) → Unix ms.
+fn local_date(s: Option<&str>) -> WebResult<Option<i64>> {
+    let Some(s) = s else { return Ok(None) };
+    crate::datetime::parse_rfc3339(&format!("{s}:00Z"))
+        .or_else(|| crate::datetime::parse_rfc3339(&format!("{s}Z")))
+        .map(Some)
+        .ok_or_else(|| WebError::bad_request("dates look like 2026-11-23T07:00"))
+}
+
+pub fn events(ctx: &mut Ctx<'_>) -> WebResult {
+    let before = match api::decode_cursor(ctx)? {
+        None => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| WebError::bad_request("bad cursor"))?),
+    };
+    let range = (local_date(ctx.query("from_date"))?, local_date(ctx.query("to_date"))?);
+    let limit = api::limit(ctx)?;
+    let (rows, more) = ctx
+        .store
+        .event_page(ctx.query("endpoint"), ctx.query("kind"), range, before, limit)?;
+    let next = more.then(|| rows.last()).flatten().map(|e| {
+        let mut q: Vec<String> = ["endpoint", "kind", "from_date", "to_date", "limit"]
+            .iter()
+            .filter_map(|k| ctx.query(k).map(|v| format!("{k}={}", form::encode(v))))
+            .collect();
+        q.push(format!("cursor={}", api::encode_cursor(&serde_json::json!(e.id))));
+        format!("/events?{}", q.join("&"))
+    });
+    let keep = |k: &str| ctx.query(k).unwrap_or("").to_string();
+    render(&Events {
+        chrome: chrome(ctx, "Events")?,
+        events: event_lines(rows),
+        next,
+        endpoint: keep("endpoint"),
+        kind: keep("kind"),
+        from_date: keep("from_date"),
+        to_date: keep("to_date"),
+    })
+}
+
+// ---- firmware ------------------------------------------------------------------
+
+struct FirmwareView {
+    row: FirmwareRow,
+    devices: u64,
+    uploaded: String,
+}
+
+#[derive(Template)]
+#[template(path = "firmware.html")]
+struct Firmware {
+    chrome: Chrome,
+    images: Vec<FirmwareView>,
+    operator: bool,
+    max_mb: u64,
+}
+
+pub fn firmware(ctx: &mut Ctx<'_>) -> WebResult {
+    let mut images = Vec::new();
+    for row in ctx.store.firmware_list(false)? {
+        images.push(FirmwareView {
+            devices: ctx.store.devices_on_version(&row.version)?,
+            uploaded: time(row.uploaded_at),
+            row,
+        });
+    }
+    render(&Firmware {
+        chrome: chrome(ctx, "Firmware")?,
+        images,
+        operator: ctx.who()?.role.allows(Role::Operator),
+        max_mb: ctx.web.max_upload >> 20,
+    })
+}
+
+pub fn upload_firmware(ctx: &mut Ctx<'_>) -> WebResult {
+    let parts = form::boundary(&ctx.content_type)
+        .and_then(|b| form::multipart(&ctx.body, b))
+        .ok_or_else(|| WebError::bad_request("the upload is not a well-formed multipart form"))?;
+    let text = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| String::from_utf8_lossy(&p.data).trim().to_string())
+            .unwrap_or_default()
+    };
+    let file = parts
+        .iter()
+        .find(|p| p.name == "file")
+        .ok_or_else(|| WebError::bad_request("choose a file"))?
+        .data
+        .clone();
+    api::store_firmware(ctx, &text("name"), &text("version"), &text("notes"), &file)?;
+    Ok(Reply::redirect("/firmware?done=uploaded"))
+}
+
+pub fn delete_firmware(ctx: &mut Ctx<'_>) -> WebResult {
+    api::remove_firmware(ctx)?;
+    Ok(Reply::redirect("/firmware?done=deleted"))
+}
+
+// ---- users, profile, tokens ----------------------------------------------------
+
+struct UserView {
+    name: String,
+    role: &'static str,
+    disabled: bool,
+    created: String,
+}
+
+#[derive(Template)]
+#[template(path = "users.html")]
+struct Users {
+    chrome: Chrome,
+    users: Vec<UserView>,
+}
+
+pub fn users(ctx: &mut Ctx<'_>) -> WebResult {
+    let users = ctx
+        .store
+        .users()?
+        .into_iter()
+        .map(|u| UserView {
+            role: u.role.as_str(),
+            disabled: u.disabled,
+            created: time(u.created_at),
+            name: u.name,
+        })
+        .collect();
+    render(&Users {
+        chrome: chrome(ctx, "Users")?,
+        users,
+    })
+}
+
+fn role_field(f: &[(String, String)]) -> WebResult<Role> {
+    Ok(required(f, "role")?.parse()?)
+}
+
+pub fn add_user(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    api::add_user(
+        ctx,
+        required(&f, "name")?.trim(),
+        role_field(&f)?,
+        required(&f, "password")?,
+    )?;
+    Ok(Reply::redirect("/users?done=user"))
+}
+
+pub fn change_user(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let name = ctx.param("name").to_string();
+    let change = match required(&f, "action")? {
+        "role" => UserChange {
+            role: Some(role_field(&f)?),
+            disabled: None,
+        },
+        "disable" => UserChange {
+            role: None,
+            disabled: Some(true),
+        },
+        "enable" => UserChange {
+            role: None,
+            disabled: Some(false),
+        },
+        _ => return Err(WebError::bad_request("unknown action")),
+    };
+    api::change(ctx, &name, change)?;
+    Ok(Reply::redirect("/users?done=user"))
+}
+
+#[derive(Template)]
+#[template(path = "profile.html")]
+struct Profile {
+    chrome: Chrome,
+}
+
+pub fn profile(ctx: &mut Ctx<'_>) -> WebResult {
+    render(&Profile {
+        chrome: chrome(ctx, "")?,
+    })
+}
+
+pub fn change_password(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let name = ctx.who()?.name.clone();
+    let current = required(&f, "current")?;
+    let (_, hash) = ctx.store.user_credentials(&name)?.ok_or_else(WebError::unauthorized)?;
+    if !verify_password(current, &hash) {
+        return Err(WebError::forbidden("the current password is wrong"));
+    }
+    let new = required(&f, "password")?;
+    if Some(new) != form::field(&f, "password2") {
+        return Err(WebError::bad_request("the new passwords differ"));
+    }
+    ctx.store.set_user_password(&name, &crate::users::hash_password(new)?)?;
+    let keep = ctx.session.as_deref().map(super::auth::digest);
+    ctx.store.end_sessions_of(&name, keep.as_deref())?;
+    log::info!("{name} changed their password");
+    Ok(Reply::redirect("/profile?done=password"))
+}
+
+struct TokenView {
+    id: i64,
+    name: String,
+    user: String,
+    role: &'static str,
+    created: String,
+    last_used: String,
+    revoked: bool,
+}
+
+#[derive(Template)]
+#[template(path = "tokens.html")]
+struct Tokens {
+    chrome: Chrome,
+    tokens: Vec<TokenView>,
+    roles: Vec<&'static str>,
+    secret: Option<String>,
+}
+
+fn tokens_page(ctx: &mut Ctx<'_>, secret: Option<String>) -> WebResult {
+    let who = ctx.who()?.clone();
+    let owner = (!who.role.allows(Role::Admin)).then_some(who.name.as_str());
+    let tokens = ctx
+        .store
+        .tokens(owner)?
+        .into_iter()
+        .map(|t| TokenView {
+            id: t.id,
+            role: t.role.as_str(),
+            created: time(t.created_at),
+            last_used: opt_time(t.last_used_at),
+            revoked: t.revoked_at.is_some(),
+            name: t.name,
+            user: t.user,
+        })
+        .collect();
+    let roles = [Role::Viewer, Role::Operator, Role::Admin]
+        .into_iter()
+        .filter(|r| who.role.allows(*r))
+        .map(Role::as_str)
+        .collect();
+    render(&Tokens {
+        chrome: chrome(ctx, "API tokens")?,
+        tokens,
+        roles,
+        secret,
+    })
+}
+
+pub fn tokens(ctx: &mut Ctx<'_>) -> WebResult {
+    tokens_page(ctx, None)
+}
+
+/// Answered with the page itself, not a redirect: the secret is shown once
+/// and must not sit in a URL or a later response.
+pub fn create_token(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let created = api::new_token(ctx, required(&f, "name")?, Some(role_field(&f)?))?;
+    tokens_page(ctx, Some(created.secret))
+}
+
+pub fn revoke_token(ctx: &mut Ctx<'_>) -> WebResult {
+    let id = ctx.id("id")?;
+    api::revoke(ctx, id)?;
+    Ok(Reply::redirect("/tokens?done=revoked"))
+}

@@ -1,0 +1,717 @@
+//! The route table: every page and API endpoint with the role it needs,
+//! the body it takes and its documentation. The shell dispatches from it,
+//! the OpenAPI document is generated from it, and the route × role test
+//! walks it, so the three cannot disagree.
+
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
+use serde_json::{Map, Value, json};
+
+use super::reply::{ErrorBody, WebResult};
+use super::{Ctx, api, assets, pages};
+use crate::users::Role;
+
+pub type Handler = fn(&mut Ctx<'_>) -> WebResult;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (login, assets, the OpenAPI document).
+    Public,
+    /// Signed in with at least this role.
+    Signed(Role),
+}
+
+/// API routes answer JSON and take bearer tokens; pages answer HTML and
+/// send the anonymous to the login form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Api,
+    Page,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    /// `application/json`, at most `http.max_body_bytes`.
+    Json,
+    /// An urlencoded form, at most `http.max_body_bytes`.
+    Form,
+    /// A firmware image: raw (API) or a multipart form (page), at most
+    /// `fw.max_image_bytes` plus room for the form fields.
+    Upload,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Run {
+    /// A synchronous handler on the blocking pool (it may use SQLite).
+    Blocking(Handler),
+    /// The Server-Sent Events stream.
+    EventStream,
+}
+
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    String,
+    Integer,
+    OneOf(&'static [&'static str]),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub required: bool,
+    pub about: &'static str,
+}
+
+pub const fn q(name: &'static str, ty: ParamType, about: &'static str) -> Param {
+    Param {
+        name,
+        ty,
+        required: false,
+        about,
+    }
+}
+
+/// OpenAPI facts of an API route.
+#[derive(Debug, Clone, Copy)]
+pub struct Doc {
+    pub summary: &'static str,
+    pub tag: &'static str,
+    pub query: &'static [Param],
+    pub request: Option<SchemaFn>,
+    /// Success status and body schema (`None` body: 204 or a stream).
+    pub response: (u16, Option<SchemaFn>),
+}
+
+/// The HTTP methods routes use (RFC 9110 §9.3); `HEAD` is served by GET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    pub fn of(m: &hyper::Method) -> Option<Verb> {
+        Some(match *m {
+            hyper::Method::GET | hyper::Method::HEAD => Verb::Get,
+            hyper::Method::POST => Verb::Post,
+            hyper::Method::PATCH => Verb::Patch,
+            hyper::Method::DELETE => Verb::Delete,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Patch => "PATCH",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    fn lower(self) -> String {
+        self.as_str().to_ascii_lowercase()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: Verb,
+    /// Segments in `{braces}` are parameters.
+    pub path: &'static str,
+    pub access: Access,
+    pub surface: Surface,
+    pub body: BodyKind,
+    pub run: Run,
+    /// Costly (password hashing): admitted a few at a time.
+    pub costly: bool,
+    pub doc: Option<Doc>,
+}
+
+const VIEWER: Access = Access::Signed(Role::Viewer);
+const OPERATOR: Access = Access::Signed(Role::Operator);
+const ADMIN: Access = Access::Signed(Role::Admin);
+
+/// A page: GET renders it; POST takes a form and redirects.
+const fn page(method: Verb, body: BodyKind, path: &'static str, access: Access, handler: Handler) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        surface: Surface::Page,
+        body,
+        run: Run::Blocking(handler),
+        costly: false,
+        doc: None,
+    }
+}
+
+const fn get(path: &'static str, access: Access, handler: Handler) -> Route {
+    page(Verb::Get, BodyKind::None, path, access, handler)
+}
+
+const fn post(path: &'static str, access: Access, handler: Handler) -> Route {
+    page(Verb::Post, BodyKind::Form, path, access, handler)
+}
+
+const fn api(method: Verb, path: &'static str, access: Access, handler: Handler, doc: Doc) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        surface: Surface::Api,
+        body: if doc.request.is_some() {
+            BodyKind::Json
+        } else {
+            BodyKind::None
+        },
+        run: Run::Blocking(handler),
+        costly: false,
+        doc: Some(doc),
+    }
+}
+
+const fn doc(summary: &'static str, tag: &'static str, response: (u16, Option<SchemaFn>)) -> Doc {
+    Doc {
+        summary,
+        tag,
+        query: &[],
+        request: None,
+        response,
+    }
+}
+
+const PAGE_PARAMS: [Param; 2] = [
+    q("cursor", ParamType::String, "the `next` cursor of the previous page"),
+    q("limit", ParamType::Integer, "items per page, 1–500 (default 50)"),
+];
+
+const DEVICE_QUERY: &[Param] = &[
+    q("q", ParamType::String, "endpoint or PSK identity contains this"),
+    q(
+        "status",
+        ParamType::OneOf(&["online", "sleeping", "offline"]),
+        "registration status",
+    ),
+    q("tag", ParamType::String, "has this tag"),
+    q("firmware", ParamType::String, "reports this firmware version (/3/0/3)"),
+    q(
+        "sort",
+        ParamType::OneOf(&["endpoint", "last_seen", "created"]),
+        "sort column",
+    ),
+    q("order", ParamType::OneOf(&["asc", "desc"]), "sort order"),
+    PAGE_PARAMS[0],
+    PAGE_PARAMS[1],
+];
+
+const HISTORY_QUERY: &[Param] = &[
+    Param {
+        name: "path",
+        ty: ParamType::String,
+        required: true,
+        about: "resource path, e.g. /3303/0/5700",
+    },
+    q("from", ParamType::Integer, "Unix ms, inclusive (default: 7 days ago)"),
+    q("to", ParamType::Integer, "Unix ms, exclusive (default: now)"),
+    PAGE_PARAMS[0],
+    PAGE_PARAMS[1],
+];
+
+const EVENT_QUERY: &[Param] = &[
+    q("endpoint", ParamType::String, "events of this device"),
+    q("kind", ParamType::String, "e.g. registered, operation, rejected"),
+    q("from", ParamType::Integer, "Unix ms, inclusive"),
+    q("to", ParamType::Integer, "Unix ms, exclusive"),
+    PAGE_PARAMS[0],
+    PAGE_PARAMS[1],
+];
+
+const UPLOAD_QUERY: &[Param] = &[
+    Param {
+        name: "name",
+        ty: ParamType::String,
+        required: true,
+        about: "download name, /binaries/NAME",
+    },
+    Param {
+        name: "version",
+        ty: ParamType::String,
+        required: true,
+        about: "firmware version",
+    },
+    q("notes", ParamType::String, "release notes"),
+];
+
+use api as a;
+use pages as p;
+
+pub static ROUTES: &[Route] = &[
+    // ---- pages --------------------------------------------------------------------
+    get("/", VIEWER, p::overview),
+    get("/devices", VIEWER, p::devices),
+    post("/devices", ADMIN, p::add_device),
+    post("/devices/{endpoint}/delete", ADMIN, p::delete_device),
+    get("/devices/{endpoint}", VIEWER, p::device),
+    post("/devices/{endpoint}/operations", OPERATOR, p::queue_operation),
+    post("/operations/{id}/cancel", OPERATOR, p::cancel_operation),
+    get("/events", VIEWER, p::events),
+    get("/firmware", VIEWER, p::firmware),
+    Route {
+        body: BodyKind::Upload,
+        ..post("/firmware", OPERATOR, p::upload_firmware)
+    },
+    post("/firmware/{id}/delete", OPERATOR, p::delete_firmware),
+    get("/users", ADMIN, p::users),
+    Route {
+        costly: true,
+        ..post("/users", ADMIN, p::add_user)
+    },
+    post("/users/{name}", ADMIN, p::change_user),
+    get("/profile", VIEWER, p::profile),
+    Route {
+        costly: true,
+        ..post("/profile/password", VIEWER, p::change_password)
+    },
+    post("/profile/logout-everywhere", VIEWER, p::logout_everywhere),
+    get("/tokens", VIEWER, p::tokens),
+    post("/tokens", VIEWER, p::create_token),
+    post("/tokens/{id}/revoke", VIEWER, p::revoke_token),
+    get("/login", Access::Public, p::login_form),
+    Route {
+        costly: true,
+        ..post("/login", Access::Public, p::login)
+    },
+    post("/logout", VIEWER, p::logout),
+    get("/setup", Access::Public, p::setup_form),
+    Route {
+        costly: true,
+        ..post("/setup", Access::Public, p::setup)
+    },
+    get("/assets/{name}", Access::Public, assets::serve),
+    // ---- API ----------------------------------------------------------------------
+    api(
+        Verb::Get,
+        "/api/v1/openapi.json",
+        Access::Public,
+        a::openapi,
+        doc("This document", "meta", (200, None)),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/me",
+        VIEWER,
+        a::me,
+        doc(
+            "Who the token or session belongs to",
+            "meta",
+            (200, Some(schema::<a::Me>)),
+        ),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/devices",
+        VIEWER,
+        a::list_devices,
+        Doc {
+            query: DEVICE_QUERY,
+            ..doc("List devices", "devices", (200, Some(schema::<a::DevicePage>)))
+        },
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/devices",
+        ADMIN,
+        a::create_device,
+        Doc {
+            request: Some(schema::<a::NewDevice>),
+            ..doc(
+                "Provision a device, optionally with a PSK (a generated key is returned once)",
+                "devices",
+                (201, Some(schema::<a::CreatedDevice>)),
+            )
+        },
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/devices/{endpoint}",
+        VIEWER,
+        a::get_device,
+        doc("One device", "devices", (200, Some(schema::<a::Device>))),
+    ),
+    api(
+        Verb::Delete,
+        "/api/v1/devices/{endpoint}",
+        ADMIN,
+        a::delete_device,
+        doc(
+            "Remove a device, its values and its key; cancel its pending operations",
+            "devices",
+            (204, None),
+        ),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/devices/{endpoint}/values",
+        VIEWER,
+        a::latest_values,
+        doc(
+            "Latest value of every resource the device reported",
+            "values",
+            (200, Some(schema::<Vec<a::Value>>)),
+        ),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/devices/{endpoint}/history",
+        VIEWER,
+        a::history,
+        Doc {
+            query: HISTORY_QUERY,
+            ..doc(
+                "Value history of one resource, oldest first",
+                "values",
+                (200, Some(schema::<a::ValuePage>)),
+            )
+        },
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/devices/{endpoint}/operations",
+        VIEWER,
+        a::device_operations,
+        doc(
+            "The device's latest 100 operations, newest first",
+            "operations",
+            (200, Some(schema::<Vec<a::Operation>>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/devices/{endpoint}/operations",
+        OPERATOR,
+        a::create_operation,
+        Doc {
+            request: Some(schema::<a::NewOperation>),
+            ..doc(
+                "Queue an operation (sent when the device is reachable)",
+                "operations",
+                (202, Some(schema::<a::Operation>)),
+            )
+        },
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/operations/{id}",
+        VIEWER,
+        a::get_operation,
+        doc(
+            "One operation and its result",
+            "operations",
+            (200, Some(schema::<a::Operation>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/operations/{id}/cancel",
+        OPERATOR,
+        a::cancel_operation,
+        doc(
+            "Cancel a queued operation",
+            "operations",
+            (200, Some(schema::<a::Operation>)),
+        ),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/events",
+        VIEWER,
+        a::events,
+        Doc {
+            query: EVENT_QUERY,
+            ..doc("Events, newest first", "events", (200, Some(schema::<a::EventPage>)))
+        },
+    ),
+    Route {
+        run: Run::EventStream,
+        ..api(
+            Verb::Get,
+            "/api/v1/events/stream",
+            VIEWER,
+            a::me,
+            doc(
+                "Live events as Server-Sent Events (text/event-stream)",
+                "events",
+                (200, None),
+            ),
+        )
+    },
+    api(
+        Verb::Get,
+        "/api/v1/firmware",
+        VIEWER,
+        a::list_firmware,
+        doc(
+            "Live firmware images, newest first",
+            "firmware",
+            (200, Some(schema::<Vec<a::Firmware>>)),
+        ),
+    ),
+    Route {
+        body: BodyKind::Upload,
+        ..api(
+            Verb::Post,
+            "/api/v1/firmware",
+            OPERATOR,
+            a::upload_firmware,
+            Doc {
+                query: UPLOAD_QUERY,
+                ..doc(
+                    "Upload an image (body: the file, application/octet-stream)",
+                    "firmware",
+                    (201, Some(schema::<a::Firmware>)),
+                )
+            },
+        )
+    },
+    api(
+        Verb::Get,
+        "/api/v1/firmware/{id}",
+        VIEWER,
+        a::get_firmware,
+        doc(
+            "One image (deleted ones too)",
+            "firmware",
+            (200, Some(schema::<a::Firmware>)),
+        ),
+    ),
+    api(
+        Verb::Delete,
+        "/api/v1/firmware/{id}",
+        OPERATOR,
+        a::delete_firmware,
+        doc(
+            "Soft-delete an image: it is no longer served",
+            "firmware",
+            (200, Some(schema::<a::Firmware>)),
+        ),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/users",
+        ADMIN,
+        a::list_users,
+        doc("Users", "users", (200, Some(schema::<Vec<crate::users::User>>))),
+    ),
+    Route {
+        costly: true,
+        ..api(
+            Verb::Post,
+            "/api/v1/users",
+            ADMIN,
+            a::create_user,
+            Doc {
+                request: Some(schema::<a::NewUser>),
+                ..doc("Create a user", "users", (201, Some(schema::<crate::users::User>)))
+            },
+        )
+    },
+    api(
+        Verb::Patch,
+        "/api/v1/users/{name}",
+        ADMIN,
+        a::change_user,
+        Doc {
+            request: Some(schema::<a::UserChange>),
+            ..doc(
+                "Change a user's role or disable / enable it",
+                "users",
+                (200, Some(schema::<crate::users::User>)),
+            )
+        },
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/tokens",
+        VIEWER,
+        a::list_tokens,
+        doc(
+            "Your API tokens (an admin sees everyone's)",
+            "tokens",
+            (200, Some(schema::<Vec<crate::store::access::ApiToken>>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/tokens",
+        VIEWER,
+        a::create_token,
+        Doc {
+            request: Some(schema::<a::NewToken>),
+            ..doc(
+                "Create an API token; the secret is in this answer only",
+                "tokens",
+                (201, Some(schema::<a::CreatedToken>)),
+            )
+        },
+    ),
+    api(
+        Verb::Delete,
+        "/api/v1/tokens/{id}",
+        VIEWER,
+        a::revoke_token,
+        doc("Revoke an API token", "tokens", (204, None)),
+    ),
+];
+
+/// The outcome of looking a request up in the table.
+pub enum Found {
+    Route(&'static Route, Vec<(&'static str, String)>),
+    /// The path exists with other methods.
+    MethodNotAllowed(Vec<Verb>),
+    NotFound,
+}
+
+/// Match `path` against a pattern; parameters are percent-decoded.
+fn matches(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
+    let mut params = Vec::new();
+    let mut p = pattern.split('/');
+    let mut s = path.split('/');
+    loop {
+        match (p.next(), s.next()) {
+            (None, None) => return Some(params),
+            (Some(pat), Some(seg)) => {
+                if let Some(name) = pat.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+                    if seg.is_empty() {
+                        return None;
+                    }
+                    params.push((name, super::form::decode(&seg.replace('+', "%2B"))));
+                } else if pat != seg {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+pub fn find(method: &hyper::Method, path: &str) -> Found {
+    let verb = Verb::of(method);
+    let mut allowed = Vec::new();
+    for r in ROUTES {
+        if let Some(params) = matches(r.path, path) {
+            if Some(r.method) == verb {
+                return Found::Route(r, params);
+            }
+            allowed.push(r.method);
+        }
+    }
+    if allowed.is_empty() {
+        Found::NotFound
+    } else {
+        Found::MethodNotAllowed(allowed)
+    }
+}
+
+fn param_schema(ty: ParamType) -> Value {
+    match ty {
+        ParamType::String => json!({ "type": "string" }),
+        ParamType::Integer => json!({ "type": "integer", "format": "int64" }),
+        ParamType::OneOf(v) => json!({ "type": "string", "enum": v }),
+    }
+}
+
+/// The OpenAPI 3.0 document, generated from [`ROUTES`] and the types'
+/// `JsonSchema` derivations.
+pub fn openapi() -> Value {
+    let mut requests = SchemaSettings::openapi3().for_deserialize().into_generator();
+    let mut responses = SchemaSettings::openapi3().for_serialize().into_generator();
+    let error_ref = responses.subschema_for::<ErrorBody>();
+    let mut paths = Map::new();
+    for r in ROUTES.iter() {
+        let Some(d) = r.doc else { continue };
+        let mut params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        params.extend(d.query.iter().map(|p| {
+            json!({ "name": p.name, "in": "query", "required": p.required, "description": p.about,
+                    "schema": param_schema(p.ty) })
+        }));
+        let mut op = json!({
+            "summary": d.summary,
+            "tags": [d.tag],
+            "operationId": format!("{}{}", r.method.lower(),
+                r.path.trim_start_matches("/api/v1").replace(['/', '{', '}', '.'], "_")),
+            "parameters": params,
+            "responses": {
+                "default": { "description": "an error", "content": { "application/json": { "schema": error_ref.as_value() } } }
+            },
+        });
+        let (status, body) = d.response;
+        let content = match (body, r.run) {
+            (Some(f), _) => json!({ "application/json": { "schema": f(&mut responses).to_value() } }),
+            (None, Run::EventStream) => json!({ "text/event-stream": { "schema": { "type": "string" } } }),
+            (None, _) if status == 200 => json!({ "application/json": { "schema": { "type": "object" } } }),
+            (None, _) => Value::Null,
+        };
+        let mut ok = json!({ "description": d.summary });
+        if !content.is_null() {
+            ok["content"] = content;
+        }
+        op["responses"][status.to_string()] = ok;
+        if let Some(f) = d.request {
+            op["requestBody"] = json!({ "required": true,
+                "content": { "application/json": { "schema": f(&mut requests).to_value() } } });
+        }
+        if r.body == BodyKind::Upload {
+            op["requestBody"] = json!({ "required": true,
+                "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } });
+        }
+        if r.access == Access::Public {
+            op["security"] = json!([]);
+        }
+        paths
+            .entry(r.path)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("object")
+            .insert(r.method.lower(), op);
+    }
+    // Request shapes win where a type is both (they are the more lenient:
+    // fields with defaults are optional).
+    let mut schemas = requests.take_definitions(true);
+    for (k, v) in responses.take_definitions(true) {
+        schemas.entry(k).or_insert(v);
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "flownexus REST API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Devices, values, operations, firmware, events, users and API tokens. \
+                Authenticate with `Authorization: Bearer fnx_…` (create tokens on the dashboard's \
+                Tokens page or with POST /api/v1/tokens).",
+        },
+        "servers": [{ "url": "/" }],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+        },
+        "security": [{ "bearer": [] }],
+        "paths": paths,
+    })
+}

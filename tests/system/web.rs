@@ -1,0 +1,673 @@
+//! The dashboard and REST API over real sockets: every route against every
+//! role, sign-in and its limits, CSRF and origin checks, tokens, bad input,
+//! escaping of device-supplied strings, the event stream, and the OpenAPI
+//! document against the route table.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use flownexus::app::{self, Running};
+use flownexus::store::Store;
+use flownexus::users::{Role, hash_password};
+use flownexus::web::auth::{Signer, digest};
+use flownexus::web::route::{Access, BodyKind, ROUTES, Surface, Verb};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{config, device, fleet, store, wait_for};
+
+/// A response as read off the socket.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+    /// The value a `Set-Cookie` gives `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            if !k.eq_ignore_ascii_case("set-cookie") {
+                return None;
+            }
+            let v = v.trim();
+            let (k, rest) = v.split_once('=')?;
+            (k == name).then(|| rest.split(';').next().unwrap_or("").to_string())
+        })
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection. Bodies over 1 KiB go after
+/// `Expect: 100-continue` (RFC 9110 §10.1.1), as curl does, so a server
+/// that refuses them early is heard instead of reset.
+pub async fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let expect = body.len() > 1024;
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    if expect {
+        req += "Expect: 100-continue\r\n";
+    }
+    req += &format!("Content-Length: {}\r\n\r\n", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    if expect {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        if buf.starts_with(b"HTTP/1.1 100") {
+            buf.clear();
+            s.write_all(body).await.unwrap();
+        }
+    } else {
+        s.write_all(body).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head[9..12].parse().unwrap();
+    let mut body = buf[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Resp { status, head, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 4 + n..];
+    }
+}
+
+/// Credentials made straight in the store: a session cookie value and an
+/// API token per user, so each check can start from a fresh one.
+struct Keys {
+    signer: Signer,
+    db: std::path::PathBuf,
+}
+
+impl Keys {
+    fn new(dir: &Path) -> Keys {
+        let secret = flownexus::secret::load_or_create(&dir.join("http-secret.key"), "http.secret_file").unwrap();
+        Keys {
+            signer: Signer::new(&secret),
+            db: dir.join("flownexus.sqlite3"),
+        }
+    }
+    fn session(&self, user: &str) -> String {
+        let s = format!("test-session-{}", fastrand::u64(..));
+        Store::open(&self.db)
+            .unwrap()
+            .create_session(&digest(&s), user, "127.0.0.1")
+            .unwrap();
+        s
+    }
+    fn token(&self, user: &str, role: Role) -> String {
+        let t = format!("fnx_test{}", fastrand::u64(..));
+        Store::open(&self.db)
+            .unwrap()
+            .create_token(user, "test", role, &digest(&t))
+            .unwrap();
+        t
+    }
+}
+
+async fn start(dir: &Path, tweak: impl FnOnce(&mut flownexus::config::Config)) -> (Running, SocketAddr) {
+    let mut c = config(dir);
+    tweak(&mut c);
+    let running = app::start(c).await.unwrap();
+    let addr = running.http_addr.unwrap();
+    let s = store(dir);
+    // argon2id at full cost is slow in a debug build: three users, made once.
+    for (name, role) in [
+        ("viewer", Role::Viewer),
+        ("operator", Role::Operator),
+        ("admin", Role::Admin),
+    ] {
+        s.add_user(name, &hash_password(&format!("{name} password 1")).unwrap(), role)
+            .unwrap();
+    }
+    (running, addr)
+}
+
+/// Every route × {anonymous, viewer, operator, admin}: refused exactly
+/// when the role is short, never because of anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_the_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let keys = Keys::new(dir.path());
+    store(dir.path()).add_device("matrix-dev", None, "").unwrap();
+    let mut checked = 0;
+    for r in ROUTES {
+        let path = r
+            .path
+            .replace("{endpoint}", "matrix-dev")
+            .replace("{id}", "999999")
+            .replace(
+                "{name}",
+                if r.path.starts_with("/assets") {
+                    "style.css"
+                } else {
+                    "nobody"
+                },
+            );
+        for who in [None, Some(Role::Viewer), Some(Role::Operator), Some(Role::Admin)] {
+            let user = who.map(|r| r.as_str());
+            let mut headers: Vec<(&str, String)> = Vec::new();
+            let mut body: Vec<u8> = Vec::new();
+            // Sessions for pages, bearer tokens for the API.
+            let session = match (user, r.surface) {
+                (Some(u), Surface::Page) => Some(keys.session(u)),
+                (Some(u), Surface::Api) => {
+                    headers.push(("Authorization", format!("Bearer {}", keys.token(u, who.unwrap()))));
+                    None
+                }
+                (None, _) => None,
+            };
+            // A valid CSRF token, so only the role decides.
+            let (purpose, bound) = match &session {
+                Some(s) => ("session", s.clone()),
+                None => ("login", "login-cookie".to_string()),
+            };
+            let csrf = keys.signer.csrf(purpose, &bound);
+            let cookie = match &session {
+                Some(s) => format!("flownexus={s}"),
+                None => "flownexus-login=login-cookie".into(),
+            };
+            headers.push(("Cookie", cookie));
+            match (r.body, r.surface) {
+                (BodyKind::Json, _) => {
+                    headers.push(("Content-Type", "application/json".into()));
+                    body = b"{}".to_vec();
+                }
+                (BodyKind::Form, _) => {
+                    headers.push(("Content-Type", "application/x-www-form-urlencoded".into()));
+                    body = format!("csrf={csrf}").into_bytes();
+                }
+                (BodyKind::Upload, Surface::Api) => {
+                    headers.push(("Content-Type", "application/octet-stream".into()));
+                }
+                (BodyKind::Upload, Surface::Page) => {
+                    headers.push(("Content-Type", "multipart/form-data; boundary=XX".into()));
+                    body = format!("--XX\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--XX--\r\n")
+                        .into_bytes();
+                }
+                (BodyKind::None, _) => {}
+            }
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            // A stream never ends: ask for its head only.
+            let method = if r.path.ends_with("/stream") {
+                "HEAD"
+            } else {
+                r.method.as_str()
+            };
+            let resp = tokio::time::timeout(Duration::from_secs(30), http(addr, method, &path, &h, &body))
+                .await
+                .unwrap_or_else(|_| panic!("{} {path} as {user:?} hung", r.method.as_str()));
+            let what = format!(
+                "{} {path} as {user:?}: {} {}",
+                r.method.as_str(),
+                resp.status,
+                resp.text()
+            );
+            match r.access {
+                Access::Public => assert!(
+                    resp.status != 401 && resp.status != 403 || r.path == "/login" || r.path == "/setup",
+                    "{what}"
+                ),
+                Access::Signed(required) => match who {
+                    None if r.surface == Surface::Page => {
+                        assert_eq!(resp.status, 303, "{what}");
+                        assert_eq!(resp.header("location"), Some("/login"), "{what}");
+                    }
+                    None => assert_eq!(resp.status, 401, "{what}"),
+                    Some(role) if !role.allows(required) => assert_eq!(resp.status, 403, "{what}"),
+                    Some(_) => {
+                        assert!(![401, 403].contains(&resp.status), "{what}");
+                        if r.method == Verb::Get {
+                            assert_ne!(resp.header("location"), Some("/login"), "{what}");
+                        }
+                    }
+                },
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, ROUTES.len() * 4);
+    running.stop().await;
+}
+
+async fn form_page(addr: SocketAddr, path: &str, cookie: &str) -> (Resp, String) {
+    let r = http(addr, "GET", path, &[("Cookie", cookie)], b"").await;
+    let text = r.text();
+    let csrf = text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("")
+        .to_string();
+    (r, csrf)
+}
+
+async fn post_form(addr: SocketAddr, path: &str, cookie: &str, fields: &[(&str, &str)]) -> Resp {
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", flownexus::web::form::encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    http(
+        addr,
+        "POST",
+        path,
+        &[
+            ("Cookie", cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// Sign in through the real form; returns the session cookie header.
+async fn sign_in(addr: SocketAddr, name: &str, password: &str) -> Resp {
+    let (page, csrf) = form_page(addr, "/login", "").await;
+    let login = page.cookie("flownexus-login").expect("a login cookie");
+    let cookie = format!("flownexus-login={login}");
+    post_form(
+        addr,
+        "/login",
+        &cookie,
+        &[("csrf", &csrf), ("name", name), ("password", password)],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_sessions_csrf_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |c| c.http.login_failures_per_account = 3).await;
+
+    // A wrong password, then the right one: a new session id, and the
+    // login cookie cleared.
+    assert_eq!(sign_in(addr, "operator", "wrong password 1").await.status, 401);
+    let ok = sign_in(addr, "operator", "operator password 1").await;
+    assert_eq!(ok.status, 303, "{}", ok.text());
+    let session = ok.cookie("flownexus").expect("a session cookie");
+    assert!(ok.head.contains("HttpOnly") && ok.head.contains("SameSite=Lax"));
+    assert_eq!(ok.cookie("flownexus-login").as_deref(), Some(""));
+    let cookie = format!("flownexus={session}");
+    let me = http(addr, "GET", "/api/v1/me", &[("Cookie", &cookie)], b"").await;
+    assert_eq!(me.json()["name"], "operator");
+
+    // Three failures lock the account, even against the right password.
+    for _ in 0..3 {
+        assert_eq!(sign_in(addr, "viewer", "guess guess guess").await.status, 401);
+    }
+    let locked = sign_in(addr, "viewer", "viewer password 1").await;
+    assert_eq!(locked.status, 429, "{}", locked.text());
+    assert!(locked.header("retry-after").is_some());
+    let unknown = sign_in(addr, "nobody-at-all", "whatever password").await;
+    assert_eq!(unknown.status, 401, "an unknown name fails like a wrong password");
+
+    // CSRF: a form without the token, with another session's, or from
+    // another origin is refused and changes nothing.
+    let (_, csrf) = form_page(addr, "/tokens", &cookie).await;
+    assert!(!csrf.is_empty());
+    let r = post_form(addr, "/tokens", &cookie, &[("name", "t"), ("role", "viewer")]).await;
+    assert_eq!(r.status, 403);
+    let other = sign_in(addr, "admin", "admin password 1")
+        .await
+        .cookie("flownexus")
+        .unwrap();
+    let (_, other_csrf) = form_page(addr, "/tokens", &format!("flownexus={other}")).await;
+    let r = post_form(
+        addr,
+        "/tokens",
+        &cookie,
+        &[("csrf", &other_csrf), ("name", "t"), ("role", "viewer")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = http(
+        addr,
+        "POST",
+        "/tokens",
+        &[
+            ("Cookie", &cookie),
+            ("Origin", "https://evil.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        format!("csrf={csrf}&name=t&role=viewer").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        store(dir.path()).tokens(None).unwrap().is_empty(),
+        "nothing was created"
+    );
+    // The API with a session cookie needs the header form of the token.
+    let body = br#"{"name":"cli"}"#;
+    let json_headers = [("Cookie", cookie.as_str()), ("Content-Type", "application/json")];
+    assert_eq!(
+        http(addr, "POST", "/api/v1/tokens", &json_headers, body).await.status,
+        403
+    );
+    let with_csrf = [json_headers[0], json_headers[1], ("X-CSRF-Token", csrf.as_str())];
+    let created = http(addr, "POST", "/api/v1/tokens", &with_csrf, body).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let created = created.json();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("fnx_"));
+    assert_eq!(created["role"], "operator", "defaults to the user's role");
+    let bearer = format!("Bearer {secret}");
+    let list = http(addr, "GET", "/api/v1/tokens", &[("Authorization", &bearer)], b"").await;
+    assert!(!list.text().contains(&secret), "listings never show the secret");
+    // A token cannot exceed its user; a demoted user's token loses rights.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/tokens",
+        &[("Authorization", &bearer), ("Content-Type", "application/json")],
+        br#"{"name":"x","role":"admin"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    store(dir.path()).add_device("dev-1", None, "").unwrap();
+    let read = |b: String| async move {
+        http(
+            addr,
+            "POST",
+            "/api/v1/devices/dev-1/operations",
+            &[("Authorization", &b), ("Content-Type", "application/json")],
+            br#"{"op":"read","path":"/3/0/0"}"#,
+        )
+        .await
+    };
+    assert_eq!(read(bearer.clone()).await.status, 202);
+    store(dir.path()).set_user_role("operator", Role::Viewer).unwrap();
+    assert_eq!(read(bearer.clone()).await.status, 403);
+    // Revoked: the token is dead.
+    let id = created["id"].as_i64().unwrap();
+    store(dir.path()).revoke_token(id, None).unwrap();
+    assert_eq!(read(bearer.clone()).await.status, 401);
+
+    // Log out everywhere ends every session of the user; disabling a user
+    // ends theirs too.
+    let second = sign_in(addr, "admin", "admin password 1")
+        .await
+        .cookie("flownexus")
+        .unwrap();
+    let admin_cookie = format!("flownexus={second}");
+    let (_, admin_csrf) = form_page(addr, "/profile", &admin_cookie).await;
+    let r = post_form(
+        addr,
+        "/profile/logout-everywhere",
+        &admin_cookie,
+        &[("csrf", &admin_csrf)],
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    for c in [&admin_cookie, &format!("flownexus={other}")] {
+        assert_eq!(http(addr, "GET", "/api/v1/me", &[("Cookie", c)], b"").await.status, 401);
+    }
+    store(dir.path()).set_user_disabled("operator", true).unwrap();
+    assert_eq!(
+        http(addr, "GET", "/api/v1/me", &[("Cookie", &cookie)], b"")
+            .await
+            .status,
+        401
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |c| {
+        c.fw.max_image_bytes = 4096;
+        c.fw.cache_bytes = 4096;
+    })
+    .await;
+    let keys = Keys::new(dir.path());
+    let bearer = format!("Bearer {}", keys.token("admin", Role::Admin));
+    let auth = [("Authorization", bearer.as_str())];
+    let with = |ct: &'static str| [("Authorization", bearer.as_str()), ("Content-Type", ct)];
+
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/devices",
+        &with("application/json"),
+        b"{\"endpoint\":",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (400, Some("malformed_json"))
+    );
+    let r = http(addr, "POST", "/api/v1/devices", &with("text/plain"), b"{}").await;
+    assert_eq!(r.status, 415);
+    let big = vec![b' '; 2 << 20];
+    let r = http(addr, "POST", "/api/v1/devices", &with("application/json"), &big).await;
+    assert_eq!(r.status, 413);
+    for q in [
+        "sort=name%3BDROP%20TABLE%20devices",
+        "order=up",
+        "cursor=bm90IGpzb24",
+        "limit=0",
+        "status=asleep",
+    ] {
+        let r = http(addr, "GET", &format!("/api/v1/devices?{q}"), &auth, b"").await;
+        assert_eq!(r.status, 400, "{q}: {} {}", r.head, r.text());
+        assert!(r.json()["error"]["message"].is_string(), "{q}");
+    }
+    let r = http(addr, "GET", "/api/v1/devices/nope", &auth, b"").await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (404, Some("not_found")));
+    let r = http(addr, "PUT", "/api/v1/devices", &auth, b"").await;
+    assert_eq!(r.status, 405);
+    assert!(r.header("allow").unwrap().contains("GET"));
+
+    // A firmware upload over the limit leaves no record and no file.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/firmware?name=app.bin&version=1.0",
+        &with("application/octet-stream"),
+        &[7u8; 5000],
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/firmware?name=app.bin&version=%3Cb%3E1%3C%2Fb%3E",
+        &with("application/octet-stream"),
+        &[7u8; 4000],
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let row = r.json();
+    assert_eq!(row["size"], 4000);
+    assert_eq!(row["sha256"].as_str().unwrap().len(), 64);
+    let files = |sub: &str| std::fs::read_dir(dir.path().join("firmware").join(sub)).map_or(0, |d| d.count());
+    assert_eq!((files("images"), files("tmp")), (1, 0));
+    assert_eq!(store(dir.path()).firmware_list(true).unwrap().len(), 1);
+    // Pages escape it.
+    let page = http(
+        addr,
+        "GET",
+        "/firmware",
+        &[("Cookie", &format!("flownexus={}", keys.session("admin")))],
+        b"",
+    )
+    .await;
+    assert!(page.text().contains("&#60;b&#62;1&#60;/b&#62;") && !page.text().contains("<b>1</b>"));
+    running.stop().await;
+}
+
+/// Devices whose endpoint and firmware version are script: every page and
+/// chart shows them as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_strings_are_escaped_and_events_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let keys = Keys::new(dir.path());
+    let bearer = format!("Bearer {}", keys.token("operator", Role::Operator));
+
+    // Listen to the event stream before the device comes.
+    let mut sse = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sse.write_all(
+        format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+
+    let evil = "<script>alert(1)</script>";
+    let mut d = device(evil);
+    d.firmware_version = "<img src=x onerror=alert(2)>".into();
+    let _fleet = fleet(&running, vec![d]).await;
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains("event: registered") && tokio::time::Instant::now() < until {
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), sse.read(&mut buf)).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(text.contains(r#""endpoint":"<script>alert(1)</script>""#), "{text}");
+
+    // Read the device object so its firmware version is stored.
+    let target = format!("/api/v1/devices/{}/operations", flownexus::web::form::encode(evil));
+    let op = http(
+        addr,
+        "POST",
+        &target,
+        &[("Authorization", &bearer), ("Content-Type", "application/json")],
+        br#"{"op":"read","path":"/3/0"}"#,
+    )
+    .await;
+    assert_eq!(op.status, 202, "{}", op.text());
+    let id = op.json()["id"].as_i64().unwrap();
+    let s = store(dir.path());
+    wait_for("the read", Duration::from_secs(10), || {
+        s.operation(id).unwrap().state == flownexus::lwm2m::operation::OperationState::Succeeded
+    })
+    .await;
+    running.flush().await;
+
+    let cookie = format!("flownexus={}", keys.session("viewer"));
+    for page in [
+        "/",
+        "/devices",
+        &format!("/devices/{}", flownexus::web::form::encode(evil)),
+        "/events",
+    ] {
+        let r = http(addr, "GET", page, &[("Cookie", &cookie)], b"").await;
+        assert_eq!(r.status, 200, "{page}");
+        let t = r.text();
+        assert!(
+            !t.contains("<script>alert") && !t.contains("<img src=x"),
+            "{page} has raw script: {t}"
+        );
+        assert!(
+            t.contains("&#60;script&#62;alert(1)") || t.contains("&lt;script&gt;alert(1)"),
+            "{page}: {t}"
+        );
+    }
+    running.stop().await;
+}
+
+/// The OpenAPI document is generated from the route table: it names every
+/// API route and method and nothing else, and every `$ref` resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_matches_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let r = http(addr, "GET", "/api/v1/openapi.json", &[], b"").await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let mut documented = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let mut routes: Vec<String> = ROUTES
+        .iter()
+        .filter(|r| r.surface == Surface::Api)
+        .map(|r| format!("{} {}", r.method.as_str(), r.path))
+        .collect();
+    documented.sort();
+    routes.sort();
+    assert_eq!(documented, routes);
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.len() > 10);
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").expect("local ref");
+        assert!(doc["components"]["schemas"][name].is_object(), "{r} unresolved");
+    }
+    // Every GET without parameters answers JSON for an admin.
+    let keys = Keys::new(dir.path());
+    let bearer = format!("Bearer {}", keys.token("admin", Role::Admin));
+    for r in ROUTES
+        .iter()
+        .filter(|r| r.surface == Surface::Api && r.method == Verb::Get)
+    {
+        if r.path.contains('{') || r.path.ends_with("/stream") {
+            continue;
+        }
+        let resp = http(addr, "GET", r.path, &[("Authorization", &bearer)], b"").await;
+        assert_eq!(resp.status, 200, "{}: {}", r.path, resp.text());
+        let _ = resp.json();
+    }
+    running.stop().await;
+}
