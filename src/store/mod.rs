@@ -224,6 +224,16 @@ pub enum Status {
     Offline,
 }
 
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Sleeping => "sleeping",
+            Status::Offline => "offline",
+        }
+    }
+}
+
 impl DeviceSummary {
     pub fn status(&self, now_ms: i64, awake_window_s: u64, grace_s: u64) -> Status {
         match (self.registered, self.updated_at, self.lifetime, self.last_seen) {

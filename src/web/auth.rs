@@ -112,25 +112,24 @@ impl Signer {
         Signer(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
+    /// Each part length-prefixed, so no two part lists give one message.
+    fn message(parts: &[&[u8]]) -> Vec<u8> {
+        parts
+            .iter()
+            .flat_map(|p| (p.len() as u32).to_be_bytes().into_iter().chain(p.iter().copied()))
+            .collect()
+    }
+
     fn tag(&self, parts: &[&[u8]]) -> String {
-        let mut ctx = hmac::Context::with_key(&self.0);
-        for p in parts {
-            ctx.update(&(p.len() as u32).to_be_bytes());
-            ctx.update(p);
-        }
-        URL_SAFE_NO_PAD.encode(ctx.sign().as_ref())
+        URL_SAFE_NO_PAD.encode(hmac::sign(&self.0, &Self::message(parts)).as_ref())
     }
 
     fn check(&self, parts: &[&[u8]], tag: &str) -> bool {
         let Ok(mac) = URL_SAFE_NO_PAD.decode(tag) else {
             return false;
         };
-        let msg: Vec<u8> = parts
-            .iter()
-            .flat_map(|p| (p.len() as u32).to_be_bytes().into_iter().chain(p.iter().copied()))
-            .collect();
         // Constant-time comparison inside ring.
-        hmac::verify(&self.0, &msg, &mac).is_ok()
+        hmac::verify(&self.0, &Self::message(parts), &mac).is_ok()
     }
 
     /// The CSRF token of a session (or of a pre-login cookie), derived so

@@ -42,7 +42,7 @@ use crate::firmware::Catalogue;
 use crate::lwm2m::model::Models;
 use crate::shell::lwm2m::Events;
 use crate::store::Store;
-use crate::users::{Principal, Role};
+use crate::users::Principal;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -82,6 +82,9 @@ pub struct Ctx<'a> {
     pub query: Vec<(String, String)>,
     pub body: Bytes,
     pub content_type: String,
+    /// The parts of a multipart upload, parsed once (the CSRF check reads
+    /// one of them); empty for other bodies.
+    pub parts: Vec<form::Part>,
     pub peer: IpAddr,
     /// The request's path and query, for `next=` after login.
     pub target: String,
@@ -296,7 +299,7 @@ impl Web {
 
         // State changes from a browser must come from our own pages.
         let unsafe_method = !parts.method.is_safe();
-        let by_cookie = who.as_ref().is_some_and(|p| !p.via_token) || who.is_none();
+        let by_cookie = !who.as_ref().is_some_and(|p| p.via_token);
         if unsafe_method && by_cookie {
             if let Some(origin) = header_str(headers, header::ORIGIN)
                 && Some(origin.to_ascii_lowercase()) != self.expected_origin(headers)
@@ -361,11 +364,18 @@ impl Web {
 
         // Forms carry a CSRF token bound to the session (or, before login,
         // to the login cookie).
+        let uploaded = if route.body == BodyKind::Upload && route.surface == Surface::Page {
+            form::boundary(&content_type)
+                .and_then(|b| form::multipart(&body, b))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         if unsafe_method && route.surface == Surface::Page {
             let token = if route.body == BodyKind::Upload {
-                form::boundary(&content_type)
-                    .and_then(|b| form::multipart(&body, b))
-                    .and_then(|parts| parts.into_iter().find(|p| p.name == "csrf"))
+                uploaded
+                    .iter()
+                    .find(|p| p.name == "csrf")
                     .map(|p| String::from_utf8_lossy(&p.data).into_owned())
             } else {
                 form::field(&form::urlencoded(&String::from_utf8_lossy(&body)), "csrf").map(str::to_string)
@@ -412,6 +422,7 @@ impl Web {
                     query,
                     body,
                     content_type,
+                    parts: uploaded,
                     peer: peer.ip(),
                     target,
                 };
@@ -485,11 +496,6 @@ impl Reply {
         secure(h, cacheable);
         r
     }
-}
-
-/// Whether a role may see a page (for the navigation).
-pub fn may(who: &Principal, role: Role) -> bool {
-    who.role.allows(role)
 }
 
 /// Accept connections until `stop`; each is served by hyper's HTTP/1.1

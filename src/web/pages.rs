@@ -5,7 +5,7 @@
 use askama::Template;
 use hyper::StatusCode;
 
-use super::api::{self, Device, NewDevice, UserChange};
+use super::api::{self, NewDevice, UserChange};
 use super::reply::{Reply, WebError, WebResult};
 use super::{Ctx, assets, chart, form};
 use crate::datetime::rfc3339;
@@ -339,14 +339,6 @@ struct DeviceRow {
     last_seen: String,
 }
 
-fn status_str(d: &Device) -> &'static str {
-    match d.status {
-        crate::store::Status::Online => "online",
-        crate::store::Status::Sleeping => "sleeping",
-        crate::store::Status::Offline => "offline",
-    }
-}
-
 #[derive(Template)]
 #[template(path = "devices.html")]
 struct Devices {
@@ -380,7 +372,7 @@ pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
         devices: rows
             .into_iter()
             .map(|d| DeviceRow {
-                status: status_str(&d),
+                status: d.status.as_str(),
                 last_seen: opt_time(d.summary.last_seen),
                 summary: d.summary,
             })
@@ -605,7 +597,7 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
     render(&DevicePage {
         chrome: chrome(ctx, "Devices")?,
         d: DeviceRow {
-            status: status_str(&d),
+            status: d.status.as_str(),
             last_seen: opt_time(d.summary.last_seen),
             summary: d.summary,
         },
@@ -754,9 +746,10 @@ pub fn firmware(ctx: &mut Ctx<'_>) -> WebResult {
 }
 
 pub fn upload_firmware(ctx: &mut Ctx<'_>) -> WebResult {
-    let parts = form::boundary(&ctx.content_type)
-        .and_then(|b| form::multipart(&ctx.body, b))
-        .ok_or_else(|| WebError::bad_request("the upload is not a well-formed multipart form"))?;
+    let parts = std::mem::take(&mut ctx.parts);
+    if parts.is_empty() {
+        return Err(WebError::bad_request("the upload is not a well-formed multipart form"));
+    }
     let text = |name: &str| {
         parts
             .iter()
