@@ -10,13 +10,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the tests use as real peers: libcoap's coap-client and
 # coap-server (CoAP interop, baseline benchmark), curl and openssl (firmware
-# server), shellcheck (deploy scripts).
-DEB_TEST_PACKAGES := libcoap3-bin shellcheck curl openssl
+# server), shellcheck (deploy scripts), Chromium (the dashboard in a browser).
+DEB_TEST_PACKAGES := libcoap3-bin shellcheck curl openssl chromium
+
+# Playwright (npm, drives Debian's Chromium) and schemathesis (PyPI, fuzzes
+# the REST API), both pinned by their lock files.
+BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
+PYTHON_DEPS := .venv/.installed
 
 # How many random cases each property test runs inside `make test`.
 export PROPTEST_CASES ?= 512
 
-.PHONY: run test deps lint fmt bench build
+.PHONY: run test deps debs lint fmt bench build
 
 run:
 	$(CARGO) run --release -- serve
@@ -25,7 +30,18 @@ build:
 	$(CARGO) build --locked
 
 # Install what is missing; `apt-get update` first, as on a fresh machine.
-deps:
+deps: debs $(BROWSER_DEPS) $(PYTHON_DEPS)
+	@true
+
+$(BROWSER_DEPS): tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund
+
+$(PYTHON_DEPS): tests/requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+debs:
 	@missing=""; for p in $(DEB_TEST_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \

@@ -16,6 +16,8 @@ use flownexus::lwm2m::operation::{OperationKind, OperationState, WriteValue};
 use flownexus::sim::{DeviceConfig, Fleet};
 use flownexus::store::{Store, now_ms};
 
+#[path = "system/browser.rs"]
+mod browser;
 #[path = "system/dtls.rs"]
 mod dtls;
 #[path = "system/firmware.rs"]

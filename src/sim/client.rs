@@ -34,6 +34,9 @@ pub struct DeviceConfig {
     pub psk: Option<crate::psk::Psk>,
     /// What `/3/0/3` (Firmware Version) reports.
     pub firmware_version: String,
+    /// Resource values that replace or add to the defaults (a manufacturer,
+    /// a model name: every string a device controls).
+    pub resources: Vec<(ResourcePath, Value)>,
 }
 
 impl DeviceConfig {
@@ -51,6 +54,7 @@ impl DeviceConfig {
             params: Params::default(),
             psk: None,
             firmware_version: "sim-1.0.0".into(),
+            resources: Vec::new(),
         }
     }
 }
@@ -146,6 +150,7 @@ impl Client {
         set("/3303/0/5701", Value::String("Cel".into()));
         set("/3304/0/5700", Value::Float(45.0));
         set("/3304/0/5701", Value::String("%RH".into()));
+        values.extend(cfg.resources.iter().cloned());
         Client {
             coap: Exchanges::new(cfg.params.clone(), seed),
             cfg,

@@ -188,11 +188,10 @@ impl Store {
     }
 
     /// Values stored per hour over the last `hours` hours: (hour start ms, count).
-    pub fn values_per_hour(&self, hours: i64) -> Result<Vec<(i64, u64)>> {
-        let from = (now_ms() / 3_600_000 - hours + 1) * 3_600_000;
-        let mut st = self.conn.prepare(
-            "SELECT ts / 3600000 * 3600000 AS h, COUNT(*) FROM resource_values WHERE ts >= ?1 GROUP BY h ORDER BY h",
-        )?;
+    pub fn values_per_hour(&self, from: i64) -> Result<Vec<(i64, u64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT hour, count FROM values_per_hour WHERE hour >= ?1 ORDER BY hour")?;
         let rows = st.query_map([from], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

@@ -133,11 +133,14 @@ fn run<P: Display>(
         let mut acks = Vec::new();
         let result = (|| -> Result<()> {
             let tx = store.conn.transaction()?;
+            let mut per_hour = HashMap::new();
             for cmd in batch {
                 match cmd {
-                    Command::Event(ev) => apply(&tx, &mut devices, &mut rejections, ev)?,
+                    Command::Event(ev) => apply(&tx, &mut devices, &mut rejections, &mut per_hour, ev)?,
                     Command::Prune(cutoff) => {
                         let n = tx.execute("DELETE FROM resource_values WHERE ts < ?1", [cutoff])?;
+                        // The cutoff's own hour keeps its count: some of it remains.
+                        tx.execute("DELETE FROM values_per_hour WHERE hour < ?1", [super::hour_of(cutoff)])?;
                         if n > 0 {
                             log::info!("retention: deleted {n} values");
                         }
@@ -146,6 +149,14 @@ fn run<P: Display>(
                     Command::Download(d) => record_download(&tx, &d)?,
                 }
             }
+            let mut count = tx.prepare_cached(
+                "INSERT INTO values_per_hour (hour, count) VALUES (?1, ?2)
+                 ON CONFLICT(hour) DO UPDATE SET count = count + excluded.count",
+            )?;
+            for (hour, n) in per_hour {
+                count.execute(params![hour, n])?;
+            }
+            drop(count);
             tx.commit()?;
             Ok(())
         })();
@@ -264,6 +275,7 @@ fn apply<P: Display>(
     tx: &Transaction<'_>,
     devices: &mut HashMap<String, i64>,
     rejections: &mut (i64, u32),
+    per_hour: &mut HashMap<i64, i64>,
     ev: ServerEvent<P>,
 ) -> Result<()> {
     use serde_json::json;
@@ -308,6 +320,7 @@ fn apply<P: Display>(
                 let path = r.path.to_string();
                 let (vtype, value) = sql_value(&r.value);
                 hist.execute(params![dev, path, ts, vtype, value])?;
+                *per_hour.entry(super::hour_of(ts)).or_default() += 1;
                 latest.execute(params![dev, path, ts, vtype, value])?;
             }
         }
@@ -373,4 +386,53 @@ fn apply<P: Display>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lwm2m::path::{Record, Value};
+    use crate::lwm2m::server::Source;
+
+    fn values(endpoint: &str, times_s: &[f64]) -> Command<String> {
+        Command::Event(ServerEvent::ValuesReported {
+            endpoint: endpoint.into(),
+            source: Source::Notification,
+            records: times_s
+                .iter()
+                .map(|&t| Record {
+                    path: "/3303/0/5700".parse().unwrap(),
+                    value: Value::Float(t),
+                    time: Some(t),
+                })
+                .collect(),
+        })
+    }
+
+    /// The overview's hourly counts follow every value written, and
+    /// retention removes whole hours before the cutoff's.
+    #[test]
+    fn values_are_counted_per_hour_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let w: WriterHandle<String> =
+            WriterHandle::start(Store::open(&path).unwrap(), 100, std::time::Duration::from_millis(5));
+        // Hours 0 and 1 (Unix time), then hour 1 again in a later batch.
+        w.send(values("a", &[10.0, 20.0, 3_700.0]));
+        w.flush();
+        w.send(values("b", &[3_800.0, 3_900.0]));
+        w.flush();
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.values_per_hour(0).unwrap(), vec![(0, 2), (3_600_000, 3)]);
+        assert_eq!(s.values_per_hour(3_600_000).unwrap(), vec![(3_600_000, 3)]);
+        w.send(Command::Prune(3_750_000));
+        w.flush();
+        assert_eq!(s.values_per_hour(0).unwrap(), vec![(3_600_000, 3)]);
+        let left: i64 = s
+            .connection()
+            .query_row("SELECT COUNT(*) FROM resource_values", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 2);
+        w.close();
+    }
 }

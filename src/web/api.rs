@@ -47,6 +47,7 @@ pub struct DevicePage {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
+    #[schemars(length(min = 1, max = 255))]
     pub endpoint: String,
     /// PSK identity for CoAP over DTLS; default: the endpoint name.
     #[serde(default)]
@@ -92,9 +93,11 @@ pub struct EventPage {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._@-]{1,64}$"))]
     pub name: String,
     pub role: Role,
     /// At least 12 characters.
+    #[schemars(length(min = 12))]
     pub password: String,
 }
 
@@ -110,6 +113,7 @@ pub struct UserChange {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    #[schemars(length(min = 1, max = 64))]
     pub name: String,
     /// At most your own role (the default).
     #[serde(default)]
@@ -430,14 +434,20 @@ pub fn latest_values(ctx: &mut Ctx<'_>) -> WebResult {
 }
 
 pub fn history(ctx: &mut Ctx<'_>) -> WebResult {
-    let path: ResourcePath = ctx
+    let raw = ctx
         .query("path")
-        .ok_or_else(|| WebError::bad_request("path is required, e.g. path=/3303/0/5700"))?
-        .parse()
-        .map_err(WebError::from)?;
+        .ok_or_else(|| WebError::bad_request("path is required, e.g. path=/3303/0/5700"))?;
+    let path: ResourcePath = raw.parse().map_err(WebError::from)?;
+    // Values are stored per resource (instance): history names one.
+    if !raw.starts_with('/') || path.depth() < 3 {
+        return Err(WebError::bad_request(format!(
+            "path {raw:?} does not name a resource, e.g. /3303/0/5700"
+        )));
+    }
+    ctx.store.device(ctx.param("endpoint"))?;
     let now = now_ms();
     let to = int_query(ctx, "to")?.unwrap_or(now + 1);
-    let from = int_query(ctx, "from")?.unwrap_or(to - 7 * 86_400_000);
+    let from = int_query(ctx, "from")?.unwrap_or(to.saturating_sub(7 * 86_400_000));
     let after =
         match decode_cursor(ctx)? {
             None => None,
@@ -466,7 +476,15 @@ pub fn device_operations(ctx: &mut Ctx<'_>) -> WebResult {
 }
 
 pub fn create_operation(ctx: &mut Ctx<'_>) -> WebResult {
-    let op: NewOperation = ctx.json()?;
+    // serde reads an internally tagged enum's tag from a variant index too
+    // (`"op": 0` would be a Read); the document says it is a name.
+    let body: serde_json::Value = ctx.json()?;
+    if !body["op"].is_string() {
+        return Err(WebError::malformed_json(
+            "`op` must be an operation name, e.g. \"read\"",
+        ));
+    }
+    let op: NewOperation = serde_json::from_value(body).map_err(WebError::malformed_json)?;
     let endpoint = ctx.param("endpoint").to_string();
     let row = queue(ctx, &endpoint, op.kind, op.deadline_s)?;
     Ok(Reply::json(StatusCode::ACCEPTED, &row))
@@ -584,7 +602,13 @@ pub fn upload_firmware(ctx: &mut Ctx<'_>) -> WebResult {
 
 pub fn get_firmware(ctx: &mut Ctx<'_>) -> WebResult {
     let id = ctx.id("id")?;
-    Ok(Reply::ok(&ctx.store.firmware(&id.to_string())?))
+    let f = ctx.store.firmware(&id.to_string())?;
+    // Deleted images stay in the catalogue for their download history, but
+    // as far as the API is concerned they are gone.
+    if f.deleted_at.is_some() {
+        return Err(WebError::not_found(format!("firmware {id} was deleted")));
+    }
+    Ok(Reply::ok(&f))
 }
 
 pub fn delete_firmware(ctx: &mut Ctx<'_>) -> WebResult {

@@ -26,6 +26,11 @@ const ASSETS: &[Asset] = &[
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("assets/app.js"),
     },
+    Asset {
+        name: "icon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("assets/icon.svg"),
+    },
 ];
 
 /// A short digest of all assets: pages link `?v=VERSION`, so a new build's

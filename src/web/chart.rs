@@ -37,9 +37,11 @@ fn label(v: f64) -> String {
     }
 }
 
-/// A line chart of `(time ms, value)` points, oldest first; `time_label`
+/// A line chart of `(time ms, value)` points, oldest first, over the time
+/// window `(from, to)` (the range asked for, so a single point or a quiet
+/// stretch is placed in time rather than stretched across); `time_label`
 /// turns a time into axis text.
-pub fn line(title: &str, points: &[(i64, f64)], time_label: impl Fn(i64) -> String) -> String {
+pub fn line(title: &str, points: &[(i64, f64)], (t0, t1): (i64, i64), time_label: impl Fn(i64) -> String) -> String {
     let mut svg = format!(
         r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
         t = escape(title)
@@ -53,7 +55,6 @@ pub fn line(title: &str, points: &[(i64, f64)], time_label: impl Fn(i64) -> Stri
         );
         return svg;
     }
-    let (t0, t1) = (points[0].0, points[points.len() - 1].0);
     let (mut lo, mut hi) = points
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.1), h.max(p.1)));
@@ -94,10 +95,33 @@ pub fn line(title: &str, points: &[(i64, f64)], time_label: impl Fn(i64) -> Stri
         .collect();
     let _ = write!(
         svg,
-        r#"<polyline points="{}" class="series" fill="none"/></svg>"#,
+        r#"<polyline points="{}" class="series" fill="none"/>"#,
         path.join(" ")
     );
+    // A line needs two points; sparse series show each value as a dot too.
+    if points.len() <= 60 {
+        for &(t, v) in points {
+            let _ = write!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" class="point"/>"#,
+                x(t),
+                y(v)
+            );
+        }
+    }
+    svg.push_str("</svg>");
     svg
+}
+
+/// At most `max` characters, the rest elided: labels must fit their column
+/// (the whole text is in the label's `<title>`).
+fn shortened(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
 }
 
 /// Horizontal bars, e.g. devices per firmware version.
@@ -118,10 +142,11 @@ pub fn bars(title: &str, rows: &[(String, u64)]) -> String {
         let w = (W - label_w - 60.0) * (*n as f64) / max;
         let _ = write!(
             svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" class="axis">{}</text><rect x="{label_w}" y="{yy:.1}" width="{w:.1}" height="{}" class="bar"/><text x="{:.1}" y="{:.1}" class="axis">{n}</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" class="axis"><title>{}</title>{}</text><rect x="{label_w}" y="{yy:.1}" width="{w:.1}" height="{}" class="bar"/><text x="{:.1}" y="{:.1}" class="axis">{n}</text>"#,
             label_w - 6.0,
             yy + 15.0,
             escape(name),
+            escape(&shortened(name, 28)),
             row_h - 6.0,
             label_w + w + 4.0,
             yy + 15.0
@@ -143,9 +168,22 @@ mod tests {
         );
         assert!(!svg.contains("<script>"));
         assert!(svg.contains("&lt;script&gt;"));
-        let svg = line("t<", &[(0, 1.0), (1000, 3.0), (2000, 2.0)], |t| format!("{t}"));
+        let svg = line("t<", &[(0, 1.0), (1000, 3.0), (2000, 2.0)], (0, 2000), |t| {
+            format!("{t}")
+        });
         assert!(svg.contains("<polyline points=\"56.0,"), "{svg}");
         assert!(svg.contains("t&lt;"));
-        assert!(line("empty", &[], |_| String::new()).contains("no values"));
+        assert!(line("empty", &[], (0, 1), |_| String::new()).contains("no values"));
+        // A single point is placed in its window and drawn as a dot.
+        let one = line("one", &[(1500, 7.0)], (1000, 2000), |t| format!("t{t}"));
+        assert!(one.contains(r#"<circle cx="342.0" cy="104.0""#), "{one}");
+        assert!(one.contains(">t1000<") && one.contains(">t2000<"), "{one}");
+        // Long labels are cut to fit, whole in their title.
+        let long = "v".repeat(40);
+        let svg = bars("versions", &[(long.clone(), 1)]);
+        assert!(
+            svg.contains(&format!("<title>{long}</title>{}…<", "v".repeat(27))),
+            "{svg}"
+        );
     }
 }

@@ -108,9 +108,14 @@ impl Ctx<'_> {
         self.who.as_ref().ok_or_else(WebError::unauthorized)
     }
 
+    /// The body as the JSON object `T`. Every API body is an object; serde
+    /// would also fill a struct from an array (`[null, null]`), which the
+    /// OpenAPI document does not allow, so anything else is refused first.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> WebResult<T> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| WebError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body: {e}")))
+        if self.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(WebError::malformed_json("a JSON object is expected"));
+        }
+        serde_json::from_slice(&self.body).map_err(WebError::malformed_json)
     }
 
     pub fn form(&self) -> Vec<(String, String)> {

@@ -315,9 +315,11 @@ struct Overview {
 pub fn overview(ctx: &mut Ctx<'_>) -> WebResult {
     let l = &ctx.web.lwm2m;
     let counts = ctx.store.fleet_counts(l.queue_awake_window_s, l.lifetime_grace_s)?;
+    let now = now_ms();
+    let from = crate::store::hour_of(now) - 23 * 3_600_000;
     let per_hour: Vec<(i64, f64)> = ctx
         .store
-        .values_per_hour(24)?
+        .values_per_hour(from)?
         .into_iter()
         .map(|(h, n)| (h, n as f64))
         .collect();
@@ -325,7 +327,9 @@ pub fn overview(ctx: &mut Ctx<'_>) -> WebResult {
     render(&Overview {
         chrome: chrome(ctx, "Overview")?,
         counts,
-        values_chart: chart::line("values stored per hour", &per_hour, |t| time(t)[11..16].to_string()),
+        values_chart: chart::line("values stored per hour", &per_hour, (from, now), |t| {
+            time(t)[11..16].to_string()
+        }),
         versions_chart: chart::bars("devices per firmware version", &versions),
         events: event_lines(ctx.store.events(None, 10)?),
     })
@@ -556,7 +560,15 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
     let chart_path = ctx
         .query("chart")
         .map(str::to_string)
-        .or_else(|| numeric.first().cloned())
+        // The IPSO Sensor Value (resource 5700) if there is one: what an
+        // operator charts first, rather than an error code.
+        .or_else(|| {
+            numeric
+                .iter()
+                .find(|p| p.ends_with("/5700"))
+                .or(numeric.first())
+                .cloned()
+        })
         .unwrap_or_default();
     let range = ctx.query("range").unwrap_or("24h").to_string();
     let span = RANGES
@@ -565,7 +577,7 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
         .ok_or_else(|| WebError::bad_request("range must be 1h, 24h, 7d or 30d"))?
         .2;
     let chart = if chart_path.is_empty() {
-        chart::line("no numeric resources", &[], |_| String::new())
+        chart::line("no numeric resources", &[], (0, 0), |_| String::new())
     } else {
         let path: ResourcePath = chart_path.parse().map_err(WebError::from)?;
         let now = now_ms();
@@ -585,7 +597,7 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
                 String::new()
             }
         );
-        chart::line(&title, &points, |t| time(t)[5..16].to_string())
+        chart::line(&title, &points, (now - span, now), |t| time(t)[5..16].to_string())
     };
     let downloads = ctx
         .store

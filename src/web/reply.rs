@@ -109,6 +109,15 @@ impl WebError {
         WebError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// A request body that is not the JSON the route takes.
+    pub fn malformed_json(message: impl std::fmt::Display) -> WebError {
+        WebError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("request body: {message}"),
+        )
+    }
+
     pub fn unauthorized() -> WebError {
         WebError::new(
             StatusCode::UNAUTHORIZED,

@@ -60,6 +60,10 @@ pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 pub enum ParamType {
     String,
     Integer,
+    /// An integer from .0 to .1, inclusive.
+    Bounded(i64, i64),
+    /// An LwM2M resource path, /object/instance/resource[/instance].
+    ResourcePath,
     OneOf(&'static [&'static str]),
 }
 
@@ -194,7 +198,11 @@ const fn doc(summary: &'static str, tag: &'static str, response: (u16, Option<Sc
 
 const PAGE_PARAMS: [Param; 2] = [
     q("cursor", ParamType::String, "the `next` cursor of the previous page"),
-    q("limit", ParamType::Integer, "items per page, 1–500 (default 50)"),
+    q(
+        "limit",
+        ParamType::Bounded(1, 500),
+        "items per page, 1–500 (default 50)",
+    ),
 ];
 
 const DEVICE_QUERY: &[Param] = &[
@@ -219,7 +227,7 @@ const DEVICE_QUERY: &[Param] = &[
 const HISTORY_QUERY: &[Param] = &[
     Param {
         name: "path",
-        ty: ParamType::String,
+        ty: ParamType::ResourcePath,
         required: true,
         about: "resource path, e.g. /3303/0/5700",
     },
@@ -624,10 +632,14 @@ pub fn find(method: &hyper::Method, path: &str) -> Found {
     }
 }
 
-fn param_schema(ty: ParamType) -> Value {
-    match ty {
+fn param_schema(p: &Param) -> Value {
+    match p.ty {
+        // An empty required parameter is as missing as an absent one.
+        ParamType::String if p.required => json!({ "type": "string", "minLength": 1 }),
         ParamType::String => json!({ "type": "string" }),
         ParamType::Integer => json!({ "type": "integer", "format": "int64" }),
+        ParamType::Bounded(min, max) => json!({ "type": "integer", "minimum": min, "maximum": max }),
+        ParamType::ResourcePath => json!({ "type": "string", "pattern": "^(/[0-9]{1,5}){3,4}$" }),
         ParamType::OneOf(v) => json!({ "type": "string", "enum": v }),
     }
 }
@@ -649,7 +661,7 @@ pub fn openapi() -> Value {
             .collect();
         params.extend(d.query.iter().map(|p| {
             json!({ "name": p.name, "in": "query", "required": p.required, "description": p.about,
-                    "schema": param_schema(p.ty) })
+                    "schema": param_schema(p) })
         }));
         let mut op = json!({
             "summary": d.summary,

@@ -144,7 +144,7 @@ impl Keys {
     }
 }
 
-async fn start(dir: &Path, tweak: impl FnOnce(&mut flownexus::config::Config)) -> (Running, SocketAddr) {
+pub(crate) async fn start(dir: &Path, tweak: impl FnOnce(&mut flownexus::config::Config)) -> (Running, SocketAddr) {
     let mut c = config(dir);
     tweak(&mut c);
     let running = app::start(c).await.unwrap();
@@ -669,5 +669,80 @@ async fn openapi_matches_the_routes() {
         assert_eq!(resp.status, 200, "{}: {}", r.path, resp.text());
         let _ = resp.json();
     }
+    running.stop().await;
+}
+
+/// schemathesis (PyPI, installed into `.venv` by `make deps`) generates
+/// requests from `/api/v1/openapi.json` against a server with a device, as
+/// an admin: no request may end in a server error, and responses must
+/// match the document's status codes, content types and schemas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_fuzzing_finds_no_server_errors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schemathesis = root.join(".venv/bin/schemathesis");
+    assert!(
+        schemathesis.exists(),
+        "schemathesis is not installed: run `make deps` (pip install into .venv)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let _fleet = fleet(&running, vec![device("sensor-1")]).await;
+    let keys = Keys::new(dir.path());
+    let token = format!("Bearer {}", keys.token("admin", Role::Admin));
+    let bearer = format!("Authorization: {token}");
+
+    let work = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(schemathesis)
+            // Its failure cache stays out of the checkout: each run starts clean.
+            .current_dir(work)
+            .args(["run", &format!("http://{addr}/api/v1/openapi.json")])
+            .args(["--url", &format!("http://{addr}")])
+            // Every check but positive_data_acceptance: some rules span
+            // fields (psk_key_hex or generate_psk, the path depth each
+            // operation needs) and the document states them in prose only.
+            .args([
+                "-H",
+                &bearer,
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance",
+            ])
+            .args(["--max-examples", "25", "--seed", "20261123", "--workers", "1"])
+            .args(["--request-timeout", "10", "--no-color", "--generation-database", "none"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found problems:\n{text}");
+    // It reached every documented operation and made real requests (a
+    // wrong base URL once made every one a 404, which passes the checks).
+    let doc = flownexus::web::route::openapi();
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    // (All but the document's own URL, which schemathesis leaves out.)
+    assert!(
+        text.contains(&format!("Tested: {}", documented - 1)),
+        "{documented} documented:\n{text}"
+    );
+    let generated: usize = text
+        .split_once(" generated,")
+        .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(generated > 500, "only {generated} requests:\n{text}");
+    // And as the admin throughout: the token still works at the end.
+    let me = http(addr, "GET", "/api/v1/me", &[("Authorization", &token)], b"").await;
+    assert_eq!(me.status, 200, "the fuzzing token stopped working: {}", me.text());
     running.stop().await;
 }

@@ -47,5 +47,11 @@
   ["registered", "updated", "deregistered", "expired", "values", "operation", "lagged"].forEach(function (name) {
     source.addEventListener(name, soon);
   });
-  source.addEventListener("open", function () { document.body.setAttribute("data-live-connected", "yes"); });
+  source.addEventListener("open", function () {
+    document.body.setAttribute("data-live-connected", "yes");
+    // News between the page's rendering and this (re)connection was not
+    // streamed to us (an operation finishing right after its form posted):
+    // catch up once.
+    soon();
+  });
 })();

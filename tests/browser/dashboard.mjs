@@ -1,0 +1,198 @@
+// Drives Debian's Chromium through the dashboard as an operator would, for
+// tests/system/browser.rs, which starts the server and the simulated devices
+// and passes everything in FNX_* variables. Exits non-zero, naming the step,
+// on the first failure; every console error, page error and CSP violation
+// is a failure.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const env = (name) => {
+  const v = process.env[name];
+  if (v === undefined) throw new Error(`${name} is not set`);
+  return v;
+};
+const base = env("FNX_URL");
+const out = env("FNX_OUT");
+const device = env("FNX_DEVICE");
+const hostile = JSON.parse(env("FNX_HOSTILE")); // { endpoint, strings: [...] }
+const firmware = { file: env("FNX_FIRMWARE"), sha256: env("FNX_FIRMWARE_SHA256") };
+mkdirSync(out, { recursive: true });
+
+const problems = [];
+let step = "start";
+const TIMEOUT = 15000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.FNX_CHROMIUM || "/usr/bin/chromium",
+  // The machine's network is closed: no background fetches, no sandbox as root.
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+context.setDefaultTimeout(TIMEOUT);
+
+// CSP violations reach us through a binding, which Playwright installs over
+// CDP, outside the page's policy.
+await context.exposeBinding("__fnxViolation", (_source, v) => {
+  problems.push(`${step}: CSP violation: ${v}`);
+});
+await context.addInitScript(() => {
+  document.addEventListener("securitypolicyviolation", (e) => {
+    window.__fnxViolation(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
+  });
+});
+
+const page = await context.newPage();
+page.on("console", (m) => {
+  if (m.type() === "error" || m.type() === "warning") problems.push(`${step}: console ${m.type()}: ${m.text()}`);
+});
+page.on("pageerror", (e) => problems.push(`${step}: page error: ${e.message}`));
+page.on("dialog", (d) => {
+  // Only the dashboard's own confirmations are expected; an alert() is an XSS.
+  if (d.type() !== "confirm") problems.push(`${step}: unexpected ${d.type()} dialog: ${d.message()}`);
+  d.accept();
+});
+
+async function shot(name) {
+  await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
+}
+
+function check(ok, message) {
+  if (!ok) throw new Error(message);
+}
+
+// Nothing a device sent may have become markup or script.
+async function nothingExecuted() {
+  const found = await page.evaluate(() => ({
+    xss: window.__xss === undefined ? null : String(window.__xss),
+    inlineScripts: document.querySelectorAll("script:not([src])").length,
+    handlers: [...document.querySelectorAll("*")].filter((e) => [...e.attributes].some((a) => a.name.startsWith("on")))
+      .length,
+    injected: document.querySelectorAll("img[src='x'], svg[onload], iframe, object, embed").length,
+  }));
+  check(found.xss === null, `${step}: a payload executed: window.__xss = ${found.xss}`);
+  check(found.inlineScripts === 0, `${step}: ${found.inlineScripts} inline script elements`);
+  check(found.handlers === 0, `${step}: ${found.handlers} elements with on* attributes`);
+  check(found.injected === 0, `${step}: ${found.injected} injected elements`);
+}
+
+async function visit(name, path) {
+  step = name;
+  const r = await page.goto(base + path);
+  check(r.status() === 200, `${name}: ${path} answered ${r.status()}`);
+  await nothingExecuted();
+  await shot(name);
+}
+
+const rowOf = (path) => page.locator("#operations tbody tr", { has: page.locator("td.mono", { hasText: path }) });
+
+// Queue an operation through the device page's form and wait, without
+// reloading, for the live refresh to show it succeeded.
+async function operate(op, path, value) {
+  step = `${op} ${path}`;
+  await page.selectOption("#op", op);
+  await page.fill("#op-path", path);
+  await page.fill("#op-value", value ?? "");
+  await Promise.all([page.waitForURL(/\/devices\//), page.click("#op-submit")]);
+  await page.waitForSelector("body[data-live-connected=yes]");
+  await rowOf(path).first().locator(".badge.succeeded").waitFor();
+}
+
+try {
+  // Signed out, every page leads to the login form.
+  step = "login";
+  await page.goto(base + "/devices");
+  check(new URL(page.url()).pathname === "/login", `signed out, /devices went to ${page.url()}`);
+  await shot("login");
+  await page.fill("input[name=name]", env("FNX_USER"));
+  await page.fill("input[name=password]", env("FNX_PASSWORD"));
+  await Promise.all([page.waitForURL(base + "/"), page.click("button[type=submit]")]);
+  await nothingExecuted();
+  await shot("overview");
+
+  await visit("devices", "/devices");
+  check((await page.locator(`a:text-is("${device}")`).count()) === 1, "the simulated device is not listed");
+  for (const s of [hostile.endpoint]) {
+    check((await page.getByText(s, { exact: true }).count()) >= 1, `devices: ${s} is not shown as text`);
+  }
+
+  step = "device";
+  await Promise.all([page.waitForURL(/\/devices\/sensor/), page.click(`a:text-is("${device}")`)]);
+  await operate("read", "/3/0");
+  check(
+    (await page.locator('td.value[data-path="/3/0/1"]').innerText()).trim() === "nRF9160-SIM",
+    "the model name read from /3/0/1 is not shown",
+  );
+  await operate("write", "/3/0/15", "Europe/Berlin");
+  await operate("read", "/3/0/15");
+  check(
+    (await page.locator('td.value[data-path="/3/0/15"]').innerText()).trim() === "Europe/Berlin",
+    "the written time zone did not read back",
+  );
+  await operate("execute", "/3303/0/5605");
+  await nothingExecuted();
+  await shot("device");
+
+  // The device whose every string is a payload: all of it shown as text.
+  await visit("device-hostile", `/devices/${encodeURIComponent(hostile.endpoint)}`);
+  for (const s of [hostile.endpoint, ...hostile.strings]) {
+    check((await page.getByText(s).count()) >= 1, `device-hostile: ${s} is not shown as text`);
+  }
+  await visit("events", "/events");
+  await visit("overview-hostile", "/");
+
+  step = "firmware";
+  await visit("firmware", "/firmware");
+  await page.fill("#upload-form input[name=name]", "app-update.bin");
+  await page.fill("#upload-form input[name=version]", "2.0.0");
+  await page.fill("#upload-form input[name=notes]", "browser upload");
+  await page.setInputFiles("#upload-form input[name=file]", firmware.file);
+  await Promise.all([page.waitForURL(/\/firmware\?done=uploaded/), page.click("#upload-form button[type=submit]")]);
+  const row = page.locator("#firmware tbody tr", { hasText: "app-update.bin" });
+  check((await row.count()) === 1, "the uploaded image is not listed");
+  check((await row.innerText()).includes(firmware.sha256), "the listed SHA-256 is not the file's");
+  await shot("firmware-uploaded");
+
+  await visit("users", "/users");
+  await visit("profile", "/profile");
+  await visit("tokens", "/tokens");
+
+  step = "logout";
+  await Promise.all([page.waitForURL(/\/login$/), page.click("header form[action='/logout'] button")]);
+  await page.goto(base + "/");
+  check(new URL(page.url()).pathname === "/login", `after logout / went to ${page.url()}`);
+  await shot("logged-out");
+
+  // The detectors themselves: an inline handler forced into the page must
+  // be blocked by the CSP and reported, and must not run.
+  step = "canary";
+  const before = problems.length;
+  await page.evaluate(() => {
+    const d = document.createElement("div");
+    d.innerHTML = "<img src='data:,' onerror=\"window.__xss='canary'\">";
+    document.body.append(d);
+  });
+  await page.waitForTimeout(500);
+  const caught = problems.splice(before);
+  check(caught.some((p) => p.includes("CSP violation")), `the CSP canary was not reported: ${JSON.stringify(caught)}`);
+  check((await page.evaluate(() => window.__xss)) === undefined, "the CSP canary ran");
+} catch (e) {
+  problems.push(`${step}: ${e.message}`);
+  await shot(`failed-${step.replace(/[^a-z0-9]+/gi, "-")}`).catch(() => {});
+} finally {
+  await browser.close();
+}
+
+if (problems.length) {
+  console.error(problems.join("\n"));
+  process.exit(1);
+}
+console.log("browser: all steps passed; screenshots in " + out);

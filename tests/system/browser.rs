@@ -1,0 +1,129 @@
+//! The dashboard in a real browser: Debian's headless Chromium, driven by
+//! Playwright (`tests/browser/dashboard.mjs`, installed by `make deps`),
+//! against the whole server with simulated devices. Screenshots of every
+//! page land in `tests/output/browser/`.
+
+use std::path::Path;
+use std::process::Command;
+
+use flownexus::lwm2m::operation::{OperationKind, OperationState};
+use flownexus::lwm2m::path::Value;
+
+use super::web::start;
+use super::{device, fleet, run_op, store};
+
+/// Every string a device controls, each a different payload that would set
+/// `window.__xss` if it ever became markup.
+fn hostile_device() -> (flownexus::sim::DeviceConfig, Vec<String>) {
+    let payload = |field: &str| format!("<img src=x onerror=\"window.__xss='{field}'\">");
+    let mut d = device("<script>window.__xss='endpoint'</script>");
+    d.firmware_version = payload("firmware");
+    let strings: Vec<(&str, String)> = vec![
+        ("/3/0/0", "<svg onload=\"window.__xss='manufacturer'\">".into()),
+        ("/3/0/1", payload("model")),
+        ("/3/0/2", "\"><script>window.__xss='serial'</script>".into()),
+        ("/3/0/19", "javascript:window.__xss='software'".into()),
+    ];
+    d.resources = strings
+        .iter()
+        .map(|(p, s)| (p.parse().unwrap(), Value::String(s.clone())))
+        .collect();
+    let mut shown: Vec<String> = strings.into_iter().map(|(_, s)| s).collect();
+    shown.push(d.firmware_version.clone());
+    (d, shown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/browser/dashboard.mjs");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").is_dir(),
+        "Playwright is not installed: run `make deps` (npm ci in tests/browser)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let (hostile, strings) = hostile_device();
+    let hostile_endpoint = hostile.endpoint.clone();
+    let _fleet = fleet(&running, vec![device("sensor-1"), hostile]).await;
+    // The hostile strings reach the store the way any value does: read.
+    for path in ["/3/0", "/3303/0"] {
+        let row = run_op(
+            dir.path(),
+            &hostile_endpoint,
+            OperationKind::Read {
+                path: path.parse().unwrap(),
+            },
+        )
+        .await;
+        assert_eq!(row.state, OperationState::Succeeded, "{path}");
+    }
+    running.flush().await;
+
+    // An MCUboot image header, then arbitrary bytes.
+    let mut image = 0x96f3_b83du32.to_le_bytes().to_vec();
+    image.extend((0..20_000u32).map(|i| (i * 7 % 251) as u8));
+    let image_file = dir.path().join("app-update.bin");
+    std::fs::write(&image_file, &image).unwrap();
+
+    let out_dir = root.join("tests/output/browser");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let output = Command::new("node")
+        .arg(&script)
+        .env("FNX_URL", format!("http://{addr}"))
+        .env("FNX_USER", "admin")
+        .env("FNX_PASSWORD", "admin password 1")
+        .env("FNX_DEVICE", "sensor-1")
+        .env(
+            "FNX_HOSTILE",
+            serde_json::json!({ "endpoint": hostile_endpoint, "strings": strings }).to_string(),
+        )
+        .env("FNX_FIRMWARE", &image_file)
+        .env(
+            "FNX_FIRMWARE_SHA256",
+            flownexus::firmware::sha256_hex(ring::digest::digest(&ring::digest::SHA256, &image).as_ref()),
+        )
+        .env("FNX_OUT", &out_dir)
+        .output()
+        .expect("node (Node.js) runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "browser run failed:\n{stdout}\n{stderr}");
+
+    // What the browser did, seen from the store.
+    let s = store(dir.path());
+    let ops = s.operations_of("sensor-1", 20).unwrap();
+    for (kind, path) in [
+        ("read", "/3/0"),
+        ("write", "/3/0/15"),
+        ("read", "/3/0/15"),
+        ("execute", "/3303/0/5605"),
+    ] {
+        assert!(
+            ops.iter().any(|o| o.kind.name() == kind
+                && o.kind.path().to_string() == path
+                && o.state == OperationState::Succeeded),
+            "no successful {kind} {path} in {ops:?}"
+        );
+    }
+    let fw = s.firmware("app-update.bin").unwrap();
+    assert_eq!((fw.version.as_str(), fw.size), ("2.0.0", image.len() as u64));
+    assert_eq!(fw.uploader, "admin");
+    for page in [
+        "login",
+        "overview",
+        "devices",
+        "device",
+        "device-hostile",
+        "events",
+        "firmware-uploaded",
+        "users",
+        "profile",
+        "tokens",
+        "logged-out",
+    ] {
+        let png = std::fs::read(out_dir.join(format!("{page}.png"))).unwrap_or_default();
+        assert!(png.starts_with(b"\x89PNG"), "no screenshot of {page}");
+    }
+    running.stop().await;
+}
