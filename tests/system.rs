@@ -164,6 +164,11 @@ async fn registration_life_cycle_is_stored() {
         regs.iter()
             .all(|r| r.version == "1.1" && r.object_links.contains("</3303/0>"))
     );
+    // The device list sorts by the device's own copy of "last seen".
+    for r in &regs {
+        let d = store(dir.path()).device(&r.endpoint).unwrap();
+        assert_eq!(d.last_seen, Some(r.last_seen), "{}", r.endpoint);
+    }
 
     f.stop().await; // de-registers
     let s = store(dir.path());
@@ -177,6 +182,8 @@ async fn registration_life_cycle_is_stored() {
         kinds.contains(&"registered") && kinds.contains(&"deregistered"),
         "{kinds:?}"
     );
+    // De-registered, it is still shown when it was last seen.
+    assert!(s.device("sys-a").unwrap().last_seen.is_some());
     running.stop().await;
 }
 

@@ -9,9 +9,11 @@
 //!   `coap-server` driven by the same load generator in the same run.
 //! - `fw`: the firmware server beside nginx as the old deployment ([`fw`]).
 //! - `dtls`: CoAP over DTLS beside libcoap's `coap-server-openssl` ([`dtls`]).
+//! - `web`: dashboard latency and store ingest at 1,000,000 devices ([`web`]).
 
 pub mod dtls;
 pub mod fw;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,15 +48,26 @@ pub struct BenchArgs {
     /// `dtls`: established idle DTLS sessions for the memory figure.
     #[arg(long, default_value_t = 100_000)]
     pub sessions: usize,
+    /// `web`: stored values (default 50,000,000; devices default 1,000,000).
+    #[arg(long)]
+    pub values: Option<u64>,
+    /// `web`: keep the generated store in this directory and reuse it.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// `web`: timed requests per page.
+    #[arg(long, default_value_t = 300)]
+    pub requests: usize,
 }
 
-/// A `flownexus serve` child on a temporary data directory.
+/// A `flownexus serve` child, on a temporary data directory unless given one.
 struct ServerProcess {
     child: Child,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
     coap: SocketAddr,
     coaps: Option<SocketAddr>,
     fw: Option<SocketAddr>,
+    http: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -67,13 +80,21 @@ impl ServerProcess {
         extra_env: &[(&str, &str)],
         prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<ServerProcess> {
-        let dir = tempfile::tempdir()?;
-        prepare(dir.path())?;
+        let temp = tempfile::tempdir()?;
+        prepare(temp.path())?;
+        let mut server = Self::start_in(temp.path(), extra_env)?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    /// Start on the data directory `dir`, which outlives the server.
+    fn start_in(dir: &Path, extra_env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
+        let _ = std::fs::remove_file(dir.join("runtime.json"));
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("FLOWNEXUS_DATA_DIR", dir.path())
+            .env("FLOWNEXUS_DATA_DIR", dir)
             .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_COAPS_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
@@ -84,9 +105,9 @@ impl ServerProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().context("starting flownexus serve")?;
-        let runtime = dir.path().join("runtime.json");
+        let runtime = dir.join("runtime.json");
         let until = Instant::now() + Duration::from_secs(20);
-        let (coap, coaps, fw) = loop {
+        let (coap, coaps, fw, http) = loop {
             let rt = std::fs::read_to_string(&runtime)
                 .ok()
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
@@ -94,7 +115,7 @@ impl ServerProcess {
                 && let Some(a) = v["coap"].as_str().and_then(|a| a.parse().ok())
             {
                 let addr = |k: &str| v[k].as_str().and_then(|a| a.parse().ok());
-                break (a, addr("coaps"), addr("fw"));
+                break (a, addr("coaps"), addr("fw"), addr("http"));
             }
             if Instant::now() > until {
                 bail!("server did not start");
@@ -103,10 +124,12 @@ impl ServerProcess {
         };
         Ok(ServerProcess {
             child,
-            dir,
+            dir: dir.to_path_buf(),
+            _temp: None,
             coap,
             coaps,
             fw,
+            http,
         })
     }
 
@@ -115,7 +138,7 @@ impl ServerProcess {
     }
 
     fn data_dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 }
 
@@ -188,12 +211,14 @@ async fn registered(fleet: &Fleet, n: usize, timeout: Duration) -> anyhow::Resul
     Ok(start.elapsed())
 }
 
-pub async fn run(args: BenchArgs, _config: Config) -> anyhow::Result<ExitCode> {
+pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     let models = Arc::new(Models::embedded());
     let all = args.which == "all";
-    if !all && !["register", "memory", "read", "coap", "fw", "dtls", "dtls-memory"].contains(&args.which.as_str()) {
+    if !all
+        && !["register", "memory", "read", "coap", "fw", "dtls", "dtls-memory", "web"].contains(&args.which.as_str())
+    {
         bail!(
-            "bench {}: expected register, memory, read, coap, fw, dtls, dtls-memory or all",
+            "bench {}: expected register, memory, read, coap, fw, dtls, dtls-memory, web or all",
             args.which
         );
     }
@@ -217,6 +242,16 @@ pub async fn run(args: BenchArgs, _config: Config) -> anyhow::Result<ExitCode> {
     }
     if all || args.which == "memory" {
         memory(args.devices.unwrap_or(100_000)).await?;
+    }
+    if all || args.which == "web" {
+        let b = web::WebBench {
+            devices: args.devices.map_or(1_000_000, |d| d as u64),
+            values: args.values.unwrap_or(50_000_000),
+            data: args.data.clone(),
+            seconds: args.seconds,
+            requests: args.requests,
+        };
+        web::run(b, &config).await?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -218,6 +218,11 @@ fn upsert_registration<P: Display>(tx: &Transaction<'_>, device: i64, r: &Regist
             r.last_seen
         ],
     )?;
+    // The device list sorts by this copy (migration 9).
+    tx.execute(
+        "UPDATE devices SET last_seen = ?2 WHERE id = ?1",
+        params![device, r.last_seen],
+    )?;
     Ok(())
 }
 
