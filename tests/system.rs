@@ -301,11 +301,19 @@ async fn operations_against_simulated_devices() {
     let path = p("/3303/0/5700");
     let humidity = p("/3304/0/5700");
     wait_for("composite notifications in history", Duration::from_secs(10), || {
-        s.history("sys-ops", &humidity, 0, i64::MAX, 100).unwrap().len() >= 4
+        s.history_page("sys-ops", &humidity, (0, i64::MAX), None, 100)
+            .unwrap()
+            .0
+            .len()
+            >= 4
     })
     .await;
     wait_for("notifications in history", Duration::from_secs(10), || {
-        s.history("sys-ops", &path, 0, i64::MAX, 100).unwrap().len() >= 4
+        s.history_page("sys-ops", &path, (0, i64::MAX), None, 100)
+            .unwrap()
+            .0
+            .len()
+            >= 4
     })
     .await;
     let latest = s.latest_values("sys-ops").unwrap();
@@ -377,7 +385,11 @@ async fn observations_survive_a_restart() {
     let s = store(dir.path());
     // The device kept notifying on its token; the new process accepts them.
     wait_for("notifications after the restart", Duration::from_secs(10), || {
-        s.history("sys-obs", &path, restarted, i64::MAX, 100).unwrap().len() >= 3
+        s.history_page("sys-obs", &path, (restarted, i64::MAX), None, 100)
+            .unwrap()
+            .0
+            .len()
+            >= 3
     })
     .await;
     f.stop().await;

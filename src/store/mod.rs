@@ -211,6 +211,11 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX devices_by_created;
     CREATE INDEX devices_by_created ON devices(created_at, endpoint);
     "#,
+    // 10: the device list no longer sorts by the registration's last_seen
+    // (migration 9); its index only cost a write per Update.
+    r#"
+    DROP INDEX registrations_by_last_seen;
+    "#,
 ];
 
 /// The hour (Unix ms) a value's timestamp is counted in.
@@ -582,30 +587,6 @@ impl Store {
              WHERE d.endpoint = ?1 ORDER BY l.path",
         )?;
         let rows = st.query_map([endpoint], Self::value_row)?;
-        Ok(rows
-            .collect::<rusqlite::Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect())
-    }
-
-    /// Value history of one resource in `[from, to)` (Unix ms), oldest first.
-    pub fn history(
-        &self,
-        endpoint: &str,
-        path: &ResourcePath,
-        from: i64,
-        to: i64,
-        limit: usize,
-    ) -> Result<Vec<StoredValue>> {
-        let mut st = self.conn.prepare(
-            "SELECT v.path, v.ts, v.vtype, v.value FROM resource_values v JOIN devices d ON d.id = v.device_id
-             WHERE d.endpoint = ?1 AND v.path = ?2 AND v.ts >= ?3 AND v.ts < ?4 ORDER BY v.ts LIMIT ?5",
-        )?;
-        let rows = st.query_map(
-            params![endpoint, path.to_string(), from, to, limit as i64],
-            Self::value_row,
-        )?;
         Ok(rows
             .collect::<rusqlite::Result<Vec<_>>>()?
             .into_iter()

@@ -85,12 +85,10 @@ pub fn line(title: &str, points: &[(i64, f64)], (t0, t1): (i64, i64), time_label
             escape(&time_label(t))
         );
     }
-    // Long histories are thinned to one point per horizontal pixel pair.
-    let step = (points.len() / 600).max(1);
+    // Callers pass a few hundred points at most (history comes in time
+    // slices, `Store::history_buckets`).
     let path: Vec<String> = points
         .iter()
-        .step_by(step)
-        .chain(std::iter::once(&points[points.len() - 1]))
         .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
         .collect();
     let _ = write!(
