@@ -22,7 +22,7 @@ use crate::lwm2m::server::{Server, ServerConfig};
 use crate::shell::lwm2m::{self, Command, DtlsLink, Events, Transports};
 use crate::shell::{dtls as dtls_shell, now, udp};
 use crate::store::Store;
-use crate::store::writer::{Command as StoreCommand, WriterHandle};
+use crate::store::writer::{Command as StoreCommand, WriterHandle, WriterSettings};
 use crate::transport::Peer;
 
 /// How often operations queued by other processes (CLI, API) are picked up.
@@ -176,11 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (None, None)
     };
 
-    let writer = WriterHandle::start(
-        Store::open(&db_path)?,
-        config.store.batch_size,
-        Duration::from_millis(config.store.commit_interval_ms),
-    );
+    let writer = WriterHandle::start(Store::open(&db_path)?, WriterSettings::of(&config.store));
     let (events, _) = broadcast::channel(4096);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let shell_writer = writer.clone();
@@ -202,7 +198,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
 
     let http_addr = if config.http.enabled {
-        let (addr, task) = start_web(&config, events.clone(), models.clone(), stop_rx.clone()).await?;
+        let (addr, task) = start_web(
+            &config,
+            events.clone(),
+            models.clone(),
+            writer.pending(),
+            stop_rx.clone(),
+        )
+        .await?;
         tasks.push(task);
         Some(addr)
     } else {
@@ -461,6 +464,7 @@ async fn start_web(
     config: &Config,
     events: lwm2m::Events,
     models: Arc<Models>,
+    pending: crate::store::writer::SharedPending,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let h = &config.http;
@@ -482,6 +486,7 @@ async fn start_web(
         crate::firmware::Catalogue::new(&config.data_dir, config.fw.max_image_bytes),
         config.fw.max_image_bytes,
         config.database_path(),
+        pending,
         stop.clone(),
     ));
     let base = web

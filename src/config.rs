@@ -218,6 +218,12 @@ pub struct StoreConfig {
     /// loses at most this much of reported values and download accounting;
     /// queued operations are committed by whoever queues them).
     pub commit_interval_ms: u64,
+    /// Reported values are journalled in arrival order and moved into the
+    /// history per device once it has this many waiting...
+    pub history_flush_values: u32,
+    /// ...or its oldest waiting value is this old. Larger values write less
+    /// at high rates and keep a longer journal; both are read as history.
+    pub history_flush_age_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -301,6 +307,8 @@ impl Default for Config {
                 value_retention_days: 90,
                 batch_size: 5000,
                 commit_interval_ms: 10,
+                history_flush_values: 32,
+                history_flush_age_s: 300,
             },
             log: LogConfig { level: "info".into() },
         }
@@ -496,6 +504,9 @@ impl Config {
         }
         if self.store.batch_size == 0 {
             return Err(Error::config("store.batch_size", "must be >= 1"));
+        }
+        if self.store.history_flush_values == 0 {
+            return Err(Error::config("store.history_flush_values", "must be >= 1"));
         }
         if self.log.level.parse::<log::LevelFilter>().is_err() {
             return Err(Error::config(

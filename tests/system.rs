@@ -401,6 +401,100 @@ async fn observations_survive_a_restart() {
     running.stop().await;
 }
 
+/// The real binary, killed with SIGKILL while notified values wait in the
+/// value journal: none is lost, and the next start moves each into the
+/// history once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_in_the_journal_survive_a_kill() {
+    /// SIGKILL when dropped: on purpose, or when an assertion fails.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |flush_age_s: &str| {
+        let _ = std::fs::remove_file(dir.path().join("runtime.json"));
+        Killed(
+            Command::new(env!("CARGO_BIN_EXE_flownexus"))
+                .arg("serve")
+                .env("FLOWNEXUS_DATA_DIR", dir.path())
+                .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+                .env("FLOWNEXUS_COAPS_ENABLED", "false")
+                .env("FLOWNEXUS_FW_ENABLED", "false")
+                .env("FLOWNEXUS_HTTP_ENABLED", "false")
+                .env("FLOWNEXUS_STORE_HISTORY_FLUSH_AGE_S", flush_age_s)
+                .env("FLOWNEXUS_LOG_LEVEL", "warn")
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let coap_of = |dir: &Path| -> Option<std::net::SocketAddr> {
+        let rt: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("runtime.json")).ok()?).ok()?;
+        rt["coap"].as_str()?.parse().ok()
+    };
+    let child = serve("3600");
+    wait_for("the server's runtime file", Duration::from_secs(20), || {
+        coap_of(dir.path()).is_some()
+    })
+    .await;
+    let f = Fleet::spawn(
+        vec![device("sys-kill")],
+        coap_of(dir.path()).unwrap(),
+        Arc::new(Models::embedded()),
+        false,
+    )
+    .await
+    .unwrap();
+    let s = store(dir.path());
+    wait_for("the registration", Duration::from_secs(10), || {
+        s.registration_of("sys-kill").unwrap().is_some()
+    })
+    .await;
+    let path: flownexus::lwm2m::ResourcePath = "/3303/0/5700".parse().unwrap();
+    let obs = run_op(dir.path(), "sys-kill", OperationKind::Observe { path }).await;
+    assert_eq!(obs.state, OperationState::Succeeded);
+    let history = |s: &Store| {
+        s.history_page("sys-kill", &path, (0, i64::MAX), None, 500)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|(seq, v)| (seq, v.ts))
+            .collect::<Vec<_>>()
+    };
+    wait_for("notified values", Duration::from_secs(15), || history(&s).len() >= 4).await;
+    drop(child);
+    f.stop().await;
+    let before = history(&s);
+    let rows = |s: &Store, table: &str| -> i64 {
+        s.connection()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    // The Observe's first answer moves at once (as a Read's); the
+    // notifications wait.
+    assert!(rows(&s, "value_journal") >= 3, "notifications wait in the journal");
+
+    // The next start moves them (a flush age of 0: with its first commit).
+    let child = serve("0");
+    wait_for("the journal moved into the history", Duration::from_secs(20), || {
+        rows(&s, "value_journal") == 0
+    })
+    .await;
+    let after = history(&s);
+    drop(child);
+    assert!(
+        before.iter().all(|v| after.contains(v)),
+        "every value seen before the kill is there after it"
+    );
+    let mut seqs: Vec<i64> = after.iter().map(|(seq, _)| *seq).collect();
+    seqs.dedup();
+    assert_eq!(seqs.len(), after.len(), "each value once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_queues_and_waits_while_the_server_runs() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use crate::config::Config;
 use crate::lwm2m::path::{Record, Value};
 use crate::lwm2m::server::{ServerEvent, Source};
-use crate::store::writer::{Command, WriterHandle};
+use crate::store::writer::{Command, WriterHandle, WriterSettings};
 use crate::store::{Store, now_ms};
 use crate::users::{Role, hash_password};
 
@@ -186,10 +186,7 @@ fn populate(db: &Path, devices: u64, values: u64) -> anyhow::Result<()> {
     let extra = (values - busy_total) % devices;
     let s = Store::open(db)?;
     let c = s.connection();
-    c.execute_batch(
-        "PRAGMA synchronous = OFF; PRAGMA cache_size = -2000000; PRAGMA temp_store = MEMORY;
-         DROP INDEX resource_values_by_path; DROP INDEX resource_values_by_ts;",
-    )?;
+    c.execute_batch("PRAGMA synchronous = OFF; PRAGMA cache_size = -2000000; PRAGMA temp_store = MEMORY;")?;
     let now = now_ms();
     let step = |label: &str, sql: &str| -> anyhow::Result<()> {
         let t = Instant::now();
@@ -253,32 +250,33 @@ fn populate(db: &Path, devices: u64, values: u64) -> anyhow::Result<()> {
     step(
         "history of the busy devices",
         "WITH RECURSIVE k(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM k WHERE j + 1 < :busy_values)
-         INSERT INTO resource_values (device_id, path, ts, vtype, value)
-         SELECT d.id, '/3303/0/5700', :now - :week + k.j * 60000, 'float', 20.0 + ((d.id * 31 + k.j) % 120) / 10.0
+         INSERT INTO value_history (device_id, path, ts, seq, vtype, value)
+         SELECT d.id, '/3303/0/5700', :now - :week + k.j * 60000, d.id * 20000 + k.j, 'float',
+                20.0 + ((d.id * 31 + k.j) % 120) / 10.0
          FROM devices d, k WHERE d.id <= :busy",
     )?;
     step(
         "history of the fleet",
         "WITH RECURSIVE k(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM k WHERE j + 1 < :per + 1)
-         INSERT INTO resource_values (device_id, path, ts, vtype, value)
+         INSERT INTO value_history (device_id, path, ts, seq, vtype, value)
          SELECT d.id, CASE k.j % 2 WHEN 0 THEN '/3303/0/5700' ELSE '/3304/0/5700' END,
-                :now - :week + k.j * (:week / (:per + 1)) + d.id % 60000, 'float',
+                :now - :week + k.j * (:week / (:per + 1)) + d.id % 60000, d.id * 20000 + 10080 + k.j, 'float',
                 20.0 + ((d.id * 17 + k.j * 7) % 200) / 10.0
          FROM devices d, k WHERE k.j < :per OR d.id <= :extra",
     )?;
     c.execute_batch("COMMIT")?;
     for (label, sql) in [
         (
-            "index by device, path, time",
-            "CREATE INDEX resource_values_by_path ON resource_values(device_id, path, ts)",
-        ),
-        (
-            "index by time",
-            "CREATE INDEX resource_values_by_ts ON resource_values(ts)",
+            "journal numbering after the history's",
+            format!(
+                "UPDATE sqlite_sequence SET seq = {} WHERE name = 'value_journal'",
+                (devices + 1) * 20_000
+            )
+            .as_str(),
         ),
         (
             "hourly counts",
-            "INSERT INTO values_per_hour (hour, count) SELECT ts / 3600000 * 3600000, COUNT(*) FROM resource_values GROUP BY 1",
+            "INSERT INTO values_per_hour (hour, count) SELECT ts / 3600000 * 3600000, COUNT(*) FROM value_history GROUP BY 1",
         ),
         ("statistics", "ANALYZE"),
     ] {
@@ -293,46 +291,77 @@ fn populate(db: &Path, devices: u64, values: u64) -> anyhow::Result<()> {
 }
 
 /// Notifications of four values each from random devices, through the
-/// server's store writer, for `seconds`: values committed per second.
+/// server's store writer, for `seconds`, in windows of ten seconds that end
+/// with everything sent committed. Values first go to the journal and move
+/// into the history per device after `store.history_flush_age_s` at most,
+/// so only the windows after that show the sustained rate; a shorter run
+/// reports the journal's rate alone and says so.
 fn ingest(db: &Path, config: &Config, devices: u64, seconds: u64) -> anyhow::Result<()> {
-    let writer: WriterHandle<String> = WriterHandle::start(
-        Store::open(db)?,
-        config.store.batch_size,
-        Duration::from_millis(config.store.commit_interval_ms),
-    );
+    let settings = WriterSettings::of(&config.store);
+    let writer: WriterHandle<String> = WriterHandle::start(Store::open(db)?, settings);
+    let books = writer.pending();
     let paths: Vec<_> = ["/3303/0/5700", "/3304/0/5700", "/3/0/9", "/3303/0/5601"]
         .iter()
         .map(|p| p.parse().expect("static path"))
         .collect();
+    const WINDOW: Duration = Duration::from_secs(10);
     let start = Instant::now();
-    let mut sent = 0u64;
+    let steady_after = Duration::from_millis(settings.history.flush_age_ms as u64);
+    let (mut sent, mut steady) = (0u64, (0u64, Duration::ZERO));
     while start.elapsed() < Duration::from_secs(seconds) {
-        for _ in 0..1000 {
-            let i = fastrand::u64(1..=devices);
-            writer.send(Command::Event(ServerEvent::ValuesReported {
-                endpoint: endpoint(i),
-                source: Source::Notification,
-                records: paths
-                    .iter()
-                    .map(|p| Record {
-                        path: *p,
-                        value: Value::Float(20.0 + (i % 100) as f64 / 10.0),
-                        time: None,
-                    })
-                    .collect(),
-            }));
-            sent += paths.len() as u64;
+        let window = Instant::now();
+        let mut n = 0u64;
+        while window.elapsed() < WINDOW && start.elapsed() < Duration::from_secs(seconds) {
+            for _ in 0..1000 {
+                let i = fastrand::u64(1..=devices);
+                writer.send(Command::Event(ServerEvent::ValuesReported {
+                    endpoint: endpoint(i),
+                    source: Source::Notification,
+                    records: paths
+                        .iter()
+                        .map(|p| Record {
+                            path: *p,
+                            value: Value::Float(20.0 + (i % 100) as f64 / 10.0),
+                            time: None,
+                        })
+                        .collect(),
+                }));
+                n += paths.len() as u64;
+            }
+        }
+        writer.flush();
+        let took = window.elapsed();
+        sent += n;
+        let waiting = books.lock().expect("journal books").waiting();
+        println!(
+            "web: ingest at {:>4.0} s: {:>7.0} values/s, {waiting} values in the journal",
+            start.elapsed().as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+        if window.duration_since(start) >= steady_after {
+            steady = (steady.0 + n, steady.1 + took);
         }
     }
-    writer.flush();
     let took = start.elapsed();
     writer.close();
-    let rate = sent as f64 / took.as_secs_f64();
     println!(
-        "web: ingest {sent} values from random devices of {devices} in {:.1} s: {rate:.0} values/s committed (goal ≥ 100000: {})",
+        "web: ingest {sent} values from random devices of {devices} in {:.1} s: {:.0} values/s committed",
         took.as_secs_f64(),
-        if rate >= 100_000.0 { "met" } else { "NOT met" }
+        sent as f64 / took.as_secs_f64()
     );
+    if steady.0 == 0 {
+        println!(
+            "web: ingest sustained: not reached; run longer than store.history_flush_age_s ({} s) to include moving values into the history",
+            steady_after.as_secs()
+        );
+    } else {
+        let rate = steady.0 as f64 / steady.1.as_secs_f64();
+        println!(
+            "web: ingest sustained (after {} s, while values move into the history): {rate:.0} values/s (goal ≥ 100000: {})",
+            steady_after.as_secs(),
+            if rate >= 100_000.0 { "met" } else { "NOT met" }
+        );
+    }
     Ok(())
 }
 

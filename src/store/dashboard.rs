@@ -3,10 +3,10 @@
 //! page is an index range from a cursor, never an OFFSET scan).
 
 use rusqlite::types::Value as Sql;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{named_params, params};
 use serde::Serialize;
 
-use super::{DeviceSummary, EventRow, Status, Store, StoredValue, now_ms};
+use super::{DeviceSummary, EventRow, JOURNALLED, Status, Store, StoredValue, now_ms};
 use crate::error::Result;
 use crate::lwm2m::path::ResourcePath;
 
@@ -222,7 +222,8 @@ impl Store {
     }
 
     /// A page of one resource's history in `[from, to)`, oldest first,
-    /// after `(ts, rowid)`; each value comes with its rowid for the cursor.
+    /// after `(ts, seq)`; each value comes with its sequence number for the
+    /// cursor.
     pub fn history_page(
         &self,
         endpoint: &str,
@@ -231,30 +232,35 @@ impl Store {
         after: Option<(i64, i64)>,
         limit: usize,
     ) -> Result<(Vec<(i64, StoredValue)>, bool)> {
-        let Some(device) = self
-            .conn
-            .query_row("SELECT id FROM devices WHERE endpoint = ?1", [endpoint], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-        else {
+        let Some(device) = self.device_id(endpoint)? else {
             return Err(crate::Error::UnknownEndpoint(endpoint.to_string()));
         };
-        let (ts, rowid) = after.unwrap_or((range.0, -1));
-        let mut st = self.conn.prepare(
-            "SELECT path, ts, vtype, value, rowid FROM resource_values
-             WHERE device_id = ?1 AND path = ?2 AND ts < ?4 AND (ts, rowid) > (?3, ?5) AND ts >= ?6
-             ORDER BY ts, rowid LIMIT ?7",
-        )?;
+        let (ts, seq) = after.unwrap_or((range.0, -1));
+        let mut st = self.conn.prepare_cached(&format!(
+            "WITH journalled AS ({JOURNALLED})
+             SELECT path, ts, vtype, value, seq FROM (
+                 SELECT * FROM (SELECT path, ts, vtype, value, seq FROM value_history
+                                WHERE device_id = :device AND path = :path AND ts >= :from AND ts < :to
+                                  AND (ts, seq) > (:ts, :seq)
+                                ORDER BY ts, seq LIMIT :limit)
+                 UNION ALL
+                 SELECT path, ts, vtype, value, seq FROM journalled
+                 WHERE path = :path AND ts >= :from AND ts < :to AND (ts, seq) > (:ts, :seq))
+             ORDER BY ts, seq LIMIT :limit"
+        ))?;
+        let seqs = self.journal_seqs(device)?;
         let rows = st.query_map(
-            params![device, path.to_string(), ts, range.1, rowid, range.0, limit as i64 + 1],
+            named_params! {
+                ":device": device, ":seqs": seqs, ":path": path.to_string(), ":from": range.0, ":to": range.1,
+                ":ts": ts, ":seq": seq, ":limit": limit as i64 + 1,
+            },
             |r| Ok((r.get::<_, i64>(4)?, Self::value_row(r)?)),
         )?;
         let mut out = Vec::new();
         for row in rows {
-            let (rowid, v) = row?;
+            let (seq, v) = row?;
             if let Some(v) = v {
-                out.push((rowid, v));
+                out.push((seq, v));
             }
         }
         let more = out.len() > limit;
@@ -274,24 +280,43 @@ impl Store {
         buckets: u32,
     ) -> Result<Vec<(i64, f64)>> {
         let width = ((to - from) / i64::from(buckets.max(1))).max(1);
-        let mut st = self.conn.prepare_cached(
-            "SELECT MIN(v.ts), AVG(v.value) FROM resource_values v JOIN devices d ON d.id = v.device_id
-             WHERE d.endpoint = ?1 AND v.path = ?2 AND v.ts >= ?3 AND v.ts < ?4
-               AND v.vtype IN ('integer', 'unsigned', 'float', 'time')
-             GROUP BY (v.ts - ?3) / ?5 ORDER BY 1",
+        let Some(device) = self.device_id(endpoint)? else {
+            return Ok(Vec::new());
+        };
+        let mut st = self.conn.prepare_cached(&format!(
+            "WITH journalled AS ({JOURNALLED})
+             SELECT MIN(ts), AVG(value) FROM (
+                 SELECT ts, vtype, value FROM value_history
+                 WHERE device_id = :device AND path = :path AND ts >= :from AND ts < :to
+                 UNION ALL
+                 SELECT ts, vtype, value FROM journalled WHERE path = :path AND ts >= :from AND ts < :to)
+             WHERE vtype IN ('integer', 'unsigned', 'float', 'time')
+             GROUP BY (ts - :from) / :width ORDER BY 1"
+        ))?;
+        let seqs = self.journal_seqs(device)?;
+        let rows = st.query_map(
+            named_params! {
+                ":device": device, ":seqs": seqs, ":path": path.to_string(), ":from": from, ":to": to, ":width": width,
+            },
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let rows = st.query_map(params![endpoint, path.to_string(), from, to, width], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn numeric_paths(&self, endpoint: &str) -> Result<Vec<ResourcePath>> {
-        let mut st = self.conn.prepare(
-            "SELECT l.path FROM latest_values l JOIN devices d ON d.id = l.device_id
-             WHERE d.endpoint = ?1 AND l.vtype IN ('integer', 'unsigned', 'float') ORDER BY l.path",
-        )?;
-        let rows = st.query_map([endpoint], |r| r.get::<_, String>(0))?;
+        let Some(device) = self.device_id(endpoint)? else {
+            return Ok(Vec::new());
+        };
+        let mut st = self.conn.prepare_cached(&format!(
+            "WITH journalled AS ({JOURNALLED})
+             SELECT path FROM latest_values WHERE device_id = :device AND vtype IN ('integer', 'unsigned', 'float')
+             UNION SELECT path FROM journalled WHERE vtype IN ('integer', 'unsigned', 'float')
+             ORDER BY path"
+        ))?;
+        let seqs = self.journal_seqs(device)?;
+        let rows = st.query_map(named_params! { ":device": device, ":seqs": seqs }, |r| {
+            r.get::<_, String>(0)
+        })?;
         Ok(rows
             .collect::<rusqlite::Result<Vec<_>>>()?
             .into_iter()
@@ -347,7 +372,7 @@ mod tests {
         let insert = |dev: i64, path: &str, ts: i64, vtype: &str, v: rusqlite::types::Value| {
             s.connection()
                 .execute(
-                    "INSERT INTO resource_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO value_history (device_id, path, ts, seq, vtype, value) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
                     params![dev, path, ts, vtype, v],
                 )
                 .unwrap();

@@ -6,12 +6,13 @@
 
 pub mod access;
 pub mod dashboard;
+pub mod journal;
 pub mod writer;
 
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, named_params, params};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -216,7 +217,52 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX registrations_by_last_seen;
     "#,
+    // 11: the value history as one B-tree clustered by device, resource and
+    // time (it was a table and two indexes), fed through a journal in
+    // arrival order (`store::journal` says why). `seq` is the value's
+    // journal sequence number, unique, so a value moved twice is one row.
+    r#"
+    CREATE TABLE value_history (
+        device_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        vtype TEXT NOT NULL,
+        value ANY,
+        PRIMARY KEY (device_id, path, ts, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO value_history (device_id, path, ts, seq, vtype, value)
+        SELECT device_id, path, ts, rowid, vtype, value FROM resource_values ORDER BY device_id, path, ts, rowid;
+    CREATE TABLE value_journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        vtype TEXT NOT NULL,
+        value ANY
+    );
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'value_journal', COALESCE(MAX(rowid), 0) FROM resource_values;
+    DROP TABLE resource_values;
+    -- Only the firmware version is looked up by value; indexing every
+    -- resource cost a random write per latest value.
+    DROP INDEX latest_values_by_path;
+    CREATE INDEX latest_firmware_versions ON latest_values(value) WHERE path = '/3/0/3';
+    "#,
 ];
+
+/// A device's values still only in the value journal (`:device`; `:seqs`
+/// their sequence numbers, from the writer's books or a scan), without
+/// those a concurrent move already put in the history: readers add these
+/// to what the history and the latest values hold.
+const JOURNALLED: &str = "SELECT path, ts, seq, vtype, value FROM value_journal j
+     WHERE seq IN rarray(:seqs) AND device_id = :device
+       AND NOT EXISTS (SELECT 1 FROM value_history h
+                       WHERE h.device_id = :device AND h.path = j.path AND h.ts = j.ts AND h.seq = j.seq)";
+
+/// Journal ranges as the sequence numbers `rarray(?)` takes.
+fn seq_array(ranges: &[journal::SeqRange]) -> rusqlite::vtab::array::Array {
+    std::rc::Rc::new(ranges.iter().flat_map(|r| r.first..=r.last).map(Into::into).collect())
+}
 
 /// The hour (Unix ms) a value's timestamp is counted in.
 pub fn hour_of(ts_ms: i64) -> i64 {
@@ -225,6 +271,8 @@ pub fn hour_of(ts_ms: i64) -> i64 {
 
 pub struct Store {
     conn: Connection,
+    /// The writer's journal books, in the server's own process.
+    pending: Option<writer::SharedPending>,
 }
 
 /// A device row with its registration state, for `device list/show`.
@@ -375,7 +423,8 @@ impl Store {
         // value history and download accounting grow past a million rows.
         // Negative: KiB; pages are allocated only as they are used.
         conn.pragma_update(None, "cache_size", -32_768)?;
-        let mut store = Store { conn };
+        rusqlite::vtab::array::load_module(&conn)?;
+        let mut store = Store { conn, pending: None };
         store.migrate()?;
         Ok(store)
     }
@@ -406,6 +455,12 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Find journalled values through the writer's books instead of a scan.
+    pub fn with_pending(mut self, pending: writer::SharedPending) -> Store {
+        self.pending = Some(pending);
+        self
     }
 
     pub fn schema_version(&self) -> Result<i64> {
@@ -463,7 +518,8 @@ impl Store {
             .query_row("SELECT id FROM devices WHERE endpoint = ?1", [endpoint], |r| r.get(0))
             .optional()?;
         let id = id.ok_or_else(|| Error::UnknownEndpoint(endpoint.to_string()))?;
-        tx.execute("DELETE FROM resource_values WHERE device_id = ?1", [id])?;
+        tx.execute("DELETE FROM value_history WHERE device_id = ?1", [id])?;
+        tx.execute("DELETE FROM value_journal WHERE device_id = ?1", [id])?;
         tx.execute("DELETE FROM latest_values WHERE device_id = ?1", [id])?;
         tx.execute(
             "UPDATE operations SET state = 'cancelled', updated_at = ?2 WHERE endpoint = ?1 AND state IN ('queued', 'sent')",
@@ -581,17 +637,53 @@ impl Store {
 
     // ---- values -----------------------------------------------------------------
 
+    /// Each resource's newest value: the latest values moved into the
+    /// history, or a newer one still in the journal.
     pub fn latest_values(&self, endpoint: &str) -> Result<Vec<StoredValue>> {
-        let mut st = self.conn.prepare(
-            "SELECT l.path, l.ts, l.vtype, l.value FROM latest_values l JOIN devices d ON d.id = l.device_id
-             WHERE d.endpoint = ?1 ORDER BY l.path",
-        )?;
-        let rows = st.query_map([endpoint], Self::value_row)?;
-        Ok(rows
-            .collect::<rusqlite::Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect())
+        let Some(device) = self.device_id(endpoint)? else {
+            return Ok(Vec::new());
+        };
+        let mut st = self.conn.prepare_cached(&format!(
+            "WITH journalled AS ({JOURNALLED})
+             SELECT path, ts, vtype, value FROM (
+                 SELECT path, ts, vtype, value, -1 AS seq FROM latest_values WHERE device_id = :device
+                 UNION ALL SELECT path, ts, vtype, value, seq FROM journalled)
+             ORDER BY path, ts DESC, seq DESC"
+        ))?;
+        let seqs = self.journal_seqs(device)?;
+        let rows = st.query_map(named_params! { ":device": device, ":seqs": seqs }, Self::value_row)?;
+        let mut out: Vec<StoredValue> = Vec::new();
+        for v in rows {
+            if let Some(v) = v?
+                && out.last().is_none_or(|l| l.path != v.path)
+            {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn device_id(&self, endpoint: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM devices WHERE endpoint = ?1")?
+            .query_row([endpoint], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The journal sequence numbers of a device's values that may not be
+    /// in the history yet: from the writer's books in the server, else by
+    /// scanning the journal (it holds minutes of values).
+    pub(crate) fn journal_seqs(&self, device: i64) -> Result<rusqlite::vtab::array::Array> {
+        Ok(match &self.pending {
+            Some(books) => seq_array(&books.lock().expect("journal books").ranges(device)),
+            None => std::rc::Rc::new(
+                self.conn
+                    .prepare_cached("SELECT seq FROM value_journal WHERE device_id = ?1")?
+                    .query_map([device], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?,
+            ),
+        })
     }
 
     fn value_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StoredValue>> {

@@ -2,11 +2,16 @@
 //! batched transactions, so a burst of notifications costs one commit, not
 //! one per value. Whatever is queued when the process stops cleanly is
 //! committed before [`WriterHandle::close`] returns.
+//!
+//! Reported values go to the value journal first and move into the history
+//! per device ([`super::journal`] says why and keeps the books).
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Transaction, params};
 
@@ -14,8 +19,35 @@ use crate::error::Result;
 use crate::lwm2m::operation::Outcome;
 use crate::lwm2m::registration::Registration;
 use crate::lwm2m::registration::RegistrationId;
-use crate::lwm2m::server::ServerEvent;
+use crate::lwm2m::server::{ServerEvent, Source};
+use crate::store::journal::{HistoryPolicy, PendingHistory, SeqRange};
 use crate::store::{Store, now_ms, outcome_columns, sql_value};
+
+/// The books of the value journal, shared with the readers of this process.
+pub type SharedPending = Arc<Mutex<PendingHistory>>;
+
+/// What the writer is told at start.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// Largest number of changes committed in one transaction.
+    pub batch_size: usize,
+    /// Longest a change waits for others to share its commit.
+    pub commit_interval: Duration,
+    pub history: HistoryPolicy,
+}
+
+impl WriterSettings {
+    pub fn of(config: &crate::config::StoreConfig) -> WriterSettings {
+        WriterSettings {
+            batch_size: config.batch_size,
+            commit_interval: Duration::from_millis(config.commit_interval_ms),
+            history: HistoryPolicy {
+                flush_values: config.history_flush_values,
+                flush_age_ms: config.history_flush_age_s as i64 * 1000,
+            },
+        }
+    }
+}
 
 pub enum Command<P> {
     Event(ServerEvent<P>),
@@ -31,6 +63,7 @@ pub enum Command<P> {
 pub struct WriterHandle<P> {
     tx: Option<SyncSender<Command<P>>>,
     thread: Option<JoinHandle<()>>,
+    pending: SharedPending,
 }
 
 impl<P> Clone for WriterHandle<P> {
@@ -38,6 +71,7 @@ impl<P> Clone for WriterHandle<P> {
         WriterHandle {
             tx: self.tx.clone(),
             thread: None,
+            pending: self.pending.clone(),
         }
     }
 }
@@ -50,17 +84,51 @@ const CAPACITY: usize = 65_536;
 /// flood of bad packets cannot flood the events table.
 const REJECTIONS_PER_SECOND: u32 = 20;
 
+/// Retention deletes the history of this many device ids per commit, so a
+/// prune of a large fleet never holds the writer for long.
+const PRUNE_DEVICES_PER_COMMIT: i64 = 500;
+
+/// How often an idle writer wakes to move old journalled values.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Devices whose journalled values move in one commit, at most: a burst
+/// (after a restart, or a fleet reporting in step) spreads over commits
+/// that stay short, with new reports committed between them.
+const MOVES_PER_COMMIT: usize = 1000;
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// A WAL this long (pages) is restarted from its beginning: while writes
+/// never pause, passive checkpoints never find it all copied, and SQLite
+/// only reuses a WAL that is, so it would grow without end.
+const WAL_RESTART_PAGES: i64 = 16_384;
+
+/// The writer's page cache (KiB; allocated as used): moving a device's
+/// values reads its journal rows and history pages, and a cache that holds
+/// the journal's recent minutes and the indexes' inner pages saves a read
+/// of the file for most of them.
+const WRITER_CACHE_KIB: i64 = 1_048_576;
+
 impl<P: Display + Send + 'static> WriterHandle<P> {
-    pub fn start(store: Store, batch_size: usize, commit_interval: std::time::Duration) -> WriterHandle<P> {
+    pub fn start(store: Store, settings: WriterSettings) -> WriterHandle<P> {
         let (tx, rx) = sync_channel(CAPACITY);
+        let pending = Arc::new(Mutex::new(PendingHistory::new(settings.history)));
+        let books = pending.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(store, rx, batch_size, commit_interval))
+            .spawn(move || run(store, rx, settings, books))
             .expect("spawn store writer");
         WriterHandle {
             tx: Some(tx),
             thread: Some(thread),
+            pending,
         }
+    }
+
+    /// The journal's books, for readers that show the newest values.
+    pub fn pending(&self) -> SharedPending {
+        self.pending.clone()
     }
 
     pub fn send(&self, cmd: Command<P>) {
@@ -93,82 +161,317 @@ impl<P: Display + Send + 'static> WriterHandle<P> {
     }
 }
 
-fn run<P: Display>(
-    mut store: Store,
-    rx: Receiver<Command<P>>,
-    batch_size: usize,
-    commit_interval: std::time::Duration,
-) {
-    let mut devices: HashMap<String, i64> = HashMap::new();
-    let mut rejections = (0i64, 0u32);
-    while let Ok(first) = rx.recv() {
-        // Gather for up to `commit_interval` (or `batch_size` changes): one
-        // transaction then carries a burst, instead of a commit (and its WAL
-        // writes) per notification or download request.
-        let waiting = matches!(first, Command::Flush(_));
-        let deadline = std::time::Instant::now()
-            + if waiting {
-                std::time::Duration::ZERO
-            } else {
-                commit_interval
-            };
-        let mut batch = vec![first];
-        while batch.len() < batch_size {
-            let now = std::time::Instant::now();
-            let next = if now >= deadline {
-                rx.try_recv().map_err(|_| ())
-            } else {
-                rx.recv_timeout(deadline - now).map_err(|_| ())
-            };
-            match next {
-                Ok(Command::Flush(ack)) => {
-                    // Someone waits: commit now.
-                    batch.push(Command::Flush(ack));
+/// The writer's own state between batches.
+struct Writer {
+    store: Store,
+    settings: WriterSettings,
+    pending: SharedPending,
+    devices: HashMap<String, i64>,
+    rejections: (i64, u32),
+    /// A retention run in progress: (cutoff, next device id, last device id, deleted).
+    prune: Option<(i64, i64, i64, usize)>,
+    /// More devices were due than the last commit moved.
+    behind: bool,
+    /// The journal's next sequence number as of the last commit.
+    next_seq: i64,
+    /// Journal rows below this are in the history (as of the last
+    /// commit); below `cut`, they are deleted already.
+    cut_to: i64,
+    cut: i64,
+}
+
+/// What one batch journalled, for the books once it is applied.
+#[derive(Default)]
+struct Journalled {
+    reports: Vec<(i64, SeqRange, bool)>,
+    per_hour: HashMap<i64, i64>,
+}
+
+fn run<P: Display>(store: Store, rx: Receiver<Command<P>>, settings: WriterSettings, pending: SharedPending) {
+    if let Err(e) = store.conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB) {
+        log::warn!("store writer keeps the default page cache: {e}");
+    }
+    let checkpointer = start_checkpointer(&store);
+    let mut w = Writer {
+        store,
+        settings,
+        pending,
+        devices: HashMap::new(),
+        rejections: (0, 0),
+        prune: None,
+        behind: false,
+        next_seq: 0,
+        cut_to: 0,
+        cut: 0,
+    };
+    if let Err(e) = w.recover() {
+        log::error!("cannot read the value journal: {e}");
+    }
+    loop {
+        // Wake now and then while values wait in the journal or a prune
+        // runs, so they move without new traffic.
+        let behind = w.prune.is_some() || w.behind || w.cut_to > w.cut;
+        let busy = behind || w.pending.lock().expect("journal books").waiting() > 0;
+        let first = if busy {
+            match rx.recv_timeout(if behind { Duration::ZERO } else { IDLE_TICK }) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => break,
+            }
+        };
+        let batch = match first {
+            Some(first) => gather(&rx, first, &w.settings),
+            None => Vec::new(),
+        };
+        w.commit(batch);
+    }
+    if let Some((stop, thread)) = checkpointer {
+        drop(stop);
+        let _ = thread.join();
+    }
+}
+
+/// Checkpoints run on their own thread and connection, so the writer never
+/// waits for them. A checkpoint copies the WAL into the database file and
+/// syncs it (with `synchronous = NORMAL` the only sync WAL mode makes);
+/// run by the committing writer (SQLite's default, every 1,000 pages), the
+/// syncs held it most of the time at high ingest rates. PASSIVE never
+/// blocks the writer or readers; the WAL is reused from its start once a
+/// checkpoint has caught up.
+fn start_checkpointer(store: &Store) -> Option<(SyncSender<()>, JoinHandle<()>)> {
+    let path = store.conn.path().filter(|p| !p.is_empty())?.to_owned();
+    let opened = rusqlite::Connection::open(&path).and_then(|c| {
+        c.busy_timeout(Duration::from_secs(10))?;
+        Ok(c)
+    });
+    let conn = match opened {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("cannot open the store for checkpoints, the writer will run them: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = store.conn.pragma_update(None, "wal_autocheckpoint", 0) {
+        log::error!("cannot move checkpoints off the writer: {e}");
+        return None;
+    }
+    let (stop, stopped) = sync_channel::<()>(0);
+    let thread = std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || {
+            loop {
+                let last = matches!(
+                    stopped.recv_timeout(CHECKPOINT_EVERY),
+                    Err(RecvTimeoutError::Disconnected)
+                );
+                let checkpoint =
+                    |mode: &str| conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1));
+                // RESTART waits for the writer's current commit, then copies
+                // what the passive run left (little) and has the next
+                // commit start the WAL over.
+                let done = checkpoint("PASSIVE").and_then(|pages| {
+                    if pages >= WAL_RESTART_PAGES {
+                        checkpoint("RESTART")?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = done {
+                    log::warn!("checkpoint failed: {e}");
+                }
+                if last {
                     break;
                 }
-                Ok(c) => batch.push(c),
-                Err(()) => break,
             }
+        })
+        .expect("spawn store checkpointer");
+    Some((stop, thread))
+}
+
+/// Gather for up to `commit_interval` (or `batch_size` changes): one
+/// transaction then carries a burst, instead of a commit (and its WAL
+/// writes) per notification or download request.
+fn gather<P>(rx: &Receiver<Command<P>>, first: Command<P>, settings: &WriterSettings) -> Vec<Command<P>> {
+    let waiting = matches!(first, Command::Flush(_));
+    let deadline = Instant::now()
+        + if waiting {
+            Duration::ZERO
+        } else {
+            settings.commit_interval
+        };
+    let mut batch = vec![first];
+    while batch.len() < settings.batch_size {
+        let now = Instant::now();
+        let next = if now >= deadline {
+            rx.try_recv().map_err(|_| ())
+        } else {
+            rx.recv_timeout(deadline - now).map_err(|_| ())
+        };
+        match next {
+            Ok(Command::Flush(ack)) => {
+                // Someone waits: commit now.
+                batch.push(Command::Flush(ack));
+                break;
+            }
+            Ok(c) => batch.push(c),
+            Err(()) => break,
         }
+    }
+    batch
+}
+
+impl Writer {
+    /// Rebuild the journal's books from the table: everything in it counts
+    /// as waiting (values a crash caught between moving and the journal's
+    /// truncation move again; the history ignores them as duplicates).
+    fn recover(&mut self) -> Result<()> {
+        let mut books = self.pending.lock().expect("journal books");
+        books.clear();
+        let now = now_ms();
+        let mut st = self
+            .store
+            .conn
+            .prepare("SELECT seq, device_id FROM value_journal ORDER BY seq")?;
+        let mut rows = st.query([])?;
+        let mut n = 0u64;
+        while let Some(r) = rows.next()? {
+            let seq: i64 = r.get(0)?;
+            books.journalled(r.get(1)?, SeqRange { first: seq, last: seq }, now, false);
+            self.next_seq = seq + 1;
+            n += 1;
+        }
+        self.cut_to = books.low_water(self.next_seq);
+        self.cut = 0;
+        if n > 0 {
+            log::info!("value journal: {n} values wait to move into the history");
+        }
+        Ok(())
+    }
+
+    fn commit<P: Display>(&mut self, batch: Vec<Command<P>>) {
         let mut acks = Vec::new();
-        let result = (|| -> Result<()> {
-            let tx = store.conn.transaction()?;
-            let mut per_hour = HashMap::new();
-            for cmd in batch {
-                match cmd {
-                    Command::Event(ev) => apply(&tx, &mut devices, &mut rejections, &mut per_hour, ev)?,
-                    Command::Prune(cutoff) => {
-                        let n = tx.execute("DELETE FROM resource_values WHERE ts < ?1", [cutoff])?;
-                        // The cutoff's own hour keeps its count: some of it remains.
-                        tx.execute("DELETE FROM values_per_hour WHERE hour < ?1", [super::hour_of(cutoff)])?;
-                        if n > 0 {
-                            log::info!("retention: deleted {n} values");
-                        }
-                    }
-                    Command::Flush(ack) => acks.push(ack),
-                    Command::Download(d) => record_download(&tx, &d)?,
+        let mut journalled = Journalled::default();
+        let mut moving = Vec::new();
+        let cutting = self.cut_to;
+        let result = self.transaction(batch, &mut acks, &mut journalled, &mut moving);
+        match result {
+            Ok(()) => {
+                // Only now may readers stop looking for these in the journal.
+                let mut books = self.pending.lock().expect("journal books");
+                for d in moving {
+                    books.moved(d);
+                }
+                self.cut = self.cut.max(cutting);
+                if let Some(last) = journalled.reports.iter().map(|(_, r, _)| r.last).max() {
+                    self.next_seq = self.next_seq.max(last + 1);
+                }
+                self.cut_to = books.low_water(self.next_seq);
+            }
+            Err(e) => {
+                // The device ids cached and the books may describe the
+                // rolled-back transaction.
+                self.devices.clear();
+                log::error!("store write failed, batch lost: {e}");
+                if let Err(e) = self.recover() {
+                    log::error!("cannot read the value journal: {e}");
                 }
             }
-            let mut count = tx.prepare_cached(
-                "INSERT INTO values_per_hour (hour, count) VALUES (?1, ?2)
-                 ON CONFLICT(hour) DO UPDATE SET count = count + excluded.count",
-            )?;
-            for (hour, n) in per_hour {
-                count.execute(params![hour, n])?;
-            }
-            drop(count);
-            tx.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // The device ids cached may belong to the rolled-back transaction.
-            devices.clear();
-            log::error!("store write failed, batch lost: {e}");
         }
         for a in acks {
             let _ = a.send(());
         }
     }
+
+    fn transaction<P: Display>(
+        &mut self,
+        batch: Vec<Command<P>>,
+        acks: &mut Vec<SyncSender<()>>,
+        journalled: &mut Journalled,
+        moving: &mut Vec<i64>,
+    ) -> Result<()> {
+        let tx = self.store.conn.transaction()?;
+        for cmd in batch {
+            match cmd {
+                Command::Event(ev) => apply(&tx, &mut self.devices, &mut self.rejections, journalled, ev)?,
+                Command::Prune(cutoff) => {
+                    // The cutoff's own hour keeps its count: some of it remains.
+                    tx.execute("DELETE FROM values_per_hour WHERE hour < ?1", [super::hour_of(cutoff)])?;
+                    let last: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM devices", [], |r| r.get(0))?;
+                    self.prune = Some((cutoff, 0, last, 0));
+                }
+                Command::Flush(ack) => acks.push(ack),
+                Command::Download(d) => record_download(&tx, &d)?,
+            }
+        }
+        let mut count = tx.prepare_cached(
+            "INSERT INTO values_per_hour (hour, count) VALUES (?1, ?2)
+             ON CONFLICT(hour) DO UPDATE SET count = count + excluded.count",
+        )?;
+        for (&hour, &n) in &journalled.per_hour {
+            count.execute(params![hour, n])?;
+        }
+        drop(count);
+        if let Some((cutoff, from, last, deleted)) = self.prune {
+            let n = tx.execute(
+                "DELETE FROM value_history WHERE device_id >= ?1 AND device_id < ?2 AND ts < ?3",
+                params![from, from + PRUNE_DEVICES_PER_COMMIT, cutoff],
+            )?;
+            let next = from + PRUNE_DEVICES_PER_COMMIT;
+            self.prune = (next <= last).then_some((cutoff, next, last, deleted + n));
+            if self.prune.is_none() && deleted + n > 0 {
+                log::info!("retention: deleted {} values", deleted + n);
+            }
+        }
+        // Which devices move: decided with this batch's reports in the
+        // books (readers that see those ranges before the commit find
+        // nothing there yet, which is what they would see anyway).
+        let due: Vec<(i64, Vec<SeqRange>)> = {
+            let mut books = self.pending.lock().expect("journal books");
+            for &(device, range, urgent) in &journalled.reports {
+                books.journalled(device, range, now_ms(), urgent);
+            }
+            let (due, more) = books.due(now_ms(), MOVES_PER_COMMIT);
+            self.behind = more;
+            due.into_iter().map(|d| (d, books.ranges(d))).collect()
+        };
+        move_to_history(&tx, &due)?;
+        moving.extend(due.iter().map(|(d, _)| *d));
+        // Rows every device had moved at the last commit go: the journal's
+        // head, so its pages are freed in order.
+        if self.cut_to > self.cut {
+            tx.prepare_cached("DELETE FROM value_journal WHERE seq < ?1")?
+                .execute([self.cut_to])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Copy each device's journalled values into the history and its latest
+/// values. Duplicates (a move repeated after a crash) are ignored; the
+/// latest value is the one with the newest time, the later report on ties.
+fn move_to_history(tx: &Transaction<'_>, due: &[(i64, Vec<SeqRange>)]) -> Result<()> {
+    let mut history = tx.prepare_cached(
+        "INSERT OR IGNORE INTO value_history (device_id, path, ts, seq, vtype, value)
+         SELECT device_id, path, ts, seq, vtype, value FROM value_journal WHERE seq IN rarray(?1) AND device_id = ?2
+         ORDER BY path, ts, seq",
+    )?;
+    let mut latest = tx.prepare_cached(
+        "INSERT INTO latest_values (device_id, path, ts, vtype, value)
+         SELECT device_id, path, ts, vtype, value FROM value_journal WHERE seq IN rarray(?1) AND device_id = ?2 ORDER BY seq
+         ON CONFLICT(device_id, path) DO UPDATE SET ts = excluded.ts, vtype = excluded.vtype, value = excluded.value
+         WHERE excluded.ts >= latest_values.ts",
+    )?;
+    for (device, ranges) in due {
+        let seqs = super::seq_array(ranges);
+        history.execute(params![seqs, device])?;
+        latest.execute(params![seqs, device])?;
+    }
+    Ok(())
 }
 
 fn device_id(tx: &Transaction<'_>, cache: &mut HashMap<String, i64>, endpoint: &str) -> Result<i64> {
@@ -280,7 +583,7 @@ fn apply<P: Display>(
     tx: &Transaction<'_>,
     devices: &mut HashMap<String, i64>,
     rejections: &mut (i64, u32),
-    per_hour: &mut HashMap<i64, i64>,
+    journalled: &mut Journalled,
     ev: ServerEvent<P>,
 ) -> Result<()> {
     use serde_json::json;
@@ -310,23 +613,31 @@ fn apply<P: Display>(
         }
         ServerEvent::Deregistered { endpoint, id } => end_registration(tx, devices, &endpoint, id, "deregistered")?,
         ServerEvent::Expired { endpoint, id } => end_registration(tx, devices, &endpoint, id, "expired")?,
-        ServerEvent::ValuesReported { endpoint, records, .. } => {
+        ServerEvent::ValuesReported {
+            endpoint,
+            records,
+            source,
+        } => {
             let dev = device_id(tx, devices, &endpoint)?;
-            let mut hist = tx.prepare_cached(
-                "INSERT INTO resource_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+            let mut journal = tx.prepare_cached(
+                "INSERT INTO value_journal (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            let mut latest = tx.prepare_cached(
-                "INSERT INTO latest_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(device_id, path) DO UPDATE SET ts = excluded.ts, vtype = excluded.vtype, value = excluded.value
-                 WHERE excluded.ts >= latest_values.ts",
-            )?;
+            let mut first = None;
             for r in &records {
                 let ts = r.time.map_or_else(now_ms, |t| (t * 1000.0) as i64);
-                let path = r.path.to_string();
                 let (vtype, value) = sql_value(&r.value);
-                hist.execute(params![dev, path, ts, vtype, value])?;
-                *per_hour.entry(super::hour_of(ts)).or_default() += 1;
-                latest.execute(params![dev, path, ts, vtype, value])?;
+                journal.execute(params![dev, r.path.to_string(), ts, vtype, value])?;
+                first.get_or_insert(tx.last_insert_rowid());
+                *journalled.per_hour.entry(super::hour_of(ts)).or_default() += 1;
+            }
+            if let Some(first) = first {
+                let range = SeqRange {
+                    first,
+                    last: tx.last_insert_rowid(),
+                };
+                // An answer to a Read moves at once: the fleet's firmware
+                // counts and filters read the latest values alone.
+                journalled.reports.push((dev, range, source == Source::Read));
             }
         }
         ServerEvent::OperationSent { id, attempt, .. } => {
@@ -397,7 +708,6 @@ fn apply<P: Display>(
 mod tests {
     use super::*;
     use crate::lwm2m::path::{Record, Value};
-    use crate::lwm2m::server::Source;
 
     fn values(endpoint: &str, times_s: &[f64]) -> Command<String> {
         Command::Event(ServerEvent::ValuesReported {
@@ -414,14 +724,41 @@ mod tests {
         })
     }
 
+    fn settings(flush_values: u32, flush_age_ms: i64) -> WriterSettings {
+        WriterSettings {
+            batch_size: 100,
+            commit_interval: Duration::from_millis(5),
+            history: HistoryPolicy {
+                flush_values,
+                flush_age_ms,
+            },
+        }
+    }
+
+    fn count(s: &Store, table: &str) -> i64 {
+        s.connection()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn history(s: &Store, endpoint: &str) -> Vec<(i64, f64)> {
+        let path = "/3303/0/5700".parse().unwrap();
+        let (rows, _) = s.history_page(endpoint, &path, (0, i64::MAX), None, 1000).unwrap();
+        rows.into_iter()
+            .map(|(_, v)| match v.value {
+                Value::Float(f) => (v.ts, f),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
     /// The overview's hourly counts follow every value written, and
     /// retention removes whole hours before the cutoff's.
     #[test]
     fn values_are_counted_per_hour_and_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite3");
-        let w: WriterHandle<String> =
-            WriterHandle::start(Store::open(&path).unwrap(), 100, std::time::Duration::from_millis(5));
+        let w: WriterHandle<String> = WriterHandle::start(Store::open(&path).unwrap(), settings(1, 0));
         // Hours 0 and 1 (Unix time), then hour 1 again in a later batch.
         w.send(values("a", &[10.0, 20.0, 3_700.0]));
         w.flush();
@@ -430,14 +767,106 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.values_per_hour(0).unwrap(), vec![(0, 2), (3_600_000, 3)]);
         assert_eq!(s.values_per_hour(3_600_000).unwrap(), vec![(3_600_000, 3)]);
+        assert_eq!(count(&s, "value_history"), 5);
         w.send(Command::Prune(3_750_000));
         w.flush();
+        w.flush();
         assert_eq!(s.values_per_hour(0).unwrap(), vec![(3_600_000, 3)]);
-        let left: i64 = s
-            .connection()
-            .query_row("SELECT COUNT(*) FROM resource_values", [], |r| r.get(0))
+        assert_eq!(history(&s, "a"), vec![]);
+        assert_eq!(history(&s, "b"), vec![(3_800_000, 3_800.0), (3_900_000, 3_900.0)]);
+        w.close();
+    }
+
+    /// Values wait in the journal until their device has enough of them or
+    /// they are old, and readers see them there all along: with the books
+    /// (the server) and without (another process).
+    #[test]
+    fn journalled_values_move_by_count_and_age_and_are_read_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let w: WriterHandle<String> = WriterHandle::start(Store::open(&path).unwrap(), settings(4, 300));
+        let with_books = Store::open(&path).unwrap().with_pending(w.pending());
+        let without = Store::open(&path).unwrap();
+        w.send(values("a", &[1.0, 2.0]));
+        w.send(values("b", &[5.0]));
+        w.flush();
+        assert_eq!(count(&without, "value_history"), 0);
+        for s in [&with_books, &without] {
+            assert_eq!(history(s, "a"), vec![(1_000, 1.0), (2_000, 2.0)]);
+            let latest = s.latest_values("a").unwrap();
+            assert_eq!((latest.len(), latest[0].ts), (1, 2_000));
+        }
+        // A third and fourth value: "a" has four and moves with this commit.
+        w.send(values("a", &[4.0, 3.0]));
+        w.flush();
+        assert_eq!(count(&without, "value_history"), 4);
+        for s in [&with_books, &without] {
+            assert_eq!(
+                history(s, "a"),
+                vec![(1_000, 1.0), (2_000, 2.0), (3_000, 3.0), (4_000, 4.0)]
+            );
+            assert_eq!(s.latest_values("a").unwrap()[0].ts, 4_000);
+            assert_eq!(history(s, "b"), vec![(5_000, 5.0)]);
+        }
+        // "b" moves by age; then the journal is empty.
+        std::thread::sleep(Duration::from_millis(400));
+        w.flush();
+        w.flush();
+        assert_eq!(count(&without, "value_history"), 5);
+        assert_eq!(count(&without, "value_journal"), 0);
+        assert_eq!(w.pending().lock().unwrap().waiting(), 0);
+        assert_eq!(history(&with_books, "b"), vec![(5_000, 5.0)]);
+        w.close();
+    }
+
+    /// A restart finds the journal's values, and a move repeated after a
+    /// crash (values already in the history, not yet cut from the journal)
+    /// stores each value once.
+    #[test]
+    fn a_restart_moves_what_the_journal_holds_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let w: WriterHandle<String> = WriterHandle::start(Store::open(&path).unwrap(), settings(100, 3_600_000));
+        w.send(values("a", &[1.0, 2.0, 3.0]));
+        w.flush();
+        w.close();
+        let s = Store::open(&path).unwrap();
+        assert_eq!(count(&s, "value_journal"), 3);
+        // As if a move of the first value committed before a crash.
+        s.connection()
+            .execute(
+                "INSERT INTO value_history SELECT device_id, path, ts, seq, vtype, value FROM value_journal ORDER BY seq LIMIT 1",
+                [],
+            )
             .unwrap();
-        assert_eq!(left, 2);
+        assert_eq!(history(&s, "a").len(), 3, "read once while in both");
+        let w: WriterHandle<String> = WriterHandle::start(Store::open(&path).unwrap(), settings(100, 0));
+        w.flush();
+        w.flush();
+        assert_eq!(count(&s, "value_journal"), 0);
+        assert_eq!(history(&s, "a"), vec![(1_000, 1.0), (2_000, 2.0), (3_000, 3.0)]);
+        assert_eq!(s.latest_values("a").unwrap()[0].ts, 3_000);
+        w.close();
+    }
+
+    /// An answer to a Read is in the latest values with its commit.
+    #[test]
+    fn read_answers_move_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let w: WriterHandle<String> = WriterHandle::start(Store::open(&path).unwrap(), settings(100, 3_600_000));
+        w.send(Command::Event(ServerEvent::ValuesReported {
+            endpoint: "a".into(),
+            source: Source::Read,
+            records: vec![Record {
+                path: "/3/0/3".parse().unwrap(),
+                value: Value::String("v2.0".into()),
+                time: None,
+            }],
+        }));
+        w.flush();
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.devices_on_version("v2.0").unwrap(), 1);
         w.close();
     }
 }

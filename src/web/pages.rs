@@ -307,14 +307,14 @@ fn event_lines(rows: Vec<EventRow>) -> Vec<EventLine> {
 struct Overview {
     chrome: Chrome,
     counts: crate::store::dashboard::FleetCounts,
+    counted_at: String,
     values_chart: String,
     versions_chart: String,
     events: Vec<EventLine>,
 }
 
 pub fn overview(ctx: &mut Ctx<'_>) -> WebResult {
-    let l = &ctx.web.lwm2m;
-    let counts = ctx.store.fleet_counts(l.queue_awake_window_s, l.lifetime_grace_s)?;
+    let fleet = ctx.web.fleet_summary(ctx.store)?;
     let now = now_ms();
     let from = crate::store::hour_of(now) - 23 * 3_600_000;
     let per_hour: Vec<(i64, f64)> = ctx
@@ -323,14 +323,14 @@ pub fn overview(ctx: &mut Ctx<'_>) -> WebResult {
         .into_iter()
         .map(|(h, n)| (h, n as f64))
         .collect();
-    let versions = ctx.store.firmware_versions(12)?;
     render(&Overview {
         chrome: chrome(ctx, "Overview")?,
-        counts,
+        counts: fleet.counts,
+        counted_at: time(fleet.counted_at),
         values_chart: chart::line("values stored per hour", &per_hour, (from, now), |t| {
             time(t)[11..16].to_string()
         }),
-        versions_chart: chart::bars("devices per firmware version", &versions),
+        versions_chart: chart::bars("devices per firmware version", &fleet.versions),
         events: event_lines(ctx.store.events(None, 10)?),
     })
 }
