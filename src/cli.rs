@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Overrides, process_env};
 use crate::lwm2m::operation::{OperationKind, OperationState, WriteValue};
 use crate::lwm2m::path::ResourcePath;
+use crate::store::tags::Tags;
 use crate::store::{Store, now_ms};
 
 #[derive(Parser, Debug)]
@@ -193,6 +194,8 @@ enum DeviceCommand {
         #[command(flatten)]
         psk: PskArgs,
     },
+    /// File a device under these tags (comma-separated; "" clears them).
+    Tag { endpoint: String, tags: String },
     /// Give a device a new PSK (the old one stops working).
     RotatePsk {
         endpoint: String,
@@ -713,7 +716,7 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
     let (endpoint, kind, op) = match cmd {
         DeviceCommand::Add { endpoint, tags, psk } => {
             let psk = psk.psk(&endpoint, false)?;
-            store.add_device(&endpoint, psk.as_ref(), &tags)?;
+            store.add_device(&endpoint, psk.as_ref(), &Tags::parse(&tags)?)?;
             println!("added {endpoint}");
             if let Some(p) = psk {
                 // The only time the key is shown.
@@ -723,6 +726,12 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
                     p.key_hex()
                 );
             }
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::Tag { endpoint, tags } => {
+            let tags = Tags::parse(&tags)?;
+            store.set_tags(&endpoint, &tags)?;
+            println!("{endpoint} tags: {tags}");
             return Ok(ExitCode::SUCCESS);
         }
         DeviceCommand::RotatePsk { endpoint, psk } => {

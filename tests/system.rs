@@ -748,6 +748,32 @@ fn captured_bytes_decode() {
     assert_eq!(checked, 8);
 }
 
+/// Tags from the CLI: given at `device add`, replaced by `device tag`,
+/// stored trimmed and sorted; a bad list or an unknown device is an error
+/// that names it and changes nothing.
+#[test]
+fn cli_tags_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let run = |args: &[&str]| flownexus_cli(&data, args, "");
+    let tags = || store(dir.path()).device("urn:imei:7").unwrap().tags;
+    let (ok, _, err) = run(&["device", "add", "urn:imei:7", "--tags", " west, pilot,west"]);
+    assert!(ok, "{err}");
+    assert_eq!(tags(), "pilot,west");
+    let (ok, out, err) = run(&["device", "tag", "urn:imei:7", "north , east"]);
+    assert!(ok && out.contains("east,north"), "{out} {err}");
+    assert_eq!(tags(), "east,north");
+    let long = "y".repeat(65);
+    let (ok, _, err) = run(&["device", "tag", "urn:imei:7", &long]);
+    assert!(!ok && err.contains("invalid tags"), "{err}");
+    let (ok, _, err) = run(&["device", "tag", "urn:imei:404", "a"]);
+    assert!(!ok && err.contains("urn:imei:404"), "{err}");
+    assert_eq!(tags(), "east,north");
+    let (ok, _, err) = run(&["device", "tag", "urn:imei:7", ""]);
+    assert!(ok, "{err}");
+    assert_eq!(tags(), "");
+}
+
 /// PSK provisioning through the CLI: a generated key is printed once and
 /// never again (not by list or show); rotation replaces it; identities are
 /// unique; a CSV import with any bad line adds nothing and names the lines.

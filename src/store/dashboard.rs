@@ -47,6 +47,12 @@ impl DeviceSort {
     }
 }
 
+/// A search with more matches than this pages through the list in its own
+/// order, filtering as it goes: with that many matches (one device in a
+/// hundred of a million, more of a smaller fleet) a page of 50 is found
+/// after a few thousand rows, sooner than all matches are sorted.
+const SEARCH_SORTS_AT_MOST: usize = 10_000;
+
 /// Where a page of devices starts: the sort key and endpoint of the last
 /// row of the previous page.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,9 +108,15 @@ impl Store {
             (":grace".into(), Sql::Integer(q.grace_s as i64)),
             (":window".into(), Sql::Integer(q.awake_window_s as i64)),
         ];
+        let mut found = None;
         if let Some(s) = &q.search {
-            sql += " AND (instr(d.endpoint, :q) > 0 OR instr(COALESCE(d.psk_identity, ''), :q) > 0)";
-            args.push((":q".into(), Sql::Text(s.clone())));
+            found = self.search_devices(s)?;
+            if found.is_some() {
+                sql += " AND d.id IN rarray(:found)";
+            } else {
+                sql += " AND (instr(d.endpoint, :q) > 0 OR instr(COALESCE(d.psk_identity, ''), :q) > 0)";
+                args.push((":q".into(), Sql::Text(s.clone())));
+            }
         }
         if let Some(t) = &q.tag {
             sql += " AND instr(',' || d.tags || ',', ',' || :tag || ',') > 0";
@@ -143,11 +155,33 @@ impl Store {
                 bound.push((name.as_str(), v as &dyn rusqlite::ToSql));
             }
         }
+        if let Some(ids) = &found {
+            bound.push((":found", ids as &dyn rusqlite::ToSql));
+        }
         let rows = st.query_map(bound.as_slice(), Self::summary_row)?;
         let mut out: Vec<DeviceSummary> = rows.collect::<rusqlite::Result<_>>()?;
         let more = out.len() > q.limit;
         out.truncate(q.limit);
         Ok((out, more))
+    }
+
+    /// The ids of the devices whose endpoint or PSK identity contains
+    /// `text`, from the trigram index; `None` when the index cannot answer
+    /// (under three characters) or the text is so common that scanning the
+    /// list in its order finds a page sooner than sorting every match.
+    fn search_devices(&self, text: &str) -> Result<Option<rusqlite::vtab::array::Array>> {
+        if text.chars().count() < 3 {
+            return Ok(None);
+        }
+        // One FTS5 string: the whole text, quotes doubled, is a phrase,
+        // which a trigram index matches as a substring.
+        let phrase = format!("\"{}\"", text.replace('"', "\"\""));
+        let ids: Vec<Sql> = self
+            .conn
+            .prepare_cached("SELECT rowid FROM device_search WHERE device_search MATCH ?1 LIMIT ?2")?
+            .query_map(params![phrase, SEARCH_SORTS_AT_MOST as i64 + 1], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((ids.len() <= SEARCH_SORTS_AT_MOST).then(|| std::rc::Rc::new(ids)))
     }
 
     /// The sort key of a row, for the next page's cursor.
@@ -360,6 +394,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tags::Tags;
 
     /// Slices are equal spans of the range; each is its values' mean at its
     /// first time; text values and other devices stay out.
@@ -367,8 +402,8 @@ mod tests {
     fn history_is_charted_in_time_slices() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s.sqlite3")).unwrap();
-        let a = s.add_device("a", None, "").unwrap();
-        let b = s.add_device("b", None, "").unwrap();
+        let a = s.add_device("a", None, &Tags::default()).unwrap();
+        let b = s.add_device("b", None, &Tags::default()).unwrap();
         let insert = |dev: i64, path: &str, ts: i64, vtype: &str, v: rusqlite::types::Value| {
             s.connection()
                 .execute(
@@ -395,5 +430,73 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// A search finds devices by any part of the endpoint or PSK identity
+    /// of three characters or more from the trigram index, shorter ones by
+    /// scanning; the index follows new, re-keyed and removed devices; a
+    /// text matching more devices than the index sorts pages through the
+    /// list in order.
+    #[test]
+    fn devices_are_found_by_any_part_of_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.sqlite3")).unwrap();
+        let key = |id: &str| crate::psk::Psk::from_hex(id, "00112233").unwrap();
+        s.add_device("urn:imei:351234567890123", Some(&key("factory-A7")), &Tags::default())
+            .unwrap();
+        s.add_device("urn:imei:351234567890999", None, &Tags::default())
+            .unwrap();
+        s.add_device("sensor-\"quoted\"", None, &Tags::default()).unwrap();
+        let find = |s: &Store, text: &str| {
+            let q = DeviceQuery {
+                search: Some(text.to_string()),
+                status: None,
+                tag: None,
+                firmware: None,
+                sort: DeviceSort::Endpoint,
+                descending: false,
+                after: None,
+                limit: 50,
+                awake_window_s: 60,
+                grace_s: 60,
+            };
+            let (page, more) = s.device_page(&q).unwrap();
+            (page.into_iter().map(|d| d.endpoint).collect::<Vec<_>>(), more)
+        };
+        let names = |s: &Store, text: &str| find(s, text).0;
+        assert_eq!(names(&s, "890123"), ["urn:imei:351234567890123"]);
+        assert_eq!(
+            names(&s, "3512345678"),
+            ["urn:imei:351234567890123", "urn:imei:351234567890999"]
+        );
+        assert_eq!(names(&s, "ory-A"), ["urn:imei:351234567890123"], "by identity");
+        assert_eq!(names(&s, "ory-a"), Vec::<String>::new(), "case counts, as in a scan");
+        assert_eq!(names(&s, "A7"), ["urn:imei:351234567890123"], "two characters: a scan");
+        assert_eq!(names(&s, "\"quoted\""), ["sensor-\"quoted\""], "quotes are text");
+        assert_eq!(names(&s, "imei OR sensor"), Vec::<String>::new(), "no query syntax");
+
+        s.rotate_psk("urn:imei:351234567890123", &key("line-B9")).unwrap();
+        assert_eq!(names(&s, "ory-A"), Vec::<String>::new());
+        assert_eq!(names(&s, "line-B"), ["urn:imei:351234567890123"]);
+        s.remove_device("urn:imei:351234567890123").unwrap();
+        assert_eq!(names(&s, "line-B"), Vec::<String>::new());
+        assert_eq!(names(&s, "890"), ["urn:imei:351234567890999"]);
+
+        // More matches than the index sorts: the list is scanned in order.
+        let rows: Vec<crate::psk::Provisioned> = (0..=SEARCH_SORTS_AT_MOST)
+            .map(|i| crate::psk::Provisioned {
+                line: i + 1,
+                endpoint: format!("bulk-{i:05}"),
+                psk: key(&format!("bulk-id-{i:05}")),
+            })
+            .collect();
+        s.import_devices(&rows).unwrap().unwrap();
+        assert!(s.search_devices("bulk-").unwrap().is_none());
+        let (page, more) = find(&s, "bulk-");
+        assert_eq!(page.len(), 50);
+        assert!(more);
+        assert_eq!(page[0], "bulk-00000");
+        assert_eq!(find(&s, "bulk-00012").0, ["bulk-00012"]);
+        assert!(s.search_devices("bulk-00012").unwrap().is_some());
     }
 }

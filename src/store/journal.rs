@@ -36,6 +36,13 @@ pub struct SeqRange {
     pub last: i64,
 }
 
+impl SeqRange {
+    /// How many values the range holds.
+    pub fn values(&self) -> u64 {
+        (self.last - self.first + 1) as u64
+    }
+}
+
 #[derive(Debug, Default)]
 struct Waiting {
     ranges: Vec<SeqRange>,
@@ -75,11 +82,8 @@ impl PendingHistory {
         if w.ranges.is_empty() {
             self.by_age.push_back((now, device, range.first));
         }
-        match w.ranges.last_mut() {
-            Some(last) if last.last + 1 == range.first => last.last = range.last,
-            _ => w.ranges.push(range),
-        }
-        let n = (range.last - range.first + 1) as u32;
+        append(&mut w.ranges, range);
+        let n = range.values() as u32;
         w.values += n;
         self.waiting += u64::from(n);
         if urgent || w.values >= self.policy.flush_values {
@@ -165,6 +169,61 @@ impl PendingHistory {
         self.by_age.clear();
         self.urgent.clear();
         self.waiting = 0;
+    }
+}
+
+/// A report's range after a device's earlier ones (one range when they
+/// follow each other, as a device's values in one report do).
+fn append(ranges: &mut Vec<SeqRange>, range: SeqRange) {
+    match ranges.last_mut() {
+        Some(last) if last.last + 1 == range.first => last.last = range.last,
+        _ => ranges.push(range),
+    }
+}
+
+/// What readers need of the books, and nothing else: per device, the
+/// journal ranges not yet in the history. The writer keeps its own
+/// [`PendingHistory`] and mirrors each change here, so a reader waits at
+/// most for one batch's worth of map updates, never for the writer's
+/// bookkeeping (choosing due devices walks the arrival order; under a
+/// sustained ingest that took tens of milliseconds with the readers'
+/// lock held).
+#[derive(Debug, Default)]
+pub struct WaitingRanges {
+    devices: HashMap<i64, Vec<SeqRange>>,
+    /// Values waiting, over all devices.
+    waiting: u64,
+}
+
+impl WaitingRanges {
+    pub fn add(&mut self, device: i64, range: SeqRange) {
+        append(self.devices.entry(device).or_default(), range);
+        self.waiting += range.values();
+    }
+
+    /// The device's values are in the history now (the move committed).
+    pub fn remove(&mut self, device: i64) {
+        if let Some(ranges) = self.devices.remove(&device) {
+            self.waiting -= ranges.iter().map(SeqRange::values).sum::<u64>();
+        }
+    }
+
+    /// The journal ranges of a device's values not yet in the history.
+    pub fn ranges(&self, device: i64) -> Vec<SeqRange> {
+        self.devices.get(&device).cloned().unwrap_or_default()
+    }
+
+    /// Values waiting, over all devices.
+    pub fn waiting(&self) -> u64 {
+        self.waiting
+    }
+
+    /// The same as `books` (after the writer rebuilt them).
+    pub fn copy_of(books: &PendingHistory) -> WaitingRanges {
+        WaitingRanges {
+            devices: books.devices.iter().map(|(&d, w)| (d, w.ranges.clone())).collect(),
+            waiting: books.waiting,
+        }
     }
 }
 
@@ -265,5 +324,28 @@ mod tests {
         p.moved(1);
         p.moved(2);
         assert_eq!(p.due(2_000, 2), (vec![3], false));
+    }
+
+    /// The readers' copy follows the books: ranges added as journalled,
+    /// merged when consecutive, gone once moved, and rebuilt whole.
+    #[test]
+    fn readers_see_what_the_books_hold() {
+        let mut b = books();
+        let mut seen = WaitingRanges::default();
+        for (device, range) in [(1, r(10, 12)), (2, r(13, 13)), (1, r(14, 15)), (1, r(16, 16))] {
+            b.journalled(device, range, 0, false);
+            seen.add(device, range);
+        }
+        assert_eq!(seen.ranges(1), b.ranges(1));
+        assert_eq!(seen.ranges(1), vec![r(10, 12), r(14, 16)]);
+        assert_eq!(seen.waiting(), b.waiting());
+        assert_eq!(seen.waiting(), 7);
+        seen.remove(1);
+        b.moved(1);
+        assert_eq!((seen.ranges(1), seen.waiting()), (vec![], 1));
+        let copy = WaitingRanges::copy_of(&b);
+        assert_eq!((copy.ranges(2), copy.waiting()), (vec![r(13, 13)], 1));
+        seen.remove(42);
+        assert_eq!(seen.waiting(), 1);
     }
 }

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod dashboard;
 pub mod journal;
+pub mod tags;
 pub mod writer;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationSt
 use crate::lwm2m::path::{Record, ResourcePath, Value};
 use crate::lwm2m::registration::{Registration, RegistrationId};
 use crate::psk::Psk;
+use crate::store::tags::Tags;
 
 /// Versioned migrations, applied in order at start-up; never edit one that
 /// has shipped, add a new one.
@@ -248,6 +250,28 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX latest_values_by_path;
     CREATE INDEX latest_firmware_versions ON latest_values(value) WHERE path = '/3/0/3';
     "#,
+    // 12: the device list's search ("endpoint or PSK identity contains")
+    // from a trigram index instead of a scan of every device. External
+    // content: the index holds no copy of the names. Case-sensitive, like
+    // the scan that short searches still use.
+    r#"
+    CREATE VIRTUAL TABLE device_search USING fts5(
+        endpoint, psk_identity, content = 'devices', content_rowid = 'id', tokenize = 'trigram case_sensitive 1'
+    );
+    CREATE TRIGGER device_search_insert AFTER INSERT ON devices BEGIN
+        INSERT INTO device_search (rowid, endpoint, psk_identity) VALUES (new.id, new.endpoint, new.psk_identity);
+    END;
+    CREATE TRIGGER device_search_delete AFTER DELETE ON devices BEGIN
+        INSERT INTO device_search (device_search, rowid, endpoint, psk_identity)
+            VALUES ('delete', old.id, old.endpoint, old.psk_identity);
+    END;
+    CREATE TRIGGER device_search_update AFTER UPDATE OF endpoint, psk_identity ON devices BEGIN
+        INSERT INTO device_search (device_search, rowid, endpoint, psk_identity)
+            VALUES ('delete', old.id, old.endpoint, old.psk_identity);
+        INSERT INTO device_search (rowid, endpoint, psk_identity) VALUES (new.id, new.endpoint, new.psk_identity);
+    END;
+    INSERT INTO device_search (device_search) VALUES ('rebuild');
+    "#,
 ];
 
 /// A device's values still only in the value journal (`:device`; `:seqs`
@@ -472,8 +496,20 @@ impl Store {
     // ---- devices -------------------------------------------------------------
 
     /// Provision a device, with a PSK for DTLS if given.
-    pub fn add_device(&self, endpoint: &str, psk: Option<&Psk>, tags: &str) -> Result<i64> {
+    pub fn add_device(&self, endpoint: &str, psk: Option<&Psk>, tags: &Tags) -> Result<i64> {
         insert_device(&self.conn, endpoint, psk, tags)
+    }
+
+    /// File a device under these tags instead of the ones it had.
+    pub fn set_tags(&self, endpoint: &str, tags: &Tags) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE devices SET tags = ?2 WHERE endpoint = ?1",
+            params![endpoint, tags.to_string()],
+        )?;
+        if n == 0 {
+            return Err(Error::UnknownEndpoint(endpoint.to_string()));
+        }
+        Ok(())
     }
 
     /// Replace a device's PSK (identity and key). Sessions using the old
@@ -501,7 +537,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut errors = Vec::new();
         for r in rows {
-            if let Err(e) = insert_device(&tx, &r.endpoint, Some(&r.psk), "") {
+            if let Err(e) = insert_device(&tx, &r.endpoint, Some(&r.psk), &Tags::default()) {
                 errors.push(format!("line {}: {e}", r.line));
             }
         }
@@ -910,7 +946,7 @@ fn identity_taken(e: rusqlite::Error, psk: &Psk) -> Error {
     access::constraint(e, || format!("PSK identity {}", psk.identity))
 }
 
-fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &str) -> Result<i64> {
+fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &Tags) -> Result<i64> {
     let n = conn
         .execute(
             "INSERT INTO devices (endpoint, psk_identity, psk_key, tags, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -919,7 +955,7 @@ fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &st
                 endpoint,
                 psk.map(|p| p.identity.as_str()),
                 psk.map(Psk::key),
-                tags,
+                tags.to_string(),
                 now_ms()
             ],
         )

@@ -20,11 +20,12 @@ use crate::lwm2m::operation::Outcome;
 use crate::lwm2m::registration::Registration;
 use crate::lwm2m::registration::RegistrationId;
 use crate::lwm2m::server::{ServerEvent, Source};
-use crate::store::journal::{HistoryPolicy, PendingHistory, SeqRange};
+use crate::store::journal::{HistoryPolicy, PendingHistory, SeqRange, WaitingRanges};
 use crate::store::{Store, now_ms, outcome_columns, sql_value};
 
-/// The books of the value journal, shared with the readers of this process.
-pub type SharedPending = Arc<Mutex<PendingHistory>>;
+/// Which journal rows each device still has outside the history, shared
+/// with the readers of this process (the writer's own books stay private).
+pub type SharedPending = Arc<Mutex<WaitingRanges>>;
 
 /// What the writer is told at start.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +114,7 @@ const WRITER_CACHE_KIB: i64 = 1_048_576;
 impl<P: Display + Send + 'static> WriterHandle<P> {
     pub fn start(store: Store, settings: WriterSettings) -> WriterHandle<P> {
         let (tx, rx) = sync_channel(CAPACITY);
-        let pending = Arc::new(Mutex::new(PendingHistory::new(settings.history)));
+        let pending = Arc::new(Mutex::new(WaitingRanges::default()));
         let books = pending.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
@@ -126,7 +127,7 @@ impl<P: Display + Send + 'static> WriterHandle<P> {
         }
     }
 
-    /// The journal's books, for readers that show the newest values.
+    /// The journal's waiting ranges, for readers that show the newest values.
     pub fn pending(&self) -> SharedPending {
         self.pending.clone()
     }
@@ -165,6 +166,9 @@ impl<P: Display + Send + 'static> WriterHandle<P> {
 struct Writer {
     store: Store,
     settings: WriterSettings,
+    /// The journal's books, the writer's alone.
+    books: PendingHistory,
+    /// Their readers' part, changed only together with `books`.
     pending: SharedPending,
     devices: HashMap<String, i64>,
     rejections: (i64, u32),
@@ -187,13 +191,34 @@ struct Journalled {
     per_hour: HashMap<i64, i64>,
 }
 
+/// The writer and the checkpointer run below the threads that answer
+/// devices and operators: under a sustained ingest they would otherwise
+/// take their share of the cores from a page being rendered. Each still
+/// gets every cycle nobody else wants, and a writer that falls behind
+/// holds its senders back through the bounded queue. On Linux the nice
+/// value is per thread (setpriority(2), "Bugs"), so `who = 0` lowers only
+/// the calling one.
+fn yield_to_foreground() {
+    const BACKGROUND_NICE: libc::c_int = 10;
+    // SAFETY: setpriority has no memory effects; lowering one's own
+    // priority needs no privilege.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) } != 0 {
+        log::warn!(
+            "store background thread keeps its priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn run<P: Display>(store: Store, rx: Receiver<Command<P>>, settings: WriterSettings, pending: SharedPending) {
+    yield_to_foreground();
     if let Err(e) = store.conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB) {
         log::warn!("store writer keeps the default page cache: {e}");
     }
     let checkpointer = start_checkpointer(&store);
     let mut w = Writer {
         store,
+        books: PendingHistory::new(settings.history),
         settings,
         pending,
         devices: HashMap::new(),
@@ -211,7 +236,7 @@ fn run<P: Display>(store: Store, rx: Receiver<Command<P>>, settings: WriterSetti
         // Wake now and then while values wait in the journal or a prune
         // runs, so they move without new traffic.
         let behind = w.prune.is_some() || w.behind || w.cut_to > w.cut;
-        let busy = behind || w.pending.lock().expect("journal books").waiting() > 0;
+        let busy = behind || w.books.waiting() > 0;
         let first = if busy {
             match rx.recv_timeout(if behind { Duration::ZERO } else { IDLE_TICK }) {
                 Ok(c) => Some(c),
@@ -264,6 +289,7 @@ fn start_checkpointer(store: &Store) -> Option<(SyncSender<()>, JoinHandle<()>)>
     let thread = std::thread::Builder::new()
         .name("store-checkpoint".into())
         .spawn(move || {
+            yield_to_foreground();
             loop {
                 let last = matches!(
                     stopped.recv_timeout(CHECKPOINT_EVERY),
@@ -290,6 +316,24 @@ fn start_checkpointer(store: &Store) -> Option<(SyncSender<()>, JoinHandle<()>)>
         })
         .expect("spawn store checkpointer");
     Some((stop, thread))
+}
+
+/// Delete the history of these device ids older than `cutoff`. The
+/// history is keyed (device, resource, time), so one seek per resource a
+/// device has reported (`latest_values` names them all) reaches exactly
+/// the old rows; a range over device ids alone would read every value
+/// they have.
+fn prune_history(tx: &Transaction<'_>, devices: std::ops::Range<i64>, cutoff: i64) -> Result<usize> {
+    let resources: Vec<(i64, String)> = tx
+        .prepare_cached("SELECT device_id, path FROM latest_values WHERE device_id >= ?1 AND device_id < ?2")?
+        .query_map(params![devices.start, devices.end], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete = tx.prepare_cached("DELETE FROM value_history WHERE device_id = ?1 AND path = ?2 AND ts < ?3")?;
+    let mut n = 0;
+    for (device, path) in resources {
+        n += delete.execute(params![device, path, cutoff])?;
+    }
+    Ok(n)
 }
 
 /// Gather for up to `commit_interval` (or `batch_size` changes): one
@@ -329,7 +373,10 @@ impl Writer {
     /// as waiting (values a crash caught between moving and the journal's
     /// truncation move again; the history ignores them as duplicates).
     fn recover(&mut self) -> Result<()> {
-        let mut books = self.pending.lock().expect("journal books");
+        // Readers wait for the rebuilt ranges rather than miss a value:
+        // seconds with tens of millions journalled, nothing usually.
+        let mut shared = self.pending.lock().expect("journal books");
+        let books = &mut self.books;
         books.clear();
         let now = now_ms();
         let mut st = self
@@ -346,6 +393,7 @@ impl Writer {
         }
         self.cut_to = books.low_water(self.next_seq);
         self.cut = 0;
+        *shared = WaitingRanges::copy_of(books);
         if n > 0 {
             log::info!("value journal: {n} values wait to move into the history");
         }
@@ -361,15 +409,19 @@ impl Writer {
         match result {
             Ok(()) => {
                 // Only now may readers stop looking for these in the journal.
-                let mut books = self.pending.lock().expect("journal books");
+                let mut shared = self.pending.lock().expect("journal books");
+                for &d in &moving {
+                    shared.remove(d);
+                }
+                drop(shared);
                 for d in moving {
-                    books.moved(d);
+                    self.books.moved(d);
                 }
                 self.cut = self.cut.max(cutting);
                 if let Some(last) = journalled.reports.iter().map(|(_, r, _)| r.last).max() {
                     self.next_seq = self.next_seq.max(last + 1);
                 }
-                self.cut_to = books.low_water(self.next_seq);
+                self.cut_to = self.books.low_water(self.next_seq);
             }
             Err(e) => {
                 // The device ids cached and the books may describe the
@@ -398,10 +450,22 @@ impl Writer {
             match cmd {
                 Command::Event(ev) => apply(&tx, &mut self.devices, &mut self.rejections, journalled, ev)?,
                 Command::Prune(cutoff) => {
-                    // The cutoff's own hour keeps its count: some of it remains.
-                    tx.execute("DELETE FROM values_per_hour WHERE hour < ?1", [super::hour_of(cutoff)])?;
-                    let last: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM devices", [], |r| r.get(0))?;
-                    self.prune = Some((cutoff, 0, last, 0));
+                    // Every stored value is counted in the hour of its
+                    // timestamp, so without a whole hour before the
+                    // cutoff's there is nothing to delete but part of that
+                    // hour (left for the next run), and the history is
+                    // not walked at all: the usual case at start-up. The
+                    // counts go when the walk ends, so a walk a restart
+                    // cut short runs again.
+                    let old = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM values_per_hour WHERE hour < ?1)",
+                        [super::hour_of(cutoff)],
+                        |r| r.get::<_, bool>(0),
+                    )?;
+                    if old && self.prune.is_none() {
+                        let last: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM devices", [], |r| r.get(0))?;
+                        self.prune = Some((cutoff, 0, last, 0));
+                    }
                 }
                 Command::Flush(ack) => acks.push(ack),
                 Command::Download(d) => record_download(&tx, &d)?,
@@ -416,28 +480,30 @@ impl Writer {
         }
         drop(count);
         if let Some((cutoff, from, last, deleted)) = self.prune {
-            let n = tx.execute(
-                "DELETE FROM value_history WHERE device_id >= ?1 AND device_id < ?2 AND ts < ?3",
-                params![from, from + PRUNE_DEVICES_PER_COMMIT, cutoff],
-            )?;
+            let n = prune_history(&tx, from..from + PRUNE_DEVICES_PER_COMMIT, cutoff)?;
             let next = from + PRUNE_DEVICES_PER_COMMIT;
             self.prune = (next <= last).then_some((cutoff, next, last, deleted + n));
-            if self.prune.is_none() && deleted + n > 0 {
+            if self.prune.is_none() {
+                // The cutoff's own hour keeps its count: some of it remains.
+                tx.execute("DELETE FROM values_per_hour WHERE hour < ?1", [super::hour_of(cutoff)])?;
                 log::info!("retention: deleted {} values", deleted + n);
             }
         }
         // Which devices move: decided with this batch's reports in the
         // books (readers that see those ranges before the commit find
         // nothing there yet, which is what they would see anyway).
-        let due: Vec<(i64, Vec<SeqRange>)> = {
-            let mut books = self.pending.lock().expect("journal books");
-            for &(device, range, urgent) in &journalled.reports {
-                books.journalled(device, range, now_ms(), urgent);
-            }
-            let (due, more) = books.due(now_ms(), MOVES_PER_COMMIT);
-            self.behind = more;
-            due.into_iter().map(|d| (d, books.ranges(d))).collect()
-        };
+        let mut shared = self.pending.lock().expect("journal books");
+        for &(device, range, _) in &journalled.reports {
+            shared.add(device, range);
+        }
+        drop(shared);
+        let now = now_ms();
+        for &(device, range, urgent) in &journalled.reports {
+            self.books.journalled(device, range, now, urgent);
+        }
+        let (due, more) = self.books.due(now, MOVES_PER_COMMIT);
+        self.behind = more;
+        let due: Vec<(i64, Vec<SeqRange>)> = due.into_iter().map(|d| (d, self.books.ranges(d))).collect();
         move_to_history(&tx, &due)?;
         moving.extend(due.iter().map(|(d, _)| *d));
         // Rows every device had moved at the last commit go: the journal's
@@ -752,8 +818,9 @@ mod tests {
             .collect()
     }
 
-    /// The overview's hourly counts follow every value written, and
-    /// retention removes whole hours before the cutoff's.
+    /// The overview's hourly counts follow every value written; retention
+    /// runs once a whole hour is older than the cutoff's, and then removes
+    /// every value older than the cutoff.
     #[test]
     fn values_are_counted_per_hour_and_pruned() {
         let dir = tempfile::tempdir().unwrap();
@@ -774,6 +841,13 @@ mod tests {
         assert_eq!(s.values_per_hour(0).unwrap(), vec![(3_600_000, 3)]);
         assert_eq!(history(&s, "a"), vec![]);
         assert_eq!(history(&s, "b"), vec![(3_800_000, 3_800.0), (3_900_000, 3_900.0)]);
+        // No whole hour before the cutoff's: the part of its hour that is
+        // older waits for a later run, and the history is not walked.
+        w.send(Command::Prune(3_850_000));
+        w.flush();
+        w.flush();
+        assert_eq!(history(&s, "b"), vec![(3_800_000, 3_800.0), (3_900_000, 3_900.0)]);
+        assert_eq!(s.values_per_hour(0).unwrap(), vec![(3_600_000, 3)]);
         w.close();
     }
 

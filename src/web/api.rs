@@ -14,6 +14,7 @@ use crate::lwm2m::operation::OperationKind;
 use crate::lwm2m::path::ResourcePath;
 use crate::psk::Psk;
 use crate::store::dashboard::{DeviceQuery, DeviceSort, SortKey};
+use crate::store::tags::Tags;
 use crate::store::{DeviceSummary, EventRow, FirmwareRow, OperationRow, Status, Store, StoredValue, now_ms};
 use crate::users::{Role, User};
 
@@ -57,7 +58,16 @@ pub struct NewDevice {
     pub psk_key_hex: Option<String>,
     #[serde(default)]
     pub generate_psk: bool,
-    /// Comma-separated tags.
+    /// Comma-separated tags (at most 32, each at most 64 bytes).
+    #[serde(default)]
+    pub tags: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceChange {
+    /// The device's tags, comma-separated, instead of the ones it has
+    /// ("" removes them all).
     #[serde(default)]
     pub tags: Option<String>,
 }
@@ -228,7 +238,12 @@ pub fn device_query(ctx: &Ctx<'_>) -> WebResult<DeviceQuery> {
     Ok(DeviceQuery {
         search: ctx.query("q").map(str::to_string),
         status,
-        tag: ctx.query("tag").map(str::to_string),
+        // Stored tags are trimmed (`Tags::parse`).
+        tag: ctx
+            .query("tag")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
         firmware: ctx.query("firmware").map(str::to_string),
         sort,
         descending,
@@ -306,11 +321,8 @@ pub fn provision(ctx: &mut Ctx<'_>, d: NewDevice) -> WebResult<(Device, Option<S
             (None, None)
         }
     };
-    let tags = d.tags.as_deref().unwrap_or("");
-    if tags.len() > 1024 || tags.chars().any(char::is_control) {
-        return Err(WebError::bad_request("tags: at most 1024 printable characters"));
-    }
-    ctx.store.add_device(endpoint, psk.as_ref(), tags)?;
+    let tags = Tags::parse(d.tags.as_deref().unwrap_or(""))?;
+    ctx.store.add_device(endpoint, psk.as_ref(), &tags)?;
     log::info!(
         "{} provisioned device {endpoint:?}{}",
         ctx.who()?.name,
@@ -318,6 +330,15 @@ pub fn provision(ctx: &mut Ctx<'_>, d: NewDevice) -> WebResult<(Device, Option<S
     );
     let summary = ctx.store.device(endpoint)?;
     Ok((device_of(ctx, summary), shown))
+}
+
+/// File a device under other tags.
+pub fn retag(ctx: &mut Ctx<'_>, endpoint: &str, tags: &str) -> WebResult<Device> {
+    let tags = Tags::parse(tags)?;
+    ctx.store.set_tags(endpoint, &tags)?;
+    log::info!("{} tagged device {endpoint:?}: {tags}", ctx.who()?.name);
+    let summary = ctx.store.device(endpoint)?;
+    Ok(device_of(ctx, summary))
 }
 
 /// Create a token for the signed-in user; the secret is returned once.
@@ -420,6 +441,19 @@ pub fn create_device(ctx: &mut Ctx<'_>) -> WebResult {
 pub fn get_device(ctx: &mut Ctx<'_>) -> WebResult {
     let d = ctx.store.device(ctx.param("endpoint"))?;
     Ok(Reply::ok(&device_of(ctx, d)))
+}
+
+pub fn change_device(ctx: &mut Ctx<'_>) -> WebResult {
+    let c: DeviceChange = ctx.json()?;
+    let endpoint = ctx.param("endpoint").to_string();
+    let device = match c.tags {
+        Some(tags) => retag(ctx, &endpoint, &tags)?,
+        None => {
+            let summary = ctx.store.device(&endpoint)?;
+            device_of(ctx, summary)
+        }
+    };
+    Ok(Reply::ok(&device))
 }
 
 pub fn delete_device(ctx: &mut Ctx<'_>) -> WebResult {

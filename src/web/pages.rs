@@ -35,6 +35,7 @@ const NOTICES: &[(&str, &str)] = &[
     ("user", "User saved."),
     ("password", "Password changed; your other sessions have ended."),
     ("revoked", "Token revoked."),
+    ("tagged", "Tags saved."),
 ];
 
 fn chrome(ctx: &Ctx<'_>, active: &'static str) -> WebResult<Chrome> {
@@ -648,6 +649,16 @@ pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
     api::queue(ctx, &endpoint, kind, None)?;
     Ok(Reply::redirect(&format!(
         "/devices/{}?done=queued",
+        form::encode(&endpoint)
+    )))
+}
+
+pub fn set_tags(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let endpoint = ctx.param("endpoint").to_string();
+    api::retag(ctx, &endpoint, form::field(&f, "tags").unwrap_or(""))?;
+    Ok(Reply::redirect(&format!(
+        "/devices/{}?done=tagged",
         form::encode(&endpoint)
     )))
 }

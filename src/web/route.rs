@@ -273,6 +273,7 @@ pub static ROUTES: &[Route] = &[
     post("/devices/{endpoint}/delete", ADMIN, p::delete_device),
     get("/devices/{endpoint}", VIEWER, p::device),
     post("/devices/{endpoint}/operations", OPERATOR, p::queue_operation),
+    post("/devices/{endpoint}/tags", OPERATOR, p::set_tags),
     post("/operations/{id}/cancel", OPERATOR, p::cancel_operation),
     get("/events", VIEWER, p::events),
     get("/firmware", VIEWER, p::firmware),
@@ -357,6 +358,16 @@ pub static ROUTES: &[Route] = &[
         VIEWER,
         a::get_device,
         doc("One device", "devices", (200, Some(schema::<a::Device>))),
+    ),
+    api(
+        Verb::Patch,
+        "/api/v1/devices/{endpoint}",
+        OPERATOR,
+        a::change_device,
+        Doc {
+            request: Some(schema::<a::DeviceChange>),
+            ..doc("Change a device's tags", "devices", (200, Some(schema::<a::Device>)))
+        },
     ),
     api(
         Verb::Delete,

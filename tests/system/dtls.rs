@@ -16,6 +16,7 @@ use flownexus::lwm2m::Models;
 use flownexus::lwm2m::operation::{OperationKind, OperationState};
 use flownexus::psk::Psk;
 use flownexus::sim::{DeviceConfig, Fleet};
+use flownexus::store::tags::Tags;
 use tokio::net::UdpSocket;
 
 use super::{config, device, fleet_at, queue_read_and_see_it_held, run_op, store, wait_for};
@@ -27,7 +28,7 @@ const KEY_HEX: &str = "30313233343536373839616263646566";
 
 fn provision(dir: &Path, endpoint: &str, identity: &str, key_hex: &str) -> Psk {
     let psk = Psk::from_hex(identity, key_hex).unwrap();
-    store(dir).add_device(endpoint, Some(&psk), "").unwrap();
+    store(dir).add_device(endpoint, Some(&psk), &Tags::default()).unwrap();
     psk
 }
 

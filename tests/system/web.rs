@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use flownexus::app::{self, Running};
 use flownexus::store::Store;
+use flownexus::store::tags::Tags;
 use flownexus::users::{Role, hash_password};
 use flownexus::web::auth::{Signer, digest};
 use flownexus::web::route::{Access, BodyKind, ROUTES, Surface, Verb};
@@ -169,7 +170,9 @@ async fn every_route_checks_the_role() {
     let dir = tempfile::tempdir().unwrap();
     let (running, addr) = start(dir.path(), |_| {}).await;
     let keys = Keys::new(dir.path());
-    store(dir.path()).add_device("matrix-dev", None, "").unwrap();
+    store(dir.path())
+        .add_device("matrix-dev", None, &Tags::default())
+        .unwrap();
     let mut checked = 0;
     for r in ROUTES {
         let path = r
@@ -405,7 +408,7 @@ async fn sign_in_sessions_csrf_and_tokens() {
     )
     .await;
     assert_eq!(r.status, 403);
-    store(dir.path()).add_device("dev-1", None, "").unwrap();
+    store(dir.path()).add_device("dev-1", None, &Tags::default()).unwrap();
     let read = |b: String| async move {
         http(
             addr,
@@ -535,6 +538,129 @@ async fn bad_input_gets_clear_errors_and_stores_nothing() {
     )
     .await;
     assert!(page.text().contains("&#60;b&#62;1&#60;/b&#62;") && !page.text().contains("<b>1</b>"));
+    running.stop().await;
+}
+
+/// Tags file devices into groups: set at creation or later (API, page,
+/// CLI), stored trimmed and sorted, filtered on exactly, shown as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_group_devices_and_can_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let keys = Keys::new(dir.path());
+    let admin = format!("Bearer {}", keys.token("admin", Role::Admin));
+    let operator = format!("Bearer {}", keys.token("operator", Role::Operator));
+    let json = |b: &str| {
+        [
+            ("Authorization", b.to_string()),
+            ("Content-Type", "application/json".into()),
+        ]
+    };
+    let call = |method: &'static str, path: String, bearer: &str, body: &'static str| {
+        let h = json(bearer);
+        async move {
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http(addr, method, &path, &h, body.as_bytes()).await
+        }
+    };
+    let r = call(
+        "POST",
+        "/api/v1/devices".into(),
+        &admin,
+        r#"{"endpoint":"t-1","tags":" pilot, north ,pilot,"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["device"]["tags"], "north,pilot");
+    call(
+        "POST",
+        "/api/v1/devices".into(),
+        &admin,
+        r#"{"endpoint":"t-2","tags":"south"}"#,
+    )
+    .await;
+    let listed = |tag: &'static str| {
+        let b = admin.clone();
+        async move {
+            let r = http(
+                addr,
+                "GET",
+                &format!("/api/v1/devices?tag={tag}"),
+                &[("Authorization", &b)],
+                b"",
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["endpoint"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("pilot").await, ["t-1"]);
+    assert_eq!(
+        listed("%20north%20").await,
+        ["t-1"],
+        "the filter is trimmed like the tags"
+    );
+    assert_eq!(listed("nort").await, Vec::<String>::new(), "a tag matches whole");
+    assert_eq!(listed("south").await, ["t-2"]);
+
+    // An operator moves t-1 to another group.
+    let r = call(
+        "PATCH",
+        "/api/v1/devices/t-1".into(),
+        &operator,
+        r#"{"tags":"south, <b>x</b>"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["tags"], "<b>x</b>,south");
+    assert_eq!(listed("pilot").await, Vec::<String>::new());
+    assert_eq!(listed("south").await, ["t-1", "t-2"]);
+    // Bad lists and unknown devices change nothing.
+    let long = r#"{"tags":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    // A list with a bad tag is refused as invalid (422), a body of the
+    // wrong shape as malformed (400).
+    for (body, status) in [
+        (long, 422),
+        ("{\"tags\":\"a\\u0007b\"}", 422),
+        (r#"{"tags":7}"#, 400),
+        (r#"{"tag":"a"}"#, 400),
+    ] {
+        let r = call("PATCH", "/api/v1/devices/t-1".into(), &operator, body).await;
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.json()["error"]["message"].is_string(), "{body}");
+    }
+    let r = call("PATCH", "/api/v1/devices/nope".into(), &operator, r#"{"tags":"a"}"#).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(store(dir.path()).device("t-1").unwrap().tags, "<b>x</b>,south");
+    let viewer = format!("Bearer {}", keys.token("viewer", Role::Viewer));
+    let r = call("PATCH", "/api/v1/devices/t-1".into(), &viewer, r#"{"tags":""}"#).await;
+    assert_eq!(r.status, 403);
+
+    // The page shows each tag as a filter link, escaped, and its form
+    // saves a new list.
+    let cookie = format!("flownexus={}", keys.session("operator"));
+    let (page, csrf) = form_page(addr, "/devices/t-1", &cookie).await;
+    let t = page.text();
+    assert!(t.contains(r#"href="/devices?tag=%3Cb%3Ex%3C%2Fb%3E""#), "{t}");
+    assert!(!t.contains("<b>x</b>"), "{t}");
+    let r = post_form(
+        addr,
+        "/devices/t-1/tags",
+        &cookie,
+        &[("csrf", &csrf), ("tags", "east , west")],
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/devices/t-1?done=tagged"));
+    assert_eq!(store(dir.path()).device("t-1").unwrap().tags, "east,west");
+    let r = post_form(addr, "/devices/t-1/tags", &cookie, &[("csrf", "forged"), ("tags", "")]).await;
+    assert_eq!(r.status, 403, "a forged form changes nothing");
+    assert_eq!(store(dir.path()).device("t-1").unwrap().tags, "east,west");
     running.stop().await;
 }
 
