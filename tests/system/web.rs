@@ -681,19 +681,27 @@ async fn device_strings_are_escaped_and_events_stream() {
     .await
     .unwrap();
 
+    // The stream subscribes before it sends its first comment: only once
+    // that is read may the device come, or its registration can be
+    // broadcast before anyone listens (seen on a loaded CI machine).
+    let mut got = Vec::new();
+    let mut read_until = async |what: &str| {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&got).contains(what) && tokio::time::Instant::now() < until {
+            let mut buf = [0u8; 4096];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), sse.read(&mut buf)).await {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let head = read_until(": connected").await;
+    assert!(head.contains(": connected"), "{head}");
     let evil = "<script>alert(1)</script>";
     let mut d = device(evil);
     d.firmware_version = "<img src=x onerror=alert(2)>".into();
     let _fleet = fleet(&running, vec![d]).await;
-    let mut got = Vec::new();
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !String::from_utf8_lossy(&got).contains("event: registered") && tokio::time::Instant::now() < until {
-        let mut buf = [0u8; 4096];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), sse.read(&mut buf)).await {
-            got.extend_from_slice(&buf[..n]);
-        }
-    }
-    let text = String::from_utf8_lossy(&got);
+    let text = read_until("event: registered").await;
     assert!(text.contains("text/event-stream"), "{text}");
     assert!(text.contains(r#""endpoint":"<script>alert(1)</script>""#), "{text}");
 
