@@ -53,6 +53,14 @@ impl DeviceSort {
 /// after a few thousand rows, sooner than all matches are sorted.
 const SEARCH_SORTS_AT_MOST: usize = 10_000;
 
+/// A page from `limit + 1` rows read: the first `limit`, and whether more
+/// follow.
+fn one_page<T>(mut rows: Vec<T>, limit: usize) -> (Vec<T>, bool) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    (rows, more)
+}
+
 /// Where a page of devices starts: the sort key and endpoint of the last
 /// row of the previous page.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,10 +167,7 @@ impl Store {
             bound.push((":found", ids as &dyn rusqlite::ToSql));
         }
         let rows = st.query_map(bound.as_slice(), Self::summary_row)?;
-        let mut out: Vec<DeviceSummary> = rows.collect::<rusqlite::Result<_>>()?;
-        let more = out.len() > q.limit;
-        out.truncate(q.limit);
-        Ok((out, more))
+        Ok(one_page(rows.collect::<rusqlite::Result<_>>()?, q.limit))
     }
 
     /// The ids of the devices whose endpoint or PSK identity contains
@@ -249,10 +254,7 @@ impl Store {
             params![endpoint, kind, range.0, range.1, before, limit as i64 + 1],
             Self::event_row,
         )?;
-        let mut out: Vec<EventRow> = rows.collect::<rusqlite::Result<_>>()?;
-        let more = out.len() > limit;
-        out.truncate(limit);
-        Ok((out, more))
+        Ok(one_page(rows.collect::<rusqlite::Result<_>>()?, limit))
     }
 
     /// A page of one resource's history in `[from, to)`, oldest first,
@@ -297,12 +299,9 @@ impl Store {
                 out.push((seq, v));
             }
         }
-        let more = out.len() > limit;
-        out.truncate(limit);
-        Ok((out, more))
+        Ok(one_page(out, limit))
     }
 
-    /// Numeric resources a device has history for (the chart picker).
     /// A numeric resource's history over `range` in at most `buckets` equal
     /// time slices: (first time in the slice, mean value). A chart of a week
     /// of per-minute values reads every row once but draws 600 points.
@@ -337,6 +336,7 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Numeric resources a device has history for (the chart picker).
     pub fn numeric_paths(&self, endpoint: &str) -> Result<Vec<ResourcePath>> {
         let Some(device) = self.device_id(endpoint)? else {
             return Ok(Vec::new());

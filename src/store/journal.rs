@@ -13,10 +13,12 @@
 //! values there.
 //!
 //! This module only keeps the books (sans-I/O: times are passed in, no SQL):
-//! per device the journal sequence numbers not yet in the history, and in
-//! arrival order the devices to move when their values get old. Readers
-//! (the dashboard, in the same process) copy a device's sequence numbers to
-//! read its newest values from the journal beside the history.
+//! the writer's [`PendingHistory`] (per device how many values wait and the
+//! first one's sequence number, and in arrival order the devices to move
+//! when their values get old), and [`WaitingRanges`], the sequence numbers
+//! not yet in the history, which readers (the dashboard, in the same
+//! process) copy to read a device's newest values from the journal beside
+//! the history.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -43,9 +45,10 @@ impl SeqRange {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Waiting {
-    ranges: Vec<SeqRange>,
+    /// The sequence number of the device's oldest waiting value.
+    first: i64,
     values: u32,
 }
 
@@ -78,11 +81,14 @@ impl PendingHistory {
     /// `urgent`: move them with the next commit (an answer to an operator's
     /// Read, which other processes may be waiting to see in the history).
     pub fn journalled(&mut self, device: i64, range: SeqRange, now: i64, urgent: bool) {
-        let w = self.devices.entry(device).or_default();
-        if w.ranges.is_empty() {
-            self.by_age.push_back((now, device, range.first));
-        }
-        append(&mut w.ranges, range);
+        let by_age = &mut self.by_age;
+        let w = self.devices.entry(device).or_insert_with(|| {
+            by_age.push_back((now, device, range.first));
+            Waiting {
+                first: range.first,
+                values: 0,
+            }
+        });
         let n = range.values() as u32;
         w.values += n;
         self.waiting += u64::from(n);
@@ -126,15 +132,7 @@ impl PendingHistory {
     }
 
     fn first_waiting(&self, device: i64) -> Option<i64> {
-        self.devices
-            .get(&device)
-            .and_then(|w| w.ranges.first())
-            .map(|r| r.first)
-    }
-
-    /// The journal ranges of a device's values not yet in the history.
-    pub fn ranges(&self, device: i64) -> Vec<SeqRange> {
-        self.devices.get(&device).map(|w| w.ranges.clone()).unwrap_or_default()
+        self.devices.get(&device).map(|w| w.first)
     }
 
     /// The device's values are in the history now (the move committed).
@@ -172,22 +170,13 @@ impl PendingHistory {
     }
 }
 
-/// A report's range after a device's earlier ones (one range when they
-/// follow each other, as a device's values in one report do).
-fn append(ranges: &mut Vec<SeqRange>, range: SeqRange) {
-    match ranges.last_mut() {
-        Some(last) if last.last + 1 == range.first => last.last = range.last,
-        _ => ranges.push(range),
-    }
-}
-
-/// What readers need of the books, and nothing else: per device, the
-/// journal ranges not yet in the history. The writer keeps its own
-/// [`PendingHistory`] and mirrors each change here, so a reader waits at
-/// most for one batch's worth of map updates, never for the writer's
-/// bookkeeping (choosing due devices walks the arrival order; under a
-/// sustained ingest that took tens of milliseconds with the readers'
-/// lock held).
+/// Per device, the journal ranges not yet in the history: what readers
+/// need, and what a move copies. The writer changes it beside its
+/// [`PendingHistory`] (add as journalled, remove once moved), each under
+/// its own lock, so a reader waits at most for one batch's worth of map
+/// updates, never for the writer's bookkeeping (choosing due devices walks
+/// the arrival order; under a sustained ingest that took tens of
+/// milliseconds while readers waited).
 #[derive(Debug, Default)]
 pub struct WaitingRanges {
     devices: HashMap<i64, Vec<SeqRange>>,
@@ -196,8 +185,14 @@ pub struct WaitingRanges {
 }
 
 impl WaitingRanges {
+    /// A report's values were journalled as `range` (one range with the
+    /// device's previous one when they follow each other).
     pub fn add(&mut self, device: i64, range: SeqRange) {
-        append(self.devices.entry(device).or_default(), range);
+        let ranges = self.devices.entry(device).or_default();
+        match ranges.last_mut() {
+            Some(last) if last.last + 1 == range.first => last.last = range.last,
+            _ => ranges.push(range),
+        }
         self.waiting += range.values();
     }
 
@@ -216,14 +211,6 @@ impl WaitingRanges {
     /// Values waiting, over all devices.
     pub fn waiting(&self) -> u64 {
         self.waiting
-    }
-
-    /// The same as `books` (after the writer rebuilt them).
-    pub fn copy_of(books: &PendingHistory) -> WaitingRanges {
-        WaitingRanges {
-            devices: books.devices.iter().map(|(&d, w)| (d, w.ranges.clone())).collect(),
-            waiting: books.waiting,
-        }
     }
 }
 
@@ -245,17 +232,22 @@ mod tests {
     #[test]
     fn a_device_moves_when_it_has_enough_values() {
         let mut p = books();
-        p.journalled(7, r(1, 4), 0, false);
+        let mut seen = WaitingRanges::default();
+        let mut journalled = |p: &mut PendingHistory, device, range| {
+            p.journalled(device, range, 0, false);
+            seen.add(device, range);
+        };
+        journalled(&mut p, 7, r(1, 4));
         assert_eq!(p.due(0, 10), (vec![], false));
-        p.journalled(9, r(5, 8), 0, false);
-        p.journalled(7, r(9, 12), 0, false);
+        journalled(&mut p, 9, r(5, 8));
+        journalled(&mut p, 7, r(9, 12));
         assert_eq!(p.due(0, 10), (vec![7], false));
-        assert_eq!(p.ranges(7), vec![r(1, 4), r(9, 12)]);
-        // Consecutive reports of one device merge into one range.
-        p.journalled(9, r(13, 14), 0, false);
-        assert_eq!(p.ranges(9), vec![r(5, 8), r(13, 14)]);
+        journalled(&mut p, 9, r(13, 14));
+        assert_eq!(seen.ranges(7), vec![r(1, 4), r(9, 12)]);
         p.moved(7);
-        assert!(p.ranges(7).is_empty());
+        seen.remove(7);
+        assert_eq!(seen.ranges(7), vec![]);
+        assert_eq!(seen.ranges(9), vec![r(5, 8), r(13, 14)]);
         assert_eq!(p.low_water(15), 5);
         assert_eq!(p.waiting(), 6);
     }
@@ -326,8 +318,8 @@ mod tests {
         assert_eq!(p.due(2_000, 2), (vec![3], false));
     }
 
-    /// The readers' copy follows the books: ranges added as journalled,
-    /// merged when consecutive, gone once moved, and rebuilt whole.
+    /// The readers' ranges count like the books: ranges added as
+    /// journalled, merged when consecutive, gone once moved.
     #[test]
     fn readers_see_what_the_books_hold() {
         let mut b = books();
@@ -336,15 +328,13 @@ mod tests {
             b.journalled(device, range, 0, false);
             seen.add(device, range);
         }
-        assert_eq!(seen.ranges(1), b.ranges(1));
         assert_eq!(seen.ranges(1), vec![r(10, 12), r(14, 16)]);
         assert_eq!(seen.waiting(), b.waiting());
         assert_eq!(seen.waiting(), 7);
         seen.remove(1);
         b.moved(1);
         assert_eq!((seen.ranges(1), seen.waiting()), (vec![], 1));
-        let copy = WaitingRanges::copy_of(&b);
-        assert_eq!((copy.ranges(2), copy.waiting()), (vec![r(13, 13)], 1));
+        assert_eq!((seen.ranges(2), seen.waiting()), (vec![r(13, 13)], b.waiting()));
         seen.remove(42);
         assert_eq!(seen.waiting(), 1);
     }

@@ -24,7 +24,7 @@ use crate::store::journal::{HistoryPolicy, PendingHistory, SeqRange, WaitingRang
 use crate::store::{Store, now_ms, outcome_columns, sql_value};
 
 /// Which journal rows each device still has outside the history, shared
-/// with the readers of this process (the writer's own books stay private).
+/// with the readers of this process (the writer's books stay private).
 pub type SharedPending = Arc<Mutex<WaitingRanges>>;
 
 /// What the writer is told at start.
@@ -168,7 +168,8 @@ struct Writer {
     settings: WriterSettings,
     /// The journal's books, the writer's alone.
     books: PendingHistory,
-    /// Their readers' part, changed only together with `books`.
+    /// The waiting journal ranges (what readers and moves read), changed
+    /// beside `books`.
     pending: SharedPending,
     devices: HashMap<String, i64>,
     rejections: (i64, u32),
@@ -376,6 +377,7 @@ impl Writer {
         // Readers wait for the rebuilt ranges rather than miss a value:
         // seconds with tens of millions journalled, nothing usually.
         let mut shared = self.pending.lock().expect("journal books");
+        *shared = WaitingRanges::default();
         let books = &mut self.books;
         books.clear();
         let now = now_ms();
@@ -387,13 +389,14 @@ impl Writer {
         let mut n = 0u64;
         while let Some(r) = rows.next()? {
             let seq: i64 = r.get(0)?;
-            books.journalled(r.get(1)?, SeqRange { first: seq, last: seq }, now, false);
+            let (device, range) = (r.get(1)?, SeqRange { first: seq, last: seq });
+            books.journalled(device, range, now, false);
+            shared.add(device, range);
             self.next_seq = seq + 1;
             n += 1;
         }
         self.cut_to = books.low_water(self.next_seq);
         self.cut = 0;
-        *shared = WaitingRanges::copy_of(books);
         if n > 0 {
             log::info!("value journal: {n} values wait to move into the history");
         }
@@ -503,7 +506,10 @@ impl Writer {
         }
         let (due, more) = self.books.due(now, MOVES_PER_COMMIT);
         self.behind = more;
-        let due: Vec<(i64, Vec<SeqRange>)> = due.into_iter().map(|d| (d, self.books.ranges(d))).collect();
+        let due: Vec<(i64, Vec<SeqRange>)> = {
+            let shared = self.pending.lock().expect("journal books");
+            due.into_iter().map(|d| (d, shared.ranges(d))).collect()
+        };
         move_to_history(&tx, &due)?;
         moving.extend(due.iter().map(|(d, _)| *d));
         // Rows every device had moved at the last commit go: the journal's
