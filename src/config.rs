@@ -125,10 +125,6 @@ pub struct CoapsConfig {
     pub max_handshakes: usize,
     /// A handshake not finished within this is dropped.
     pub handshake_timeout_s: u64,
-    /// An established session idle this long is parked: only its
-    /// negotiated keys are kept (a few hundred bytes instead of ~12 KB),
-    /// and it is restored on the device's next datagram.
-    pub park_after_ms: u64,
     /// An established session without traffic for this long is forgotten;
     /// the device handshakes again on its next uplink.
     pub session_idle_timeout_s: u64,
@@ -259,7 +255,6 @@ impl Default for Config {
                 max_sessions: 1_000_000,
                 max_handshakes: 2048,
                 handshake_timeout_s: 30,
-                park_after_ms: 1000,
                 session_idle_timeout_s: 86_400,
                 hellos_per_source_per_s: 200,
                 cipher_suites: crate::dtls::CIPHER_SUITES.iter().map(|s| s.to_string()).collect(),

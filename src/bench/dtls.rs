@@ -15,13 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rtc_dtls::config::HandshakeConfig;
 use tokio::net::UdpSocket;
 
 use super::{ServerProcess, proc_cpu_seconds};
 use crate::coap::{Message, Method, Request, Type};
 use crate::dtls::CIPHER_SUITES;
-use crate::dtls::client::{Client, client_config};
+use crate::dtls::client::{Client, ClientConfig, client_config};
 use crate::psk::Psk;
 use crate::store::Store;
 
@@ -42,7 +41,7 @@ fn source(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 2, (i / 250) as u8, (i % 250 + 1) as u8], 0))
 }
 
-fn config_for(i: usize) -> anyhow::Result<Arc<HandshakeConfig>> {
+fn config_for(i: usize) -> anyhow::Result<Arc<ClientConfig>> {
     Ok(client_config(&identity(i), KEY.as_bytes(), &CIPHER_SUITES[..1])?)
 }
 
@@ -63,11 +62,12 @@ pub(crate) fn provision(dir: &Path, n: usize, identity: impl Fn(usize) -> String
     Ok(())
 }
 
-/// Drive one client's handshake on `sock` to the end; true if established.
-async fn handshake(
+/// Drive one client's handshake on `sock` (connected to `target`) to the
+/// end: the established client, or `None` if it failed.
+pub async fn handshake(
     sock: &UdpSocket,
     target: SocketAddr,
-    config: Arc<HandshakeConfig>,
+    config: Arc<ClientConfig>,
 ) -> anyhow::Result<Option<Client>> {
     let mut c = Client::connect(Instant::now(), target, config)?;
     let mut buf = [0u8; 2048];
@@ -196,8 +196,9 @@ async fn gets(target: SocketAddr, window: usize, seconds: u64) -> anyhow::Result
     Ok((n as f64 / t0.elapsed().as_secs_f64(), n))
 }
 
-/// libcoap's DTLS server on a free port pair (it serves DTLS on port+1).
-fn libcoap_server() -> anyhow::Result<(std::process::Child, SocketAddr)> {
+/// libcoap's DTLS server with the PSK `key` (text) on a free port pair (it
+/// serves DTLS on port+1); its DTLS address.
+pub fn libcoap_server(key: &str) -> anyhow::Result<(std::process::Child, SocketAddr)> {
     let bin = Path::new("/usr/bin/coap-server-openssl");
     if !bin.exists() {
         bail!("coap-server-openssl is not installed (Debian libcoap3-bin)");
@@ -209,7 +210,7 @@ fn libcoap_server() -> anyhow::Result<(std::process::Child, SocketAddr)> {
         }
     };
     let child = std::process::Command::new(bin)
-        .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-k", KEY])
+        .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-k", key])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -228,17 +229,21 @@ struct Figures {
 }
 
 async fn measure(name: &str, pid: u32, target: SocketAddr, seconds: u64) -> anyhow::Result<Figures> {
-    let cpu0 = proc_cpu_seconds(pid);
+    let me = std::process::id();
+    let (cpu0, own0) = (proc_cpu_seconds(pid), proc_cpu_seconds(me));
     let (handshakes, n, failed) = self::handshakes(target, seconds).await?;
-    let cpu1 = proc_cpu_seconds(pid);
-    let handshake_cpu_us = (cpu1 - cpu0) * 1e6 / n.max(1) as f64;
+    let (cpu1, own1) = (proc_cpu_seconds(pid), proc_cpu_seconds(me));
+    let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
+    let handshake_cpu_us = per(cpu1 - cpu0, n);
     println!(
-        "dtls: {name} {handshakes:.0} handshakes/s ({n} in {seconds} s, {failed} failed), {handshake_cpu_us:.1} µs server CPU each"
+        "dtls: {name} {handshakes:.0} handshakes/s ({n} in {seconds} s, {failed} failed), {handshake_cpu_us:.1} µs server CPU each, {:.1} µs load generator CPU",
+        per(own1 - own0, n)
     );
     let (gets, g) = self::gets(target, 8, seconds).await?;
-    let get_cpu_us = (proc_cpu_seconds(pid) - cpu1) * 1e6 / g.max(1) as f64;
+    let get_cpu_us = per(proc_cpu_seconds(pid) - cpu1, g);
     println!(
-        "dtls: {name} {gets:.0} GET/s over {CLIENTS} sessions ({g} in {seconds} s), {get_cpu_us:.1} µs server CPU each (session set-up included)"
+        "dtls: {name} {gets:.0} GET/s over {CLIENTS} sessions ({g} in {seconds} s), {get_cpu_us:.1} µs server CPU each, {:.1} µs load generator CPU (session set-up included)",
+        per(proc_cpu_seconds(me) - own1, g)
     );
     Ok(Figures {
         handshakes,
@@ -259,7 +264,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let ours = measure("flownexus", server.child.id(), target, seconds).await?;
     drop(server);
 
-    let (mut child, target) = libcoap_server()?;
+    let (mut child, target) = libcoap_server(KEY)?;
     let theirs = measure("libcoap coap-server-openssl", child.id(), target, seconds).await;
     let _ = child.kill();
     let _ = child.wait();

@@ -360,7 +360,8 @@ pub(crate) async fn memory_of(n: usize, psk_key: Option<&[u8]>) -> anyhow::Resul
         }
     }
     let took = start.elapsed();
-    // Long enough for idle DTLS sessions to be parked (coaps.park_after_ms).
+    // Long enough for the last handshakes' flights to be dropped and the
+    // freed memory trimmed.
     tokio::time::sleep(Duration::from_secs(8)).await;
     Ok(MemoryFigure {
         devices: n,

@@ -24,9 +24,10 @@
 //! them. Without CID, a device behind a rebinding NAT handshakes again and
 //! its next Register or Update moves its registration to the new session.
 
-pub mod association;
 pub mod client;
+pub mod handshake;
 pub mod keys;
+pub mod protection;
 pub mod provider;
 pub mod record;
 
@@ -43,8 +44,9 @@ use rtc_dtls::crypto_provider::RTCCryptoProvider;
 use rtc_dtls::endpoint::EndpointEvent;
 
 use crate::error::{Error, Result};
-use association::{Association, Context, Refused};
+use handshake::Handshake;
 use keys::{Binding, PskKeys};
+use protection::{CLOSE_NOTIFY, CONTENT_ALERT, CONTENT_APPLICATION_DATA, Opened, Protection};
 use record::CookieJar;
 
 /// The suites we accept, most preferred first. CCM_8 is what the nRF9160
@@ -82,8 +84,8 @@ pub fn cipher_suites(names: &[String]) -> std::result::Result<Vec<CipherSuiteId>
 const ASSOCIATION: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 1);
 /// How often deadlines are swept (all sessions).
 const SWEEP: Duration = Duration::from_secs(1);
-/// How often handshake retransmissions and parking are checked (only
-/// handshaking and live sessions).
+/// How often handshake retransmissions are checked (only while some
+/// handshake is in progress).
 const TICK: Duration = Duration::from_millis(100);
 /// A half-open handshake this old has stalled: a real client answers our
 /// flight within a round trip, or retransmits its own after 1, 2 and 4 s
@@ -128,9 +130,6 @@ pub struct Limits {
     pub hellos_per_source_per_s: u32,
     pub cookie_rotation: Duration,
     pub cipher_suites: Vec<CipherSuiteId>,
-    /// An established session idle this long is parked (its state
-    /// compacted, see [`association`]).
-    pub park_after: Duration,
 }
 
 impl Limits {
@@ -139,7 +138,6 @@ impl Limits {
             max_sessions: c.max_sessions,
             max_handshakes: c.max_handshakes,
             handshake_timeout: Duration::from_secs(c.handshake_timeout_s),
-            park_after: Duration::from_millis(c.park_after_ms),
             idle_timeout: Duration::from_secs(c.session_idle_timeout_s),
             hellos_per_source_per_s: c.hellos_per_source_per_s,
             cookie_rotation: Duration::from_secs(60),
@@ -185,18 +183,26 @@ pub struct Counters {
     pub handshakes_evicted: u64,
     pub rate_limited: u64,
     pub dropped: u64,
-    pub parked: u64,
-    pub restored: u64,
 }
 
 enum Phase {
-    Handshaking { started: Instant },
-    Established { binding: Binding },
+    Handshaking {
+        started: Instant,
+        handshake: Box<Handshake>,
+    },
+    Established {
+        binding: Binding,
+        protection: Protection,
+        /// Our last flight (ChangeCipherSpec, Finished) until the peer
+        /// shows it has it by sending under the new keys: if its own last
+        /// flight is repeated, ours was lost and goes again (RFC 6347
+        /// §4.2.4). Dropped after [`STALLED`] of silence.
+        last_flight: Option<Box<[Box<[u8]>]>>,
+    },
 }
 
 struct Session {
     addr: SocketAddr,
-    association: Association,
     phase: Phase,
     last_seen: Instant,
 }
@@ -240,7 +246,7 @@ impl SourceRate {
 
 /// The DTLS sessions of one socket (or one shard of a socket).
 pub struct Sessions {
-    ctx: Context,
+    config: Arc<HandshakeConfig>,
     keys: Arc<PskKeys>,
     limits: Limits,
     cookies: CookieJar,
@@ -252,8 +258,6 @@ pub struct Sessions {
     handshaking: HashSet<SessionId>,
     /// Half-open handshakes per source address.
     half_open: HashMap<IpAddr, u32>,
-    /// Established sessions that are live (not parked).
-    unparked: HashSet<SessionId>,
     next_sweep: Instant,
     last_now: Instant,
     transmits: VecDeque<Transmit>,
@@ -284,12 +288,8 @@ pub fn server_config(
 
 impl Sessions {
     pub fn new(now: Instant, shard: u8, keys: Arc<PskKeys>, limits: Limits) -> Result<Sessions> {
-        let provider = provider::provider();
         Ok(Sessions {
-            ctx: Context::new(
-                server_config(keys.clone(), &limits.cipher_suites, provider.clone())?,
-                provider,
-            ),
+            config: server_config(keys.clone(), &limits.cipher_suites, provider::provider())?,
             keys,
             cookies: CookieJar::new(now, limits.cookie_rotation),
             rate: SourceRate::new(limits.hellos_per_source_per_s),
@@ -300,7 +300,6 @@ impl Sessions {
             by_addr: HashMap::new(),
             handshaking: HashSet::new(),
             half_open: HashMap::new(),
-            unparked: HashSet::new(),
             next_sweep: now + SWEEP,
             last_now: now,
             transmits: VecDeque::new(),
@@ -321,11 +320,6 @@ impl Sessions {
         self.handshaking.len()
     }
 
-    /// Sessions parked now (an O(n) count, for status lines).
-    pub fn parked(&self) -> usize {
-        self.sessions.values().filter(|s| s.association.is_parked()).count()
-    }
-
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
@@ -336,7 +330,7 @@ impl Sessions {
 
     /// When [`Self::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Instant {
-        if self.handshaking.is_empty() && self.unparked.is_empty() {
+        if self.handshaking.is_empty() {
             self.next_sweep
         } else {
             self.next_sweep.min(self.last_now + TICK)
@@ -393,11 +387,10 @@ impl Sessions {
             self.remove(old);
         }
         let first = record::restamp(hello.record, first_seq, 0);
-        let mut association = Association::new(&self.ctx);
-        let ctx = &mut self.ctx;
-        let primed = provider::with_cookie(cookie, || association.read(now, ctx, &first).is_ok());
+        let mut handshake = Handshake::new(self.config.clone());
+        let primed = provider::with_cookie(cookie, || handshake.read(now, &first).is_ok());
         // rtc-dtls' own HelloVerifyRequest: the client already has ours.
-        while association.poll_transmit().is_some() {}
+        while handshake.poll_transmit().is_some() {}
         if !primed {
             log::warn!("DTLS: could not prime a session for {from}; is rtc-dtls' cookie generation unchanged?");
             self.counters.handshakes_failed += 1;
@@ -409,8 +402,10 @@ impl Sessions {
             id,
             Session {
                 addr: from,
-                association,
-                phase: Phase::Handshaking { started: now },
+                phase: Phase::Handshaking {
+                    started: now,
+                    handshake,
+                },
                 last_seen: now,
             },
         );
@@ -453,7 +448,7 @@ impl Sessions {
                 .handshaking
                 .iter()
                 .map(|id| match &self.sessions[id].phase {
-                    Phase::Handshaking { started } => (*started, *id),
+                    Phase::Handshaking { started, .. } => (*started, *id),
                     Phase::Established { .. } => (now, *id),
                 })
                 .min();
@@ -477,39 +472,56 @@ impl Sessions {
 
     fn feed(&mut self, now: Instant, id: SessionId, datagram: &[u8]) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
-        let parked = s.association.is_parked();
-        let result = s.association.read(now, &mut self.ctx, datagram);
-        if parked && !s.association.is_parked() {
-            self.counters.restored += 1;
-            self.unparked.insert(id);
-        }
-        let established = matches!(s.phase, Phase::Established { .. });
-        if let Err(Refused::Restore(e)) = &result {
-            log::warn!("DTLS: session {id} could not be restored ({e}); the device will handshake again");
-            self.remove(id);
-            return;
-        }
-        if result.is_err() && established {
-            // A record that does not decrypt or parse on an established
-            // session is discarded (RFC 6347 §4.1.2.7), and so is the alert
-            // rtc-dtls queued: anyone can send from a spoofed address, and
-            // must not be able to close a device's session.
-            while s.association.poll_transmit().is_some() {}
-            self.counters.dropped += 1;
-            return;
-        }
-        s.last_seen = now;
         let addr = s.addr;
-        while let Some(t) = s.association.poll_transmit() {
-            self.transmits.push_back(Transmit {
-                to: addr,
-                datagram: t.to_vec(),
-            });
+        let (handshake, result) = match &mut s.phase {
+            Phase::Established {
+                protection,
+                last_flight,
+                ..
+            } => {
+                let outcome = open_records(protection, last_flight, datagram);
+                self.counters.dropped += outcome.dropped;
+                if outcome.authentic {
+                    s.last_seen = now;
+                }
+                if outcome.resend_flight
+                    && let Some(flight) = last_flight
+                {
+                    self.transmits.extend(flight.iter().map(|d| Transmit {
+                        to: addr,
+                        datagram: d.to_vec(),
+                    }));
+                }
+                for payload in outcome.data {
+                    self.events.push_back(SessionEvent::Data {
+                        session: id,
+                        addr,
+                        payload,
+                    });
+                }
+                if outcome.closed {
+                    self.remove(id);
+                }
+                return;
+            }
+            Phase::Handshaking { handshake, .. } => {
+                let result = handshake.read(now, datagram);
+                (handshake, result)
+            }
+        };
+        s.last_seen = now;
+        let mut flight = Vec::new();
+        while let Some(t) = handshake.poll_transmit() {
+            flight.push(t.to_vec().into_boxed_slice());
         }
+        self.transmits.extend(flight.iter().map(|d| Transmit {
+            to: addr,
+            datagram: d.to_vec(),
+        }));
         let events = match result {
             Ok(events) => events,
             Err(e) => {
-                log::debug!("DTLS handshake with {addr} failed: {e:?}");
+                log::debug!("DTLS handshake with {addr} failed: {e}");
                 self.counters.handshakes_failed += 1;
                 self.remove(id);
                 return;
@@ -517,12 +529,16 @@ impl Sessions {
         };
         for ev in events {
             match ev {
-                EndpointEvent::HandshakeComplete => self.established(id),
+                EndpointEvent::HandshakeComplete => self.established(id, std::mem::take(&mut flight)),
+                // Data behind the client's Finished in the same datagram,
+                // decrypted by rtc-dtls before it was dropped.
                 EndpointEvent::ApplicationData(payload) => {
-                    if matches!(
-                        self.sessions.get(&id).map(|s| &s.phase),
-                        Some(Phase::Established { .. })
-                    ) {
+                    if let Some(Session {
+                        phase: Phase::Established { last_flight, .. },
+                        ..
+                    }) = self.sessions.get_mut(&id)
+                    {
+                        *last_flight = None;
                         self.events.push_back(SessionEvent::Data {
                             session: id,
                             addr,
@@ -536,22 +552,31 @@ impl Sessions {
         }
     }
 
-    fn established(&mut self, id: SessionId) {
+    /// The handshake of `id` completed with `flight` as our last flight.
+    fn established(&mut self, id: SessionId, flight: Vec<Box<[u8]>>) {
         let Some(s) = self.sessions.get(&id) else { return };
-        let (identity, ip) = (s.association.identity().unwrap_or_default(), s.addr.ip());
+        let Phase::Handshaking { handshake, .. } = &s.phase else {
+            return;
+        };
+        let (identity, protection, ip) = (handshake.identity(), handshake.protection(), s.addr.ip());
         self.end_handshake(id, ip);
         // The key was found during the handshake; if it vanished since, the
         // device no longer has a key and the session must not live.
-        let Some(binding) = self.keys.binding(&identity) else {
+        let (Some(binding), Ok(protection)) = (
+            self.keys.binding(&identity),
+            protection
+                .inspect_err(|e| log::warn!("DTLS: session {id}: the negotiated keys could not be taken over ({e})")),
+        ) else {
             self.counters.handshakes_failed += 1;
             self.remove(id);
             return;
         };
         self.counters.handshakes_completed += 1;
-        self.unparked.insert(id);
         let Some(s) = self.sessions.get_mut(&id) else { return };
         s.phase = Phase::Established {
             binding: binding.clone(),
+            protection,
+            last_flight: Some(flight.into_boxed_slice()),
         };
         self.events.push_back(SessionEvent::Established {
             session: id,
@@ -561,36 +586,23 @@ impl Sessions {
     }
 
     /// Encrypt `payload` for `session`; false if it is not established.
-    pub fn send(&mut self, now: Instant, session: SessionId, payload: &[u8]) -> bool {
-        let Some(s) = self.sessions.get_mut(&session) else {
+    pub fn send(&mut self, _now: Instant, session: SessionId, payload: &[u8]) -> bool {
+        self.seal(session, CONTENT_APPLICATION_DATA, payload)
+    }
+
+    fn seal(&mut self, session: SessionId, content_type: u8, payload: &[u8]) -> bool {
+        let Some(Session {
+            addr,
+            phase: Phase::Established { protection, .. },
+            ..
+        }) = self.sessions.get_mut(&session)
+        else {
             return false;
         };
-        if !matches!(s.phase, Phase::Established { .. }) {
-            return false;
-        }
-        let parked = s.association.is_parked();
-        match s.association.live(now, &mut self.ctx) {
-            Ok(endpoint) => {
-                if endpoint.write(now, ASSOCIATION, payload).is_err() {
-                    return false;
-                }
-            }
-            Err(e) => {
-                log::warn!("DTLS: session {session} could not be restored ({e:?})");
-                self.remove(session);
-                return false;
-            }
-        }
-        if parked {
-            self.counters.restored += 1;
-            self.unparked.insert(session);
-        }
-        while let Some(t) = s.association.poll_transmit() {
-            self.transmits.push_back(Transmit {
-                to: s.addr,
-                datagram: t.to_vec(),
-            });
-        }
+        self.transmits.push_back(Transmit {
+            to: *addr,
+            datagram: protection.seal(content_type, payload),
+        });
         true
     }
 
@@ -602,24 +614,12 @@ impl Sessions {
             if !self.end_handshake(id, s.addr.ip()) {
                 self.events.push_back(SessionEvent::Closed { session: id });
             }
-            self.unparked.remove(&id);
-            s.association.release(&mut self.ctx);
         }
     }
 
-    /// Close a session with close_notify.
-    pub fn close(&mut self, now: Instant, id: SessionId) {
-        if let Some(s) = self.sessions.get_mut(&id)
-            && let Ok(endpoint) = s.association.live(now, &mut self.ctx)
-        {
-            endpoint.stop(now, ASSOCIATION);
-            while let Some(t) = s.association.poll_transmit() {
-                self.transmits.push_back(Transmit {
-                    to: s.addr,
-                    datagram: t.to_vec(),
-                });
-            }
-        }
+    /// Close a session, with close_notify if it is established.
+    pub fn close(&mut self, _now: Instant, id: SessionId) {
+        self.seal(id, CONTENT_ALERT, &CLOSE_NOTIFY);
         self.remove(id);
     }
 
@@ -630,7 +630,7 @@ impl Sessions {
             .sessions
             .iter()
             .filter(|(_, s)| match &s.phase {
-                Phase::Established { binding } => !self.keys.is_current(binding),
+                Phase::Established { binding, .. } => !self.keys.is_current(binding),
                 Phase::Handshaking { .. } => false,
             })
             .map(|(id, _)| *id)
@@ -646,52 +646,38 @@ impl Sessions {
         let mut failed = Vec::new();
         for id in &self.handshaking {
             let s = self.sessions.get_mut(id).expect("handshaking sessions exist");
-            let Association::Live { endpoint, .. } = &mut s.association else {
+            let Phase::Handshaking { handshake, .. } = &mut s.phase else {
                 continue;
             };
-            if endpoint.poll_timeout(&ASSOCIATION).is_some_and(|t| t <= now) {
-                if endpoint.handle_timeout(ASSOCIATION, now).is_err() {
+            if handshake.poll_timeout().is_some_and(|t| t <= now) {
+                if !handshake.handle_timeout(now) {
                     failed.push(*id);
                 }
-                while let Some(t) = endpoint.poll_transmit() {
+                while let Some(t) = handshake.poll_transmit() {
                     self.transmits.push_back(Transmit {
                         to: s.addr,
-                        datagram: t.message.to_vec(),
+                        datagram: t.to_vec(),
                     });
                 }
             }
         }
-        // Park what has been idle long enough: a storm of handshakes (all
-        // devices after an outage) then holds few live associations at once.
-        // Beyond as many live ones as there may be half-open handshakes,
-        // park whatever was quiet for a tick.
-        let (limits, ctx) = (&self.limits, &mut self.ctx);
-        let park_after = if self.unparked.len() > limits.max_handshakes {
-            TICK
-        } else {
-            limits.park_after
-        };
-        let mut parked = 0;
-        self.unparked.retain(|id| {
-            let Some(s) = self.sessions.get_mut(id) else {
-                return false;
-            };
-            let idle = now.saturating_duration_since(s.last_seen);
-            // A peer that never sent data may still need our last flight
-            // (RFC 6347 §4.2.4): it would have asked within its 1, 2 s
-            // retransmissions; after that (its data lost, or it gave up)
-            // the session is parked anyway rather than held at ~9 KB.
-            let park = idle >= park_after && s.association.park(idle >= STALLED, ctx);
-            parked += park as u64;
-            !park
-        });
-        self.counters.parked += parked;
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP;
-            for (id, s) in self.sessions.iter() {
-                let expired = match s.phase {
-                    Phase::Handshaking { started } => now.saturating_duration_since(started) > limits.handshake_timeout,
-                    Phase::Established { .. } => now.saturating_duration_since(s.last_seen) > limits.idle_timeout,
+            let limits = &self.limits;
+            for (id, s) in self.sessions.iter_mut() {
+                let quiet = now.saturating_duration_since(s.last_seen);
+                let expired = match &mut s.phase {
+                    Phase::Handshaking { started, .. } => {
+                        now.saturating_duration_since(*started) > limits.handshake_timeout
+                    }
+                    Phase::Established { last_flight, .. } => {
+                        // A peer that needed our last flight again would have
+                        // asked within its 1 and 2 s retransmissions.
+                        if quiet >= STALLED {
+                            *last_flight = None;
+                        }
+                        quiet > limits.idle_timeout
+                    }
                 };
                 if expired {
                     failed.push(*id);
@@ -705,6 +691,52 @@ impl Sessions {
             self.remove(id);
         }
     }
+}
+
+/// What the records of one datagram on an established session came to.
+#[derive(Default)]
+struct Opening {
+    data: Vec<Vec<u8>>,
+    /// Some record authenticated (it may still be late or a warning).
+    authentic: bool,
+    closed: bool,
+    resend_flight: bool,
+    dropped: u64,
+}
+
+/// Open each record of `datagram` (RFC 6347 §4.1.1: a datagram may carry
+/// several). Records that do not authenticate are dropped, never answered
+/// with an alert (§4.1.2.7): anyone can send from a spoofed address and
+/// must not be able to close a device's session. Epoch-0 records are the
+/// rest of a repeated final flight (ClientKeyExchange, ChangeCipherSpec);
+/// its Finished, under the new keys, asks for our flight again.
+fn open_records(protection: &mut Protection, last_flight: &mut Option<Box<[Box<[u8]>]>>, datagram: &[u8]) -> Opening {
+    let mut out = Opening::default();
+    let Some(records) = record::records(datagram) else {
+        out.dropped += 1;
+        return out;
+    };
+    for (header, range) in records {
+        if header.epoch == 0 {
+            continue;
+        }
+        match protection.open(&datagram[range]) {
+            Ok(opened) => {
+                out.authentic = true;
+                match opened {
+                    Opened::ApplicationData(payload) => {
+                        *last_flight = None;
+                        out.data.push(payload);
+                    }
+                    Opened::Closed => out.closed = true,
+                    Opened::Warning => *last_flight = None,
+                    Opened::Handshake(_) => out.resend_flight = true,
+                }
+            }
+            Err(_) => out.dropped += 1,
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ fn limits() -> Limits {
         hellos_per_source_per_s: 0,
         cookie_rotation: Duration::from_secs(60),
         cipher_suites: CIPHER_SUITES.to_vec(),
-        park_after: Duration::from_secs(5),
     }
 }
 
@@ -289,31 +288,27 @@ fn a_client_that_lost_its_session_handshakes_again_and_a_rotated_key_closes() {
 }
 
 #[test]
-fn idle_sessions_park_and_restore_without_accepting_replays() {
+fn established_sessions_refuse_replays_and_serve_after_long_silence() {
     let t = Instant::now();
-    let mut l = limits();
-    l.park_after = Duration::from_secs(1);
-    let mut server = Sessions::new(t, 0, keys(), l).unwrap();
+    let mut server = Sessions::new(t, 0, keys(), limits()).unwrap();
     let (from, mut c, session) = establish_dev1(t, &mut server, "198.51.100.6:40000");
-    // Not parked before the peer has sent data (it may need our Finished)…
-    server.handle_timeout(t + Duration::from_secs(3));
-    assert_eq!(server.counters.parked, 0);
-    // … unless it stays silent past its retransmissions: see the next test.
-
     assert!(c.send(t, b"register"));
     let recorded = c.poll_transmit().unwrap();
     server.handle_datagram(t, from, &recorded);
     assert_eq!(events(&mut server).len(), 1);
-    let later = t + Duration::from_secs(12);
+
+    // A replay of the recorded datagram is dropped, not delivered, now and
+    // after the session has been quiet for a long time.
+    let dropped = server.counters.dropped;
+    server.handle_datagram(t, from, &recorded);
+    let later = t + Duration::from_secs(300);
     server.handle_timeout(later);
-    assert_eq!(server.counters.parked, 1);
-
-    // A replay of the recorded datagram is dropped, not delivered.
     server.handle_datagram(later, from, &recorded);
-    assert!(events(&mut server).is_empty(), "replay after parking");
-    assert_eq!(server.counters.restored, 0);
+    assert!(events(&mut server).is_empty(), "replayed");
+    assert_eq!(server.counters.dropped, dropped + 2);
 
-    // The device's next uplink restores the session.
+    // The device's next uplink, and the server writing first (a queued
+    // operation), both work on the same session.
     assert!(c.send(later, b"update"));
     pump(later, &mut server, from, &mut c);
     assert_eq!(
@@ -324,39 +319,47 @@ fn idle_sessions_park_and_restore_without_accepting_replays() {
             payload: b"update".to_vec()
         }]
     );
-    assert_eq!(server.counters.restored, 1);
-
-    // Parked again; the server writes first (a queued operation).
-    let much_later = later + Duration::from_secs(12);
-    server.handle_timeout(much_later);
-    assert_eq!(server.counters.parked, 2);
-    assert!(server.send(much_later, session, b"read /3/0"));
-    pump(much_later, &mut server, from, &mut c);
+    assert!(server.send(later, session, b"read /3/0"));
+    pump(later, &mut server, from, &mut c);
     assert_eq!(c.poll_received().unwrap(), b"read /3/0");
-    assert!(c.send(much_later, b"2.05"));
-    pump(much_later, &mut server, from, &mut c);
-    assert!(matches!(&events(&mut server)[..], [SessionEvent::Data { payload, .. }] if payload == b"2.05"));
+
+    // Idle past coaps.session_idle_timeout_s: forgotten.
+    server.handle_timeout(later + Duration::from_secs(601));
+    assert_eq!(events(&mut server), vec![SessionEvent::Closed { session }]);
+    assert!(server.is_empty());
 }
 
 #[test]
-fn a_silent_new_session_is_parked_after_the_peer_could_have_retransmitted() {
+fn a_lost_last_flight_is_sent_again_when_the_client_repeats_its_own() {
     let t = Instant::now();
-    let mut l = limits();
-    l.park_after = Duration::from_secs(1);
-    let mut server = Sessions::new(t, 0, keys(), l).unwrap();
-    let (from, mut c, session) = establish_dev1(t, &mut server, "198.51.100.7:40000");
-    server.handle_timeout(t + Duration::from_secs(6));
-    assert_eq!(server.counters.parked, 1);
-    // Its first data restores it.
-    let t2 = t + Duration::from_secs(7);
-    assert!(c.send(t2, b"register"));
-    pump(t2, &mut server, from, &mut c);
-    assert_eq!(
-        events(&mut server),
-        vec![SessionEvent::Data {
-            session,
-            addr: from,
-            payload: b"register".to_vec()
-        }]
-    );
+    let mut server = Sessions::new(t, 0, keys(), limits()).unwrap();
+    let from: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let mut c = dev1(t);
+    // Cookie exchange, then ServerHello…Done.
+    for _ in 0..2 {
+        server.handle_datagram(t, from, &c.poll_transmit().unwrap());
+        c.handle_datagram(t, &server.poll_transmit().unwrap().datagram);
+    }
+    // The client's final flight completes the server's handshake; the
+    // server's ChangeCipherSpec and Finished are lost.
+    server.handle_datagram(t, from, &c.poll_transmit().unwrap());
+    assert!(matches!(&events(&mut server)[..], [SessionEvent::Established { .. }]));
+    assert!(server.poll_transmit().is_some());
+    assert!(!c.is_established());
+
+    // The client's timer repeats its flight (new record numbers); the
+    // server answers with its last flight again, and the client is in.
+    let t1 = t + Duration::from_secs(1);
+    assert_eq!(c.poll_timeout(), Some(t1));
+    c.handle_timeout(t1);
+    assert_eq!(pump(t1, &mut server, from, &mut c), 1);
+    assert!(c.is_established());
+    assert!(c.send(t1, b"register"));
+    pump(t1, &mut server, from, &mut c);
+    assert!(matches!(&events(&mut server)[..], [SessionEvent::Data { payload, .. }] if payload == b"register"));
+
+    // Once the client has sent data, a repeat of its flight is no longer
+    // answered.
+    c.handle_timeout(t1 + Duration::from_secs(2));
+    assert!(c.poll_transmit().is_none(), "established: no more retransmissions");
 }

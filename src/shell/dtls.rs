@@ -15,9 +15,9 @@ use crate::transport::Peer;
 
 /// How often a shard logs its counters (when they moved).
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-/// Parking and ending handshakes free ~9 KB per session in small pieces
-/// that glibc keeps in its arenas; after this many, hand free pages back
-/// to the kernel.
+/// Each handshake frees ~9 KB of rtc-dtls state in small pieces that
+/// glibc keeps in its arenas; after this many, hand free pages back to the
+/// kernel.
 const TRIM_AFTER_CHURN: u64 = 1000;
 
 fn return_freed_memory() {
@@ -34,9 +34,8 @@ fn log_status(sessions: &Sessions) {
         return;
     }
     log::info!(
-        "coaps: {} sessions ({} parked, {} handshaking); handshakes {} completed, {} failed, {} evicted; {} HelloVerifyRequests, {} rate-limited, {} dropped",
+        "coaps: {} sessions ({} handshaking); handshakes {} completed, {} failed, {} evicted; {} HelloVerifyRequests, {} rate-limited, {} dropped",
         sessions.len(),
-        sessions.parked(),
         sessions.handshakes(),
         c.handshakes_completed,
         c.handshakes_failed,
@@ -100,7 +99,7 @@ pub async fn run(
             sessions.handle_timeout(t);
         }
         let c = sessions.counters;
-        let churn = c.parked + c.handshakes_evicted + c.handshakes_failed + c.handshakes_completed;
+        let churn = c.handshakes_evicted + c.handshakes_failed + c.handshakes_completed;
         if churn >= churn_before + TRIM_AFTER_CHURN {
             churn_before = churn;
             return_freed_memory();

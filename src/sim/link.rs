@@ -8,11 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtc_dtls::config::HandshakeConfig;
 use tokio::net::UdpSocket;
 
 use crate::dtls::CIPHER_SUITES;
-use crate::dtls::client::{Client as DtlsClient, client_config};
+use crate::dtls::client::{Client as DtlsClient, ClientConfig, client_config};
 use crate::psk::Psk;
 
 /// CoAP messages held while a handshake runs; more are dropped (CoAP
@@ -22,7 +21,7 @@ const BACKLOG: usize = 32;
 const RETRY: Duration = Duration::from_secs(1);
 
 struct Secure {
-    config: Arc<HandshakeConfig>,
+    config: Arc<ClientConfig>,
     session: Option<DtlsClient>,
     backlog: VecDeque<Vec<u8>>,
     retry_at: Option<Instant>,

@@ -1,7 +1,8 @@
 //! CoAP over DTLS with per-device PSKs, seen from real peers: Debian's
 //! libcoap clients (OpenSSL and GnuTLS builds), the simulator's Rust DTLS
-//! client, a ClientHello flood with stalled handshakes, and a NAT
-//! rebinding in the middle of a queue-mode session.
+//! client (itself checked against libcoap's OpenSSL server), a ClientHello
+//! flood with stalled handshakes, and a NAT rebinding in the middle of a
+//! queue-mode session.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -364,4 +365,55 @@ async fn after_a_restart_operations_wait_for_the_devices_next_session() {
     );
     fleet.stop().await;
     running.stop().await;
+}
+
+/// The simulator's and benchmarks' own DTLS client against another
+/// implementation, OpenSSL in libcoap's `coap-server-openssl`: a handshake
+/// in each suite we offer, a confirmable GET answered 2.05 with libcoap's
+/// resource list, and close_notify.
+#[tokio::test]
+async fn our_dtls_client_interoperates_with_libcoap_openssl_server() {
+    use flownexus::bench::dtls::{handshake, libcoap_server};
+    use flownexus::coap::{Message, Method, Request, Type};
+    use flownexus::dtls::client::client_config;
+
+    let (mut server, target) = libcoap_server(KEY_TEXT).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(target).await.unwrap();
+    for suite in flownexus::dtls::CIPHER_SUITES {
+        let cfg = client_config("anyone", KEY_TEXT.as_bytes(), &[suite]).unwrap();
+        let mut c = handshake(&sock, target, cfg)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{suite}: no handshake with OpenSSL"));
+        let get = Message::request(
+            Type::Con,
+            0x1234,
+            vec![7],
+            &Request::new(Method::Get, "/.well-known/core"),
+        );
+        assert!(c.send(Instant::now(), &get.encode()));
+        while let Some(d) = c.poll_transmit() {
+            sock.send(&d).await.unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let answer = loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{suite}: no answer"))
+                .unwrap();
+            c.handle_datagram(Instant::now(), &buf[..n]);
+            if let Some(m) = c.poll_received() {
+                break Message::decode(&m).unwrap();
+            }
+        };
+        assert_eq!((answer.message_id, answer.code), (0x1234, 0x45), "{suite}: 2.05");
+        assert!(String::from_utf8_lossy(&answer.payload).contains("</>"), "{suite}");
+        c.close(Instant::now());
+        while let Some(d) = c.poll_transmit() {
+            sock.send(&d).await.unwrap();
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }
