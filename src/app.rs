@@ -347,7 +347,9 @@ fn start_dtls(
     };
     let mut limits = Limits::from_config(c);
     limits.max_sessions = c.max_sessions.div_ceil(shards);
-    let (inbound_tx, inbound) = mpsc::channel(16_384);
+    // In batches (see `shell::lwm2m::FromDtls`): up to 1024 batches from
+    // the shards, 256 to each.
+    let (inbound_tx, inbound) = mpsc::channel(1024);
     let mut outbound = Vec::new();
     let mut addr = c.listen;
     if shards > 1 && addr.port() != 0 {
@@ -363,7 +365,7 @@ fn start_dtls(
         addr = socket.local_addr()?;
         let sessions =
             Sessions::new(std::time::Instant::now(), shard as u8, keys.clone(), limits.clone()).context("coaps")?;
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(256);
         outbound.push(tx);
         let (to_server, keys_changed, stop) = (inbound_tx.clone(), keys_changed.clone(), stop.clone());
         // Each shard on a thread of its own: its sessions' memory then
@@ -372,6 +374,7 @@ fn start_dtls(
         // back to the kernel; and handshake crypto stays off the server's
         // workers.
         tasks.push(tokio::task::spawn_blocking(move || {
+            name_this_thread(&format!("coaps-shard-{shard}"));
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => return log::error!("coaps shard {shard}: no runtime: {e}"),
@@ -385,6 +388,17 @@ fn start_dtls(
         }));
     }
     Ok((DtlsLink { inbound, outbound }, addr, shards))
+}
+
+/// Name the calling thread (as `top -H` and `/proc/PID/task/*/comm` show
+/// it; at most 15 bytes).
+fn name_this_thread(name: &str) {
+    if let Ok(name) = std::ffi::CString::new(&name.as_bytes()[..name.len().min(15)]) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of up to 16 bytes.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        }
+    }
 }
 
 /// The firmware download server: catalogue clean-up, certificates (and

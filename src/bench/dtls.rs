@@ -22,6 +22,7 @@ use crate::coap::{Message, Method, Request, Type};
 use crate::dtls::CIPHER_SUITES;
 use crate::dtls::client::{Client, ClientConfig, client_config};
 use crate::psk::Psk;
+use crate::shell::udp;
 use crate::store::Store;
 
 /// The key every benchmark identity shares; text, because libcoap's `-k`
@@ -169,17 +170,25 @@ async fn gets(target: SocketAddr, window: usize, seconds: u64) -> anyhow::Result
             for _ in 0..window {
                 get(&mut c);
             }
-            let mut buf = [0u8; 2048];
+            // Answers are read and new requests sent in batches (recvmmsg,
+            // sendmmsg), so that the generator leaves the servers as much
+            // of the two cores as it can.
+            let mut received = udp::Received::new(2048);
             while Instant::now() < until {
-                while let Some(d) = c.poll_transmit() {
-                    let _ = sock.send(&d).await;
-                }
-                match tokio::time::timeout(Duration::from_millis(200), sock.recv(&mut buf)).await {
-                    Ok(Ok(n)) => {
-                        c.handle_datagram(Instant::now(), &buf[..n]);
-                        while c.poll_received().is_some() {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                            get(&mut c);
+                let outgoing: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit()).collect();
+                let batch: Vec<_> = outgoing.iter().map(|d| (None, &d[..])).collect();
+                udp::send_batch(&sock, &batch).await;
+                match tokio::time::timeout(Duration::from_millis(200), sock.readable()).await {
+                    Ok(Ok(())) => {
+                        if udp::try_recv_batch(&sock, &mut received).is_ok() {
+                            let now = Instant::now();
+                            for (_, d) in received.datagrams() {
+                                c.handle_datagram(now, d);
+                            }
+                            while c.poll_received().is_some() {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                                get(&mut c);
+                            }
                         }
                     }
                     // A lost datagram: refill the window.

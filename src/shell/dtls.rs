@@ -10,7 +10,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use crate::dtls::{SessionEvent, Sessions};
-use crate::shell::lwm2m::{FromDtls, MAX_DATAGRAM, RECV_BATCH, ToDtls};
+use crate::shell::lwm2m::{FromDtls, RECV_BATCH, ToDtls};
+use crate::shell::udp;
 use crate::transport::Peer;
 
 /// How often a shard logs its counters (when they moved).
@@ -49,13 +50,14 @@ fn log_status(sessions: &Sessions) {
 pub async fn run(
     socket: UdpSocket,
     mut sessions: Sessions,
-    to_server: mpsc::Sender<FromDtls>,
-    mut from_server: mpsc::Receiver<ToDtls>,
+    to_server: mpsc::Sender<Vec<FromDtls>>,
+    mut from_server: mpsc::Receiver<Vec<ToDtls>>,
     mut keys_changed: watch::Receiver<u64>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut received = udp::Received::new(udp::MAX_DTLS_RECORD);
+    let mut outgoing = Vec::new();
     let mut status = tokio::time::interval(STATUS_EVERY);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut churn_before = 0;
@@ -64,26 +66,38 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
+            r = socket.readable() => match r {
+                Ok(()) => {
                     let t = Instant::now();
-                    sessions.handle_datagram(t, from, &buf[..n]);
-                    for _ in 0..RECV_BATCH {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => sessions.handle_datagram(t, from, &buf[..n]),
-                            Err(_) => break,
+                    for _ in 0..RECV_BATCH.div_ceil(udp::BATCH) {
+                        match udp::try_recv_batch(&socket, &mut received) {
+                            Ok(_) => {
+                                for (from, datagram) in received.datagrams() {
+                                    sessions.handle_datagram(t, from, datagram);
+                                }
+                            }
+                            Err(e) => {
+                                if e.kind() != std::io::ErrorKind::WouldBlock {
+                                    log::debug!("coaps receive: {e}");
+                                }
+                                break;
+                            }
                         }
                     }
                 }
                 Err(e) => log::debug!("coaps receive: {e}"),
             },
-            Some(msg) = from_server.recv() => {
+            Some(batch) = from_server.recv() => {
                 let t = Instant::now();
-                sessions.send(t, msg.session, &msg.payload);
-                for _ in 0..RECV_BATCH {
-                    match from_server.try_recv() {
-                        Ok(msg) => { sessions.send(t, msg.session, &msg.payload); }
-                        Err(_) => break,
+                let mut taken = batch.len();
+                for msg in batch {
+                    sessions.send(t, msg.session, &msg.payload);
+                }
+                while taken < RECV_BATCH {
+                    let Ok(batch) = from_server.try_recv() else { break };
+                    taken += batch.len();
+                    for msg in batch {
+                        sessions.send(t, msg.session, &msg.payload);
                     }
                 }
             }
@@ -104,19 +118,14 @@ pub async fn run(
             churn_before = churn;
             return_freed_memory();
         }
-        while let Some(t) = sessions.poll_transmit() {
-            match socket.try_send_to(&t.datagram, t.to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Err(e) = socket.send_to(&t.datagram, t.to).await {
-                        log::debug!("coaps send to {}: {e}", t.to);
-                    }
-                }
-                Err(e) => log::debug!("coaps send to {}: {e}", t.to),
-            }
+        outgoing.extend(std::iter::from_fn(|| sessions.poll_transmit()));
+        if !outgoing.is_empty() {
+            let batch: Vec<_> = outgoing.iter().map(|t| (Some(t.to), &t.datagram[..])).collect();
+            udp::send_batch(&socket, &batch).await;
+            outgoing.clear();
         }
-        while let Some(ev) = sessions.poll_event() {
-            let msg = match ev {
+        let up: Vec<FromDtls> = std::iter::from_fn(|| sessions.poll_event())
+            .map(|ev| match ev {
                 SessionEvent::Established { session, addr, binding } => {
                     log::debug!("DTLS session {session} from {addr} for {}", binding.endpoint);
                     FromDtls::Established {
@@ -134,10 +143,10 @@ pub async fn run(
                         addr: ([0, 0, 0, 0], 0).into(),
                     },
                 },
-            };
-            if to_server.send(msg).await.is_err() {
-                return;
-            }
+            })
+            .collect();
+        if !up.is_empty() && to_server.send(up).await.is_err() {
+            return;
         }
     }
 }

@@ -27,7 +27,9 @@ pub enum Command {
     KeyedEndpoints(HashSet<String>),
 }
 
-/// From a DTLS shard to the server.
+/// From a DTLS shard to the server (in batches: one channel message per
+/// turn of the shard's loop, so a busy shard wakes the server once per
+/// batch rather than once per datagram).
 #[derive(Debug)]
 pub enum FromDtls {
     Established { peer: Peer, endpoint: Arc<str> },
@@ -35,7 +37,7 @@ pub enum FromDtls {
     Closed { peer: Peer },
 }
 
-/// From the server to the DTLS shard owning `session`.
+/// From the server to the DTLS shard owning `session` (batched likewise).
 #[derive(Debug)]
 pub struct ToDtls {
     pub session: SessionId,
@@ -49,9 +51,9 @@ pub struct Transports {
 }
 
 pub struct DtlsLink {
-    pub inbound: mpsc::Receiver<FromDtls>,
+    pub inbound: mpsc::Receiver<Vec<FromDtls>>,
     /// One sender per shard, indexed by [`SessionId::shard`].
-    pub outbound: Vec<mpsc::Sender<ToDtls>>,
+    pub outbound: Vec<mpsc::Sender<Vec<ToDtls>>>,
 }
 
 /// Largest datagram we read; CoAP over UDP should stay under the path MTU,
@@ -69,7 +71,7 @@ async fn recv_udp(socket: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result
     }
 }
 
-async fn recv_dtls(link: &mut Option<DtlsLink>) -> Option<FromDtls> {
+async fn recv_dtls(link: &mut Option<DtlsLink>) -> Option<Vec<FromDtls>> {
     match link {
         Some(l) => l.inbound.recv().await,
         None => std::future::pending().await,
@@ -99,6 +101,9 @@ pub async fn run(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
     let udp = transports.udp.take();
+    let mut to_shards: Vec<Vec<ToDtls>> = (0..transports.dtls.as_ref().map_or(0, |l| l.outbound.len()))
+        .map(|_| Vec::new())
+        .collect();
     loop {
         let deadline = server
             .poll_timeout()
@@ -123,12 +128,16 @@ pub async fn run(
                     Err(e) => log::debug!("udp receive: {e}"),
                 }
             }
-            Some(msg) = recv_dtls(&mut transports.dtls) => {
-                from_dtls(&mut server, msg);
+            Some(batch) = recv_dtls(&mut transports.dtls) => {
+                let mut taken = batch.len();
+                batch.into_iter().for_each(|msg| from_dtls(&mut server, msg));
                 let link = transports.dtls.as_mut().expect("only polled with a link");
-                for _ in 0..RECV_BATCH {
+                while taken < RECV_BATCH {
                     match link.inbound.try_recv() {
-                        Ok(msg) => from_dtls(&mut server, msg),
+                        Ok(batch) => {
+                            taken += batch.len();
+                            batch.into_iter().for_each(|msg| from_dtls(&mut server, msg));
+                        }
                         Err(_) => break,
                     }
                 }
@@ -164,15 +173,21 @@ pub async fn run(
                     }
                 }
                 Peer::Dtls { session, .. } => {
-                    let Some(shard) = transports.dtls.as_ref().and_then(|l| l.outbound.get(session.shard())) else {
-                        continue;
-                    };
-                    // A full shard queue drops the message like a full
-                    // socket would; CoAP retransmits confirmable ones.
-                    let _ = shard.try_send(ToDtls {
-                        session,
-                        payload: tx.bytes,
-                    });
+                    if let Some(batch) = to_shards.get_mut(session.shard()) {
+                        batch.push(ToDtls {
+                            session,
+                            payload: tx.bytes,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(link) = &transports.dtls {
+            for (shard, batch) in link.outbound.iter().zip(to_shards.iter_mut()) {
+                // A full shard queue drops the batch like a full socket
+                // would; CoAP retransmits confirmable messages.
+                if !batch.is_empty() {
+                    let _ = shard.try_send(std::mem::take(batch));
                 }
             }
         }
