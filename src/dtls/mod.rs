@@ -529,7 +529,7 @@ impl Sessions {
         };
         for ev in events {
             match ev {
-                EndpointEvent::HandshakeComplete => self.established(id, std::mem::take(&mut flight)),
+                EndpointEvent::HandshakeComplete => self.established(id, std::mem::take(&mut flight), datagram),
                 // Data behind the client's Finished in the same datagram,
                 // decrypted by rtc-dtls before it was dropped.
                 EndpointEvent::ApplicationData(payload) => {
@@ -552,8 +552,9 @@ impl Sessions {
         }
     }
 
-    /// The handshake of `id` completed with `flight` as our last flight.
-    fn established(&mut self, id: SessionId, flight: Vec<Box<[u8]>>) {
+    /// The handshake of `id` completed on `datagram`, with `flight` as our
+    /// last flight.
+    fn established(&mut self, id: SessionId, flight: Vec<Box<[u8]>>, datagram: &[u8]) {
         let Some(s) = self.sessions.get(&id) else { return };
         let Phase::Handshaking { handshake, .. } = &s.phase else {
             return;
@@ -562,7 +563,7 @@ impl Sessions {
         self.end_handshake(id, ip);
         // The key was found during the handshake; if it vanished since, the
         // device no longer has a key and the session must not live.
-        let (Some(binding), Ok(protection)) = (
+        let (Some(binding), Ok(mut protection)) = (
             self.keys.binding(&identity),
             protection
                 .inspect_err(|e| log::warn!("DTLS: session {id}: the negotiated keys could not be taken over ({e})")),
@@ -571,6 +572,14 @@ impl Sessions {
             self.remove(id);
             return;
         };
+        // rtc-dtls opened the records of this datagram under the new keys
+        // (the client's Finished, maybe data behind it): a replay of them
+        // must find them already seen.
+        for (header, _) in record::records(datagram).unwrap_or_default() {
+            if header.epoch > 0 {
+                protection.mark_received(header.sequence);
+            }
+        }
         self.counters.handshakes_completed += 1;
         let Some(s) = self.sessions.get_mut(&id) else { return };
         s.phase = Phase::Established {

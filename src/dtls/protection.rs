@@ -326,6 +326,12 @@ impl Protection {
         out
     }
 
+    /// Count record `sequence` of our epoch as received (one another
+    /// implementation opened before the session came here).
+    pub fn mark_received(&mut self, sequence: u64) {
+        self.window.mark(sequence);
+    }
+
     /// Open one record (header included). Nothing changes unless it
     /// authenticates.
     pub fn open(&mut self, record: &[u8]) -> Result<Opened, Dropped> {

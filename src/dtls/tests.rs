@@ -342,10 +342,17 @@ fn a_lost_last_flight_is_sent_again_when_the_client_repeats_its_own() {
     }
     // The client's final flight completes the server's handshake; the
     // server's ChangeCipherSpec and Finished are lost.
-    server.handle_datagram(t, from, &c.poll_transmit().unwrap());
+    let final_flight = c.poll_transmit().unwrap();
+    server.handle_datagram(t, from, &final_flight);
     assert!(matches!(&events(&mut server)[..], [SessionEvent::Established { .. }]));
     assert!(server.poll_transmit().is_some());
     assert!(!c.is_established());
+
+    // A byte-for-byte replay of that flight is a replay, not a repeat
+    // (RFC 6347 §4.1.2.6): its records were seen, nothing is sent back.
+    server.handle_datagram(t, from, &final_flight);
+    assert!(server.poll_transmit().is_none(), "a replayed Finished must not draw our flight again");
+    assert!(events(&mut server).is_empty());
 
     // The client's timer repeats its flight (new record numbers); the
     // server answers with its last flight again, and the client is in.
