@@ -351,7 +351,10 @@ fn a_lost_last_flight_is_sent_again_when_the_client_repeats_its_own() {
     // A byte-for-byte replay of that flight is a replay, not a repeat
     // (RFC 6347 §4.1.2.6): its records were seen, nothing is sent back.
     server.handle_datagram(t, from, &final_flight);
-    assert!(server.poll_transmit().is_none(), "a replayed Finished must not draw our flight again");
+    assert!(
+        server.poll_transmit().is_none(),
+        "a replayed Finished must not draw our flight again"
+    );
     assert!(events(&mut server).is_empty());
 
     // The client's timer repeats its flight (new record numbers); the
