@@ -170,10 +170,18 @@ pub struct Server<P> {
     sessions: HashMap<P, Arc<str>>,
     events: VecDeque<ServerEvent<P>>,
     next_sweep: Option<Instant>,
+    /// Rejected events let out in the current second: (its start, count).
+    rejections: (Option<Instant>, u32),
 }
 
 /// How often expired registrations and operation deadlines are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most this many [`ServerEvent::Rejected`] a second leave the server;
+/// beyond that a refusal is still answered and logged at debug level, but a
+/// flood of bad requests does not flood the live event stream, the store
+/// writer's queue or the events table.
+pub const REJECTIONS_PER_SECOND: u32 = 20;
 
 impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     pub fn new(coap: Exchanges<P>, config: ServerConfig, models: Arc<Models>, seed: u64) -> Self {
@@ -194,7 +202,20 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             sessions: HashMap::new(),
             events: VecDeque::new(),
             next_sweep: None,
+            rejections: (None, 0),
         }
+    }
+
+    /// Whether one more refusal may become a [`ServerEvent::Rejected`] now
+    /// (see [`REJECTIONS_PER_SECOND`]).
+    fn rejection_recorded(&mut self, now: Now) -> bool {
+        let (start, count) = &mut self.rejections;
+        if start.is_none_or(|s| now.mono >= s + Duration::from_secs(1)) {
+            *start = Some(now.mono);
+            *count = 0;
+        }
+        *count += 1;
+        *count <= REJECTIONS_PER_SECOND
     }
 
     pub fn models(&self) -> &Arc<Models> {
@@ -383,17 +404,19 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         match result {
             Ok(r) => r,
             Err(rej) => {
-                let endpoint = self
-                    .by_peer
-                    .get(&peer)
-                    .and_then(|id| self.devices.get(id))
-                    .map(|d| d.reg.endpoint.clone());
                 log::debug!("{peer:?}: {} {}: {}", rej.code, req.path(), rej.reason);
-                self.events.push_back(ServerEvent::Rejected {
-                    endpoint,
-                    code: rej.code,
-                    reason: rej.reason.clone(),
-                });
+                if self.rejection_recorded(now) {
+                    let endpoint = self
+                        .by_peer
+                        .get(&peer)
+                        .and_then(|id| self.devices.get(id))
+                        .map(|d| d.reg.endpoint.clone());
+                    self.events.push_back(ServerEvent::Rejected {
+                        endpoint,
+                        code: rej.code,
+                        reason: rej.reason.clone(),
+                    });
+                }
                 let mut r = Response::new(rej.code);
                 // A diagnostic payload helps operators debugging a client (RFC 7252 §5.5.2).
                 r.payload = rej.reason.into_bytes();
@@ -845,11 +868,16 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         if response.code.is_success() {
             match crate::lwm2m::operation::decode_response(&path, &response, &self.models) {
                 Ok(records) => self.report(now, &endpoint, Source::Notification, records),
-                Err(e) => self.events.push_back(ServerEvent::Rejected {
-                    endpoint: Some(endpoint.clone()),
-                    code: Code::BAD_REQUEST,
-                    reason: format!("undecodable notification for {path}: {e}"),
-                }),
+                Err(e) => {
+                    log::debug!("{endpoint}: undecodable notification for {path}: {e}");
+                    if self.rejection_recorded(now) {
+                        self.events.push_back(ServerEvent::Rejected {
+                            endpoint: Some(endpoint.clone()),
+                            code: Code::BAD_REQUEST,
+                            reason: format!("undecodable notification for {path}: {e}"),
+                        });
+                    }
+                }
             }
         }
         self.woke(now, &endpoint);

@@ -704,3 +704,37 @@ fn sessions_speak_only_for_their_endpoint_and_keyed_endpoints_need_one() {
     assert_eq!(Code(reply(&mut net, 9, bytes).code), Code::CHANGED);
     assert_eq!(net.server.registration("sec-a").unwrap().peer, 9);
 }
+
+#[test]
+fn every_refusal_is_answered_but_only_a_bounded_number_a_second_become_events() {
+    use crate::coap::{Message, Type};
+    let mut net = Net::new(vec![]);
+    let n = REJECTIONS_PER_SECOND as u16 * 3;
+    let get = |mid: u16| {
+        Message::request(
+            Type::Con,
+            mid,
+            mid.to_be_bytes().to_vec(),
+            &Request::new(Method::Get, "/nothing"),
+        )
+        .encode()
+    };
+    let refuse_all = |net: &mut Net, first_mid: u16| {
+        let now = net.now();
+        for mid in first_mid..first_mid + n {
+            net.server.handle_datagram(now, 5, &get(mid));
+            let answer = Message::decode(&net.server.poll_transmit().expect("every request is answered").bytes);
+            assert_eq!(Code(answer.unwrap().code), Code::NOT_FOUND);
+        }
+        std::iter::from_fn(|| net.server.poll_event())
+            .filter(|e| matches!(e, ServerEvent::Rejected { code, .. } if *code == Code::NOT_FOUND))
+            .count()
+    };
+    assert_eq!(refuse_all(&mut net, 100), REJECTIONS_PER_SECOND as usize);
+    // Within the same second: nothing more reaches the event log.
+    net.now += Duration::from_millis(900);
+    assert_eq!(refuse_all(&mut net, 1000), 0);
+    // A new second, a new allowance.
+    net.now += Duration::from_millis(200);
+    assert_eq!(refuse_all(&mut net, 2000), REJECTIONS_PER_SECOND as usize);
+}

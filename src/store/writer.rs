@@ -81,10 +81,6 @@ impl<P> Clone for WriterHandle<P> {
 /// back-pressure that keeps memory bounded if the disk is slow.
 const CAPACITY: usize = 65_536;
 
-/// At most this many "rejected request" events are stored per second, so a
-/// flood of bad packets cannot flood the events table.
-const REJECTIONS_PER_SECOND: u32 = 20;
-
 /// Retention deletes the history of this many device ids per commit, so a
 /// prune of a large fleet never holds the writer for long.
 const PRUNE_DEVICES_PER_COMMIT: i64 = 500;
@@ -172,7 +168,6 @@ struct Writer {
     /// beside `books`.
     pending: SharedPending,
     devices: HashMap<String, i64>,
-    rejections: (i64, u32),
     /// A retention run in progress: (cutoff, next device id, last device id, deleted).
     prune: Option<(i64, i64, i64, usize)>,
     /// More devices were due than the last commit moved.
@@ -223,7 +218,6 @@ fn run<P: Display>(store: Store, rx: Receiver<Command<P>>, settings: WriterSetti
         settings,
         pending,
         devices: HashMap::new(),
-        rejections: (0, 0),
         prune: None,
         behind: false,
         next_seq: 0,
@@ -451,7 +445,7 @@ impl Writer {
         let tx = self.store.conn.transaction()?;
         for cmd in batch {
             match cmd {
-                Command::Event(ev) => apply(&tx, &mut self.devices, &mut self.rejections, journalled, ev)?,
+                Command::Event(ev) => apply(&tx, &mut self.devices, journalled, ev)?,
                 Command::Prune(cutoff) => {
                     // Every stored value is counted in the hour of its
                     // timestamp, so without a whole hour before the
@@ -654,7 +648,6 @@ fn end_registration(
 fn apply<P: Display>(
     tx: &Transaction<'_>,
     devices: &mut HashMap<String, i64>,
-    rejections: &mut (i64, u32),
     journalled: &mut Journalled,
     ev: ServerEvent<P>,
 ) -> Result<()> {
@@ -757,20 +750,14 @@ fn apply<P: Display>(
         ServerEvent::ObservationEnded { token, .. } => {
             tx.execute("DELETE FROM observations WHERE token = ?1", [token.0 as i64])?;
         }
+        // The server lets out a bounded number of these per second.
         ServerEvent::Rejected { endpoint, code, reason } => {
-            let second = now_ms() / 1000;
-            if rejections.0 != second {
-                *rejections = (second, 0);
-            }
-            rejections.1 += 1;
-            if rejections.1 <= REJECTIONS_PER_SECOND {
-                event(
-                    tx,
-                    endpoint.as_deref(),
-                    "rejected",
-                    json!({ "code": code.to_string(), "reason": reason }),
-                )?;
-            }
+            event(
+                tx,
+                endpoint.as_deref(),
+                "rejected",
+                json!({ "code": code.to_string(), "reason": reason }),
+            )?;
         }
     }
     Ok(())
