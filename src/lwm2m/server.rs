@@ -214,7 +214,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             *start = Some(now.mono);
             *count = 0;
         }
-        *count += 1;
+        *count = count.saturating_add(1);
         *count <= REJECTIONS_PER_SECOND
     }
 
