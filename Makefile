@@ -10,8 +10,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the tests use as real peers: libcoap's coap-client and
 # coap-server (CoAP interop, baseline benchmark), curl and openssl (firmware
-# server), shellcheck (deploy scripts), Chromium (the dashboard in a browser).
-DEB_TEST_PACKAGES := libcoap3-bin shellcheck curl openssl chromium
+# server), shellcheck (deploy scripts), Chromium (the dashboard in a browser),
+# and what ../shared/peers/build-wakaama.sh needs to build Eclipse Wakaama's
+# LwM2M client, the real client the operation tests run against.
+DEB_TEST_PACKAGES := libcoap3-bin shellcheck curl openssl chromium \
+	build-essential cmake autoconf automake libtool pkg-config
 
 # Playwright (npm, drives Debian's Chromium) and schemathesis (PyPI, fuzzes
 # the REST API), both pinned by their lock files.

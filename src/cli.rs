@@ -225,7 +225,9 @@ enum DeviceCommand {
         #[command(flatten)]
         op: OpArgs,
     },
-    /// Write a value to a resource (Write-Replace with --replace, else Partial Update).
+    /// Write a value (Core §6.3.3). A resource or resource instance is always
+    /// written with Write-Replace (PUT); an object instance with Partial
+    /// Update (POST), or Write-Replace with --replace.
     Write {
         endpoint: String,
         path: ResourcePath,
@@ -289,10 +291,21 @@ enum DeviceCommand {
         #[command(flatten)]
         op: OpArgs,
     },
-    /// Observe several paths at once (Observe-Composite, LwM2M 1.1).
+    /// Observe several paths at once (Observe-Composite, LwM2M 1.1), or
+    /// cancel that observation with --cancel and the same paths.
     ObserveComposite {
         endpoint: String,
         paths: Vec<ResourcePath>,
+        #[arg(long)]
+        cancel: bool,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Write resources of several objects at once: PATH=VALUE pairs
+    /// (Write-Composite, LwM2M 1.1; one iPATCH).
+    WriteComposite {
+        endpoint: String,
+        values: Vec<String>,
         #[command(flatten)]
         op: OpArgs,
     },
@@ -842,7 +855,7 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
             OperationKind::Write {
                 path,
                 values: vec![WriteValue { path, value }],
-                replace,
+                replace: replace.then_some(true),
             },
             op,
         ),
@@ -887,9 +900,26 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
             op,
         } => (endpoint, OperationKind::WriteAttributes { path, attributes }, op),
         DeviceCommand::ReadComposite { endpoint, paths, op } => (endpoint, OperationKind::ReadComposite { paths }, op),
-        DeviceCommand::ObserveComposite { endpoint, paths, op } => {
-            (endpoint, OperationKind::ObserveComposite { paths }, op)
+        DeviceCommand::ObserveComposite {
+            endpoint,
+            paths,
+            cancel,
+            op,
+        } => {
+            let kind = if cancel {
+                OperationKind::CancelObserveComposite { paths }
+            } else {
+                OperationKind::ObserveComposite { paths }
+            };
+            (endpoint, kind, op)
         }
+        DeviceCommand::WriteComposite { endpoint, values, op } => (
+            endpoint,
+            OperationKind::WriteComposite {
+                values: parse_assignments(&values)?,
+            },
+            op,
+        ),
     };
     let models = crate::app::load_models(config)?;
     kind.validate(&models)?;

@@ -22,6 +22,8 @@ mod browser;
 mod dtls;
 #[path = "system/firmware.rs"]
 mod firmware;
+#[path = "system/wakaama.rs"]
+mod wakaama;
 #[path = "system/web.rs"]
 mod web;
 
@@ -203,7 +205,7 @@ async fn operations_against_simulated_devices() {
             path: p("/1/0/1"),
             value: "300".into(),
         }],
-        replace: true,
+        replace: None,
     };
     assert_eq!(
         run_op(dir.path(), "sys-ops", write).await.state,
@@ -218,7 +220,7 @@ async fn operations_against_simulated_devices() {
             path: p("/3/0/0"),
             value: "x".into(),
         }],
-        replace: true,
+        replace: None,
     };
     let denied = run_op(dir.path(), "sys-ops", denied).await;
     assert_eq!(

@@ -736,7 +736,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
     /// from the first notification (RFC 7641 §3.4 allows it after 128 s).
     pub fn restore_observation(&mut self, now: Instant, peer: P, id: RequestId, mut request: Request) {
         self.ensure_sweep(now);
-        request.payload.clear();
+        // The payload stays: cancelling an Observe-Composite repeats its
+        // FETCH with the same paths (RFC 7641 §3.6, RFC 8132 §2).
         request.options.observe = Some(0);
         let out = Outgoing::new(peer, request, OutState::Observing, Role::Request, self.params.block_szx);
         self.outgoing.insert(id.0, out);
@@ -952,7 +953,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             // Keep the token for notifications; release the NSTART slot.
             o.state = OutState::Observing;
             o.generation += 1;
-            o.request.payload.clear();
+            // The request is kept whole: cancelling an Observe-Composite
+            // repeats its FETCH, names and all (RFC 7641 §3.6, RFC 8132).
             if o.last_observe.is_none() {
                 o.last_observe = response.options.observe.map(|s| (s, now));
             }

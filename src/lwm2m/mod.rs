@@ -10,3 +10,6 @@ pub use path::{ObjectId, Record, ResourcePath, Value};
 pub mod operation;
 pub mod registration;
 pub mod server;
+
+#[cfg(test)]
+mod conformance_tests;

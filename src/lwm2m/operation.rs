@@ -30,12 +30,18 @@ pub enum OperationKind {
     Read {
         path: ResourcePath,
     },
-    /// `replace` is Write-Replace (PUT); otherwise Partial Update (POST).
+    /// Write (Core §6.3.3). `replace`: `true` Write-Replace (PUT), `false`
+    /// Partial Update (POST), absent what the path allows ([`write_method`]).
     Write {
         path: ResourcePath,
         values: Vec<WriteValue>,
-        #[serde(default)]
-        replace: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replace: Option<bool>,
+    },
+    /// Write-Composite (Core 1.1 §6.3.3): resources of several objects in one
+    /// iPATCH on the root.
+    WriteComposite {
+        values: Vec<WriteValue>,
     },
     Execute {
         path: ResourcePath,
@@ -69,6 +75,48 @@ pub enum OperationKind {
     ObserveComposite {
         paths: Vec<ResourcePath>,
     },
+    CancelObserveComposite {
+        paths: Vec<ResourcePath>,
+    },
+}
+
+/// How a Write goes out: Write-Replace is a PUT, Partial Update a POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    Replace,
+    PartialUpdate,
+}
+
+/// The method a Write on `path` must use. LwM2M maps a POST on a resource
+/// path to Execute (LwM2M 1.0.1 TS table 25, "Operation to CoAP method";
+/// the 1.1 Transport Bindings TS keeps it for the Device Management and
+/// Service Enablement interface), and Zephyr's engine (`lwm2m_message_handling.c`,
+/// `handle_request`) does exactly that: a POST on three or more levels is
+/// Execute, on two (an Object Instance) Partial Update, on one Create. So
+/// Partial Update exists only for an Object Instance; a resource or resource
+/// instance is always written with a Replace. `replace` is the operator's
+/// choice, `None` takes what the path allows (Partial Update for an
+/// instance, which leaves the other resources alone).
+pub fn write_method(path: &ResourcePath, replace: Option<bool>) -> Result<WriteMode> {
+    match (path.depth(), replace) {
+        (2, Some(true)) => Ok(WriteMode::Replace),
+        (2, _) => Ok(WriteMode::PartialUpdate),
+        (3 | 4, Some(false)) => Err(Error::Invalid {
+            what: "write",
+            reason: format!(
+                "Partial Update exists only for an Object Instance (/O/I); on the resource path {path} \
+                 a POST is an Execute (LwM2M's operation-to-CoAP mapping); write it with Replace"
+            ),
+        }),
+        (3 | 4, _) => Ok(WriteMode::Replace),
+        _ => Err(Error::Invalid {
+            what: "write",
+            reason: format!(
+                "Write targets an Object Instance, a Resource or a Resource Instance, not {path} \
+                 (LwM2M Core §6.3.3)"
+            ),
+        }),
+    }
 }
 
 impl OperationKind {
@@ -85,6 +133,8 @@ impl OperationKind {
             OperationKind::CancelObserve { .. } => "cancel-observe",
             OperationKind::ReadComposite { .. } => "read-composite",
             OperationKind::ObserveComposite { .. } => "observe-composite",
+            OperationKind::WriteComposite { .. } => "write-composite",
+            OperationKind::CancelObserveComposite { .. } => "cancel-observe-composite",
         }
     }
 
@@ -100,7 +150,21 @@ impl OperationKind {
             | OperationKind::WriteAttributes { path, .. }
             | OperationKind::Observe { path }
             | OperationKind::CancelObserve { path } => *path,
-            OperationKind::ReadComposite { .. } | OperationKind::ObserveComposite { .. } => ResourcePath::ROOT,
+            OperationKind::ReadComposite { .. }
+            | OperationKind::ObserveComposite { .. }
+            | OperationKind::CancelObserveComposite { .. }
+            | OperationKind::WriteComposite { .. } => ResourcePath::ROOT,
+        }
+    }
+
+    /// The paths of a composite operation (empty for the others).
+    pub fn composite_paths(&self) -> Vec<ResourcePath> {
+        match self {
+            OperationKind::ReadComposite { paths }
+            | OperationKind::ObserveComposite { paths }
+            | OperationKind::CancelObserveComposite { paths } => paths.clone(),
+            OperationKind::WriteComposite { values } => values.iter().map(|v| v.path).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -120,17 +184,25 @@ impl OperationKind {
                 need(path, 1, 4)
             }
             OperationKind::Discover { path } | OperationKind::WriteAttributes { path, .. } => need(path, 1, 3),
-            OperationKind::Write { path, values, .. } => {
-                need(path, 2, 4)?;
+            OperationKind::Write { path, values, replace } => {
+                write_method(path, *replace)?;
                 if values.is_empty() {
                     return Err(Error::malformed("write", "no values"));
+                }
+                self.records(models).map(|_| ())
+            }
+            OperationKind::WriteComposite { values } => {
+                if values.is_empty() {
+                    return Err(Error::malformed("write-composite", "no values"));
                 }
                 self.records(models).map(|_| ())
             }
             OperationKind::Execute { path, .. } => need(path, 3, 3),
             OperationKind::Create { path, .. } => need(path, 1, 1).and_then(|_| self.records(models).map(|_| ())),
             OperationKind::Delete { path } => need(path, 2, 2),
-            OperationKind::ReadComposite { paths } | OperationKind::ObserveComposite { paths } => {
+            OperationKind::ReadComposite { paths }
+            | OperationKind::ObserveComposite { paths }
+            | OperationKind::CancelObserveComposite { paths } => {
                 if paths.is_empty() {
                     return Err(Error::malformed("composite", "no paths"));
                 }
@@ -142,6 +214,7 @@ impl OperationKind {
     fn records(&self, models: &Models) -> Result<Vec<Record>> {
         let (base, values) = match self {
             OperationKind::Write { path, values, .. } | OperationKind::Create { path, values } => (path, values),
+            OperationKind::WriteComposite { values } => (&ResourcePath::ROOT, values),
             _ => return Ok(Vec::new()),
         };
         values
@@ -163,31 +236,42 @@ impl OperationKind {
     /// The CoAP request for this operation. `format` is the registration's
     /// preferred content format; `root` its root path segments.
     pub fn to_request(&self, format: u16, root: &[String], models: &Models) -> Result<Request> {
-        let mut path = self.path();
+        // The method, path and Accept of each operation follow LwM2M's
+        // operation-to-CoAP mapping (1.0.1 TS table 25; the 1.1 Transport
+        // Bindings TS adds the composite operations): the table in
+        // docs/operations.md, tested row by row in lwm2m::conformance_tests.
+        let path = self.path();
         let (method, accept) = match self {
             OperationKind::Read { .. } | OperationKind::Observe { .. } | OperationKind::CancelObserve { .. } => {
                 (Method::Get, Some(format))
             }
             OperationKind::Discover { .. } => (Method::Get, Some(content::LINK_FORMAT)),
-            OperationKind::Write { replace: true, .. } => (Method::Put, None),
-            OperationKind::Write { replace: false, .. }
-            | OperationKind::Execute { .. }
-            | OperationKind::Create { .. } => (Method::Post, None),
+            OperationKind::Write { path, replace, .. } => match write_method(path, *replace)? {
+                WriteMode::Replace => (Method::Put, None),
+                WriteMode::PartialUpdate => (Method::Post, None),
+            },
+            OperationKind::Execute { .. } | OperationKind::Create { .. } => (Method::Post, None),
             OperationKind::Delete { .. } => (Method::Delete, None),
+            // A PUT without Content-Format is Write-Attributes; with one it is
+            // a Write (Zephyr's `handle_request` tells them apart this way).
             OperationKind::WriteAttributes { .. } => (Method::Put, None),
-            OperationKind::ReadComposite { .. } | OperationKind::ObserveComposite { .. } => {
-                path = ResourcePath::ROOT;
-                (Method::Fetch, Some(composite_format(format)))
-            }
+            OperationKind::WriteComposite { .. } => (Method::IPatch, None),
+            OperationKind::ReadComposite { .. }
+            | OperationKind::ObserveComposite { .. }
+            | OperationKind::CancelObserveComposite { .. } => (Method::Fetch, Some(composite_format(format))),
         };
         let mut segments = root.to_vec();
         segments.extend(path.segments());
         let mut req = Request::new(method, "");
         req.options.uri_path = segments;
         req.options.accept = accept;
+        // RFC 7641 §2: Observe 0 registers, 1 deregisters (§3.6, sent on
+        // the observation's own token by the server core).
         match self {
             OperationKind::Observe { .. } | OperationKind::ObserveComposite { .. } => req.options.observe = Some(0),
-            OperationKind::CancelObserve { .. } => req.options.observe = Some(1),
+            OperationKind::CancelObserve { .. } | OperationKind::CancelObserveComposite { .. } => {
+                req.options.observe = Some(1)
+            }
             _ => {}
         }
         match self {
@@ -207,8 +291,16 @@ impl OperationKind {
                 req.payload = a.as_bytes().to_vec();
                 req.options.content_format = Some(content::TEXT_PLAIN);
             }
+            OperationKind::WriteComposite { .. } => {
+                // Composite operations carry SenML with full names (Core §7.4.4).
+                let cf = composite_format(format);
+                req.payload = content::encode(cf, &ResourcePath::ROOT, &self.records(models)?, models)?;
+                req.options.content_format = Some(cf);
+            }
             OperationKind::WriteAttributes { attributes, .. } => req.options.uri_query = attributes.clone(),
-            OperationKind::ReadComposite { paths } | OperationKind::ObserveComposite { paths } => {
+            OperationKind::ReadComposite { paths }
+            | OperationKind::ObserveComposite { paths }
+            | OperationKind::CancelObserveComposite { paths } => {
                 let cf = composite_format(format);
                 req.payload = if cf == content::SENML_JSON {
                     senml::encode_json_names(paths)
@@ -223,17 +315,19 @@ impl OperationKind {
     }
 
     /// The response code that means success for this operation (Core §6.3).
-    fn expected(&self) -> &'static [Code] {
+    pub fn expected(&self) -> &'static [Code] {
         match self {
             OperationKind::Read { .. }
             | OperationKind::Discover { .. }
             | OperationKind::Observe { .. }
             | OperationKind::CancelObserve { .. }
             | OperationKind::ReadComposite { .. }
-            | OperationKind::ObserveComposite { .. } => &[Code::CONTENT],
-            OperationKind::Write { .. } | OperationKind::Execute { .. } | OperationKind::WriteAttributes { .. } => {
-                &[Code::CHANGED]
-            }
+            | OperationKind::ObserveComposite { .. }
+            | OperationKind::CancelObserveComposite { .. } => &[Code::CONTENT],
+            OperationKind::Write { .. }
+            | OperationKind::WriteComposite { .. }
+            | OperationKind::Execute { .. }
+            | OperationKind::WriteAttributes { .. } => &[Code::CHANGED],
             OperationKind::Create { .. } => &[Code::CREATED],
             OperationKind::Delete { .. } => &[Code::DELETED],
         }
@@ -278,7 +372,9 @@ impl OperationKind {
                     }
                 }
             }
-            OperationKind::ReadComposite { .. } | OperationKind::ObserveComposite { .. } => {
+            OperationKind::ReadComposite { .. }
+            | OperationKind::ObserveComposite { .. }
+            | OperationKind::CancelObserveComposite { .. } => {
                 match decode_response(&ResourcePath::ROOT, response, models) {
                     Ok(r) => result.records = r,
                     Err(e) => {
@@ -429,7 +525,7 @@ mod tests {
                 path: p("/1/0/1"),
                 value: "600".into(),
             }],
-            replace: false,
+            replace: None,
         };
         let req = write.to_request(content::TLV, &["lwm2m".into()], &m).unwrap();
         assert_eq!(req.method, Method::Post);
@@ -480,7 +576,7 @@ mod tests {
                 path: p("/3/0/13"),
                 value: "noon".into(),
             }],
-            replace: true,
+            replace: None,
         };
         assert!(bad_value.validate(&m).unwrap_err().to_string().contains("noon"));
         let outside = OperationKind::Write {
@@ -489,7 +585,7 @@ mod tests {
                 path: p("/1/0/1"),
                 value: "1".into(),
             }],
-            replace: true,
+            replace: None,
         };
         assert!(outside.validate(&m).is_err());
     }
@@ -503,7 +599,7 @@ mod tests {
                 path: p("/3/0/13"),
                 value: "5".into(),
             }],
-            replace: true,
+            replace: None,
         };
         match op.outcome(&Response::new(Code::METHOD_NOT_ALLOWED), &m) {
             Outcome::Failed { code, .. } => assert_eq!(code.as_deref(), Some("4.05")),

@@ -109,12 +109,6 @@ struct Observation {
     kind: OperationKind,
 }
 
-impl Observation {
-    fn composite(&self) -> bool {
-        matches!(self.kind, OperationKind::ObserveComposite { .. })
-    }
-}
-
 #[derive(Debug)]
 struct Device<P> {
     reg: Registration<P>,
@@ -714,7 +708,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
                 .and_then(VecDeque::pop_front)
                 .expect("front exists");
             let sent = match &op.kind {
-                OperationKind::CancelObserve { path } => self.cancel_observation(now, endpoint, path),
+                OperationKind::CancelObserve { .. } | OperationKind::CancelObserveComposite { .. } => {
+                    self.cancel_observation(now, endpoint, &op.kind)
+                }
                 kind => kind
                     .to_request(format, &root, &self.models)
                     .map(|request| self.coap.request(now.mono, peer, request))
@@ -744,20 +740,33 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         }
     }
 
-    /// Active cancellation (RFC 7641 §3.6): GET with Observe 1 on the
-    /// observation's own token; its response completes the operation.
-    fn cancel_observation(&mut self, now: Now, endpoint: &str, path: &ResourcePath) -> Result<RequestId, String> {
+    /// Active cancellation (RFC 7641 §3.6): the observation's own request
+    /// (GET, or FETCH with the same paths for Observe-Composite) again with
+    /// Observe 1 on the observation's token; its response completes the
+    /// operation.
+    fn cancel_observation(&mut self, now: Now, endpoint: &str, cancel: &OperationKind) -> Result<RequestId, String> {
+        let observed = |o: &Observation| match (cancel, &o.kind) {
+            (OperationKind::CancelObserve { path }, OperationKind::Observe { path: p }) => p == path,
+            (OperationKind::CancelObserveComposite { paths }, OperationKind::ObserveComposite { paths: p }) => {
+                same_paths(p, paths)
+            }
+            _ => false,
+        };
+        let what = match cancel {
+            OperationKind::CancelObserve { path } => path.to_string(),
+            _ => format!("the composite {:?}", cancel.composite_paths()),
+        };
         let rid = self
             .observations
             .iter()
-            .find(|(_, o)| o.endpoint == endpoint && o.kind.path() == *path && !o.composite())
+            .find(|(_, o)| o.endpoint == endpoint && observed(o))
             .map(|(id, _)| *id)
-            .ok_or_else(|| format!("no active observation of {path}"))?;
+            .ok_or_else(|| format!("no active observation of {what}"))?;
         self.end_observation(rid, false);
         if self.coap.cancel_observation(now.mono, rid) {
             Ok(rid)
         } else {
-            Err(format!("observation of {path} already ended"))
+            Err(format!("observation of {what} already ended"))
         }
     }
 
@@ -967,6 +976,18 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             self.schedule_sweep(now);
         }
     }
+}
+
+/// The same set of paths, in any order (an operator names a composite
+/// observation's paths again to cancel it).
+fn same_paths(a: &[ResourcePath], b: &[ResourcePath]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort();
+    a.dedup();
+    b.sort();
+    b.dedup();
+    a == b
 }
 
 #[cfg(test)]

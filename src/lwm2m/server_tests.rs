@@ -296,7 +296,7 @@ fn device_management_operations() {
                 path: p("/1/0/1"),
                 value: "120".into(),
             }],
-            replace: true,
+            replace: None,
         },
     );
     assert!(matches!(net.outcome(write), Some(Outcome::Succeeded(_))));
@@ -311,7 +311,7 @@ fn device_management_operations() {
                 path: p("/3/0/0"),
                 value: "x".into(),
             }],
-            replace: true,
+            replace: None,
         },
     );
     match net.outcome(bad) {
@@ -448,7 +448,7 @@ fn queue_mode_waits_for_the_device_then_delivers_in_order() {
                 path: p("/1/0/1"),
                 value: "90".into(),
             }],
-            replace: true,
+            replace: None,
         },
     );
     assert_eq!(net.sent_count(a), 0, "nothing is sent to a sleeping device");
@@ -656,7 +656,7 @@ fn lwm2m_1_0_client_gets_tlv() {
                 path: p("/1/0/1"),
                 value: "77".into(),
             }],
-            replace: false,
+            replace: None,
         },
     );
     assert!(matches!(net.outcome(write), Some(Outcome::Succeeded(_))));
@@ -737,4 +737,67 @@ fn every_refusal_is_answered_but_only_a_bounded_number_a_second_become_events() 
     // A new second, a new allowance.
     net.now += Duration::from_millis(200);
     assert_eq!(refuse_all(&mut net, 2000), REJECTIONS_PER_SECOND as usize);
+}
+
+#[test]
+fn composite_write_and_composite_observation_with_its_cancellation() {
+    let mut net = Net::new(vec![device("dev-comp")]);
+    let write = net.enqueue(
+        "dev-comp",
+        OperationKind::WriteComposite {
+            values: vec![
+                WriteValue {
+                    path: p("/1/0/1"),
+                    value: "90".into(),
+                },
+                WriteValue {
+                    path: p("/3303/0/5750"),
+                    value: "boiler".into(),
+                },
+            ],
+        },
+    );
+    assert!(matches!(net.outcome(write), Some(Outcome::Succeeded(_))));
+    assert_eq!(net.clients[0].value(&p("/1/0/1")), Some(&Value::Integer(90)));
+    assert_eq!(
+        net.clients[0].value(&p("/3303/0/5750")),
+        Some(&Value::String("boiler".into()))
+    );
+
+    let paths = vec![p("/3303/0/5700"), p("/3304/0/5700")];
+    let obs = net.enqueue("dev-comp", OperationKind::ObserveComposite { paths: paths.clone() });
+    assert!(matches!(net.outcome(obs), Some(Outcome::Succeeded(_))));
+    assert_eq!(net.clients[0].observations(), 1);
+    net.take_events();
+    net.advance(Duration::from_secs(11));
+    let notified = |events: &[ServerEvent<u8>]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::ValuesReported { source: Source::Notification, records, .. } if records.len() == 2))
+            .count()
+    };
+    assert_eq!(notified(&net.take_events()), 2, "one composite notification per 5 s");
+    // Named in another order, it is the same observation.
+    let cancel = net.enqueue(
+        "dev-comp",
+        OperationKind::CancelObserveComposite {
+            paths: vec![paths[1], paths[0]],
+        },
+    );
+    assert!(matches!(net.outcome(cancel), Some(Outcome::Succeeded(_))));
+    assert!(
+        net.events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::ObservationEnded { .. }))
+    );
+    assert_eq!(
+        net.clients[0].observations(),
+        0,
+        "the device dropped it (RFC 7641 §3.6)"
+    );
+    net.take_events();
+    net.advance(Duration::from_secs(11));
+    assert_eq!(notified(&net.take_events()), 0, "the device stopped notifying");
+    let again = net.enqueue("dev-comp", OperationKind::CancelObserveComposite { paths });
+    assert!(matches!(net.outcome(again), Some(Outcome::Failed { code: None, .. })));
 }

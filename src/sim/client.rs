@@ -2,13 +2,18 @@
 //! 1, 3, 5, 3303, 3304; SenML-CBOR or TLV; queue mode with an awake window;
 //! periodic Updates; answers Read/Write/Execute/Create/Delete/Discover/
 //! Write-Attributes/Observe and their composite forms; optional Send.
+//! How it answers the server's requests is in [`requests`].
+
+mod requests;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::coap::{Code, Event, Exchanges, Method, Params, Request, RequestId, Response};
-use crate::lwm2m::content::{self, link_format::Link, senml};
+use crate::lwm2m::content::{self, senml};
 use crate::lwm2m::model::Models;
 use crate::lwm2m::path::{Record, ResourcePath, Value};
 
@@ -179,6 +184,11 @@ impl Client {
 
     pub fn value(&self, p: &ResourcePath) -> Option<&Value> {
         self.values.get(p)
+    }
+
+    /// How many observations the server holds on this client.
+    pub fn observations(&self) -> usize {
+        self.observers.len()
     }
 
     pub fn set_value(&mut self, p: ResourcePath, v: Value) {
@@ -397,193 +407,6 @@ impl Client {
                 time: None,
             })
             .collect()
-    }
-
-    fn encode(&self, p: &ResourcePath, records: &[Record], accept: Option<u16>) -> Result<Response, Code> {
-        let format = match accept {
-            None => self.cfg.format,
-            Some(f)
-                if [
-                    content::TLV,
-                    content::SENML_CBOR,
-                    content::SENML_JSON,
-                    content::LWM2M_CBOR,
-                ]
-                .contains(&f) =>
-            {
-                f
-            }
-            Some(content::TEXT_PLAIN) if records.len() == 1 && records[0].path == *p => content::TEXT_PLAIN,
-            Some(_) => return Err(Code::NOT_ACCEPTABLE),
-        };
-        let payload = content::encode(format, p, records, &self.models).map_err(|_| Code::INTERNAL_SERVER_ERROR)?;
-        Ok(Response::with_payload(Code::CONTENT, format, payload))
-    }
-
-    fn serve(&mut self, now: Instant, token: &[u8], req: Request) -> Response {
-        let p = match ResourcePath::from_segments(&req.options.uri_path) {
-            Some(p) => p,
-            None => return Response::new(Code::NOT_FOUND),
-        };
-        if p.object() == Some(SECURITY) || (p.depth() == 0 && req.method != Method::Fetch) {
-            // A Device Management server has no access to the Security
-            // object (Core §6.3: 4.01 Unauthorized), nor to the root.
-            return Response::new(Code::UNAUTHORIZED);
-        }
-        let result = match req.method {
-            Method::Get if req.options.accept == Some(content::LINK_FORMAT) => self.discover(&p),
-            Method::Get => self.read(now, token, &p, &req),
-            Method::Put if req.payload.is_empty() && !req.options.uri_query.is_empty() => {
-                Ok(Response::new(Code::CHANGED))
-            }
-            Method::Put | Method::Post if p.depth() >= 2 && !self.is_executable(&p) => self.write(&p, &req),
-            Method::Post if self.is_executable(&p) => self.execute(now, &p),
-            Method::Post if p.depth() == 1 => self.create(&p, &req),
-            Method::Delete if p.depth() == 2 => {
-                let before = self.values.len();
-                self.values.retain(|k, _| !k.starts_with(&p));
-                if self.values.len() == before {
-                    Err(Code::NOT_FOUND)
-                } else {
-                    Ok(Response::new(Code::DELETED))
-                }
-            }
-            Method::Fetch => self.read_composite(token, &req),
-            _ => Err(Code::METHOD_NOT_ALLOWED),
-        };
-        result.unwrap_or_else(Response::new)
-    }
-
-    fn is_executable(&self, p: &ResourcePath) -> bool {
-        p.depth() == 3 && self.models.resource(p).is_some_and(|r| r.executable())
-    }
-
-    fn read(&mut self, _now: Instant, token: &[u8], p: &ResourcePath, req: &Request) -> Result<Response, Code> {
-        let records = self.records_under(p);
-        if records.is_empty() {
-            return Err(Code::NOT_FOUND);
-        }
-        let mut r = self.encode(p, &records, req.options.accept)?;
-        match req.options.observe {
-            Some(0) => {
-                self.observers.retain(|o| o.token != token);
-                let format = r.options.content_format.unwrap_or(self.cfg.format);
-                self.observers.push(Observer {
-                    token: token.to_vec(),
-                    paths: vec![*p],
-                    composite: false,
-                    seq: 0,
-                    format,
-                });
-                r.options.observe = Some(0);
-            }
-            Some(1) => self.observers.retain(|o| o.token != token),
-            _ => {}
-        }
-        Ok(r)
-    }
-
-    fn discover(&self, p: &ResourcePath) -> Result<Response, Code> {
-        let mut links = Vec::new();
-        let mut last = None;
-        for k in self.values.keys().filter(|k| k.starts_with(p)) {
-            let res = ResourcePath::new(&k.ids()[..3.min(k.depth())]).expect("prefix");
-            if last != Some(res) {
-                links.push(Link {
-                    target: res.to_string(),
-                    attrs: vec![],
-                });
-                last = Some(res);
-            }
-        }
-        if links.is_empty() {
-            return Err(Code::NOT_FOUND);
-        }
-        let text = content::link_format::format(&links);
-        Ok(Response::with_payload(
-            Code::CONTENT,
-            content::LINK_FORMAT,
-            text.into_bytes(),
-        ))
-    }
-
-    fn write(&mut self, p: &ResourcePath, req: &Request) -> Result<Response, Code> {
-        let cf = req.options.content_format.unwrap_or(content::TEXT_PLAIN);
-        let records = content::decode(cf, p, &req.payload, &self.models).map_err(|e| match e {
-            crate::Error::UnsupportedContentFormat(_) => Code::UNSUPPORTED_CONTENT_FORMAT,
-            _ => Code::BAD_REQUEST,
-        })?;
-        for r in &records {
-            if !r.path.starts_with(p) {
-                return Err(Code::BAD_REQUEST);
-            }
-            if !self.models.resource(&r.path).is_some_and(|m| m.writable()) {
-                return Err(Code::METHOD_NOT_ALLOWED);
-            }
-        }
-        if req.method == Method::Put && p.depth() == 3 {
-            // Write-Replace of a multiple resource replaces all its instances.
-            self.values.retain(|k, _| !(k.starts_with(p) && k.depth() == 4));
-        }
-        for r in records {
-            self.values.insert(r.path, r.value);
-        }
-        Ok(Response::new(Code::CHANGED))
-    }
-
-    fn execute(&mut self, now: Instant, p: &ResourcePath) -> Result<Response, Code> {
-        if *p == path("/3/0/4") {
-            // Reboot: answer, then come back with a fresh registration.
-            self.next_register = Some(now + Duration::from_millis(500));
-            self.next_update = None;
-        }
-        Ok(Response::new(Code::CHANGED))
-    }
-
-    fn create(&mut self, p: &ResourcePath, req: &Request) -> Result<Response, Code> {
-        let object = p.object().expect("depth 1");
-        let next = self
-            .values
-            .keys()
-            .filter(|k| k.object() == Some(object))
-            .filter_map(|k| k.instance())
-            .max()
-            .map_or(0, |i| i + 1);
-        let base = p.child(next).ok_or(Code::BAD_REQUEST)?;
-        let cf = req.options.content_format.unwrap_or(content::TLV);
-        let records = content::decode(cf, &base, &req.payload, &self.models).map_err(|_| Code::BAD_REQUEST)?;
-        let instance = records.first().and_then(|r| r.path.instance()).unwrap_or(next);
-        for r in records {
-            self.values.insert(r.path, r.value);
-        }
-        let mut r = Response::new(Code::CREATED);
-        r.options.location_path = vec![object.to_string(), instance.to_string()];
-        Ok(r)
-    }
-
-    fn read_composite(&mut self, token: &[u8], req: &Request) -> Result<Response, Code> {
-        let cf = req.options.content_format.unwrap_or(content::SENML_CBOR);
-        let paths = senml::names(cf, &req.payload).map_err(|_| Code::BAD_REQUEST)?;
-        let records: Vec<Record> = paths.iter().flat_map(|p| self.records_under(p)).collect();
-        let format = req.options.accept.unwrap_or(content::SENML_CBOR);
-        let payload = match format {
-            content::SENML_CBOR => senml::encode_cbor(&records),
-            content::SENML_JSON => senml::encode_json(&records),
-            _ => return Err(Code::NOT_ACCEPTABLE),
-        };
-        let mut r = Response::with_payload(Code::CONTENT, format, payload);
-        if req.options.observe == Some(0) {
-            self.observers.retain(|o| o.token != token);
-            self.observers.push(Observer {
-                token: token.to_vec(),
-                paths,
-                composite: true,
-                seq: 0,
-                format,
-            });
-            r.options.observe = Some(0);
-        }
-        Ok(r)
     }
 
     fn notify_all(&mut self, now: Instant) {

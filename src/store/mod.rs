@@ -272,6 +272,17 @@ const MIGRATIONS: &[&str] = &[
     END;
     INSERT INTO device_search (device_search) VALUES ('rebuild');
     "#,
+    // 13: Writes that an older flownexus queued with `replace: false` on a
+    // resource path (its default, which went out as a POST: an Execute on
+    // the device, LwM2M's operation-to-CoAP mapping) become plain Writes,
+    // which go out as Write-Replace (PUT); see lwm2m::operation::write_method.
+    r#"
+    UPDATE operations SET request = json_remove(request, '$.replace')
+     WHERE state IN ('queued', 'sent')
+       AND json_extract(request, '$.op') = 'write'
+       AND json_extract(request, '$.replace') = 0
+       AND length(json_extract(request, '$.path')) - length(replace(json_extract(request, '$.path'), '/', '')) >= 3;
+    "#,
 ];
 
 /// A device's values still only in the value journal (`:device`; `:seqs`
@@ -1165,4 +1176,49 @@ pub fn outcome_columns(outcome: &Outcome) -> (Option<String>, String) {
 pub fn record_row(r: &Record) -> (String, &'static str, rusqlite::types::Value) {
     let (t, v) = sql_value(&r.value);
     (r.path.to_string(), t, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 13: a resource Write queued with `replace: false` by an
+    /// older flownexus is dispatched as a Write-Replace; instance writes
+    /// and finished rows keep what they had.
+    #[test]
+    fn old_partial_updates_of_resources_become_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db.sqlite3")).unwrap();
+        store.add_device("dev", None, &Tags::default()).unwrap();
+        let old = |path: &str, state: &str| {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
+                     VALUES ('dev', 'write', ?1, ?2, 0, 0, ?3, 3)",
+                    params![
+                        format!(r#"{{"op":"write","path":"{path}","values":[{{"path":"/1/0/1","value":"60"}}],"replace":false}}"#),
+                        state,
+                        i64::MAX
+                    ],
+                )
+                .unwrap();
+            store.conn.last_insert_rowid()
+        };
+        let resource = old("/1/0/1", "queued");
+        let instance = old("/1/0", "queued");
+        let done = old("/1/0/1", "failed");
+        store
+            .conn
+            .execute("DELETE FROM schema_migrations WHERE version = 13", [])
+            .unwrap();
+        store.migrate().unwrap();
+        let replace = |id| match store.operation(id).unwrap().kind {
+            OperationKind::Write { replace, .. } => replace,
+            k => panic!("{k:?}"),
+        };
+        assert_eq!(replace(resource), None, "goes out as the path allows: PUT");
+        assert_eq!(replace(instance), Some(false), "an instance keeps its Partial Update");
+        assert_eq!(replace(done), Some(false), "history is not rewritten");
+    }
 }

@@ -621,29 +621,74 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
     })
 }
 
-/// The operation form: one path, a value for Write, arguments for Execute.
+/// Paths of a composite operation, separated by spaces or commas.
+fn paths_field(f: &[(String, String)]) -> WebResult<Vec<ResourcePath>> {
+    required(f, "path")?
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(WebError::from))
+        .collect()
+}
+
+/// The operation form: a path (several for the composite operations), a
+/// value for Write, arguments for Execute, `PATH=VALUE` lines for
+/// Write-Composite. A Write goes out as its path allows unless the form
+/// asks for a mode (Core §6.3.3; see `operation::write_method`).
 pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
     let f = ctx.form();
     let endpoint = ctx.param("endpoint").to_string();
-    let path: ResourcePath = required(&f, "path")?.trim().parse().map_err(WebError::from)?;
     let value = form::field(&f, "value").unwrap_or("");
+    let path = || -> WebResult<ResourcePath> { required(&f, "path")?.trim().parse().map_err(WebError::from) };
     let kind = match required(&f, "op")? {
-        "read" => OperationKind::Read { path },
-        "write" => OperationKind::Write {
-            path,
-            values: vec![WriteValue {
+        "read" => OperationKind::Read { path: path()? },
+        "write" => {
+            let path = path()?;
+            let replace = match form::field(&f, "mode").unwrap_or("") {
+                "" => None,
+                "replace" => Some(true),
+                "partial-update" => Some(false),
+                _ => return Err(WebError::bad_request("mode is replace or partial-update")),
+            };
+            OperationKind::Write {
                 path,
-                value: value.to_string(),
-            }],
-            replace: false,
+                values: vec![WriteValue {
+                    path,
+                    value: value.to_string(),
+                }],
+                replace,
+            }
+        }
+        "write-composite" => OperationKind::WriteComposite {
+            values: required(&f, "assignments")?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let (p, v) = l
+                        .split_once('=')
+                        .ok_or_else(|| WebError::bad_request(format!("`{}` is not PATH=VALUE", l.trim())))?;
+                    Ok(WriteValue {
+                        path: p.trim().parse().map_err(WebError::from)?,
+                        value: v.to_string(),
+                    })
+                })
+                .collect::<WebResult<_>>()?,
         },
         "execute" => OperationKind::Execute {
-            path,
+            path: path()?,
             args: (!value.is_empty()).then(|| value.to_string()),
         },
-        "observe" => OperationKind::Observe { path },
-        "cancel-observe" => OperationKind::CancelObserve { path },
-        "discover" => OperationKind::Discover { path },
+        "observe" => OperationKind::Observe { path: path()? },
+        "cancel-observe" => OperationKind::CancelObserve { path: path()? },
+        "discover" => OperationKind::Discover { path: path()? },
+        "read-composite" => OperationKind::ReadComposite {
+            paths: paths_field(&f)?,
+        },
+        "observe-composite" => OperationKind::ObserveComposite {
+            paths: paths_field(&f)?,
+        },
+        "cancel-observe-composite" => OperationKind::CancelObserveComposite {
+            paths: paths_field(&f)?,
+        },
         _ => return Err(WebError::bad_request("unknown operation")),
     };
     api::queue(ctx, &endpoint, kind, None)?;

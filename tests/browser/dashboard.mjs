@@ -138,6 +138,19 @@ try {
     "the written time zone did not read back",
   );
   await operate("execute", "/3303/0/5605");
+  // Write-Composite from the form: one iPATCH with both values.
+  step = "write-composite";
+  await page.selectOption("#op", "write-composite");
+  await page.fill("#op-path", "");
+  await page.fill("#op-assignments", "/3/0/15=Europe/Paris\n/1/0/1=200");
+  await Promise.all([page.waitForURL(/\/devices\//), page.click("#op-submit")]);
+  await page.waitForSelector("body[data-live-connected=yes]");
+  await page.locator("#operations tbody tr", { hasText: "write-composite" }).first().locator(".badge.succeeded").waitFor();
+  await operate("read", "/3/0/15");
+  check(
+    (await page.locator('td.value[data-path="/3/0/15"]').innerText()).trim() === "Europe/Paris",
+    "the composite write did not read back",
+  );
   await nothingExecuted();
   await shot("device");
 

@@ -503,6 +503,42 @@ async fn bad_input_gets_clear_errors_and_stores_nothing() {
     assert_eq!(r.status, 405);
     assert!(r.header("allow").unwrap().contains("GET"));
 
+    // A Write goes out as its path allows: a Partial Update exists only for
+    // an Object Instance (a POST on a resource is an Execute on the device),
+    // so asking for one on a resource is refused (422 `invalid`, as every
+    // well-formed request the API cannot carry out) with the reason, and
+    // nothing is queued.
+    store(dir.path()).add_device("dev-w", None, &Tags::default()).unwrap();
+    let json = with("application/json");
+    let write = |body: &'static str| http(addr, "POST", "/api/v1/devices/dev-w/operations", &json, body.as_bytes());
+    let r = write(r#"{"op":"write","path":"/1/0/1","values":[{"path":"/1/0/1","value":"60"}],"replace":false}"#).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (422, Some("invalid")),
+        "{}",
+        r.text()
+    );
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("Partial Update") && message.contains("Execute"),
+        "{message}"
+    );
+    let r = write(r#"{"op":"write","path":"/1","values":[{"path":"/1/0/1","value":"60"}]}"#).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(store(dir.path()).operations_of("dev-w", 10).unwrap().is_empty());
+    // Without `replace` it is a Write-Replace for a resource, a Partial
+    // Update for an instance; Write-Composite takes values of several objects.
+    for body in [
+        r#"{"op":"write","path":"/1/0/1","values":[{"path":"/1/0/1","value":"60"}]}"#,
+        r#"{"op":"write","path":"/1/0","values":[{"path":"/1/0/1","value":"60"}]}"#,
+        r#"{"op":"write-composite","values":[{"path":"/1/0/1","value":"60"},{"path":"/3303/0/5750","value":"x"}]}"#,
+        r#"{"op":"cancel-observe-composite","paths":["/3/0/9"]}"#,
+    ] {
+        assert_eq!(write(body).await.status, 202, "{body}");
+    }
+    let r = write(r#"{"op":"write-composite","values":[{"path":"/1/0","value":"60"}]}"#).await;
+    assert_eq!(r.status, 422, "a composite value names a resource: {}", r.text());
+
     // A firmware upload over the limit leaves no record and no file.
     let r = http(
         addr,
