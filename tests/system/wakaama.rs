@@ -146,6 +146,17 @@ fn wakaama_config(dir: &Path) -> flownexus::config::Config {
     c
 }
 
+/// A Read of `path` succeeds and shows `want`.
+async fn reads_back(dir: &Path, ep: &str, path: &str, want: &str) {
+    let row = run_op(dir, ep, OperationKind::Read { path: p(path) }).await;
+    succeeded(&row, "2.05", path);
+    assert!(
+        result(&row).contains(want),
+        "{path} should read {want}: {}",
+        result(&row)
+    );
+}
+
 /// Every operation kind against one registered Wakaama client.
 async fn every_operation(dir: &Path, ep: &str, client: &Client) {
     let op = |kind| run_op(dir, ep, kind);
@@ -165,16 +176,14 @@ async fn every_operation(dir: &Path, ep: &str, client: &Client) {
         replace: None,
     };
     succeeded(&op(write).await, "2.04", "Write /1/0/1");
-    let back = op(OperationKind::Read { path: p("/1/0/1") }).await;
-    assert!(result(&back).contains("120"), "{}", result(&back));
+    reads_back(dir, ep, "/1/0/1", "120").await;
     let partial = OperationKind::Write {
         path: p("/1/0"),
         values: vec![wv("/1/0/1", "150")],
         replace: None,
     };
     succeeded(&op(partial).await, "2.04", "Partial Update /1/0");
-    let back = op(OperationKind::Read { path: p("/1/0/1") }).await;
-    assert!(result(&back).contains("150"), "{}", result(&back));
+    reads_back(dir, ep, "/1/0/1", "150").await;
     // Writing a read-only resource is the device's 4.05, recorded as failure.
     let denied = op(OperationKind::Write {
         path: p("/3/0/0"),
@@ -268,12 +277,8 @@ async fn every_operation(dir: &Path, ep: &str, client: &Client) {
         );
         assert!(result(&row).contains("no answer"), "{name}: {row:?}");
     }
-    let back = op(OperationKind::Read { path: p("/1/0/1") }).await;
-    assert!(
-        result(&back).contains("150"),
-        "the composite write changed nothing: {}",
-        result(&back)
-    );
+    // The composite write changed nothing.
+    reads_back(dir, ep, "/1/0/1", "150").await;
     // Nothing composite is observed, so nothing is cancelled or sent.
     let cancel = op(OperationKind::CancelObserveComposite {
         paths: vec![p("/3/0/13")],
@@ -324,8 +329,7 @@ async fn wakaama_over_plain_coap_takes_every_operation() {
         ok && out.contains("\"succeeded\"") && out.contains("2.04"),
         "{out}{err}"
     );
-    let back = run_op(dir.path(), "urn:wakaama:udp", OperationKind::Read { path: p("/1/0/1") }).await;
-    assert!(result(&back).contains("90"), "{}", result(&back));
+    reads_back(dir.path(), "urn:wakaama:udp", "/1/0/1", "90").await;
     drop(client);
     running.stop().await;
 }

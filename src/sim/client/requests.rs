@@ -155,24 +155,39 @@ impl Client {
             return Err(Code::NOT_FOUND);
         }
         let mut r = self.encode(p, &records, req.options.accept)?;
+        let format = r.options.content_format.unwrap_or(self.cfg.format);
+        self.observe_option(token, req, vec![*p], false, format, &mut r)?;
+        Ok(r)
+    }
+
+    /// The Observe option of a GET or FETCH (RFC 7641 §2): 0 registers an
+    /// observer on this token (replacing one it had), 1 deregisters it.
+    fn observe_option(
+        &mut self,
+        token: &[u8],
+        req: &Request,
+        paths: Vec<ResourcePath>,
+        composite: bool,
+        format: u16,
+        response: &mut Response,
+    ) -> Result<(), Code> {
         match req.options.observe {
             Some(0) => {
                 self.observers.retain(|o| o.token != token);
-                let format = r.options.content_format.unwrap_or(self.cfg.format);
                 self.observers.push(Observer {
                     token: token.to_vec(),
-                    paths: vec![*p],
-                    composite: false,
+                    paths,
+                    composite,
                     seq: 0,
                     format,
                 });
-                r.options.observe = Some(0);
+                response.options.observe = Some(0);
             }
             Some(1) => self.observers.retain(|o| o.token != token),
             Some(_) => return Err(Code::BAD_REQUEST),
             None => {}
         }
-        Ok(r)
+        Ok(())
     }
 
     fn discover(&self, p: &ResourcePath) -> Result<Response, Code> {
@@ -368,22 +383,7 @@ impl Client {
             _ => return Err(Code::NOT_ACCEPTABLE),
         };
         let mut r = Response::with_payload(Code::CONTENT, format, payload);
-        match req.options.observe {
-            Some(0) => {
-                self.observers.retain(|o| o.token != token);
-                self.observers.push(Observer {
-                    token: token.to_vec(),
-                    paths,
-                    composite: true,
-                    seq: 0,
-                    format,
-                });
-                r.options.observe = Some(0);
-            }
-            Some(1) => self.observers.retain(|o| o.token != token),
-            Some(_) => return Err(Code::BAD_REQUEST),
-            None => {}
-        }
+        self.observe_option(token, req, paths, true, format, &mut r)?;
         Ok(r)
     }
 }
