@@ -257,7 +257,10 @@ impl Default for Config {
                 handshake_timeout_s: 30,
                 session_idle_timeout_s: 86_400,
                 hellos_per_source_per_s: 200,
-                cipher_suites: crate::dtls::CIPHER_SUITES.iter().map(|s| s.to_string()).collect(),
+                cipher_suites: crate::dtls::suites::CIPHER_SUITES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
             },
             http: HttpConfig {
                 enabled: true,
@@ -385,7 +388,7 @@ impl Config {
             ));
         }
         if let Some(url) = &h.public_url
-            && crate::web::Origin::parse(url).is_none()
+            && crate::web::auth::Origin::parse(url).is_none()
         {
             return Err(Error::config(
                 "http.public_url",
@@ -455,7 +458,8 @@ impl Config {
         if d.shards > 64 {
             return Err(Error::config("coaps.shards", "must be <= 64"));
         }
-        crate::dtls::cipher_suites(&d.cipher_suites).map_err(|reason| Error::config("coaps.cipher_suites", reason))?;
+        crate::dtls::suites::cipher_suites(&d.cipher_suites)
+            .map_err(|reason| Error::config("coaps.cipher_suites", reason))?;
         let c = &self.coap;
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::config("data_dir", "must not be empty"));

@@ -23,26 +23,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::firmware::Catalogue;
-use crate::store::{FirmwareRow, Store, now_ms};
+use crate::store::{DownloadRecord, FirmwareRow, Store, now_ms};
 use range::{Plan, Representation};
 use token::TokenKey;
-
-/// One download request, as accounted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DownloadRecord {
-    pub ts: i64,
-    pub firmware_id: i64,
-    /// Inclusive byte range served, for 206.
-    pub range: Option<(u64, u64)>,
-    pub status: u16,
-    pub bytes: u64,
-    pub duration_us: u64,
-    pub peer: SocketAddr,
-    /// The device the download token was issued to.
-    pub device: Option<String>,
-    /// A resume at offset == size: the nRF "FOTA doom loop".
-    pub doom_loop: bool,
-}
 
 /// A servable image: its record, bytes and validators.
 struct Image {

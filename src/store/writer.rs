@@ -55,7 +55,7 @@ pub enum Command<P> {
     /// Delete value history older than this (Unix ms).
     Prune(i64),
     /// One firmware download request, for accounting.
-    Download(crate::download::DownloadRecord),
+    Download(crate::store::DownloadRecord),
     /// Reply once everything sent before has been committed.
     Flush(SyncSender<()>),
 }
@@ -595,7 +595,7 @@ fn upsert_registration<P: Display>(tx: &Transaction<'_>, device: i64, r: &Regist
     Ok(())
 }
 
-fn record_download(tx: &Transaction<'_>, d: &crate::download::DownloadRecord) -> Result<()> {
+fn record_download(tx: &Transaction<'_>, d: &crate::store::DownloadRecord) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO downloads (ts, firmware_id, range_start, range_end, status, bytes, duration_us, peer, device, doom_loop)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",

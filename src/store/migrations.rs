@@ -1,0 +1,263 @@
+//! The schema: versioned migrations, applied in order by [`Store::open`](super::Store::open).
+
+/// Versioned migrations, applied in order at start-up; never edit one that
+/// has shipped, add a new one.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: devices, registrations, values, events, operations
+    r#"
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL UNIQUE,
+        psk_identity TEXT UNIQUE,
+        tags TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE registrations (
+        device_id INTEGER PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+        reg_id TEXT NOT NULL UNIQUE,
+        peer TEXT NOT NULL,
+        lifetime INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        binding TEXT NOT NULL,
+        queue_mode INTEGER NOT NULL,
+        sms TEXT,
+        object_links TEXT NOT NULL,
+        root_path TEXT NOT NULL,
+        announced_format INTEGER,
+        registered_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );
+    -- Value history: one row per reported value; `value` keeps SQLite's
+    -- own type (INTEGER, REAL, TEXT, BLOB), `vtype` the LwM2M type.
+    CREATE TABLE resource_values (
+        device_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        vtype TEXT NOT NULL,
+        value ANY
+    );
+    CREATE INDEX resource_values_by_path ON resource_values(device_id, path, ts);
+    CREATE INDEX resource_values_by_ts ON resource_values(ts);
+    -- Latest value per resource, kept by upsert so reads never scan history.
+    CREATE TABLE latest_values (
+        device_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        vtype TEXT NOT NULL,
+        value ANY,
+        PRIMARY KEY (device_id, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        endpoint TEXT,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX events_by_endpoint ON events(endpoint, ts);
+    CREATE INDEX events_by_ts ON events(ts);
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        request TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        coap_code TEXT,
+        result TEXT
+    );
+    CREATE INDEX operations_pending ON operations(state) WHERE state IN ('queued', 'sent');
+    CREATE INDEX operations_by_endpoint ON operations(endpoint, id);
+    "#,
+    // 2: observations, so a restart keeps accepting their notifications
+    r#"
+    CREATE TABLE observations (
+        token INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        request TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX observations_by_endpoint ON observations(endpoint);
+    "#,
+    // 3: the firmware catalogue and download accounting
+    r#"
+    CREATE TABLE firmware (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        image_type TEXT NOT NULL,
+        uploaded_at INTEGER NOT NULL,
+        uploader TEXT NOT NULL,
+        notes TEXT NOT NULL DEFAULT '',
+        deleted_at INTEGER
+    );
+    -- Names are unique among live images: /binaries/NAME must mean one file.
+    CREATE UNIQUE INDEX firmware_live_name ON firmware(name) WHERE deleted_at IS NULL;
+    CREATE INDEX firmware_by_sha ON firmware(sha256);
+    CREATE TABLE downloads (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        firmware_id INTEGER NOT NULL,
+        range_start INTEGER,
+        range_end INTEGER,
+        status INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        duration_us INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        device TEXT,
+        doom_loop INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX downloads_by_firmware ON downloads(firmware_id, ts);
+    CREATE INDEX downloads_by_device ON downloads(device, ts) WHERE device IS NOT NULL;
+    "#,
+    // 4: per-device PSK for CoAP over DTLS (the identity column exists since 1)
+    r#"
+    ALTER TABLE devices ADD COLUMN psk_key BLOB;
+    "#,
+    // 5: a counter bumped by every change to a device's key, whoever makes
+    // it (server, CLI, API): the running server polls it and reloads its
+    // in-memory key table when it moves.
+    r#"
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters VALUES ('psk_generation', 0);
+    CREATE TRIGGER psk_inserted AFTER INSERT ON devices WHEN NEW.psk_identity IS NOT NULL
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'psk_generation'; END;
+    CREATE TRIGGER psk_updated AFTER UPDATE OF psk_identity, psk_key ON devices
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'psk_generation'; END;
+    CREATE TRIGGER psk_deleted AFTER DELETE ON devices WHEN OLD.psk_identity IS NOT NULL
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'psk_generation'; END;
+    "#,
+    // 6: operators of the dashboard and API; the password as an argon2id
+    // PHC string, never anything reversible.
+    r#"
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        password_changed_at INTEGER NOT NULL
+    );
+    "#,
+    // 7: dashboard sessions and API tokens. Only SHA-256 digests of the
+    // bearer secrets are kept: a copy of the database opens nothing.
+    r#"
+    CREATE TABLE web_sessions (
+        id_hash BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        address TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX web_sessions_by_user ON web_sessions(user_id);
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        revoked_at INTEGER
+    );
+    CREATE INDEX api_tokens_by_user ON api_tokens(user_id);
+    CREATE INDEX devices_by_created ON devices(created_at);
+    CREATE INDEX registrations_by_last_seen ON registrations(last_seen);
+    -- Devices per firmware version (overview chart, list filter).
+    CREATE INDEX latest_values_by_path ON latest_values(path, value);
+    "#,
+    // 8: values stored per hour, counted as they are written, so the
+    // overview's chart reads 24 rows instead of counting the history.
+    r#"
+    CREATE TABLE values_per_hour (hour INTEGER PRIMARY KEY, count INTEGER NOT NULL);
+    INSERT INTO values_per_hour (hour, count)
+        SELECT ts / 3600000 * 3600000, COUNT(*) FROM resource_values GROUP BY 1;
+    "#,
+    // 9: when each device was last seen, on the device itself (0: never), so
+    // the device list sorts by it from an index instead of sorting the fleet
+    // through a join; both keyset sorts break ties by endpoint in the index.
+    r#"
+    ALTER TABLE devices ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+    UPDATE devices SET last_seen = COALESCE((SELECT last_seen FROM registrations WHERE device_id = devices.id), 0);
+    CREATE INDEX devices_by_last_seen ON devices(last_seen, endpoint);
+    DROP INDEX devices_by_created;
+    CREATE INDEX devices_by_created ON devices(created_at, endpoint);
+    "#,
+    // 10: the device list no longer sorts by the registration's last_seen
+    // (migration 9); its index only cost a write per Update.
+    r#"
+    DROP INDEX registrations_by_last_seen;
+    "#,
+    // 11: the value history as one B-tree clustered by device, resource and
+    // time (it was a table and two indexes), fed through a journal in
+    // arrival order (`store::journal` says why). `seq` is the value's
+    // journal sequence number, unique, so a value moved twice is one row.
+    r#"
+    CREATE TABLE value_history (
+        device_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        vtype TEXT NOT NULL,
+        value ANY,
+        PRIMARY KEY (device_id, path, ts, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO value_history (device_id, path, ts, seq, vtype, value)
+        SELECT device_id, path, ts, rowid, vtype, value FROM resource_values ORDER BY device_id, path, ts, rowid;
+    CREATE TABLE value_journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        vtype TEXT NOT NULL,
+        value ANY
+    );
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'value_journal', COALESCE(MAX(rowid), 0) FROM resource_values;
+    DROP TABLE resource_values;
+    -- Only the firmware version is looked up by value; indexing every
+    -- resource cost a random write per latest value.
+    DROP INDEX latest_values_by_path;
+    CREATE INDEX latest_firmware_versions ON latest_values(value) WHERE path = '/3/0/3';
+    "#,
+    // 12: the device list's search ("endpoint or PSK identity contains")
+    // from a trigram index instead of a scan of every device. External
+    // content: the index holds no copy of the names. Case-sensitive, like
+    // the scan that short searches still use.
+    r#"
+    CREATE VIRTUAL TABLE device_search USING fts5(
+        endpoint, psk_identity, content = 'devices', content_rowid = 'id', tokenize = 'trigram case_sensitive 1'
+    );
+    CREATE TRIGGER device_search_insert AFTER INSERT ON devices BEGIN
+        INSERT INTO device_search (rowid, endpoint, psk_identity) VALUES (new.id, new.endpoint, new.psk_identity);
+    END;
+    CREATE TRIGGER device_search_delete AFTER DELETE ON devices BEGIN
+        INSERT INTO device_search (device_search, rowid, endpoint, psk_identity)
+            VALUES ('delete', old.id, old.endpoint, old.psk_identity);
+    END;
+    CREATE TRIGGER device_search_update AFTER UPDATE OF endpoint, psk_identity ON devices BEGIN
+        INSERT INTO device_search (device_search, rowid, endpoint, psk_identity)
+            VALUES ('delete', old.id, old.endpoint, old.psk_identity);
+        INSERT INTO device_search (rowid, endpoint, psk_identity) VALUES (new.id, new.endpoint, new.psk_identity);
+    END;
+    INSERT INTO device_search (device_search) VALUES ('rebuild');
+    "#,
+    // 13: Writes that an older flownexus queued with `replace: false` on a
+    // resource path (its default, which went out as a POST: an Execute on
+    // the device, LwM2M's operation-to-CoAP mapping) become plain Writes,
+    // which go out as Write-Replace (PUT); see lwm2m::operation::write_method.
+    r#"
+    UPDATE operations SET request = json_remove(request, '$.replace')
+     WHERE state IN ('queued', 'sent')
+       AND json_extract(request, '$.op') = 'write'
+       AND json_extract(request, '$.replace') = 0
+       AND length(json_extract(request, '$.path')) - length(replace(json_extract(request, '$.path'), '/', '')) >= 3;
+    "#,
+];

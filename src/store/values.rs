@@ -1,0 +1,145 @@
+//! Reported values: the latest per resource and a device's journalled
+//! values, and how a [`Value`] is stored (a type name beside the SQL value).
+
+use rusqlite::{OptionalExtension, named_params};
+use serde::Serialize;
+
+use super::{Store, journal};
+use crate::error::Result;
+use crate::lwm2m::path::{Record, ResourcePath, Value};
+
+/// A device's values still only in the value journal (`:device`; `:seqs`
+/// their sequence numbers, from the writer's books or a scan), without
+/// those a concurrent move already put in the history: readers add these
+/// to what the history and the latest values hold.
+pub(super) const JOURNALLED: &str = "SELECT path, ts, seq, vtype, value FROM value_journal j
+     WHERE seq IN rarray(:seqs) AND device_id = :device
+       AND NOT EXISTS (SELECT 1 FROM value_history h
+                       WHERE h.device_id = :device AND h.path = j.path AND h.ts = j.ts AND h.seq = j.seq)";
+
+/// Journal ranges as the sequence numbers `rarray(?)` takes.
+pub(super) fn seq_array(ranges: &[journal::SeqRange]) -> rusqlite::vtab::array::Array {
+    std::rc::Rc::new(ranges.iter().flat_map(|r| r.first..=r.last).map(Into::into).collect())
+}
+
+/// The hour (Unix ms) a value's timestamp is counted in.
+pub fn hour_of(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(3_600_000) * 3_600_000
+}
+
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct StoredValue {
+    pub path: ResourcePath,
+    pub ts: i64,
+    pub value: Value,
+}
+
+/// A stored value's SQLite form: LwM2M type name and SQL value.
+pub(super) fn sql_value(v: &Value) -> (&'static str, rusqlite::types::Value) {
+    use rusqlite::types::Value as S;
+    match v {
+        Value::String(s) => ("string", S::Text(s.clone())),
+        Value::CoreLink(s) => ("corelnk", S::Text(s.clone())),
+        Value::Integer(i) => ("integer", S::Integer(*i)),
+        Value::Time(i) => ("time", S::Integer(*i)),
+        // u64 above i64::MAX is kept as text so nothing is lost.
+        Value::Unsigned(u) => (
+            "unsigned",
+            i64::try_from(*u).map_or_else(|_| S::Text(u.to_string()), S::Integer),
+        ),
+        Value::Float(f) => ("float", S::Real(*f)),
+        Value::Boolean(b) => ("boolean", S::Integer(i64::from(*b))),
+        Value::Opaque(b) => ("opaque", S::Blob(b.clone())),
+        Value::ObjectLink(o, i) => ("objlnk", S::Text(format!("{o}:{i}"))),
+    }
+}
+
+fn from_sql(vtype: &str, v: rusqlite::types::Value) -> Option<Value> {
+    use rusqlite::types::Value as S;
+    Some(match (vtype, v) {
+        ("string", S::Text(s)) => Value::String(s),
+        ("corelnk", S::Text(s)) => Value::CoreLink(s),
+        ("integer", S::Integer(i)) => Value::Integer(i),
+        ("time", S::Integer(i)) => Value::Time(i),
+        ("unsigned", S::Integer(i)) => Value::Unsigned(i as u64),
+        ("unsigned", S::Text(s)) => Value::Unsigned(s.parse().ok()?),
+        ("float", S::Real(f)) => Value::Float(f),
+        ("float", S::Integer(i)) => Value::Float(i as f64),
+        ("boolean", S::Integer(i)) => Value::Boolean(i != 0),
+        ("opaque", S::Blob(b)) => Value::Opaque(b),
+        ("objlnk", S::Text(s)) => {
+            let (o, i) = s.split_once(':')?;
+            Value::ObjectLink(o.parse().ok()?, i.parse().ok()?)
+        }
+        _ => return None,
+    })
+}
+
+impl Store {
+    /// Each resource's newest value: the latest values moved into the
+    /// history, or a newer one still in the journal.
+    pub fn latest_values(&self, endpoint: &str) -> Result<Vec<StoredValue>> {
+        let Some(device) = self.device_id(endpoint)? else {
+            return Ok(Vec::new());
+        };
+        let mut st = self.conn.prepare_cached(&format!(
+            "WITH journalled AS ({JOURNALLED})
+             SELECT path, ts, vtype, value FROM (
+                 SELECT path, ts, vtype, value, -1 AS seq FROM latest_values WHERE device_id = :device
+                 UNION ALL SELECT path, ts, vtype, value, seq FROM journalled)
+             ORDER BY path, ts DESC, seq DESC"
+        ))?;
+        let seqs = self.journal_seqs(device)?;
+        let rows = st.query_map(named_params! { ":device": device, ":seqs": seqs }, Self::value_row)?;
+        let mut out: Vec<StoredValue> = Vec::new();
+        for v in rows {
+            if let Some(v) = v?
+                && out.last().is_none_or(|l| l.path != v.path)
+            {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn device_id(&self, endpoint: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM devices WHERE endpoint = ?1")?
+            .query_row([endpoint], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The journal sequence numbers of a device's values that may not be
+    /// in the history yet: from the writer's books in the server, else by
+    /// scanning the journal (it holds minutes of values).
+    pub(crate) fn journal_seqs(&self, device: i64) -> Result<rusqlite::vtab::array::Array> {
+        Ok(match &self.pending {
+            Some(books) => seq_array(&books.lock().expect("journal books").ranges(device)),
+            None => std::rc::Rc::new(
+                self.conn
+                    .prepare_cached("SELECT seq FROM value_journal WHERE device_id = ?1")?
+                    .query_map([device], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?,
+            ),
+        })
+    }
+
+    pub(super) fn value_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StoredValue>> {
+        let path: String = r.get(0)?;
+        let vtype: String = r.get(2)?;
+        let v: rusqlite::types::Value = r.get(3)?;
+        let ts: i64 = r.get(1)?;
+        Ok(path
+            .parse()
+            .ok()
+            .zip(from_sql(&vtype, v))
+            .map(|(path, value)| StoredValue { path, ts, value }))
+    }
+}
+
+/// Values of records as stored, for tests and the CLI.
+pub fn record_row(r: &Record) -> (String, &'static str, rusqlite::types::Value) {
+    let (t, v) = sql_value(&r.value);
+    (r.path.to_string(), t, v)
+}
