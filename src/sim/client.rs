@@ -2,7 +2,7 @@
 //! 1, 3, 5, 3303, 3304; SenML-CBOR or TLV; queue mode with an awake window;
 //! periodic Updates; answers Read/Write/Execute/Create/Delete/Discover/
 //! Write-Attributes/Observe and their composite forms; optional Send.
-//! How it answers the server's requests is in [`requests`].
+//! How it answers the server's requests is in `client/requests.rs`.
 
 mod requests;
 #[cfg(test)]

@@ -4,10 +4,10 @@
 //! transactions; readers (CLI, API, the operation poller) open their own
 //! connections, which WAL lets run beside the writer.
 //!
-//! Each domain keeps its SQL in a file of its own ([`devices`],
-//! [`registrations`], [`values`], [`events`], [`operations`], [`firmware`],
+//! Each domain keeps its SQL in a file of its own (`devices`,
+//! `registrations`, `values`, `events`, `operations`, `firmware`,
 //! [`access`], [`dashboard`]), each adding its queries to [`Store`]; the
-//! schema is in [`migrations`].
+//! schema is in `migrations`.
 
 pub mod access;
 pub mod dashboard;
