@@ -157,17 +157,6 @@ impl OperationKind {
         }
     }
 
-    /// The paths of a composite operation (empty for the others).
-    pub fn composite_paths(&self) -> Vec<ResourcePath> {
-        match self {
-            OperationKind::ReadComposite { paths }
-            | OperationKind::ObserveComposite { paths }
-            | OperationKind::CancelObserveComposite { paths } => paths.clone(),
-            OperationKind::WriteComposite { values } => values.iter().map(|v| v.path).collect(),
-            _ => Vec::new(),
-        }
-    }
-
     /// Reject requests that can never be valid, before they are queued.
     pub fn validate(&self, models: &Models) -> Result<()> {
         let need = |p: &ResourcePath, min: usize, max: usize| {

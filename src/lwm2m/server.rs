@@ -753,8 +753,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             _ => false,
         };
         let what = match cancel {
-            OperationKind::CancelObserve { path } => path.to_string(),
-            _ => format!("the composite {:?}", cancel.composite_paths()),
+            OperationKind::CancelObserveComposite { paths } => {
+                let names: Vec<String> = paths.iter().map(ResourcePath::to_string).collect();
+                format!("the composite {}", names.join(", "))
+            }
+            _ => cancel.path().to_string(),
         };
         let rid = self
             .observations
