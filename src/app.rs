@@ -189,7 +189,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cmd_rx,
         stopped(stop_rx.clone()),
     )));
-    let (fw_addr, cert_watcher) = match start_firmware_server(&config, &writer, stop_rx.clone()).await? {
+    // The download server tells the update task of FOTA doom loops.
+    let (doom_tx, doom_rx) = mpsc::channel(1024);
+    let (fw_addr, cert_watcher) = match start_firmware_server(&config, &writer, doom_tx, stop_rx.clone()).await? {
         Some((addr, task, watcher)) => {
             tasks.push(task);
             (Some(addr), Some(watcher))
@@ -212,6 +214,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         log::info!("the dashboard and REST API are disabled (http.enabled = false)");
         None
     };
+
+    let fota_settings = crate::shell::fota::Settings {
+        limits: crate::fota::Limits::from_config(&config.fota),
+        operation_deadline_ms: config.lwm2m.operation_deadline_s as i64 * 1000,
+        operation_max_attempts: config.lwm2m.operation_max_attempts,
+    };
+    tasks.push(tokio::spawn(crate::shell::fota::run(
+        Store::open(&db_path)?,
+        fota_settings,
+        events.subscribe(),
+        doom_rx,
+        stopped(stop_rx.clone()),
+    )));
 
     // Poll the store for operations queued or cancelled by other processes.
     let poll_cmd = cmd_tx.clone();
@@ -406,6 +421,7 @@ fn name_this_thread(name: &str) {
 async fn start_firmware_server(
     config: &Config,
     writer: &WriterHandle<Peer>,
+    doom_loops: mpsc::Sender<String>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<(SocketAddr, tokio::task::JoinHandle<()>, notify::RecommendedWatcher)>> {
     use crate::download::{self, tls, token::TokenKey};
@@ -447,7 +463,12 @@ async fn start_firmware_server(
     // Accounting never stalls a download: if the writer is 65,536 records
     // behind, records are dropped and counted, and the count is logged.
     let dropped = std::sync::atomic::AtomicU64::new(0);
-    let record = move |d| {
+    let record = move |d: crate::store::DownloadRecord| {
+        if d.doom_loop
+            && let Some(device) = &d.device
+        {
+            let _ = doom_loops.try_send(device.clone());
+        }
         if !record_writer.try_send(StoreCommand::Download(d)) {
             let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if n.is_power_of_two() {

@@ -313,6 +313,22 @@ enum DeviceCommand {
     Cancel { id: i64 },
     /// Show one operation.
     Operation { id: i64 },
+    /// Update a device's firmware to catalogue image IMAGE (id or name):
+    /// LwM2M Object 5, the Package URI on the record-limited HTTPS server.
+    Update {
+        endpoint: String,
+        image: String,
+        /// Wait until the update ends and print its timeline.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// A device's firmware updates, newest first, with their timelines.
+    Updates { endpoint: String },
+    /// Cancel an update (an empty Package URI returns the device to Idle).
+    UpdateCancel { id: i64 },
 }
 
 impl Cli {
@@ -471,6 +487,35 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
         bail!("the passwords differ");
     }
     Ok(first)
+}
+
+/// The base of Package URIs: `fw.public_url`, or in development the
+/// running server's own firmware address (from its runtime file).
+fn fw_base_url(config: &Config) -> anyhow::Result<String> {
+    if let Some(url) = &config.fw.public_url {
+        return Ok(url.clone());
+    }
+    let runtime = std::fs::read_to_string(config.runtime_path()).ok();
+    let addr: Option<std::net::SocketAddr> = runtime
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .and_then(|v| v["fw"].as_str().and_then(|a| a.parse().ok()));
+    let Some(mut addr) = addr else {
+        bail!("fw.public_url is not set and no running server's firmware address is known: set fw.public_url");
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(format!("https://{addr}"))
+}
+
+/// One update and its timeline, for the terminal.
+fn print_update(store: &Store, id: i64) -> anyhow::Result<crate::store::UpdateRow> {
+    let row = store.update(id)?;
+    let steps = store.update_steps(id)?;
+    let out = serde_json::json!({ "update": row, "steps": steps });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(row)
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -842,6 +887,66 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
         DeviceCommand::Operation { id } => {
             println!("{}", serde_json::to_string_pretty(&store.operation(id)?)?);
             return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::Update {
+            endpoint,
+            image,
+            wait,
+            timeout,
+        } => {
+            let key_path = config
+                .fw
+                .token_secret_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("fw-token.key"));
+            let key = crate::download::token::TokenKey::load_or_create(&key_path)?;
+            let id = crate::shell::fota::create_update(
+                &store,
+                &key,
+                &fw_base_url(config)?,
+                config.fota.token_ttl_s,
+                config.fota.max_retries,
+                &endpoint,
+                &image,
+                "cli",
+            )?;
+            println!("firmware update {id} of {endpoint} queued");
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let until = std::time::Instant::now() + Duration::from_secs(timeout);
+            loop {
+                let row = store.update(id)?;
+                if row.phase.is_final() {
+                    let row = print_update(&store, id)?;
+                    return Ok(if row.phase == crate::fota::Phase::Succeeded {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
+                if std::time::Instant::now() >= until {
+                    eprintln!(
+                        "update {id} is still {} after {timeout} s; it goes on",
+                        row.phase.as_str()
+                    );
+                    return Ok(ExitCode::from(3));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        DeviceCommand::Updates { endpoint } => {
+            for row in store.updates_of(&endpoint, 20)? {
+                print_update(&store, row.id)?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeviceCommand::UpdateCancel { id } => {
+            if store.request_update_cancel(id)? {
+                println!("cancelling firmware update {id}: the server writes an empty Package URI");
+                return Ok(ExitCode::SUCCESS);
+            }
+            bail!("firmware update {id} is not active");
         }
         DeviceCommand::Read { endpoint, path, op } => (endpoint, OperationKind::Read { path }, op),
         DeviceCommand::Write {

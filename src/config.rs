@@ -34,8 +34,27 @@ pub struct Config {
     pub http: HttpConfig,
     pub fw: FirmwareServerConfig,
     pub lwm2m: Lwm2mConfig,
+    pub fota: FotaConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+}
+
+/// Firmware updates (LwM2M Object 5): how long each phase may take and
+/// how often a failed download is retried.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FotaConfig {
+    /// From the Package URI write to State Downloaded (2), counted from
+    /// when the device was last heard (a sleeping device's clock stops).
+    pub download_timeout_s: u64,
+    /// From the Execute of Update to the device's new registration.
+    pub update_timeout_s: u64,
+    /// Downloads retried after an Update Result 2–9 or a FOTA doom loop.
+    pub max_retries: u32,
+    /// Wait before a retry, doubled each time.
+    pub retry_backoff_s: u64,
+    /// How long the download token in a Package URI stays valid.
+    pub token_ttl_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -160,6 +179,11 @@ pub struct FirmwareServerConfig {
     pub cache_bytes: u64,
     /// Refuse downloads without a valid per-device token (403).
     pub require_token: bool,
+    /// The URL devices reach this server at, e.g. `https://fw.example.com`:
+    /// the base of every Package URI. Required in production; unset in
+    /// development, the server's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// HMAC key for download tokens; unset: generated in the data directory.
     pub token_secret_file: Option<PathBuf>,
     pub idle_timeout_s: u64,
@@ -286,6 +310,7 @@ impl Default for Config {
                 max_image_bytes: 64 << 20,
                 cache_bytes: 256 << 20,
                 require_token: false,
+                public_url: None,
                 token_secret_file: None,
                 idle_timeout_s: 120,
                 handshake_timeout_s: 10,
@@ -300,6 +325,13 @@ impl Default for Config {
                 operation_max_attempts: 3,
                 unknown_endpoints: UnknownEndpoints::Accept,
                 models_dir: None,
+            },
+            fota: FotaConfig {
+                download_timeout_s: 3600,
+                update_timeout_s: 900,
+                max_retries: 3,
+                retry_backoff_s: 60,
+                token_ttl_s: 7 * 86400,
             },
             store: StoreConfig {
                 value_retention_days: 90,
@@ -428,6 +460,32 @@ impl Config {
         }
         if f.max_image_bytes == 0 {
             return Err(Error::config("fw.max_image_bytes", "must be > 0"));
+        }
+        if let Some(url) = &f.public_url
+            && crate::web::auth::Origin::parse(url).is_none()
+        {
+            return Err(Error::config(
+                "fw.public_url",
+                "must be https:// (or http://) and a host, without a path, e.g. https://fw.example.com",
+            ));
+        }
+        if f.enabled && f.public_url.is_none() && self.mode == Mode::Production {
+            // Every Package URI starts with it; a guessed one strands devices.
+            return Err(Error::config(
+                "fw.public_url",
+                "required in production: the URL devices download firmware from, e.g. https://fw.example.com",
+            ));
+        }
+        let u = &self.fota;
+        for (key, v) in [
+            ("fota.download_timeout_s", u.download_timeout_s),
+            ("fota.update_timeout_s", u.update_timeout_s),
+            ("fota.retry_backoff_s", u.retry_backoff_s),
+            ("fota.token_ttl_s", u.token_ttl_s),
+        ] {
+            if v == 0 {
+                return Err(Error::config(key, "must be > 0"));
+            }
         }
         if f.cache_bytes < f.max_image_bytes {
             // Images are served from memory: the largest must fit.
@@ -600,6 +658,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "fw.cert_file",
     "fw.key_file",
     "fw.token_secret_file",
+    "fw.public_url",
     "http.public_url",
     "http.secret_file",
 ];
@@ -754,6 +813,8 @@ mod tests {
                 "coaps.cipher_suites",
             ),
             ("FLOWNEXUS_COAPS_CIPHER_SUITES", "", "coaps.cipher_suites"),
+            ("FLOWNEXUS_FW_PUBLIC_URL", "https://fw.example.com/fw", "fw.public_url"),
+            ("FLOWNEXUS_FOTA_DOWNLOAD_TIMEOUT_S", "0", "fota.download_timeout_s"),
         ];
         for (k, v, named) in cases {
             let err = Config::load(None, &env(&[(k, v)]), &Overrides::default()).unwrap_err();
@@ -764,15 +825,38 @@ mod tests {
     #[test]
     fn production_refuses_relative_data_dir_and_a_missing_public_url() {
         let url = ("FLOWNEXUS_HTTP_PUBLIC_URL", "https://dashboard.example.com");
+        let fw = ("FLOWNEXUS_FW_PUBLIC_URL", "https://fw.example.com");
         let err = Config::load(
             None,
-            &env(&[("FLOWNEXUS_MODE", "production"), url]),
+            &env(&[("FLOWNEXUS_MODE", "production"), url, fw]),
             &Overrides::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("data_dir"), "{err}");
         let err = Config::load(None, &env(&[("FLOWNEXUS_MODE", "production")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("http.public_url"), "{err}");
+        let err = Config::load(
+            None,
+            &env(&[
+                ("FLOWNEXUS_MODE", "production"),
+                url,
+                ("FLOWNEXUS_DATA_DIR", "/var/lib/x"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("fw.public_url"), "{err}");
+        let ok = Config::load(
+            None,
+            &env(&[
+                ("FLOWNEXUS_MODE", "production"),
+                url,
+                fw,
+                ("FLOWNEXUS_DATA_DIR", "/var/lib/x"),
+            ]),
+            &Overrides::default(),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     /// docs/configuration.md documents every key under its environment name.

@@ -12,6 +12,7 @@ pub mod download;
 pub mod dtls;
 pub mod error;
 pub mod firmware;
+pub mod fota;
 pub mod logging;
 pub mod lwm2m;
 pub mod psk;

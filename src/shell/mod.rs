@@ -2,6 +2,7 @@
 //! the clock, and move bytes and events between the world and a core.
 
 pub mod dtls;
+pub mod fota;
 pub mod lwm2m;
 pub mod udp;
 

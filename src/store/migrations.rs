@@ -260,4 +260,34 @@ pub(super) const MIGRATIONS: &[&str] = &[
        AND json_extract(request, '$.replace') = 0
        AND length(json_extract(request, '$.path')) - length(replace(json_extract(request, '$.path'), '/', '')) >= 3;
     "#,
+    // 14: firmware updates, one row per device update; at most one active
+    // update per device, enforced here (DESIGN §4 item 3: the old check
+    // swallowed its error). `machine` is the fota::Update state as JSON;
+    // `fota_steps` is each update's timeline.
+    r#"
+    CREATE TABLE fota_updates (
+        id INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        firmware_id INTEGER NOT NULL REFERENCES firmware(id),
+        phase TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        machine TEXT NOT NULL,
+        reason TEXT,
+        -- set by an operator (CLI, API); the server's update task acts on it
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    CREATE UNIQUE INDEX fota_one_active_update ON fota_updates(endpoint) WHERE active = 1;
+    CREATE INDEX fota_updates_by_endpoint ON fota_updates(endpoint, id);
+    CREATE TABLE fota_steps (
+        update_id INTEGER NOT NULL REFERENCES fota_updates(id) ON DELETE CASCADE,
+        ts INTEGER NOT NULL,
+        phase TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX fota_steps_by_update ON fota_steps(update_id, ts);
+    "#,
 ];

@@ -5,7 +5,7 @@
 //! connections, which WAL lets run beside the writer.
 //!
 //! Each domain keeps its SQL in a file of its own (`devices`,
-//! `registrations`, `values`, `events`, `operations`, `firmware`,
+//! `registrations`, `values`, `events`, `operations`, `firmware`, `fota`,
 //! [`access`], [`dashboard`]), each adding its queries to [`Store`]; the
 //! schema is in `migrations`.
 
@@ -14,6 +14,7 @@ pub mod dashboard;
 mod devices;
 mod events;
 mod firmware;
+mod fota;
 pub mod journal;
 mod migrations;
 mod operations;
@@ -31,6 +32,7 @@ use crate::error::{Error, Result};
 pub use devices::{DeviceSummary, Status};
 pub use events::EventRow;
 pub use firmware::{DownloadRecord, FirmwareRow, NewFirmware};
+pub use fota::{UpdateRow, UpdateStep};
 use migrations::MIGRATIONS;
 pub use operations::{OperationRow, outcome_columns};
 use values::{JOURNALLED, seq_array, sql_value};

@@ -217,39 +217,43 @@ pub fn outcome_columns(outcome: &Outcome) -> (Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tags::Tags;
 
     /// Migration 13: a resource Write queued with `replace: false` by an
     /// older flownexus is dispatched as a Write-Replace; instance writes
     /// and finished rows keep what they had.
     #[test]
     fn old_partial_updates_of_resources_become_replaces() {
+        // A database as flownexus left it at schema 12, with three writes.
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("db.sqlite3")).unwrap();
-        store.add_device("dev", None, &Tags::default()).unwrap();
-        let old = |path: &str, state: &str| {
-            store
-                .conn
-                .execute(
-                    "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
-                     VALUES ('dev', 'write', ?1, ?2, 0, 0, ?3, 3)",
-                    params![
-                        format!(r#"{{"op":"write","path":"{path}","values":[{{"path":"/1/0/1","value":"60"}}],"replace":false}}"#),
-                        state,
-                        i64::MAX
-                    ],
-                )
-                .unwrap();
-            store.conn.last_insert_rowid()
-        };
-        let resource = old("/1/0/1", "queued");
-        let instance = old("/1/0", "queued");
-        let done = old("/1/0/1", "failed");
-        store
-            .conn
-            .execute("DELETE FROM schema_migrations WHERE version = 13", [])
+        let path = dir.path().join("db.sqlite3");
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
             .unwrap();
-        store.migrate().unwrap();
+        for (i, sql) in super::super::migrations::MIGRATIONS[..12].iter().enumerate() {
+            old.execute_batch(sql).unwrap();
+            old.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [i as i64 + 1])
+                .unwrap();
+        }
+        old.execute("INSERT INTO devices (endpoint, created_at) VALUES ('dev', 0)", [])
+            .unwrap();
+        let write = |path: &str, state: &str| {
+            old.execute(
+                "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
+                 VALUES ('dev', 'write', ?1, ?2, 0, 0, ?3, 3)",
+                params![
+                    format!(r#"{{"op":"write","path":"{path}","values":[{{"path":"/1/0/1","value":"60"}}],"replace":false}}"#),
+                    state,
+                    i64::MAX
+                ],
+            )
+            .unwrap();
+            old.last_insert_rowid()
+        };
+        let resource = write("/1/0/1", "queued");
+        let instance = write("/1/0", "queued");
+        let done = write("/1/0/1", "failed");
+        drop(old);
+        let store = Store::open(&path).unwrap();
         let replace = |id| match store.operation(id).unwrap().kind {
             OperationKind::Write { replace, .. } => replace,
             k => panic!("{k:?}"),

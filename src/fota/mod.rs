@@ -1,0 +1,483 @@
+//! Firmware update of one device over LwM2M Object 5 (Core 1.1 Appendix
+//! E.6, "pull" delivery), sans-I/O: time and what the server saw go in;
+//! the next operation to queue and the phase the update is in come out.
+//! No SQL, sockets or clocks here: the shell (`shell::fota`) persists the
+//! update after every step and queues the operations it asks for.
+//!
+//! The steps, each waiting for the one before:
+//! 1. Read State `/5/0/3`; a device that is not Idle (0) is first reset
+//!    with an empty Package URI (E.6: writing an empty URI cancels and
+//!    returns to Idle).
+//! 2. Observe `/5/0`, so State and Update Result `/5/0/5` arrive as
+//!    notifications.
+//! 3. Write the Package URI `/5/0/1` (a Write-Replace of that resource).
+//! 4. Wait for State Downloaded (2) within `download_timeout`; an Update
+//!    Result 2–9, or the download server seeing a resume at the image's
+//!    end (the nRF "FOTA doom loop"), resets the device with an empty URI
+//!    and retries, with backoff, up to `max_retries`.
+//! 5. Execute Update `/5/0/2`; the device reboots and registers again (an
+//!    nRF device without a De-register) within `update_timeout`.
+//! 6. Read Firmware Version `/3/0/3` and compare it with the target.
+//!
+//! A phase's clock counts from when the device was last heard, so a
+//! queue-mode device asleep for an hour does not time out for sleeping.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lwm2m::operation::{OperationId, OperationKind, Outcome, WriteValue};
+use crate::lwm2m::path::{Record, ResourcePath, Value};
+
+/// Where an update is. The final phases are `Succeeded`, `Failed` and
+/// `Cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Reading State before anything is written.
+    Checking,
+    /// Writing an empty Package URI: the device was not Idle.
+    Resetting,
+    Observing,
+    /// Writing the Package URI.
+    WritingUri,
+    Downloading,
+    /// Waiting out the backoff before a retry (the device was reset).
+    RetryWait,
+    /// Executing Update.
+    Executing,
+    /// The device reboots into the new image; waiting for it to register.
+    Updating,
+    /// Reading the version it now reports.
+    Verifying,
+    /// Writing an empty Package URI to cancel.
+    Cancelling,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Checking => "checking",
+            Phase::Resetting => "resetting",
+            Phase::Observing => "observing",
+            Phase::WritingUri => "writing-uri",
+            Phase::Downloading => "downloading",
+            Phase::RetryWait => "retry-wait",
+            Phase::Executing => "executing",
+            Phase::Updating => "updating",
+            Phase::Verifying => "verifying",
+            Phase::Cancelling => "cancelling",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+            Phase::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
+    }
+}
+
+/// Limits from the `[fota]` config section, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub download_timeout_ms: i64,
+    pub update_timeout_ms: i64,
+    pub retry_backoff_ms: i64,
+}
+
+impl Limits {
+    pub fn from_config(c: &crate::config::FotaConfig) -> Limits {
+        Limits {
+            download_timeout_ms: c.download_timeout_s as i64 * 1000,
+            update_timeout_ms: c.update_timeout_s as i64 * 1000,
+            retry_backoff_ms: c.retry_backoff_s as i64 * 1000,
+        }
+    }
+}
+
+/// State `/5/0/3` (Core E.6): what the device says it is doing.
+const STATE: &str = "/5/0/3";
+const UPDATE_RESULT: &str = "/5/0/5";
+const PACKAGE_URI: &str = "/5/0/1";
+const UPDATE: &str = "/5/0/2";
+const FIRMWARE_VERSION: &str = "/3/0/3";
+const STATE_IDLE: i64 = 0;
+const STATE_DOWNLOADED: i64 = 2;
+
+fn path(s: &str) -> ResourcePath {
+    s.parse().expect("static path")
+}
+
+/// An Update Result (`/5/0/5`, Core E.6) in words an operator reads.
+pub fn update_result_reason(code: i64) -> String {
+    let what = match code {
+        0 => "initial value",
+        1 => "firmware updated successfully",
+        2 => "not enough flash memory for the new package",
+        3 => "out of RAM during the download",
+        4 => "connection lost during the download",
+        5 => "integrity check failure of the new package",
+        6 => "unsupported package type",
+        7 => "invalid URI",
+        8 => "firmware update failed",
+        9 => "unsupported protocol",
+        _ => "an Update Result the specification does not define",
+    };
+    format!("Update Result {code}: {what}")
+}
+
+/// The same version, as devices and operators write them: `v1.2.3`,
+/// `1_2_3` and `1.2.3` differ only in spelling; case is ignored.
+pub fn same_version(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let s = s.trim();
+        let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
+        s.replace(['_', '-'], ".").to_ascii_lowercase()
+    };
+    norm(a) == norm(b)
+}
+
+/// The longest Package URI a device takes: Zephyr's LwM2M engine keeps it
+/// in a 255-byte `package_uri` buffer with its terminator.
+pub const MAX_PACKAGE_URI: usize = 254;
+
+/// The Package URI of image `sha256`/`name` on the download server at
+/// `base` (e.g. `https://fw.example.com`) with a download `token`, or why
+/// it cannot be one a device takes.
+pub fn package_uri(base: &str, sha256: &str, name: &str, token: &str) -> Result<String, String> {
+    let uri = format!("{}/fw/{sha256}/{name}?t={token}", base.trim_end_matches('/'));
+    if uri.len() > MAX_PACKAGE_URI {
+        return Err(format!(
+            "the Package URI would be {} characters, over the {MAX_PACKAGE_URI} a device keeps \
+             (Zephyr's package_uri buffer); shorten the image name ({} characters) or fw.public_url",
+            uri.len(),
+            name.len()
+        ));
+    }
+    Ok(uri)
+}
+
+/// One device's update: everything the shell persists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    pub phase: Phase,
+    /// The Package URI to write (absolute, with the download token).
+    pub package_uri: String,
+    /// The version the image was added with: what the device must report.
+    pub target_version: String,
+    /// The operation this phase waits for, once the shell queued it.
+    pub waiting_for: Option<OperationId>,
+    /// An operation chosen but not yet queued (the shell takes it).
+    #[serde(default)]
+    pub to_queue: Option<OperationKind>,
+    /// When the phase began (Unix ms).
+    pub phase_since: i64,
+    /// When the device was last heard (Unix ms).
+    pub last_seen: i64,
+    /// Downloads retried so far, and how many are allowed (fixed when the
+    /// update is created).
+    pub retries: u32,
+    pub max_retries: u32,
+    pub retry_at: Option<i64>,
+    /// Why it failed, in words.
+    pub reason: Option<String>,
+    /// What the device reported before the update (`/3/0/3`), if known.
+    #[serde(default)]
+    pub version_before: Option<String>,
+    /// Set by `cancel` while an operation is out; honoured when it ends.
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+impl Update {
+    /// A new update; its first operation (Read State) is in `to_queue`.
+    pub fn new(now: i64, package_uri: String, target_version: String, max_retries: u32) -> Update {
+        let mut u = Update {
+            phase: Phase::Checking,
+            package_uri,
+            target_version,
+            waiting_for: None,
+            to_queue: None,
+            phase_since: now,
+            last_seen: now,
+            retries: 0,
+            max_retries,
+            retry_at: None,
+            reason: None,
+            version_before: None,
+            cancel_requested: false,
+        };
+        u.send(OperationKind::Read { path: path(STATE) });
+        u
+    }
+
+    /// The operation to queue next, if any; the shell queues it and calls
+    /// [`Update::queued`] with its id.
+    pub fn take_operation(&mut self) -> Option<OperationKind> {
+        self.to_queue.take()
+    }
+
+    pub fn queued(&mut self, id: OperationId) {
+        self.waiting_for = Some(id);
+    }
+
+    fn send(&mut self, kind: OperationKind) {
+        self.to_queue = Some(kind);
+        self.waiting_for = None;
+    }
+
+    fn enter(&mut self, now: i64, phase: Phase) {
+        self.phase = phase;
+        self.phase_since = now;
+    }
+
+    fn fail(&mut self, now: i64, reason: String) {
+        self.enter(now, Phase::Failed);
+        self.reason = Some(reason);
+        self.to_queue = None;
+        self.waiting_for = None;
+    }
+
+    fn write_uri(&mut self, uri: &str) {
+        let p = path(PACKAGE_URI);
+        self.send(OperationKind::Write {
+            path: p,
+            values: vec![WriteValue {
+                path: p,
+                value: uri.to_string(),
+            }],
+            replace: None,
+        });
+    }
+
+    /// The device sent something (Register, Update, a notification, a
+    /// response): the clocks of waiting phases restart from here.
+    pub fn seen(&mut self, now: i64) {
+        self.last_seen = self.last_seen.max(now);
+    }
+
+    /// The operation this update waited for ended.
+    pub fn operation_finished(&mut self, now: i64, id: OperationId, outcome: &Outcome) {
+        if self.waiting_for != Some(id) || self.phase.is_final() {
+            return;
+        }
+        self.waiting_for = None;
+        if let Outcome::Succeeded(_) = outcome {
+            self.seen(now);
+        }
+        if self.cancel_requested && self.phase != Phase::Cancelling {
+            return self.start_cancel(now);
+        }
+        let ok = match outcome {
+            Outcome::Succeeded(r) => Ok(&r.records),
+            Outcome::Failed { reason, .. } => Err(reason.clone()),
+            Outcome::Expired => Err("the device was not reachable before the operation's deadline".into()),
+            Outcome::Cancelled => Err("the operation was cancelled".into()),
+        };
+        match (self.phase, ok) {
+            (Phase::Checking, Ok(records)) => match int_at(records, STATE) {
+                Some(STATE_IDLE) => self.observe(now),
+                Some(_) => {
+                    self.enter(now, Phase::Resetting);
+                    self.write_uri("");
+                }
+                None => self.fail(now, "the device reported no State (/5/0/3)".into()),
+            },
+            (Phase::Resetting, Ok(_)) => self.observe(now),
+            (Phase::Observing, Ok(_)) => {
+                self.enter(now, Phase::WritingUri);
+                let uri = self.package_uri.clone();
+                self.write_uri(&uri);
+            }
+            (Phase::WritingUri, Ok(_)) => self.enter(now, Phase::Downloading),
+            (Phase::RetryWait, Ok(_)) => {} // the reset before a retry is done
+            (Phase::Executing, Ok(_)) => self.enter(now, Phase::Updating),
+            (Phase::Verifying, Ok(records)) => self.verify(now, records),
+            (Phase::Cancelling, _) => {
+                self.enter(now, Phase::Cancelled);
+                self.reason = Some("cancelled by an operator".into());
+            }
+            (phase, Err(reason)) => {
+                let what = match phase {
+                    Phase::Checking => "reading State (/5/0/3)",
+                    Phase::Resetting => "resetting with an empty Package URI",
+                    Phase::Observing => "observing /5/0",
+                    Phase::WritingUri => "writing the Package URI (/5/0/1)",
+                    Phase::RetryWait => "resetting before a retry",
+                    Phase::Executing => "executing Update (/5/0/2)",
+                    Phase::Verifying => "reading the firmware version (/3/0/3)",
+                    _ => "an operation",
+                };
+                self.fail(now, format!("{what} failed: {reason}"));
+            }
+            (_, Ok(_)) => {}
+        }
+    }
+
+    fn observe(&mut self, now: i64) {
+        self.enter(now, Phase::Observing);
+        self.send(OperationKind::Observe { path: path("/5/0") });
+    }
+
+    /// Values the device reported (notifications, Send, Read answers).
+    pub fn values(&mut self, now: i64, records: &[Record]) {
+        self.seen(now);
+        match self.phase {
+            Phase::Downloading | Phase::WritingUri => {
+                if int_at(records, STATE) == Some(STATE_DOWNLOADED) {
+                    self.enter(now, Phase::Executing);
+                    self.send(OperationKind::Execute {
+                        path: path(UPDATE),
+                        args: None,
+                    });
+                } else if let Some(r @ 2..=9) = int_at(records, UPDATE_RESULT) {
+                    self.retry(now, update_result_reason(r));
+                }
+            }
+            Phase::Updating => {
+                // A failed update may be reported before (or instead of)
+                // the reboot.
+                if let Some(r @ 2..=9) = int_at(records, UPDATE_RESULT) {
+                    self.fail(now, update_result_reason(r));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The download server saw this device resume at the end of the image
+    /// (`Range: bytes=SIZE-`): it will loop until reset (DESIGN §2).
+    pub fn doom_loop(&mut self, now: i64) {
+        if matches!(self.phase, Phase::Downloading | Phase::WritingUri) {
+            self.retry(
+                now,
+                "the download resumed at the end of the image (FOTA doom loop)".into(),
+            );
+        }
+    }
+
+    /// Reset the device with an empty Package URI and try again after a
+    /// backoff, or fail once the retries are spent.
+    fn retry(&mut self, now: i64, reason: String) {
+        if self.retries >= self.max_retries {
+            return self.fail(now, format!("{reason} (after {} retries)", self.retries));
+        }
+        self.retries += 1;
+        self.reason = Some(reason);
+        self.enter(now, Phase::RetryWait);
+        self.retry_at = None; // set by `tick`, which knows the backoff
+        self.write_uri("");
+    }
+
+    /// The device registered anew: after Execute, it is running the image.
+    pub fn registered(&mut self, now: i64) {
+        self.seen(now);
+        if self.phase == Phase::Updating {
+            self.enter(now, Phase::Verifying);
+            self.send(OperationKind::Read {
+                path: path(FIRMWARE_VERSION),
+            });
+        }
+    }
+
+    fn verify(&mut self, now: i64, records: &[Record]) {
+        let reported = records
+            .iter()
+            .find(|r| r.path == path(FIRMWARE_VERSION))
+            .map(|r| match &r.value {
+                Value::String(s) => s.clone(),
+                v => v.to_text(),
+            });
+        match reported {
+            Some(v) if same_version(&v, &self.target_version) => {
+                self.enter(now, Phase::Succeeded);
+                self.reason = None;
+            }
+            Some(v) => self.fail(
+                now,
+                format!(
+                    "the device reports firmware {v:?} after the update, not {:?}",
+                    self.target_version
+                ),
+            ),
+            None => self.fail(now, "the device reported no firmware version (/3/0/3)".into()),
+        }
+    }
+
+    /// Cancel: an empty Package URI returns the device to Idle (Core E.6).
+    /// An update past Execute cannot be called back.
+    pub fn cancel(&mut self, now: i64) -> Result<(), String> {
+        match self.phase {
+            p if p.is_final() => Err(format!("the update has already {}", p.as_str())),
+            Phase::Executing | Phase::Updating | Phase::Verifying => {
+                Err("the device is already installing the image; it cannot be cancelled now".into())
+            }
+            Phase::Cancelling => Ok(()),
+            _ if self.waiting_for.is_some() => {
+                // Let the operation that is out finish first.
+                self.cancel_requested = true;
+                Ok(())
+            }
+            _ => {
+                self.start_cancel(now);
+                Ok(())
+            }
+        }
+    }
+
+    fn start_cancel(&mut self, now: i64) {
+        self.cancel_requested = false;
+        self.enter(now, Phase::Cancelling);
+        self.write_uri("");
+    }
+
+    /// Deadlines and backoff; call about once a second.
+    pub fn tick(&mut self, now: i64, limits: &Limits) {
+        let since = self.phase_since.max(self.last_seen);
+        match self.phase {
+            Phase::Downloading if now - since > limits.download_timeout_ms => {
+                let reason = format!(
+                    "no Downloaded state (/5/0/3 = 2) within {} s of the device last being heard",
+                    limits.download_timeout_ms / 1000
+                );
+                self.retry(now, reason);
+            }
+            Phase::Updating if now - since > limits.update_timeout_ms => self.fail(
+                now,
+                format!(
+                    "the device did not register again within {} s of Execute Update",
+                    limits.update_timeout_ms / 1000
+                ),
+            ),
+            _ => {}
+        }
+        // In RetryWait, once the reset is done: wait out the backoff, then
+        // write the URI again.
+        if self.phase == Phase::RetryWait && self.waiting_for.is_none() && self.to_queue.is_none() {
+            let at = *self
+                .retry_at
+                .get_or_insert(now + limits.retry_backoff_ms * (1i64 << (self.retries - 1).min(10)));
+            if now >= at {
+                self.retry_at = None;
+                self.enter(now, Phase::WritingUri);
+                let uri = self.package_uri.clone();
+                self.write_uri(&uri);
+            }
+        }
+    }
+}
+
+/// The integer value at `p` among `records`, if any.
+fn int_at(records: &[Record], p: &str) -> Option<i64> {
+    let p = path(p);
+    records.iter().find(|r| r.path == p).and_then(|r| match r.value {
+        Value::Integer(i) | Value::Time(i) => Some(i),
+        Value::Unsigned(u) => i64::try_from(u).ok(),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! The update state machine driven by hand: every path an update can take,
+//! with time as a number.
+
+use super::*;
+use crate::lwm2m::operation::OperationResult;
+
+const LIMITS: Limits = Limits {
+    download_timeout_ms: 600_000,
+    update_timeout_ms: 300_000,
+    retry_backoff_ms: 10_000,
+};
+const URI: &str = "https://fw.example.com/fw/abc/app.bin?t=x";
+
+fn rec(p: &str, v: Value) -> Record {
+    Record {
+        path: p.parse().unwrap(),
+        value: v,
+        time: None,
+    }
+}
+
+fn ok(records: Vec<Record>) -> Outcome {
+    Outcome::Succeeded(OperationResult {
+        code: "2.05".into(),
+        records,
+        ..Default::default()
+    })
+}
+
+fn failed(code: &str) -> Outcome {
+    Outcome::Failed {
+        code: Some(code.into()),
+        reason: format!("device answered {code}"),
+    }
+}
+
+/// Drives one update, numbering the operations it asks for.
+struct Drive {
+    u: Update,
+    next: OperationId,
+    sent: Vec<OperationKind>,
+}
+
+impl Drive {
+    fn new() -> Drive {
+        let mut d = Drive {
+            u: Update::new(0, URI.into(), "v2.0.0".into(), 2),
+            next: 1,
+            sent: Vec::new(),
+        };
+        d.take();
+        d
+    }
+
+    /// Queue what the update asks for; its id.
+    fn take(&mut self) -> Option<OperationId> {
+        let kind = self.u.take_operation()?;
+        self.sent.push(kind);
+        let id = self.next;
+        self.next += 1;
+        self.u.queued(id);
+        Some(id)
+    }
+
+    fn last(&self) -> &OperationKind {
+        self.sent.last().unwrap()
+    }
+
+    /// The operation out finishes with `outcome` at `now`.
+    fn finish(&mut self, now: i64, outcome: Outcome) {
+        let id = self.u.waiting_for.expect("an operation is out");
+        self.u.operation_finished(now, id, &outcome);
+        self.take();
+    }
+
+    fn wrote(&self, uri: &str) -> bool {
+        matches!(self.last(), OperationKind::Write { path, values, .. }
+            if *path == "/5/0/1".parse().unwrap() && values[0].value == uri)
+    }
+
+    fn until_downloading(&mut self) {
+        assert!(matches!(self.last(), OperationKind::Read { path } if path.to_string() == "/5/0/3"));
+        self.finish(1, ok(vec![rec("/5/0/3", Value::Integer(0))]));
+        assert_eq!(self.u.phase, Phase::Observing);
+        assert!(matches!(self.last(), OperationKind::Observe { path } if path.to_string() == "/5/0"));
+        self.finish(2, ok(vec![rec("/5/0/3", Value::Integer(0))]));
+        assert_eq!(self.u.phase, Phase::WritingUri);
+        assert!(self.wrote(URI));
+        self.finish(3, ok(vec![]));
+        assert_eq!(self.u.phase, Phase::Downloading);
+    }
+}
+
+#[test]
+fn a_device_goes_from_idle_to_the_new_version() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(1))]);
+    assert_eq!(d.u.phase, Phase::Downloading);
+    d.u.values(
+        20,
+        &[rec("/5/0/3", Value::Integer(2)), rec("/5/0/5", Value::Integer(0))],
+    );
+    assert_eq!(d.u.phase, Phase::Executing);
+    d.take();
+    assert!(matches!(d.last(), OperationKind::Execute { path, args: None } if path.to_string() == "/5/0/2"));
+    d.finish(21, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Updating);
+    d.u.registered(40);
+    assert_eq!(d.u.phase, Phase::Verifying);
+    d.take();
+    d.finish(41, ok(vec![rec("/3/0/3", Value::String("2_0_0".into()))]));
+    assert_eq!((d.u.phase, d.u.reason.as_deref()), (Phase::Succeeded, None));
+}
+
+#[test]
+fn a_busy_device_is_reset_with_an_empty_uri_first() {
+    let mut d = Drive::new();
+    d.finish(1, ok(vec![rec("/5/0/3", Value::Integer(2))]));
+    assert_eq!(d.u.phase, Phase::Resetting);
+    assert!(d.wrote(""));
+    d.finish(2, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Observing);
+}
+
+#[test]
+fn an_integrity_failure_is_retried_then_fails_with_its_reason() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    for attempt in 1..=2 {
+        d.u.values(
+            100 * attempt,
+            &[rec("/5/0/3", Value::Integer(0)), rec("/5/0/5", Value::Integer(5))],
+        );
+        assert_eq!(d.u.phase, Phase::RetryWait, "retry {attempt}");
+        d.take();
+        assert!(d.wrote(""), "reset before the retry");
+        d.finish(100 * attempt + 1, ok(vec![]));
+        // The backoff doubles: 10 s, then 20 s.
+        let wait = 10_000 << (attempt - 1);
+        d.u.tick(100 * attempt + 2, &LIMITS);
+        d.u.tick(100 * attempt + 2 + wait - 10, &LIMITS);
+        assert_eq!(d.u.phase, Phase::RetryWait);
+        d.u.tick(100 * attempt + 2 + wait, &LIMITS);
+        assert_eq!(d.u.phase, Phase::WritingUri);
+        d.take();
+        assert!(d.wrote(URI));
+        d.finish(100 * attempt + 3 + wait, ok(vec![]));
+    }
+    d.u.values(90_000, &[rec("/5/0/5", Value::Integer(5))]);
+    assert_eq!(d.u.phase, Phase::Failed);
+    let reason = d.u.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("integrity check failure") && reason.contains("2 retries"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_doom_loop_resets_the_device() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    d.u.doom_loop(50);
+    assert_eq!(d.u.phase, Phase::RetryWait);
+    d.take();
+    assert!(d.wrote(""));
+    assert!(d.u.reason.as_deref().unwrap().contains("doom loop"));
+}
+
+#[test]
+fn the_download_clock_counts_from_when_the_device_was_last_heard() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    // A sleeping device is heard now and then: its clock restarts.
+    d.u.seen(500_000);
+    d.u.tick(3 + 600_000 + 1, &LIMITS);
+    assert_eq!(d.u.phase, Phase::Downloading);
+    d.u.tick(500_000 + 600_001, &LIMITS);
+    assert_eq!(d.u.phase, Phase::RetryWait);
+    assert!(d.u.reason.as_deref().unwrap().contains("no Downloaded state"));
+}
+
+#[test]
+fn a_device_that_never_comes_back_fails_after_the_update_timeout() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))]);
+    d.take();
+    d.finish(11, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Updating);
+    d.u.tick(11 + 300_000, &LIMITS);
+    assert_eq!(d.u.phase, Phase::Updating);
+    d.u.tick(11 + 300_001, &LIMITS);
+    assert_eq!(d.u.phase, Phase::Failed);
+    assert!(d.u.reason.as_deref().unwrap().contains("did not register again"));
+}
+
+#[test]
+fn the_wrong_version_after_the_reboot_is_a_failure() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))]);
+    d.take();
+    d.finish(11, ok(vec![]));
+    d.u.registered(12);
+    d.take();
+    d.finish(13, ok(vec![rec("/3/0/3", Value::String("1.9.0".into()))]));
+    assert_eq!(d.u.phase, Phase::Failed);
+    assert!(d.u.reason.as_deref().unwrap().contains("\"1.9.0\""));
+}
+
+#[test]
+fn a_refused_uri_write_fails_with_the_device_code() {
+    let mut d = Drive::new();
+    d.finish(1, ok(vec![rec("/5/0/3", Value::Integer(0))]));
+    d.finish(2, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::WritingUri);
+    d.finish(3, failed("4.04"));
+    assert_eq!(d.u.phase, Phase::Failed);
+    let reason = d.u.reason.as_deref().unwrap();
+    assert!(reason.contains("Package URI") && reason.contains("4.04"), "{reason}");
+    // Nothing more is asked for, and late news changes nothing.
+    assert!(d.u.take_operation().is_none());
+    d.u.values(9, &[rec("/5/0/3", Value::Integer(2))]);
+    assert_eq!(d.u.phase, Phase::Failed);
+}
+
+#[test]
+fn cancel_writes_an_empty_uri_but_not_once_the_device_installs() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    d.u.cancel(10).unwrap();
+    assert_eq!(d.u.phase, Phase::Cancelling);
+    d.take();
+    assert!(d.wrote(""));
+    d.finish(11, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Cancelled);
+    assert!(d.u.cancel(12).is_err());
+
+    // Asked while an operation is out, it waits for that to end.
+    let mut d = Drive::new();
+    d.u.cancel(1).unwrap();
+    assert_eq!(d.u.phase, Phase::Checking);
+    d.finish(2, ok(vec![rec("/5/0/3", Value::Integer(0))]));
+    assert_eq!(d.u.phase, Phase::Cancelling);
+    assert!(d.wrote(""));
+
+    let mut d = Drive::new();
+    d.until_downloading();
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))]);
+    assert!(d.u.cancel(11).is_err(), "Execute is on its way");
+}
+
+#[test]
+fn only_the_awaited_operation_counts() {
+    let mut d = Drive::new();
+    let stale = d.u.waiting_for.unwrap() + 100;
+    d.u.operation_finished(1, stale, &ok(vec![rec("/5/0/3", Value::Integer(0))]));
+    assert_eq!(d.u.phase, Phase::Checking);
+}
+
+#[test]
+fn versions_compare_as_people_write_them() {
+    assert!(same_version("v1.2.3", "1.2.3"));
+    assert!(same_version("1_2_3", "1.2.3"));
+    assert!(same_version("V1.2.3-RC1", "1.2.3_rc1"));
+    assert!(!same_version("1.2.3", "1.2.4"));
+    assert!(update_result_reason(5).contains("integrity"));
+    assert!(update_result_reason(42).contains("does not define"));
+}
+
+#[test]
+fn an_update_survives_its_persisted_form() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    let json = serde_json::to_string(&d.u).unwrap();
+    let back: Update = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, d.u);
+}
+
+#[test]
+fn a_package_uri_must_fit_the_devices_buffer() {
+    let sha = "a".repeat(64);
+    let token = "dXJuOmltZWk6MzU2OTM4MDM1NjQzODA5.1796000000.".to_string() + &"m".repeat(43);
+    let ok = package_uri("https://fw.example.com/", &sha, "app-v2.0.0.signed.bin", &token).unwrap();
+    assert!(
+        ok.starts_with("https://fw.example.com/fw/aaaa") && ok.len() <= MAX_PACKAGE_URI,
+        "{ok}"
+    );
+    let long = package_uri("https://fw.example.com", &sha, &"n".repeat(80), &token).unwrap_err();
+    assert!(long.contains("254") && long.contains("image name"), "{long}");
+}

@@ -1,0 +1,280 @@
+//! The firmware-update task: the I/O around `fota::Update` machines. It
+//! owns a store connection and a one-second timer; it feeds each active
+//! update what the LwM2M server saw (values, registrations, finished
+//! operations, uplinks) and the download server's doom-loop sightings,
+//! queues the operations an update asks for through the store (durable
+//! before they are sent, like an operator's), and persists the update
+//! after every step. Decisions are the machine's.
+//!
+//! Nothing depends on the event stream alone: finished operations are also
+//! read back from the store, and a device that registered while events
+//! were lost is found from its registration row, so a lagging subscriber
+//! or a restart delays an update but never strands or repeats it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::download::token::TokenKey;
+use crate::error::{Error, Result};
+use crate::fota::{self, Limits, Phase, Update};
+use crate::lwm2m::operation::{OperationId, Outcome};
+use crate::lwm2m::server::ServerEvent;
+use crate::store::{Store, now_ms};
+use crate::transport::Peer;
+
+/// How often deadlines are checked and the store is polled.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What an update's operations may take before they expire (the phase
+/// timeouts decide the rest).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub limits: Limits,
+    pub operation_deadline_ms: i64,
+    pub operation_max_attempts: u32,
+}
+
+/// Start an update of `endpoint` to catalogue image `image` (id or name):
+/// the Package URI on `base_url` with a download token, checked against
+/// the device's buffer; refused while another update of the device is
+/// active. The server's update task picks it up within a second.
+#[allow(clippy::too_many_arguments)]
+pub fn create_update(
+    store: &Store,
+    key: &TokenKey,
+    base_url: &str,
+    token_ttl_s: u64,
+    max_retries: u32,
+    endpoint: &str,
+    image: &str,
+    by: &str,
+) -> Result<i64> {
+    let fw = store.firmware(image)?;
+    if fw.deleted_at.is_some() {
+        return Err(Error::NotFound(format!("firmware #{} was removed", fw.id)));
+    }
+    store.device(endpoint)?;
+    let now = now_ms();
+    let token = key.sign(endpoint, &fw.sha256, now / 1000 + token_ttl_s as i64);
+    let uri = fota::package_uri(base_url, &fw.sha256, &fw.name, &token).map_err(|reason| Error::Invalid {
+        what: "firmware update",
+        reason,
+    })?;
+    let machine = Update::new(now, uri, fw.version.clone(), max_retries);
+    store.create_update(endpoint, fw.id, &machine, by)
+}
+
+struct Active {
+    endpoint: String,
+    machine: Update,
+}
+
+/// Run until `stop`: `events` from the LwM2M server, `doom_loops` (the
+/// endpoints the download server saw resume at an image's end).
+pub async fn run(
+    store: Store,
+    settings: Settings,
+    mut events: broadcast::Receiver<ServerEvent<Peer>>,
+    mut doom_loops: mpsc::Receiver<String>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut task = Task {
+        store,
+        settings,
+        updates: HashMap::new(),
+        by_endpoint: HashMap::new(),
+        last_id: 0,
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => task.tick(),
+            ev = events.recv() => match ev {
+                Ok(ev) => task.event(&ev),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    log::warn!("firmware updates: {n} server events missed; the store fills the gaps");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            Some(endpoint) = doom_loops.recv() => {
+                task.with(&endpoint, |m, now| m.doom_loop(now));
+            }
+        }
+    }
+}
+
+struct Task {
+    store: Store,
+    settings: Settings,
+    updates: HashMap<i64, Active>,
+    by_endpoint: HashMap<String, i64>,
+    last_id: i64,
+}
+
+impl Task {
+    /// Apply `f` to the active update of `endpoint`, if any, then act.
+    fn with(&mut self, endpoint: &str, f: impl FnOnce(&mut Update, i64)) {
+        if let Some(&id) = self.by_endpoint.get(endpoint) {
+            self.step(id, f);
+        }
+    }
+
+    /// Apply `f` to update `id`; queue what it asks for; persist it if it
+    /// changed.
+    fn step(&mut self, id: i64, f: impl FnOnce(&mut Update, i64)) {
+        let now = now_ms();
+        let Some(a) = self.updates.get_mut(&id) else {
+            return;
+        };
+        let before = a.machine.clone();
+        f(&mut a.machine, now);
+        if let Some(kind) = a.machine.take_operation() {
+            let deadline = now + self.settings.operation_deadline_ms;
+            match self
+                .store
+                .queue_operation(&a.endpoint, &kind, deadline, self.settings.operation_max_attempts)
+            {
+                Ok(op) => a.machine.queued(op),
+                Err(e) => {
+                    // Kept for the next tick: nothing is lost, nothing sent twice.
+                    log::warn!(
+                        "firmware update {id} of {}: queueing {} failed: {e}",
+                        a.endpoint,
+                        kind.name()
+                    );
+                    a.machine.to_queue = Some(kind);
+                }
+            }
+        }
+        if a.machine == before {
+            return;
+        }
+        if let Err(e) = self.store.save_update(id, &a.machine, None) {
+            log::error!("firmware update {id} of {}: not saved: {e}", a.endpoint);
+        }
+        if a.machine.phase != before.phase {
+            log::info!(
+                "firmware update {id} of {}: {} → {}{}",
+                a.endpoint,
+                before.phase.as_str(),
+                a.machine.phase.as_str(),
+                a.machine
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
+        if a.machine.phase.is_final() {
+            let endpoint = a.endpoint.clone();
+            self.updates.remove(&id);
+            self.by_endpoint.remove(&endpoint);
+        }
+    }
+
+    fn event(&mut self, ev: &ServerEvent<Peer>) {
+        match ev {
+            ServerEvent::ValuesReported { endpoint, records, .. } => {
+                self.with(endpoint, |m, now| m.values(now, records));
+            }
+            ServerEvent::Registered { registration, .. } => {
+                self.with(&registration.endpoint, |m, now| m.registered(now));
+            }
+            ServerEvent::Updated { registration, .. } => {
+                self.with(&registration.endpoint, |m, now| m.seen(now));
+            }
+            ServerEvent::OperationFinished { id, endpoint, outcome } => {
+                let (id, outcome) = (*id, outcome.clone());
+                self.with(endpoint, |m, now| m.operation_finished(now, id, &outcome));
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Err(e) = self.poll() {
+            log::warn!("firmware updates: store poll failed: {e}");
+        }
+        let limits = self.settings.limits;
+        let ids: Vec<i64> = self.updates.keys().copied().collect();
+        for id in ids {
+            self.step(id, |m, now| m.tick(now, &limits));
+        }
+    }
+
+    /// New updates (made by the CLI or API), cancellations, and what the
+    /// event stream may have missed.
+    fn poll(&mut self) -> Result<()> {
+        for row in self.store.active_updates(self.last_id)? {
+            self.last_id = self.last_id.max(row.id);
+            if let Some(&other) = self.by_endpoint.get(&row.endpoint) {
+                // The database allows one active update per device; a row
+                // seen twice is the same update.
+                debug_assert_eq!(other, row.id);
+                continue;
+            }
+            log::info!(
+                "firmware update {} of {}: {} (firmware #{})",
+                row.id,
+                row.endpoint,
+                row.phase.as_str(),
+                row.firmware_id
+            );
+            self.by_endpoint.insert(row.endpoint.clone(), row.id);
+            self.updates.insert(
+                row.id,
+                Active {
+                    endpoint: row.endpoint,
+                    machine: row.machine,
+                },
+            );
+        }
+        for id in self.store.take_update_cancels()? {
+            let endpoint = self.updates.get(&id).map(|a| a.endpoint.clone());
+            let mut refused = None;
+            self.step(id, |m, now| refused = m.cancel(now).err());
+            if let (Some(endpoint), Some(reason)) = (endpoint, refused) {
+                log::warn!("firmware update {id} of {endpoint}: not cancelled: {reason}");
+            }
+        }
+        // Operations that finished without our hearing of it.
+        let waiting: Vec<(i64, OperationId)> = self
+            .updates
+            .iter()
+            .filter_map(|(id, a)| Some((*id, a.machine.waiting_for?)))
+            .collect();
+        for (id, op) in waiting {
+            let row = self.store.operation(op)?;
+            if row.state.is_final() {
+                let outcome = row
+                    .result
+                    .and_then(|r| serde_json::from_value::<Outcome>(r).ok())
+                    .unwrap_or(Outcome::Failed {
+                        code: row.coap_code,
+                        reason: format!("operation {op} ended {}", row.state.as_str()),
+                    });
+                self.step(id, |m, now| m.operation_finished(now, op, &outcome));
+            }
+        }
+        // A device that registered again while its Registered event was
+        // lost (a lagging subscriber, a restart of the server).
+        let updating: Vec<(i64, String, i64)> = self
+            .updates
+            .iter()
+            .filter(|(_, a)| a.machine.phase == Phase::Updating)
+            .map(|(id, a)| (*id, a.endpoint.clone(), a.machine.phase_since))
+            .collect();
+        for (id, endpoint, since) in updating {
+            if let Some(reg) = self.store.registration_of(&endpoint)?
+                && reg.registered_at > since
+            {
+                self.step(id, |m, now| m.registered(now));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! Firmware updates of single devices: the persisted `fota::Update`
+//! machines and each update's timeline of steps.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Store, access, now_ms};
+use crate::error::{Error, Result};
+use crate::fota::{Phase, Update};
+
+/// An update as stored: the machine and what lists show of it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct UpdateRow {
+    pub id: i64,
+    pub endpoint: String,
+    pub firmware_id: i64,
+    pub phase: Phase,
+    pub reason: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub machine: Update,
+}
+
+/// One step of an update's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct UpdateStep {
+    pub ts: i64,
+    pub phase: Phase,
+    pub detail: Option<String>,
+}
+
+const UPDATE_SQL: &str =
+    "SELECT id, endpoint, firmware_id, reason, created_by, created_at, updated_at, finished_at, machine
+     FROM fota_updates";
+
+fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
+    let machine: String = r.get(8)?;
+    let machine: Update = serde_json::from_str(&machine)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(e)))?;
+    Ok(UpdateRow {
+        id: r.get(0)?,
+        endpoint: r.get(1)?,
+        firmware_id: r.get(2)?,
+        phase: machine.phase,
+        reason: r.get(3)?,
+        created_by: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+        finished_at: r.get(7)?,
+        machine,
+    })
+}
+
+impl Store {
+    /// Start an update of `endpoint`; refused while another is active on
+    /// it (the partial unique index decides, never a check before).
+    pub fn create_update(&self, endpoint: &str, firmware_id: i64, machine: &Update, by: &str) -> Result<i64> {
+        let now = now_ms();
+        let tx = self.conn.unchecked_transaction()?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM devices WHERE endpoint = ?1)",
+            [endpoint],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(Error::UnknownEndpoint(endpoint.to_string()));
+        }
+        tx.execute(
+            "INSERT INTO fota_updates (endpoint, firmware_id, phase, active, machine, created_by, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?6)",
+            params![
+                endpoint,
+                firmware_id,
+                machine.phase.as_str(),
+                serde_json::to_string(machine).expect("serialises"),
+                by,
+                now
+            ],
+        )
+        .map_err(|e| access::constraint(e, || format!("an active firmware update of {endpoint}")))?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![id, now, machine.phase.as_str(), format!("queued by {by}")],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Persist a machine after a step; a phase change adds to the timeline.
+    pub fn save_update(&self, id: i64, machine: &Update, detail: Option<&str>) -> Result<()> {
+        let now = now_ms();
+        let tx = self.conn.unchecked_transaction()?;
+        let before: Option<String> = tx
+            .query_row("SELECT phase FROM fota_updates WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        let Some(before) = before else {
+            return Err(Error::NotFound(format!("firmware update {id}")));
+        };
+        let phase = machine.phase;
+        tx.execute(
+            "UPDATE fota_updates SET phase = ?2, active = ?3, machine = ?4, reason = ?5, updated_at = ?6,
+                    finished_at = CASE WHEN ?3 = 0 THEN ?6 ELSE NULL END
+             WHERE id = ?1",
+            params![
+                id,
+                phase.as_str(),
+                !phase.is_final(),
+                serde_json::to_string(machine).expect("serialises"),
+                machine.reason,
+                now
+            ],
+        )?;
+        if before != phase.as_str() {
+            let detail = detail.map(str::to_string).or_else(|| machine.reason.clone());
+            tx.execute(
+                "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![id, now, phase.as_str(), detail],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Updates still under way with id > `after`, oldest first: the update
+    /// task's start-up load and its poll for updates created elsewhere.
+    pub fn active_updates(&self, after: i64) -> Result<Vec<UpdateRow>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("{UPDATE_SQL} WHERE active = 1 AND id > ?1 ORDER BY id"))?;
+        let rows = st.query_map([after], update_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Ask the server to cancel an active update (it writes an empty
+    /// Package URI to the device, Core E.6); false if none is active.
+    pub fn request_update_cancel(&self, id: i64) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE fota_updates SET cancel_requested = 1 WHERE id = ?1 AND active = 1",
+            [id],
+        )? == 1)
+    }
+
+    /// Cancellations asked for and not yet taken: their ids, cleared.
+    pub fn take_update_cancels(&self) -> Result<Vec<i64>> {
+        let mut st = self
+            .conn
+            .prepare("UPDATE fota_updates SET cancel_requested = 0 WHERE cancel_requested = 1 RETURNING id")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn update(&self, id: i64) -> Result<UpdateRow> {
+        self.conn
+            .query_row(&format!("{UPDATE_SQL} WHERE id = ?1"), [id], update_row)
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("firmware update {id}")))
+    }
+
+    /// A device's updates, newest first.
+    pub fn updates_of(&self, endpoint: &str, limit: usize) -> Result<Vec<UpdateRow>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("{UPDATE_SQL} WHERE endpoint = ?1 ORDER BY id DESC LIMIT ?2"))?;
+        let rows = st.query_map(params![endpoint, limit as i64], update_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// An update's timeline, oldest first.
+    pub fn update_steps(&self, id: i64) -> Result<Vec<UpdateStep>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT ts, phase, detail FROM fota_steps WHERE update_id = ?1 ORDER BY ts, rowid")?;
+        let rows = st.query_map([id], |r| {
+            let phase: String = r.get(1)?;
+            Ok(UpdateStep {
+                ts: r.get(0)?,
+                phase: serde_json::from_value(serde_json::Value::String(phase)).unwrap_or(Phase::Checking),
+                detail: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
