@@ -905,7 +905,6 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
                 &key,
                 &fw_base_url(config)?,
                 config.fota.token_ttl_s,
-                config.fota.max_retries,
                 &endpoint,
                 &image,
                 "cli",

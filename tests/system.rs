@@ -22,6 +22,8 @@ mod browser;
 mod dtls;
 #[path = "system/firmware.rs"]
 mod firmware;
+#[path = "system/fota.rs"]
+mod fota;
 #[path = "system/wakaama.rs"]
 mod wakaama;
 #[path = "system/web.rs"]

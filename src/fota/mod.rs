@@ -84,6 +84,7 @@ impl Phase {
 pub struct Limits {
     pub download_timeout_ms: i64,
     pub update_timeout_ms: i64,
+    pub max_retries: u32,
     pub retry_backoff_ms: i64,
 }
 
@@ -92,6 +93,7 @@ impl Limits {
         Limits {
             download_timeout_ms: c.download_timeout_s as i64 * 1000,
             update_timeout_ms: c.update_timeout_s as i64 * 1000,
+            max_retries: c.max_retries,
             retry_backoff_ms: c.retry_backoff_s as i64 * 1000,
         }
     }
@@ -176,10 +178,8 @@ pub struct Update {
     pub phase_since: i64,
     /// When the device was last heard (Unix ms).
     pub last_seen: i64,
-    /// Downloads retried so far, and how many are allowed (fixed when the
-    /// update is created).
+    /// Downloads retried so far.
     pub retries: u32,
-    pub max_retries: u32,
     pub retry_at: Option<i64>,
     /// Why it failed, in words.
     pub reason: Option<String>,
@@ -193,7 +193,7 @@ pub struct Update {
 
 impl Update {
     /// A new update; its first operation (Read State) is in `to_queue`.
-    pub fn new(now: i64, package_uri: String, target_version: String, max_retries: u32) -> Update {
+    pub fn new(now: i64, package_uri: String, target_version: String) -> Update {
         let mut u = Update {
             phase: Phase::Checking,
             package_uri,
@@ -203,7 +203,6 @@ impl Update {
             phase_since: now,
             last_seen: now,
             retries: 0,
-            max_retries,
             retry_at: None,
             reason: None,
             version_before: None,
@@ -322,7 +321,7 @@ impl Update {
     }
 
     /// Values the device reported (notifications, Send, Read answers).
-    pub fn values(&mut self, now: i64, records: &[Record]) {
+    pub fn values(&mut self, now: i64, records: &[Record], limits: &Limits) {
         self.seen(now);
         match self.phase {
             Phase::Downloading | Phase::WritingUri => {
@@ -333,7 +332,7 @@ impl Update {
                         args: None,
                     });
                 } else if let Some(r @ 2..=9) = int_at(records, UPDATE_RESULT) {
-                    self.retry(now, update_result_reason(r));
+                    self.retry(now, update_result_reason(r), limits);
                 }
             }
             Phase::Updating => {
@@ -349,19 +348,17 @@ impl Update {
 
     /// The download server saw this device resume at the end of the image
     /// (`Range: bytes=SIZE-`): it will loop until reset (DESIGN §2).
-    pub fn doom_loop(&mut self, now: i64) {
+    pub fn doom_loop(&mut self, now: i64, limits: &Limits) {
         if matches!(self.phase, Phase::Downloading | Phase::WritingUri) {
-            self.retry(
-                now,
-                "the download resumed at the end of the image (FOTA doom loop)".into(),
-            );
+            let reason = "the download resumed at the end of the image (FOTA doom loop)".into();
+            self.retry(now, reason, limits);
         }
     }
 
     /// Reset the device with an empty Package URI and try again after a
     /// backoff, or fail once the retries are spent.
-    fn retry(&mut self, now: i64, reason: String) {
-        if self.retries >= self.max_retries {
+    fn retry(&mut self, now: i64, reason: String, limits: &Limits) {
+        if self.retries >= limits.max_retries {
             return self.fail(now, format!("{reason} (after {} retries)", self.retries));
         }
         self.retries += 1;
@@ -442,7 +439,7 @@ impl Update {
                     "no Downloaded state (/5/0/3 = 2) within {} s of the device last being heard",
                     limits.download_timeout_ms / 1000
                 );
-                self.retry(now, reason);
+                self.retry(now, reason, limits);
             }
             Phase::Updating if now - since > limits.update_timeout_ms => self.fail(
                 now,

@@ -7,6 +7,7 @@ use crate::lwm2m::operation::OperationResult;
 const LIMITS: Limits = Limits {
     download_timeout_ms: 600_000,
     update_timeout_ms: 300_000,
+    max_retries: 2,
     retry_backoff_ms: 10_000,
 };
 const URI: &str = "https://fw.example.com/fw/abc/app.bin?t=x";
@@ -44,7 +45,7 @@ struct Drive {
 impl Drive {
     fn new() -> Drive {
         let mut d = Drive {
-            u: Update::new(0, URI.into(), "v2.0.0".into(), 2),
+            u: Update::new(0, URI.into(), "v2.0.0".into()),
             next: 1,
             sent: Vec::new(),
         };
@@ -95,11 +96,12 @@ impl Drive {
 fn a_device_goes_from_idle_to_the_new_version() {
     let mut d = Drive::new();
     d.until_downloading();
-    d.u.values(10, &[rec("/5/0/3", Value::Integer(1))]);
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(1))], &LIMITS);
     assert_eq!(d.u.phase, Phase::Downloading);
     d.u.values(
         20,
         &[rec("/5/0/3", Value::Integer(2)), rec("/5/0/5", Value::Integer(0))],
+        &LIMITS,
     );
     assert_eq!(d.u.phase, Phase::Executing);
     d.take();
@@ -131,6 +133,7 @@ fn an_integrity_failure_is_retried_then_fails_with_its_reason() {
         d.u.values(
             100 * attempt,
             &[rec("/5/0/3", Value::Integer(0)), rec("/5/0/5", Value::Integer(5))],
+            &LIMITS,
         );
         assert_eq!(d.u.phase, Phase::RetryWait, "retry {attempt}");
         d.take();
@@ -147,7 +150,7 @@ fn an_integrity_failure_is_retried_then_fails_with_its_reason() {
         assert!(d.wrote(URI));
         d.finish(100 * attempt + 3 + wait, ok(vec![]));
     }
-    d.u.values(90_000, &[rec("/5/0/5", Value::Integer(5))]);
+    d.u.values(90_000, &[rec("/5/0/5", Value::Integer(5))], &LIMITS);
     assert_eq!(d.u.phase, Phase::Failed);
     let reason = d.u.reason.as_deref().unwrap();
     assert!(
@@ -160,7 +163,7 @@ fn an_integrity_failure_is_retried_then_fails_with_its_reason() {
 fn a_doom_loop_resets_the_device() {
     let mut d = Drive::new();
     d.until_downloading();
-    d.u.doom_loop(50);
+    d.u.doom_loop(50, &LIMITS);
     assert_eq!(d.u.phase, Phase::RetryWait);
     d.take();
     assert!(d.wrote(""));
@@ -184,7 +187,7 @@ fn the_download_clock_counts_from_when_the_device_was_last_heard() {
 fn a_device_that_never_comes_back_fails_after_the_update_timeout() {
     let mut d = Drive::new();
     d.until_downloading();
-    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))]);
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))], &LIMITS);
     d.take();
     d.finish(11, ok(vec![]));
     assert_eq!(d.u.phase, Phase::Updating);
@@ -199,7 +202,7 @@ fn a_device_that_never_comes_back_fails_after_the_update_timeout() {
 fn the_wrong_version_after_the_reboot_is_a_failure() {
     let mut d = Drive::new();
     d.until_downloading();
-    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))]);
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))], &LIMITS);
     d.take();
     d.finish(11, ok(vec![]));
     d.u.registered(12);
@@ -221,7 +224,7 @@ fn a_refused_uri_write_fails_with_the_device_code() {
     assert!(reason.contains("Package URI") && reason.contains("4.04"), "{reason}");
     // Nothing more is asked for, and late news changes nothing.
     assert!(d.u.take_operation().is_none());
-    d.u.values(9, &[rec("/5/0/3", Value::Integer(2))]);
+    d.u.values(9, &[rec("/5/0/3", Value::Integer(2))], &LIMITS);
     assert_eq!(d.u.phase, Phase::Failed);
 }
 
@@ -247,7 +250,7 @@ fn cancel_writes_an_empty_uri_but_not_once_the_device_installs() {
 
     let mut d = Drive::new();
     d.until_downloading();
-    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))]);
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))], &LIMITS);
     assert!(d.u.cancel(11).is_err(), "Execute is on its way");
 }
 

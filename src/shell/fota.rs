@@ -40,13 +40,11 @@ pub struct Settings {
 /// the Package URI on `base_url` with a download token, checked against
 /// the device's buffer; refused while another update of the device is
 /// active. The server's update task picks it up within a second.
-#[allow(clippy::too_many_arguments)]
 pub fn create_update(
     store: &Store,
     key: &TokenKey,
     base_url: &str,
     token_ttl_s: u64,
-    max_retries: u32,
     endpoint: &str,
     image: &str,
     by: &str,
@@ -62,7 +60,7 @@ pub fn create_update(
         what: "firmware update",
         reason,
     })?;
-    let machine = Update::new(now, uri, fw.version.clone(), max_retries);
+    let machine = Update::new(now, uri, fw.version.clone());
     store.create_update(endpoint, fw.id, &machine, by)
 }
 
@@ -101,7 +99,8 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             Some(endpoint) = doom_loops.recv() => {
-                task.with(&endpoint, |m, now| m.doom_loop(now));
+                let limits = task.settings.limits;
+                task.with(&endpoint, |m, now| m.doom_loop(now, &limits));
             }
         }
     }
@@ -177,9 +176,10 @@ impl Task {
     }
 
     fn event(&mut self, ev: &ServerEvent<Peer>) {
+        let limits = self.settings.limits;
         match ev {
             ServerEvent::ValuesReported { endpoint, records, .. } => {
-                self.with(endpoint, |m, now| m.values(now, records));
+                self.with(endpoint, |m, now| m.values(now, records, &limits));
             }
             ServerEvent::Registered { registration, .. } => {
                 self.with(&registration.endpoint, |m, now| m.registered(now));

@@ -4,9 +4,12 @@
 //! Write-Attributes/Observe and their composite forms; optional Send.
 //! How it answers the server's requests is in `client/requests.rs`.
 
+mod firmware;
 mod requests;
 #[cfg(test)]
 mod tests;
+
+pub use firmware::{DownloadJob, FotaBehaviour};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,6 +45,11 @@ pub struct DeviceConfig {
     /// Resource values that replace or add to the defaults (a manufacturer,
     /// a model name: every string a device controls).
     pub resources: Vec<(ResourcePath, Value)>,
+    /// How the Firmware Update object misbehaves, for tests.
+    pub fota: FotaBehaviour,
+    /// The CA the firmware server's certificate chains to (the device's
+    /// provisioned security tag); without it downloads fail (Result 4).
+    pub fw_ca: Option<std::path::PathBuf>,
 }
 
 impl DeviceConfig {
@@ -60,6 +68,8 @@ impl DeviceConfig {
             psk: None,
             firmware_version: "sim-1.0.0".into(),
             resources: Vec::new(),
+            fota: FotaBehaviour::default(),
+            fw_ca: None,
         }
     }
 }
@@ -111,6 +121,8 @@ pub struct Client {
     pub counters: Counters,
     /// Send Updates back-to-back (benchmarks).
     pub continuous_updates: bool,
+    /// Object 5: the download under way, the image being installed.
+    firmware: firmware::Firmware,
 }
 
 /// Object 0, LwM2M Security.
@@ -171,11 +183,16 @@ impl Client {
             rng: fastrand::Rng::with_seed(seed ^ 0x5eed),
             counters: Counters::default(),
             continuous_updates: false,
+            firmware: firmware::Firmware::default(),
         }
     }
 
     pub fn endpoint(&self) -> &str {
         &self.cfg.endpoint
+    }
+
+    pub fn config(&self) -> &DeviceConfig {
+        &self.cfg
     }
 
     pub fn is_registered(&self) -> bool {
@@ -197,7 +214,7 @@ impl Client {
 
     /// Is the radio on? Sleeping queue-mode clients hear nothing.
     pub fn awake(&self, now: Instant) -> bool {
-        !self.cfg.queue_mode || self.awake_until.is_some_and(|t| now < t)
+        !self.firmware.silent && (!self.cfg.queue_mode || self.awake_until.is_some_and(|t| now < t))
     }
 
     fn uplink(&mut self, now: Instant) {
@@ -249,6 +266,7 @@ impl Client {
 
     fn register(&mut self, now: Instant) {
         self.next_register = None;
+        self.finish_reboot();
         self.observers.clear();
         let mut req = Request::new(Method::Post, "/rd");
         req.options.uri_query = vec![
@@ -410,8 +428,18 @@ impl Client {
     }
 
     fn notify_all(&mut self, now: Instant) {
+        self.notify(now, None);
+    }
+
+    /// Notify observers (RFC 7641 §4.2): all of them, or those whose paths
+    /// cover or lie under `changed`.
+    fn notify(&mut self, now: Instant, changed: Option<&ResourcePath>) {
         let mut out = Vec::new();
         for i in 0..self.observers.len() {
+            let o = &self.observers[i];
+            if changed.is_some_and(|c| !o.paths.iter().any(|p| c.starts_with(p) || p.starts_with(c))) {
+                continue;
+            }
             self.observers[i].seq += 1;
             let o = &self.observers[i];
             let records: Vec<Record> = o.paths.iter().flat_map(|p| self.records_under(p)).collect();

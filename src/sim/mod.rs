@@ -2,6 +2,7 @@
 //! own UDP socket (so the server sees distinct peers, as with real devices).
 
 pub mod client;
+pub mod https;
 pub mod link;
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::lwm2m::content;
 use crate::lwm2m::model::Models;
-pub use client::{Client, Counters, DeviceConfig};
+pub use client::{Client, Counters, DeviceConfig, FotaBehaviour};
 use link::Link;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -56,6 +57,10 @@ pub struct SimArgs {
     /// is its endpoint name. Point --server at the CoAPS port.
     #[arg(long)]
     pub psk_key_hex: Option<String>,
+    /// The CA of the firmware server (its `fw-tls/ca.pem` in development):
+    /// devices download firmware updates over HTTPS trusting it.
+    #[arg(long)]
+    pub fw_ca: Option<std::path::PathBuf>,
 }
 
 impl SimArgs {
@@ -80,6 +85,7 @@ impl SimArgs {
         if let Some(key) = &self.psk_key_hex {
             c.psk = Some(crate::psk::Psk::from_hex(&c.endpoint, key)?);
         }
+        c.fw_ca = self.fw_ca.clone();
         Ok(c)
     }
 }
@@ -226,6 +232,8 @@ async fn run_device(
     stats: Arc<Stats>,
 ) {
     let mut buf = vec![0u8; 2048];
+    // Firmware downloads run beside the CoAP loop and report back here.
+    let (fetched_tx, mut fetched) = tokio::sync::mpsc::channel(1);
     let start = tokio::time::Instant::now().into_std();
     client.start(start);
     let mut before = client.counters;
@@ -233,6 +241,14 @@ async fn run_device(
     let mut registered = false;
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
+        if let Some(job) = client.poll_download() {
+            let ca = client.config().fw_ca.clone();
+            let done = fetched_tx.clone();
+            tokio::spawn(async move {
+                let result = download(&job, ca.as_deref()).await;
+                let _ = done.send((job.generation, result)).await;
+            });
+        }
         while let Some(bytes) = client.poll_transmit() {
             link.send(bytes).await;
         }
@@ -282,6 +298,9 @@ async fn run_device(
                     }
                 }
             }
+            Some((generation, result)) = fetched.recv() => {
+                client.download_finished(std::time::Instant::now(), generation, result);
+            }
             _ = rebind.notified() => {
                 if let Err(e) = link.rebind().await {
                     log::warn!("sim: rebind of {}: {e}", client.endpoint());
@@ -294,6 +313,17 @@ async fn run_device(
             }
         }
     }
+}
+
+/// The fragment size nRF Connect SDK's downloader asks for
+/// (`CONFIG_DOWNLOAD_CLIENT_HTTP_FRAG_SIZE_2048`).
+const FRAGMENT: usize = 2048;
+
+/// A device's firmware download over HTTPS, trusting `ca`.
+async fn download(job: &client::DownloadJob, ca: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+    let ca = ca.ok_or("no CA for the firmware server (--fw-ca)")?;
+    let config = https::client_config(ca, &rustls::version::TLS12).map_err(|e| e.to_string())?;
+    https::fetch(&job.uri, config, FRAGMENT, job.drop_midway).await
 }
 
 /// `flownexus sim`: run devices, print counters every 5 s.

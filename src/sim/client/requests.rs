@@ -109,14 +109,14 @@ impl Client {
             Method::Get if req.options.accept == Some(content::LINK_FORMAT) => self.discover(&p),
             Method::Get => self.read(token, &p, &req),
             Method::Fetch => self.read_composite(token, &req),
-            Method::IPatch => self.write_composite(&req),
+            Method::IPatch => self.write_composite(now, &req),
             Method::Post => match p.depth() {
                 1 => self.create(&p, &req),
-                2 => self.write(&p, &req),
+                2 => self.write(now, &p, &req),
                 _ => self.execute(now, &p),
             },
             Method::Put if req.options.content_format.is_none() => self.write_attributes(&p, &req),
-            Method::Put if p.depth() >= 2 => self.write(&p, &req),
+            Method::Put if p.depth() >= 2 => self.write(now, &p, &req),
             Method::Delete if p.depth() == 2 => {
                 let before = self.values.len();
                 self.values.retain(|k, _| !k.starts_with(&p));
@@ -250,7 +250,7 @@ impl Client {
         })
     }
 
-    fn write(&mut self, p: &ResourcePath, req: &Request) -> Result<Response, Code> {
+    fn write(&mut self, now: Instant, p: &ResourcePath, req: &Request) -> Result<Response, Code> {
         if !self.has_instance(p) {
             return Err(Code::NOT_FOUND);
         }
@@ -260,14 +260,28 @@ impl Client {
             // Write-Replace of a multiple resource replaces all its instances.
             self.values.retain(|k, _| !(k.starts_with(p) && k.depth() == 4));
         }
+        self.store_writes(now, records)
+    }
+
+    /// Store checked records; a Package URI among them starts (or, empty,
+    /// cancels) a firmware download.
+    fn store_writes(&mut self, now: Instant, records: Vec<Record>) -> Result<Response, Code> {
+        let uri_path = path("/5/0/1");
+        let uri = records.iter().find(|r| r.path == uri_path).map(|r| r.value.to_text());
+        if let Some(uri) = &uri {
+            self.check_package_uri(uri)?;
+        }
         for r in records {
             self.values.insert(r.path, r.value);
+        }
+        if let Some(uri) = uri {
+            self.package_uri_written(now, &uri);
         }
         Ok(Response::new(Code::CHANGED))
     }
 
     /// Write-Composite (Core 1.1 §6.3.3): SenML with full names, all or nothing.
-    fn write_composite(&mut self, req: &Request) -> Result<Response, Code> {
+    fn write_composite(&mut self, now: Instant, req: &Request) -> Result<Response, Code> {
         if !matches!(
             req.options.content_format,
             Some(content::SENML_CBOR | content::SENML_JSON)
@@ -279,10 +293,7 @@ impl Client {
             return Err(Code::UNAUTHORIZED);
         }
         self.check_writes(&ResourcePath::ROOT, &records)?;
-        for r in records {
-            self.values.insert(r.path, r.value);
-        }
-        Ok(Response::new(Code::CHANGED))
+        self.store_writes(now, records)
     }
 
     /// Write-Attributes (Core §5.1.2): known attribute names with numeric
@@ -320,6 +331,9 @@ impl Client {
             // else is 4.05 (Zephyr answers 4.04 for a resource without an
             // execute callback: a failure all the same).
             return Err(Code::METHOD_NOT_ALLOWED);
+        }
+        if *p == path("/5/0/2") {
+            self.execute_update(now)?;
         }
         if *p == path("/3/0/4") {
             // Reboot: answer, then come back with a fresh registration.

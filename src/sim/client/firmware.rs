@@ -1,0 +1,175 @@
+//! The simulated client's Firmware Update object, Object 5 with pull
+//! delivery (Core 1.1 Appendix E.6), as nRF Connect SDK's LwM2M client
+//! behaves: a Package URI write in Idle starts a download (State 1),
+//! a download whose SHA-256 matches the image named in the URI ends in
+//! Downloaded (2), Execute Update in Downloaded installs it (3) and the
+//! device reboots and registers again without a De-register, now
+//! reporting the image's version; a failed download returns to Idle with
+//! an Update Result (4 connection lost, 5 integrity, 9 protocol); an empty
+//! URI cancels. The download itself is the runner's (sans-I/O here): it
+//! takes a [`DownloadJob`] and reports back.
+
+use std::time::{Duration, Instant};
+
+use super::Client;
+use crate::coap::Code;
+use crate::lwm2m::path::{ResourcePath, Value};
+
+/// How the object misbehaves, for tests and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct FotaBehaviour {
+    /// The stored image is corrupted: the integrity check fails (Result 5).
+    pub corrupt: bool,
+    /// After Execute Update the device never comes back.
+    pub never_returns: bool,
+    /// The download's connection drops halfway; the rest is fetched on a
+    /// new one with `Range: bytes=N-`.
+    pub drop_midway: bool,
+}
+
+/// A download the runner is to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownloadJob {
+    /// Distinguishes a download from the ones an empty URI cancelled.
+    pub generation: u64,
+    pub uri: String,
+    /// Drop the connection halfway and resume (see `drop_midway`).
+    pub drop_midway: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Firmware {
+    generation: u64,
+    job: Option<DownloadJob>,
+    /// The downloaded image's version, installed at the next reboot.
+    installing: Option<Option<String>>,
+    downloaded: Option<Option<String>>,
+    /// Rebooted into nothing: the radio stays off.
+    pub(super) silent: bool,
+}
+
+const STATE: &str = "/5/0/3";
+const RESULT: &str = "/5/0/5";
+const URI: &str = "/5/0/1";
+const STATE_IDLE: i64 = 0;
+const STATE_DOWNLOADING: i64 = 1;
+const STATE_DOWNLOADED: i64 = 2;
+const STATE_UPDATING: i64 = 3;
+
+fn path(s: &str) -> ResourcePath {
+    s.parse().expect("static path")
+}
+
+impl Client {
+    fn fw_state(&self) -> i64 {
+        match self.values.get(&path(STATE)) {
+            Some(Value::Integer(i)) => *i,
+            _ => STATE_IDLE,
+        }
+    }
+
+    fn set_fw(&mut self, now: Instant, state: i64, result: i64) {
+        self.values.insert(path(STATE), Value::Integer(state));
+        self.values.insert(path(RESULT), Value::Integer(result));
+        self.notify(now, Some(&path("/5/0")));
+    }
+
+    /// May this Package URI be written now? A new URI only in Idle (Zephyr
+    /// refuses one mid-update); an empty one always (it cancels).
+    pub(super) fn check_package_uri(&self, uri: &str) -> Result<(), Code> {
+        if !uri.is_empty() && self.fw_state() != STATE_IDLE {
+            return Err(Code::METHOD_NOT_ALLOWED);
+        }
+        Ok(())
+    }
+
+    /// A Package URI was written (already stored at `/5/0/1`).
+    pub(super) fn package_uri_written(&mut self, now: Instant, uri: &str) {
+        self.firmware.generation += 1;
+        self.firmware.job = None;
+        self.firmware.downloaded = None;
+        if uri.is_empty() {
+            return self.set_fw(now, STATE_IDLE, 0);
+        }
+        if !uri.starts_with("https://") {
+            // The runner downloads over HTTPS only.
+            return self.set_fw(now, STATE_IDLE, 9);
+        }
+        self.firmware.job = Some(DownloadJob {
+            generation: self.firmware.generation,
+            uri: uri.to_string(),
+            drop_midway: self.cfg.fota.drop_midway,
+        });
+        self.set_fw(now, STATE_DOWNLOADING, 0);
+    }
+
+    /// The download to make, once.
+    pub fn poll_download(&mut self) -> Option<DownloadJob> {
+        self.firmware.job.take()
+    }
+
+    /// The runner's download of `generation` ended.
+    pub fn download_finished(&mut self, now: Instant, generation: u64, result: Result<Vec<u8>, String>) {
+        if generation != self.firmware.generation || self.fw_state() != STATE_DOWNLOADING {
+            return; // cancelled meanwhile
+        }
+        let mut image = match result {
+            Ok(image) => image,
+            Err(e) => {
+                log::debug!("sim {}: download failed: {e}", self.cfg.endpoint);
+                return self.set_fw(now, STATE_IDLE, 4);
+            }
+        };
+        if self.cfg.fota.corrupt
+            && let Some(b) = image.last_mut()
+        {
+            *b ^= 0xff;
+        }
+        // The image is content-addressed: /fw/SHA256/NAME.
+        let uri = match self.values.get(&path(URI)) {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let want = uri.split('/').nth(4).unwrap_or_default().to_string();
+        let got = crate::firmware::sha256_hex(ring::digest::digest(&ring::digest::SHA256, &image).as_ref());
+        if got != want {
+            return self.set_fw(now, STATE_IDLE, 5);
+        }
+        self.firmware.downloaded = Some(crate::firmware::image::mcuboot_version(&image));
+        self.set_fw(now, STATE_DOWNLOADED, 0);
+    }
+
+    /// Execute Update (`/5/0/2`): only a downloaded image can be installed.
+    pub(super) fn execute_update(&mut self, now: Instant) -> Result<(), Code> {
+        if self.fw_state() != STATE_DOWNLOADED {
+            return Err(Code::METHOD_NOT_ALLOWED);
+        }
+        self.firmware.installing = self.firmware.downloaded.take();
+        self.set_fw(now, STATE_UPDATING, 0);
+        // Answer, then reboot into the image: a new registration, no
+        // De-register (what an nRF device does).
+        self.next_update = None;
+        if self.cfg.fota.never_returns {
+            self.firmware.silent = true;
+        } else {
+            self.next_register = Some(now + Duration::from_secs(1));
+        }
+        Ok(())
+    }
+
+    /// At a (re)registration: a reboot into an installed image reports it.
+    pub(super) fn finish_reboot(&mut self) {
+        let Some(version) = self.firmware.installing.take() else {
+            return;
+        };
+        // An image without an MCUboot header carries no version: the
+        // device then keeps reporting its old one.
+        if let Some(v) = version {
+            let v = v.strip_suffix("+0").unwrap_or(&v).to_string();
+            self.values.insert(path("/3/0/3"), Value::String(v));
+        }
+        self.values.insert(path(URI), Value::String(String::new()));
+        self.values.insert(path(STATE), Value::Integer(STATE_IDLE));
+        self.values.insert(path(RESULT), Value::Integer(1));
+    }
+}

@@ -1,0 +1,177 @@
+//! Firmware updates end to end through the real binary and real sockets:
+//! `flownexus device update` queues an update; the server's update task
+//! drives simulated devices through Object 5; they download the image
+//! over HTTPS from the record-limited firmware server in 2 KB ranges on a
+//! keep-alive connection, check its SHA-256, reboot and report the new
+//! version. Failures end with the reason an operator reads.
+
+use std::path::Path;
+use std::time::Duration;
+
+use flownexus::app;
+use flownexus::firmware::{Catalogue, Upload};
+use flownexus::fota::Phase;
+use flownexus::sim::{DeviceConfig, FotaBehaviour};
+
+use super::{config, device, fleet, flownexus_cli, store, wait_for};
+
+/// An MCUboot-headed image whose header says version 2.0.0.
+fn image() -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut img: Vec<u8> = (0..96 * 1024).map(|_| rng.u8(..)).collect();
+    img[..4].copy_from_slice(&[0x3d, 0xb8, 0xf3, 0x96]); // ih_magic
+    img[20..28].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]); // ih_ver 2.0.0+0
+    img
+}
+
+fn add_image(dir: &Path) {
+    let upload = Upload {
+        name: "app.bin",
+        version: "v2.0.0",
+        notes: "",
+        uploader: "test",
+    };
+    Catalogue::new(dir, 1 << 30)
+        .add(&mut store(dir), &mut image().as_slice(), &upload, &mut |_| {})
+        .unwrap();
+}
+
+fn fota_device(dir: &Path, name: &str, behaviour: FotaBehaviour) -> DeviceConfig {
+    let mut d = device(name);
+    d.fw_ca = Some(dir.join("fw-tls/ca.pem"));
+    d.fota = behaviour;
+    d
+}
+
+/// `flownexus device update EP app.bin --wait`: success, and the output.
+async fn update(dir: &Path, endpoint: &str) -> (bool, String) {
+    let data = dir.to_str().unwrap().to_string();
+    let endpoint = endpoint.to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        flownexus_cli(
+            &data,
+            &["device", "update", &endpoint, "app.bin", "--wait", "--timeout", "60"],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    (ok, format!("{out}{err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_updated_and_failures_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.fota.max_retries = 1;
+    c.fota.retry_backoff_s = 1;
+    c.fota.update_timeout_s = 4;
+    let running = app::start(c).await.unwrap();
+    add_image(dir.path());
+    let f = fleet(
+        &running,
+        vec![
+            fota_device(dir.path(), "fota-ok", FotaBehaviour::default()),
+            fota_device(
+                dir.path(),
+                "fota-resume",
+                FotaBehaviour {
+                    drop_midway: true,
+                    ..Default::default()
+                },
+            ),
+            fota_device(
+                dir.path(),
+                "fota-corrupt",
+                FotaBehaviour {
+                    corrupt: true,
+                    ..Default::default()
+                },
+            ),
+            fota_device(
+                dir.path(),
+                "fota-gone",
+                FotaBehaviour {
+                    never_returns: true,
+                    ..Default::default()
+                },
+            ),
+        ],
+    )
+    .await;
+
+    let (ok, out) = update(dir.path(), "fota-ok").await;
+    assert!(ok, "{out}");
+    let s = store(dir.path());
+    let row = &s.updates_of("fota-ok", 1).unwrap()[0];
+    assert_eq!(row.phase, Phase::Succeeded, "{out}");
+    let steps: Vec<Phase> = s.update_steps(row.id).unwrap().iter().map(|s| s.phase).collect();
+    for p in [
+        Phase::Checking,
+        Phase::Observing,
+        Phase::WritingUri,
+        Phase::Downloading,
+        Phase::Executing,
+        Phase::Updating,
+        Phase::Verifying,
+        Phase::Succeeded,
+    ] {
+        assert!(steps.contains(&p), "{p:?} missing from {steps:?}");
+    }
+    // The device downloaded the whole image in 2 KB ranges, accounted.
+    let dl = s.device_downloads("fota-ok").unwrap();
+    assert_eq!(dl[0].bytes, image().len() as u64, "{dl:?}");
+    assert_eq!(dl[0].requests, image().len().div_ceil(2048) as u64);
+    // And now reports the image's version (Read after the reboot).
+    let latest = s.latest_values("fota-ok").unwrap();
+    let version = latest.iter().find(|v| v.path.to_string() == "/3/0/3").unwrap();
+    assert_eq!(version.value, flownexus::lwm2m::Value::String("2.0.0".into()));
+
+    // A device whose connection drops halfway resumes with bytes=N-.
+    let (ok, out) = update(dir.path(), "fota-resume").await;
+    assert!(ok, "{out}");
+
+    // An integrity failure is retried once, then fails with its reason.
+    let (ok, out) = update(dir.path(), "fota-corrupt").await;
+    assert!(!ok, "{out}");
+    let row = &s.updates_of("fota-corrupt", 1).unwrap()[0];
+    assert_eq!(row.phase, Phase::Failed);
+    let reason = row.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("Update Result 5") && reason.contains("integrity"),
+        "{reason}"
+    );
+    assert!(reason.contains("after 1 retries"), "{reason}");
+
+    // A device that never comes back after Execute fails after the timeout.
+    let (ok, out) = update(dir.path(), "fota-gone").await;
+    assert!(!ok, "{out}");
+    let row = &s.updates_of("fota-gone", 1).unwrap()[0];
+    assert!(
+        row.reason.as_deref().unwrap().contains("did not register again"),
+        "{row:?}"
+    );
+
+    // One active update per device: a second is refused, clearly.
+    let data = dir.path().to_str().unwrap();
+    let (ok, _, _) = flownexus_cli(data, &["device", "update", "fota-ok", "app.bin"], "");
+    assert!(ok);
+    let (ok, _, err) = flownexus_cli(data, &["device", "update", "fota-ok", "app.bin"], "");
+    assert!(
+        !ok && err.contains("already exists: an active firmware update of fota-ok"),
+        "{err}"
+    );
+    let active = s.updates_of("fota-ok", 1).unwrap()[0].id;
+    let (ok, out, err) = flownexus_cli(data, &["device", "update-cancel", &active.to_string()], "");
+    assert!(ok, "{out}{err}");
+    wait_for("the cancellation", Duration::from_secs(15), || {
+        s.update(active).unwrap().phase.is_final()
+    })
+    .await;
+    let phase = s.update(active).unwrap().phase;
+    // The device was already on 2.0.0, so it may have finished first.
+    assert!(matches!(phase, Phase::Cancelled | Phase::Succeeded), "{phase:?}");
+
+    f.stop().await;
+    running.stop().await;
+}
