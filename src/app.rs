@@ -216,7 +216,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
 
     let fota_settings = crate::shell::fota::Settings {
-        limits: crate::fota::Limits::from_config(&config.fota),
+        limits: crate::fota::Limits::from_config(&config.fota, config.lwm2m.queue_awake_window_s),
         operation_deadline_ms: config.lwm2m.operation_deadline_s as i64 * 1000,
         operation_max_attempts: config.lwm2m.operation_max_attempts,
     };

@@ -19,8 +19,10 @@
 //!    nRF device without a De-register) within `update_timeout`.
 //! 6. Read Firmware Version `/3/0/3` and compare it with the target.
 //!
-//! A phase's clock counts from when the device was last heard, so a
-//! queue-mode device asleep for an hour does not time out for sleeping.
+//! A phase's clock counts only while the device is within reach (within
+//! its awake window after an uplink), so a queue-mode device asleep for an
+//! hour does not time out for sleeping, while one that is awake and
+//! talking but never finishes does.
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +84,8 @@ impl Phase {
 /// Limits from the `[fota]` config section, in milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// How long a device listens after an uplink (`lwm2m.queue_awake_window_s`).
+    pub awake_window_ms: i64,
     pub download_timeout_ms: i64,
     pub update_timeout_ms: i64,
     pub max_retries: u32,
@@ -89,8 +93,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_config(c: &crate::config::FotaConfig) -> Limits {
+    pub fn from_config(c: &crate::config::FotaConfig, awake_window_s: u64) -> Limits {
         Limits {
+            awake_window_ms: awake_window_s as i64 * 1000,
             download_timeout_ms: c.download_timeout_s as i64 * 1000,
             update_timeout_ms: c.update_timeout_s as i64 * 1000,
             max_retries: c.max_retries,
@@ -178,6 +183,11 @@ pub struct Update {
     pub phase_since: i64,
     /// When the device was last heard (Unix ms).
     pub last_seen: i64,
+    /// Time in this phase the device was out of reach (asleep, offline):
+    /// the gaps between uplinks beyond the awake window. It does not count
+    /// towards the phase's timeout.
+    #[serde(default)]
+    pub asleep_ms: i64,
     /// Downloads retried so far.
     pub retries: u32,
     pub retry_at: Option<i64>,
@@ -202,6 +212,7 @@ impl Update {
             to_queue: None,
             phase_since: now,
             last_seen: now,
+            asleep_ms: 0,
             retries: 0,
             retry_at: None,
             reason: None,
@@ -230,6 +241,14 @@ impl Update {
     fn enter(&mut self, now: i64, phase: Phase) {
         self.phase = phase;
         self.phase_since = now;
+        self.asleep_ms = 0;
+    }
+
+    /// End the update from outside (its device was removed, say).
+    pub fn abandon(&mut self, now: i64, reason: String) {
+        if !self.phase.is_final() {
+            self.fail(now, reason);
+        }
     }
 
     fn fail(&mut self, now: i64, reason: String) {
@@ -251,20 +270,34 @@ impl Update {
         });
     }
 
+    /// How long the device was out of reach since it was last heard: the
+    /// time past its awake window (Transport §6.5: a queue-mode device
+    /// listens only for a while after each uplink).
+    fn out_of_reach(&self, now: i64, awake_window_ms: i64) -> i64 {
+        (now - self.last_seen.max(self.phase_since) - awake_window_ms).max(0)
+    }
+
     /// The device sent something (Register, Update, a notification, a
-    /// response): the clocks of waiting phases restart from here.
-    pub fn seen(&mut self, now: i64) {
+    /// response): a gap before it that was longer than the awake window
+    /// was sleep, which the phase's clock does not count.
+    pub fn seen(&mut self, now: i64, limits: &Limits) {
+        self.asleep_ms += self.out_of_reach(now, limits.awake_window_ms);
         self.last_seen = self.last_seen.max(now);
     }
 
+    /// Time in this phase with the device within reach.
+    fn reachable_for(&self, now: i64, limits: &Limits) -> i64 {
+        now - self.phase_since - self.asleep_ms - self.out_of_reach(now, limits.awake_window_ms)
+    }
+
     /// The operation this update waited for ended.
-    pub fn operation_finished(&mut self, now: i64, id: OperationId, outcome: &Outcome) {
+    pub fn operation_finished(&mut self, now: i64, id: OperationId, outcome: &Outcome, limits: &Limits) {
         if self.waiting_for != Some(id) || self.phase.is_final() {
             return;
         }
         self.waiting_for = None;
         if let Outcome::Succeeded(_) = outcome {
-            self.seen(now);
+            self.seen(now, limits);
         }
         if self.cancel_requested && self.phase != Phase::Cancelling {
             return self.start_cancel(now);
@@ -322,7 +355,7 @@ impl Update {
 
     /// Values the device reported (notifications, Send, Read answers).
     pub fn values(&mut self, now: i64, records: &[Record], limits: &Limits) {
-        self.seen(now);
+        self.seen(now, limits);
         match self.phase {
             Phase::Downloading | Phase::WritingUri => {
                 if int_at(records, STATE) == Some(STATE_DOWNLOADED) {
@@ -369,8 +402,8 @@ impl Update {
     }
 
     /// The device registered anew: after Execute, it is running the image.
-    pub fn registered(&mut self, now: i64) {
-        self.seen(now);
+    pub fn registered(&mut self, now: i64, limits: &Limits) {
+        self.seen(now, limits);
         if self.phase == Phase::Updating {
             self.enter(now, Phase::Verifying);
             self.send(OperationKind::Read {
@@ -432,16 +465,17 @@ impl Update {
 
     /// Deadlines and backoff; call about once a second.
     pub fn tick(&mut self, now: i64, limits: &Limits) {
-        let since = self.phase_since.max(self.last_seen);
+        let reachable = self.reachable_for(now, limits);
         match self.phase {
-            Phase::Downloading if now - since > limits.download_timeout_ms => {
+            Phase::Downloading if reachable > limits.download_timeout_ms => {
                 let reason = format!(
-                    "no Downloaded state (/5/0/3 = 2) within {} s of the device last being heard",
+                    "no Downloaded state (/5/0/3 = 2) after {} s with the device within reach",
                     limits.download_timeout_ms / 1000
                 );
                 self.retry(now, reason, limits);
             }
-            Phase::Updating if now - since > limits.update_timeout_ms => self.fail(
+            // A rebooting device is silent by nature: here wall time counts.
+            Phase::Updating if now - self.phase_since > limits.update_timeout_ms => self.fail(
                 now,
                 format!(
                     "the device did not register again within {} s of Execute Update",

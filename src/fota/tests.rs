@@ -5,6 +5,7 @@ use super::*;
 use crate::lwm2m::operation::OperationResult;
 
 const LIMITS: Limits = Limits {
+    awake_window_ms: 20_000,
     download_timeout_ms: 600_000,
     update_timeout_ms: 300_000,
     max_retries: 2,
@@ -70,7 +71,7 @@ impl Drive {
     /// The operation out finishes with `outcome` at `now`.
     fn finish(&mut self, now: i64, outcome: Outcome) {
         let id = self.u.waiting_for.expect("an operation is out");
-        self.u.operation_finished(now, id, &outcome);
+        self.u.operation_finished(now, id, &outcome, &LIMITS);
         self.take();
     }
 
@@ -108,7 +109,7 @@ fn a_device_goes_from_idle_to_the_new_version() {
     assert!(matches!(d.last(), OperationKind::Execute { path, args: None } if path.to_string() == "/5/0/2"));
     d.finish(21, ok(vec![]));
     assert_eq!(d.u.phase, Phase::Updating);
-    d.u.registered(40);
+    d.u.registered(40, &LIMITS);
     assert_eq!(d.u.phase, Phase::Verifying);
     d.take();
     d.finish(41, ok(vec![rec("/3/0/3", Value::String("2_0_0".into()))]));
@@ -171,15 +172,28 @@ fn a_doom_loop_resets_the_device() {
 }
 
 #[test]
-fn the_download_clock_counts_from_when_the_device_was_last_heard() {
+fn the_download_clock_stops_while_the_device_sleeps() {
     let mut d = Drive::new();
     d.until_downloading();
-    // A sleeping device is heard now and then: its clock restarts.
-    d.u.seen(500_000);
-    d.u.tick(3 + 600_000 + 1, &LIMITS);
+    // Silent (asleep, out of reach) for an hour: only its awake window counts.
+    d.u.tick(3 + 3_600_000, &LIMITS);
     assert_eq!(d.u.phase, Phase::Downloading);
-    d.u.tick(500_000 + 600_001, &LIMITS);
+    // Heard again, and from then on awake and talking every 10 s: its
+    // reachable time runs out 580 s later (20 s counted before it slept).
+    let back = 3_600_003;
+    d.u.seen(back, &LIMITS);
+    let mut t = back;
+    while d.u.phase == Phase::Downloading && t < back + 700_000 {
+        t += 10_000;
+        d.u.seen(t, &LIMITS);
+        d.u.tick(t, &LIMITS);
+    }
     assert_eq!(d.u.phase, Phase::RetryWait);
+    assert!(
+        (back + 580_000..=back + 590_000).contains(&t),
+        "timed out at +{}",
+        t - back
+    );
     assert!(d.u.reason.as_deref().unwrap().contains("no Downloaded state"));
 }
 
@@ -205,7 +219,7 @@ fn the_wrong_version_after_the_reboot_is_a_failure() {
     d.u.values(10, &[rec("/5/0/3", Value::Integer(2))], &LIMITS);
     d.take();
     d.finish(11, ok(vec![]));
-    d.u.registered(12);
+    d.u.registered(12, &LIMITS);
     d.take();
     d.finish(13, ok(vec![rec("/3/0/3", Value::String("1.9.0".into()))]));
     assert_eq!(d.u.phase, Phase::Failed);
@@ -258,7 +272,7 @@ fn cancel_writes_an_empty_uri_but_not_once_the_device_installs() {
 fn only_the_awaited_operation_counts() {
     let mut d = Drive::new();
     let stale = d.u.waiting_for.unwrap() + 100;
-    d.u.operation_finished(1, stale, &ok(vec![rec("/5/0/3", Value::Integer(0))]));
+    d.u.operation_finished(1, stale, &ok(vec![rec("/5/0/3", Value::Integer(0))]), &LIMITS);
     assert_eq!(d.u.phase, Phase::Checking);
 }
 

@@ -138,6 +138,7 @@ impl Task {
                 .queue_operation(&a.endpoint, &kind, deadline, self.settings.operation_max_attempts)
             {
                 Ok(op) => a.machine.queued(op),
+                Err(Error::UnknownEndpoint(_)) => a.machine.abandon(now, "the device was removed".into()),
                 Err(e) => {
                     // Kept for the next tick: nothing is lost, nothing sent twice.
                     log::warn!(
@@ -182,14 +183,14 @@ impl Task {
                 self.with(endpoint, |m, now| m.values(now, records, &limits));
             }
             ServerEvent::Registered { registration, .. } => {
-                self.with(&registration.endpoint, |m, now| m.registered(now));
+                self.with(&registration.endpoint, |m, now| m.registered(now, &limits));
             }
             ServerEvent::Updated { registration, .. } => {
-                self.with(&registration.endpoint, |m, now| m.seen(now));
+                self.with(&registration.endpoint, |m, now| m.seen(now, &limits));
             }
             ServerEvent::OperationFinished { id, endpoint, outcome } => {
                 let (id, outcome) = (*id, outcome.clone());
-                self.with(endpoint, |m, now| m.operation_finished(now, id, &outcome));
+                self.with(endpoint, |m, now| m.operation_finished(now, id, &outcome, &limits));
             }
             _ => {}
         }
@@ -257,7 +258,8 @@ impl Task {
                         code: row.coap_code,
                         reason: format!("operation {op} ended {}", row.state.as_str()),
                     });
-                self.step(id, |m, now| m.operation_finished(now, op, &outcome));
+                let limits = self.settings.limits;
+                self.step(id, |m, now| m.operation_finished(now, op, &outcome, &limits));
             }
         }
         // A device that registered again while its Registered event was
@@ -272,7 +274,8 @@ impl Task {
             if let Some(reg) = self.store.registration_of(&endpoint)?
                 && reg.registered_at > since
             {
-                self.step(id, |m, now| m.registered(now));
+                let limits = self.settings.limits;
+                self.step(id, |m, now| m.registered(now, &limits));
             }
         }
         Ok(())

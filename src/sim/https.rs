@@ -205,16 +205,22 @@ impl HttpConn {
     }
 }
 
+/// How long one range request may take before the download fails.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Fetch the image at Package URI `uri` (`https://host[:port]/path?query`)
 /// as an nRF91 does: `fragment`-byte ranges on one keep-alive connection,
 /// each a 206 whose Content-Range gives the total. With `drop_midway`,
 /// the connection is dropped once half the image has arrived and the rest
-/// is fetched on a new one with `Range: bytes=N-` (a resume).
+/// is fetched on a new one with `Range: bytes=N-` (a resume). With
+/// `doom_loop`, after the first range it keeps asking for `bytes=SIZE-`
+/// as a confused nRF downloader does, until it gives up.
 pub async fn fetch(
     uri: &str,
     config: Arc<rustls::ClientConfig>,
     fragment: usize,
     drop_midway: bool,
+    doom_loop: bool,
 ) -> Result<Vec<u8>, String> {
     let rest = uri
         .strip_prefix("https://")
@@ -253,9 +259,10 @@ pub async fn fetch(
         };
         let req =
             format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\nRange: {range}\r\nConnection: keep-alive\r\n\r\n");
-        let reply = conn
-            .request(&req)
+        // A device's socket gives up on a silent server (then Result 4).
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, conn.request(&req))
             .await
+            .map_err(|_| format!("download at {from}: no answer within {REQUEST_TIMEOUT:?}"))?
             .map_err(|e| format!("download at {from}: {e}"))?;
         if reply.status != 206 {
             return Err(format!("download at {from}: HTTP {}", reply.status));
@@ -266,6 +273,19 @@ pub async fn fetch(
             .and_then(|(_, t)| t.parse::<usize>().ok())
             .ok_or_else(|| format!("download at {from}: no total in Content-Range"))?;
         total = Some(t);
+        if doom_loop {
+            for _ in 0..3 {
+                let req = format!(
+                    "GET {target} HTTP/1.1\r\nHost: {authority}\r\nRange: bytes={t}-\r\nConnection: keep-alive\r\n\r\n"
+                );
+                let reply = conn.request(&req).await.map_err(|e| format!("resume at {t}: {e}"))?;
+                if reply.status != 416 {
+                    return Err(format!("resume at {t}: HTTP {}, not 416", reply.status));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            return Err(format!("resume at {t} answered 416 three times"));
+        }
         if reply.body.is_empty() {
             return Err(format!("download at {from}: an empty range"));
         }

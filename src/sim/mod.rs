@@ -323,7 +323,7 @@ const FRAGMENT: usize = 2048;
 async fn download(job: &client::DownloadJob, ca: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
     let ca = ca.ok_or("no CA for the firmware server (--fw-ca)")?;
     let config = https::client_config(ca, &rustls::version::TLS12).map_err(|e| e.to_string())?;
-    https::fetch(&job.uri, config, FRAGMENT, job.drop_midway).await
+    https::fetch(&job.uri, config, FRAGMENT, job.drop_midway, job.doom_loop).await
 }
 
 /// `flownexus sim`: run devices, print counters every 5 s.

@@ -43,20 +43,16 @@ fn fota_device(dir: &Path, name: &str, behaviour: FotaBehaviour) -> DeviceConfig
     d
 }
 
-/// `flownexus device update EP app.bin --wait`: success, and the output.
-async fn update(dir: &Path, endpoint: &str) -> (bool, String) {
+/// `flownexus device update EP app.bin --wait` on its own thread: success,
+/// and the output.
+fn update(dir: &Path, endpoint: &str) -> tokio::task::JoinHandle<(bool, String)> {
     let data = dir.to_str().unwrap().to_string();
     let endpoint = endpoint.to_string();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        flownexus_cli(
-            &data,
-            &["device", "update", &endpoint, "app.bin", "--wait", "--timeout", "60"],
-            "",
-        )
+    tokio::task::spawn_blocking(move || {
+        let args = ["device", "update", &endpoint, "app.bin", "--wait", "--timeout", "60"];
+        let (ok, out, err) = flownexus_cli(&data, &args, "");
+        (ok, format!("{out}{err}"))
     })
-    .await
-    .unwrap();
-    (ok, format!("{out}{err}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +96,7 @@ async fn devices_are_updated_and_failures_say_why() {
     )
     .await;
 
-    let (ok, out) = update(dir.path(), "fota-ok").await;
+    let (ok, out) = update(dir.path(), "fota-ok").await.unwrap();
     assert!(ok, "{out}");
     let s = store(dir.path());
     let row = &s.updates_of("fota-ok", 1).unwrap()[0];
@@ -128,14 +124,27 @@ async fn devices_are_updated_and_failures_say_why() {
     assert_eq!(version.value, flownexus::lwm2m::Value::String("2.0.0".into()));
 
     // A device whose connection drops halfway resumes with bytes=N-.
-    let (ok, out) = update(dir.path(), "fota-resume").await;
+    let (ok, out) = update(dir.path(), "fota-resume").await.unwrap();
     assert!(ok, "{out}");
 
     // An integrity failure is retried once, then fails with its reason.
-    let (ok, out) = update(dir.path(), "fota-corrupt").await;
+    let (ok, out) = update(dir.path(), "fota-corrupt").await.unwrap();
     assert!(!ok, "{out}");
     let row = &s.updates_of("fota-corrupt", 1).unwrap()[0];
-    assert_eq!(row.phase, Phase::Failed);
+    if row.phase != Phase::Failed {
+        let h = |p: &str| {
+            s.history_page("fota-corrupt", &p.parse().unwrap(), (0, i64::MAX), None, 100)
+                .unwrap()
+                .0
+        };
+        panic!(
+            "{:?}\n{:?}\n{:?}\n{:?}",
+            s.update_steps(row.id).unwrap(),
+            h("/5/0/3"),
+            h("/5/0/5"),
+            s.device_downloads("fota-corrupt").unwrap()
+        );
+    }
     let reason = row.reason.as_deref().unwrap();
     assert!(
         reason.contains("Update Result 5") && reason.contains("integrity"),
@@ -144,7 +153,7 @@ async fn devices_are_updated_and_failures_say_why() {
     assert!(reason.contains("after 1 retries"), "{reason}");
 
     // A device that never comes back after Execute fails after the timeout.
-    let (ok, out) = update(dir.path(), "fota-gone").await;
+    let (ok, out) = update(dir.path(), "fota-gone").await.unwrap();
     assert!(!ok, "{out}");
     let row = &s.updates_of("fota-gone", 1).unwrap()[0];
     assert!(
@@ -172,6 +181,81 @@ async fn devices_are_updated_and_failures_say_why() {
     // The device was already on 2.0.0, so it may have finished first.
     assert!(matches!(phase, Phase::Cancelled | Phase::Succeeded), "{phase:?}");
 
+    f.stop().await;
+    running.stop().await;
+}
+
+/// The failures the issue names, each ending in its reason within its
+/// phase timeout: a download that never reports Downloaded, a FOTA doom
+/// loop seen by the download server, a Package URI write answered 4.04.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_looping_and_refusing_devices_fail_with_their_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.fota.max_retries = 1;
+    c.fota.retry_backoff_s = 1;
+    c.fota.download_timeout_s = 3;
+    let running = app::start(c).await.unwrap();
+    add_image(dir.path());
+    let behaviours = [
+        (
+            "fota-stalls",
+            FotaBehaviour {
+                stalls: true,
+                ..Default::default()
+            },
+            "no Downloaded state",
+        ),
+        (
+            "fota-loops",
+            FotaBehaviour {
+                doom_loop: true,
+                ..Default::default()
+            },
+            "FOTA doom loop",
+        ),
+        (
+            "fota-refuses",
+            FotaBehaviour {
+                refuses_uri: true,
+                ..Default::default()
+            },
+            "writing the Package URI (/5/0/1) failed: device answered 4.04",
+        ),
+    ];
+    let f = fleet(
+        &running,
+        behaviours
+            .iter()
+            .map(|(name, b, _)| fota_device(dir.path(), name, b.clone()))
+            .collect(),
+    )
+    .await;
+    // All three at once, as a fleet would.
+    let runs: Vec<_> = behaviours.iter().map(|(name, _, _)| update(dir.path(), name)).collect();
+    let mut results = Vec::new();
+    for r in runs {
+        results.push(r.await.unwrap());
+    }
+    let s = store(dir.path());
+    for ((name, _, reason), (ok, out)) in behaviours.iter().zip(results) {
+        assert!(!ok && out.contains(&format!("of {name} queued")), "{name}: {out}");
+        let row = &s.updates_of(name, 1).unwrap()[0];
+        assert_eq!(row.phase, Phase::Failed, "{name}");
+        let got = row.reason.as_deref().unwrap();
+        assert!(got.contains(reason), "{name}: {got}");
+    }
+    // The doom loop was the download server's word: it answered 416 and
+    // flagged the resume at the end.
+    let loops: i64 = s
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM downloads WHERE device = 'fota-loops' AND doom_loop = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(loops >= 2, "{loops}");
     f.stop().await;
     running.stop().await;
 }

@@ -25,6 +25,13 @@ pub struct FotaBehaviour {
     /// The download's connection drops halfway; the rest is fetched on a
     /// new one with `Range: bytes=N-`.
     pub drop_midway: bool,
+    /// The downloader asks to resume at the image's end (`bytes=SIZE-`)
+    /// and gets 416, again and again: the nRF "FOTA doom loop".
+    pub doom_loop: bool,
+    /// The download never ends: State stays Downloading.
+    pub stalls: bool,
+    /// A Package URI write is answered 4.04.
+    pub refuses_uri: bool,
 }
 
 /// A download the runner is to make.
@@ -35,6 +42,8 @@ pub struct DownloadJob {
     pub uri: String,
     /// Drop the connection halfway and resume (see `drop_midway`).
     pub drop_midway: bool,
+    /// Resume at the end, looping (see `doom_loop`).
+    pub doom_loop: bool,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +86,9 @@ impl Client {
     /// May this Package URI be written now? A new URI only in Idle (Zephyr
     /// refuses one mid-update); an empty one always (it cancels).
     pub(super) fn check_package_uri(&self, uri: &str) -> Result<(), Code> {
+        if !uri.is_empty() && self.cfg.fota.refuses_uri {
+            return Err(Code::NOT_FOUND);
+        }
         if !uri.is_empty() && self.fw_state() != STATE_IDLE {
             return Err(Code::METHOD_NOT_ALLOWED);
         }
@@ -95,11 +107,14 @@ impl Client {
             // The runner downloads over HTTPS only.
             return self.set_fw(now, STATE_IDLE, 9);
         }
-        self.firmware.job = Some(DownloadJob {
-            generation: self.firmware.generation,
-            uri: uri.to_string(),
-            drop_midway: self.cfg.fota.drop_midway,
-        });
+        if !self.cfg.fota.stalls {
+            self.firmware.job = Some(DownloadJob {
+                generation: self.firmware.generation,
+                uri: uri.to_string(),
+                drop_midway: self.cfg.fota.drop_midway,
+                doom_loop: self.cfg.fota.doom_loop,
+            });
+        }
         self.set_fw(now, STATE_DOWNLOADING, 0);
     }
 
@@ -116,7 +131,7 @@ impl Client {
         let mut image = match result {
             Ok(image) => image,
             Err(e) => {
-                log::debug!("sim {}: download failed: {e}", self.cfg.endpoint);
+                log::info!("sim {}: download failed: {e}", self.cfg.endpoint);
                 return self.set_fw(now, STATE_IDLE, 4);
             }
         };
