@@ -200,11 +200,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
 
     let http_addr = if config.http.enabled {
+        let updates = match fw_addr {
+            Some(addr) => Some(crate::shell::fota::Starter::new(&config, Some(addr)).context("fw.token_secret_file")?),
+            None => None,
+        };
         let (addr, task) = start_web(
             &config,
             events.clone(),
             models.clone(),
             writer.pending(),
+            updates,
             stop_rx.clone(),
         )
         .await?;
@@ -500,6 +505,7 @@ async fn start_web(
     events: lwm2m::Events,
     models: Arc<Models>,
     pending: crate::store::writer::SharedPending,
+    updates: Option<crate::shell::fota::Starter>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let h = &config.http;
@@ -512,18 +518,21 @@ async fn start_web(
         .await
         .with_context(|| format!("http.listen {}", h.listen))?;
     let addr = listener.local_addr()?;
-    let web = Arc::new(crate::web::Web::new(
-        h.clone(),
-        config.lwm2m.clone(),
-        &secret,
-        events,
-        models,
-        crate::firmware::Catalogue::new(&config.data_dir, config.fw.max_image_bytes),
-        config.fw.max_image_bytes,
-        config.database_path(),
-        pending,
-        stop.clone(),
-    ));
+    let web = Arc::new(
+        crate::web::Web::new(
+            h.clone(),
+            config.lwm2m.clone(),
+            &secret,
+            events,
+            models,
+            crate::firmware::Catalogue::new(&config.data_dir, config.fw.max_image_bytes),
+            config.fw.max_image_bytes,
+            config.database_path(),
+            pending,
+            stop.clone(),
+        )
+        .with_updates(updates),
+    );
     let base = web
         .origin
         .as_ref()

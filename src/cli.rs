@@ -489,24 +489,12 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
     Ok(first)
 }
 
-/// The base of Package URIs: `fw.public_url`, or in development the
-/// running server's own firmware address (from its runtime file).
-fn fw_base_url(config: &Config) -> anyhow::Result<String> {
-    if let Some(url) = &config.fw.public_url {
-        return Ok(url.clone());
-    }
-    let runtime = std::fs::read_to_string(config.runtime_path()).ok();
-    let addr: Option<std::net::SocketAddr> = runtime
-        .as_deref()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-        .and_then(|v| v["fw"].as_str().and_then(|a| a.parse().ok()));
-    let Some(mut addr) = addr else {
-        bail!("fw.public_url is not set and no running server's firmware address is known: set fw.public_url");
-    };
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    Ok(format!("https://{addr}"))
+/// The firmware server's address from a running server's runtime file
+/// (the base of Package URIs when `fw.public_url` is unset).
+fn running_fw_addr(config: &Config) -> Option<std::net::SocketAddr> {
+    let runtime = std::fs::read_to_string(config.runtime_path()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&runtime).ok()?;
+    v["fw"].as_str()?.parse().ok()
 }
 
 /// One update and its timeline, for the terminal.
@@ -894,21 +882,8 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
             wait,
             timeout,
         } => {
-            let key_path = config
-                .fw
-                .token_secret_file
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("fw-token.key"));
-            let key = crate::download::token::TokenKey::load_or_create(&key_path)?;
-            let id = crate::shell::fota::create_update(
-                &store,
-                &key,
-                &fw_base_url(config)?,
-                config.fota.token_ttl_s,
-                &endpoint,
-                &image,
-                "cli",
-            )?;
+            let starter = crate::shell::fota::Starter::new(config, running_fw_addr(config))?;
+            let id = starter.create(&store, &endpoint, &image, "cli")?;
             println!("firmware update {id} of {endpoint} queued");
             if !wait {
                 return Ok(ExitCode::SUCCESS);

@@ -36,32 +36,68 @@ pub struct Settings {
     pub operation_max_attempts: u32,
 }
 
-/// Start an update of `endpoint` to catalogue image `image` (id or name):
-/// the Package URI on `base_url` with a download token, checked against
-/// the device's buffer; refused while another update of the device is
-/// active. The server's update task picks it up within a second.
-pub fn create_update(
-    store: &Store,
-    key: &TokenKey,
-    base_url: &str,
-    token_ttl_s: u64,
-    endpoint: &str,
-    image: &str,
-    by: &str,
-) -> Result<i64> {
-    let fw = store.firmware(image)?;
-    if fw.deleted_at.is_some() {
-        return Err(Error::NotFound(format!("firmware #{} was removed", fw.id)));
+/// What starting an update needs: the token key, where devices reach the
+/// firmware server, how long a token lives.
+pub struct Starter {
+    pub key: TokenKey,
+    /// e.g. `https://fw.example.com`: `fw.public_url`, or in development
+    /// the running server's own address.
+    pub base_url: String,
+    pub token_ttl_s: u64,
+}
+
+impl Starter {
+    /// For `config`; `fw_addr` is the firmware server's address when
+    /// `fw.public_url` is unset (development).
+    pub fn new(config: &crate::config::Config, fw_addr: Option<std::net::SocketAddr>) -> Result<Starter> {
+        let key_path = config
+            .fw
+            .token_secret_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("fw-token.key"));
+        let base_url = match (&config.fw.public_url, fw_addr) {
+            (Some(url), _) => url.clone(),
+            (None, Some(mut addr)) => {
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("https://{addr}")
+            }
+            (None, None) => {
+                return Err(Error::config(
+                    "fw.public_url",
+                    "not set, and no running firmware server's address is known",
+                ));
+            }
+        };
+        Ok(Starter {
+            key: TokenKey::load_or_create(&key_path)?,
+            base_url,
+            token_ttl_s: config.fota.token_ttl_s,
+        })
     }
-    store.device(endpoint)?;
-    let now = now_ms();
-    let token = key.sign(endpoint, &fw.sha256, now / 1000 + token_ttl_s as i64);
-    let uri = fota::package_uri(base_url, &fw.sha256, &fw.name, &token).map_err(|reason| Error::Invalid {
-        what: "firmware update",
-        reason,
-    })?;
-    let machine = Update::new(now, uri, fw.version.clone());
-    store.create_update(endpoint, fw.id, &machine, by)
+
+    /// Start an update of `endpoint` to catalogue image `image` (id or
+    /// name): the Package URI with a download token, checked against the
+    /// device's buffer; refused while another update of the device is
+    /// active. The server's update task picks it up within a second.
+    pub fn create(&self, store: &Store, endpoint: &str, image: &str, by: &str) -> Result<i64> {
+        let fw = store.firmware(image)?;
+        if fw.deleted_at.is_some() {
+            return Err(Error::NotFound(format!("firmware #{} was removed", fw.id)));
+        }
+        store.device(endpoint)?;
+        let now = now_ms();
+        let token = self
+            .key
+            .sign(endpoint, &fw.sha256, now / 1000 + self.token_ttl_s as i64);
+        let uri = fota::package_uri(&self.base_url, &fw.sha256, &fw.name, &token).map_err(|reason| Error::Invalid {
+            what: "firmware update",
+            reason,
+        })?;
+        let machine = Update::new(now, uri, fw.version.clone());
+        store.create_update(endpoint, fw.id, &machine, by)
+    }
 }
 
 struct Active {

@@ -97,7 +97,7 @@ impl Store {
         &mut self,
         rows: &[crate::psk::Provisioned],
     ) -> Result<std::result::Result<usize, Vec<String>>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let mut errors = Vec::new();
         for r in rows {
             if let Err(e) = insert_device(&tx, &r.endpoint, Some(&r.psk), &Tags::default()) {
@@ -112,7 +112,7 @@ impl Store {
     }
 
     pub fn remove_device(&self, endpoint: &str) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let id: Option<i64> = tx
             .query_row("SELECT id FROM devices WHERE endpoint = ?1", [endpoint], |r| r.get(0))
             .optional()?;

@@ -75,7 +75,7 @@ impl Store {
     /// Add a catalogue record. A live image with the same content is
     /// returned instead (`false`): the same image is stored once.
     pub fn insert_firmware(&mut self, f: &NewFirmware<'_>) -> Result<(FirmwareRow, bool)> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let existing = tx
             .query_row(
                 &format!("{FIRMWARE_SQL} WHERE sha256 = ?1 AND deleted_at IS NULL"),

@@ -60,7 +60,7 @@ impl Store {
     /// it (the partial unique index decides, never a check before).
     pub fn create_update(&self, endpoint: &str, firmware_id: i64, machine: &Update, by: &str) -> Result<i64> {
         let now = now_ms();
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let exists: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM devices WHERE endpoint = ?1)",
             [endpoint],
@@ -94,7 +94,7 @@ impl Store {
     /// Persist a machine after a step; a phase change adds to the timeline.
     pub fn save_update(&self, id: i64, machine: &Update, detail: Option<&str>) -> Result<()> {
         let now = now_ms();
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let before: Option<String> = tx
             .query_row("SELECT phase FROM fota_updates WHERE id = ?1", [id], |r| r.get(0))
             .optional()?;

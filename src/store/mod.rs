@@ -78,7 +78,7 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
         )?;
@@ -117,7 +117,50 @@ impl Store {
             .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))?)
     }
 
+    /// A write transaction, holding the write lock from its start. In WAL
+    /// mode a deferred transaction that reads and then writes fails at once
+    /// with SQLITE_BUSY_SNAPSHOT (517) if another connection committed in
+    /// between, whatever the busy timeout; BEGIN IMMEDIATE waits instead.
+    pub(crate) fn write_tx(&self) -> Result<rusqlite::Transaction<'_>> {
+        Ok(rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?)
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tags::Tags;
+
+    /// Two processes changing devices at once: read-then-write transactions
+    /// (remove_device reads the id first) wait for each other instead of
+    /// failing with SQLITE_BUSY_SNAPSHOT.
+    #[test]
+    fn concurrent_writers_wait_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        Store::open(&path).unwrap();
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let s = Store::open(&path).unwrap();
+                    for i in 0..150 {
+                        let ep = format!("dev-{w}-{i}");
+                        s.add_device(&ep, None, &Tags::default()).unwrap();
+                        s.remove_device(&ep).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("no writer failed");
+        }
     }
 }

@@ -69,7 +69,7 @@ impl Store {
     ) -> Result<()> {
         let request = serde_json::to_string(kind).expect("serialises");
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         {
             let mut st = tx.prepare(
                 "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)

@@ -442,7 +442,7 @@ impl Writer {
         journalled: &mut Journalled,
         moving: &mut Vec<i64>,
     ) -> Result<()> {
-        let tx = self.store.conn.transaction()?;
+        let tx = self.store.write_tx()?;
         for cmd in batch {
             match cmd {
                 Command::Event(ev) => apply(&tx, &mut self.devices, journalled, ev)?,

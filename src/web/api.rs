@@ -551,6 +551,77 @@ pub fn cancel_operation(ctx: &mut Ctx<'_>) -> WebResult {
     Ok(Reply::ok(&cancel(ctx, id)?))
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct NewUpdate {
+    /// The catalogue image: its id or its name.
+    pub image: String,
+}
+
+/// A firmware update with its timeline.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UpdateView {
+    #[serde(flatten)]
+    pub update: crate::store::UpdateRow,
+    pub steps: Vec<crate::store::UpdateStep>,
+}
+
+fn update_view(ctx: &mut Ctx<'_>, id: i64) -> WebResult<UpdateView> {
+    Ok(UpdateView {
+        update: ctx.store.update(id)?,
+        steps: ctx.store.update_steps(id)?,
+    })
+}
+
+/// Start a firmware update of one device (LwM2M Object 5).
+pub fn create_update(ctx: &mut Ctx<'_>) -> WebResult {
+    let body: NewUpdate = ctx.json()?;
+    let endpoint = ctx.param("endpoint").to_string();
+    let who = ctx.who()?.name.clone();
+    let starter = ctx.web.updates.as_ref().ok_or_else(|| {
+        WebError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the firmware server is disabled (fw.enabled = false)",
+        )
+    })?;
+    let id = starter.create(ctx.store, &endpoint, &body.image, &who)?;
+    log::info!("{who} started firmware update {id} of {endpoint:?} to {}", body.image);
+    Ok(Reply::json(StatusCode::ACCEPTED, &update_view(ctx, id)?))
+}
+
+/// A device's firmware updates, newest first.
+pub fn device_updates(ctx: &mut Ctx<'_>) -> WebResult {
+    let endpoint = ctx.param("endpoint").to_string();
+    ctx.store.device(&endpoint)?;
+    let ids: Vec<i64> = ctx.store.updates_of(&endpoint, 50)?.iter().map(|u| u.id).collect();
+    let views = ids
+        .into_iter()
+        .map(|id| update_view(ctx, id))
+        .collect::<WebResult<Vec<_>>>()?;
+    Ok(Reply::ok(&views))
+}
+
+pub fn get_update(ctx: &mut Ctx<'_>) -> WebResult {
+    let id = ctx.id("id")?;
+    Ok(Reply::ok(&update_view(ctx, id)?))
+}
+
+/// Cancel an active update: the server writes an empty Package URI (Core
+/// E.6); one past Execute Update cannot be cancelled and finishes.
+pub fn cancel_update(ctx: &mut Ctx<'_>) -> WebResult {
+    let id = ctx.id("id")?;
+    ctx.store.update(id)?;
+    if !ctx.store.request_update_cancel(id)? {
+        return Err(WebError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("firmware update {id} has already ended"),
+        ));
+    }
+    log::info!("{} asked to cancel firmware update {id}", ctx.who()?.name);
+    Ok(Reply::json(StatusCode::ACCEPTED, &update_view(ctx, id)?))
+}
+
 /// Remove a device with its values and key; its pending operations end.
 pub fn remove_device(ctx: &mut Ctx<'_>) -> WebResult<()> {
     let endpoint = ctx.param("endpoint").to_string();

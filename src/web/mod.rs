@@ -60,6 +60,8 @@ pub struct Web {
     pub models: Arc<Models>,
     pub catalogue: Catalogue,
     pub max_upload: u64,
+    /// Starting firmware updates; `None` with the firmware server off.
+    pub updates: Option<crate::shell::fota::Starter>,
     db_path: PathBuf,
     /// The store writer's journal books: pages show values not yet moved
     /// into the history.
@@ -192,6 +194,7 @@ impl Web {
             models,
             catalogue,
             max_upload,
+            updates: None,
             db_path,
             pending,
             fleet: Mutex::new(None),
@@ -199,6 +202,12 @@ impl Web {
             costly: Semaphore::new(2),
             stop,
         }
+    }
+
+    /// With firmware updates started through `starter`.
+    pub fn with_updates(mut self, starter: Option<crate::shell::fota::Starter>) -> Web {
+        self.updates = starter;
+        self
     }
 
     /// The last fleet count, or a new one if there is none yet.

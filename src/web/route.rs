@@ -454,6 +454,53 @@ pub static ROUTES: &[Route] = &[
     ),
     api(
         Verb::Get,
+        "/api/v1/devices/{endpoint}/updates",
+        VIEWER,
+        a::device_updates,
+        doc(
+            "The device's firmware updates, newest first, each with its timeline",
+            "updates",
+            (200, Some(schema::<Vec<a::UpdateView>>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/devices/{endpoint}/updates",
+        OPERATOR,
+        a::create_update,
+        Doc {
+            request: Some(schema::<a::NewUpdate>),
+            ..doc(
+                "Start a firmware update of the device to a catalogue image (LwM2M Object 5); 409 while another is active",
+                "updates",
+                (202, Some(schema::<a::UpdateView>)),
+            )
+        },
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/updates/{id}",
+        VIEWER,
+        a::get_update,
+        doc(
+            "One firmware update and its timeline",
+            "updates",
+            (200, Some(schema::<a::UpdateView>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/updates/{id}/cancel",
+        OPERATOR,
+        a::cancel_update,
+        doc(
+            "Cancel an active firmware update (an empty Package URI returns the device to Idle)",
+            "updates",
+            (202, Some(schema::<a::UpdateView>)),
+        ),
+    ),
+    api(
+        Verb::Get,
         "/api/v1/events",
         VIEWER,
         a::events,

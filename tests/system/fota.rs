@@ -12,7 +12,9 @@ use flownexus::app;
 use flownexus::firmware::{Catalogue, Upload};
 use flownexus::fota::Phase;
 use flownexus::sim::{DeviceConfig, FotaBehaviour};
+use flownexus::users::Role;
 
+use super::web::http as http_call;
 use super::{config, device, fleet, flownexus_cli, store, wait_for};
 
 /// An MCUboot-headed image whose header says version 2.0.0.
@@ -58,11 +60,12 @@ fn update(dir: &Path, endpoint: &str) -> tokio::task::JoinHandle<(bool, String)>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_are_updated_and_failures_say_why() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.fota.max_retries = 1;
-    c.fota.retry_backoff_s = 1;
-    c.fota.update_timeout_s = 4;
-    let running = app::start(c).await.unwrap();
+    let (running, http) = super::web::start(dir.path(), |c| {
+        c.fota.max_retries = 1;
+        c.fota.retry_backoff_s = 1;
+        c.fota.update_timeout_s = 4;
+    })
+    .await;
     add_image(dir.path());
     let f = fleet(
         &running,
@@ -161,25 +164,80 @@ async fn devices_are_updated_and_failures_say_why() {
         "{row:?}"
     );
 
-    // One active update per device: a second is refused, clearly.
+    // The API: an operator starts an update; one active update per device,
+    // so a second is a 409 that says so (from the database's constraint);
+    // a viewer may look but not start one.
+    let keys = super::web::Keys::new(dir.path());
+    let operator = format!("Bearer {}", keys.token("operator", Role::Operator));
+    let viewer = format!("Bearer {}", keys.token("viewer", Role::Viewer));
+    let post = |bearer: &str, target: String, body: &'static str| {
+        let bearer = bearer.to_string();
+        async move {
+            let h = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+            http_call(http, "POST", &target, &h, body.as_bytes()).await
+        }
+    };
+    let r = post(
+        &viewer,
+        "/api/v1/devices/fota-ok/updates".into(),
+        r#"{"image":"app.bin"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = post(
+        &operator,
+        "/api/v1/devices/fota-ok/updates".into(),
+        r#"{"image":"app.bin"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+    assert_eq!(r.json()["steps"][0]["detail"], "queued by operator");
+    let r = post(
+        &operator,
+        "/api/v1/devices/fota-ok/updates".into(),
+        r#"{"image":"app.bin"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("an active firmware update of fota-ok"),
+        "{}",
+        r.text()
+    );
     let data = dir.path().to_str().unwrap();
-    let (ok, _, _) = flownexus_cli(data, &["device", "update", "fota-ok", "app.bin"], "");
-    assert!(ok);
     let (ok, _, err) = flownexus_cli(data, &["device", "update", "fota-ok", "app.bin"], "");
     assert!(
         !ok && err.contains("already exists: an active firmware update of fota-ok"),
         "{err}"
     );
-    let active = s.updates_of("fota-ok", 1).unwrap()[0].id;
-    let (ok, out, err) = flownexus_cli(data, &["device", "update-cancel", &active.to_string()], "");
-    assert!(ok, "{out}{err}");
-    wait_for("the cancellation", Duration::from_secs(15), || {
-        s.update(active).unwrap().phase.is_final()
+    let r = post(
+        &operator,
+        "/api/v1/devices/fota-ok/updates".into(),
+        r#"{"image":"nope.bin"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Cancelled (or, the device being quick, already done).
+    let r = post(&operator, format!("/api/v1/updates/{id}/cancel"), "").await;
+    assert!(matches!(r.status, 202 | 409), "{}", r.text());
+    wait_for("the update to end", Duration::from_secs(15), || {
+        s.update(id).unwrap().phase.is_final()
     })
     .await;
-    let phase = s.update(active).unwrap().phase;
-    // The device was already on 2.0.0, so it may have finished first.
+    let phase = s.update(id).unwrap().phase;
     assert!(matches!(phase, Phase::Cancelled | Phase::Succeeded), "{phase:?}");
+    let h = [("Authorization", viewer.as_str())];
+    let r = http_call(http, "GET", "/api/v1/devices/fota-ok/updates", &h, b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_array().unwrap().len(), 2, "{}", r.text());
+    let r = http_call(http, "GET", &format!("/api/v1/updates/{id}"), &h, b"").await;
+    assert_eq!(r.json()["phase"], phase.as_str());
 
     f.stop().await;
     running.stop().await;

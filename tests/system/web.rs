@@ -114,13 +114,13 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 /// Credentials made straight in the store: a session cookie value and an
 /// API token per user, so each check can start from a fresh one.
-struct Keys {
+pub(crate) struct Keys {
     signer: Signer,
     db: std::path::PathBuf,
 }
 
 impl Keys {
-    fn new(dir: &Path) -> Keys {
+    pub(crate) fn new(dir: &Path) -> Keys {
         let secret = flownexus::secret::load_or_create(&dir.join("http-secret.key"), "http.secret_file").unwrap();
         Keys {
             signer: Signer::new(&secret),
@@ -135,7 +135,7 @@ impl Keys {
             .unwrap();
         s
     }
-    fn token(&self, user: &str, role: Role) -> String {
+    pub(crate) fn token(&self, user: &str, role: Role) -> String {
         let t = format!("fnx_test{}", fastrand::u64(..));
         Store::open(&self.db)
             .unwrap()
