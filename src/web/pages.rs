@@ -479,9 +479,23 @@ struct DevicePage {
     chart: String,
     events: Vec<EventLine>,
     downloads: Vec<(String, u64, u64, String)>,
+    updates: Vec<UpdateLine>,
+    /// Live catalogue images an operator can update the device to: (id, label).
+    images: Vec<(i64, String)>,
     operator: bool,
     admin: bool,
     generated_key: Option<String>,
+}
+
+/// A firmware update on the device page, with its timeline.
+struct UpdateLine {
+    id: i64,
+    image: String,
+    phase: &'static str,
+    reason: String,
+    started: String,
+    active: bool,
+    steps: Vec<(String, &'static str, String)>,
 }
 
 const RANGES: &[(&str, &str, i64)] = &[
@@ -597,6 +611,35 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
         .into_iter()
         .map(|d| (d.name, d.requests, d.bytes, time(d.last)))
         .collect();
+    let catalogue = ctx.store.firmware_list(false)?;
+    let label = |id: i64| {
+        catalogue
+            .iter()
+            .find(|f| f.id == id)
+            .map_or_else(|| format!("#{id} (removed)"), |f| format!("{} {}", f.name, f.version))
+    };
+    let mut updates = Vec::new();
+    for u in ctx.store.updates_of(endpoint, 10)? {
+        let steps = ctx
+            .store
+            .update_steps(u.id)?
+            .into_iter()
+            .map(|st| (time(st.ts), st.phase.as_str(), st.detail.unwrap_or_default()))
+            .collect();
+        updates.push(UpdateLine {
+            id: u.id,
+            image: label(u.firmware_id),
+            phase: u.phase.as_str(),
+            reason: u.reason.unwrap_or_default(),
+            started: time(u.created_at),
+            active: !u.phase.is_final(),
+            steps,
+        });
+    }
+    let images = catalogue
+        .iter()
+        .map(|f| (f.id, format!("{} {}", f.name, f.version)))
+        .collect();
     let who = ctx.who()?.clone();
     render(&DevicePage {
         chrome: chrome(ctx, "Devices")?,
@@ -615,6 +658,8 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
         chart,
         events: event_lines(ctx.store.events(Some(endpoint), 10)?),
         downloads,
+        updates,
+        images,
         operator: who.role.allows(Role::Operator),
         admin: who.role.allows(Role::Admin),
         generated_key,
@@ -695,6 +740,44 @@ pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
     Ok(Reply::redirect(&format!(
         "/devices/{}?done=queued",
         form::encode(&endpoint)
+    )))
+}
+
+/// The device page's "Update firmware" form.
+pub fn start_update(ctx: &mut Ctx<'_>) -> WebResult {
+    let f = ctx.form();
+    let endpoint = ctx.param("endpoint").to_string();
+    let image = required(&f, "image")?.to_string();
+    let who = ctx.who()?.name.clone();
+    let starter = ctx.web.updates.as_ref().ok_or_else(|| {
+        WebError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the firmware server is disabled (fw.enabled = false)",
+        )
+    })?;
+    let id = starter.create(ctx.store, &endpoint, &image, &who)?;
+    log::info!("{who} started firmware update {id} of {endpoint:?}");
+    Ok(Reply::redirect(&format!(
+        "/devices/{}?done=update-started",
+        form::encode(&endpoint)
+    )))
+}
+
+/// The device page's cancel button of an active update.
+pub fn cancel_update(ctx: &mut Ctx<'_>) -> WebResult {
+    let id = ctx.id("id")?;
+    let row = ctx.store.update(id)?;
+    if !ctx.store.request_update_cancel(id)? {
+        return Err(WebError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("firmware update {id} has already ended"),
+        ));
+    }
+    Ok(Reply::redirect(&format!(
+        "/devices/{}?done=update-cancelling",
+        form::encode(&row.endpoint)
     )))
 }
 

@@ -273,6 +273,8 @@ pub static ROUTES: &[Route] = &[
     post("/devices/{endpoint}/delete", ADMIN, p::delete_device),
     get("/devices/{endpoint}", VIEWER, p::device),
     post("/devices/{endpoint}/operations", OPERATOR, p::queue_operation),
+    post("/devices/{endpoint}/update", OPERATOR, p::start_update),
+    post("/updates/{id}/cancel", OPERATOR, p::cancel_update),
     post("/devices/{endpoint}/tags", OPERATOR, p::set_tags),
     post("/operations/{id}/cancel", OPERATOR, p::cancel_operation),
     get("/events", VIEWER, p::events),

@@ -174,6 +174,24 @@ try {
   check((await row.innerText()).includes(firmware.sha256), "the listed SHA-256 is not the file's");
   await shot("firmware-uploaded");
 
+  // Update the device to the uploaded image from its page; the timeline
+  // fills in live until the update has verified the new version.
+  step = "firmware update";
+  await visit("device-update", `/devices/${encodeURIComponent(device)}`);
+  await page.selectOption("#update-image", { label: "app-update.bin 2.0.0" });
+  await Promise.all([page.waitForURL(/done=update-started/), page.click("#update-submit")]);
+  for (let i = 0; i < 120; i++) {
+    const badge = (await page.locator("#update-list tbody tr").first().locator(".badge").innerText()).trim();
+    if (badge === "succeeded" || badge === "failed") break;
+    await page.waitForTimeout(500);
+    await page.reload();
+  }
+  const first = page.locator("#update-list tbody tr").first();
+  check((await first.locator(".badge").innerText()).trim() === "succeeded", `the update ended ${await first.innerText()}`);
+  check((await page.locator("#update-list .steps li").count()) >= 8, "the update's timeline is not shown");
+  await nothingExecuted();
+  await shot("device-updated");
+
   await visit("users", "/users");
   await visit("profile", "/profile");
   await visit("tokens", "/tokens");

@@ -45,7 +45,9 @@ async fn dashboard_in_a_real_browser() {
     let (running, addr) = start(dir.path(), |_| {}).await;
     let (hostile, strings) = hostile_device();
     let hostile_endpoint = hostile.endpoint.clone();
-    let _fleet = fleet(&running, vec![device("sensor-1"), hostile]).await;
+    let mut sensor = device("sensor-1");
+    sensor.fw_ca = Some(dir.path().join("fw-tls/ca.pem"));
+    let _fleet = fleet(&running, vec![sensor, hostile]).await;
     // The hostile strings reach the store the way any value does: read.
     for path in ["/3/0", "/3303/0"] {
         let row = run_op(
@@ -60,9 +62,10 @@ async fn dashboard_in_a_real_browser() {
     }
     running.flush().await;
 
-    // An MCUboot image header, then arbitrary bytes.
+    // An MCUboot image header (version 2.0.0 at ih_ver), then arbitrary bytes.
     let mut image = 0x96f3_b83du32.to_le_bytes().to_vec();
     image.extend((0..20_000u32).map(|i| (i * 7 % 251) as u8));
+    image[20..28].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
     let image_file = dir.path().join("app-update.bin");
     std::fs::write(&image_file, &image).unwrap();
 
