@@ -200,6 +200,20 @@ impl Store {
     }
 }
 
+/// `UnknownEndpoint` unless `endpoint` is provisioned.
+pub(super) fn require_device(conn: &Connection, endpoint: &str) -> Result<()> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM devices WHERE endpoint = ?1)",
+        [endpoint],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(())
+    } else {
+        Err(Error::UnknownEndpoint(endpoint.to_string()))
+    }
+}
+
 fn identity_taken(e: rusqlite::Error, psk: &Psk) -> Error {
     access::constraint(e, || format!("PSK identity {}", psk.identity))
 }

@@ -61,14 +61,7 @@ impl Store {
     pub fn create_update(&self, endpoint: &str, firmware_id: i64, machine: &Update, by: &str) -> Result<i64> {
         let now = now_ms();
         let tx = self.write_tx()?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM devices WHERE endpoint = ?1)",
-            [endpoint],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(Error::UnknownEndpoint(endpoint.to_string()));
-        }
+        super::devices::require_device(&tx, endpoint)?;
         tx.execute(
             "INSERT INTO fota_updates (endpoint, firmware_id, phase, active, machine, created_by, created_at, updated_at)
              VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?6)",

@@ -33,14 +33,7 @@ impl Store {
         deadline: i64,
         max_attempts: u32,
     ) -> Result<OperationId> {
-        let exists: bool = self.conn.query_row(
-            "SELECT EXISTS(SELECT 1 FROM devices WHERE endpoint = ?1)",
-            [endpoint],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(Error::UnknownEndpoint(endpoint.to_string()));
-        }
+        super::devices::require_device(&self.conn, endpoint)?;
         let now = now_ms();
         self.conn.execute(
             "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)

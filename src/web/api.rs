@@ -572,10 +572,9 @@ fn update_view(ctx: &mut Ctx<'_>, id: i64) -> WebResult<UpdateView> {
     })
 }
 
-/// Start a firmware update of one device (LwM2M Object 5).
-pub fn create_update(ctx: &mut Ctx<'_>) -> WebResult {
-    let body: NewUpdate = ctx.json()?;
-    let endpoint = ctx.param("endpoint").to_string();
+/// Start a firmware update of `endpoint` to `image` (the API and the
+/// device page's form).
+pub fn start_update(ctx: &mut Ctx<'_>, endpoint: &str, image: &str) -> WebResult<i64> {
     let who = ctx.who()?.name.clone();
     let starter = ctx.web.updates.as_ref().ok_or_else(|| {
         WebError::new(
@@ -584,8 +583,30 @@ pub fn create_update(ctx: &mut Ctx<'_>) -> WebResult {
             "the firmware server is disabled (fw.enabled = false)",
         )
     })?;
-    let id = starter.create(ctx.store, &endpoint, &body.image, &who)?;
-    log::info!("{who} started firmware update {id} of {endpoint:?} to {}", body.image);
+    let id = starter.create(ctx.store, endpoint, image, &who)?;
+    log::info!("{who} started firmware update {id} of {endpoint:?} to {image}");
+    Ok(id)
+}
+
+/// Ask for an active update to be cancelled; an ended one is a conflict.
+pub fn request_update_cancel(ctx: &mut Ctx<'_>, id: i64) -> WebResult<crate::store::UpdateRow> {
+    let row = ctx.store.update(id)?;
+    if !ctx.store.request_update_cancel(id)? {
+        return Err(WebError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("firmware update {id} has already ended"),
+        ));
+    }
+    log::info!("{} asked to cancel firmware update {id}", ctx.who()?.name);
+    Ok(row)
+}
+
+/// Start a firmware update of one device (LwM2M Object 5).
+pub fn create_update(ctx: &mut Ctx<'_>) -> WebResult {
+    let body: NewUpdate = ctx.json()?;
+    let endpoint = ctx.param("endpoint").to_string();
+    let id = start_update(ctx, &endpoint, &body.image)?;
     Ok(Reply::json(StatusCode::ACCEPTED, &update_view(ctx, id)?))
 }
 
@@ -610,15 +631,7 @@ pub fn get_update(ctx: &mut Ctx<'_>) -> WebResult {
 /// E.6); one past Execute Update cannot be cancelled and finishes.
 pub fn cancel_update(ctx: &mut Ctx<'_>) -> WebResult {
     let id = ctx.id("id")?;
-    ctx.store.update(id)?;
-    if !ctx.store.request_update_cancel(id)? {
-        return Err(WebError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("firmware update {id} has already ended"),
-        ));
-    }
-    log::info!("{} asked to cancel firmware update {id}", ctx.who()?.name);
+    request_update_cancel(ctx, id)?;
     Ok(Reply::json(StatusCode::ACCEPTED, &update_view(ctx, id)?))
 }
 

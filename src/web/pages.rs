@@ -747,17 +747,7 @@ pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
 pub fn start_update(ctx: &mut Ctx<'_>) -> WebResult {
     let f = ctx.form();
     let endpoint = ctx.param("endpoint").to_string();
-    let image = required(&f, "image")?.to_string();
-    let who = ctx.who()?.name.clone();
-    let starter = ctx.web.updates.as_ref().ok_or_else(|| {
-        WebError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "the firmware server is disabled (fw.enabled = false)",
-        )
-    })?;
-    let id = starter.create(ctx.store, &endpoint, &image, &who)?;
-    log::info!("{who} started firmware update {id} of {endpoint:?}");
+    api::start_update(ctx, &endpoint, required(&f, "image")?)?;
     Ok(Reply::redirect(&format!(
         "/devices/{}?done=update-started",
         form::encode(&endpoint)
@@ -767,14 +757,7 @@ pub fn start_update(ctx: &mut Ctx<'_>) -> WebResult {
 /// The device page's cancel button of an active update.
 pub fn cancel_update(ctx: &mut Ctx<'_>) -> WebResult {
     let id = ctx.id("id")?;
-    let row = ctx.store.update(id)?;
-    if !ctx.store.request_update_cancel(id)? {
-        return Err(WebError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("firmware update {id} has already ended"),
-        ));
-    }
+    let row = api::request_update_cancel(ctx, id)?;
     Ok(Reply::redirect(&format!(
         "/devices/{}?done=update-cancelling",
         form::encode(&row.endpoint)
