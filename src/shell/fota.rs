@@ -167,30 +167,32 @@ impl Task {
         };
         let before = a.machine.clone();
         f(&mut a.machine, now);
-        if let Some(kind) = a.machine.take_operation() {
-            let deadline = now + self.settings.operation_deadline_ms;
-            match self
-                .store
-                .queue_operation(&a.endpoint, &kind, deadline, self.settings.operation_max_attempts)
-            {
-                Ok(op) => a.machine.queued(op),
-                Err(Error::UnknownEndpoint(_)) => a.machine.abandon(now, "the device was removed".into()),
-                Err(e) => {
-                    // Kept for the next tick: nothing is lost, nothing sent twice.
-                    log::warn!(
-                        "firmware update {id} of {}: queueing {} failed: {e}",
-                        a.endpoint,
-                        kind.name()
-                    );
-                    a.machine.to_queue = Some(kind);
+        let saved = match a.machine.take_operation() {
+            Some(kind) => {
+                let deadline = now + self.settings.operation_deadline_ms;
+                let attempts = self.settings.operation_max_attempts;
+                match self
+                    .store
+                    .save_update_queueing(id, &a.endpoint, &mut a.machine, &kind, deadline, attempts)
+                {
+                    Ok(_) => Ok(()),
+                    Err(Error::UnknownEndpoint(_)) => {
+                        a.machine.abandon(now, "the device was removed".into());
+                        self.store.save_update(id, &a.machine)
+                    }
+                    Err(e) => {
+                        // Kept for the next tick: nothing is lost, nothing sent twice.
+                        a.machine.to_queue = Some(kind);
+                        Err(e)
+                    }
                 }
             }
-        }
-        if a.machine == before {
-            return;
-        }
-        if let Err(e) = self.store.save_update(id, &a.machine, None) {
+            None if a.machine != before => self.store.save_update(id, &a.machine),
+            None => return,
+        };
+        if let Err(e) = saved {
             log::error!("firmware update {id} of {}: not saved: {e}", a.endpoint);
+            return;
         }
         if a.machine.phase != before.phase {
             log::info!(

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::{Store, access, now_ms};
 use crate::error::{Error, Result};
 use crate::fota::{Phase, Update};
+use crate::lwm2m::operation::{OperationId, OperationKind};
 
 /// An update as stored: the machine and what lists show of it.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -31,6 +32,37 @@ pub struct UpdateStep {
     pub ts: i64,
     pub phase: Phase,
     pub detail: Option<String>,
+}
+
+fn save_on(tx: &rusqlite::Transaction<'_>, id: i64, machine: &Update) -> Result<()> {
+    let now = now_ms();
+    let before: Option<String> = tx
+        .query_row("SELECT phase FROM fota_updates WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    let Some(before) = before else {
+        return Err(Error::NotFound(format!("firmware update {id}")));
+    };
+    let phase = machine.phase;
+    tx.execute(
+        "UPDATE fota_updates SET phase = ?2, active = ?3, machine = ?4, reason = ?5, updated_at = ?6,
+                finished_at = CASE WHEN ?3 = 0 THEN ?6 ELSE NULL END
+         WHERE id = ?1",
+        params![
+            id,
+            phase.as_str(),
+            !phase.is_final(),
+            serde_json::to_string(machine).expect("serialises"),
+            machine.reason,
+            now
+        ],
+    )?;
+    if before != phase.as_str() {
+        tx.execute(
+            "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![id, now, phase.as_str(), machine.reason],
+        )?;
+    }
+    Ok(())
 }
 
 const UPDATE_SQL: &str =
@@ -85,38 +117,32 @@ impl Store {
     }
 
     /// Persist a machine after a step; a phase change adds to the timeline.
-    pub fn save_update(&self, id: i64, machine: &Update, detail: Option<&str>) -> Result<()> {
-        let now = now_ms();
+    pub fn save_update(&self, id: i64, machine: &Update) -> Result<()> {
         let tx = self.write_tx()?;
-        let before: Option<String> = tx
-            .query_row("SELECT phase FROM fota_updates WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?;
-        let Some(before) = before else {
-            return Err(Error::NotFound(format!("firmware update {id}")));
-        };
-        let phase = machine.phase;
-        tx.execute(
-            "UPDATE fota_updates SET phase = ?2, active = ?3, machine = ?4, reason = ?5, updated_at = ?6,
-                    finished_at = CASE WHEN ?3 = 0 THEN ?6 ELSE NULL END
-             WHERE id = ?1",
-            params![
-                id,
-                phase.as_str(),
-                !phase.is_final(),
-                serde_json::to_string(machine).expect("serialises"),
-                machine.reason,
-                now
-            ],
-        )?;
-        if before != phase.as_str() {
-            let detail = detail.map(str::to_string).or_else(|| machine.reason.clone());
-            tx.execute(
-                "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
-                params![id, now, phase.as_str(), detail],
-            )?;
-        }
+        save_on(&tx, id, machine)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Queue the operation an update asked for and save the update waiting
+    /// for it, in one transaction: after a crash either both happened or
+    /// neither, so no step is sent twice (an Execute Update repeated would
+    /// fail on the device) and none is forgotten.
+    pub fn save_update_queueing(
+        &self,
+        id: i64,
+        endpoint: &str,
+        machine: &mut Update,
+        kind: &OperationKind,
+        deadline: i64,
+        max_attempts: u32,
+    ) -> Result<OperationId> {
+        let tx = self.write_tx()?;
+        let op = super::operations::insert_operation(&tx, endpoint, kind, deadline, max_attempts)?;
+        machine.queued(op);
+        save_on(&tx, id, machine)?;
+        tx.commit()?;
+        Ok(op)
     }
 
     /// Updates still under way with id > `after`, oldest first: the update
@@ -177,5 +203,66 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lwm2m::operation::OperationState;
+    use crate::store::tags::Tags;
+
+    fn firmware(s: &mut Store) -> i64 {
+        let f = crate::store::NewFirmware {
+            name: "app.bin",
+            version: "2.0.0",
+            sha256: &"a".repeat(64),
+            size: 1,
+            image_type: "unknown",
+            uploader: "t",
+            notes: "",
+        };
+        s.insert_firmware(&f).unwrap().0.id
+    }
+
+    /// One active update per device; an update and the operation it waits
+    /// for are saved together or not at all.
+    #[test]
+    fn updates_are_unique_per_device_and_saved_with_their_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite3")).unwrap();
+        s.add_device("dev", None, &Tags::default()).unwrap();
+        let fw = firmware(&mut s);
+        let mut m = Update::new(0, "https://fw/x".into(), "2.0.0".into());
+        let id = s.create_update("dev", fw, &m, "t").unwrap();
+        let again = s.create_update("dev", fw, &m, "t").unwrap_err();
+        assert!(matches!(again, Error::AlreadyExists(_)), "{again}");
+        assert!(matches!(
+            s.create_update("nobody", fw, &m, "t"),
+            Err(Error::UnknownEndpoint(_))
+        ));
+
+        let kind = m.take_operation().unwrap();
+        let op = s.save_update_queueing(id, "dev", &mut m, &kind, i64::MAX, 3).unwrap();
+        assert_eq!(s.operation(op).unwrap().state, OperationState::Queued);
+        assert_eq!(
+            s.update(id).unwrap().machine.waiting_for,
+            Some(op),
+            "saved with its operation"
+        );
+
+        // The device is gone: neither the operation nor the new state is kept.
+        s.remove_device("dev").unwrap();
+        let before = s.max_operation_id().unwrap();
+        let mut moved = m.clone();
+        moved.phase = Phase::Observing;
+        assert!(
+            s.save_update_queueing(id, "dev", &mut moved, &kind, i64::MAX, 3)
+                .is_err()
+        );
+        assert_eq!(s.max_operation_id().unwrap(), before);
+        assert_eq!(s.update(id).unwrap().phase, Phase::Checking);
+        let steps = s.update_steps(id).unwrap();
+        assert_eq!(steps.len(), 1, "{steps:?}");
     }
 }

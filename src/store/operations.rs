@@ -33,21 +33,7 @@ impl Store {
         deadline: i64,
         max_attempts: u32,
     ) -> Result<OperationId> {
-        super::devices::require_device(&self.conn, endpoint)?;
-        let now = now_ms();
-        self.conn.execute(
-            "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
-            params![
-                endpoint,
-                kind.name(),
-                serde_json::to_string(kind).expect("serialises"),
-                now,
-                deadline,
-                max_attempts
-            ],
-        )?;
-        Ok(self.conn.last_insert_rowid())
+        insert_operation(&self.conn, endpoint, kind, deadline, max_attempts)
     }
 
     /// Queue `per_endpoint` copies of one operation for each endpoint in a
@@ -195,6 +181,32 @@ impl Store {
             .conn
             .query_row("SELECT COALESCE(MAX(id), 0) FROM operations", [], |r| r.get(0))?)
     }
+}
+
+/// Insert a queued operation for a provisioned `endpoint` on `conn` (a
+/// connection, or a transaction that also writes other rows).
+pub(super) fn insert_operation(
+    conn: &rusqlite::Connection,
+    endpoint: &str,
+    kind: &OperationKind,
+    deadline: i64,
+    max_attempts: u32,
+) -> Result<OperationId> {
+    super::devices::require_device(conn, endpoint)?;
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
+        params![
+            endpoint,
+            kind.name(),
+            serde_json::to_string(kind).expect("serialises"),
+            now,
+            deadline,
+            max_attempts
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
 }
 
 /// The JSON form of an outcome's result, and its CoAP code, for the row.
