@@ -317,3 +317,107 @@ async fn stalled_looping_and_refusing_devices_fail_with_their_reasons() {
     f.stop().await;
     running.stop().await;
 }
+
+/// `kill -9` of the server in the middle of an update, twice: right after
+/// the update is made, and while the device reboots into the new image.
+/// After each restart the update goes on from its saved step and ends
+/// succeeded; no step is sent twice (one Package URI write, one Execute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_survives_kill_9_of_the_server() {
+    /// SIGKILL when dropped: on purpose, or when an assertion fails.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Fixed ports, so the devices find the server again after a restart.
+    let free = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let coap = free();
+    let fw = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let serve = || {
+        Killed(
+            std::process::Command::new(env!("CARGO_BIN_EXE_flownexus"))
+                .arg("serve")
+                .env("FLOWNEXUS_DATA_DIR", dir.path())
+                .env("FLOWNEXUS_COAP_LISTEN", coap.to_string())
+                .env("FLOWNEXUS_FW_LISTEN", fw.to_string())
+                .env("FLOWNEXUS_COAPS_ENABLED", "false")
+                .env("FLOWNEXUS_HTTP_ENABLED", "false")
+                .env("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "500")
+                .env("FLOWNEXUS_LOG_LEVEL", "warn")
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let up = |dir: &Path| dir.join("fw-tls/ca.pem").exists() && dir.join("runtime.json").exists();
+    let child = serve();
+    wait_for("the server", Duration::from_secs(20), || up(dir.path())).await;
+    add_image(dir.path());
+    let mut d = fota_device(dir.path(), "fota-kill", FotaBehaviour::default());
+    // Re-register soon when the server is away.
+    d.params.max_retransmit = 1;
+    let f = flownexus::sim::Fleet::spawn(
+        vec![d],
+        coap,
+        std::sync::Arc::new(flownexus::lwm2m::Models::embedded()),
+        false,
+    )
+    .await
+    .unwrap();
+    let s = store(dir.path());
+    wait_for("the registration", Duration::from_secs(10), || {
+        s.registration_of("fota-kill").unwrap().is_some()
+    })
+    .await;
+    let data = dir.path().to_str().unwrap();
+    let (ok, out, err) = flownexus_cli(data, &["device", "update", "fota-kill", "app.bin"], "");
+    assert!(ok, "{out}{err}");
+    let id = s.updates_of("fota-kill", 1).unwrap()[0].id;
+
+    drop(child); // kill -9 with the update just made
+    let child = serve();
+    wait_for("the device rebooting into the image", Duration::from_secs(30), || {
+        s.update(id).unwrap().phase == Phase::Updating
+    })
+    .await;
+    drop(child); // kill -9 while the device reboots
+    let _child = serve();
+    wait_for("the update to end", Duration::from_secs(40), || {
+        s.update(id).unwrap().phase.is_final()
+    })
+    .await;
+    let row = s.update(id).unwrap();
+    assert_eq!(row.phase, Phase::Succeeded, "{row:?}");
+    let ops = s.operations_of("fota-kill", 100).unwrap();
+    let count = |what: &dyn Fn(&flownexus::lwm2m::operation::OperationKind) -> bool| {
+        ops.iter().filter(|o| what(&o.kind)).count()
+    };
+    use flownexus::lwm2m::operation::OperationKind as K;
+    let uri_writes = count(
+        &|k| matches!(k, K::Write { path, values, .. } if path.to_string() == "/5/0/1" && !values[0].value.is_empty()),
+    );
+    let executes = count(&|k| matches!(k, K::Execute { path, .. } if path.to_string() == "/5/0/2"));
+    assert_eq!((uri_writes, executes), (1, 1), "{ops:#?}");
+    // Each step once, in order, across both restarts.
+    let steps: Vec<Phase> = s.update_steps(id).unwrap().iter().map(|s| s.phase).collect();
+    assert_eq!(
+        steps,
+        [
+            Phase::Checking,
+            Phase::Observing,
+            Phase::WritingUri,
+            Phase::Downloading,
+            Phase::Executing,
+            Phase::Updating,
+            Phase::Verifying,
+            Phase::Succeeded
+        ]
+    );
+    f.stop().await;
+}
