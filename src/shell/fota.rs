@@ -190,9 +190,19 @@ impl Task {
             None if a.machine != before => self.store.save_update(id, &a.machine),
             None => return,
         };
-        if let Err(e) = saved {
-            log::error!("firmware update {id} of {}: not saved: {e}", a.endpoint);
-            return;
+        match saved {
+            Ok(()) => {}
+            Err(Error::NotFound(_)) => {
+                // Ended elsewhere (its device was removed).
+                let endpoint = a.endpoint.clone();
+                self.updates.remove(&id);
+                self.by_endpoint.remove(&endpoint);
+                return;
+            }
+            Err(e) => {
+                log::error!("firmware update {id} of {}: not saved: {e}", a.endpoint);
+                return;
+            }
         }
         if a.machine.phase != before.phase {
             log::info!(
@@ -271,6 +281,13 @@ impl Task {
                     machine: row.machine,
                 },
             );
+        }
+        let tracked: Vec<i64> = self.updates.keys().copied().collect();
+        for id in self.store.ended_updates(&tracked)? {
+            if let Some(a) = self.updates.remove(&id) {
+                log::info!("firmware update {id} of {} ended elsewhere", a.endpoint);
+                self.by_endpoint.remove(&a.endpoint);
+            }
         }
         for id in self.store.take_update_cancels()? {
             let endpoint = self.updates.get(&id).map(|a| a.endpoint.clone());

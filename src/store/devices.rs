@@ -124,6 +124,14 @@ impl Store {
             "UPDATE operations SET state = 'cancelled', updated_at = ?2 WHERE endpoint = ?1 AND state IN ('queued', 'sent')",
             params![endpoint, now_ms()],
         )?;
+        // Its update can go no further: it ends, failed, with the reason.
+        tx.execute(
+            "UPDATE fota_updates SET active = 0, phase = 'failed', reason = 'the device was removed',
+                    updated_at = ?2, finished_at = ?2,
+                    machine = json_set(machine, '$.phase', 'failed', '$.reason', 'the device was removed')
+             WHERE endpoint = ?1 AND active = 1",
+            params![endpoint, now_ms()],
+        )?;
         tx.execute("DELETE FROM devices WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())

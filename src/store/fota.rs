@@ -43,10 +43,12 @@ fn save_on(tx: &rusqlite::Transaction<'_>, id: i64, machine: &Update) -> Result<
         return Err(Error::NotFound(format!("firmware update {id}")));
     };
     let phase = machine.phase;
-    tx.execute(
+    // Only an active update is saved: one ended elsewhere (its device was
+    // removed) stays ended.
+    let changed = tx.execute(
         "UPDATE fota_updates SET phase = ?2, active = ?3, machine = ?4, reason = ?5, updated_at = ?6,
                 finished_at = CASE WHEN ?3 = 0 THEN ?6 ELSE NULL END
-         WHERE id = ?1",
+         WHERE id = ?1 AND active = 1",
         params![
             id,
             phase.as_str(),
@@ -56,6 +58,9 @@ fn save_on(tx: &rusqlite::Transaction<'_>, id: i64, machine: &Update) -> Result<
             now
         ],
     )?;
+    if changed == 0 {
+        return Err(Error::NotFound(format!("active firmware update {id}")));
+    }
     if before != phase.as_str() {
         tx.execute(
             "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -164,6 +169,16 @@ impl Store {
         )? == 1)
     }
 
+    /// Those of `ids` that are no longer active (ended by another process).
+    pub fn ended_updates(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        let ids: Vec<rusqlite::types::Value> = ids.iter().map(|&i| i.into()).collect();
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM fota_updates WHERE id IN rarray(?1) AND active = 0")?;
+        let rows = st.query_map([std::rc::Rc::new(ids)], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Cancellations asked for and not yet taken: their ids, cleared.
     pub fn take_update_cancels(&self) -> Result<Vec<i64>> {
         let mut st = self
@@ -251,8 +266,15 @@ mod tests {
             "saved with its operation"
         );
 
-        // The device is gone: neither the operation nor the new state is kept.
+        // The device is gone: its update ends, and a late save from the
+        // update task neither queues nor resurrects anything.
         s.remove_device("dev").unwrap();
+        let ended = s.update(id).unwrap();
+        assert_eq!(
+            (ended.phase, ended.reason.as_deref()),
+            (Phase::Failed, Some("the device was removed"))
+        );
+        assert_eq!(s.ended_updates(&[id]).unwrap(), [id]);
         let before = s.max_operation_id().unwrap();
         let mut moved = m.clone();
         moved.phase = Phase::Observing;
@@ -260,9 +282,12 @@ mod tests {
             s.save_update_queueing(id, "dev", &mut moved, &kind, i64::MAX, 3)
                 .is_err()
         );
+        assert!(matches!(s.save_update(id, &moved), Err(Error::NotFound(_))));
         assert_eq!(s.max_operation_id().unwrap(), before);
-        assert_eq!(s.update(id).unwrap().phase, Phase::Checking);
-        let steps = s.update_steps(id).unwrap();
-        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(s.update(id).unwrap().phase, Phase::Failed);
+        // A device provisioned again under that name can be updated.
+        s.add_device("dev", None, &Tags::default()).unwrap();
+        let fresh = Update::new(0, "https://fw/x".into(), "2.0.0".into());
+        s.create_update("dev", fw, &fresh, "t").unwrap();
     }
 }
