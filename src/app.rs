@@ -181,23 +181,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let shell_writer = writer.clone();
     let shell_events = events.clone();
+    // The download server tells the update task of FOTA doom loops.
+    let (doom_tx, doom_rx) = mpsc::channel(1024);
+    let (fw_addr, cert_watcher, firmware) =
+        match start_firmware_server(&config, &writer, doom_tx, stop_rx.clone()).await? {
+            Some((addr, task, watcher, fw)) => {
+                tasks.push(task);
+                (Some(addr), Some(watcher), Some(fw))
+            }
+            None => (None, None, None),
+        };
     tasks.push(tokio::spawn(lwm2m::run(
-        Transports { udp: udp_socket, dtls },
+        Transports {
+            udp: udp_socket,
+            dtls,
+            firmware,
+        },
         server,
         shell_writer,
         shell_events,
         cmd_rx,
         stopped(stop_rx.clone()),
     )));
-    // The download server tells the update task of FOTA doom loops.
-    let (doom_tx, doom_rx) = mpsc::channel(1024);
-    let (fw_addr, cert_watcher) = match start_firmware_server(&config, &writer, doom_tx, stop_rx.clone()).await? {
-        Some((addr, task, watcher)) => {
-            tasks.push(task);
-            (Some(addr), Some(watcher))
-        }
-        None => (None, None),
-    };
 
     let http_addr = if config.http.enabled {
         let updates = match fw_addr {
@@ -428,7 +433,14 @@ async fn start_firmware_server(
     writer: &WriterHandle<Peer>,
     doom_loops: mpsc::Sender<String>,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<Option<(SocketAddr, tokio::task::JoinHandle<()>, notify::RecommendedWatcher)>> {
+) -> anyhow::Result<
+    Option<(
+        SocketAddr,
+        tokio::task::JoinHandle<()>,
+        notify::RecommendedWatcher,
+        Arc<crate::download::Server>,
+    )>,
+> {
     use crate::download::{self, tls, token::TokenKey};
     let fw = &config.fw;
     if !fw.enabled {
@@ -494,8 +506,8 @@ async fn start_firmware_server(
         idle: Duration::from_secs(fw.idle_timeout_s),
         shutdown_grace: Duration::from_secs(fw.shutdown_grace_s),
     };
-    let task = tokio::spawn(download::run(listener, tls_config, server, limits, stop));
-    Ok(Some((addr, task, watcher)))
+    let task = tokio::spawn(download::run(listener, tls_config, server.clone(), limits, stop));
+    Ok(Some((addr, task, watcher, server)))
 }
 
 /// The dashboard and REST API: the signing secret, the listener, and the

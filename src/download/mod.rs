@@ -6,6 +6,7 @@
 //! `/fw/SHA256/NAME`; an optional `?t=TOKEN` binds a download to a device.
 //! Every request is recorded for FOTA and the dashboard.
 
+pub mod blockwise;
 pub mod connection;
 pub mod range;
 pub mod tls;
@@ -64,6 +65,24 @@ pub struct Limits {
 enum Lookup<'a> {
     Name(&'a str),
     Sha(&'a str),
+}
+
+impl<'a> Lookup<'a> {
+    /// `binaries/NAME` or `fw/SHA256/NAME`; anything else, dotfiles and
+    /// traversal included, is not here.
+    fn of(segments: &[&'a str]) -> Option<Lookup<'a>> {
+        match segments {
+            ["binaries", name] if crate::firmware::valid_name(name) => Some(Lookup::Name(name)),
+            ["fw", sha, name]
+                if sha.len() == 64
+                    && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                    && crate::firmware::valid_name(name) =>
+            {
+                Some(Lookup::Sha(sha))
+            }
+            _ => None,
+        }
+    }
 }
 
 fn response(status: u16, headers: Vec<(&'static str, String)>, body: Bytes) -> Response<Full<Bytes>> {
@@ -186,6 +205,56 @@ impl Server {
         Some(image)
     }
 
+    /// The device a download `token` was issued to, if it opens `image`
+    /// now; `Ok(None)` without a token where none is required.
+    fn authorise(&self, image: &Image, token: Option<&str>) -> Result<Option<String>, ()> {
+        match (token, &self.key) {
+            (Some(t), Some(key)) => key
+                .verify(t, &image.row.sha256, now_ms() / 1000)
+                .map(Some)
+                .map_err(|_| ()),
+            (Some(_), None) => Err(()),
+            (None, _) if self.require_token => Err(()),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// A device's CoAP GET of an image on the LwM2M port: the same paths,
+    /// tokens and accounting as over HTTPS, one Block2 block an answer
+    /// (`blockwise`). 4.04 for no such image, 4.03 for a bad token.
+    pub async fn coap_get(self: Arc<Self>, req: &crate::coap::Request, peer: SocketAddr) -> crate::coap::Response {
+        use crate::coap::{Code, Response as CoapResponse};
+        let started = Instant::now();
+        let segments: Vec<&str> = req.options.uri_path.iter().map(String::as_str).collect();
+        let Some(lookup) = Lookup::of(&segments) else {
+            return CoapResponse::new(Code::NOT_FOUND);
+        };
+        let Some(image) = self.image(lookup).await else {
+            return CoapResponse::new(Code::NOT_FOUND);
+        };
+        let token = req.options.uri_query.iter().find_map(|q| q.strip_prefix("t="));
+        let Ok(device) = self.authorise(&image, token) else {
+            return CoapResponse::new(Code::FORBIDDEN);
+        };
+        // The ETag: the first 8 bytes of the SHA-256, as the hex names it.
+        let etag: Vec<u8> = (0..8)
+            .filter_map(|i| u8::from_str_radix(image.row.sha256.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        let (response, range) = blockwise::answer(&image.bytes, &etag, req.options.block2);
+        (self.record)(DownloadRecord {
+            ts: now_ms(),
+            firmware_id: image.row.id,
+            range,
+            status: u16::from(response.code.class()) * 100 + u16::from(response.code.0 & 0x1f),
+            bytes: response.payload.len() as u64,
+            duration_us: started.elapsed().as_micros() as u64,
+            peer,
+            device,
+            doom_loop: false,
+        });
+        response
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let is_get = req.method() == Method::GET;
@@ -199,29 +268,14 @@ impl Server {
         // Old clients send `//binaries/x.bin`: leading slashes collapse.
         let path = req.uri().path().trim_start_matches('/');
         let segments: Vec<&str> = path.split('/').collect();
-        let lookup = match segments.as_slice() {
-            ["binaries", name] if crate::firmware::valid_name(name) => Lookup::Name(name),
-            ["fw", sha, name]
-                if sha.len() == 64
-                    && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                    && crate::firmware::valid_name(name) =>
-            {
-                Lookup::Sha(sha)
-            }
-            // Anything else, dotfiles and traversal included, is not here.
-            _ => return status_only(404),
+        let Some(lookup) = Lookup::of(&segments) else {
+            return status_only(404);
         };
         let Some(image) = self.image(lookup).await else {
             return status_only(404);
         };
-        let device = match (query_param(req.uri().query(), "t"), &self.key) {
-            (Some(t), Some(key)) => match key.verify(t, &image.row.sha256, now_ms() / 1000) {
-                Ok(d) => Some(d),
-                Err(_) => return status_only(403),
-            },
-            (Some(_), None) => return status_only(403),
-            (None, _) if self.require_token => return status_only(403),
-            (None, _) => None,
+        let Ok(device) = self.authorise(&image, query_param(req.uri().query(), "t")) else {
+            return status_only(403);
         };
         let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
         let plan = range::plan(

@@ -12,7 +12,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::coap::{self, Code, Event, Exchanges, Failure, Method, Request, RequestId, Response, Transmit};
+use crate::coap::{self, Code, Event, Exchanges, Failure, InboundId, Method, Request, RequestId, Response, Transmit};
 use crate::config::{Lwm2mConfig, UnknownEndpoints};
 use crate::lwm2m::content;
 use crate::lwm2m::model::Models;
@@ -97,6 +97,16 @@ pub enum ServerEvent<P> {
     },
 }
 
+/// A device's GET of a firmware image on the LwM2M port (a `coap(s)://`
+/// Package URI, Block2 by RFC 7959): answered by the firmware server
+/// through [`Server::respond`], piggybacked when it is quick.
+#[derive(Debug)]
+pub struct FirmwareRequest<P> {
+    pub inbound: InboundId,
+    pub peer: P,
+    pub request: Request,
+}
+
 #[derive(Debug)]
 struct InFlight {
     op: Operation,
@@ -163,6 +173,7 @@ pub struct Server<P> {
     /// for, from its PSK identity.
     sessions: HashMap<P, Arc<str>>,
     events: VecDeque<ServerEvent<P>>,
+    firmware: VecDeque<FirmwareRequest<P>>,
     next_sweep: Option<Instant>,
     /// Rejected events let out in the current second: (its start, count).
     rejections: (Option<Instant>, u32),
@@ -195,6 +206,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             keyed_endpoints: HashSet::new(),
             sessions: HashMap::new(),
             events: VecDeque::new(),
+            firmware: VecDeque::new(),
             next_sweep: None,
             rejections: (None, 0),
         }
@@ -364,6 +376,13 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     fn drain_coap(&mut self, now: Now) {
         while let Some(ev) = self.coap.poll_event() {
             match ev {
+                Event::Request { id, peer, request, .. } if is_firmware_get(&request) => {
+                    self.firmware.push_back(FirmwareRequest {
+                        inbound: id,
+                        peer,
+                        request,
+                    });
+                }
                 Event::Request { id, peer, request, .. } => {
                     let response = self.on_request(now, peer, request);
                     self.coap.respond(now.mono, id, response);
@@ -375,6 +394,16 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
                 Event::ObserverGone { .. } => {}
             }
         }
+    }
+
+    /// The next firmware GET to answer (see [`FirmwareRequest`]).
+    pub fn poll_firmware_request(&mut self) -> Option<FirmwareRequest<P>> {
+        self.firmware.pop_front()
+    }
+
+    /// Answer a request handed out by [`Server::poll_firmware_request`].
+    pub fn respond(&mut self, now: Now, inbound: InboundId, response: Response) {
+        self.coap.respond(now.mono, inbound, response);
     }
 
     // ---- Registration interface and Send: requests from devices -------------
@@ -979,6 +1008,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             self.schedule_sweep(now);
         }
     }
+}
+
+/// `GET /fw/...` or `GET /binaries/...`: the download server's paths.
+fn is_firmware_get(r: &Request) -> bool {
+    r.method == Method::Get && matches!(r.options.uri_path.first().map(String::as_str), Some("fw" | "binaries"))
 }
 
 /// The same set of paths, in any order (an operator names a composite

@@ -48,6 +48,8 @@ pub struct ToDtls {
 pub struct Transports {
     pub udp: Option<UdpSocket>,
     pub dtls: Option<DtlsLink>,
+    /// Answers firmware GETs on these ports (`coap(s)://` Package URIs).
+    pub firmware: Option<Arc<crate::download::Server>>,
 }
 
 pub struct DtlsLink {
@@ -104,6 +106,8 @@ pub async fn run(
     let mut to_shards: Vec<Vec<ToDtls>> = (0..transports.dtls.as_ref().map_or(0, |l| l.outbound.len()))
         .map(|_| Vec::new())
         .collect();
+    // Firmware blocks are looked up beside the loop and answered here.
+    let (blocks_tx, mut blocks) = mpsc::channel::<(crate::coap::InboundId, crate::coap::Response)>(1024);
     loop {
         let deadline = server
             .poll_timeout()
@@ -143,6 +147,7 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => server.handle_timeout(now()),
+            Some((inbound, response)) = blocks.recv() => server.respond(now(), inbound, response),
             Some(cmd) = commands.recv() => {
                 let t = now();
                 match cmd {
@@ -152,6 +157,24 @@ pub async fn run(
                     Command::KeyedEndpoints(set) => server.set_keyed_endpoints(set),
                 }
             }
+        }
+        while let Some(fr) = server.poll_firmware_request() {
+            let Some(fw) = transports.firmware.clone() else {
+                server.respond(
+                    now(),
+                    fr.inbound,
+                    crate::coap::Response::new(crate::coap::Code::NOT_FOUND),
+                );
+                continue;
+            };
+            let done = blocks_tx.clone();
+            let addr = match fr.peer {
+                Peer::Udp(a) | Peer::Dtls { addr: a, .. } => a,
+            };
+            tokio::spawn(async move {
+                let response = fw.coap_get(&fr.request, addr).await;
+                let _ = done.send((fr.inbound, response)).await;
+            });
         }
         // A steady stream of datagrams keeps the (biased) receive branches
         // ready; timers must not wait for a lull.

@@ -421,3 +421,97 @@ async fn an_update_survives_kill_9_of_the_server() {
     );
     f.stop().await;
 }
+
+/// Firmware over CoAP block-wise on the LwM2M ports (RFC 7959): Debian's
+/// libcoap client fetches a 512 KiB image with `-b 1024` over plain CoAP
+/// and over DTLS-PSK; the file's SHA-256 is the image's, every block is
+/// accounted to the device named by the token, and a bad token is 4.03.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_downloads_firmware_block_wise_over_coap_and_coaps() {
+    let dir = tempfile::tempdir().unwrap();
+    // libcoap 4.3's `-k` takes the key as text.
+    let key_text = "0123456789abcdef";
+    let psk = flownexus::psk::Psk::from_hex("fw-coaps", &hex(key_text.as_bytes())).unwrap();
+    store(dir.path())
+        .add_device("fw-coaps", Some(&psk), &flownexus::store::tags::Tags::default())
+        .unwrap();
+    store(dir.path())
+        .add_device("fw-coap", None, &flownexus::store::tags::Tags::default())
+        .unwrap();
+    let running = app::start(config(dir.path())).await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(5);
+    let image: Vec<u8> = (0..512 * 1024).map(|_| rng.u8(..)).collect();
+    let upload = Upload {
+        name: "app.bin",
+        version: "3.0.0",
+        notes: "",
+        uploader: "test",
+    };
+    let (row, _) = Catalogue::new(dir.path(), 1 << 30)
+        .add(&mut store(dir.path()), &mut image.as_slice(), &upload, &mut |_| {})
+        .unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let url = |device: &str, base: String| {
+        let (ok, out, err) = flownexus_cli(
+            &data,
+            &["firmware", "url", "app.bin", "--device", device, "--base", &base],
+            "",
+        );
+        assert!(ok, "{err}");
+        out.trim().to_string()
+    };
+    let coap_url = url("fw-coap", format!("coap://{}", running.coap_addr.unwrap()));
+    let coaps_url = url("fw-coaps", format!("coaps://{}", running.coaps_addr.unwrap()));
+    let fetch = |client: &'static str, extra: Vec<String>, url: String, out: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            let o = std::process::Command::new(client)
+                .args(["-m", "get", "-b", "1024", "-B", "60", "-o"])
+                .arg(&out)
+                .args(&extra)
+                .arg(&url)
+                .output()
+                .unwrap_or_else(|e| panic!("{client}: {e} (Debian libcoap3-bin; `make test` installs it)"));
+            let got = std::fs::read(&out).unwrap_or_default();
+            (got, String::from_utf8_lossy(&o.stderr).into_owned())
+        })
+    };
+    let sha = |b: &[u8]| flownexus::firmware::sha256_hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+
+    let (got, log) = fetch(
+        "coap-client-notls",
+        vec![],
+        coap_url.clone(),
+        dir.path().join("plain.bin"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((got.len(), sha(&got)), (image.len(), row.sha256.clone()), "{log}");
+    let extra = vec!["-u".into(), "fw-coaps".into(), "-k".into(), key_text.into()];
+    let (got, log) = fetch("coap-client-openssl", extra, coaps_url, dir.path().join("dtls.bin"))
+        .await
+        .unwrap();
+    assert_eq!((got.len(), sha(&got)), (image.len(), row.sha256.clone()), "{log}");
+
+    // Each 1 KiB block was one accounted request, to the token's device.
+    running.flush().await;
+    let s = store(dir.path());
+    for device in ["fw-coap", "fw-coaps"] {
+        let dl = s.device_downloads(device).unwrap();
+        assert_eq!(
+            (dl[0].requests, dl[0].bytes),
+            (512, image.len() as u64),
+            "{device}: {dl:?}"
+        );
+    }
+    // A token for another image, or tampered with, opens nothing.
+    let bad = coap_url.replace("?t=", "?t=x");
+    let (got, log) = fetch("coap-client-notls", vec![], bad, dir.path().join("bad.bin"))
+        .await
+        .unwrap();
+    assert!(got.is_empty() && log.contains("4.03"), "{log}");
+    running.stop().await;
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
