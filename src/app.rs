@@ -206,7 +206,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let http_addr = if config.http.enabled {
         let updates = match fw_addr {
-            Some(addr) => Some(crate::shell::fota::Starter::new(&config, Some(addr)).context("fw.token_secret_file")?),
+            Some(addr) => {
+                Some(crate::shell::fota::Starter::new(&config, Some(addr), coap_addr).context("fw.token_secret_file")?)
+            }
             None => None,
         };
         let (addr, task) = start_web(

@@ -489,12 +489,12 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
     Ok(first)
 }
 
-/// The firmware server's address from a running server's runtime file
-/// (the base of Package URIs when `fw.public_url` is unset).
-fn running_fw_addr(config: &Config) -> Option<std::net::SocketAddr> {
+/// A listener's address (`fw`, `coap`) from a running server's runtime
+/// file: the base of Package URIs when the public URLs are unset.
+fn running_addr(config: &Config, listener: &str) -> Option<std::net::SocketAddr> {
     let runtime = std::fs::read_to_string(config.runtime_path()).ok()?;
     let v: serde_json::Value = serde_json::from_str(&runtime).ok()?;
-    v["fw"].as_str()?.parse().ok()
+    v[listener].as_str()?.parse().ok()
 }
 
 /// One update and its timeline, for the terminal.
@@ -882,7 +882,8 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
             wait,
             timeout,
         } => {
-            let starter = crate::shell::fota::Starter::new(config, running_fw_addr(config))?;
+            let starter =
+                crate::shell::fota::Starter::new(config, running_addr(config, "fw"), running_addr(config, "coap"))?;
             let id = starter.create(&store, &endpoint, &image, "cli")?;
             println!("firmware update {id} of {endpoint} queued");
             if !wait {

@@ -184,6 +184,11 @@ pub struct FirmwareServerConfig {
     /// development, the server's own address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// The same images on the LwM2M ports, for devices that fetch only by
+    /// CoAP(S), e.g. `coaps://lwm2m.example.com:5684`; unset in
+    /// development: the server's own CoAP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coap_public_url: Option<String>,
     /// HMAC key for download tokens; unset: generated in the data directory.
     pub token_secret_file: Option<PathBuf>,
     pub idle_timeout_s: u64,
@@ -311,6 +316,7 @@ impl Default for Config {
                 cache_bytes: 256 << 20,
                 require_token: false,
                 public_url: None,
+                coap_public_url: None,
                 token_secret_file: None,
                 idle_timeout_s: 120,
                 handshake_timeout_s: 10,
@@ -468,6 +474,15 @@ impl Config {
                 "fw.public_url",
                 "must be https:// (or http://) and a host, without a path, e.g. https://fw.example.com",
             ));
+        }
+        if let Some(url) = &f.coap_public_url {
+            let authority = url.strip_prefix("coaps://").or_else(|| url.strip_prefix("coap://"));
+            if authority.is_none_or(|a| a.is_empty() || a.contains('/')) {
+                return Err(Error::config(
+                    "fw.coap_public_url",
+                    "must be coaps:// (or coap://) and a host, without a path, e.g. coaps://lwm2m.example.com:5684",
+                ));
+            }
         }
         if f.enabled && f.public_url.is_none() && self.mode == Mode::Production {
             // Every Package URI starts with it; a guessed one strands devices.
@@ -659,6 +674,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "fw.key_file",
     "fw.token_secret_file",
     "fw.public_url",
+    "fw.coap_public_url",
     "http.public_url",
     "http.secret_file",
 ];
@@ -814,6 +830,7 @@ mod tests {
             ),
             ("FLOWNEXUS_COAPS_CIPHER_SUITES", "", "coaps.cipher_suites"),
             ("FLOWNEXUS_FW_PUBLIC_URL", "https://fw.example.com/fw", "fw.public_url"),
+            ("FLOWNEXUS_FW_COAP_PUBLIC_URL", "https://x", "fw.coap_public_url"),
             ("FLOWNEXUS_FOTA_DOWNLOAD_TIMEOUT_S", "0", "fota.download_timeout_s"),
         ];
         for (k, v, named) in cases {

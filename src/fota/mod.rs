@@ -170,8 +170,13 @@ pub fn package_uri(base: &str, sha256: &str, name: &str, token: &str) -> Result<
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Update {
     pub phase: Phase,
-    /// The Package URI to write (absolute, with the download token).
+    /// The Package URI to write (absolute, with the download token): the
+    /// HTTPS one, or `coap_uri` for a device that speaks only CoAP(S).
     pub package_uri: String,
+    /// The same image on the LwM2M port (`coap(s)://…/fw/SHA/NAME?t=…`),
+    /// where one is configured.
+    #[serde(default)]
+    pub coap_uri: Option<String>,
     /// The version the image was added with: what the device must report.
     pub target_version: String,
     /// The operation this phase waits for, once the shell queued it.
@@ -203,10 +208,11 @@ pub struct Update {
 
 impl Update {
     /// A new update; its first operation (Read State) is in `to_queue`.
-    pub fn new(now: i64, package_uri: String, target_version: String) -> Update {
+    pub fn new(now: i64, package_uri: String, coap_uri: Option<String>, target_version: String) -> Update {
         let mut u = Update {
             phase: Phase::Checking,
             package_uri,
+            coap_uri,
             target_version,
             waiting_for: None,
             to_queue: None,
@@ -219,7 +225,9 @@ impl Update {
             version_before: None,
             cancel_requested: false,
         };
-        u.send(OperationKind::Read { path: path(STATE) });
+        // The instance: State, and what the device can fetch from
+        // (Firmware Update Protocol Support /5/0/8, Delivery Method /5/0/9).
+        u.send(OperationKind::Read { path: path("/5/0") });
         u
     }
 
@@ -309,14 +317,19 @@ impl Update {
             Outcome::Cancelled => Err("the operation was cancelled".into()),
         };
         match (self.phase, ok) {
-            (Phase::Checking, Ok(records)) => match int_at(records, STATE) {
-                Some(STATE_IDLE) => self.observe(now),
-                Some(_) => {
-                    self.enter(now, Phase::Resetting);
-                    self.write_uri("");
+            (Phase::Checking, Ok(records)) => {
+                if let Err(reason) = self.choose_uri(records) {
+                    return self.fail(now, reason);
                 }
-                None => self.fail(now, "the device reported no State (/5/0/3)".into()),
-            },
+                match int_at(records, STATE) {
+                    Some(STATE_IDLE) => self.observe(now),
+                    Some(_) => {
+                        self.enter(now, Phase::Resetting);
+                        self.write_uri("");
+                    }
+                    None => self.fail(now, "the device reported no State (/5/0/3)".into()),
+                }
+            }
             (Phase::Resetting, Ok(_)) => self.observe(now),
             (Phase::Observing, Ok(_)) => {
                 self.enter(now, Phase::WritingUri);
@@ -345,6 +358,37 @@ impl Update {
                 self.fail(now, format!("{what} failed: {reason}"));
             }
             (_, Ok(_)) => {}
+        }
+    }
+
+    /// Pick the Package URI the device can fetch (Core E.6): HTTP(S) when
+    /// `/5/0/8` lists 2 or 3 (or is absent), CoAP(S) when it lists only 0
+    /// and 1 and a CoAP URI exists; a device that takes push only
+    /// (`/5/0/9` = 1) cannot be served by pull.
+    fn choose_uri(&mut self, records: &[Record]) -> Result<(), String> {
+        if int_at(records, "/5/0/9") == Some(1) {
+            return Err("the device takes firmware by push only (/5/0/9 = 1); flownexus delivers by pull".into());
+        }
+        let protocols: Vec<i64> = records
+            .iter()
+            .filter(|r| r.path.depth() == 4 && r.path.ids()[..3] == [5, 0, 8])
+            .filter_map(|r| match r.value {
+                Value::Integer(i) => Some(i),
+                _ => None,
+            })
+            .collect();
+        if protocols.is_empty() || protocols.iter().any(|p| matches!(p, 2 | 3)) {
+            return Ok(());
+        }
+        match &self.coap_uri {
+            Some(uri) if protocols.iter().any(|p| matches!(p, 0 | 1)) => {
+                self.package_uri = uri.clone();
+                Ok(())
+            }
+            _ => Err(format!(
+                "the device fetches firmware only by protocols {protocols:?} (/5/0/8: 0 CoAP, 1 CoAPS, 2 HTTP, 3 HTTPS) \
+                 and no Package URI for them is configured (fw.coap_public_url)"
+            )),
         }
     }
 

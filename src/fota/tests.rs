@@ -12,6 +12,7 @@ const LIMITS: Limits = Limits {
     retry_backoff_ms: 10_000,
 };
 const URI: &str = "https://fw.example.com/fw/abc/app.bin?t=x";
+const COAP_URI: &str = "coaps://lwm2m.example.com/fw/abc/app.bin?t=x";
 
 fn rec(p: &str, v: Value) -> Record {
     Record {
@@ -46,7 +47,7 @@ struct Drive {
 impl Drive {
     fn new() -> Drive {
         let mut d = Drive {
-            u: Update::new(0, URI.into(), "v2.0.0".into()),
+            u: Update::new(0, URI.into(), Some(COAP_URI.into()), "v2.0.0".into()),
             next: 1,
             sent: Vec::new(),
         };
@@ -81,7 +82,7 @@ impl Drive {
     }
 
     fn until_downloading(&mut self) {
-        assert!(matches!(self.last(), OperationKind::Read { path } if path.to_string() == "/5/0/3"));
+        assert!(matches!(self.last(), OperationKind::Read { path } if path.to_string() == "/5/0"));
         self.finish(1, ok(vec![rec("/5/0/3", Value::Integer(0))]));
         assert_eq!(self.u.phase, Phase::Observing);
         assert!(matches!(self.last(), OperationKind::Observe { path } if path.to_string() == "/5/0"));
@@ -306,4 +307,39 @@ fn a_package_uri_must_fit_the_devices_buffer() {
     );
     let long = package_uri("https://fw.example.com", &sha, &"n".repeat(80), &token).unwrap_err();
     assert!(long.contains("254") && long.contains("image name"), "{long}");
+}
+
+fn protocols(list: &[i64], delivery: i64) -> Vec<Record> {
+    let mut r: Vec<Record> = list
+        .iter()
+        .enumerate()
+        .map(|(i, p)| rec(&format!("/5/0/8/{i}"), Value::Integer(*p)))
+        .collect();
+    r.push(rec("/5/0/3", Value::Integer(0)));
+    r.push(rec("/5/0/9", Value::Integer(delivery)));
+    r
+}
+
+#[test]
+fn the_package_uri_follows_the_protocols_the_device_supports() {
+    // HTTPS listed: the HTTPS URI.
+    let mut d = Drive::new();
+    d.finish(1, ok(protocols(&[0, 1, 3], 0)));
+    d.finish(2, ok(vec![]));
+    assert!(d.wrote(URI));
+    // CoAP(S) only: the URI on the LwM2M port.
+    let mut d = Drive::new();
+    d.finish(1, ok(protocols(&[0, 1], 2)));
+    d.finish(2, ok(vec![]));
+    assert!(d.wrote(COAP_URI));
+    // CoAP only, and no CoAP URI configured: a clear failure.
+    let mut d = Drive::new();
+    d.u.coap_uri = None;
+    d.finish(1, ok(protocols(&[1], 0)));
+    assert_eq!(d.u.phase, Phase::Failed);
+    assert!(d.u.reason.as_deref().unwrap().contains("fw.coap_public_url"));
+    // Push only: pull cannot serve it.
+    let mut d = Drive::new();
+    d.finish(1, ok(protocols(&[3], 1)));
+    assert!(d.u.reason.as_deref().unwrap().contains("push only"));
 }

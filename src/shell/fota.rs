@@ -43,13 +43,27 @@ pub struct Starter {
     /// e.g. `https://fw.example.com`: `fw.public_url`, or in development
     /// the running server's own address.
     pub base_url: String,
+    /// The same images on the LwM2M port (`fw.coap_public_url`, or the
+    /// running server's CoAP address in development), if any.
+    pub coap_base_url: Option<String>,
     pub token_ttl_s: u64,
 }
 
 impl Starter {
-    /// For `config`; `fw_addr` is the firmware server's address when
-    /// `fw.public_url` is unset (development).
-    pub fn new(config: &crate::config::Config, fw_addr: Option<std::net::SocketAddr>) -> Result<Starter> {
+    /// For `config`; `fw_addr` and `coap_addr` are the running server's
+    /// firmware and CoAP addresses, for when the public URLs are unset
+    /// (development).
+    pub fn new(
+        config: &crate::config::Config,
+        fw_addr: Option<std::net::SocketAddr>,
+        coap_addr: Option<std::net::SocketAddr>,
+    ) -> Result<Starter> {
+        let local = |mut a: std::net::SocketAddr| {
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            a
+        };
         let key_path = config
             .fw
             .token_secret_file
@@ -57,12 +71,7 @@ impl Starter {
             .unwrap_or_else(|| config.data_dir.join("fw-token.key"));
         let base_url = match (&config.fw.public_url, fw_addr) {
             (Some(url), _) => url.clone(),
-            (None, Some(mut addr)) => {
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("https://{addr}")
-            }
+            (None, Some(addr)) => format!("https://{}", local(addr)),
             (None, None) => {
                 return Err(Error::config(
                     "fw.public_url",
@@ -70,9 +79,15 @@ impl Starter {
                 ));
             }
         };
+        let coap_base_url = config
+            .fw
+            .coap_public_url
+            .clone()
+            .or_else(|| coap_addr.map(|a| format!("coap://{}", local(a))));
         Ok(Starter {
             key: TokenKey::load_or_create(&key_path)?,
             base_url,
+            coap_base_url,
             token_ttl_s: config.fota.token_ttl_s,
         })
     }
@@ -95,7 +110,18 @@ impl Starter {
             what: "firmware update",
             reason,
         })?;
-        let machine = Update::new(now, uri, fw.version.clone());
+        let coap_uri = match &self.coap_base_url {
+            Some(base) => {
+                Some(
+                    fota::package_uri(base, &fw.sha256, &fw.name, &token).map_err(|reason| Error::Invalid {
+                        what: "firmware update",
+                        reason,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let machine = Update::new(now, uri, coap_uri, fw.version.clone());
         store.create_update(endpoint, fw.id, &machine, by)
     }
 }

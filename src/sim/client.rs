@@ -159,7 +159,8 @@ impl Client {
         set("/5/0/1", Value::String(String::new()));
         set("/5/0/3", Value::Integer(0));
         set("/5/0/5", Value::Integer(0));
-        for (i, proto) in [0, 1, 2, 3].iter().enumerate() {
+        let protocols: &[i64] = if cfg.fota.coap_only { &[0, 1] } else { &[0, 1, 2, 3] };
+        for (i, proto) in protocols.iter().enumerate() {
             set(&format!("/5/0/8/{i}"), Value::Integer(*proto));
         }
         set("/5/0/9", Value::Integer(0));
@@ -168,8 +169,12 @@ impl Client {
         set("/3304/0/5700", Value::Float(45.0));
         set("/3304/0/5701", Value::String("%RH".into()));
         values.extend(cfg.resources.iter().cloned());
+        // A device writes firmware to flash as it arrives; the simulator
+        // keeps it in memory, so a block-wise body may be an image's size.
+        let mut params = cfg.params.clone();
+        params.max_body_size = params.max_body_size.max(64 << 20);
         Client {
-            coap: Exchanges::new(cfg.params.clone(), seed),
+            coap: Exchanges::new(params, seed),
             cfg,
             models,
             phase: Phase::Idle,
@@ -347,7 +352,11 @@ impl Client {
     fn drain(&mut self, now: Instant) {
         while let Some(ev) = self.coap.poll_event() {
             match ev {
+                Event::Response { id, response, .. } if self.is_coap_download(id) => {
+                    self.coap_download_answered(now, Some(response));
+                }
                 Event::Response { id, response, .. } => self.on_response(now, id, response),
+                Event::Failed { id, .. } if self.is_coap_download(id) => self.coap_download_answered(now, None),
                 Event::Failed { id, .. } => {
                     self.counters.failures += 1;
                     match &self.phase {

@@ -248,7 +248,7 @@ mod tests {
         let mut s = Store::open(&dir.path().join("db.sqlite3")).unwrap();
         s.add_device("dev", None, &Tags::default()).unwrap();
         let fw = firmware(&mut s);
-        let mut m = Update::new(0, "https://fw/x".into(), "2.0.0".into());
+        let mut m = Update::new(0, "https://fw/x".into(), None, "2.0.0".into());
         let id = s.create_update("dev", fw, &m, "t").unwrap();
         let again = s.create_update("dev", fw, &m, "t").unwrap_err();
         assert!(matches!(again, Error::AlreadyExists(_)), "{again}");
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(s.update(id).unwrap().phase, Phase::Failed);
         // A device provisioned again under that name can be updated.
         s.add_device("dev", None, &Tags::default()).unwrap();
-        let fresh = Update::new(0, "https://fw/x".into(), "2.0.0".into());
+        let fresh = Update::new(0, "https://fw/x".into(), None, "2.0.0".into());
         s.create_update("dev", fw, &fresh, "t").unwrap();
     }
 }

@@ -73,6 +73,14 @@ async fn devices_are_updated_and_failures_say_why() {
             fota_device(dir.path(), "fota-ok", FotaBehaviour::default()),
             fota_device(
                 dir.path(),
+                "fota-coap",
+                FotaBehaviour {
+                    coap_only: true,
+                    ..Default::default()
+                },
+            ),
+            fota_device(
+                dir.path(),
                 "fota-resume",
                 FotaBehaviour {
                     drop_midway: true,
@@ -125,6 +133,30 @@ async fn devices_are_updated_and_failures_say_why() {
     let latest = s.latest_values("fota-ok").unwrap();
     let version = latest.iter().find(|v| v.path.to_string() == "/3/0/3").unwrap();
     assert_eq!(version.value, flownexus::lwm2m::Value::String("2.0.0".into()));
+
+    // A device that fetches only by CoAP gets the URI on the LwM2M port and
+    // the image block-wise, 1 KiB a block (RFC 7959), accounted as 2.05s.
+    let (ok, out) = update(dir.path(), "fota-coap").await.unwrap();
+    assert!(ok, "{out}");
+    let row = &s.updates_of("fota-coap", 1).unwrap()[0];
+    assert!(
+        row.machine.package_uri.starts_with("coap://"),
+        "{}",
+        row.machine.package_uri
+    );
+    let dl = s.device_downloads("fota-coap").unwrap();
+    assert_eq!(
+        (dl[0].requests, dl[0].bytes),
+        (image().len().div_ceil(1024) as u64, image().len() as u64)
+    );
+    let statuses: Vec<i64> = {
+        let mut st = s
+            .connection()
+            .prepare("SELECT DISTINCT status FROM downloads WHERE device = 'fota-coap'")
+            .unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(statuses, [205]);
 
     // A device whose connection drops halfway resumes with bytes=N-.
     let (ok, out) = update(dir.path(), "fota-resume").await.unwrap();

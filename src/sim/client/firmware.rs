@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use super::Client;
-use crate::coap::Code;
+use crate::coap::{BlockValue, Code, Method, Request, RequestId, Response};
 use crate::lwm2m::path::{ResourcePath, Value};
 
 /// How the object misbehaves, for tests and benchmarks.
@@ -32,6 +32,9 @@ pub struct FotaBehaviour {
     pub stalls: bool,
     /// A Package URI write is answered 4.04.
     pub refuses_uri: bool,
+    /// Firmware Update Protocol Support (`/5/0/8`) lists only CoAP and
+    /// CoAPS: the image comes block-wise from the LwM2M port.
+    pub coap_only: bool,
 }
 
 /// A download the runner is to make.
@@ -55,6 +58,9 @@ pub(super) struct Firmware {
     downloaded: Option<Option<String>>,
     /// Rebooted into nothing: the radio stays off.
     pub(super) silent: bool,
+    /// A CoAP(S) download under way on the client's own link: its request
+    /// and the download it belongs to.
+    coap_fetch: Option<(RequestId, u64)>,
 }
 
 const STATE: &str = "/5/0/3";
@@ -103,9 +109,25 @@ impl Client {
         if uri.is_empty() {
             return self.set_fw(now, STATE_IDLE, 0);
         }
+        if let Some(rest) = uri.strip_prefix("coap://").or_else(|| uri.strip_prefix("coaps://")) {
+            // CoAP(S): GET with Block2 on the client's own link (the server
+            // it registered with), as nRF Connect SDK's CoAP downloader does.
+            let target = rest.find('/').map_or("", |i| &rest[i..]);
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let mut req = Request::new(Method::Get, path);
+            req.options.uri_query = query.split('&').filter(|q| !q.is_empty()).map(str::to_string).collect();
+            req.options.block2 = Some(BlockValue {
+                num: 0,
+                more: false,
+                szx: 6,
+            });
+            let id = self.coap.request(now, (), req);
+            self.firmware.coap_fetch = Some((id, self.firmware.generation));
+            self.uplink(now);
+            return self.set_fw(now, STATE_DOWNLOADING, 0);
+        }
         if !uri.starts_with("https://") {
-            // The runner downloads over HTTPS only.
-            return self.set_fw(now, STATE_IDLE, 9);
+            return self.set_fw(now, STATE_IDLE, 9); // Update Result 9: unsupported protocol
         }
         if !self.cfg.fota.stalls {
             self.firmware.job = Some(DownloadJob {
@@ -116,6 +138,25 @@ impl Client {
             });
         }
         self.set_fw(now, STATE_DOWNLOADING, 0);
+    }
+
+    /// Is `id` the CoAP(S) firmware download's request?
+    pub(super) fn is_coap_download(&self, id: RequestId) -> bool {
+        self.firmware.coap_fetch.is_some_and(|(fetch, _)| fetch == id)
+    }
+
+    /// The CoAP(S) download's response (the whole body, the exchange layer
+    /// having followed the blocks), or `None`: no answer.
+    pub(super) fn coap_download_answered(&mut self, now: Instant, response: Option<Response>) {
+        let Some((_, generation)) = self.firmware.coap_fetch.take() else {
+            return;
+        };
+        let result = match response {
+            Some(r) if r.code == Code::CONTENT => Ok(r.payload),
+            Some(r) => Err(format!("the server answered {}", r.code)),
+            None => Err("no answer".into()),
+        };
+        self.download_finished(now, generation, result);
     }
 
     /// The download to make, once.
