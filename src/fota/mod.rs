@@ -198,16 +198,13 @@ pub struct Update {
     pub retry_at: Option<i64>,
     /// Why it failed, in words.
     pub reason: Option<String>,
-    /// What the device reported before the update (`/3/0/3`), if known.
-    #[serde(default)]
-    pub version_before: Option<String>,
     /// Set by `cancel` while an operation is out; honoured when it ends.
     #[serde(default)]
     pub cancel_requested: bool,
 }
 
 impl Update {
-    /// A new update; its first operation (Read State) is in `to_queue`.
+    /// A new update; its first operation (Read `/5/0`) is in `to_queue`.
     pub fn new(now: i64, package_uri: String, coap_uri: Option<String>, target_version: String) -> Update {
         let mut u = Update {
             phase: Phase::Checking,
@@ -222,7 +219,6 @@ impl Update {
             retries: 0,
             retry_at: None,
             reason: None,
-            version_before: None,
             cancel_requested: false,
         };
         // The instance: State, and what the device can fetch from
