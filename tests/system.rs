@@ -113,6 +113,17 @@ fn flownexus_cli(data: &str, args: &[&str], stdin: &str) -> (bool, String, Strin
     )
 }
 
+/// A server process, SIGKILLed when dropped: on purpose (`kill -9` in a
+/// test), or when an assertion fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn store(dir: &Path) -> Store {
     Store::open(&dir.join("flownexus.sqlite3")).unwrap()
 }
@@ -410,14 +421,6 @@ async fn observations_survive_a_restart() {
 /// history once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_in_the_journal_survive_a_kill() {
-    /// SIGKILL when dropped: on purpose, or when an assertion fails.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let serve = |flush_age_s: &str| {
         let _ = std::fs::remove_file(dir.path().join("runtime.json"));

@@ -15,7 +15,19 @@ use flownexus::sim::{DeviceConfig, FotaBehaviour};
 use flownexus::users::Role;
 
 use super::web::http as http_call;
-use super::{config, device, fleet, flownexus_cli, store, wait_for};
+use super::{Killed, config, device, fleet, flownexus_cli, store, wait_for};
+
+/// The timeline of an update that goes well: each step once, in order.
+const HAPPY_PATH: [Phase; 8] = [
+    Phase::Checking,
+    Phase::Observing,
+    Phase::WritingUri,
+    Phase::Downloading,
+    Phase::Executing,
+    Phase::Updating,
+    Phase::Verifying,
+    Phase::Succeeded,
+];
 
 /// An MCUboot-headed image whose header says version 2.0.0.
 fn image() -> Vec<u8> {
@@ -113,18 +125,7 @@ async fn devices_are_updated_and_failures_say_why() {
     let row = &s.updates_of("fota-ok", 1).unwrap()[0];
     assert_eq!(row.phase, Phase::Succeeded, "{out}");
     let steps: Vec<Phase> = s.update_steps(row.id).unwrap().iter().map(|s| s.phase).collect();
-    for p in [
-        Phase::Checking,
-        Phase::Observing,
-        Phase::WritingUri,
-        Phase::Downloading,
-        Phase::Executing,
-        Phase::Updating,
-        Phase::Verifying,
-        Phase::Succeeded,
-    ] {
-        assert!(steps.contains(&p), "{p:?} missing from {steps:?}");
-    }
+    assert_eq!(steps, HAPPY_PATH);
     // The device downloaded the whole image in 2 KB ranges, accounted.
     let dl = s.device_downloads("fota-ok").unwrap();
     assert_eq!(dl[0].bytes, image().len() as u64, "{dl:?}");
@@ -356,14 +357,6 @@ async fn stalled_looping_and_refusing_devices_fail_with_their_reasons() {
 /// succeeded; no step is sent twice (one Package URI write, one Execute).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_survives_kill_9_of_the_server() {
-    /// SIGKILL when dropped: on purpose, or when an assertion fails.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     // Fixed ports, so the devices find the server again after a restart.
     let free = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -438,19 +431,7 @@ async fn an_update_survives_kill_9_of_the_server() {
     assert_eq!((uri_writes, executes), (1, 1), "{ops:#?}");
     // Each step once, in order, across both restarts.
     let steps: Vec<Phase> = s.update_steps(id).unwrap().iter().map(|s| s.phase).collect();
-    assert_eq!(
-        steps,
-        [
-            Phase::Checking,
-            Phase::Observing,
-            Phase::WritingUri,
-            Phase::Downloading,
-            Phase::Executing,
-            Phase::Updating,
-            Phase::Verifying,
-            Phase::Succeeded
-        ]
-    );
+    assert_eq!(steps, HAPPY_PATH);
     f.stop().await;
 }
 
