@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod campaign;
 pub mod cli;
 pub mod coap;
 pub mod config;
