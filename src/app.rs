@@ -239,6 +239,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         doom_rx,
         stopped(stop_rx.clone()),
     )));
+    if let Some(addr) = fw_addr {
+        let starter = crate::shell::fota::Starter::new(&config, Some(addr), coap_addr).context("fw.token_secret_file")?;
+        tasks.push(tokio::spawn(crate::shell::campaign::run(
+            Store::open(&db_path)?,
+            starter,
+            stopped(stop_rx.clone()),
+        )));
+    }
 
     // Poll the store for operations queued or cancelled by other processes.
     let poll_cmd = cmd_tx.clone();

@@ -2,6 +2,8 @@
 //! directory they are given, whether or not its server is running: queued
 //! operations go through the store, which the server polls.
 
+mod campaign;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +61,9 @@ enum Command {
     /// The firmware catalogue.
     #[command(subcommand)]
     Firmware(FirmwareCommand),
+    /// Firmware campaigns: one image to many devices, in waves.
+    #[command(subcommand)]
+    Campaign(campaign::CampaignCommand),
     /// Operators of the dashboard and API. Passwords are read from the
     /// terminal (twice, not echoed) or, when piped, one line from stdin.
     #[command(subcommand)]
@@ -398,6 +403,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Healthcheck => healthcheck(&config),
         Command::Device(d) => device(d, &config),
         Command::Firmware(f) => firmware(f, &config),
+        Command::Campaign(c) => campaign::run(c, &open_store(&config)?),
         Command::User(u) => user(u, &config),
         Command::Sim(args) => runtime()?.block_on(crate::sim::run(args)),
         Command::Bench(args) => runtime()?.block_on(crate::bench::run(args, config)),

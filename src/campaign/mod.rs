@@ -233,6 +233,136 @@ impl Plan {
     }
 }
 
+/// Which devices a campaign updates: every criterion given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Target {
+    /// These endpoints (none: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// Devices with this tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Devices reporting this firmware version (`/3/0/3`), spelt as
+    /// [`crate::fota::same_version`] compares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_version: Option<String>,
+    /// Devices of this model (`/3/0/1`), exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Every device: must be said, never implied by an empty target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+impl Target {
+    pub fn check(&self) -> Result<(), String> {
+        let narrowed =
+            !self.devices.is_empty() || self.tag.is_some() || self.firmware_version.is_some() || self.model.is_some();
+        match (narrowed, self.all) {
+            (false, false) => Err("name the devices, a tag, a firmware version or a model, or say all".into()),
+            (true, true) => Err("all excludes the other criteria".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a device with these facts is a target. `tags` as the store
+    /// keeps them (`a,b,c`); unknown version or model never match a
+    /// criterion on them.
+    pub fn matches(&self, endpoint: &str, tags: &str, version: Option<&str>, model: Option<&str>) -> bool {
+        (self.devices.is_empty() || self.devices.iter().any(|d| d == endpoint))
+            && self.tag.as_ref().is_none_or(|t| tags.split(',').any(|x| x == t))
+            && self
+                .firmware_version
+                .as_ref()
+                .is_none_or(|v| version.is_some_and(|have| crate::fota::same_version(have, v)))
+            && self.model.as_ref().is_none_or(|m| model == Some(m.as_str()))
+    }
+
+    /// In words, for lists.
+    pub fn describe(&self) -> String {
+        if self.all {
+            return "all devices".into();
+        }
+        let mut parts = Vec::new();
+        match self.devices.len() {
+            0 => {}
+            1 => parts.push(self.devices[0].clone()),
+            n => parts.push(format!("{n} devices")),
+        }
+        if let Some(t) = &self.tag {
+            parts.push(format!("tag {t}"));
+        }
+        if let Some(v) = &self.firmware_version {
+            parts.push(format!("on {v}"));
+        }
+        if let Some(m) = &self.model {
+            parts.push(format!("model {m}"));
+        }
+        parts.join(", ")
+    }
+}
+
+/// A campaign as the API, the CLI and the dashboard ask for one.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub name: String,
+    /// The catalogue image: its id or its name.
+    pub image: String,
+    pub target: Target,
+    /// Wave sizes, e.g. `[10, "10%", "50%", "100%"]`; one wave of all when
+    /// left out.
+    #[serde(default)]
+    pub waves: Vec<WaveSize>,
+    /// Percentage of a wave verified that starts the next (default 95).
+    #[serde(default)]
+    pub success_threshold: Option<u8>,
+    /// Percentage of a wave failed that stops the campaign (default 10).
+    #[serde(default)]
+    pub error_threshold: Option<u8>,
+    #[serde(default)]
+    pub confirm_waves: bool,
+    /// Devices downloading at once (default 100).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// Daily window for new starts, `HH:MM-HH:MM`, in `time_zone`.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// IANA time zone of the window (default UTC).
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub late_joiners: bool,
+}
+
+impl Request {
+    /// The plan this asks for, or why it is not one (the time zone's name
+    /// is the shell's to check).
+    pub fn plan(&self) -> Result<Plan, String> {
+        if self.name.trim().is_empty() || self.name.len() > 200 || self.name.chars().any(char::is_control) {
+            return Err("a campaign's name is 1 to 200 printable characters".into());
+        }
+        self.target.check()?;
+        let d = Plan::default();
+        let window = match (&self.window, &self.time_zone) {
+            (Some(w), tz) => Some(Window::parse(w, tz.as_deref().unwrap_or("UTC"))?),
+            (None, Some(_)) => return Err("time_zone is for a window; give window too".into()),
+            (None, None) => None,
+        };
+        let plan = Plan {
+            waves: if self.waves.is_empty() { d.waves } else { self.waves.clone() },
+            success_threshold: self.success_threshold.unwrap_or(d.success_threshold),
+            error_threshold: self.error_threshold.unwrap_or(d.error_threshold),
+            confirm_waves: self.confirm_waves,
+            max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
+            window,
+            late_joiners: self.late_joiners,
+        };
+        plan.check()?;
+        Ok(plan)
+    }
+}
+
 /// Where a campaign is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -414,7 +544,8 @@ impl Campaign {
         }
     }
 
-    fn stop(&mut self, reason: String) {
+    /// Stop for a reason found outside the counts (the image was removed).
+    pub fn stop(&mut self, reason: String) {
         self.state = State::Stopped;
         self.reason = Some(reason);
     }

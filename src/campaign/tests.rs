@@ -302,3 +302,24 @@ fn a_rollout_runs_to_the_end_starting_every_device_once() {
     let all = sum(&waves);
     assert_eq!((all.succeeded, all.failed), (975, 25));
 }
+
+#[test]
+fn targets_must_be_named_and_every_criterion_holds() {
+    assert!(Target::default().check().is_err(), "an empty target is not all devices");
+    assert!(Target { all: true, tag: Some("a".into()), ..Target::default() }.check().is_err());
+    assert!(Target { all: true, ..Target::default() }.check().is_ok());
+    let t = Target {
+        tag: Some("north".into()),
+        firmware_version: Some("v1.0.0".into()),
+        model: Some("nRF9160".into()),
+        ..Target::default()
+    };
+    assert!(t.check().is_ok());
+    assert!(t.matches("a", "north,pilot", Some("1.0.0"), Some("nRF9160")));
+    assert!(!t.matches("a", "northern", Some("1.0.0"), Some("nRF9160")), "whole tags only");
+    assert!(!t.matches("a", "north", None, Some("nRF9160")), "an unknown version is not 1.0.0");
+    assert!(!t.matches("a", "north", Some("1.0.0"), Some("nRF9161")));
+    let listed = Target { devices: vec!["a".into(), "b".into()], ..Target::default() };
+    assert!(listed.matches("b", "", None, None) && !listed.matches("c", "", None, None));
+    assert_eq!(t.describe(), "tag north, on v1.0.0, model nRF9160");
+}

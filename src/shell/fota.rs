@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::fota::{self, Limits, Phase, Update};
 use crate::lwm2m::operation::{OperationId, Outcome};
 use crate::lwm2m::server::ServerEvent;
-use crate::store::{Store, now_ms};
+use crate::store::{FirmwareRow, Store, now_ms};
 use crate::transport::Peer;
 
 /// How often deadlines are checked and the store is polled.
@@ -97,33 +97,38 @@ impl Starter {
     /// device's buffer; refused while another update of the device is
     /// active. The server's update task picks it up within a second.
     pub fn create(&self, store: &Store, endpoint: &str, image: &str, by: &str) -> Result<i64> {
-        let fw = store.firmware(image)?;
-        if fw.deleted_at.is_some() {
-            return Err(Error::NotFound(format!("firmware #{} was removed", fw.id)));
-        }
+        let fw = live_firmware(store, image)?;
         store.device(endpoint)?;
+        let machine = self.machine(&fw, endpoint).map_err(|reason| Error::Invalid {
+            what: "firmware update",
+            reason,
+        })?;
+        store.create_update(endpoint, fw.id, &machine, by)
+    }
+
+    /// A new update of `endpoint` to `fw`, or why its Package URI cannot
+    /// be one the device takes.
+    pub fn machine(&self, fw: &FirmwareRow, endpoint: &str) -> std::result::Result<Update, String> {
         let now = now_ms();
         let token = self
             .key
             .sign(endpoint, &fw.sha256, now / 1000 + self.token_ttl_s as i64);
-        let uri = fota::package_uri(&self.base_url, &fw.sha256, &fw.name, &token).map_err(|reason| Error::Invalid {
-            what: "firmware update",
-            reason,
-        })?;
+        let uri = fota::package_uri(&self.base_url, &fw.sha256, &fw.name, &token)?;
         let coap_uri = match &self.coap_base_url {
-            Some(base) => {
-                Some(
-                    fota::package_uri(base, &fw.sha256, &fw.name, &token).map_err(|reason| Error::Invalid {
-                        what: "firmware update",
-                        reason,
-                    })?,
-                )
-            }
+            Some(base) => Some(fota::package_uri(base, &fw.sha256, &fw.name, &token)?),
             None => None,
         };
-        let machine = Update::new(now, uri, coap_uri, fw.version.clone());
-        store.create_update(endpoint, fw.id, &machine, by)
+        Ok(Update::new(now, uri, coap_uri, fw.version.clone()))
     }
+}
+
+/// Catalogue image `image` (id or name), refused once removed.
+pub fn live_firmware(store: &Store, image: &str) -> Result<FirmwareRow> {
+    let fw = store.firmware(image)?;
+    if fw.deleted_at.is_some() {
+        return Err(Error::NotFound(format!("firmware #{} was removed", fw.id)));
+    }
+    Ok(fw)
 }
 
 struct Active {

@@ -132,6 +132,11 @@ impl Store {
              WHERE endpoint = ?1 AND active = 1",
             params![endpoint, now_ms()],
         )?;
+        tx.execute(
+            "UPDATE campaign_devices SET status = 'failed', reason = 'the device was removed'
+             WHERE endpoint = ?1 AND status IN ('pending', 'active')",
+            [endpoint],
+        )?;
         tx.execute("DELETE FROM devices WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())

@@ -21,6 +21,8 @@ pub struct UpdateRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// The campaign it belongs to, if any.
+    pub campaign_id: Option<i64>,
     #[serde(skip)]
     #[schemars(skip)]
     pub machine: Update,
@@ -67,11 +69,50 @@ fn save_on(tx: &rusqlite::Transaction<'_>, id: i64, machine: &Update) -> Result<
             params![id, now, phase.as_str(), machine.reason],
         )?;
     }
+    if phase.is_final() {
+        // A campaign's device ends with its update, in this transaction.
+        super::campaigns::update_ended(tx, id, phase, machine.reason.as_deref())?;
+    }
     Ok(())
 }
 
+/// Insert a new active update (of a campaign, if `campaign_id`) and the
+/// first step of its timeline; `AlreadyExists` while the device has
+/// another (the partial unique index decides, never a check before).
+pub(super) fn insert_update(
+    tx: &rusqlite::Transaction<'_>,
+    endpoint: &str,
+    firmware_id: i64,
+    machine: &Update,
+    by: &str,
+    campaign_id: Option<i64>,
+) -> Result<i64> {
+    let now = now_ms();
+    super::devices::require_device(tx, endpoint)?;
+    tx.execute(
+        "INSERT INTO fota_updates (endpoint, firmware_id, phase, active, machine, created_by, created_at, updated_at, campaign_id)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?6, ?7)",
+        params![
+            endpoint,
+            firmware_id,
+            machine.phase.as_str(),
+            serde_json::to_string(machine).expect("serialises"),
+            by,
+            now,
+            campaign_id
+        ],
+    )
+    .map_err(|e| access::constraint(e, || format!("an active firmware update of {endpoint}")))?;
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![id, now, machine.phase.as_str(), format!("queued by {by}")],
+    )?;
+    Ok(id)
+}
+
 const UPDATE_SQL: &str =
-    "SELECT id, endpoint, firmware_id, reason, created_by, created_at, updated_at, finished_at, machine
+    "SELECT id, endpoint, firmware_id, reason, created_by, created_at, updated_at, finished_at, machine, campaign_id
      FROM fota_updates";
 
 fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
@@ -88,6 +129,7 @@ fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
         finished_at: r.get(7)?,
+        campaign_id: r.get(9)?,
         machine,
     })
 }
@@ -96,27 +138,8 @@ impl Store {
     /// Start an update of `endpoint`; refused while another is active on
     /// it (the partial unique index decides, never a check before).
     pub fn create_update(&self, endpoint: &str, firmware_id: i64, machine: &Update, by: &str) -> Result<i64> {
-        let now = now_ms();
         let tx = self.write_tx()?;
-        super::devices::require_device(&tx, endpoint)?;
-        tx.execute(
-            "INSERT INTO fota_updates (endpoint, firmware_id, phase, active, machine, created_by, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?6)",
-            params![
-                endpoint,
-                firmware_id,
-                machine.phase.as_str(),
-                serde_json::to_string(machine).expect("serialises"),
-                by,
-                now
-            ],
-        )
-        .map_err(|e| access::constraint(e, || format!("an active firmware update of {endpoint}")))?;
-        let id = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![id, now, machine.phase.as_str(), format!("queued by {by}")],
-        )?;
+        let id = insert_update(&tx, endpoint, firmware_id, machine, by, None)?;
         tx.commit()?;
         Ok(id)
     }

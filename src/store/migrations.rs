@@ -290,4 +290,53 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX fota_steps_by_update ON fota_steps(update_id, ts);
     "#,
+    // 15: firmware campaigns. `campaign_devices` holds each target with
+    // its wave (NULL: skipped, already on the version) and, once started,
+    // its update; a campaign's update ends and its member's status is set
+    // in the same transaction (store::fota), so the two never disagree.
+    // `revision` lets the campaign task and an operator's command (pause,
+    // cancel) change a campaign without losing either's change.
+    r#"
+    CREATE TABLE campaigns (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        firmware_id INTEGER NOT NULL REFERENCES firmware(id),
+        target TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        state TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        reason TEXT,
+        machine TEXT NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 0,
+        -- the highest device id the late-joiner search has looked at
+        joined_through INTEGER NOT NULL DEFAULT 0,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    CREATE TABLE campaign_devices (
+        campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+        endpoint TEXT NOT NULL,
+        wave INTEGER,
+        position INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        update_id INTEGER REFERENCES fota_updates(id),
+        reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        added_at INTEGER NOT NULL,
+        PRIMARY KEY (campaign_id, endpoint)
+    );
+    CREATE INDEX campaign_devices_by_status ON campaign_devices(campaign_id, status, wave, position);
+    CREATE UNIQUE INDEX campaign_devices_by_update ON campaign_devices(update_id) WHERE update_id IS NOT NULL;
+    CREATE TABLE campaign_steps (
+        campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+        ts INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX campaign_steps_by_campaign ON campaign_steps(campaign_id, ts);
+    ALTER TABLE fota_updates ADD COLUMN campaign_id INTEGER REFERENCES campaigns(id);
+    "#,
 ];

@@ -5,11 +5,12 @@
 //! connections, which WAL lets run beside the writer.
 //!
 //! Each domain keeps its SQL in a file of its own (`devices`,
-//! `registrations`, `values`, `events`, `operations`, `firmware`, `fota`,
+//! `registrations`, `values`, `events`, `operations`, `firmware`, `fota`, `campaigns`,
 //! [`access`], [`dashboard`]), each adding its queries to [`Store`]; the
 //! schema is in `migrations`.
 
 pub mod access;
+mod campaigns;
 pub mod dashboard;
 mod devices;
 mod events;
@@ -29,6 +30,9 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use crate::error::{Error, Result};
+pub use campaigns::{
+    CampaignCounts, CampaignReport, CampaignRow, CampaignStep, Command, MemberRow, MemberStatus, NewCampaign, Started,
+};
 pub use devices::{DeviceSummary, Status};
 pub use events::EventRow;
 pub use firmware::{DownloadRecord, FirmwareRow, NewFirmware};
