@@ -18,6 +18,8 @@ use flownexus::store::{Store, now_ms};
 
 #[path = "system/browser.rs"]
 mod browser;
+#[path = "system/campaigns.rs"]
+mod campaigns;
 #[path = "system/dtls.rs"]
 mod dtls;
 #[path = "system/firmware.rs"]

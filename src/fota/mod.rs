@@ -404,9 +404,16 @@ impl Update {
                         path: path(UPDATE),
                         args: None,
                     });
-                } else if let Some(r @ 2..=9) = int_at(records, UPDATE_RESULT) {
+                } else if let Some(r @ 2..=9) = int_at(records, UPDATE_RESULT)
+                    && self.phase == Phase::Downloading
+                {
                     self.retry(now, update_result_reason(r), limits);
                 }
+                // Before the device acknowledged the URI, a 2–9 is the last
+                // download's result still reported (the Observe answer, or
+                // a notification sent before the write): not this one's. A
+                // device that rejects the URI at once (Result 7 or 9) says
+                // so in a notification after its 2.04, in Downloading.
             }
             Phase::Updating => {
                 // A failed update may be reported before (or instead of)
@@ -450,6 +457,19 @@ impl Update {
                 path: path(FIRMWARE_VERSION),
             });
         }
+    }
+
+    /// The device's registration ended (it de-registered, or its lifetime
+    /// passed without an uplink: Core §6.2.2): it is gone, and an update
+    /// that waits for it to answer cannot go on. While it reboots into the
+    /// image (Updating) its old registration may lapse; the update
+    /// timeout decides there.
+    pub fn registration_ended(&mut self, now: i64, how: &str) {
+        if self.phase.is_final() || matches!(self.phase, Phase::Updating) {
+            return;
+        }
+        let phase = self.phase.as_str();
+        self.fail(now, format!("the device's registration {how} while the update was {phase}"));
     }
 
     fn verify(&mut self, now: i64, records: &[Record]) {

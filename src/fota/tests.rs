@@ -343,3 +343,49 @@ fn the_package_uri_follows_the_protocols_the_device_supports() {
     d.finish(1, ok(protocols(&[3], 1)));
     assert!(d.u.reason.as_deref().unwrap().contains("push only"));
 }
+
+/// A device whose registration ends mid-update is gone: the update fails
+/// saying so, except while it reboots (its old registration may lapse
+/// then; the update timeout decides).
+#[test]
+fn a_registration_that_ends_fails_the_update_except_while_rebooting() {
+    let mut d = Drive::new();
+    d.until_downloading();
+    d.u.registration_ended(50, "expired");
+    assert_eq!(d.u.phase, Phase::Failed);
+    assert_eq!(
+        d.u.reason.as_deref(),
+        Some("the device's registration expired while the update was downloading")
+    );
+    assert_eq!(d.u.take_operation(), None);
+
+    let mut d = Drive::new();
+    d.until_downloading();
+    d.u.values(20, &[rec("/5/0/3", Value::Integer(2))], &LIMITS);
+    d.take();
+    d.finish(21, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Updating);
+    d.u.registration_ended(30, "ended (De-register)");
+    assert_eq!(d.u.phase, Phase::Updating, "rebooting");
+    d.u.registered(40, &LIMITS);
+    assert_eq!(d.u.phase, Phase::Verifying);
+}
+
+/// A device retried after an integrity failure still reports Update
+/// Result 5 in its Observe answer, and that answer's values may be handled
+/// after the URI write is queued: an old result, not this download's.
+#[test]
+fn the_last_downloads_result_is_not_taken_for_this_ones() {
+    let mut d = Drive::new();
+    let idle_after_failure = vec![rec("/5/0/3", Value::Integer(0)), rec("/5/0/5", Value::Integer(5))];
+    d.finish(1, ok(idle_after_failure.clone()));
+    d.finish(2, ok(idle_after_failure.clone()));
+    assert_eq!(d.u.phase, Phase::WritingUri);
+    d.u.values(3, &idle_after_failure, &LIMITS);
+    assert_eq!(d.u.phase, Phase::WritingUri, "the Observe answer, handled late");
+    d.finish(4, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Downloading);
+    // A URI the device rejects at once: its notification after the 2.04.
+    d.u.values(5, &[rec("/5/0/3", Value::Integer(0)), rec("/5/0/5", Value::Integer(9))], &LIMITS);
+    assert_eq!(d.u.phase, Phase::RetryWait);
+}

@@ -249,6 +249,14 @@ impl Task {
             );
         }
         if a.machine.phase.is_final() {
+            // An operation it queued and no longer waits for must not reach
+            // the device later (a Package URI written after the update
+            // failed would start a download nobody follows).
+            if let Some(op) = before.waiting_for
+                && let Err(e) = self.store.cancel_operation(op)
+            {
+                log::warn!("firmware update {id}: operation {op} not cancelled: {e}");
+            }
             let endpoint = a.endpoint.clone();
             self.updates.remove(&id);
             self.by_endpoint.remove(&endpoint);
@@ -266,6 +274,12 @@ impl Task {
             }
             ServerEvent::Updated { registration, .. } => {
                 self.with(&registration.endpoint, |m, now| m.seen(now, &limits));
+            }
+            ServerEvent::Expired { endpoint, .. } => {
+                self.with(endpoint, |m, now| m.registration_ended(now, "expired"));
+            }
+            ServerEvent::Deregistered { endpoint, .. } => {
+                self.with(endpoint, |m, now| m.registration_ended(now, "ended (De-register)"));
             }
             ServerEvent::OperationFinished { id, endpoint, outcome } => {
                 let (id, outcome) = (*id, outcome.clone());

@@ -61,6 +61,26 @@ pub struct SimArgs {
     /// devices download firmware updates over HTTPS trusting it.
     #[arg(long)]
     pub fw_ca: Option<std::path::PathBuf>,
+    /// Share of devices (0 to 1) whose first firmware download is corrupted
+    /// on the way to flash: the integrity check fails (Update Result 5),
+    /// a retry succeeds.
+    #[arg(long, default_value_t = 0.0)]
+    pub fota_corrupt: f64,
+    /// Share of devices that never come back after Execute Update.
+    #[arg(long, default_value_t = 0.0)]
+    pub fota_never_return: f64,
+    /// Share of devices whose download connection drops halfway and
+    /// resumes with `Range: bytes=N-`.
+    #[arg(long, default_value_t = 0.0)]
+    pub fota_drop_midway: f64,
+}
+
+/// Whether device `index` is among the `fraction` picked for a fault,
+/// spread over the numbering (not the first ones) and different for each
+/// `fault`, the same in every run.
+pub fn picked(index: usize, fraction: f64, fault: u64) -> bool {
+    let h = (index as u64 ^ fault.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < fraction
 }
 
 impl SimArgs {
@@ -86,6 +106,21 @@ impl SimArgs {
             c.psk = Some(crate::psk::Psk::from_hex(&c.endpoint, key)?);
         }
         c.fw_ca = self.fw_ca.clone();
+        for (name, f) in [
+            ("--fota-corrupt", self.fota_corrupt),
+            ("--fota-never-return", self.fota_never_return),
+            ("--fota-drop-midway", self.fota_drop_midway),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                anyhow::bail!("{name} {f}: a share from 0 to 1");
+            }
+        }
+        let i = self.first_index + index;
+        if picked(i, self.fota_corrupt, 1) {
+            c.fota.corrupt_downloads = 1;
+        }
+        c.fota.never_returns = picked(i, self.fota_never_return, 2);
+        c.fota.drop_midway = picked(i, self.fota_drop_midway, 3);
         Ok(c)
     }
 }

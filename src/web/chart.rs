@@ -154,6 +154,67 @@ pub fn bars(title: &str, rows: &[(String, u64)]) -> String {
     svg
 }
 
+/// Horizontal stacked bars, one per row, with a legend: e.g. a campaign's
+/// waves by device status. `segments` gives each part's CSS class and
+/// name; every row has one count per segment.
+pub fn stacked(title: &str, segments: &[(&str, &str)], rows: &[(String, Vec<u64>)]) -> String {
+    let row_h = 22.0;
+    let legend_h = 20.0;
+    let h = legend_h + (rows.len().max(1) as f64) * row_h + 4.0;
+    let label_w = if rows.iter().all(|r| r.0.is_empty()) { 0.0 } else { 130.0 };
+    let bar_w = W - label_w - 70.0;
+    let max = rows.iter().map(|r| r.1.iter().sum::<u64>()).max().unwrap_or(0).max(1) as f64;
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {W} {h}" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
+        t = escape(title)
+    );
+    let mut x = label_w;
+    for (class, name) in segments {
+        let _ = write!(
+            svg,
+            r#"<rect x="{x:.1}" y="4" width="10" height="10" class="{class}"/><text x="{:.1}" y="13" class="axis">{}</text>"#,
+            x + 14.0,
+            escape(name)
+        );
+        x += 14.0 + 8.0 * name.len() as f64 + 12.0;
+    }
+    for (i, (name, counts)) in rows.iter().enumerate() {
+        let yy = legend_h + i as f64 * row_h;
+        if label_w > 0.0 {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end" class="axis">{}</text>"#,
+                label_w - 6.0,
+                yy + 15.0,
+                escape(&shortened(name, 20))
+            );
+        }
+        let total: u64 = counts.iter().sum();
+        let mut x = label_w;
+        for ((class, part), n) in segments.iter().zip(counts) {
+            if *n == 0 {
+                continue;
+            }
+            let w = bar_w * (*n as f64) / max;
+            let _ = write!(
+                svg,
+                r#"<rect x="{x:.1}" y="{yy:.1}" width="{w:.1}" height="{}" class="{class}"><title>{n} {}</title></rect>"#,
+                row_h - 6.0,
+                escape(part)
+            );
+            x += w;
+        }
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" class="axis">{total}</text>"#,
+            x + 4.0,
+            yy + 15.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +237,16 @@ mod tests {
         let one = line("one", &[(1500, 7.0)], (1000, 2000), |t| format!("t{t}"));
         assert!(one.contains(r#"<circle cx="342.0" cy="104.0""#), "{one}");
         assert!(one.contains(">t1000<") && one.contains(">t2000<"), "{one}");
+        // Stacked bars: widths in proportion, labels escaped, empty parts left out.
+        let svg = stacked(
+            "waves",
+            &[("seg-ok", "ok"), ("seg-fail", "failed")],
+            &[("w<1>".into(), vec![3, 1]), ("all".into(), vec![6, 0])],
+        );
+        assert!(svg.contains("w&lt;1&gt;") && !svg.contains("w<1>"));
+        assert!(svg.contains(r#"width="220.0" height="16" class="seg-ok"><title>3 ok"#), "{svg}");
+        assert!(svg.contains(r#"class="seg-fail"><title>1 failed"#));
+        assert_eq!(svg.matches("<title>0 ").count(), 0, "{svg}");
         // Long labels are cut to fit, whole in their title.
         let long = "v".repeat(40);
         let svg = bars("versions", &[(long.clone(), 1)]);

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod campaigns;
 pub mod chart;
 pub mod form;
 pub mod pages;
@@ -456,6 +457,27 @@ impl Web {
                 .find(|(k, _)| k == "endpoint")
                 .map(|(_, v)| v);
             return Ok(sse::stream(self.events.subscribe(), endpoint, self.stop.clone()));
+        }
+        if matches!(route.run, Run::CampaignStream) {
+            let id: i64 = params
+                .iter()
+                .find(|(k, _)| *k == "id")
+                .and_then(|(_, v)| v.parse().ok())
+                .ok_or_else(|| WebError::not_found("no such campaign"))?;
+            // An unknown campaign is a 404 now, not an empty stream.
+            let first = self
+                .with_store(move |_, s| Ok(campaigns::stream_news(s, id)?))
+                .await?;
+            let web = self.clone();
+            let poll = move || {
+                let web = web.clone();
+                async move {
+                    web.with_store(move |_, s| Ok(campaigns::stream_news(s, id)?))
+                        .await
+                        .ok()
+                }
+            };
+            return Ok(sse::polled("campaign", first, poll, self.stop.clone()));
         }
         let Run::Blocking(handler) = route.run else {
             unreachable!("event streams returned above")

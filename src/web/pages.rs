@@ -36,15 +36,21 @@ const NOTICES: &[(&str, &str)] = &[
     ("password", "Password changed; your other sessions have ended."),
     ("revoked", "Token revoked."),
     ("tagged", "Tags saved."),
+    ("campaign-created", "Campaign created: its first wave starts within a second."),
+    ("campaign-paused", "Campaign paused: nothing new starts; updates under way carry on."),
+    ("campaign-resumed", "Campaign resumed."),
+    ("campaign-cancelled", "Campaign cancelled."),
+    ("campaign-retried", "Failed devices returned to pending."),
 ];
 
-fn chrome(ctx: &Ctx<'_>, active: &'static str) -> WebResult<Chrome> {
+pub(super) fn chrome(ctx: &Ctx<'_>, active: &'static str) -> WebResult<Chrome> {
     let who = ctx.who()?;
     let mut nav = vec![
         ("/", "Overview"),
         ("/devices", "Devices"),
         ("/events", "Events"),
         ("/firmware", "Firmware"),
+        ("/campaigns", "Campaigns"),
     ];
     if who.role.allows(Role::Admin) {
         nav.push(("/users", "Users"));
@@ -64,25 +70,25 @@ fn chrome(ctx: &Ctx<'_>, active: &'static str) -> WebResult<Chrome> {
     })
 }
 
-fn render(t: &impl Template) -> WebResult {
+pub(super) fn render(t: &impl Template) -> WebResult {
     t.render().map(Reply::html).map_err(|e| {
         log::error!("template: {e}");
         WebError::internal()
     })
 }
 
-fn time(ms: i64) -> String {
+pub(super) fn time(ms: i64) -> String {
     let s = rfc3339(ms);
     // "2026-11-23T07:09:15.123Z" → "2026-11-23 07:09:15"
     s.get(..19).map_or(s.clone(), |t| t.replace('T', " "))
 }
 
-fn opt_time(ms: Option<i64>) -> String {
+pub(super) fn opt_time(ms: Option<i64>) -> String {
     ms.map(time).unwrap_or_default()
 }
 
 /// A form field, or a 400 naming it.
-fn required<'a>(f: &'a [(String, String)], name: &str) -> WebResult<&'a str> {
+pub(super) fn required<'a>(f: &'a [(String, String)], name: &str) -> WebResult<&'a str> {
     form::field(f, name)
         .filter(|v| !v.trim().is_empty())
         .ok_or_else(|| WebError::bad_request(format!("{name} is required")))

@@ -8,7 +8,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::reply::{ErrorBody, WebResult};
-use super::{Ctx, api, assets, pages};
+use super::{Ctx, api, assets, campaigns, pages};
 use crate::users::Role;
 
 pub type Handler = fn(&mut Ctx<'_>) -> WebResult;
@@ -48,6 +48,8 @@ pub enum Run {
     Blocking(Handler),
     /// The Server-Sent Events stream.
     EventStream,
+    /// A campaign's report as Server-Sent Events, whenever it changes.
+    CampaignStream,
 }
 
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -263,7 +265,18 @@ const UPLOAD_QUERY: &[Param] = &[
 ];
 
 use api as a;
+use campaigns as c;
 use pages as p;
+
+const MEMBER_QUERY: &[Param] = &[
+    q(
+        "status",
+        ParamType::OneOf(&["skipped", "pending", "active", "succeeded", "failed", "cancelled"]),
+        "devices in this status",
+    ),
+    PAGE_PARAMS[0],
+    q("offset", ParamType::Integer, "devices to skip (a page's next_offset)"),
+];
 
 pub static ROUTES: &[Route] = &[
     // ---- pages --------------------------------------------------------------------
@@ -284,6 +297,13 @@ pub static ROUTES: &[Route] = &[
         ..post("/firmware", OPERATOR, p::upload_firmware)
     },
     post("/firmware/{id}/delete", OPERATOR, p::delete_firmware),
+    get("/campaigns", VIEWER, c::page_list),
+    post("/campaigns", OPERATOR, c::page_create),
+    get("/campaigns/{id}", VIEWER, c::page),
+    post("/campaigns/{id}/pause", OPERATOR, c::page_pause),
+    post("/campaigns/{id}/resume", OPERATOR, c::page_resume),
+    post("/campaigns/{id}/cancel", OPERATOR, c::page_cancel),
+    post("/campaigns/{id}/retry", OPERATOR, c::page_retry),
     get("/users", ADMIN, p::users),
     Route {
         costly: true,
@@ -501,6 +521,125 @@ pub static ROUTES: &[Route] = &[
             (202, Some(schema::<a::UpdateView>)),
         ),
     ),
+    api(
+        Verb::Get,
+        "/api/v1/campaigns",
+        VIEWER,
+        c::list,
+        doc(
+            "Firmware campaigns, newest first, with their totals",
+            "campaigns",
+            (200, Some(schema::<Vec<c::CampaignItem>>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/campaigns",
+        OPERATOR,
+        c::post,
+        Doc {
+            request: Some(schema::<crate::campaign::Request>),
+            ..doc(
+                "Roll an image out to the devices a target selects, in waves; those already on its version are skipped",
+                "campaigns",
+                (201, Some(schema::<crate::store::CampaignReport>)),
+            )
+        },
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/campaigns/{id}",
+        VIEWER,
+        c::get,
+        doc(
+            "One campaign: its state, counts per wave and timeline",
+            "campaigns",
+            (200, Some(schema::<crate::store::CampaignReport>)),
+        ),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/campaigns/{id}/devices",
+        VIEWER,
+        c::devices,
+        Doc {
+            query: MEMBER_QUERY,
+            ..doc(
+                "A campaign's devices in campaign order, with their update's phase and bytes downloaded",
+                "campaigns",
+                (200, Some(schema::<c::MemberPage>)),
+            )
+        },
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/campaigns/{id}/devices/{endpoint}",
+        VIEWER,
+        c::device,
+        doc(
+            "One device of a campaign and the timeline of its latest update",
+            "campaigns",
+            (200, Some(schema::<c::MemberTimeline>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/campaigns/{id}/pause",
+        OPERATOR,
+        c::pause,
+        doc(
+            "Pause: nothing new starts, updates under way carry on; 409 unless running",
+            "campaigns",
+            (200, Some(schema::<crate::store::CampaignReport>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/campaigns/{id}/resume",
+        OPERATOR,
+        c::resume,
+        doc(
+            "Resume a paused or stopped campaign, or confirm its next wave; 409 otherwise",
+            "campaigns",
+            (200, Some(schema::<crate::store::CampaignReport>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/campaigns/{id}/cancel",
+        OPERATOR,
+        c::cancel,
+        doc(
+            "Cancel: devices not started are cancelled, updates under way asked to cancel",
+            "campaigns",
+            (200, Some(schema::<crate::store::CampaignReport>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/campaigns/{id}/retry",
+        OPERATOR,
+        c::retry,
+        doc(
+            "Return the failed devices to pending and run the campaign again",
+            "campaigns",
+            (200, Some(schema::<crate::store::CampaignReport>)),
+        ),
+    ),
+    Route {
+        run: Run::CampaignStream,
+        ..api(
+            Verb::Get,
+            "/api/v1/campaigns/{id}/stream",
+            VIEWER,
+            a::me,
+            doc(
+                "A campaign's report as Server-Sent Events (`event: campaign`) whenever it changes",
+                "campaigns",
+                (200, None),
+            ),
+        )
+    },
     api(
         Verb::Get,
         "/api/v1/events",
@@ -736,7 +875,7 @@ pub fn openapi() -> Value {
         let (status, body) = d.response;
         let content = match (body, r.run) {
             (Some(f), _) => json!({ "application/json": { "schema": f(&mut responses).to_value() } }),
-            (None, Run::EventStream) => json!({ "text/event-stream": { "schema": { "type": "string" } } }),
+            (None, Run::EventStream | Run::CampaignStream) => json!({ "text/event-stream": { "schema": { "type": "string" } } }),
             (None, _) if status == 200 => json!({ "application/json": { "schema": { "type": "object" } } }),
             (None, _) => Value::Null,
         };

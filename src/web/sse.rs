@@ -22,6 +22,9 @@ use crate::transport::Peer;
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// How often a polled stream (a campaign's report) is read again.
+const POLL: Duration = Duration::from_secs(1);
+
 /// The SSE event name and JSON data of a server event; `None` for events
 /// that are not news to an operator.
 pub fn describe(ev: &ServerEvent<Peer>) -> Option<(&'static str, Value)> {
@@ -115,6 +118,58 @@ pub fn stream(
             }
         }
     });
+    respond(rx)
+}
+
+/// A stream of `event` frames: `first` at once, then what `poll` reads
+/// each second whenever it differs from the last frame sent; it ends when
+/// `poll` fails (the thing was deleted) or the server stops. For news no
+/// broadcast carries (a campaign's counts change in the store).
+pub fn polled<F, Fut>(event: &'static str, first: Value, mut poll: F, mut stop: watch::Receiver<bool>) -> Response<Body>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<Value>> + Send,
+{
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        let mut hello = b"retry: 3000\n: connected\n\n".to_vec();
+        hello.extend_from_slice(&frame(event, &first));
+        if tx.send(hello.into()).await.is_err() {
+            return;
+        }
+        let mut last = first;
+        let mut tick = tokio::time::interval(POLL);
+        tick.tick().await;
+        let mut quiet = 0u32;
+        loop {
+            tokio::select! {
+                _ = crate::download::connection::raised(&mut stop) => return,
+                _ = tx.closed() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(now) = poll().await else { return };
+            let out = if now != last {
+                quiet = 0;
+                let f = frame(event, &now);
+                last = now;
+                f
+            } else {
+                quiet += 1;
+                if POLL * quiet < KEEPALIVE {
+                    continue;
+                }
+                quiet = 0;
+                Bytes::from_static(b": keepalive\n\n")
+            };
+            if tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    });
+    respond(rx)
+}
+
+fn respond(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
     let mut r = Response::new(Stream(rx).boxed());
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();

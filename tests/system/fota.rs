@@ -31,26 +31,35 @@ const HAPPY_PATH: [Phase; 8] = [
 
 /// An MCUboot-headed image whose header says version 2.0.0.
 fn image() -> Vec<u8> {
+    mcuboot_image(96 * 1024, 2)
+}
+
+/// `size` random bytes behind an MCUboot header saying version `major`.0.0.
+pub(super) fn mcuboot_image(size: usize, major: u8) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(11);
-    let mut img: Vec<u8> = (0..96 * 1024).map(|_| rng.u8(..)).collect();
+    let mut img: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
     img[..4].copy_from_slice(&[0x3d, 0xb8, 0xf3, 0x96]); // ih_magic
-    img[20..28].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]); // ih_ver 2.0.0+0
+    img[20..28].copy_from_slice(&[major, 0, 0, 0, 0, 0, 0, 0]); // ih_ver major.0.0+0
     img
 }
 
 fn add_image(dir: &Path) {
+    add_catalogue_image(dir, "app.bin", "v2.0.0", &image());
+}
+
+pub(super) fn add_catalogue_image(dir: &Path, name: &str, version: &str, image: &[u8]) {
     let upload = Upload {
-        name: "app.bin",
-        version: "v2.0.0",
+        name,
+        version,
         notes: "",
         uploader: "test",
     };
     Catalogue::new(dir, 1 << 30)
-        .add(&mut store(dir), &mut image().as_slice(), &upload, &mut |_| {})
+        .add(&mut store(dir), &mut &image[..], &upload, &mut |_| {})
         .unwrap();
 }
 
-fn fota_device(dir: &Path, name: &str, behaviour: FotaBehaviour) -> DeviceConfig {
+pub(super) fn fota_device(dir: &Path, name: &str, behaviour: FotaBehaviour) -> DeviceConfig {
     let mut d = device(name);
     d.fw_ca = Some(dir.join("fw-tls/ca.pem"));
     d.fota = behaviour;
@@ -103,7 +112,7 @@ async fn devices_are_updated_and_failures_say_why() {
                 dir.path(),
                 "fota-corrupt",
                 FotaBehaviour {
-                    corrupt: true,
+                    corrupt_downloads: u32::MAX,
                     ..Default::default()
                 },
             ),

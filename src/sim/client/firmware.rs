@@ -18,8 +18,10 @@ use crate::lwm2m::path::{ResourcePath, Value};
 /// How the object misbehaves, for tests and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct FotaBehaviour {
-    /// The stored image is corrupted: the integrity check fails (Result 5).
-    pub corrupt: bool,
+    /// This many downloads are corrupted on the way to flash (`u32::MAX`:
+    /// every one): their integrity check fails (Update Result 5). One is a
+    /// transient fault a retry gets past.
+    pub corrupt_downloads: u32,
     /// After Execute Update the device never comes back.
     pub never_returns: bool,
     /// The download's connection drops halfway; the rest is fetched on a
@@ -52,6 +54,8 @@ pub struct DownloadJob {
 #[derive(Debug, Default)]
 pub(super) struct Firmware {
     generation: u64,
+    /// Downloads corrupted so far (see `FotaBehaviour::corrupt_downloads`).
+    corrupted: u32,
     job: Option<DownloadJob>,
     /// The downloaded image's version, installed at the next reboot.
     installing: Option<Option<String>>,
@@ -176,9 +180,10 @@ impl Client {
                 return self.set_fw(now, STATE_IDLE, 4);
             }
         };
-        if self.cfg.fota.corrupt
+        if self.firmware.corrupted < self.cfg.fota.corrupt_downloads
             && let Some(b) = image.last_mut()
         {
+            self.firmware.corrupted += 1;
             *b ^= 0xff;
         }
         // The image is content-addressed: /fw/SHA256/NAME.

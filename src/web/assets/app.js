@@ -15,7 +15,8 @@
   if (!live || !window.EventSource || !window.fetch) {
     return;
   }
-  var url = "/api/v1/events/stream";
+  // A page may name its own stream (a campaign's); else the server's events.
+  var url = live.getAttribute("data-stream") || "/api/v1/events/stream";
   var endpoint = live.getAttribute("data-endpoint");
   if (endpoint) {
     url += "?endpoint=" + encodeURIComponent(endpoint);
@@ -44,7 +45,7 @@
   }
 
   var source = new EventSource(url);
-  ["registered", "updated", "deregistered", "expired", "values", "operation", "lagged"].forEach(function (name) {
+  ["registered", "updated", "deregistered", "expired", "values", "operation", "campaign", "lagged"].forEach(function (name) {
     source.addEventListener(name, soon);
   });
   source.addEventListener("open", function () {
