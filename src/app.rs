@@ -240,7 +240,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stopped(stop_rx.clone()),
     )));
     if let Some(addr) = fw_addr {
-        let starter = crate::shell::fota::Starter::new(&config, Some(addr), coap_addr).context("fw.token_secret_file")?;
+        let starter =
+            crate::shell::fota::Starter::new(&config, Some(addr), coap_addr).context("fw.token_secret_file")?;
         tasks.push(tokio::spawn(crate::shell::campaign::run(
             Store::open(&db_path)?,
             starter,

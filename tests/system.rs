@@ -126,6 +126,56 @@ impl Drop for Killed {
     }
 }
 
+/// A `flownexus serve` process on fixed ports (so devices find it again
+/// after a restart), plain CoAP and the firmware server only, to be
+/// killed and started again.
+struct Restartable {
+    dir: std::path::PathBuf,
+    coap: std::net::SocketAddr,
+    fw: std::net::SocketAddr,
+}
+
+impl Restartable {
+    fn new(dir: &Path) -> Restartable {
+        let coap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let fw = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        Restartable {
+            dir: dir.to_path_buf(),
+            coap,
+            fw,
+        }
+    }
+
+    fn serve(&self) -> Killed {
+        Killed(
+            Command::new(env!("CARGO_BIN_EXE_flownexus"))
+                .arg("serve")
+                .env("FLOWNEXUS_DATA_DIR", &self.dir)
+                .env("FLOWNEXUS_COAP_LISTEN", self.coap.to_string())
+                .env("FLOWNEXUS_FW_LISTEN", self.fw.to_string())
+                .env("FLOWNEXUS_COAPS_ENABLED", "false")
+                .env("FLOWNEXUS_HTTP_ENABLED", "false")
+                .env("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "500")
+                .env("FLOWNEXUS_LOG_LEVEL", "warn")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Serve, and wait until the first start made its CA and runtime file.
+    async fn serve_up(&self) -> Killed {
+        let child = self.serve();
+        wait_for("the server", Duration::from_secs(20), || {
+            self.dir.join("fw-tls/ca.pem").exists() && self.dir.join("runtime.json").exists()
+        })
+        .await;
+        child
+    }
+}
+
 fn store(dir: &Path) -> Store {
     Store::open(&dir.join("flownexus.sqlite3")).unwrap()
 }

@@ -10,8 +10,10 @@
 //! - `fw`: the firmware server beside nginx as the old deployment ([`fw`]).
 //! - `dtls`: CoAP over DTLS beside libcoap's `coap-server-openssl` ([`dtls`]).
 //! - `web`: dashboard latency and store ingest at 1,000,000 devices ([`web`]).
+//! - `fota`: a campaign over N devices beside the download server alone ([`fota`]).
 
 pub mod dtls;
+pub mod fota;
 pub mod fw;
 pub mod web;
 
@@ -34,7 +36,7 @@ use crate::store::{Store, now_ms};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// register, memory, read, coap, fw, dtls, dtls-memory or all.
+    /// register, memory, read, coap, fw, dtls, dtls-memory, web, fota or all.
     pub which: String,
     /// Simulated devices (default: 10,000; 100,000 for `memory`).
     #[arg(long)]
@@ -57,6 +59,13 @@ pub struct BenchArgs {
     /// `web`: timed requests per page.
     #[arg(long, default_value_t = 300)]
     pub requests: usize,
+    /// `fota`: the image's size in KiB.
+    #[arg(long, default_value_t = 512)]
+    pub image_kib: usize,
+    /// `fota`: devices downloading at once (the campaign's limit, and the
+    /// download-only run's).
+    #[arg(long, default_value_t = 1000)]
+    pub concurrent: u32,
 }
 
 /// A `flownexus serve` child, on a temporary data directory unless given one.
@@ -215,10 +224,21 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     let models = Arc::new(Models::embedded());
     let all = args.which == "all";
     if !all
-        && !["register", "memory", "read", "coap", "fw", "dtls", "dtls-memory", "web"].contains(&args.which.as_str())
+        && ![
+            "register",
+            "memory",
+            "read",
+            "coap",
+            "fw",
+            "dtls",
+            "dtls-memory",
+            "web",
+            "fota",
+        ]
+        .contains(&args.which.as_str())
     {
         bail!(
-            "bench {}: expected register, memory, read, coap, fw, dtls, dtls-memory, web or all",
+            "bench {}: expected register, memory, read, coap, fw, dtls, dtls-memory, web, fota or all",
             args.which
         );
     }
@@ -252,6 +272,14 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
             requests: args.requests,
         };
         web::run(b, &config).await?;
+    }
+    if all || args.which == "fota" {
+        let b = fota::FotaBench {
+            devices: args.devices.unwrap_or(10_000),
+            image_kib: args.image_kib,
+            concurrent: args.concurrent,
+        };
+        fota::run(b, &models).await?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -350,7 +350,11 @@ impl Request {
             (None, None) => None,
         };
         let plan = Plan {
-            waves: if self.waves.is_empty() { d.waves } else { self.waves.clone() },
+            waves: if self.waves.is_empty() {
+                d.waves
+            } else {
+                self.waves.clone()
+            },
             success_threshold: self.success_threshold.unwrap_or(d.success_threshold),
             error_threshold: self.error_threshold.unwrap_or(d.error_threshold),
             confirm_waves: self.confirm_waves,

@@ -50,11 +50,26 @@ fn wave_sizes_parse_as_operators_write_them() {
 fn a_plan_with_impossible_numbers_is_refused() {
     assert!(Plan::default().check().is_ok());
     for p in [
-        Plan { waves: vec![], ..Plan::default() },
-        Plan { success_threshold: 0, ..Plan::default() },
-        Plan { success_threshold: 101, ..Plan::default() },
-        Plan { error_threshold: 101, ..Plan::default() },
-        Plan { max_concurrent: 0, ..Plan::default() },
+        Plan {
+            waves: vec![],
+            ..Plan::default()
+        },
+        Plan {
+            success_threshold: 0,
+            ..Plan::default()
+        },
+        Plan {
+            success_threshold: 101,
+            ..Plan::default()
+        },
+        Plan {
+            error_threshold: 101,
+            ..Plan::default()
+        },
+        Plan {
+            max_concurrent: 0,
+            ..Plan::default()
+        },
     ] {
         assert!(p.check().is_err(), "{p:?}");
     }
@@ -247,7 +262,11 @@ fn empty_waves_pass() {
     c.step(&p, &[WaveCounts::default(); 3], true);
     assert_eq!((c.state, c.wave), (State::Finished, 2));
     let mut c = Campaign::new();
-    let s = c.step(&p, &[counts(0, 0, 1, 0), WaveCounts::default(), counts(4, 0, 0, 0)], true);
+    let s = c.step(
+        &p,
+        &[counts(0, 0, 1, 0), WaveCounts::default(), counts(4, 0, 0, 0)],
+        true,
+    );
     assert_eq!((c.wave, s.start), (2, 4));
 }
 
@@ -306,8 +325,23 @@ fn a_rollout_runs_to_the_end_starting_every_device_once() {
 #[test]
 fn targets_must_be_named_and_every_criterion_holds() {
     assert!(Target::default().check().is_err(), "an empty target is not all devices");
-    assert!(Target { all: true, tag: Some("a".into()), ..Target::default() }.check().is_err());
-    assert!(Target { all: true, ..Target::default() }.check().is_ok());
+    assert!(
+        Target {
+            all: true,
+            tag: Some("a".into()),
+            ..Target::default()
+        }
+        .check()
+        .is_err()
+    );
+    assert!(
+        Target {
+            all: true,
+            ..Target::default()
+        }
+        .check()
+        .is_ok()
+    );
     let t = Target {
         tag: Some("north".into()),
         firmware_version: Some("v1.0.0".into()),
@@ -316,10 +350,19 @@ fn targets_must_be_named_and_every_criterion_holds() {
     };
     assert!(t.check().is_ok());
     assert!(t.matches("a", "north,pilot", Some("1.0.0"), Some("nRF9160")));
-    assert!(!t.matches("a", "northern", Some("1.0.0"), Some("nRF9160")), "whole tags only");
-    assert!(!t.matches("a", "north", None, Some("nRF9160")), "an unknown version is not 1.0.0");
+    assert!(
+        !t.matches("a", "northern", Some("1.0.0"), Some("nRF9160")),
+        "whole tags only"
+    );
+    assert!(
+        !t.matches("a", "north", None, Some("nRF9160")),
+        "an unknown version is not 1.0.0"
+    );
     assert!(!t.matches("a", "north", Some("1.0.0"), Some("nRF9161")));
-    let listed = Target { devices: vec!["a".into(), "b".into()], ..Target::default() };
+    let listed = Target {
+        devices: vec!["a".into(), "b".into()],
+        ..Target::default()
+    };
     assert!(listed.matches("b", "", None, None) && !listed.matches("c", "", None, None));
     assert_eq!(t.describe(), "tag north, on v1.0.0, model nRF9160");
 }

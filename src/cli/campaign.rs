@@ -13,53 +13,7 @@ use crate::store::{Command, MemberStatus, Store};
 #[derive(Subcommand, Debug)]
 pub enum CampaignCommand {
     /// Roll an image out to many devices in waves.
-    Create {
-        #[arg(long)]
-        name: String,
-        /// The catalogue image: id or name.
-        #[arg(long)]
-        image: String,
-        /// These devices (repeat the flag).
-        #[arg(long = "device")]
-        devices: Vec<String>,
-        /// Devices with this tag.
-        #[arg(long)]
-        tag: Option<String>,
-        /// Devices now reporting this firmware version (/3/0/3).
-        #[arg(long)]
-        from_version: Option<String>,
-        /// Devices of this model (/3/0/1).
-        #[arg(long)]
-        model: Option<String>,
-        /// Every device (never implied).
-        #[arg(long)]
-        all: bool,
-        /// Wave sizes, e.g. `10,10%,50%,100%` (counts, or cumulative
-        /// percentages of the targets); default one wave of all.
-        #[arg(long, value_delimiter = ',')]
-        waves: Vec<WaveSize>,
-        /// Percentage of a wave verified that starts the next [95].
-        #[arg(long)]
-        success_threshold: Option<u8>,
-        /// Percentage of a wave failed that stops the campaign [10].
-        #[arg(long)]
-        error_threshold: Option<u8>,
-        /// Wait for `campaign resume` before each next wave.
-        #[arg(long)]
-        confirm_waves: bool,
-        /// Devices downloading at once [100].
-        #[arg(long)]
-        max_concurrent: Option<u32>,
-        /// Daily window for new starts, HH:MM-HH:MM.
-        #[arg(long)]
-        window: Option<String>,
-        /// IANA time zone of the window [UTC].
-        #[arg(long)]
-        time_zone: Option<String>,
-        /// Devices provisioned later that match join the last wave.
-        #[arg(long)]
-        late_joiners: bool,
-    },
+    Create(CreateArgs),
     /// Campaigns, newest first.
     List {
         #[arg(long)]
@@ -88,44 +42,84 @@ pub enum CampaignCommand {
     Retry { id: i64 },
 }
 
+/// What `campaign create` takes: the fields of a [`Request`].
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub name: String,
+    /// The catalogue image: id or name.
+    #[arg(long)]
+    pub image: String,
+    /// These devices (repeat the flag).
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
+    /// Devices with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Devices now reporting this firmware version (/3/0/3).
+    #[arg(long)]
+    pub from_version: Option<String>,
+    /// Devices of this model (/3/0/1).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Every device (never implied).
+    #[arg(long)]
+    pub all: bool,
+    /// Wave sizes, e.g. `10,10%,50%,100%` (counts, or cumulative
+    /// percentages of the targets); default one wave of all.
+    #[arg(long, value_delimiter = ',')]
+    pub waves: Vec<WaveSize>,
+    /// Percentage of a wave verified that starts the next [95].
+    #[arg(long)]
+    pub success_threshold: Option<u8>,
+    /// Percentage of a wave failed that stops the campaign [10].
+    #[arg(long)]
+    pub error_threshold: Option<u8>,
+    /// Wait for `campaign resume` before each next wave.
+    #[arg(long)]
+    pub confirm_waves: bool,
+    /// Devices downloading at once [100].
+    #[arg(long)]
+    pub max_concurrent: Option<u32>,
+    /// Daily window for new starts, HH:MM-HH:MM.
+    #[arg(long)]
+    pub window: Option<String>,
+    /// IANA time zone of the window [UTC].
+    #[arg(long)]
+    pub time_zone: Option<String>,
+    /// Devices provisioned later that match join the last wave.
+    #[arg(long)]
+    pub late_joiners: bool,
+}
+
+impl From<CreateArgs> for Request {
+    fn from(a: CreateArgs) -> Request {
+        Request {
+            name: a.name,
+            image: a.image,
+            target: Target {
+                devices: a.devices,
+                tag: a.tag,
+                firmware_version: a.from_version,
+                model: a.model,
+                all: a.all,
+            },
+            waves: a.waves,
+            success_threshold: a.success_threshold,
+            error_threshold: a.error_threshold,
+            confirm_waves: a.confirm_waves,
+            max_concurrent: a.max_concurrent,
+            window: a.window,
+            time_zone: a.time_zone,
+            late_joiners: a.late_joiners,
+        }
+    }
+}
+
 pub fn run(cmd: CampaignCommand, store: &Store) -> anyhow::Result<ExitCode> {
     let command = match cmd {
-        CampaignCommand::Create {
-            name,
-            image,
-            devices,
-            tag,
-            from_version,
-            model,
-            all,
-            waves,
-            success_threshold,
-            error_threshold,
-            confirm_waves,
-            max_concurrent,
-            window,
-            time_zone,
-            late_joiners,
-        } => {
-            let req = Request {
-                name,
-                image,
-                target: Target {
-                    devices,
-                    tag,
-                    firmware_version: from_version,
-                    model,
-                    all,
-                },
-                waves,
-                success_threshold,
-                error_threshold,
-                confirm_waves,
-                max_concurrent,
-                window,
-                time_zone,
-                late_joiners,
-            };
+        CampaignCommand::Create(args) => {
+            let req = Request::from(args);
             let id = crate::shell::campaign::create(store, &req, "cli")?;
             print_report(store, id)?;
             return Ok(ExitCode::SUCCESS);
@@ -229,7 +223,11 @@ fn print_report(store: &Store, id: i64) -> anyhow::Result<()> {
             .as_ref()
             .map(|w| format!("; starts within {}", w.span()))
             .unwrap_or_default(),
-        if c.plan.confirm_waves { "; each wave confirmed" } else { "" }
+        if c.plan.confirm_waves {
+            "; each wave confirmed"
+        } else {
+            ""
+        }
     );
     println!("  wave  devices  pending  downloading  installing  verified  failed  cancelled");
     for (i, w) in r.counts.waves.iter().enumerate() {

@@ -469,7 +469,10 @@ impl Update {
             return;
         }
         let phase = self.phase.as_str();
-        self.fail(now, format!("the device's registration {how} while the update was {phase}"));
+        self.fail(
+            now,
+            format!("the device's registration {how} while the update was {phase}"),
+        );
     }
 
     fn verify(&mut self, now: i64, records: &[Record]) {

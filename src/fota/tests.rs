@@ -386,6 +386,10 @@ fn the_last_downloads_result_is_not_taken_for_this_ones() {
     d.finish(4, ok(vec![]));
     assert_eq!(d.u.phase, Phase::Downloading);
     // A URI the device rejects at once: its notification after the 2.04.
-    d.u.values(5, &[rec("/5/0/3", Value::Integer(0)), rec("/5/0/5", Value::Integer(9))], &LIMITS);
+    d.u.values(
+        5,
+        &[rec("/5/0/3", Value::Integer(0)), rec("/5/0/5", Value::Integer(9))],
+        &LIMITS,
+    );
     assert_eq!(d.u.phase, Phase::RetryWait);
 }

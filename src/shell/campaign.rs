@@ -25,7 +25,10 @@ const JOIN_EVERY: u64 = 10;
 
 /// Make the campaign `req` asks for.
 pub fn create(store: &Store, req: &Request, by: &str) -> Result<i64> {
-    let invalid = |reason: String| Error::Invalid { what: "campaign", reason };
+    let invalid = |reason: String| Error::Invalid {
+        what: "campaign",
+        reason,
+    };
     let plan = req.plan().map_err(invalid)?;
     if let Some(w) = &plan.window {
         local_minute(w, now_ms()).map_err(invalid)?;
@@ -108,11 +111,7 @@ pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> R
         machine.stop(format!("firmware #{} was removed from the catalogue", firmware.id));
         Default::default()
     } else {
-        machine.step(
-            &row.plan,
-            &counts.waves,
-            window_open(row.plan.window.as_ref(), now),
-        )
+        machine.step(&row.plan, &counts.waves, window_open(row.plan.window.as_ref(), now))
     };
     if machine == row.machine && step.start == 0 {
         return Ok(());

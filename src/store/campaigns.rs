@@ -249,7 +249,12 @@ pub(super) fn update_ended(tx: &Transaction<'_>, update_id: i64, phase: Phase, r
 fn holds_slot(phase: Phase) -> bool {
     matches!(
         phase,
-        Phase::Checking | Phase::Resetting | Phase::Observing | Phase::WritingUri | Phase::Downloading | Phase::RetryWait
+        Phase::Checking
+            | Phase::Resetting
+            | Phase::Observing
+            | Phase::WritingUri
+            | Phase::Downloading
+            | Phase::RetryWait
     )
 }
 
@@ -463,12 +468,14 @@ impl Store {
             }
             let outcome = match update {
                 Err(reason) => Err(reason),
-                Ok(update) => match super::fota::insert_update(&tx, &endpoint, row.firmware_id, &update, &by, Some(row.id)) {
-                    Ok(update_id) => Ok(update_id),
-                    Err(Error::AlreadyExists(_)) => Err("another firmware update of the device is active".into()),
-                    Err(Error::UnknownEndpoint(_)) => Err("the device was removed".into()),
-                    Err(e) => return Err(e),
-                },
+                Ok(update) => {
+                    match super::fota::insert_update(&tx, &endpoint, row.firmware_id, &update, &by, Some(row.id)) {
+                        Ok(update_id) => Ok(update_id),
+                        Err(Error::AlreadyExists(_)) => Err("another firmware update of the device is active".into()),
+                        Err(Error::UnknownEndpoint(_)) => Err("the device was removed".into()),
+                        Err(e) => return Err(e),
+                    }
+                }
             };
             match outcome {
                 Ok(update_id) => {
@@ -551,7 +558,9 @@ impl Store {
     /// target join its last wave (or are skipped when on the version).
     pub fn campaign_join_late(&self, row: &CampaignRow) -> Result<u64> {
         let tx = self.write_tx()?;
-        let after: i64 = tx.query_row("SELECT joined_through FROM campaigns WHERE id = ?1", [row.id], |r| r.get(0))?;
+        let after: i64 = tx.query_row("SELECT joined_through FROM campaigns WHERE id = ?1", [row.id], |r| {
+            r.get(0)
+        })?;
         let fresh = candidates(&tx, after)?;
         let Some(through) = fresh.iter().map(|d| d.id).max() else {
             return Ok(0);
@@ -824,8 +833,13 @@ mod tests {
         m.phase = Phase::Succeeded;
         s.save_update(first, &m).unwrap();
         let member = s.campaign_member(id, &started[0].0).unwrap();
-        assert_eq!((member.status, member.wave, member.attempts), (MemberStatus::Succeeded, Some(1), 1));
-        let Started::Update(second) = started[1].1 else { panic!() };
+        assert_eq!(
+            (member.status, member.wave, member.attempts),
+            (MemberStatus::Succeeded, Some(1), 1)
+        );
+        let Started::Update(second) = started[1].1 else {
+            panic!()
+        };
         let mut m = s.update(second).unwrap().machine;
         m.phase = Phase::Failed;
         m.reason = Some("Update Result 5: integrity check failure".into());
@@ -860,8 +874,14 @@ mod tests {
             .filter_map(|st| st.detail)
             .collect();
         assert_eq!(steps[0], "created by ann");
-        assert!(steps.iter().any(|d| d.contains("stopped at the error threshold")), "{steps:?}");
-        assert!(steps.contains(&"failed devices retried by ann".to_string()), "{steps:?}");
+        assert!(
+            steps.iter().any(|d| d.contains("stopped at the error threshold")),
+            "{steps:?}"
+        );
+        assert!(
+            steps.contains(&"failed devices retried by ann".to_string()),
+            "{steps:?}"
+        );
         assert_eq!(steps.last().unwrap(), "cancelled by bob");
     }
 

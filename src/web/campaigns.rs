@@ -174,7 +174,14 @@ const SEGMENTS: [(&str, &str); 6] = [
 ];
 
 fn segments(w: &WaveCounts) -> Vec<u64> {
-    vec![w.succeeded, w.failed, w.cancelled, w.installing, w.downloading, w.pending]
+    vec![
+        w.succeeded,
+        w.failed,
+        w.cancelled,
+        w.installing,
+        w.downloading,
+        w.pending,
+    ]
 }
 
 /// The campaign's progress: one stacked bar per wave and one for all.
@@ -254,7 +261,10 @@ pub fn page_create(ctx: &mut Ctx<'_>) -> WebResult {
         None => Vec::new(),
         Some(w) => w
             .split(',')
-            .map(|s| s.parse().map_err(|e: String| WebError::bad_request(format!("waves: {e}"))))
+            .map(|s| {
+                s.parse()
+                    .map_err(|e: String| WebError::bad_request(format!("waves: {e}")))
+            })
             .collect::<WebResult<_>>()?,
     };
     let devices = optional(&f, "devices")
@@ -333,12 +343,9 @@ pub fn page(ctx: &mut Ctx<'_>) -> WebResult {
     let r = ctx.store.campaign_report(id)?;
     let page = member_page(ctx, id, 100)?;
     let status = ctx.query("status").unwrap_or("").to_string();
-    let next = page.next_offset.map(|o| {
-        format!(
-            "/campaigns/{id}?status={}&offset={o}",
-            form::encode(&status)
-        )
-    });
+    let next = page
+        .next_offset
+        .map(|o| format!("/campaigns/{id}?status={}&offset={o}", form::encode(&status)));
     let p = &r.campaign.plan;
     let plan = format!(
         "next wave at {}% verified; stops over {}% failed in a wave; at most {} downloading{}{}{}",
@@ -349,8 +356,16 @@ pub fn page(ctx: &mut Ctx<'_>) -> WebResult {
             .as_ref()
             .map(|w| format!("; starts only within {}", w.span()))
             .unwrap_or_default(),
-        if p.confirm_waves { "; each wave confirmed by a person" } else { "" },
-        if p.late_joiners { "; devices provisioned later join" } else { "" },
+        if p.confirm_waves {
+            "; each wave confirmed by a person"
+        } else {
+            ""
+        },
+        if p.late_joiners {
+            "; devices provisioned later join"
+        } else {
+            ""
+        },
     );
     render(&CampaignPage {
         chrome: chrome(ctx, "Campaigns")?,
@@ -370,7 +385,14 @@ pub fn page(ctx: &mut Ctx<'_>) -> WebResult {
         steps: r
             .steps
             .iter()
-            .map(|s| (time(s.ts), s.state.as_str(), s.wave, s.detail.clone().unwrap_or_default()))
+            .map(|s| {
+                (
+                    time(s.ts),
+                    s.state.as_str(),
+                    s.wave,
+                    s.detail.clone().unwrap_or_default(),
+                )
+            })
             .collect(),
         members: page
             .devices
@@ -395,12 +417,15 @@ pub fn page(ctx: &mut Ctx<'_>) -> WebResult {
 fn page_command(ctx: &mut Ctx<'_>, c: Command) -> WebResult {
     let id = ctx.id("id")?;
     command(ctx, id, c)?;
-    Ok(Reply::redirect(&format!("/campaigns/{id}?done=campaign-{}", match c {
-        Command::Pause => "paused",
-        Command::Resume => "resumed",
-        Command::Cancel => "cancelled",
-        Command::RetryFailed => "retried",
-    })))
+    Ok(Reply::redirect(&format!(
+        "/campaigns/{id}?done=campaign-{}",
+        match c {
+            Command::Pause => "paused",
+            Command::Resume => "resumed",
+            Command::Cancel => "cancelled",
+            Command::RetryFailed => "retried",
+        }
+    )))
 }
 
 pub fn page_pause(ctx: &mut Ctx<'_>) -> WebResult {

@@ -161,7 +161,11 @@ pub fn stacked(title: &str, segments: &[(&str, &str)], rows: &[(String, Vec<u64>
     let row_h = 22.0;
     let legend_h = 20.0;
     let h = legend_h + (rows.len().max(1) as f64) * row_h + 4.0;
-    let label_w = if rows.iter().all(|r| r.0.is_empty()) { 0.0 } else { 130.0 };
+    let label_w = if rows.iter().all(|r| r.0.is_empty()) {
+        0.0
+    } else {
+        130.0
+    };
     let bar_w = W - label_w - 70.0;
     let max = rows.iter().map(|r| r.1.iter().sum::<u64>()).max().unwrap_or(0).max(1) as f64;
     let mut svg = format!(
@@ -244,7 +248,10 @@ mod tests {
             &[("w<1>".into(), vec![3, 1]), ("all".into(), vec![6, 0])],
         );
         assert!(svg.contains("w&lt;1&gt;") && !svg.contains("w<1>"));
-        assert!(svg.contains(r#"width="220.0" height="16" class="seg-ok"><title>3 ok"#), "{svg}");
+        assert!(
+            svg.contains(r#"width="220.0" height="16" class="seg-ok"><title>3 ok"#),
+            "{svg}"
+        );
         assert!(svg.contains(r#"class="seg-fail"><title>1 failed"#));
         assert_eq!(svg.matches("<title>0 ").count(), 0, "{svg}");
         // Long labels are cut to fit, whole in their title.

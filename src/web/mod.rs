@@ -465,9 +465,7 @@ impl Web {
                 .and_then(|(_, v)| v.parse().ok())
                 .ok_or_else(|| WebError::not_found("no such campaign"))?;
             // An unknown campaign is a 404 now, not an empty stream.
-            let first = self
-                .with_store(move |_, s| Ok(campaigns::stream_news(s, id)?))
-                .await?;
+            let first = self.with_store(move |_, s| Ok(campaigns::stream_news(s, id)?)).await?;
             let web = self.clone();
             let poll = move || {
                 let web = web.clone();

@@ -36,8 +36,14 @@ const NOTICES: &[(&str, &str)] = &[
     ("password", "Password changed; your other sessions have ended."),
     ("revoked", "Token revoked."),
     ("tagged", "Tags saved."),
-    ("campaign-created", "Campaign created: its first wave starts within a second."),
-    ("campaign-paused", "Campaign paused: nothing new starts; updates under way carry on."),
+    (
+        "campaign-created",
+        "Campaign created: its first wave starts within a second.",
+    ),
+    (
+        "campaign-paused",
+        "Campaign paused: nothing new starts; updates under way carry on.",
+    ),
     ("campaign-resumed", "Campaign resumed."),
     ("campaign-cancelled", "Campaign cancelled."),
     ("campaign-retried", "Failed devices returned to pending."),

@@ -875,7 +875,9 @@ pub fn openapi() -> Value {
         let (status, body) = d.response;
         let content = match (body, r.run) {
             (Some(f), _) => json!({ "application/json": { "schema": f(&mut responses).to_value() } }),
-            (None, Run::EventStream | Run::CampaignStream) => json!({ "text/event-stream": { "schema": { "type": "string" } } }),
+            (None, Run::EventStream | Run::CampaignStream) => {
+                json!({ "text/event-stream": { "schema": { "type": "string" } } })
+            }
             (None, _) if status == 200 => json!({ "application/json": { "schema": { "type": "object" } } }),
             (None, _) => Value::Null,
         };

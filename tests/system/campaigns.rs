@@ -19,7 +19,7 @@ use flownexus::store::tags::Tags;
 use flownexus::store::{MemberStatus, Store};
 
 use super::fota::{add_catalogue_image, fota_device, mcuboot_image};
-use super::{Killed, config, flownexus_cli, store, wait_for};
+use super::{config, flownexus_cli, store, wait_for};
 
 /// How many devices the fleet test updates (1,000 unless
 /// `CAMPAIGN_TEST_DEVICES` says otherwise).
@@ -83,8 +83,13 @@ async fn a_three_wave_campaign_updates_a_dtls_queue_mode_fleet() {
     let mut c = config(dir.path());
     c.fota.max_retries = 0;
     c.fota.download_timeout_s = 120;
-    c.fota.update_timeout_s = 60;
+    c.fota.update_timeout_s = 120;
     c.lwm2m.queue_awake_window_s = 3;
+    // RFC 7252's own retransmission timing (§4.8), not the short one of the
+    // small tests: a thousand devices on two shared cores, beside the other
+    // tests, wait longer for answers than a real server's network would.
+    c.coap.ack_timeout_ms = 2000;
+    c.coap.max_retransmit = 4;
     // A thousand devices share 127.0.0.1: the per-source ClientHello
     // limit, meant for one device's address, would hold their start back.
     c.coaps.hellos_per_source_per_s = 0;
@@ -108,6 +113,8 @@ async fn a_three_wave_campaign_updates_a_dtls_queue_mode_fleet() {
         d.awake_window = Duration::from_millis(rng.u64(3000..6000));
         d.update_interval = Duration::from_millis(rng.u64(5000..10_000));
         d.lifetime = 300;
+        d.params.ack_timeout = Duration::from_secs(2);
+        d.params.max_retransmit = 4;
         d.notify_interval = Duration::from_secs(3600);
         if i < 2 {
             d.firmware_version = "2.0.0".into();
@@ -118,9 +125,14 @@ async fn a_three_wave_campaign_updates_a_dtls_queue_mode_fleet() {
         devices.push(d);
     }
     assert!(corrupt.len() >= n / 40, "about 5% corrupt: {}", corrupt.len());
-    let fleet = Fleet::spawn(devices, running.coaps_addr.unwrap(), Arc::new(Models::embedded()), false)
-        .await
-        .unwrap();
+    let fleet = Fleet::spawn(
+        devices,
+        running.coaps_addr.unwrap(),
+        Arc::new(Models::embedded()),
+        false,
+    )
+    .await
+    .unwrap();
     let stats = fleet.stats.clone();
     wait_for("every registration", Duration::from_secs(240), || {
         stats.registered.load(Ordering::Relaxed) == n as i64
@@ -256,7 +268,9 @@ async fn a_three_wave_campaign_updates_a_dtls_queue_mode_fleet() {
     assert!(m.bytes >= image.len() as u64, "{m:?}");
     let latest = s.latest_values("camp-0002").unwrap();
     assert!(
-        latest.iter().any(|v| v.path.to_string() == "/3/0/3" && format!("{:?}", v.value).contains("2.0.0")),
+        latest
+            .iter()
+            .any(|v| v.path.to_string() == "/3/0/3" && format!("{:?}", v.value).contains("2.0.0")),
         "{latest:?}"
     );
     fleet.stop().await;
@@ -271,30 +285,10 @@ async fn a_three_wave_campaign_updates_a_dtls_queue_mode_fleet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_survives_kill_9_of_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let free = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let coap = free();
-    let fw = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let serve = || {
-        Killed(
-            std::process::Command::new(env!("CARGO_BIN_EXE_flownexus"))
-                .arg("serve")
-                .env("FLOWNEXUS_DATA_DIR", dir.path())
-                .env("FLOWNEXUS_COAP_LISTEN", coap.to_string())
-                .env("FLOWNEXUS_FW_LISTEN", fw.to_string())
-                .env("FLOWNEXUS_COAPS_ENABLED", "false")
-                .env("FLOWNEXUS_HTTP_ENABLED", "false")
-                .env("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "500")
-                .env("FLOWNEXUS_LOG_LEVEL", "warn")
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let up = |dir: &Path| dir.join("fw-tls/ca.pem").exists() && dir.join("runtime.json").exists();
-    let child = serve();
-    wait_for("the server", Duration::from_secs(20), || up(dir.path())).await;
+    let server = super::Restartable::new(dir.path());
+    let serve = || server.serve();
+    let coap = server.coap;
+    let child = server.serve_up().await;
     add_catalogue_image(dir.path(), "app-2.bin", "v2.0.0", &mcuboot_image(16 * 1024, 2));
     let n = 60;
     let devices: Vec<DeviceConfig> = (0..n)
@@ -315,8 +309,17 @@ async fn a_campaign_survives_kill_9_of_the_server() {
     cli(
         dir.path(),
         &[
-            "campaign", "create", "--name", "kill", "--image", "app-2.bin", "--all", "--waves", "5,50%,100%",
-            "--max-concurrent", "10",
+            "campaign",
+            "create",
+            "--name",
+            "kill",
+            "--image",
+            "app-2.bin",
+            "--all",
+            "--waves",
+            "5,50%,100%",
+            "--max-concurrent",
+            "10",
         ],
     );
     let id = 1;
@@ -339,4 +342,178 @@ async fn a_campaign_survives_kill_9_of_the_server() {
     assert!(counts.iter().all(|(_, k)| *k == 1), "none updated twice: {counts:?}");
     assert_eq!(waves_reached(&s, id), [2, 3], "no wave started twice");
     f.stop().await;
+}
+
+/// The REST API and the dashboard: an operator makes a campaign (a viewer
+/// may not), bad requests say what is wrong, the live stream sends the
+/// report and then its changes, commands refused in the wrong state are
+/// 409s, and the campaign page shows the progress chart with the
+/// operator's text escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_through_the_api_and_the_dashboard() {
+    use flownexus::users::Role;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::web::{Keys, http};
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = super::web::start(dir.path(), |c| {
+        c.fota.update_timeout_s = 20;
+    })
+    .await;
+    add_catalogue_image(dir.path(), "app-2.bin", "v2.0.0", &mcuboot_image(16 * 1024, 2));
+    let devices: Vec<DeviceConfig> = (0..4)
+        .map(|i| fota_device(dir.path(), &format!("api-{i}"), FotaBehaviour::default()))
+        .collect();
+    let f = super::fleet(&running, devices).await;
+    let keys = Keys::new(dir.path());
+    let operator = format!("Bearer {}", keys.token("operator", Role::Operator));
+    let viewer = format!("Bearer {}", keys.token("viewer", Role::Viewer));
+    let call = |bearer: &str, method: &'static str, target: String, body: String| {
+        let bearer = bearer.to_string();
+        async move {
+            let h = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+            http(addr, method, &target, &h, body.as_bytes()).await
+        }
+    };
+    let body = r#"{"name":"<b>pilot</b>","image":"app-2.bin","target":{"devices":["api-0","api-1","api-2","api-3"]},
+                   "waves":[1,"100%"],"confirm_waves":true}"#;
+    let r = call(&viewer, "POST", "/api/v1/campaigns".into(), body.into()).await;
+    assert_eq!(r.status, 403);
+    for (bad, says) in [
+        (r#"{"name":"x","image":"app-2.bin","target":{}}"#, "name the devices"),
+        (
+            r#"{"name":"x","image":"app-2.bin","target":{"all":true},"waves":["0%"]}"#,
+            "percentage",
+        ),
+        (
+            r#"{"name":"x","image":"app-2.bin","target":{"all":true},"window":"22:00-05:00","time_zone":"Mars/Olympus"}"#,
+            "Mars/Olympus",
+        ),
+        (r#"{"name":"x","image":"nope.bin","target":{"all":true}}"#, "nope.bin"),
+        (
+            r#"{"name":"x","image":"app-2.bin","target":{"devices":["ghost"]}}"#,
+            "no device matches",
+        ),
+        (
+            r#"{"name":"x","image":"app-2.bin","target":{"all":true},"colour":"red"}"#,
+            "colour",
+        ),
+    ] {
+        let r = call(&operator, "POST", "/api/v1/campaigns".into(), bad.into()).await;
+        assert!(matches!(r.status, 400 | 404 | 422), "{bad}: {} {}", r.status, r.text());
+        assert!(r.text().contains(says), "{bad}: {}", r.text());
+    }
+    let r = call(&operator, "POST", "/api/v1/campaigns".into(), body.into()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+    assert_eq!(r.json()["state"], "running");
+
+    // The live stream: the report at once, then the campaign's changes.
+    let mut sse = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /api/v1/campaigns/{id}/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {viewer}\r\n\r\n");
+    sse.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let s = store(dir.path());
+    // The canary wave (one device) is verified; the second waits for a person.
+    campaign_reaches(&s, id, &[State::AwaitingConfirmation], Duration::from_secs(60)).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("awaiting-confirmation") {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout_at(until.into(), sse.read(&mut buf))
+            .await
+            .expect("the stream reports the change")
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("event: campaign\ndata: {"), "{seen}");
+    assert!(
+        seen.matches("event: campaign").count() >= 2,
+        "the first report and a change: {seen}"
+    );
+
+    let r = call(
+        &operator,
+        "POST",
+        format!("/api/v1/campaigns/{id}/pause"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 409, "only a running campaign pauses: {}", r.text());
+    let r = call(
+        &viewer,
+        "GET",
+        format!("/api/v1/campaigns/{id}/devices?status=succeeded"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["devices"].as_array().unwrap().len(), 1, "{}", r.text());
+    let canary = r.json()["devices"][0]["endpoint"].as_str().unwrap().to_string();
+    let r = call(
+        &viewer,
+        "GET",
+        format!("/api/v1/campaigns/{id}/devices/{canary}"),
+        String::new(),
+    )
+    .await;
+    let timeline = r.json();
+    let phases: Vec<&str> = timeline["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases.first(), Some(&"checking"));
+    assert_eq!(phases.last(), Some(&"succeeded"));
+    assert!(r.json()["bytes"].as_u64().unwrap() >= 16 * 1024, "{}", r.text());
+
+    // The page: chart, waves, the name escaped.
+    let session = keys.session("viewer");
+    let cookie = format!("flownexus={session}");
+    let page = http(
+        addr,
+        "GET",
+        &format!("/campaigns/{id}"),
+        &[("Cookie", cookie.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(
+        !html.contains("<b>pilot") && html.contains("b&#62;pilot"),
+        "escaped: {html}"
+    );
+    assert!(
+        html.contains(r#"<svg class="chart""#) && html.contains("class=\"seg-ok\""),
+        "{html}"
+    );
+    assert!(html.contains("confirm to start wave 2"), "{html}");
+    assert!(!html.contains("id=\"campaign-resume\""), "a viewer gets no buttons");
+    let list = http(addr, "GET", "/campaigns", &[("Cookie", cookie.as_str())], b"").await;
+    assert!(list.text().contains(&format!("/campaigns/{id}")));
+
+    // Confirm: the rest is updated and the campaign finishes.
+    let r = call(
+        &operator,
+        "POST",
+        format!("/api/v1/campaigns/{id}/resume"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    campaign_reaches(&s, id, &[State::Finished], Duration::from_secs(60)).await;
+    let r = call(
+        &operator,
+        "POST",
+        format!("/api/v1/campaigns/{id}/retry"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 409, "nothing failed to retry: {}", r.text());
+    let r = call(&viewer, "GET", "/api/v1/campaigns".into(), String::new()).await;
+    assert_eq!(r.json()[0]["totals"]["succeeded"], 4, "{}", r.text());
+    f.stop().await;
+    running.stop().await;
 }

@@ -15,7 +15,7 @@ use flownexus::sim::{DeviceConfig, FotaBehaviour};
 use flownexus::users::Role;
 
 use super::web::http as http_call;
-use super::{Killed, config, device, fleet, flownexus_cli, store, wait_for};
+use super::{config, device, fleet, flownexus_cli, store, wait_for};
 
 /// The timeline of an update that goes well: each step once, in order.
 const HAPPY_PATH: [Phase; 8] = [
@@ -367,31 +367,10 @@ async fn stalled_looping_and_refusing_devices_fail_with_their_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_survives_kill_9_of_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    // Fixed ports, so the devices find the server again after a restart.
-    let free = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let coap = free();
-    let fw = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let serve = || {
-        Killed(
-            std::process::Command::new(env!("CARGO_BIN_EXE_flownexus"))
-                .arg("serve")
-                .env("FLOWNEXUS_DATA_DIR", dir.path())
-                .env("FLOWNEXUS_COAP_LISTEN", coap.to_string())
-                .env("FLOWNEXUS_FW_LISTEN", fw.to_string())
-                .env("FLOWNEXUS_COAPS_ENABLED", "false")
-                .env("FLOWNEXUS_HTTP_ENABLED", "false")
-                .env("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "500")
-                .env("FLOWNEXUS_LOG_LEVEL", "warn")
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let up = |dir: &Path| dir.join("fw-tls/ca.pem").exists() && dir.join("runtime.json").exists();
-    let child = serve();
-    wait_for("the server", Duration::from_secs(20), || up(dir.path())).await;
+    let server = super::Restartable::new(dir.path());
+    let serve = || server.serve();
+    let coap = server.coap;
+    let child = server.serve_up().await;
     add_image(dir.path());
     let mut d = fota_device(dir.path(), "fota-kill", FotaBehaviour::default());
     // Re-register soon when the server is away.

@@ -127,7 +127,7 @@ impl Keys {
             db: dir.join("flownexus.sqlite3"),
         }
     }
-    fn session(&self, user: &str) -> String {
+    pub(crate) fn session(&self, user: &str) -> String {
         let s = format!("test-session-{}", fastrand::u64(..));
         Store::open(&self.db)
             .unwrap()
