@@ -7,8 +7,9 @@
 //! after every step. Decisions are the machine's.
 //!
 //! Nothing depends on the event stream alone: finished operations are also
-//! read back from the store, and a device that registered while events
-//! were lost is found from its registration row, so a lagging subscriber
+//! read back from the store, a device that registered while events were
+//! lost is found from its registration row, Object 5 values are read back
+//! after the stream reported a lag, so a lagging subscriber
 //! or a restart delays an update but never strands or repeats it.
 
 use std::collections::HashMap;
@@ -151,6 +152,7 @@ pub async fn run(
         updates: HashMap::new(),
         by_endpoint: HashMap::new(),
         last_id: 0,
+        replay_ticks: 0,
     };
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(TICK);
@@ -162,6 +164,10 @@ pub async fn run(
                 Ok(ev) => task.event(&ev),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     log::warn!("firmware updates: {n} server events missed; the store fills the gaps");
+                    // The values in them (State Downloaded, say) are read
+                    // back from the store at this tick and the next (the
+                    // writer may not have committed the last ones yet).
+                    task.replay_ticks = 2;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -179,6 +185,9 @@ struct Task {
     updates: HashMap<i64, Active>,
     by_endpoint: HashMap<String, i64>,
     last_id: i64,
+    /// Ticks left that read Object 5's values back from the store, after
+    /// events were missed.
+    replay_ticks: u8,
 }
 
 impl Task {
@@ -293,11 +302,54 @@ impl Task {
         if let Err(e) = self.poll() {
             log::warn!("firmware updates: store poll failed: {e}");
         }
+        if self.replay_ticks > 0 {
+            self.replay_ticks -= 1;
+            if let Err(e) = self.replay_values() {
+                log::warn!("firmware updates: reading values back failed: {e}");
+            }
+        }
         let limits = self.settings.limits;
         let ids: Vec<i64> = self.updates.keys().copied().collect();
         for id in ids {
             self.step(id, |m, now| m.tick(now, &limits));
         }
+    }
+
+    /// Feed the updates that wait for a notification the Object 5 values
+    /// the store holds from their phase on: what a missed `ValuesReported`
+    /// carried. A value seen twice moves a machine once (a phase acts on
+    /// the first).
+    fn replay_values(&mut self) -> Result<()> {
+        let waiting: Vec<(i64, String, i64)> = self
+            .updates
+            .iter()
+            .filter(|(_, a)| {
+                matches!(
+                    a.machine.phase,
+                    Phase::WritingUri | Phase::Downloading | Phase::Updating
+                )
+            })
+            .map(|(id, a)| (*id, a.endpoint.clone(), a.machine.phase_since))
+            .collect();
+        let object5 = ["/5/0/3", "/5/0/5"];
+        for (id, endpoint, since) in waiting {
+            let records: Vec<crate::lwm2m::path::Record> = self
+                .store
+                .latest_values(&endpoint)?
+                .into_iter()
+                .filter(|v| v.ts >= since && object5.contains(&v.path.to_string().as_str()))
+                .map(|v| crate::lwm2m::path::Record {
+                    path: v.path,
+                    value: v.value,
+                    time: None,
+                })
+                .collect();
+            if !records.is_empty() {
+                let limits = self.settings.limits;
+                self.step(id, |m, now| m.values(now, &records, &limits));
+            }
+        }
+        Ok(())
     }
 
     /// New updates (made by the CLI or API), cancellations, and what the
