@@ -245,6 +245,32 @@ pub(super) fn update_ended(tx: &Transaction<'_>, update_id: i64, phase: Phase, r
     Ok(())
 }
 
+/// A campaign's device with its latest update and the bytes sent to it
+/// for that update; callers add the `WHERE`.
+const MEMBER_SQL: &str =
+    "SELECT cd.endpoint, cd.wave, cd.status, cd.update_id, u.phase, COALESCE(cd.reason, u.reason), cd.attempts,
+            (SELECT COALESCE(SUM(dl.bytes), 0) FROM downloads dl
+              WHERE dl.device = cd.endpoint AND dl.firmware_id = c.firmware_id AND dl.ts >= u.created_at),
+            cd.added_at
+     FROM campaign_devices cd JOIN campaigns c ON c.id = cd.campaign_id
+     LEFT JOIN fota_updates u ON u.id = cd.update_id";
+
+fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MemberRow> {
+    let status: String = r.get(2)?;
+    let phase: Option<String> = r.get(4)?;
+    Ok(MemberRow {
+        endpoint: r.get(0)?,
+        wave: r.get::<_, Option<i64>>(1)?.map(|w| w as usize + 1),
+        status: MemberStatus::parse(&status).unwrap_or(MemberStatus::Failed),
+        update_id: r.get(3)?,
+        phase: phase.and_then(|p| serde_json::from_value(serde_json::Value::String(p)).ok()),
+        reason: r.get(5)?,
+        attempts: r.get(6)?,
+        bytes: r.get::<_, i64>(7)? as u64,
+        added_at: r.get(8)?,
+    })
+}
+
 /// Where an update's phase counts: holding a download slot or past it.
 fn holds_slot(phase: Phase) -> bool {
     matches!(
@@ -609,56 +635,26 @@ impl Store {
         limit: usize,
         offset: usize,
     ) -> Result<Vec<MemberRow>> {
-        let mut st = self.conn.prepare(
-            "SELECT cd.endpoint, cd.wave, cd.status, cd.update_id, u.phase, COALESCE(cd.reason, u.reason), cd.attempts,
-                    (SELECT COALESCE(SUM(dl.bytes), 0) FROM downloads dl
-                      WHERE dl.device = cd.endpoint AND dl.firmware_id = c.firmware_id AND dl.ts >= u.created_at),
-                    cd.added_at
-             FROM campaign_devices cd JOIN campaigns c ON c.id = cd.campaign_id
-             LEFT JOIN fota_updates u ON u.id = cd.update_id
-             WHERE cd.campaign_id = ?1 AND (?2 IS NULL OR cd.status = ?2)
-             ORDER BY cd.position LIMIT ?3 OFFSET ?4",
-        )?;
+        let mut st = self.conn.prepare(&format!(
+            "{MEMBER_SQL} WHERE cd.campaign_id = ?1 AND (?2 IS NULL OR cd.status = ?2)
+             ORDER BY cd.position LIMIT ?3 OFFSET ?4"
+        ))?;
         let rows = st.query_map(
             params![id, status.map(MemberStatus::as_str), limit as i64, offset as i64],
-            |r| {
-                let status: String = r.get(2)?;
-                let phase: Option<String> = r.get(4)?;
-                Ok(MemberRow {
-                    endpoint: r.get(0)?,
-                    wave: r.get::<_, Option<i64>>(1)?.map(|w| w as usize + 1),
-                    status: MemberStatus::parse(&status).unwrap_or(MemberStatus::Failed),
-                    update_id: r.get(3)?,
-                    phase: phase.and_then(|p| serde_json::from_value(serde_json::Value::String(p)).ok()),
-                    reason: r.get(5)?,
-                    attempts: r.get(6)?,
-                    bytes: r.get::<_, i64>(7)? as u64,
-                    added_at: r.get(8)?,
-                })
-            },
+            member_row,
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// One device of a campaign.
     pub fn campaign_member(&self, id: i64, endpoint: &str) -> Result<MemberRow> {
-        // A page of one, found by position.
-        let position: Option<i64> = self
-            .conn
+        self.conn
             .query_row(
-                "SELECT position FROM campaign_devices WHERE campaign_id = ?1 AND endpoint = ?2",
+                &format!("{MEMBER_SQL} WHERE cd.campaign_id = ?1 AND cd.endpoint = ?2"),
                 params![id, endpoint],
-                |r| r.get(0),
+                member_row,
             )
-            .optional()?;
-        let position = position.ok_or_else(|| Error::NotFound(format!("{endpoint} in campaign {id}")))?;
-        let offset: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM campaign_devices WHERE campaign_id = ?1 AND position < ?2",
-            params![id, position],
-            |r| r.get(0),
-        )?;
-        self.campaign_members(id, None, 1, offset as usize)?
-            .pop()
+            .optional()?
             .ok_or_else(|| Error::NotFound(format!("{endpoint} in campaign {id}")))
     }
 
