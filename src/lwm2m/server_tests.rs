@@ -86,7 +86,7 @@ impl Net {
             let mut moved = false;
             let now = self.now();
             for (i, c) in self.clients.iter_mut().enumerate() {
-                while let Some(bytes) = c.poll_transmit() {
+                while let Some(bytes) = c.poll_transmit(now.mono) {
                     moved = true;
                     if !self.dead[i] {
                         self.server.handle_datagram(now, self.alias[i], &bytes);

@@ -226,8 +226,18 @@ impl Client {
         self.awake_until = Some(now + self.cfg.awake_window);
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.coap.poll_transmit().map(|t| t.bytes)
+    /// The next datagram to send. Every transmission, a CoAP
+    /// retransmission or an answer to the server included, restarts the
+    /// awake window: Zephyr's `socket_send_message` calls
+    /// `engine_update_tx_time` on each send, and the RX-off of queue mode
+    /// counts `CONFIG_LWM2M_QUEUE_MODE_UPTIME` from that time. (Counting it
+    /// from the first transmission only, as before, had a device under
+    /// load sleep through the answers to its own retransmitted Updates
+    /// until its registration expired.)
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let t = self.coap.poll_transmit()?;
+        self.uplink(now);
+        Some(t.bytes)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

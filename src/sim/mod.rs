@@ -284,7 +284,7 @@ async fn run_device(
                 let _ = done.send((job.generation, result)).await;
             });
         }
-        while let Some(bytes) = client.poll_transmit() {
+        while let Some(bytes) = client.poll_transmit(std::time::Instant::now()) {
             link.send(bytes).await;
         }
         let after = client.counters;
@@ -312,7 +312,7 @@ async fn run_device(
         tokio::select! {
             _ = stop.changed() => {
                 client.deregister(std::time::Instant::now());
-                while let Some(bytes) = client.poll_transmit() {
+                while let Some(bytes) = client.poll_transmit(std::time::Instant::now()) {
                     link.send(bytes).await;
                 }
                 if registered {

@@ -36,7 +36,7 @@ impl Device {
         let token = vec![1, 2, self.mid as u8];
         let bytes = Message::request(Type::Con, self.mid, token.clone(), req).encode();
         self.client.handle_datagram(self.now, &bytes);
-        let answer = self.client.poll_transmit().expect("an answer");
+        let answer = self.client.poll_transmit(self.now).expect("an answer");
         let m = Message::decode(&answer).expect("decodes");
         assert_eq!((m.mtype, m.message_id, &m.token), (Type::Ack, self.mid, &token));
         m.into_response()
@@ -211,7 +211,7 @@ fn composite_write_is_all_or_nothing_and_composite_observe_cancels() {
         d.mid += 1;
         d.client
             .handle_datagram(d.now, &Message::request(Type::Con, d.mid, token.clone(), r).encode());
-        Message::decode(&d.client.poll_transmit().unwrap())
+        Message::decode(&d.client.poll_transmit(d.now).unwrap())
             .unwrap()
             .into_response()
     };
