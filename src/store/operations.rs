@@ -118,6 +118,18 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("operation {id}")))
     }
 
+    /// Those of `ids` that have ended, in one query (the FOTA task asks
+    /// this every tick about every operation its updates wait for).
+    pub fn ended_operations(&self, ids: &[OperationId]) -> Result<Vec<OperationRow>> {
+        let ids: Vec<rusqlite::types::Value> = ids.iter().map(|&i| i.into()).collect();
+        let mut st = self.conn.prepare_cached(&format!(
+            "{} WHERE id IN rarray(?1) AND state NOT IN ('queued', 'sent')",
+            Self::OPERATION_SQL
+        ))?;
+        let rows = st.query_map([std::rc::Rc::new(ids)], Self::operation_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn operations_of(&self, endpoint: &str, limit: usize) -> Result<Vec<OperationRow>> {
         let mut st = self.conn.prepare(&format!(
             "{} WHERE endpoint = ?1 ORDER BY id DESC LIMIT ?2",

@@ -10,6 +10,18 @@ impl Store {
         self.registrations_where("1", [])
     }
 
+    /// When each of `endpoints` that is registered last registered, in one
+    /// query.
+    pub fn registered_at(&self, endpoints: &[&str]) -> Result<std::collections::HashMap<String, i64>> {
+        let endpoints: Vec<rusqlite::types::Value> = endpoints.iter().map(|&e| e.to_string().into()).collect();
+        let mut st = self.conn.prepare_cached(
+            "SELECT d.endpoint, r.registered_at FROM registrations r JOIN devices d ON d.id = r.device_id
+             WHERE d.endpoint IN rarray(?1)",
+        )?;
+        let rows = st.query_map([std::rc::Rc::new(endpoints)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub(super) fn registrations_where(
         &self,
         filter: &str,
