@@ -177,7 +177,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
 
     let writer = WriterHandle::start(Store::open(&db_path)?, WriterSettings::of(&config.store));
-    let (events, _) = broadcast::channel(4096);
+    // Room for the bursts of a campaign start (a thousand operations
+    // answered in a second, each with its values); a subscriber that lags
+    // behind even so reads what it missed from the store.
+    let (events, _) = broadcast::channel(16_384);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let shell_writer = writer.clone();
     let shell_events = events.clone();
@@ -233,7 +236,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         operation_max_attempts: config.lwm2m.operation_max_attempts,
     };
     tasks.push(tokio::spawn(crate::shell::fota::run(
-        Store::open(&db_path)?,
+        // The writer's books of journalled values: reading a device's
+        // latest values back after a lag is then an indexed lookup, not a
+        // scan of the journal per device.
+        Store::open(&db_path)?.with_pending(writer.pending()),
         fota_settings,
         events.subscribe(),
         doom_rx,

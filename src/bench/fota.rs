@@ -132,9 +132,22 @@ pub async fn run(b: FotaBench, models: &Arc<Models>) -> anyhow::Result<()> {
     let t = Instant::now();
     let id = crate::shell::campaign::create(&store, &req, "bench")?;
     let mut rss_peak = rss_before;
+    let mut shown = Instant::now();
     let finished = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         rss_peak = rss_peak.max(server.status_kib("VmRSS:"));
+        if shown.elapsed() >= Duration::from_secs(30) {
+            shown = Instant::now();
+            let w = crate::campaign::sum(&store.campaign_counts(id, 1)?.waves);
+            println!(
+                "    {:>4.0} s: {} verified, {} downloading, {} installing, {} pending",
+                t.elapsed().as_secs_f64(),
+                w.succeeded,
+                w.downloading,
+                w.installing,
+                w.pending
+            );
+        }
         let c = store.campaign(id)?;
         match c.state {
             State::Finished => break t.elapsed(),

@@ -193,6 +193,9 @@ pub struct Update {
     /// towards the phase's timeout.
     #[serde(default)]
     pub asleep_ms: i64,
+    /// When the Package URI of the current download was queued (Unix ms).
+    #[serde(default)]
+    pub download_since: i64,
     /// Downloads retried so far.
     pub retries: u32,
     pub retry_at: Option<i64>,
@@ -216,6 +219,7 @@ impl Update {
             phase_since: now,
             last_seen: now,
             asleep_ms: 0,
+            download_since: now,
             retries: 0,
             retry_at: None,
             reason: None,
@@ -274,6 +278,25 @@ impl Update {
         });
     }
 
+    /// Write the Package URI: the download starts when the device has it.
+    fn start_download(&mut self, now: i64) {
+        self.enter(now, Phase::WritingUri);
+        self.download_since = now;
+        let uri = self.package_uri.clone();
+        self.write_uri(&uri);
+    }
+
+    /// From when the values a device reports concern this phase: for the
+    /// download, from the URI write on (the device may report Downloaded
+    /// before the server has taken its answer to the write); else from
+    /// the phase's start.
+    pub fn values_since(&self) -> i64 {
+        match self.phase {
+            Phase::WritingUri | Phase::Downloading => self.download_since,
+            _ => self.phase_since,
+        }
+    }
+
     /// How long the device was out of reach since it was last heard: the
     /// time past its awake window (Transport §6.5: a queue-mode device
     /// listens only for a while after each uplink).
@@ -287,6 +310,16 @@ impl Update {
     pub fn seen(&mut self, now: i64, limits: &Limits) {
         self.asleep_ms += self.out_of_reach(now, limits.awake_window_ms);
         self.last_seen = self.last_seen.max(now);
+    }
+
+    /// Whether `self` and `other` differ at most in when the device was
+    /// last heard (an uplink that moved nothing else): worth persisting
+    /// now and then, not in a transaction per notification.
+    pub fn differs_only_in_reach(&self, other: &Update) -> bool {
+        let mut a = self.clone();
+        a.last_seen = other.last_seen;
+        a.asleep_ms = other.asleep_ms;
+        a == *other
     }
 
     /// Time in this phase with the device within reach.
@@ -327,11 +360,7 @@ impl Update {
                 }
             }
             (Phase::Resetting, Ok(_)) => self.observe(now),
-            (Phase::Observing, Ok(_)) => {
-                self.enter(now, Phase::WritingUri);
-                let uri = self.package_uri.clone();
-                self.write_uri(&uri);
-            }
+            (Phase::Observing, Ok(_)) => self.start_download(now),
             (Phase::WritingUri, Ok(_)) => self.enter(now, Phase::Downloading),
             (Phase::RetryWait, Ok(_)) => {} // the reset before a retry is done
             (Phase::Executing, Ok(_)) => self.enter(now, Phase::Updating),
@@ -555,9 +584,7 @@ impl Update {
                 .get_or_insert(now + limits.retry_backoff_ms * (1i64 << (self.retries - 1).min(10)));
             if now >= at {
                 self.retry_at = None;
-                self.enter(now, Phase::WritingUri);
-                let uri = self.package_uri.clone();
-                self.write_uri(&uri);
+                self.start_download(now);
             }
         }
     }

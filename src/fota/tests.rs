@@ -117,6 +117,22 @@ fn a_device_goes_from_idle_to_the_new_version() {
     assert_eq!((d.u.phase, d.u.reason.as_deref()), (Phase::Succeeded, None));
 }
 
+/// The values that concern a download date from the URI write, not from
+/// when the server took the device's answer to it: a Downloaded reported
+/// between the two (seen only by reading the store back after the event
+/// stream lagged) is this download's.
+#[test]
+fn the_download_counts_values_from_the_uri_write() {
+    let mut d = Drive::new();
+    d.finish(1, ok(vec![rec("/5/0/3", Value::Integer(0))]));
+    d.finish(2, ok(vec![rec("/5/0/3", Value::Integer(0))]));
+    assert_eq!((d.u.phase, d.u.values_since()), (Phase::WritingUri, 2));
+    d.finish(9, ok(vec![]));
+    assert_eq!((d.u.phase, d.u.phase_since, d.u.values_since()), (Phase::Downloading, 9, 2));
+    d.u.values(10, &[rec("/5/0/3", Value::Integer(2))], &LIMITS);
+    assert_eq!((d.u.phase, d.u.values_since()), (Phase::Executing, 10));
+}
+
 #[test]
 fn a_busy_device_is_reset_with_an_empty_uri_first() {
     let mut d = Drive::new();

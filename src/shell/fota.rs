@@ -27,6 +27,8 @@ use crate::transport::Peer;
 
 /// How often deadlines are checked and the store is polled.
 const TICK: Duration = Duration::from_secs(1);
+/// Save last-heard times every this many ticks.
+const REACH_SAVE_TICKS: u32 = 10;
 
 /// What an update's operations may take before they expire (the phase
 /// timeouts decide the rest).
@@ -135,6 +137,8 @@ pub fn live_firmware(store: &Store, image: &str) -> Result<FirmwareRow> {
 struct Active {
     endpoint: String,
     machine: Update,
+    /// Changed only in when the device was last heard, not saved yet.
+    unsaved_reach: bool,
 }
 
 /// Run until `stop`: `events` from the LwM2M server, `doom_loops` (the
@@ -153,12 +157,13 @@ pub async fn run(
         by_endpoint: HashMap::new(),
         last_id: 0,
         replay_ticks: 0,
+        ticks: 0,
     };
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => return task.save_reach(),
             _ = tick.tick() => task.tick(),
             ev = events.recv() => match ev {
                 Ok(ev) => task.event(&ev),
@@ -188,6 +193,7 @@ struct Task {
     /// Ticks left that read Object 5's values back from the store, after
     /// events were missed.
     replay_ticks: u8,
+    ticks: u32,
 }
 
 impl Task {
@@ -227,9 +233,16 @@ impl Task {
                     }
                 }
             }
-            None if a.machine != before => self.store.save_update(id, &a.machine),
-            None => return,
+            None if a.machine == before => return,
+            None if a.machine.differs_only_in_reach(&before) => {
+                // Every notification moves `last_seen`; those are saved
+                // together every few ticks (`save_reach`).
+                a.unsaved_reach = true;
+                return;
+            }
+            None => self.store.save_update(id, &a.machine),
         };
+        a.unsaved_reach = false;
         match saved {
             Ok(()) => {}
             Err(Error::NotFound(_)) => {
@@ -313,6 +326,21 @@ impl Task {
         for id in ids {
             self.step(id, |m, now| m.tick(now, &limits));
         }
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(REACH_SAVE_TICKS) {
+            self.save_reach();
+        }
+    }
+
+    /// Persist the last-heard times that moved since they were last saved,
+    /// in one transaction. A restart in between loses at most these ticks
+    /// of them: a phase clock that counts a little sleep as reachable.
+    fn save_reach(&mut self) {
+        let unsaved = self.updates.iter().filter(|(_, a)| a.unsaved_reach);
+        match self.store.save_updates(unsaved.map(|(id, a)| (*id, &a.machine))) {
+            Ok(()) => self.updates.values_mut().for_each(|a| a.unsaved_reach = false),
+            Err(e) => log::warn!("firmware updates: last-heard times not saved: {e}"),
+        }
     }
 
     /// Feed the updates that wait for a notification the Object 5 values
@@ -329,7 +357,7 @@ impl Task {
                     Phase::WritingUri | Phase::Downloading | Phase::Updating
                 )
             })
-            .map(|(id, a)| (*id, a.endpoint.clone(), a.machine.phase_since))
+            .map(|(id, a)| (*id, a.endpoint.clone(), a.machine.values_since()))
             .collect();
         let object5 = ["/5/0/3", "/5/0/5"];
         for (id, endpoint, since) in waiting {
@@ -376,6 +404,7 @@ impl Task {
                 Active {
                     endpoint: row.endpoint,
                     machine: row.machine,
+                    unsaved_reach: false,
                 },
             );
         }
@@ -413,8 +442,11 @@ impl Task {
                     code: row.coap_code,
                     reason: format!("operation {op} ended {}", row.state.as_str()),
                 });
-            let limits = self.settings.limits;
-            self.step(id, |m, now| m.operation_finished(now, op, &outcome, &limits));
+            // At the time it ended, not now: a device that rebooted at
+            // once after Execute may have registered again in between, and
+            // Updating must begin before that registration.
+            let (limits, at) = (self.settings.limits, row.updated_at);
+            self.step(id, |m, now| m.operation_finished(at.min(now), op, &outcome, &limits));
         }
         // A device that registered again while its Registered event was
         // lost (a lagging subscriber, a restart of the server).

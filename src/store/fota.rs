@@ -152,6 +152,16 @@ impl Store {
         Ok(())
     }
 
+    /// Save several updates in one transaction.
+    pub fn save_updates<'a>(&self, updates: impl IntoIterator<Item = (i64, &'a Update)>) -> Result<()> {
+        let tx = self.write_tx()?;
+        for (id, machine) in updates {
+            save_on(&tx, id, machine)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Queue the operation an update asked for and save the update waiting
     /// for it, in one transaction: after a crash either both happened or
     /// neither, so no step is sent twice (an Execute Update repeated would
