@@ -319,10 +319,13 @@ enum DeviceCommand {
     /// Show one operation.
     Operation { id: i64 },
     /// Update a device's firmware to catalogue image IMAGE (id or name):
-    /// LwM2M Object 5, the Package URI on the record-limited HTTPS server.
+    /// LwM2M Object 5 (or 33629 where the device has it), the Package URI
+    /// on the record-limited HTTPS server. More images (Object 33629 only)
+    /// are installed together, e.g. an application and a modem image.
     Update {
         endpoint: String,
-        image: String,
+        #[arg(required = true, num_args = 1..)]
+        images: Vec<String>,
         /// Wait until the update ends and print its timeline.
         #[arg(long)]
         wait: bool,
@@ -884,13 +887,14 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
         }
         DeviceCommand::Update {
             endpoint,
-            image,
+            images,
             wait,
             timeout,
         } => {
             let starter =
                 crate::shell::fota::Starter::new(config, running_addr(config, "fw"), running_addr(config, "coap"))?;
-            let id = starter.create(&store, &endpoint, &image, "cli")?;
+            let images: Vec<&str> = images.iter().map(String::as_str).collect();
+            let id = starter.create(&store, &endpoint, &images, "cli")?;
             println!("firmware update {id} of {endpoint} queued");
             if !wait {
                 return Ok(ExitCode::SUCCESS);

@@ -1,23 +1,33 @@
 //! Firmware update of one device over LwM2M Object 5 (Core 1.1 Appendix
-//! E.6, "pull" delivery), sans-I/O: time and what the server saw go in;
-//! the next operation to queue and the phase the update is in come out.
-//! No SQL, sockets or clocks here: the shell (`shell::fota`) persists the
-//! update after every step and queues the operations it asks for.
+//! E.6, "pull" delivery) or nRF Connect SDK's Advanced Firmware Update,
+//! Object 33629 (the same resources per instance, one instance per
+//! component: application, modem), sans-I/O: time and what the server saw
+//! go in; the next operation to queue and the phase the update is in come
+//! out. No SQL, sockets or clocks here: the shell (`shell::fota`) persists
+//! the update after every step and queues the operations it asks for.
+//! [`component`] says where each image goes.
 //!
-//! The steps, each waiting for the one before:
-//! 1. Read State `/5/0/3`; a device that is not Idle (0) is first reset
-//!    with an empty Package URI (E.6: writing an empty URI cancels and
-//!    returns to Idle).
-//! 2. Observe `/5/0`, so State and Update Result `/5/0/5` arrive as
-//!    notifications.
+//! The steps, each waiting for the one before (paths for Object 5; with
+//! 33629 the same resources of each component's instance):
+//! 1. Read `/5/0` (or all of `/33629`: the component names find each
+//!    image's instance, and a modem delta's base is checked against the
+//!    modem's Current Version); an instance that is not Idle (State 0) is
+//!    first reset with an empty Package URI (E.6: writing an empty URI
+//!    cancels and returns to Idle).
+//! 2. Observe `/5/0` (or `/33629`), so State `/5/0/3` and Update Result
+//!    `/5/0/5` arrive as notifications.
 //! 3. Write the Package URI `/5/0/1` (a Write-Replace of that resource).
 //! 4. Wait for State Downloaded (2) within `download_timeout`; an Update
 //!    Result 2–9, or the download server seeing a resume at the image's
 //!    end (the nRF "FOTA doom loop"), resets the device with an empty URI
-//!    and retries, with backoff, up to `max_retries`.
-//! 5. Execute Update `/5/0/2`; the device reboots and registers again (an
-//!    nRF device without a De-register) within `update_timeout`.
-//! 6. Read Firmware Version `/3/0/3` and compare it with the target.
+//!    and retries, with backoff, up to `max_retries`. Steps 3–4 repeat for
+//!    each further image.
+//! 5. Execute Update `/5/0/2` (of the first image's instance, its argument
+//!    0 linking the others' so they are installed together); the device
+//!    reboots and registers again (an nRF device without a De-register)
+//!    within `update_timeout`.
+//! 6. Read Firmware Version `/3/0/3` (or each instance's Current Version
+//!    `/33629/x/15`) and compare it with the target.
 //!
 //! A phase's clock counts only while the device is within reach (within
 //! its awake window after an uplink), so a queue-mode device asleep for an
@@ -26,8 +36,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod component;
+
+pub use component::{Carrier, Component, ComponentKind};
+
 use crate::lwm2m::operation::{OperationId, OperationKind, Outcome, WriteValue};
-use crate::lwm2m::path::{Record, ResourcePath, Value};
+use crate::lwm2m::path::{Record, ResourcePath};
 
 /// Where an update is. The final phases are `Succeeded`, `Failed` and
 /// `Cancelled`.
@@ -104,18 +118,8 @@ impl Limits {
     }
 }
 
-/// State `/5/0/3` (Core E.6): what the device says it is doing.
-const STATE: &str = "/5/0/3";
-const UPDATE_RESULT: &str = "/5/0/5";
-const PACKAGE_URI: &str = "/5/0/1";
-const UPDATE: &str = "/5/0/2";
-const FIRMWARE_VERSION: &str = "/3/0/3";
 const STATE_IDLE: i64 = 0;
 const STATE_DOWNLOADED: i64 = 2;
-
-fn path(s: &str) -> ResourcePath {
-    s.parse().expect("static path")
-}
 
 /// An Update Result (`/5/0/5`, Core E.6) in words an operator reads.
 pub fn update_result_reason(code: i64) -> String {
@@ -170,15 +174,19 @@ pub fn package_uri(base: &str, sha256: &str, name: &str, token: &str) -> Result<
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Update {
     pub phase: Phase,
-    /// The Package URI to write (absolute, with the download token): the
-    /// HTTPS one, or `coap_uri` for a device that speaks only CoAP(S).
-    pub package_uri: String,
-    /// The same image on the LwM2M port (`coap(s)://…/fw/SHA/NAME?t=…`),
-    /// where one is configured.
+    /// The object the update goes through.
     #[serde(default)]
-    pub coap_uri: Option<String>,
-    /// The version the image was added with: what the device must report.
-    pub target_version: String,
+    pub carrier: Carrier,
+    /// The images to install, downloaded in this order; the first one's
+    /// Execute Update installs them all (Object 33629 linked instances).
+    pub components: Vec<Component>,
+    /// The component being downloaded (an index into `components`).
+    #[serde(default)]
+    pub current: usize,
+    /// Components still to be reset with an empty Package URI (Resetting,
+    /// Cancelling), the next one last.
+    #[serde(default)]
+    pub resets: Vec<usize>,
     /// The operation this phase waits for, once the shell queued it.
     pub waiting_for: Option<OperationId>,
     /// An operation chosen but not yet queued (the shell takes it).
@@ -207,13 +215,23 @@ pub struct Update {
 }
 
 impl Update {
-    /// A new update; its first operation (Read `/5/0`) is in `to_queue`.
+    /// A new update of one image over Object 5; its first operation (Read
+    /// `/5/0`) is in `to_queue`.
     pub fn new(now: i64, package_uri: String, coap_uri: Option<String>, target_version: String) -> Update {
+        let c = Component::new(ComponentKind::Application, package_uri, coap_uri, target_version);
+        Update::of(now, Carrier::Object5, vec![c])
+    }
+
+    /// A new update of `components` (at least one) through `carrier`; its
+    /// first operation (Read of the object) is in `to_queue`.
+    pub fn of(now: i64, carrier: Carrier, components: Vec<Component>) -> Update {
+        assert!(!components.is_empty(), "an update installs at least one image");
         let mut u = Update {
             phase: Phase::Checking,
-            package_uri,
-            coap_uri,
-            target_version,
+            carrier,
+            components,
+            current: 0,
+            resets: Vec::new(),
             waiting_for: None,
             to_queue: None,
             phase_since: now,
@@ -225,10 +243,24 @@ impl Update {
             reason: None,
             cancel_requested: false,
         };
-        // The instance: State, and what the device can fetch from
-        // (Firmware Update Protocol Support /5/0/8, Delivery Method /5/0/9).
-        u.send(OperationKind::Read { path: path("/5/0") });
+        // State, and what the device can fetch from (Firmware Update
+        // Protocol Support 8, Delivery Method 9), of every instance; with
+        // 33629 also the Component Names and Current Versions.
+        u.send(OperationKind::Read { path: u.read_path() });
         u
+    }
+
+    /// What Checking reads and Observing observes: `/5/0`, or the whole
+    /// Object 33629 (every component's instance).
+    fn read_path(&self) -> ResourcePath {
+        match self.carrier {
+            Carrier::Object5 => self.components[0].instance_path(Carrier::Object5),
+            Carrier::Advanced => self.carrier.object(),
+        }
+    }
+
+    fn comp(&self) -> &Component {
+        &self.components[self.current]
     }
 
     /// The operation to queue next, if any; the shell queues it and calls
@@ -266,8 +298,10 @@ impl Update {
         self.waiting_for = None;
     }
 
-    fn write_uri(&mut self, uri: &str) {
-        let p = path(PACKAGE_URI);
+    /// Write-Replace component `i`'s Package URI (Core E.6; an empty one
+    /// cancels and returns the instance to Idle).
+    fn write_uri(&mut self, i: usize, uri: &str) {
+        let p = self.components[i].at(self.carrier, component::PACKAGE_URI);
         self.send(OperationKind::Write {
             path: p,
             values: vec![WriteValue {
@@ -278,12 +312,13 @@ impl Update {
         });
     }
 
-    /// Write the Package URI: the download starts when the device has it.
+    /// Write the current component's Package URI: its download starts
+    /// when the device has it.
     fn start_download(&mut self, now: i64) {
         self.enter(now, Phase::WritingUri);
         self.download_since = now;
-        let uri = self.package_uri.clone();
-        self.write_uri(&uri);
+        let uri = self.comp().package_uri.clone();
+        self.write_uri(self.current, &uri);
     }
 
     /// From when the values a device reports concern this phase: for the
@@ -295,6 +330,16 @@ impl Update {
             Phase::WritingUri | Phase::Downloading => self.download_since,
             _ => self.phase_since,
         }
+    }
+
+    /// Whether `self` and `other` differ at most in when the device was
+    /// last heard (an uplink that moved nothing else): worth persisting
+    /// now and then, not in a transaction per notification.
+    pub fn differs_only_in_reach(&self, other: &Update) -> bool {
+        let mut a = self.clone();
+        a.last_seen = other.last_seen;
+        a.asleep_ms = other.asleep_ms;
+        a == *other
     }
 
     /// How long the device was out of reach since it was last heard: the
@@ -310,16 +355,6 @@ impl Update {
     pub fn seen(&mut self, now: i64, limits: &Limits) {
         self.asleep_ms += self.out_of_reach(now, limits.awake_window_ms);
         self.last_seen = self.last_seen.max(now);
-    }
-
-    /// Whether `self` and `other` differ at most in when the device was
-    /// last heard (an uplink that moved nothing else): worth persisting
-    /// now and then, not in a transaction per notification.
-    pub fn differs_only_in_reach(&self, other: &Update) -> bool {
-        let mut a = self.clone();
-        a.last_seen = other.last_seen;
-        a.asleep_ms = other.asleep_ms;
-        a == *other
     }
 
     /// Time in this phase with the device within reach.
@@ -346,39 +381,29 @@ impl Update {
             Outcome::Cancelled => Err("the operation was cancelled".into()),
         };
         match (self.phase, ok) {
-            (Phase::Checking, Ok(records)) => {
-                if let Err(reason) = self.choose_uri(records) {
-                    return self.fail(now, reason);
-                }
-                match int_at(records, STATE) {
-                    Some(STATE_IDLE) => self.observe(now),
-                    Some(_) => {
-                        self.enter(now, Phase::Resetting);
-                        self.write_uri("");
-                    }
-                    None => self.fail(now, "the device reported no State (/5/0/3)".into()),
-                }
-            }
-            (Phase::Resetting, Ok(_)) => self.observe(now),
+            (Phase::Checking, Ok(records)) => self.check(now, records),
+            (Phase::Resetting, Ok(_)) => self.next_reset(now),
             (Phase::Observing, Ok(_)) => self.start_download(now),
             (Phase::WritingUri, Ok(_)) => self.enter(now, Phase::Downloading),
             (Phase::RetryWait, Ok(_)) => {} // the reset before a retry is done
             (Phase::Executing, Ok(_)) => self.enter(now, Phase::Updating),
             (Phase::Verifying, Ok(records)) => self.verify(now, records),
+            (Phase::Cancelling, _) if !self.resets.is_empty() => self.next_reset(now),
             (Phase::Cancelling, _) => {
                 self.enter(now, Phase::Cancelled);
                 self.reason = Some("cancelled by an operator".into());
             }
             (phase, Err(reason)) => {
+                let c = self.comp();
                 let what = match phase {
-                    Phase::Checking => "reading State (/5/0/3)",
-                    Phase::Resetting => "resetting with an empty Package URI",
-                    Phase::Observing => "observing /5/0",
-                    Phase::WritingUri => "writing the Package URI (/5/0/1)",
-                    Phase::RetryWait => "resetting before a retry",
-                    Phase::Executing => "executing Update (/5/0/2)",
-                    Phase::Verifying => "reading the firmware version (/3/0/3)",
-                    _ => "an operation",
+                    Phase::Checking => format!("reading {}", self.read_path()),
+                    Phase::Resetting => "resetting with an empty Package URI".into(),
+                    Phase::Observing => format!("observing {}", self.read_path()),
+                    Phase::WritingUri => format!("writing the Package URI ({})", c.at(self.carrier, component::PACKAGE_URI)),
+                    Phase::RetryWait => "resetting before a retry".into(),
+                    Phase::Executing => format!("executing Update ({})", self.components[0].at(self.carrier, component::UPDATE)),
+                    Phase::Verifying => format!("reading the firmware version ({})", c.version_path(self.carrier)),
+                    _ => "an operation".into(),
                 };
                 self.fail(now, format!("{what} failed: {reason}"));
             }
@@ -386,57 +411,94 @@ impl Update {
         }
     }
 
-    /// Pick the Package URI the device can fetch (Core E.6): HTTP(S) when
-    /// `/5/0/8` lists 2 or 3 (or is absent), CoAP(S) when it lists only 0
-    /// and 1 and a CoAP URI exists; a device that takes push only
-    /// (`/5/0/9` = 1) cannot be served by pull.
-    fn choose_uri(&mut self, records: &[Record]) -> Result<(), String> {
-        if int_at(records, "/5/0/9") == Some(1) {
-            return Err("the device takes firmware by push only (/5/0/9 = 1); flownexus delivers by pull".into());
-        }
-        let protocols: Vec<i64> = records
-            .iter()
-            .filter(|r| r.path.depth() == 4 && r.path.ids()[..3] == [5, 0, 8])
-            .filter_map(|r| match r.value {
-                Value::Integer(i) => Some(i),
-                _ => None,
-            })
-            .collect();
-        if protocols.is_empty() || protocols.iter().any(|p| matches!(p, 2 | 3)) {
-            return Ok(());
-        }
-        match &self.coap_uri {
-            Some(uri) if protocols.iter().any(|p| matches!(p, 0 | 1)) => {
-                self.package_uri = uri.clone();
-                Ok(())
+    /// The device's firmware instances as read: find each component's
+    /// instance (33629), choose its URI, check a delta's base, reset the
+    /// instances that are not Idle.
+    fn check(&mut self, now: i64, records: &[Record]) {
+        let carrier = self.carrier;
+        for c in &mut self.components {
+            let found = match carrier {
+                Carrier::Advanced => c.find_instance(records),
+                Carrier::Object5 => Ok(()),
+            };
+            let checked = found
+                .and_then(|()| c.choose_uri(carrier, records))
+                .and_then(|()| match carrier {
+                    // Object 5 devices report the modem in /3/0/3, which the
+                    // shell checked at creation from the store.
+                    Carrier::Advanced => c.check_base(c.reported_version(carrier, records).as_deref()),
+                    Carrier::Object5 => Ok(()),
+                });
+            if let Err(reason) = checked {
+                return self.fail(now, reason);
             }
-            _ => Err(format!(
-                "the device fetches firmware only by protocols {protocols:?} (/5/0/8: 0 CoAP, 1 CoAPS, 2 HTTP, 3 HTTPS) \
-                 and no Package URI for them is configured (fw.coap_public_url)"
-            )),
+        }
+        let instances: Vec<u16> = self.components.iter().map(|c| c.instance).collect();
+        if instances.iter().enumerate().any(|(i, x)| instances[..i].contains(x)) {
+            return self.fail(now, "two of the images are for the same component".into());
+        }
+        let mut busy = Vec::new();
+        for (i, c) in self.components.iter().enumerate() {
+            match component::int_at(records, &c.at(carrier, component::STATE)) {
+                Some(STATE_IDLE) => {}
+                Some(_) => busy.push(i),
+                None => {
+                    let state = c.at(carrier, component::STATE);
+                    return self.fail(now, format!("the device reported no State ({state})"));
+                }
+            }
+        }
+        if busy.is_empty() {
+            return self.observe(now);
+        }
+        busy.reverse();
+        self.resets = busy;
+        self.enter(now, Phase::Resetting);
+        self.next_reset(now);
+    }
+
+    /// Reset the next instance in `resets`, or go on once none is left:
+    /// to Observing from Resetting, to Cancelled from Cancelling.
+    fn next_reset(&mut self, now: i64) {
+        match self.resets.pop() {
+            Some(i) => self.write_uri(i, ""),
+            None if self.phase == Phase::Cancelling => {
+                self.enter(now, Phase::Cancelled);
+                self.reason = Some("cancelled by an operator".into());
+            }
+            None => self.observe(now),
         }
     }
 
     fn observe(&mut self, now: i64) {
         self.enter(now, Phase::Observing);
-        self.send(OperationKind::Observe { path: path("/5/0") });
+        self.send(OperationKind::Observe { path: self.read_path() });
     }
 
     /// Values the device reported (notifications, Send, Read answers).
     pub fn values(&mut self, now: i64, records: &[Record], limits: &Limits) {
         self.seen(now, limits);
+        let carrier = self.carrier;
         match self.phase {
             Phase::Downloading | Phase::WritingUri => {
-                if int_at(records, STATE) == Some(STATE_DOWNLOADED) {
+                let c = self.comp();
+                if component::int_at(records, &c.at(carrier, component::STATE)) == Some(STATE_DOWNLOADED) {
+                    if self.current + 1 < self.components.len() {
+                        // The next image downloads while this one waits in
+                        // Downloaded for the Execute that installs both.
+                        self.current += 1;
+                        self.retries = 0;
+                        return self.start_download(now);
+                    }
                     self.enter(now, Phase::Executing);
                     self.send(OperationKind::Execute {
-                        path: path(UPDATE),
-                        args: None,
+                        path: self.components[0].at(carrier, component::UPDATE),
+                        args: self.linked_instances(),
                     });
-                } else if let Some(r @ 2..=9) = int_at(records, UPDATE_RESULT)
+                } else if let Some(r @ 2..=9) = component::int_at(records, &c.at(carrier, component::UPDATE_RESULT))
                     && self.phase == Phase::Downloading
                 {
-                    self.retry(now, update_result_reason(r), limits);
+                    self.retry(now, self.component_reason(update_result_reason(r)), limits);
                 }
                 // Before the device acknowledged the URI, a 2–9 is the last
                 // download's result still reported (the Observe answer, or
@@ -446,12 +508,38 @@ impl Update {
             }
             Phase::Updating => {
                 // A failed update may be reported before (or instead of)
-                // the reboot.
-                if let Some(r @ 2..=9) = int_at(records, UPDATE_RESULT) {
-                    self.fail(now, update_result_reason(r));
+                // the reboot, by any of the instances installed.
+                for i in 0..self.components.len() {
+                    let p = self.components[i].at(carrier, component::UPDATE_RESULT);
+                    if let Some(r @ 2..=9) = component::int_at(records, &p) {
+                        self.current = i;
+                        return self.fail(now, self.component_reason(update_result_reason(r)));
+                    }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Execute Update's argument 0 listing the other instances installed
+    /// with the first (Object 33629), e.g. `0='</33629/1>'`.
+    fn linked_instances(&self) -> Option<String> {
+        if self.components.len() < 2 {
+            return None;
+        }
+        let links: Vec<String> = self.components[1..]
+            .iter()
+            .map(|c| format!("<{}>", c.instance_path(self.carrier)))
+            .collect();
+        Some(format!("0='{}'", links.join(",")))
+    }
+
+    /// `reason`, naming the component when the update has several.
+    fn component_reason(&self, reason: String) -> String {
+        if self.components.len() > 1 {
+            format!("{}: {reason}", self.comp().kind.as_str())
+        } else {
+            reason
         }
     }
 
@@ -460,12 +548,12 @@ impl Update {
     pub fn doom_loop(&mut self, now: i64, limits: &Limits) {
         if matches!(self.phase, Phase::Downloading | Phase::WritingUri) {
             let reason = "the download resumed at the end of the image (FOTA doom loop)".into();
-            self.retry(now, reason, limits);
+            self.retry(now, self.component_reason(reason), limits);
         }
     }
 
-    /// Reset the device with an empty Package URI and try again after a
-    /// backoff, or fail once the retries are spent.
+    /// Reset the current component with an empty Package URI and try again
+    /// after a backoff, or fail once the retries are spent.
     fn retry(&mut self, now: i64, reason: String, limits: &Limits) {
         if self.retries >= limits.max_retries {
             return self.fail(now, format!("{reason} (after {} retries)", self.retries));
@@ -474,7 +562,7 @@ impl Update {
         self.reason = Some(reason);
         self.enter(now, Phase::RetryWait);
         self.retry_at = None; // set by `tick`, which knows the backoff
-        self.write_uri("");
+        self.write_uri(self.current, "");
     }
 
     /// The device registered anew: after Execute, it is running the image.
@@ -482,9 +570,11 @@ impl Update {
         self.seen(now, limits);
         if self.phase == Phase::Updating {
             self.enter(now, Phase::Verifying);
-            self.send(OperationKind::Read {
-                path: path(FIRMWARE_VERSION),
-            });
+            let path = match self.carrier {
+                Carrier::Object5 => self.components[0].version_path(Carrier::Object5),
+                Carrier::Advanced => self.carrier.object(),
+            };
+            self.send(OperationKind::Read { path });
         }
     }
 
@@ -504,32 +594,31 @@ impl Update {
         );
     }
 
+    /// Every component reports its target version.
     fn verify(&mut self, now: i64, records: &[Record]) {
-        let reported = records
-            .iter()
-            .find(|r| r.path == path(FIRMWARE_VERSION))
-            .map(|r| match &r.value {
-                Value::String(s) => s.clone(),
-                v => v.to_text(),
-            });
-        match reported {
-            Some(v) if same_version(&v, &self.target_version) => {
-                self.enter(now, Phase::Succeeded);
-                self.reason = None;
+        for i in 0..self.components.len() {
+            self.current = i;
+            let c = self.comp();
+            let p = c.version_path(self.carrier);
+            match c.reported_version(self.carrier, records) {
+                Some(v) if c.reached(&v) => {}
+                Some(v) => {
+                    let reason = format!(
+                        "the device reports firmware {v:?} after the update, not {:?}",
+                        c.target_version
+                    );
+                    return self.fail(now, self.component_reason(reason));
+                }
+                None => return self.fail(now, format!("the device reported no firmware version ({p})")),
             }
-            Some(v) => self.fail(
-                now,
-                format!(
-                    "the device reports firmware {v:?} after the update, not {:?}",
-                    self.target_version
-                ),
-            ),
-            None => self.fail(now, "the device reported no firmware version (/3/0/3)".into()),
         }
+        self.enter(now, Phase::Succeeded);
+        self.reason = None;
     }
 
-    /// Cancel: an empty Package URI returns the device to Idle (Core E.6).
-    /// An update past Execute cannot be called back.
+    /// Cancel: an empty Package URI returns an instance to Idle (Core
+    /// E.6), written to every component downloaded so far. An update past
+    /// Execute cannot be called back.
     pub fn cancel(&mut self, now: i64) -> Result<(), String> {
         match self.phase {
             p if p.is_final() => Err(format!("the update has already {}", p.as_str())),
@@ -552,7 +641,8 @@ impl Update {
     fn start_cancel(&mut self, now: i64) {
         self.cancel_requested = false;
         self.enter(now, Phase::Cancelling);
-        self.write_uri("");
+        self.resets = (0..=self.current).rev().collect();
+        self.next_reset(now);
     }
 
     /// Deadlines and backoff; call about once a second.
@@ -560,11 +650,12 @@ impl Update {
         let reachable = self.reachable_for(now, limits);
         match self.phase {
             Phase::Downloading if reachable > limits.download_timeout_ms => {
+                let state = self.comp().at(self.carrier, component::STATE);
                 let reason = format!(
-                    "no Downloaded state (/5/0/3 = 2) after {} s with the device within reach",
+                    "no Downloaded state ({state} = 2) after {} s with the device within reach",
                     limits.download_timeout_ms / 1000
                 );
-                self.retry(now, reason, limits);
+                self.retry(now, self.component_reason(reason), limits);
             }
             // A rebooting device is silent by nature: here wall time counts.
             Phase::Updating if now - self.phase_since > limits.update_timeout_ms => self.fail(
@@ -588,16 +679,6 @@ impl Update {
             }
         }
     }
-}
-
-/// The integer value at `p` among `records`, if any.
-fn int_at(records: &[Record], p: &str) -> Option<i64> {
-    let p = path(p);
-    records.iter().find(|r| r.path == p).and_then(|r| match r.value {
-        Value::Integer(i) | Value::Time(i) => Some(i),
-        Value::Unsigned(u) => i64::try_from(u).ok(),
-        _ => None,
-    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::lwm2m::operation::OperationResult;
+use crate::lwm2m::path::Value;
 
 const LIMITS: Limits = Limits {
     awake_window_ms: 20_000,
@@ -350,7 +351,7 @@ fn the_package_uri_follows_the_protocols_the_device_supports() {
     assert!(d.wrote(COAP_URI));
     // CoAP only, and no CoAP URI configured: a clear failure.
     let mut d = Drive::new();
-    d.u.coap_uri = None;
+    d.u.components[0].coap_uri = None;
     d.finish(1, ok(protocols(&[1], 0)));
     assert_eq!(d.u.phase, Phase::Failed);
     assert!(d.u.reason.as_deref().unwrap().contains("fw.coap_public_url"));
@@ -408,4 +409,192 @@ fn the_last_downloads_result_is_not_taken_for_this_ones() {
         &LIMITS,
     );
     assert_eq!(d.u.phase, Phase::RetryWait);
+}
+
+/// Object 33629 with an application and a modem instance, as nRF Connect
+/// SDK's client reports it.
+fn advanced(app_state: i64, modem_version: &str) -> Vec<Record> {
+    vec![
+        rec("/33629/0/3", Value::Integer(app_state)),
+        rec("/33629/0/14", Value::String("application".into())),
+        rec("/33629/0/15", Value::String("1.0.0".into())),
+        rec("/33629/1/3", Value::Integer(0)),
+        rec("/33629/1/14", Value::String("modem".into())),
+        rec("/33629/1/15", Value::String(modem_version.into())),
+    ]
+}
+
+const MODEM_URI: &str = "https://fw.example.com/fw/def/mfw_nrf9160_update_from_1.3.4_to_1.3.5.bin?t=x";
+
+fn app_and_modem() -> Drive {
+    let app = Component::new(ComponentKind::Application, URI.into(), None, "2.0.0".into());
+    let mut modem = Component::new(ComponentKind::Modem, MODEM_URI.into(), None, "1.3.5".into());
+    modem.base_version = Some("1.3.4".into());
+    let mut d = Drive {
+        u: Update::of(0, Carrier::Advanced, vec![app, modem]),
+        next: 1,
+        sent: Vec::new(),
+    };
+    d.take();
+    d
+}
+
+fn wrote_at(d: &Drive, p: &str, uri: &str) -> bool {
+    matches!(d.last(), OperationKind::Write { path, values, .. }
+        if path.to_string() == p && values[0].value == uri)
+}
+
+/// One update moves application and modem (nRF Connect SDK's Advanced
+/// Firmware Update): the object is read to find each image's instance by
+/// its Component Name, both are downloaded in turn, the application's
+/// Execute Update links the modem's instance (`0='</33629/1>'`, as
+/// `update_arguments_parse` reads it), and each instance's Current Version
+/// is checked after the reboot (the modem's `mfw_nrf9160_1.3.5` is 1.3.5).
+#[test]
+fn an_application_and_a_modem_image_are_installed_together_over_object_33629() {
+    let mut d = app_and_modem();
+    assert!(matches!(d.last(), OperationKind::Read { path } if path.to_string() == "/33629"));
+    d.finish(1, ok(advanced(0, "mfw_nrf9160_1.3.4")));
+    assert!(matches!(d.last(), OperationKind::Observe { path } if path.to_string() == "/33629"));
+    d.finish(2, ok(vec![]));
+    assert!(wrote_at(&d, "/33629/0/1", URI));
+    d.finish(3, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Downloading);
+    // The modem's old result is not this download's.
+    d.u.values(4, &[rec("/33629/1/5", Value::Integer(5))], &LIMITS);
+    assert_eq!(d.u.phase, Phase::Downloading);
+    d.u.values(10, &[rec("/33629/0/3", Value::Integer(2))], &LIMITS);
+    assert_eq!((d.u.phase, d.u.current), (Phase::WritingUri, 1));
+    d.take();
+    assert!(wrote_at(&d, "/33629/1/1", MODEM_URI));
+    d.finish(11, ok(vec![]));
+    d.u.values(20, &[rec("/33629/1/3", Value::Integer(2))], &LIMITS);
+    assert_eq!(d.u.phase, Phase::Executing);
+    d.take();
+    assert!(
+        matches!(d.last(), OperationKind::Execute { path, args: Some(a) }
+            if path.to_string() == "/33629/0/2" && a == "0='</33629/1>'"),
+        "{:?}",
+        d.last()
+    );
+    d.finish(21, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Updating);
+    d.u.registered(40, &LIMITS);
+    d.take();
+    assert!(matches!(d.last(), OperationKind::Read { path } if path.to_string() == "/33629"));
+    let mut after = advanced(0, "mfw_nrf9160_1.3.5");
+    after[2] = rec("/33629/0/15", Value::String("v2.0.0".into()));
+    d.finish(41, ok(after));
+    assert_eq!((d.u.phase, d.u.reason.as_deref()), (Phase::Succeeded, None));
+}
+
+/// A modem that did not move fails the update, naming the component.
+#[test]
+fn a_component_left_on_its_old_version_fails_the_update_by_name() {
+    let mut d = app_and_modem();
+    d.finish(1, ok(advanced(0, "mfw_nrf9160_1.3.4")));
+    d.finish(2, ok(vec![]));
+    d.finish(3, ok(vec![]));
+    d.u.values(10, &[rec("/33629/0/3", Value::Integer(2))], &LIMITS);
+    d.take();
+    d.finish(11, ok(vec![]));
+    d.u.values(20, &[rec("/33629/1/3", Value::Integer(2))], &LIMITS);
+    d.take();
+    d.finish(21, ok(vec![]));
+    d.u.registered(40, &LIMITS);
+    d.take();
+    let mut after = advanced(0, "mfw_nrf9160_1.3.4");
+    after[2] = rec("/33629/0/15", Value::String("2.0.0".into()));
+    d.finish(41, ok(after));
+    assert_eq!(d.u.phase, Phase::Failed);
+    let why = d.u.reason.unwrap();
+    assert!(why.starts_with("modem: the device reports firmware \"mfw_nrf9160_1.3.4\""), "{why}");
+}
+
+/// A delta for another modem version than the device's is refused before
+/// anything is written (it would fail, or worse, on the modem).
+#[test]
+fn a_modem_delta_for_another_base_is_refused() {
+    let mut d = app_and_modem();
+    d.finish(1, ok(advanced(0, "mfw_nrf9160_1.3.3")));
+    assert_eq!(d.u.phase, Phase::Failed);
+    assert_eq!(
+        d.u.reason.as_deref(),
+        Some("the modem runs \"mfw_nrf9160_1.3.3\"; this delta applies to \"1.3.4\" only")
+    );
+    assert_eq!(d.sent.len(), 1, "nothing but the Read went out");
+}
+
+/// A device whose 33629 has no instance for a component says which it has.
+#[test]
+fn a_device_without_the_component_names_those_it_has() {
+    let mut d = app_and_modem();
+    let only_app: Vec<Record> = advanced(0, "x").into_iter().filter(|r| r.path.ids()[1] == 0).collect();
+    d.finish(1, ok(only_app));
+    assert_eq!(d.u.phase, Phase::Failed);
+    let why = d.u.reason.unwrap();
+    assert!(why.contains("no Advanced Firmware Update (/33629) instance for the modem"), "{why}");
+    assert!(why.contains("0 \"application\""), "{why}");
+}
+
+/// A failed modem download retries the modem's instance, and names it;
+/// a busy application instance is reset first; cancelling resets every
+/// instance written so far.
+#[test]
+fn per_component_retry_reset_and_cancel() {
+    let mut d = app_and_modem();
+    d.finish(1, ok(advanced(1, "mfw_nrf9160_1.3.4")));
+    assert_eq!(d.u.phase, Phase::Resetting);
+    assert!(wrote_at(&d, "/33629/0/1", ""));
+    d.finish(2, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Observing);
+    d.finish(3, ok(vec![]));
+    d.finish(4, ok(vec![]));
+    d.u.values(10, &[rec("/33629/0/3", Value::Integer(2))], &LIMITS);
+    d.take();
+    d.finish(11, ok(vec![]));
+    d.u.values(
+        20,
+        &[rec("/33629/1/3", Value::Integer(0)), rec("/33629/1/5", Value::Integer(5))],
+        &LIMITS,
+    );
+    assert_eq!(d.u.phase, Phase::RetryWait);
+    assert!(d.u.reason.as_deref().unwrap().starts_with("modem: Update Result 5"));
+    d.take();
+    assert!(wrote_at(&d, "/33629/1/1", ""));
+    d.finish(21, ok(vec![]));
+    d.u.tick(21, &LIMITS); // the backoff starts
+    d.u.tick(21 + LIMITS.retry_backoff_ms, &LIMITS);
+    d.take();
+    assert!(wrote_at(&d, "/33629/1/1", MODEM_URI));
+    d.finish(22 + LIMITS.retry_backoff_ms, ok(vec![]));
+    d.u.cancel(30 + LIMITS.retry_backoff_ms).unwrap();
+    d.take();
+    assert!(wrote_at(&d, "/33629/0/1", ""));
+    d.finish(31 + LIMITS.retry_backoff_ms, ok(vec![]));
+    assert!(wrote_at(&d, "/33629/1/1", ""));
+    d.finish(32 + LIMITS.retry_backoff_ms, ok(vec![]));
+    assert_eq!(d.u.phase, Phase::Cancelled);
+}
+
+#[test]
+fn components_carriers_and_modem_versions() {
+    assert_eq!(
+        Carrier::of_registration("</>;rt=\"oma.lwm2m\",</1/0>,</3/0>,</33629/0>,</33629/1>"),
+        Carrier::Advanced
+    );
+    assert_eq!(Carrier::of_registration("</1/0>,</3/0>,</5/0>,</33629>"), Carrier::Advanced);
+    assert_eq!(Carrier::of_registration("</1/0>,</3/0>,</5/0>,</336290/0>"), Carrier::Object5);
+    assert_eq!(
+        component::modem_delta_versions("mfw_nrf9160_update_from_1.3.4_to_1.3.5.bin"),
+        Some(("1.3.4".into(), "1.3.5".into()))
+    );
+    assert_eq!(component::modem_delta_versions("app-2.0.0.bin"), None);
+    let modem = Component::new(ComponentKind::Modem, URI.into(), None, "1.3.5".into());
+    assert!(modem.reached("mfw_nrf9160_1.3.5"));
+    assert!(!modem.reached("mfw_nrf9160_1.3.4"));
+    let app = Component::new(ComponentKind::Application, URI.into(), None, "1.3.5".into());
+    assert!(!app.reached("mfw_nrf9160_1.3.5"), "only the modem compares its number");
+    assert_eq!(ComponentKind::of_image_type("modem-delta"), ComponentKind::Modem);
+    assert_eq!(ComponentKind::of_image_type("mcuboot-application"), ComponentKind::Application);
 }

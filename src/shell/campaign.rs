@@ -120,7 +120,7 @@ pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> R
         .pending_members(row.id, machine.wave, step.start)?
         .into_iter()
         .map(|endpoint| {
-            let update = starter.machine(&firmware, &endpoint);
+            let update = starter.machine(store, std::slice::from_ref(&firmware), &endpoint);
             (endpoint, update)
         })
         .collect();

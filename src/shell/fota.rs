@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::download::token::TokenKey;
 use crate::error::{Error, Result};
-use crate::fota::{self, Limits, Phase, Update};
+use crate::fota::{self, Carrier, Component, ComponentKind, Limits, Phase, Update};
 use crate::lwm2m::operation::{OperationId, Outcome};
 use crate::lwm2m::server::ServerEvent;
 use crate::store::{FirmwareRow, Store, now_ms};
@@ -95,33 +95,68 @@ impl Starter {
         })
     }
 
-    /// Start an update of `endpoint` to catalogue image `image` (id or
-    /// name): the Package URI with a download token, checked against the
-    /// device's buffer; refused while another update of the device is
-    /// active. The server's update task picks it up within a second.
-    pub fn create(&self, store: &Store, endpoint: &str, image: &str, by: &str) -> Result<i64> {
-        let fw = live_firmware(store, image)?;
+    /// Start an update of `endpoint` to catalogue images `images` (ids or
+    /// names; more than one for a device with Object 33629, e.g. an
+    /// application and a modem image installed together): the Package
+    /// URIs with download tokens, checked against the device's buffer;
+    /// refused while another update of the device is active. The server's
+    /// update task picks it up within a second.
+    pub fn create(&self, store: &Store, endpoint: &str, images: &[&str], by: &str) -> Result<i64> {
+        let fws = images
+            .iter()
+            .map(|image| live_firmware(store, image))
+            .collect::<Result<Vec<_>>>()?;
         store.device(endpoint)?;
-        let machine = self.machine(&fw, endpoint).map_err(|reason| Error::Invalid {
+        let machine = self.machine(store, &fws, endpoint).map_err(|reason| Error::Invalid {
             what: "firmware update",
             reason,
         })?;
-        store.create_update(endpoint, fw.id, &machine, by)
+        store.create_update(endpoint, fws[0].id, &machine, by)
     }
 
-    /// A new update of `endpoint` to `fw`, or why its Package URI cannot
-    /// be one the device takes.
-    pub fn machine(&self, fw: &FirmwareRow, endpoint: &str) -> std::result::Result<Update, String> {
+    /// A new update of `endpoint` to `images`, or why it cannot be one:
+    /// a Package URI too long for the device, several images for a device
+    /// without Object 33629, a modem delta for another modem version than
+    /// the device reports.
+    pub fn machine(&self, store: &Store, images: &[FirmwareRow], endpoint: &str) -> std::result::Result<Update, String> {
+        if images.is_empty() {
+            return Err("no image given".into());
+        }
+        let registration = store.registration_of(endpoint).map_err(|e| e.to_string())?;
+        let carrier = registration
+            .as_ref()
+            .map_or(Carrier::Object5, |r| Carrier::of_registration(&r.object_links));
+        if carrier == Carrier::Object5 && images.len() > 1 {
+            return Err(format!(
+                "{endpoint} has no Advanced Firmware Update object (/33629): Object 5 installs one image at a time"
+            ));
+        }
         let now = now_ms();
-        let token = self
-            .key
-            .sign(endpoint, &fw.sha256, now / 1000 + self.token_ttl_s as i64);
-        let uri = fota::package_uri(&self.base_url, &fw.sha256, &fw.name, &token)?;
-        let coap_uri = match &self.coap_base_url {
-            Some(base) => Some(fota::package_uri(base, &fw.sha256, &fw.name, &token)?),
-            None => None,
-        };
-        Ok(Update::new(now, uri, coap_uri, fw.version.clone()))
+        let mut components = Vec::with_capacity(images.len());
+        for fw in images {
+            let token = self
+                .key
+                .sign(endpoint, &fw.sha256, now / 1000 + self.token_ttl_s as i64);
+            let uri = fota::package_uri(&self.base_url, &fw.sha256, &fw.name, &token)?;
+            let coap_uri = match &self.coap_base_url {
+                Some(base) => Some(fota::package_uri(base, &fw.sha256, &fw.name, &token)?),
+                None => None,
+            };
+            let mut c = Component::new(ComponentKind::of_image_type(&fw.image_type), uri, coap_uri, fw.version.clone());
+            c.base_version = fw.base_version.clone();
+            if carrier == Carrier::Object5 {
+                // The modem version an nRF device reports is /3/0/3; the
+                // update itself checks Object 33629's Current Version.
+                let running = store
+                    .latest_value(endpoint, "/3/0/3")
+                    .map_err(|e| e.to_string())?
+                    .map(|v| v.to_text());
+                c.check_base(running.as_deref())
+                    .map_err(|reason| format!("{}: {reason}", fw.name))?;
+            }
+            components.push(c);
+        }
+        Ok(Update::of(now, carrier, components))
     }
 }
 

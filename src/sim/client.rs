@@ -42,6 +42,10 @@ pub struct DeviceConfig {
     pub psk: Option<crate::psk::Psk>,
     /// What `/3/0/3` (Firmware Version) reports.
     pub firmware_version: String,
+    /// With a modem version the device has Object 33629 (Advanced Firmware
+    /// Update: instance 0 the application, 1 the modem, reporting this)
+    /// in place of Object 5.
+    pub modem_version: Option<String>,
     /// Resource values that replace or add to the defaults (a manufacturer,
     /// a model name: every string a device controls).
     pub resources: Vec<(ResourcePath, Value)>,
@@ -67,6 +71,7 @@ impl DeviceConfig {
             params: Params::default(),
             psk: None,
             firmware_version: "sim-1.0.0".into(),
+            modem_version: None,
             resources: Vec::new(),
             fota: FotaBehaviour::default(),
             fw_ca: None,
@@ -156,14 +161,19 @@ impl Client {
         set("/3/0/13", Value::Time(1_700_000_000));
         set("/3/0/16", Value::String("UQ".into()));
         set("/3/0/19", Value::String("sim".into()));
-        set("/5/0/1", Value::String(String::new()));
-        set("/5/0/3", Value::Integer(0));
-        set("/5/0/5", Value::Integer(0));
         let protocols: &[i64] = if cfg.fota.coap_only { &[0, 1] } else { &[0, 1, 2, 3] };
-        for (i, proto) in protocols.iter().enumerate() {
-            set(&format!("/5/0/8/{i}"), Value::Integer(*proto));
+        for (base, extra) in Client::firmware_instances(&cfg) {
+            set(&format!("{base}/1"), Value::String(String::new()));
+            set(&format!("{base}/3"), Value::Integer(0));
+            set(&format!("{base}/5"), Value::Integer(0));
+            for (i, proto) in protocols.iter().enumerate() {
+                set(&format!("{base}/8/{i}"), Value::Integer(*proto));
+            }
+            set(&format!("{base}/9"), Value::Integer(0));
+            for (res, v) in extra {
+                set(&format!("{base}/{res}"), v);
+            }
         }
-        set("/5/0/9", Value::Integer(0));
         set("/3303/0/5700", Value::Float(21.5));
         set("/3303/0/5701", Value::String("Cel".into()));
         set("/3304/0/5700", Value::Float(45.0));

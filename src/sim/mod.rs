@@ -276,7 +276,7 @@ async fn run_device(
     let mut registered = false;
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
-        if let Some(job) = client.poll_download() {
+        while let Some(job) = client.poll_download() {
             let ca = client.config().fw_ca.clone();
             let done = fetched_tx.clone();
             tokio::spawn(async move {

@@ -40,6 +40,8 @@ pub struct FirmwareRow {
     pub uploader: String,
     pub notes: String,
     pub deleted_at: Option<i64>,
+    /// A modem delta's base: the modem version it applies to.
+    pub base_version: Option<String>,
 }
 
 /// A new catalogue record, before it has an id.
@@ -54,7 +56,7 @@ pub struct NewFirmware<'a> {
 }
 
 const FIRMWARE_SQL: &str =
-    "SELECT id, name, version, sha256, size, image_type, uploaded_at, uploader, notes, deleted_at FROM firmware";
+    "SELECT id, name, version, sha256, size, image_type, uploaded_at, uploader, notes, deleted_at, base_version FROM firmware";
 
 fn firmware_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FirmwareRow> {
     Ok(FirmwareRow {
@@ -68,6 +70,7 @@ fn firmware_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FirmwareRow> {
         uploader: r.get(7)?,
         notes: r.get(8)?,
         deleted_at: r.get(9)?,
+        base_version: r.get(10)?,
     })
 }
 
@@ -95,8 +98,8 @@ impl Store {
             return Err(Error::AlreadyExists(format!("a live firmware image named {}", f.name)));
         }
         tx.execute(
-            "INSERT INTO firmware (name, version, sha256, size, image_type, uploaded_at, uploader, notes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO firmware (name, version, sha256, size, image_type, uploaded_at, uploader, notes, base_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 f.name,
                 f.version,
@@ -105,7 +108,12 @@ impl Store {
                 f.image_type,
                 now_ms(),
                 f.uploader,
-                f.notes
+                f.notes,
+                // A modem delta says its base in its name, as Nordic names
+                // them; without that it is offered to every modem.
+                (f.image_type == "modem-delta")
+                    .then(|| crate::fota::component::modem_delta_versions(f.name).map(|v| v.0))
+                    .flatten()
             ],
         )?;
         let id = tx.last_insert_rowid();

@@ -339,4 +339,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX campaign_steps_by_campaign ON campaign_steps(campaign_id, ts);
     ALTER TABLE fota_updates ADD COLUMN campaign_id INTEGER REFERENCES campaigns(id);
     "#,
+    // 16: multi-component updates (Object 33629). An update's machine holds
+    // its images as `components`; the single image of an update made
+    // before moves there. A modem delta records the modem version it
+    // applies to (from Nordic's `…_from_A_to_B` file name).
+    r#"
+    UPDATE fota_updates SET machine = json_set(machine,
+        '$.carrier', 'object5',
+        '$.components', json_array(json_object(
+            'kind', 'application',
+            'package_uri', json_extract(machine, '$.package_uri'),
+            'coap_uri', json_extract(machine, '$.coap_uri'),
+            'target_version', json_extract(machine, '$.target_version'),
+            'instance', 0)))
+    WHERE json_extract(machine, '$.components') IS NULL;
+    ALTER TABLE firmware ADD COLUMN base_version TEXT;
+    "#,
 ];

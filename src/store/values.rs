@@ -110,6 +110,15 @@ impl Store {
             .optional()?)
     }
 
+    /// The newest value of one resource of a device, if any.
+    pub fn latest_value(&self, endpoint: &str, path: &str) -> Result<Option<Value>> {
+        Ok(self
+            .latest_values(endpoint)?
+            .into_iter()
+            .find(|v| v.path.to_string() == path)
+            .map(|v| v.value))
+    }
+
     /// The journal sequence numbers of a device's values that may not be
     /// in the history yet: from the writer's books in the server, else by
     /// scanning the journal (it holds minutes of values).

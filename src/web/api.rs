@@ -555,6 +555,11 @@ pub fn cancel_operation(ctx: &mut Ctx<'_>) -> WebResult {
 pub struct NewUpdate {
     /// The catalogue image: its id or its name.
     pub image: String,
+    /// Further images installed together with `image` (a device with the
+    /// Advanced Firmware Update object, 33629: e.g. the modem image beside
+    /// the application's).
+    #[serde(default)]
+    pub with: Vec<String>,
 }
 
 /// A firmware update with its timeline.
@@ -574,7 +579,7 @@ fn update_view(ctx: &mut Ctx<'_>, id: i64) -> WebResult<UpdateView> {
 
 /// Start a firmware update of `endpoint` to `image` (the API and the
 /// device page's form).
-pub fn start_update(ctx: &mut Ctx<'_>, endpoint: &str, image: &str) -> WebResult<i64> {
+pub fn start_update(ctx: &mut Ctx<'_>, endpoint: &str, images: &[&str]) -> WebResult<i64> {
     let who = ctx.who()?.name.clone();
     let starter = ctx.web.updates.as_ref().ok_or_else(|| {
         WebError::new(
@@ -583,8 +588,8 @@ pub fn start_update(ctx: &mut Ctx<'_>, endpoint: &str, image: &str) -> WebResult
             "the firmware server is disabled (fw.enabled = false)",
         )
     })?;
-    let id = starter.create(ctx.store, endpoint, image, &who)?;
-    log::info!("{who} started firmware update {id} of {endpoint:?} to {image}");
+    let id = starter.create(ctx.store, endpoint, images, &who)?;
+    log::info!("{who} started firmware update {id} of {endpoint:?} to {}", images.join(" + "));
     Ok(id)
 }
 
@@ -606,7 +611,8 @@ pub fn request_update_cancel(ctx: &mut Ctx<'_>, id: i64) -> WebResult<crate::sto
 pub fn create_update(ctx: &mut Ctx<'_>) -> WebResult {
     let body: NewUpdate = ctx.json()?;
     let endpoint = ctx.param("endpoint").to_string();
-    let id = start_update(ctx, &endpoint, &body.image)?;
+    let images: Vec<&str> = std::iter::once(body.image.as_str()).chain(body.with.iter().map(String::as_str)).collect();
+    let id = start_update(ctx, &endpoint, &images)?;
     Ok(Reply::json(StatusCode::ACCEPTED, &update_view(ctx, id)?))
 }
 

@@ -759,7 +759,7 @@ pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
 pub fn start_update(ctx: &mut Ctx<'_>) -> WebResult {
     let f = ctx.form();
     let endpoint = ctx.param("endpoint").to_string();
-    api::start_update(ctx, &endpoint, required(&f, "image")?)?;
+    api::start_update(ctx, &endpoint, &[required(&f, "image")?])?;
     Ok(Reply::redirect(&format!(
         "/devices/{}?done=update-started",
         form::encode(&endpoint)

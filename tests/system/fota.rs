@@ -150,9 +150,9 @@ async fn devices_are_updated_and_failures_say_why() {
     assert!(ok, "{out}");
     let row = &s.updates_of("fota-coap", 1).unwrap()[0];
     assert!(
-        row.machine.package_uri.starts_with("coap://"),
+        row.machine.components[0].package_uri.starts_with("coap://"),
         "{}",
-        row.machine.package_uri
+        row.machine.components[0].package_uri
     );
     let dl = s.device_downloads("fota-coap").unwrap();
     assert_eq!(

@@ -113,7 +113,7 @@ impl Client {
             Method::Post => match p.depth() {
                 1 => self.create(&p, &req),
                 2 => self.write(now, &p, &req),
-                _ => self.execute(now, &p),
+                _ => self.execute(now, &p, &req),
             },
             Method::Put if req.options.content_format.is_none() => self.write_attributes(&p, &req),
             Method::Put if p.depth() >= 2 => self.write(now, &p, &req),
@@ -266,16 +266,20 @@ impl Client {
     /// Store checked records; a Package URI among them starts (or, empty,
     /// cancels) a firmware download.
     fn store_writes(&mut self, now: Instant, records: Vec<Record>) -> Result<Response, Code> {
-        let uri_path = path("/5/0/1");
-        let uri = records.iter().find(|r| r.path == uri_path).map(|r| r.value.to_text());
-        if let Some(uri) = &uri {
-            self.check_package_uri(uri)?;
+        // Package URI: resource 1 of a firmware instance.
+        let uris: Vec<(ResourcePath, String)> = records
+            .iter()
+            .filter(|r| r.path.depth() == 3 && r.path.ids()[2] == 1)
+            .filter_map(|r| Some((super::firmware::instance_of(&r.path)?, r.value.to_text())))
+            .collect();
+        for (base, uri) in &uris {
+            self.check_package_uri(base, uri)?;
         }
         for r in records {
             self.values.insert(r.path, r.value);
         }
-        if let Some(uri) = uri {
-            self.package_uri_written(now, &uri);
+        for (base, uri) in uris {
+            self.package_uri_written(now, &base, &uri);
         }
         Ok(Response::new(Code::CHANGED))
     }
@@ -319,7 +323,7 @@ impl Client {
         Ok(Response::new(Code::CHANGED))
     }
 
-    fn execute(&mut self, now: Instant, p: &ResourcePath) -> Result<Response, Code> {
+    fn execute(&mut self, now: Instant, p: &ResourcePath, req: &Request) -> Result<Response, Code> {
         let Some(m) = self.models.resource(p) else {
             return Err(Code::NOT_FOUND);
         };
@@ -332,8 +336,11 @@ impl Client {
             // execute callback: a failure all the same).
             return Err(Code::METHOD_NOT_ALLOWED);
         }
-        if *p == path("/5/0/2") {
-            self.execute_update(now)?;
+        if p.ids()[2] == 2
+            && let Some(base) = super::firmware::instance_of(p)
+        {
+            let args = String::from_utf8_lossy(&req.payload).into_owned();
+            self.execute_update(now, &base, &args)?;
         }
         if *p == path("/3/0/4") {
             // Reboot: answer, then come back with a fresh registration.
