@@ -235,12 +235,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         operation_deadline_ms: config.lwm2m.operation_deadline_s as i64 * 1000,
         operation_max_attempts: config.lwm2m.operation_max_attempts,
     };
+    let nudges = crate::shell::Nudges::default();
     tasks.push(tokio::spawn(crate::shell::fota::run(
         // The writer's books of journalled values: reading a device's
         // latest values back after a lag is then an indexed lookup, not a
         // scan of the journal per device.
         Store::open(&db_path)?.with_pending(writer.pending()),
         fota_settings,
+        nudges.clone(),
         events.subscribe(),
         doom_rx,
         stopped(stop_rx.clone()),
@@ -251,6 +253,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(crate::shell::campaign::run(
             Store::open(&db_path)?,
             starter,
+            nudges.clone(),
             stopped(stop_rx.clone()),
         )));
     }
@@ -261,6 +264,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let retention_ms = config.store.value_retention_days as i64 * 86_400_000;
     let prune_writer = writer.clone();
     let poll_stop = stop_rx.clone();
+    let ops_queued = nudges.operations.clone();
     let poll_keys = keys.clone();
     let poll_keys_changed = keys_changed;
     let session_idle_ms = config.http.session_idle_timeout_s as i64 * 1000;
@@ -282,6 +286,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tokio::select! {
                 _ = &mut stop => return,
                 _ = tokio::time::sleep(OPERATION_POLL) => {}
+                _ = ops_queued.notified() => {}
             }
             let store = poller.clone();
             let since = cancelled_since;

@@ -93,6 +93,20 @@ impl Phase {
     pub fn is_final(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
     }
+
+    /// Does an update here hold one of a campaign's download slots (not
+    /// yet past its download)?
+    pub fn holds_download_slot(self) -> bool {
+        matches!(
+            self,
+            Phase::Checking
+                | Phase::Resetting
+                | Phase::Observing
+                | Phase::WritingUri
+                | Phase::Downloading
+                | Phase::RetryWait
+        )
+    }
 }
 
 /// Limits from the `[fota]` config section, in milliseconds.

@@ -14,11 +14,14 @@ use std::time::Duration;
 
 use crate::campaign::{Request, Window};
 use crate::error::{Error, Result};
+use crate::shell::Nudges;
 use crate::shell::fota::{Starter, live_firmware};
 use crate::store::{CampaignRow, NewCampaign, Started, Store, now_ms};
 
 /// How often campaigns are stepped.
 const TICK: Duration = Duration::from_secs(1);
+/// After a nudge, wait this long for more slots to free before a step.
+const NUDGE_GATHER: Duration = Duration::from_millis(50);
 
 /// Every this many ticks, look for late joiners.
 const JOIN_EVERY: u64 = 10;
@@ -68,32 +71,43 @@ fn window_open(window: Option<&Window>, now_ms: i64) -> bool {
 }
 
 /// Run until `stop`.
-pub async fn run(store: Store, starter: Starter, stop: impl std::future::Future<Output = ()>) {
+pub async fn run(store: Store, starter: Starter, nudges: Nudges, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(TICK);
     let mut n = 0u64;
     loop {
-        tokio::select! {
+        let join = tokio::select! {
             _ = &mut stop => return,
             _ = tick.tick() => {
                 n += 1;
-                match store.running_campaigns() {
-                    Ok(rows) => {
-                        for row in rows {
-                            if let Err(e) = step(&store, &starter, row, n % JOIN_EVERY == 1) {
-                                log::warn!("campaigns: step failed: {e}");
-                            }
-                        }
+                n % JOIN_EVERY == 1
+            }
+            _ = nudges.campaigns.notified() => {
+                // Let the slots freed at about the same time gather.
+                tokio::time::sleep(NUDGE_GATHER).await;
+                false
+            }
+        };
+        let mut started = false;
+        match store.running_campaigns() {
+            Ok(rows) => {
+                for row in rows {
+                    match step(&store, &starter, row, join) {
+                        Ok(s) => started |= s,
+                        Err(e) => log::warn!("campaigns: step failed: {e}"),
                     }
-                    Err(e) => log::warn!("campaigns: store poll failed: {e}"),
                 }
             }
+            Err(e) => log::warn!("campaigns: store poll failed: {e}"),
+        }
+        if started {
+            nudges.updates.notify_one();
         }
     }
 }
 
-/// One step of one campaign.
-pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> Result<()> {
+/// One step of one campaign; whether it started updates.
+pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> Result<bool> {
     let row = if join && row.plan.late_joiners {
         let joined = store.campaign_join_late(&row)?;
         if joined > 0 {
@@ -114,7 +128,7 @@ pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> R
         machine.step(&row.plan, &counts.waves, window_open(row.plan.window.as_ref(), now))
     };
     if machine == row.machine && step.start == 0 {
-        return Ok(());
+        return Ok(false);
     }
     let starts = store
         .pending_members(row.id, machine.wave, step.start)?
@@ -126,7 +140,7 @@ pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> R
         .collect();
     let Some(results) = store.apply_campaign_step(&row, &machine, starts)? else {
         // An operator's command came between: read again next tick.
-        return Ok(());
+        return Ok(false);
     };
     if (row.machine.state, row.machine.wave) != (machine.state, machine.wave) {
         log::info!(
@@ -149,5 +163,5 @@ pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> R
     if started > 0 {
         log::info!("campaign {} ({}): {started} updates started", row.id, row.name);
     }
-    Ok(())
+    Ok(started > 0)
 }

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::fota::{self, Carrier, Component, ComponentKind, Limits, Phase, Update};
 use crate::lwm2m::operation::{OperationId, Outcome};
 use crate::lwm2m::server::ServerEvent;
+use crate::shell::Nudges;
 use crate::store::{FirmwareRow, Store, now_ms};
 use crate::transport::Peer;
 
@@ -181,13 +182,16 @@ struct Active {
 pub async fn run(
     store: Store,
     settings: Settings,
+    nudges: Nudges,
     mut events: broadcast::Receiver<ServerEvent<Peer>>,
     mut doom_loops: mpsc::Receiver<String>,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    let updates_created = nudges.updates.clone();
     let mut task = Task {
         store,
         settings,
+        nudges,
         updates: HashMap::new(),
         by_endpoint: HashMap::new(),
         last_id: 0,
@@ -200,6 +204,11 @@ pub async fn run(
         tokio::select! {
             _ = &mut stop => return task.save_reach(),
             _ = tick.tick() => task.tick(),
+            _ = updates_created.notified() => {
+                if let Err(e) = task.poll() {
+                    log::warn!("firmware updates: store poll failed: {e}");
+                }
+            }
             ev = events.recv() => match ev {
                 Ok(ev) => task.event(&ev),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -222,6 +231,7 @@ pub async fn run(
 struct Task {
     store: Store,
     settings: Settings,
+    nudges: Nudges,
     updates: HashMap<i64, Active>,
     by_endpoint: HashMap<String, i64>,
     last_id: i64,
@@ -256,7 +266,10 @@ impl Task {
                     .store
                     .save_update_queueing(id, &a.endpoint, &mut a.machine, &kind, deadline, attempts)
                 {
-                    Ok(_) => Ok(()),
+                    Ok(_) => {
+                        self.nudges.operations.notify_one();
+                        Ok(())
+                    }
                     Err(Error::UnknownEndpoint(_)) => {
                         a.machine.abandon(now, "the device was removed".into());
                         self.store.save_update(id, &a.machine)
@@ -291,6 +304,9 @@ impl Task {
                 log::error!("firmware update {id} of {}: not saved: {e}", a.endpoint);
                 return;
             }
+        }
+        if a.machine.phase != before.phase && before.phase.holds_download_slot() && !a.machine.phase.holds_download_slot() {
+            self.nudges.campaigns.notify_one();
         }
         if a.machine.phase != before.phase {
             log::info!(

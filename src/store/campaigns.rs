@@ -271,18 +271,6 @@ fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MemberRow> {
     })
 }
 
-/// Where an update's phase counts: holding a download slot or past it.
-fn holds_slot(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::Checking
-            | Phase::Resetting
-            | Phase::Observing
-            | Phase::WritingUri
-            | Phase::Downloading
-            | Phase::RetryWait
-    )
-}
 
 /// The result of one start the campaign task asked for.
 pub enum Started {
@@ -433,7 +421,7 @@ impl Store {
                 Some(MemberStatus::Pending) => w.pending += n,
                 Some(MemberStatus::Active) => {
                     let phase = phase.and_then(|p| serde_json::from_value(serde_json::Value::String(p)).ok());
-                    if phase.is_none_or(holds_slot) {
+                    if phase.is_none_or(Phase::holds_download_slot) {
                         w.downloading += n;
                     } else {
                         w.installing += n;
