@@ -251,7 +251,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let starter =
             crate::shell::fota::Starter::new(&config, Some(addr), coap_addr).context("fw.token_secret_file")?;
         tasks.push(tokio::spawn(crate::shell::campaign::run(
-            Store::open(&db_path)?,
+            // The writer's books: a modem delta's start reads the device's
+            // reported version without a scan of the value journal.
+            Store::open(&db_path)?.with_pending(writer.pending()),
             starter,
             nudges.clone(),
             stopped(stop_rx.clone()),

@@ -131,7 +131,12 @@ const COMPONENT_NAME: u16 = 14;
 const CURRENT_VERSION: u16 = 15;
 
 impl Component {
-    pub fn new(kind: ComponentKind, package_uri: String, coap_uri: Option<String>, target_version: String) -> Component {
+    pub fn new(
+        kind: ComponentKind,
+        package_uri: String,
+        coap_uri: Option<String>,
+        target_version: String,
+    ) -> Component {
         Component {
             kind,
             package_uri,
@@ -167,7 +172,9 @@ impl Component {
     pub fn find_instance(&mut self, records: &[Record]) -> Result<(), String> {
         let names: Vec<(u16, String)> = records
             .iter()
-            .filter(|r| r.path.depth() == 3 && r.path.ids()[0] == ADVANCED_FIRMWARE_UPDATE && r.path.ids()[2] == COMPONENT_NAME)
+            .filter(|r| {
+                r.path.depth() == 3 && r.path.ids()[0] == ADVANCED_FIRMWARE_UPDATE && r.path.ids()[2] == COMPONENT_NAME
+            })
             .map(|r| (r.path.ids()[1], text(&r.value)))
             .collect();
         match names.iter().find(|(_, n)| self.kind.named_by(n)) {
@@ -181,7 +188,11 @@ impl Component {
                 if names.is_empty() {
                     "none named".to_string()
                 } else {
-                    names.iter().map(|(i, n)| format!("{i} {n:?}")).collect::<Vec<_>>().join(", ")
+                    names
+                        .iter()
+                        .map(|(i, n)| format!("{i} {n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             )),
         }
@@ -248,9 +259,9 @@ impl Component {
     /// is what the device reports, if known.
     pub fn check_base(&self, running: Option<&str>) -> Result<(), String> {
         match (&self.base_version, running) {
-            (Some(base), Some(v)) if !self.same_version(v, base) => Err(format!(
-                "the modem runs {v:?}; this delta applies to {base:?} only"
-            )),
+            (Some(base), Some(v)) if !self.same_version(v, base) => {
+                Err(format!("the modem runs {v:?}; this delta applies to {base:?} only"))
+            }
             _ => Ok(()),
         }
     }
@@ -285,6 +296,10 @@ pub fn modem_delta_versions(name: &str) -> Option<(String, String)> {
     let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
     let (_, rest) = stem.split_once("_from_")?;
     let (from, to) = rest.split_once("_to_")?;
-    let ok = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    let ok = |v: &str| {
+        !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
     (ok(from) && ok(to)).then(|| (from.to_string(), to.to_string()))
 }

@@ -413,9 +413,15 @@ impl Update {
                     Phase::Checking => format!("reading {}", self.read_path()),
                     Phase::Resetting => "resetting with an empty Package URI".into(),
                     Phase::Observing => format!("observing {}", self.read_path()),
-                    Phase::WritingUri => format!("writing the Package URI ({})", c.at(self.carrier, component::PACKAGE_URI)),
+                    Phase::WritingUri => format!(
+                        "writing the Package URI ({})",
+                        c.at(self.carrier, component::PACKAGE_URI)
+                    ),
                     Phase::RetryWait => "resetting before a retry".into(),
-                    Phase::Executing => format!("executing Update ({})", self.components[0].at(self.carrier, component::UPDATE)),
+                    Phase::Executing => format!(
+                        "executing Update ({})",
+                        self.components[0].at(self.carrier, component::UPDATE)
+                    ),
                     Phase::Verifying => format!("reading the firmware version ({})", c.version_path(self.carrier)),
                     _ => "an operation".into(),
                 };

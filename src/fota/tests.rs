@@ -129,7 +129,10 @@ fn the_download_counts_values_from_the_uri_write() {
     d.finish(2, ok(vec![rec("/5/0/3", Value::Integer(0))]));
     assert_eq!((d.u.phase, d.u.values_since()), (Phase::WritingUri, 2));
     d.finish(9, ok(vec![]));
-    assert_eq!((d.u.phase, d.u.phase_since, d.u.values_since()), (Phase::Downloading, 9, 2));
+    assert_eq!(
+        (d.u.phase, d.u.phase_since, d.u.values_since()),
+        (Phase::Downloading, 9, 2)
+    );
     d.u.values(10, &[rec("/5/0/3", Value::Integer(2))], &LIMITS);
     assert_eq!((d.u.phase, d.u.values_since()), (Phase::Executing, 10));
 }
@@ -508,7 +511,10 @@ fn a_component_left_on_its_old_version_fails_the_update_by_name() {
     d.finish(41, ok(after));
     assert_eq!(d.u.phase, Phase::Failed);
     let why = d.u.reason.unwrap();
-    assert!(why.starts_with("modem: the device reports firmware \"mfw_nrf9160_1.3.4\""), "{why}");
+    assert!(
+        why.starts_with("modem: the device reports firmware \"mfw_nrf9160_1.3.4\""),
+        "{why}"
+    );
 }
 
 /// A delta for another modem version than the device's is refused before
@@ -533,7 +539,10 @@ fn a_device_without_the_component_names_those_it_has() {
     d.finish(1, ok(only_app));
     assert_eq!(d.u.phase, Phase::Failed);
     let why = d.u.reason.unwrap();
-    assert!(why.contains("no Advanced Firmware Update (/33629) instance for the modem"), "{why}");
+    assert!(
+        why.contains("no Advanced Firmware Update (/33629) instance for the modem"),
+        "{why}"
+    );
     assert!(why.contains("0 \"application\""), "{why}");
 }
 
@@ -555,7 +564,10 @@ fn per_component_retry_reset_and_cancel() {
     d.finish(11, ok(vec![]));
     d.u.values(
         20,
-        &[rec("/33629/1/3", Value::Integer(0)), rec("/33629/1/5", Value::Integer(5))],
+        &[
+            rec("/33629/1/3", Value::Integer(0)),
+            rec("/33629/1/5", Value::Integer(5)),
+        ],
         &LIMITS,
     );
     assert_eq!(d.u.phase, Phase::RetryWait);
@@ -583,8 +595,14 @@ fn components_carriers_and_modem_versions() {
         Carrier::of_registration("</>;rt=\"oma.lwm2m\",</1/0>,</3/0>,</33629/0>,</33629/1>"),
         Carrier::Advanced
     );
-    assert_eq!(Carrier::of_registration("</1/0>,</3/0>,</5/0>,</33629>"), Carrier::Advanced);
-    assert_eq!(Carrier::of_registration("</1/0>,</3/0>,</5/0>,</336290/0>"), Carrier::Object5);
+    assert_eq!(
+        Carrier::of_registration("</1/0>,</3/0>,</5/0>,</33629>"),
+        Carrier::Advanced
+    );
+    assert_eq!(
+        Carrier::of_registration("</1/0>,</3/0>,</5/0>,</336290/0>"),
+        Carrier::Object5
+    );
     assert_eq!(
         component::modem_delta_versions("mfw_nrf9160_update_from_1.3.4_to_1.3.5.bin"),
         Some(("1.3.4".into(), "1.3.5".into()))
@@ -596,5 +614,8 @@ fn components_carriers_and_modem_versions() {
     let app = Component::new(ComponentKind::Application, URI.into(), None, "1.3.5".into());
     assert!(!app.reached("mfw_nrf9160_1.3.5"), "only the modem compares its number");
     assert_eq!(ComponentKind::of_image_type("modem-delta"), ComponentKind::Modem);
-    assert_eq!(ComponentKind::of_image_type("mcuboot-application"), ComponentKind::Application);
+    assert_eq!(
+        ComponentKind::of_image_type("mcuboot-application"),
+        ComponentKind::Application
+    );
 }

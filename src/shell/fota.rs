@@ -119,7 +119,12 @@ impl Starter {
     /// a Package URI too long for the device, several images for a device
     /// without Object 33629, a modem delta for another modem version than
     /// the device reports.
-    pub fn machine(&self, store: &Store, images: &[FirmwareRow], endpoint: &str) -> std::result::Result<Update, String> {
+    pub fn machine(
+        &self,
+        store: &Store,
+        images: &[FirmwareRow],
+        endpoint: &str,
+    ) -> std::result::Result<Update, String> {
         if images.is_empty() {
             return Err("no image given".into());
         }
@@ -143,9 +148,14 @@ impl Starter {
                 Some(base) => Some(fota::package_uri(base, &fw.sha256, &fw.name, &token)?),
                 None => None,
             };
-            let mut c = Component::new(ComponentKind::of_image_type(&fw.image_type), uri, coap_uri, fw.version.clone());
+            let mut c = Component::new(
+                ComponentKind::of_image_type(&fw.image_type),
+                uri,
+                coap_uri,
+                fw.version.clone(),
+            );
             c.base_version = fw.base_version.clone();
-            if carrier == Carrier::Object5 {
+            if carrier == Carrier::Object5 && c.base_version.is_some() {
                 // The modem version an nRF device reports is /3/0/3; the
                 // update itself checks Object 33629's Current Version.
                 let running = store
@@ -305,7 +315,10 @@ impl Task {
                 return;
             }
         }
-        if a.machine.phase != before.phase && before.phase.holds_download_slot() && !a.machine.phase.holds_download_slot() {
+        if a.machine.phase != before.phase
+            && before.phase.holds_download_slot()
+            && !a.machine.phase.holds_download_slot()
+        {
             self.nudges.campaigns.notify_one();
         }
         if a.machine.phase != before.phase {

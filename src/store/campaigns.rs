@@ -271,7 +271,6 @@ fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MemberRow> {
     })
 }
 
-
 /// The result of one start the campaign task asked for.
 pub enum Started {
     Update(i64),

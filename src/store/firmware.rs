@@ -55,8 +55,7 @@ pub struct NewFirmware<'a> {
     pub notes: &'a str,
 }
 
-const FIRMWARE_SQL: &str =
-    "SELECT id, name, version, sha256, size, image_type, uploaded_at, uploader, notes, deleted_at, base_version FROM firmware";
+const FIRMWARE_SQL: &str = "SELECT id, name, version, sha256, size, image_type, uploaded_at, uploader, notes, deleted_at, base_version FROM firmware";
 
 fn firmware_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FirmwareRow> {
     Ok(FirmwareRow {

@@ -589,7 +589,10 @@ pub fn start_update(ctx: &mut Ctx<'_>, endpoint: &str, images: &[&str]) -> WebRe
         )
     })?;
     let id = starter.create(ctx.store, endpoint, images, &who)?;
-    log::info!("{who} started firmware update {id} of {endpoint:?} to {}", images.join(" + "));
+    log::info!(
+        "{who} started firmware update {id} of {endpoint:?} to {}",
+        images.join(" + ")
+    );
     Ok(id)
 }
 
@@ -611,7 +614,9 @@ pub fn request_update_cancel(ctx: &mut Ctx<'_>, id: i64) -> WebResult<crate::sto
 pub fn create_update(ctx: &mut Ctx<'_>) -> WebResult {
     let body: NewUpdate = ctx.json()?;
     let endpoint = ctx.param("endpoint").to_string();
-    let images: Vec<&str> = std::iter::once(body.image.as_str()).chain(body.with.iter().map(String::as_str)).collect();
+    let images: Vec<&str> = std::iter::once(body.image.as_str())
+        .chain(body.with.iter().map(String::as_str))
+        .collect();
     let id = start_update(ctx, &endpoint, &images)?;
     Ok(Reply::json(StatusCode::ACCEPTED, &update_view(ctx, id)?))
 }

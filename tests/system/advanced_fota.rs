@@ -59,7 +59,21 @@ async fn application_and_modem_move_together_over_object_33629() {
 
     let (ok, out) = tokio::task::spawn_blocking({
         let data = data.clone();
-        move || cli(&data, &["device", "update", "adv-both", "app-2.bin", DELTA, "--wait", "--timeout", "60"])
+        move || {
+            cli(
+                &data,
+                &[
+                    "device",
+                    "update",
+                    "adv-both",
+                    "app-2.bin",
+                    DELTA,
+                    "--wait",
+                    "--timeout",
+                    "60",
+                ],
+            )
+        }
     })
     .await
     .unwrap();
@@ -79,8 +93,10 @@ async fn application_and_modem_move_together_over_object_33629() {
     // both (argument 0 linking the modem's instance).
     let ops = s.operations_of("adv-both", 50).unwrap();
     let wrote = |p: &str, name: &str| {
-        ops.iter().any(|o| matches!(&o.kind, OperationKind::Write { path, values, .. }
-            if path.to_string() == p && values[0].value.contains(name)))
+        ops.iter().any(|o| {
+            matches!(&o.kind, OperationKind::Write { path, values, .. }
+            if path.to_string() == p && values[0].value.contains(name))
+        })
     };
     assert!(wrote("/33629/0/1", "/app-2.bin?t="), "{ops:?}");
     assert!(wrote("/33629/1/1", DELTA), "{ops:?}");
@@ -91,13 +107,21 @@ async fn application_and_modem_move_together_over_object_33629() {
             _ => None,
         })
         .collect();
-    assert_eq!(executes, [("/33629/0/2".to_string(), Some("0='</33629/1>'".to_string()))]);
+    assert_eq!(
+        executes,
+        [("/33629/0/2".to_string(), Some("0='</33629/1>'".to_string()))]
+    );
 
     // A delta for another modem version: refused once the device's Current
     // Version is read, before anything is written.
     let (ok, out) = tokio::task::spawn_blocking({
         let data = data.clone();
-        move || cli(&data, &["device", "update", "adv-old-modem", DELTA, "--wait", "--timeout", "60"])
+        move || {
+            cli(
+                &data,
+                &["device", "update", "adv-old-modem", DELTA, "--wait", "--timeout", "60"],
+            )
+        }
     })
     .await
     .unwrap();
@@ -110,7 +134,8 @@ async fn application_and_modem_move_together_over_object_33629() {
     );
     let ops = s.operations_of("adv-old-modem", 50).unwrap();
     assert!(
-        !ops.iter().any(|o| matches!(o.kind, OperationKind::Write { .. } | OperationKind::Execute { .. })),
+        !ops.iter()
+            .any(|o| matches!(o.kind, OperationKind::Write { .. } | OperationKind::Execute { .. })),
         "{ops:?}"
     );
 

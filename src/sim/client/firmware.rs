@@ -239,7 +239,13 @@ impl Client {
 
     /// The runner's download of `generation` ended.
     pub fn download_finished(&mut self, now: Instant, generation: u64, result: Result<Vec<u8>, String>) {
-        let Some(base) = self.firmware.slots.iter().find(|s| s.generation == generation).map(|s| s.base) else {
+        let Some(base) = self
+            .firmware
+            .slots
+            .iter()
+            .find(|s| s.generation == generation)
+            .map(|s| s.base)
+        else {
             return;
         };
         if self.fw_state(&base) != STATE_DOWNLOADING {
@@ -337,7 +343,8 @@ impl Client {
                 let v = v.strip_suffix("+0").unwrap_or(&v).to_string();
                 let modem = base == ResourcePath::new(&[ADVANCED, 1]).expect("path");
                 if !modem {
-                    self.values.insert(ResourcePath::new(&[3, 0, 3]).expect("path"), Value::String(v.clone()));
+                    self.values
+                        .insert(ResourcePath::new(&[3, 0, 3]).expect("path"), Value::String(v.clone()));
                 }
                 if base.ids()[0] == ADVANCED {
                     self.values.insert(at(&base, 15), Value::String(v));
