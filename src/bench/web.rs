@@ -374,6 +374,7 @@ fn ingest(db: &Path, config: &Config, devices: u64, seconds: u64) -> anyhow::Res
                             time: None,
                         })
                         .collect(),
+                    received_ms: 0,
                 }));
                 n += paths.len() as u64;
             }

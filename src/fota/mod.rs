@@ -9,13 +9,15 @@
 //!
 //! The steps, each waiting for the one before (paths for Object 5; with
 //! 33629 the same resources of each component's instance):
-//! 1. Read `/5/0` (or all of `/33629`: the component names find each
-//!    image's instance, and a modem delta's base is checked against the
-//!    modem's Current Version); an instance that is not Idle (State 0) is
-//!    first reset with an empty Package URI (E.6: writing an empty URI
-//!    cancels and returns to Idle).
-//! 2. Observe `/5/0` (or `/33629`), so State `/5/0/3` and Update Result
-//!    `/5/0/5` arrive as notifications.
+//! 1. Observe `/5/0` (or all of `/33629`): its answer carries the current
+//!    values (the component names find each image's instance, and a modem
+//!    delta's base is checked against the modem's Current Version), and
+//!    State `/5/0/3` and Update Result `/5/0/5` then arrive as
+//!    notifications. An instance that is not Idle (State 0) is first reset
+//!    with an empty Package URI (E.6: writing an empty URI cancels and
+//!    returns to Idle).
+//! 2. (Updates made by earlier versions may be in Observing: an Observe
+//!    after a Read.)
 //! 3. Write the Package URI `/5/0/1` (a Write-Replace of that resource).
 //! 4. Wait for State Downloaded (2) within `download_timeout`; an Update
 //!    Result 2–9, or the download server seeing a resume at the image's
@@ -48,10 +50,12 @@ use crate::lwm2m::path::{Record, ResourcePath};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
-    /// Reading State before anything is written.
+    /// Observing the firmware object: its answer says State and what the
+    /// device can fetch, before anything is written.
     Checking,
     /// Writing an empty Package URI: the device was not Idle.
     Resetting,
+    /// Observing after a Read (updates made by earlier versions).
     Observing,
     /// Writing the Package URI.
     WritingUri,
@@ -226,18 +230,25 @@ pub struct Update {
     /// Set by `cancel` while an operation is out; honoured when it ends.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// A Package URI write or an Execute failed in a way a copy of it may
+    /// explain: a server restart sends an operation again whose answer it
+    /// had not stored, and the device, already downloading or rebooted,
+    /// refuses the copy (4.05). The update reads the device back and fails
+    /// with this reason only if it did not move.
+    #[serde(default)]
+    pub unconfirmed: Option<String>,
 }
 
 impl Update {
-    /// A new update of one image over Object 5; its first operation (Read
-    /// `/5/0`) is in `to_queue`.
+    /// A new update of one image over Object 5; its first operation
+    /// (Observe `/5/0`) is in `to_queue`.
     pub fn new(now: i64, package_uri: String, coap_uri: Option<String>, target_version: String) -> Update {
         let c = Component::new(ComponentKind::Application, package_uri, coap_uri, target_version);
         Update::of(now, Carrier::Object5, vec![c])
     }
 
     /// A new update of `components` (at least one) through `carrier`; its
-    /// first operation (Read of the object) is in `to_queue`.
+    /// first operation (Observe of the object) is in `to_queue`.
     pub fn of(now: i64, carrier: Carrier, components: Vec<Component>) -> Update {
         assert!(!components.is_empty(), "an update installs at least one image");
         let mut u = Update {
@@ -256,16 +267,20 @@ impl Update {
             retry_at: None,
             reason: None,
             cancel_requested: false,
+            unconfirmed: None,
         };
         // State, and what the device can fetch from (Firmware Update
         // Protocol Support 8, Delivery Method 9), of every instance; with
-        // 33629 also the Component Names and Current Versions.
-        u.send(OperationKind::Read { path: u.read_path() });
+        // 33629 also the Component Names and Current Versions. Observed,
+        // not only read: the Observe's answer carries the current values
+        // (RFC 7641 §4.2, Core §6.4.1) and State then arrives by itself;
+        // one round trip fewer before the download than a Read first.
+        u.send(OperationKind::Observe { path: u.read_path() });
         u
     }
 
-    /// What Checking reads and Observing observes: `/5/0`, or the whole
-    /// Object 33629 (every component's instance).
+    /// What Checking observes: `/5/0`, or the whole Object 33629 (every
+    /// component's instance).
     fn read_path(&self) -> ResourcePath {
         match self.carrier {
             Carrier::Object5 => self.components[0].instance_path(Carrier::Object5),
@@ -335,6 +350,20 @@ impl Update {
         self.write_uri(self.current, &uri);
     }
 
+    /// The resources whose reported values move the update: each
+    /// component's State and Update Result.
+    pub fn reported_paths(&self) -> Vec<ResourcePath> {
+        self.components
+            .iter()
+            .flat_map(|c| {
+                [
+                    c.at(self.carrier, component::STATE),
+                    c.at(self.carrier, component::UPDATE_RESULT),
+                ]
+            })
+            .collect()
+    }
+
     /// From when the values a device reports concern this phase: for the
     /// download, from the URI write on (the device may report Downloaded
     /// before the server has taken its answer to the write); else from
@@ -397,8 +426,35 @@ impl Update {
         match (self.phase, ok) {
             (Phase::Checking, Ok(records)) => self.check(now, records),
             (Phase::Resetting, Ok(_)) => self.next_reset(now),
+            // Updates made before Checking observed went through here.
             (Phase::Observing, Ok(_)) => self.start_download(now),
-            (Phase::WritingUri, Ok(_)) => self.enter(now, Phase::Downloading),
+            (Phase::WritingUri, Ok(records)) => match self.unconfirmed.take() {
+                None => self.enter(now, Phase::Downloading),
+                // The read back after a refused write: downloading (or
+                // done) means the write had gone through.
+                Some(reason) => {
+                    let state = self.comp().at(self.carrier, component::STATE);
+                    match component::int_at(records, &state) {
+                        Some(1 | 2) => {
+                            self.enter(now, Phase::Downloading);
+                            self.values(now, records, limits);
+                        }
+                        _ => self.fail(now, reason),
+                    }
+                }
+            },
+            (Phase::WritingUri, Err(reason)) if self.unconfirmed.is_none() => {
+                let p = self.comp().at(self.carrier, component::PACKAGE_URI);
+                self.unconfirmed = Some(format!("writing the Package URI ({p}) failed: {reason}"));
+                self.send(OperationKind::Read { path: self.read_path() });
+            }
+            (Phase::Executing, Err(reason)) => {
+                // Verifying tells: the new version means an earlier copy
+                // of this Execute was carried out.
+                let p = self.components[0].at(self.carrier, component::UPDATE);
+                self.unconfirmed = Some(format!("executing Update ({p}) failed: {reason}"));
+                self.start_verify(now);
+            }
             (Phase::RetryWait, Ok(_)) => {} // the reset before a retry is done
             (Phase::Executing, Ok(_)) => self.enter(now, Phase::Updating),
             (Phase::Verifying, Ok(records)) => self.verify(now, records),
@@ -407,10 +463,16 @@ impl Update {
                 self.enter(now, Phase::Cancelled);
                 self.reason = Some("cancelled by an operator".into());
             }
+            (_, Err(_)) if self.unconfirmed.is_some() => {
+                // Reading back after a refused write or Execute failed too:
+                // the refusal is what the operator needs to know.
+                let reason = self.unconfirmed.take().unwrap_or_default();
+                self.fail(now, reason);
+            }
             (phase, Err(reason)) => {
                 let c = self.comp();
                 let what = match phase {
-                    Phase::Checking => format!("reading {}", self.read_path()),
+                    Phase::Checking => format!("observing {}", self.read_path()),
                     Phase::Resetting => "resetting with an empty Package URI".into(),
                     Phase::Observing => format!("observing {}", self.read_path()),
                     Phase::WritingUri => format!(
@@ -469,7 +531,7 @@ impl Update {
             }
         }
         if busy.is_empty() {
-            return self.observe(now);
+            return self.start_download(now);
         }
         busy.reverse();
         self.resets = busy;
@@ -478,7 +540,7 @@ impl Update {
     }
 
     /// Reset the next instance in `resets`, or go on once none is left:
-    /// to Observing from Resetting, to Cancelled from Cancelling.
+    /// to the download from Resetting, to Cancelled from Cancelling.
     fn next_reset(&mut self, now: i64) {
         match self.resets.pop() {
             Some(i) => self.write_uri(i, ""),
@@ -486,13 +548,21 @@ impl Update {
                 self.enter(now, Phase::Cancelled);
                 self.reason = Some("cancelled by an operator".into());
             }
-            None => self.observe(now),
+            None => self.start_download(now),
         }
     }
 
-    fn observe(&mut self, now: i64) {
-        self.enter(now, Phase::Observing);
-        self.send(OperationKind::Observe { path: self.read_path() });
+    /// Values the server received at `received` (ms): a report received
+    /// before the Package URI write was even decided cannot be about this
+    /// download, however late it reaches this machine (the store's poll
+    /// may have moved it past the Observe and the write while the event
+    /// that carried the Observe's answer, with the last download's Update
+    /// Result, still waited in the broadcast).
+    pub fn reported(&mut self, now: i64, received: i64, records: &[Record], limits: &Limits) {
+        if matches!(self.phase, Phase::WritingUri | Phase::Downloading) && received <= self.download_since {
+            return self.seen(now, limits);
+        }
+        self.values(now, records, limits);
     }
 
     /// Values the device reported (notifications, Send, Read answers).
@@ -589,13 +659,18 @@ impl Update {
     pub fn registered(&mut self, now: i64, limits: &Limits) {
         self.seen(now, limits);
         if self.phase == Phase::Updating {
-            self.enter(now, Phase::Verifying);
-            let path = match self.carrier {
-                Carrier::Object5 => self.components[0].version_path(Carrier::Object5),
-                Carrier::Advanced => self.carrier.object(),
-            };
-            self.send(OperationKind::Read { path });
+            self.start_verify(now);
         }
+    }
+
+    /// Read the version(s) the device now runs.
+    fn start_verify(&mut self, now: i64) {
+        self.enter(now, Phase::Verifying);
+        let path = match self.carrier {
+            Carrier::Object5 => self.components[0].version_path(Carrier::Object5),
+            Carrier::Advanced => self.carrier.object(),
+        };
+        self.send(OperationKind::Read { path });
     }
 
     /// The device's registration ended (it de-registered, or its lifetime
@@ -622,6 +697,10 @@ impl Update {
             let p = c.version_path(self.carrier);
             match c.reported_version(self.carrier, records) {
                 Some(v) if c.reached(&v) => {}
+                Some(_) if self.unconfirmed.is_some() => {
+                    let reason = self.unconfirmed.take().unwrap_or_default();
+                    return self.fail(now, reason);
+                }
                 Some(v) => {
                     let reason = format!(
                         "the device reports firmware {v:?} after the update, not {:?}",
@@ -634,6 +713,7 @@ impl Update {
         }
         self.enter(now, Phase::Succeeded);
         self.reason = None;
+        self.unconfirmed = None;
     }
 
     /// Cancel: an empty Package URI returns an instance to Idle (Core

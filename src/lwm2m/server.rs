@@ -60,6 +60,9 @@ pub enum ServerEvent<P> {
         endpoint: String,
         source: Source,
         records: Vec<Record>,
+        /// When the server received them (ms since the epoch): a record's
+        /// `time` may be the device's clock, this is ours.
+        received_ms: i64,
     },
     OperationSent {
         id: OperationId,
@@ -673,6 +676,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             endpoint: endpoint.to_string(),
             source,
             records,
+            received_ms: now.unix_ms,
         });
     }
 

@@ -21,6 +21,7 @@ use crate::download::token::TokenKey;
 use crate::error::{Error, Result};
 use crate::fota::{self, Carrier, Component, ComponentKind, Limits, Phase, Update};
 use crate::lwm2m::operation::{OperationId, Outcome};
+use crate::lwm2m::path::ResourcePath;
 use crate::lwm2m::server::ServerEvent;
 use crate::shell::Nudges;
 use crate::store::{FirmwareRow, Store, now_ms};
@@ -352,8 +353,13 @@ impl Task {
     fn event(&mut self, ev: &ServerEvent<Peer>) {
         let limits = self.settings.limits;
         match ev {
-            ServerEvent::ValuesReported { endpoint, records, .. } => {
-                self.with(endpoint, |m, now| m.values(now, records, &limits));
+            ServerEvent::ValuesReported {
+                endpoint,
+                records,
+                received_ms,
+                ..
+            } => {
+                self.with(endpoint, |m, now| m.reported(now, *received_ms, records, &limits));
             }
             ServerEvent::Registered { registration, .. } => {
                 self.with(&registration.endpoint, |m, now| m.registered(now, &limits));
@@ -407,12 +413,12 @@ impl Task {
         }
     }
 
-    /// Feed the updates that wait for a notification the Object 5 values
-    /// the store holds from their phase on: what a missed `ValuesReported`
-    /// carried. A value seen twice moves a machine once (a phase acts on
-    /// the first).
+    /// Feed the updates that wait for a notification the State and Update
+    /// Result values the store holds from their phase on: what a missed
+    /// `ValuesReported` carried. A value seen twice moves a machine once (a
+    /// phase acts on the first).
     fn replay_values(&mut self) -> Result<()> {
-        let waiting: Vec<(i64, String, i64)> = self
+        let waiting: Vec<(i64, String, i64, Vec<ResourcePath>)> = self
             .updates
             .iter()
             .filter(|(_, a)| {
@@ -421,15 +427,17 @@ impl Task {
                     Phase::WritingUri | Phase::Downloading | Phase::Updating
                 )
             })
-            .map(|(id, a)| (*id, a.endpoint.clone(), a.machine.values_since()))
+            .map(|(id, a)| {
+                let m = &a.machine;
+                (*id, a.endpoint.clone(), m.values_since(), m.reported_paths())
+            })
             .collect();
-        let object5 = ["/5/0/3", "/5/0/5"];
-        for (id, endpoint, since) in waiting {
+        for (id, endpoint, since, paths) in waiting {
             let records: Vec<crate::lwm2m::path::Record> = self
                 .store
                 .latest_values(&endpoint)?
                 .into_iter()
-                .filter(|v| v.ts >= since && object5.contains(&v.path.to_string().as_str()))
+                .filter(|v| v.ts > since && paths.contains(&v.path))
                 .map(|v| crate::lwm2m::path::Record {
                     path: v.path,
                     value: v.value,
@@ -506,11 +514,15 @@ impl Task {
                     code: row.coap_code,
                     reason: format!("operation {op} ended {}", row.state.as_str()),
                 });
-            // At the time it ended, not now: a device that rebooted at
-            // once after Execute may have registered again in between, and
-            // Updating must begin before that registration.
+            // An Execute at the time it ended, not now: a device that
+            // rebooted at once may have registered again in between, and
+            // Updating must begin before that registration. Other steps
+            // now, after the values their answer carried were received.
             let (limits, at) = (self.settings.limits, row.updated_at);
-            self.step(id, |m, now| m.operation_finished(at.min(now), op, &outcome, &limits));
+            self.step(id, |m, now| {
+                let when = if m.phase == Phase::Executing { at.min(now) } else { now };
+                m.operation_finished(when, op, &outcome, &limits)
+            });
         }
         // A device that registered again while its Registered event was
         // lost (a lagging subscriber, a restart of the server).

@@ -682,6 +682,7 @@ fn apply<P: Display>(
             endpoint,
             records,
             source,
+            ..
         } => {
             let dev = device_id(tx, devices, &endpoint)?;
             let mut journal = tx.prepare_cached(
@@ -689,7 +690,7 @@ fn apply<P: Display>(
             )?;
             let mut first = None;
             for r in &records {
-                let ts = r.time.map_or_else(now_ms, |t| (t * 1000.0) as i64);
+                let ts = r.time.map_or_else(now_ms, |t| (t * 1000.0).round() as i64);
                 let (vtype, value) = sql_value(&r.value);
                 journal.execute(params![dev, r.path.to_string(), ts, vtype, value])?;
                 first.get_or_insert(tx.last_insert_rowid());
@@ -780,6 +781,7 @@ mod tests {
                     time: Some(t),
                 })
                 .collect(),
+            received_ms: 0,
         })
     }
 
@@ -930,6 +932,7 @@ mod tests {
                 value: Value::String("v2.0".into()),
                 time: None,
             }],
+            received_ms: 0,
         }));
         w.flush();
         let s = Store::open(&path).unwrap();

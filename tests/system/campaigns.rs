@@ -46,8 +46,14 @@ async fn campaign_reaches(s: &Store, id: i64, states: &[State], timeout: Duratio
         }
         if Instant::now() > until {
             let counts = s.campaign_counts(id, c.plan.waves.len()).unwrap();
+            let failed: Vec<(String, Option<String>)> = s
+                .campaign_members(id, Some(MemberStatus::Failed), 20, 0)
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.endpoint, m.reason))
+                .collect();
             panic!(
-                "campaign {id} is {} ({:?}) after {timeout:?}, not {states:?}: {counts:?}",
+                "campaign {id} is {} ({:?}) after {timeout:?}, not {states:?}: {counts:?}; failed: {failed:?}",
                 c.state.as_str(),
                 c.reason
             );

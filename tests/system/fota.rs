@@ -18,9 +18,8 @@ use super::web::http as http_call;
 use super::{config, device, fleet, flownexus_cli, store, wait_for};
 
 /// The timeline of an update that goes well: each step once, in order.
-const HAPPY_PATH: [Phase; 8] = [
+const HAPPY_PATH: [Phase; 7] = [
     Phase::Checking,
-    Phase::Observing,
     Phase::WritingUri,
     Phase::Downloading,
     Phase::Executing,
