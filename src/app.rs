@@ -19,6 +19,7 @@ use crate::dtls::keys::PskKeys;
 use crate::dtls::{Limits, Sessions};
 use crate::lwm2m::model::Models;
 use crate::lwm2m::server::{Server, ServerConfig};
+use crate::shell::health::{Prober, SharedBoard, Targets};
 use crate::shell::lwm2m::{self, Command, DtlsLink, Events, Transports};
 use crate::shell::{dtls as dtls_shell, now, udp};
 use crate::store::Store;
@@ -39,6 +40,12 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub events: Events,
     pub commands: mpsc::Sender<Command>,
+    /// The health probes' results (`/healthz`, the watchdog).
+    pub health: SharedBoard,
+    /// Components that did not answer their probe within
+    /// `health.ready_timeout_s` of start-up, with why: `serve` reports
+    /// ready only when there are none.
+    pub unwell: Vec<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     writer: WriterHandle<Peer>,
@@ -207,6 +214,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stopped(stop_rx.clone()),
     )));
 
+    // Made before the listeners so the web shell holds it from its start;
+    // the prober fills it once every address is known.
+    let health: SharedBoard = Arc::new(std::sync::Mutex::new(crate::health::Board::new(1, &[])));
     let http_addr = if config.http.enabled {
         let updates = match fw_addr {
             Some(addr) => {
@@ -220,6 +230,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             models.clone(),
             writer.pending(),
             updates,
+            health.clone(),
             stop_rx.clone(),
         )
         .await?;
@@ -355,6 +366,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
 
+    // systemd's watchdog (WATCHDOG_USEC, sd_watchdog_enabled(3)): pinged
+    // at half its interval while the vital loops answer their probes.
+    let watchdog = sd_notify::watchdog_enabled();
+    let interval_ms = crate::health::probe_interval_ms(
+        config.health.probe_interval_s as i64 * 1000,
+        watchdog.map(|w| w.as_millis() as i64),
+    );
+    let prober = Prober::new(
+        Targets {
+            coap: coap_addr,
+            coaps: coaps_addr,
+            fw: fw_addr,
+            http: http_addr,
+            db_path: config.database_path(),
+            writer: writer.clone(),
+            lwm2m: cmd_tx.clone(),
+        },
+        health.clone(),
+        Duration::from_millis(interval_ms as u64),
+    )?;
+    let unwell = prober
+        .first_round(Duration::from_secs(config.health.ready_timeout_s))
+        .await;
+    tasks.push(tokio::spawn(prober.run(watchdog, stopped(stop_rx.clone()))));
+
     let runtime = serde_json::json!({
         "pid": std::process::id(),
         "coap": coap_addr.map(|a| a.to_string()),
@@ -373,6 +409,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http_addr,
         events,
         commands: cmd_tx,
+        health,
+        unwell,
         shutdown: stop_tx,
         tasks,
         writer,
@@ -542,6 +580,7 @@ async fn start_web(
     models: Arc<Models>,
     pending: crate::store::writer::SharedPending,
     updates: Option<crate::shell::fota::Starter>,
+    health: SharedBoard,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let h = &config.http;
@@ -567,7 +606,8 @@ async fn start_web(
             pending,
             stop.clone(),
         )
-        .with_updates(updates),
+        .with_updates(updates)
+        .with_health(health),
     );
     let base = web
         .origin
@@ -591,6 +631,13 @@ async fn start_web(
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let runtime_path = config.runtime_path();
     let running = start(config).await?;
+    if !running.unwell.is_empty() {
+        let unwell = running.unwell.join("; ");
+        running.stop().await;
+        let _ = std::fs::remove_file(&runtime_path);
+        anyhow::bail!("not ready: these components did not answer their health probe: {unwell}");
+    }
+    // Migrations ran in `start`, and every listener answered its probe.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     log::info!("flownexus ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -3,6 +3,7 @@
 //! operations go through the store, which the server polls.
 
 mod campaign;
+mod healthcheck;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,7 +54,8 @@ enum Command {
     Serve,
     /// Print the effective configuration (every layer applied) as TOML.
     PrintConfig,
-    /// Check the store and, if the server runs, that it answers CoAP.
+    /// Ask the running server how each component is (its `/healthz`);
+    /// exits non-zero when one is down or the server is not running.
     Healthcheck,
     /// Manage devices and send them operations.
     #[command(subcommand)]
@@ -403,7 +405,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Healthcheck => healthcheck(&config),
+        Command::Healthcheck => healthcheck::run(&config),
         Command::Device(d) => device(d, &config),
         Command::Firmware(f) => firmware(f, &config),
         Command::Campaign(c) => campaign::run(c, &open_store(&config)?),
@@ -524,102 +526,6 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
         );
     }
     Store::open(&path).with_context(|| format!("opening {}", path.display()))
-}
-
-fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
-    let mut ok = true;
-    match open_store(config).and_then(|s| Ok(s.schema_version()?)) {
-        Ok(v) => println!("store: ok (schema {v}, {})", config.database_path().display()),
-        Err(e) => {
-            ok = false;
-            println!("store: FAIL ({e:#})");
-        }
-    }
-    // The running server's bound addresses are in runtime.json; a CoAP ping
-    // (empty CON) must come back as RST (RFC 7252 §4.3).
-    let runtime = std::fs::read_to_string(config.runtime_path())
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-    let bound = |key: &str| {
-        runtime
-            .as_ref()
-            .and_then(|v| v[key].as_str().and_then(|a| a.parse::<SocketAddr>().ok()))
-    };
-    let loopback = |mut a: SocketAddr| {
-        if a.ip().is_unspecified() {
-            a.set_ip(if a.is_ipv4() {
-                [127, 0, 0, 1].into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        a
-    };
-    if let Some(fw) = bound("fw").map(loopback) {
-        match std::net::TcpStream::connect_timeout(&fw, Duration::from_secs(2)) {
-            Ok(_) => println!("fw: ok ({fw} accepts connections)"),
-            Err(e) => {
-                ok = false;
-                println!("fw: FAIL ({fw}: {e})");
-            }
-        }
-    }
-    if runtime.is_none() {
-        ok = false;
-        println!("coap: FAIL (no runtime.json: is the server running?)");
-    }
-    let probes: [(&str, Probe, &str); 2] = [
-        ("coap", coap_ping, "answered a ping"),
-        ("coaps", dtls_hello, "answered a ClientHello with a HelloVerifyRequest"),
-    ];
-    for (key, probe, what) in probes {
-        if let Some(addr) = bound(key).map(loopback) {
-            match probe(addr) {
-                Ok(ms) => println!("{key}: ok ({addr} {what} in {ms} ms)"),
-                Err(e) => {
-                    ok = false;
-                    println!("{key}: FAIL ({addr}: {e})");
-                }
-            }
-        }
-    }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// A liveness probe of one listener: the round trip in ms.
-type Probe = fn(SocketAddr) -> anyhow::Result<u128>;
-
-/// Send `request` from a fresh socket and wait up to 2 s for a datagram
-/// `accept` takes; the round trip in ms.
-fn probe_udp(addr: SocketAddr, request: &[u8], accept: impl Fn(&[u8]) -> bool) -> anyhow::Result<u128> {
-    let sock = std::net::UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
-    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let start = std::time::Instant::now();
-    sock.send_to(request, addr)?;
-    let mut buf = [0u8; 512];
-    loop {
-        let (n, _) = sock.recv_from(&mut buf).context("no answer within 2 s")?;
-        if accept(&buf[..n]) {
-            return Ok(start.elapsed().as_millis());
-        }
-    }
-}
-
-/// A ClientHello must come back as a HelloVerifyRequest: the stateless
-/// cookie front answers without creating a session (RFC 6347 §4.2.1).
-fn dtls_hello(addr: SocketAddr) -> anyhow::Result<u128> {
-    let config = crate::dtls::client::client_config("healthcheck", b"-", &crate::dtls::CIPHER_SUITES)?;
-    let mut client = crate::dtls::client::Client::connect(std::time::Instant::now(), addr, config)?;
-    let hello = client.poll_transmit().context("no ClientHello")?;
-    probe_udp(addr, &hello, crate::dtls::record::is_hello_verify_request)
-}
-
-fn coap_ping(addr: SocketAddr) -> anyhow::Result<u128> {
-    let mid = fastrand::u16(..);
-    let ping = crate::coap::Message::empty(crate::coap::Type::Con, mid).encode();
-    probe_udp(addr, &ping, |d| {
-        crate::coap::Message::decode(d).is_ok_and(|m| m.mtype == crate::coap::Type::Rst && m.message_id == mid)
-    })
 }
 
 fn firmware(cmd: FirmwareCommand, config: &Config) -> anyhow::Result<ExitCode> {

@@ -36,6 +36,7 @@ pub struct Config {
     pub lwm2m: Lwm2mConfig,
     pub fota: FotaConfig,
     pub store: StoreConfig,
+    pub health: HealthConfig,
     pub log: LogConfig,
 }
 
@@ -251,6 +252,20 @@ pub struct StoreConfig {
     pub history_flush_age_s: u64,
 }
 
+/// The health probes (`/healthz`, `flownexus healthcheck`, systemd's
+/// watchdog and `STATUS=` line).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// How often every component is probed (more often under a systemd
+    /// watchdog shorter than four times this).
+    pub probe_interval_s: u64,
+    /// How long `serve` waits at start-up for every component to answer
+    /// its probe before it reports ready (`READY=1`); past it, start-up
+    /// fails naming what did not answer.
+    pub ready_timeout_s: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -346,6 +361,10 @@ impl Default for Config {
                 history_flush_values: 32,
                 history_flush_age_s: 300,
             },
+            health: HealthConfig {
+                probe_interval_s: 5,
+                ready_timeout_s: 30,
+            },
             log: LogConfig { level: "info".into() },
         }
     }
@@ -438,6 +457,8 @@ impl Config {
             ("http.session_max_age_s", h.session_max_age_s),
             ("http.login_window_s", h.login_window_s),
             ("http.setup_link_ttl_s", h.setup_link_ttl_s),
+            ("health.probe_interval_s", self.health.probe_interval_s),
+            ("health.ready_timeout_s", self.health.ready_timeout_s),
             (
                 "http.login_failures_per_account",
                 u64::from(h.login_failures_per_account),

@@ -14,6 +14,7 @@ pub mod dtls;
 pub mod error;
 pub mod firmware;
 pub mod fota;
+pub mod health;
 pub mod logging;
 pub mod lwm2m;
 pub mod psk;

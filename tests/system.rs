@@ -28,6 +28,8 @@ mod dtls;
 mod firmware;
 #[path = "system/fota.rs"]
 mod fota;
+#[path = "system/systemd.rs"]
+mod systemd;
 #[path = "system/wakaama.rs"]
 mod wakaama;
 #[path = "system/web.rs"]
@@ -594,14 +596,29 @@ async fn cli_queues_and_waits_while_the_server_runs() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stdout).contains("4.05"));
 
+    // The server's own probes, through its /healthz.
     let health = cli(&["healthcheck"]).await.unwrap();
     let report = String::from_utf8_lossy(&health.stdout);
     assert!(health.status.success(), "{report}");
-    for part in ["store: ok", "fw: ok", "coap: ok", "coaps: ok"] {
-        assert!(report.contains(part), "{part}: {report}");
+    for part in [
+        "store: ok",
+        "writer: ok",
+        "lwm2m: ok",
+        "coap: ok",
+        "coaps: ok",
+        "firmware: ok",
+        "http: ok",
+        "flownexus: ok",
+    ] {
+        assert!(report.lines().any(|l| l == part), "{part}: {report}");
     }
     f.stop().await;
     running.stop().await;
+    // Stopped: nothing answers, and the check says so in its exit code.
+    let health = cli(&["healthcheck"]).await.unwrap();
+    let report = String::from_utf8_lossy(&health.stdout);
+    assert!(!health.status.success(), "{report}");
+    assert!(report.contains("http: down"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

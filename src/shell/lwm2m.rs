@@ -25,6 +25,9 @@ pub enum Command {
     KnownEndpoints(HashSet<String>),
     /// Endpoints with a PSK, after the key table changed.
     KeyedEndpoints(HashSet<String>),
+    /// The health prober's round trip through this queue: answered by the
+    /// loop itself, so a stuck loop fails it (`shell::health`).
+    Probe(tokio::sync::oneshot::Sender<crate::shell::health::Lwm2mFigures>),
 }
 
 /// From a DTLS shard to the server (in batches: one channel message per
@@ -155,6 +158,11 @@ pub async fn run(
                     Command::Cancel(id) => { server.cancel(id); }
                     Command::KnownEndpoints(set) => server.set_known_endpoints(set),
                     Command::KeyedEndpoints(set) => server.set_keyed_endpoints(set),
+                    Command::Probe(answer) => {
+                        let _ = answer.send(crate::shell::health::Lwm2mFigures {
+                            registrations: server.registration_count(),
+                        });
+                    }
                 }
             }
         }

@@ -4,6 +4,7 @@
 pub mod campaign;
 pub mod dtls;
 pub mod fota;
+pub mod health;
 pub mod lwm2m;
 pub mod udp;
 

@@ -58,6 +58,11 @@ impl DeviceSummary {
 }
 
 impl Store {
+    pub fn count_devices(&self) -> Result<u64> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// Provision a device, with a PSK for DTLS if given.
     pub fn add_device(&self, endpoint: &str, psk: Option<&Psk>, tags: &Tags) -> Result<i64> {
         insert_device(&self.conn, endpoint, psk, tags)

@@ -183,6 +183,14 @@ impl Store {
         Ok(op)
     }
 
+    /// How many updates are under way (systemd's `STATUS=` line).
+    pub fn count_active_updates(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM fota_updates WHERE active = 1", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// Updates still under way with id > `after`, oldest first: the update
     /// task's start-up load and its poll for updates created elsewhere.
     pub fn active_updates(&self, after: i64) -> Result<Vec<UpdateRow>> {

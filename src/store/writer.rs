@@ -149,6 +149,14 @@ impl<P: Display + Send + 'static> WriterHandle<P> {
         let _ = rx.recv();
     }
 
+    /// Whether the writer commits a barrier within `timeout`: the health
+    /// probe's test that its thread turns.
+    pub fn ping(&self, timeout: Duration) -> bool {
+        let (tx, rx) = sync_channel(1);
+        self.send(Command::Flush(tx));
+        rx.recv_timeout(timeout).is_ok()
+    }
+
     /// Commit what is queued and stop the thread.
     pub fn close(mut self) {
         self.tx.take();

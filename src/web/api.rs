@@ -418,6 +418,27 @@ pub fn openapi(_: &mut Ctx<'_>) -> WebResult {
     Ok(Reply::ok(&super::route::openapi()))
 }
 
+/// `/healthz`, for load balancers, `HealthCmd=` and `flownexus
+/// healthcheck`: status names only, 503 when a component is down.
+pub fn healthz(ctx: &mut Ctx<'_>) -> WebResult {
+    let summary = crate::health::summary(&ctx.web.health());
+    let code = match summary.status {
+        crate::health::Status::Down => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    Ok(Reply::json(code, &summary))
+}
+
+/// Every component with what its last probe saw.
+pub fn health(ctx: &mut Ctx<'_>) -> WebResult {
+    ctx.who()?;
+    let components = ctx.web.health();
+    Ok(Reply::ok(&crate::health::Report {
+        status: crate::health::overall(&components),
+        components,
+    }))
+}
+
 pub fn me(ctx: &mut Ctx<'_>) -> WebResult {
     let who = ctx.who()?;
     Ok(Reply::ok(&Me {

@@ -63,6 +63,8 @@ pub struct Web {
     pub max_upload: u64,
     /// Starting firmware updates; `None` with the firmware server off.
     pub updates: Option<crate::shell::fota::Starter>,
+    /// The health probes' results (`/healthz`, `/api/v1/health`).
+    pub health: Option<crate::shell::health::SharedBoard>,
     db_path: PathBuf,
     /// The store writer's journal books: pages show values not yet moved
     /// into the history.
@@ -196,6 +198,7 @@ impl Web {
             catalogue,
             max_upload,
             updates: None,
+            health: None,
             db_path,
             pending,
             fleet: Mutex::new(None),
@@ -209,6 +212,19 @@ impl Web {
     pub fn with_updates(mut self, starter: Option<crate::shell::fota::Starter>) -> Web {
         self.updates = starter;
         self
+    }
+
+    pub fn with_health(mut self, board: crate::shell::health::SharedBoard) -> Web {
+        self.health = Some(board);
+        self
+    }
+
+    /// Every component's health now; without a prober (a web shell built
+    /// alone, as the web benchmark does), none.
+    pub fn health(&self) -> Vec<crate::health::ComponentHealth> {
+        self.health.as_ref().map_or_else(Vec::new, |b| {
+            b.lock().expect("health board").report(crate::store::now_ms())
+        })
     }
 
     /// The last fleet count, or a new one if there is none yet.

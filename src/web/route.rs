@@ -331,6 +331,7 @@ pub static ROUTES: &[Route] = &[
         ..post("/setup", Access::Public, p::setup)
     },
     get("/assets/{name}", Access::Public, assets::serve),
+    get("/healthz", Access::Public, a::healthz),
     // ---- API ----------------------------------------------------------------------
     api(
         Verb::Get,
@@ -338,6 +339,17 @@ pub static ROUTES: &[Route] = &[
         Access::Public,
         a::openapi,
         doc("This document", "meta", (200, None)),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/health",
+        VIEWER,
+        a::health,
+        doc(
+            "Each component's health, with what its last probe saw",
+            "meta",
+            (200, Some(schema::<crate::health::Report>)),
+        ),
     ),
     api(
         Verb::Get,

@@ -1,0 +1,222 @@
+//! What systemd and a load balancer see: the real binary under a
+//! `NOTIFY_SOCKET` this test owns (sd_notify(3): `READY=1` once every
+//! listener answers, `STATUS=` lines, `WATCHDOG=1` under `WATCHDOG_USEC`,
+//! `STOPPING=1` on SIGTERM), and the health endpoints.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flownexus::shell::health as probes;
+use flownexus::users::Role;
+
+use super::web::{Keys, http, start};
+
+/// Every datagram the service sent, in order, until `until` says stop or
+/// `timeout` passes.
+fn receive(sock: &UnixDatagram, timeout: Duration, mut until: impl FnMut(&str) -> bool) -> Vec<String> {
+    let end = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end {
+        sock.set_read_timeout(Some(
+            end.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        let Ok(n) = sock.recv(&mut buf) else { break };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let stop = until(&text);
+        got.push(text);
+        if stop {
+            break;
+        }
+    }
+    got
+}
+
+fn bound(dir: &Path, key: &str) -> std::net::SocketAddr {
+    let rt: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runtime.json")).unwrap()).unwrap();
+    rt[key].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_tells_systemd_it_is_ready_well_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&socket_path).unwrap();
+    let data = dir.path().join("data");
+    let mut child = super::Killed(
+        Command::new(env!("CARGO_BIN_EXE_flownexus"))
+            .arg("serve")
+            .env("NOTIFY_SOCKET", &socket_path)
+            // One second: probes every 250 ms, pings every 500 ms.
+            .env("WATCHDOG_USEC", "1000000")
+            .env("FLOWNEXUS_DATA_DIR", &data)
+            .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_COAPS_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_HTTP_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_LOG_LEVEL", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    // sd_notify(3) messages are newline-separated assignments.
+    let has = |m: &str, line: &str| m.lines().any(|l| l == line);
+    let sock = tokio::task::spawn_blocking(move || {
+        let before = receive(&sock, Duration::from_secs(60), |m| m.lines().any(|l| l == "READY=1"));
+        (sock, before)
+    });
+    let (sock, before) = sock.await.unwrap();
+    assert!(before.iter().any(|m| has(m, "READY=1")), "{before:?}");
+
+    // Ready means every listener answers now (and the store is migrated).
+    let schema = flownexus::store::Store::open(&data.join("flownexus.sqlite3"))
+        .unwrap()
+        .schema_version()
+        .unwrap();
+    assert!(schema >= 16, "schema {schema}");
+    probes::coap_ping(bound(&data, "coap")).await.unwrap();
+    probes::dtls_hello(bound(&data, "coaps")).await.unwrap();
+    probes::tls_hello(bound(&data, "fw")).await.unwrap();
+    let (code, body) = probes::get_healthz(bound(&data, "http")).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let summary: flownexus::health::Summary = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary.status, flownexus::health::Status::Ok, "{body}");
+    let names: Vec<&str> = summary.components.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["coap", "coaps", "firmware", "http", "lwm2m", "store", "writer"],
+        "{body}"
+    );
+    assert!(!body.contains("detail"), "status names only: {body}");
+
+    // Then STATUS= with the fleet's figures and watchdog pings.
+    let (sock, after) = tokio::task::spawn_blocking(move || {
+        let mut pings = 0;
+        let got = receive(&sock, Duration::from_secs(20), |m| {
+            pings += m.lines().filter(|l| *l == "WATCHDOG=1").count();
+            pings >= 3
+        });
+        (sock, got)
+    })
+    .await
+    .unwrap();
+    let all: Vec<&str> = before.iter().chain(&after).flat_map(|m| m.lines()).collect();
+    assert!(all.iter().filter(|l| **l == "WATCHDOG=1").count() >= 3, "{all:?}");
+    assert!(
+        all.contains(&"STATUS=0 devices, 0 registered, 0 firmware updates active; all components ok"),
+        "{all:?}"
+    );
+
+    // SIGTERM: STOPPING=1, a clean exit, and no runtime file left behind.
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    let stopping = tokio::task::spawn_blocking(move || {
+        receive(&sock, Duration::from_secs(60), |m| m.lines().any(|l| l == "STOPPING=1"))
+    })
+    .await
+    .unwrap();
+    assert!(stopping.iter().any(|m| has(m, "STOPPING=1")), "{stopping:?}");
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < until, "still running 60 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!data.join("runtime.json").exists());
+}
+
+/// `/healthz` for anyone (names and statuses), `/api/v1/health` with
+/// what each probe saw for signed-in users only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_give_names_to_anyone_and_details_to_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let r = http(addr, "GET", "/healthz", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ok", "{}", r.text());
+    assert_eq!(r.json()["components"]["coap"], "ok", "{}", r.text());
+
+    let anonymous = http(addr, "GET", "/api/v1/health", &[], b"").await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    let token = Keys::new(dir.path()).token("viewer", Role::Viewer);
+    let bearer = format!("Bearer {token}");
+    let r = http(
+        addr,
+        "GET",
+        "/api/v1/health",
+        &[("Authorization", bearer.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report = r.json();
+    assert_eq!(report["status"], "ok", "{report}");
+    let detail = |name: &str| {
+        report["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["detail"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert!(detail("coap").contains("answered a CoAP ping"), "{report}");
+    assert!(detail("coaps").contains("HelloVerifyRequest"), "{report}");
+    assert!(detail("firmware").contains("presented its certificate"), "{report}");
+    assert!(detail("lwm2m").contains("command queue"), "{report}");
+    assert!(detail("store").contains("schema"), "{report}");
+    running.stop().await;
+}
+
+/// `systemd-analyze verify` on the bare-metal unit (with ExecStart at the
+/// binary this build made): no error and no warning, since systemd only
+/// warns about an unknown key. A misspelled copy shows the check can fail.
+#[test]
+fn the_service_unit_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/flownexus.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/flownexus serve"));
+    let unit = unit.replace("/usr/local/bin/flownexus", env!("CARGO_BIN_EXE_flownexus"));
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "NoNewPrivileges=true",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/flownexus",
+        "PrivateTmp=true",
+    ] {
+        assert!(unit.lines().any(|l| l.starts_with(key)), "{key}");
+    }
+    // No capability: every default port is above 1024.
+    assert!(unit.lines().any(|l| l == "AmbientCapabilities="));
+    let verify = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("systemd-analyze: {e} (Debian systemd; `make test` installs it)"));
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, said) = verify("flownexus.service", &unit);
+    assert!(ok && said.trim().is_empty(), "{said}");
+    let (_, said) = verify("misspelled.service", &unit.replace("ProtectSystem=", "ProtectSystm="));
+    assert!(said.contains("Unknown key 'ProtectSystm'"), "{said}");
+}
