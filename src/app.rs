@@ -19,6 +19,7 @@ use crate::dtls::keys::PskKeys;
 use crate::dtls::{Limits, Sessions};
 use crate::lwm2m::model::Models;
 use crate::lwm2m::server::{Server, ServerConfig};
+use crate::metrics::Metrics;
 use crate::shell::health::{Prober, SharedBoard, Targets};
 use crate::shell::lwm2m::{self, Command, DtlsLink, Events, Transports};
 use crate::shell::{dtls as dtls_shell, now, udp};
@@ -38,6 +39,8 @@ pub struct Running {
     pub fw_addr: Option<SocketAddr>,
     /// The dashboard and REST API, when `http.enabled`.
     pub http_addr: Option<SocketAddr>,
+    /// Prometheus metrics, when `metrics.enabled`.
+    pub metrics_addr: Option<SocketAddr>,
     pub events: Events,
     pub commands: mpsc::Sender<Command>,
     /// The health probes' results (`/healthz`, the watchdog).
@@ -163,6 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let metrics = Arc::new(Metrics::default());
     let udp_socket = if config.coap.enabled {
         let socket = udp::bind(config.coap.listen, config.coap.socket_buffer_bytes)
             .with_context(|| format!("coap.listen {}", config.coap.listen))?;
@@ -175,7 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let coap_addr = udp_socket.as_ref().map(|s| s.local_addr()).transpose()?;
     let (keys_changed, keys_rx) = watch::channel(0u64);
     let (dtls, coaps_addr) = if config.coaps.enabled {
-        let (link, addr, shards) = start_dtls(&config, keys.clone(), keys_rx, &stop_rx, &mut tasks)?;
+        let (link, addr, shards) = start_dtls(&config, keys.clone(), keys_rx, &metrics, &stop_rx, &mut tasks)?;
         log::info!("CoAP over DTLS (PSK) listening on udp {addr} ({shards} shards)");
         (Some(link), Some(addr))
     } else {
@@ -183,7 +187,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (None, None)
     };
 
-    let writer = WriterHandle::start(Store::open(&db_path)?, WriterSettings::of(&config.store));
+    let writer = WriterHandle::start_counted(
+        Store::open(&db_path)?,
+        WriterSettings::of(&config.store),
+        Some(metrics.clone()),
+    );
     // Room for the bursts of a campaign start (a thousand operations
     // answered in a second, each with its values); a subscriber that lags
     // behind even so reads what it missed from the store.
@@ -194,7 +202,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // The download server tells the update task of FOTA doom loops.
     let (doom_tx, doom_rx) = mpsc::channel(1024);
     let (fw_addr, cert_watcher, firmware) =
-        match start_firmware_server(&config, &writer, doom_tx, stop_rx.clone()).await? {
+        match start_firmware_server(&config, &writer, doom_tx, metrics.clone(), stop_rx.clone()).await? {
             Some((addr, task, watcher, fw)) => {
                 tasks.push(task);
                 (Some(addr), Some(watcher), Some(fw))
@@ -210,6 +218,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         server,
         shell_writer,
         shell_events,
+        metrics.clone(),
         cmd_rx,
         stopped(stop_rx.clone()),
     )));
@@ -230,7 +239,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             models.clone(),
             writer.pending(),
             updates,
-            health.clone(),
+            Watchers {
+                health: health.clone(),
+                metrics: metrics.clone(),
+            },
             stop_rx.clone(),
         )
         .await?;
@@ -389,7 +401,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let unwell = prober
         .first_round(Duration::from_secs(config.health.ready_timeout_s))
         .await;
+    let board = prober.board();
     tasks.push(tokio::spawn(prober.run(watchdog, stopped(stop_rx.clone()))));
+    let metrics_addr = if config.metrics.enabled {
+        let listener = tokio::net::TcpListener::bind(config.metrics.listen)
+            .await
+            .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
+        let addr = listener.local_addr()?;
+        log::info!("Prometheus metrics on http://{addr}/metrics");
+        let scrape = crate::shell::metrics::Scrape {
+            metrics: metrics.clone(),
+            store: Arc::new(std::sync::Mutex::new(Store::open(&config.database_path())?)),
+            board,
+            awake_window_s: config.lwm2m.queue_awake_window_s,
+            grace_s: config.lwm2m.lifetime_grace_s,
+        };
+        tasks.push(tokio::spawn(crate::shell::metrics::run(
+            listener,
+            scrape,
+            stop_rx.clone(),
+        )));
+        Some(addr)
+    } else {
+        log::info!("metrics are disabled (metrics.enabled = false)");
+        None
+    };
 
     let runtime = serde_json::json!({
         "pid": std::process::id(),
@@ -397,6 +433,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "coaps": coaps_addr.map(|a| a.to_string()),
         "fw": fw_addr.map(|a| a.to_string()),
         "http": http_addr.map(|a| a.to_string()),
+        "metrics": metrics_addr.map(|a| a.to_string()),
     });
     let runtime_path = config.runtime_path();
     std::fs::write(&runtime_path, runtime.to_string())
@@ -407,6 +444,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         coaps_addr,
         fw_addr,
         http_addr,
+        metrics_addr,
         events,
         commands: cmd_tx,
         health,
@@ -423,6 +461,7 @@ fn start_dtls(
     config: &Config,
     keys: Arc<PskKeys>,
     keys_changed: watch::Receiver<u64>,
+    metrics: &Arc<Metrics>,
     stop: &watch::Receiver<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<(DtlsLink, SocketAddr, usize)> {
@@ -455,6 +494,7 @@ fn start_dtls(
         let (tx, rx) = mpsc::channel(256);
         outbound.push(tx);
         let (to_server, keys_changed, stop) = (inbound_tx.clone(), keys_changed.clone(), stop.clone());
+        let counted = (metrics.clone(), shard);
         // Each shard on a thread of its own: its sessions' memory then
         // comes from the thread's own malloc arena instead of being mixed
         // with long-lived registration data, so what parking frees can go
@@ -468,7 +508,9 @@ fn start_dtls(
             };
             rt.block_on(async move {
                 match tokio::net::UdpSocket::from_std(socket) {
-                    Ok(socket) => dtls_shell::run(socket, sessions, to_server, rx, keys_changed, stopped(stop)).await,
+                    Ok(socket) => {
+                        dtls_shell::run(socket, sessions, to_server, rx, keys_changed, counted, stopped(stop)).await
+                    }
                     Err(e) => log::error!("coaps shard {shard}: {e}"),
                 }
             })
@@ -494,6 +536,7 @@ async fn start_firmware_server(
     config: &Config,
     writer: &WriterHandle<Peer>,
     doom_loops: mpsc::Sender<String>,
+    metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<
     Option<(
@@ -543,6 +586,8 @@ async fn start_firmware_server(
     // behind, records are dropped and counted, and the count is logged.
     let dropped = std::sync::atomic::AtomicU64::new(0);
     let record = move |d: crate::store::DownloadRecord| {
+        let transport = if d.coap { "coap" } else { "https" };
+        metrics.download(transport, d.status, d.bytes, d.doom_loop);
         if d.doom_loop
             && let Some(device) = &d.device
         {
@@ -572,6 +617,13 @@ async fn start_firmware_server(
     Ok(Some((addr, task, watcher, server)))
 }
 
+/// What the web shell reports into and from: the health board and the
+/// request counters.
+struct Watchers {
+    health: SharedBoard,
+    metrics: Arc<Metrics>,
+}
+
 /// The dashboard and REST API: the signing secret, the listener, and the
 /// first-run setup link when no admin exists yet.
 async fn start_web(
@@ -580,7 +632,7 @@ async fn start_web(
     models: Arc<Models>,
     pending: crate::store::writer::SharedPending,
     updates: Option<crate::shell::fota::Starter>,
-    health: SharedBoard,
+    watchers: Watchers,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let h = &config.http;
@@ -607,7 +659,8 @@ async fn start_web(
             stop.clone(),
         )
         .with_updates(updates)
-        .with_health(health),
+        .with_health(watchers.health)
+        .with_metrics(watchers.metrics),
     );
     let base = web
         .origin

@@ -37,6 +37,7 @@ pub struct Config {
     pub fota: FotaConfig,
     pub store: StoreConfig,
     pub health: HealthConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -266,6 +267,15 @@ pub struct HealthConfig {
     pub ready_timeout_s: u64,
 }
 
+/// Prometheus metrics (text format) on a listener of their own, without
+/// authentication: loopback unless a private network is meant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -364,6 +374,10 @@ impl Default for Config {
             health: HealthConfig {
                 probe_interval_s: 5,
                 ready_timeout_s: 30,
+            },
+            metrics: MetricsConfig {
+                enabled: true,
+                listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             },
             log: LogConfig { level: "info".into() },
         }

@@ -57,6 +57,9 @@ pub struct ComponentHealth {
     /// When a probe last succeeded.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ok_at: Option<i64>,
+    /// How long the last probe took (ms); the writer's is its commit lag.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub took_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +67,7 @@ struct Entry {
     name: &'static str,
     checked_at: Option<i64>,
     ok_at: Option<i64>,
+    took_ms: Option<i64>,
     failures: u32,
     detail: String,
 }
@@ -86,6 +90,7 @@ impl Board {
                     name,
                     checked_at: None,
                     ok_at: None,
+                    took_ms: None,
                     failures: 0,
                     detail: "not probed yet".into(),
                 })
@@ -113,6 +118,13 @@ impl Board {
                 e.failures += 1;
                 e.detail = reason;
             }
+        }
+    }
+
+    /// How long `name`'s last probe took.
+    pub fn took(&mut self, name: &str, ms: i64) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.name == name) {
+            e.took_ms = Some(ms);
         }
     }
 
@@ -144,6 +156,7 @@ impl Board {
                     detail,
                     checked_at: e.checked_at,
                     ok_at: e.ok_at,
+                    took_ms: e.took_ms,
                 }
             })
             .collect()

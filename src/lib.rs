@@ -17,6 +17,7 @@ pub mod fota;
 pub mod health;
 pub mod logging;
 pub mod lwm2m;
+pub mod metrics;
 pub mod psk;
 pub mod secret;
 pub mod shell;

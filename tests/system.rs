@@ -28,6 +28,8 @@ mod dtls;
 mod firmware;
 #[path = "system/fota.rs"]
 mod fota;
+#[path = "system/metrics.rs"]
+mod metrics;
 #[path = "system/systemd.rs"]
 mod systemd;
 #[path = "system/wakaama.rs"]
@@ -45,6 +47,7 @@ fn config(dir: &Path) -> Config {
     c.fw.listen = "127.0.0.1:0".parse().unwrap();
     c.coaps.listen = "127.0.0.1:0".parse().unwrap();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = "127.0.0.1:0".parse().unwrap();
     c.coap.ack_timeout_ms = 500;
     c.coap.max_retransmit = 2;
     c.lwm2m.queue_awake_window_s = 3;
@@ -157,6 +160,7 @@ impl Restartable {
         Killed(
             Command::new(env!("CARGO_BIN_EXE_flownexus"))
                 .arg("serve")
+                .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
                 .env("FLOWNEXUS_DATA_DIR", &self.dir)
                 .env("FLOWNEXUS_COAP_LISTEN", self.coap.to_string())
                 .env("FLOWNEXUS_FW_LISTEN", self.fw.to_string())
@@ -483,6 +487,7 @@ async fn values_in_the_journal_survive_a_kill() {
         Killed(
             Command::new(env!("CARGO_BIN_EXE_flownexus"))
                 .arg("serve")
+                .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
                 .env("FLOWNEXUS_DATA_DIR", dir.path())
                 .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
                 .env("FLOWNEXUS_COAPS_ENABLED", "false")

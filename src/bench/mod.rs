@@ -108,6 +108,7 @@ impl ServerProcess {
             .env("FLOWNEXUS_COAPS_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_HTTP_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_LOG_LEVEL", "warn")
             .stdout(Stdio::null());
         for (k, v) in extra_env {

@@ -251,6 +251,7 @@ impl Server {
             peer,
             device,
             doom_loop: false,
+            coap: true,
         });
         response
     }
@@ -301,6 +302,7 @@ impl Server {
             peer,
             device,
             doom_loop: matches!(plan, Plan::Unsatisfiable { doom_loop: true }),
+            coap: false,
         });
         response(status, headers, if is_get { body } else { Bytes::new() })
     }

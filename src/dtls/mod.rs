@@ -145,8 +145,8 @@ pub struct Transmit {
     pub datagram: Vec<u8>,
 }
 
-/// Counters for logs and benchmarks.
-#[derive(Debug, Default, Clone, Copy)]
+/// Counters for logs, metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     pub hello_verify_requests: u64,
     pub handshakes_started: u64,

@@ -53,8 +53,11 @@ pub async fn run(
     to_server: mpsc::Sender<Vec<FromDtls>>,
     mut from_server: mpsc::Receiver<Vec<ToDtls>>,
     mut keys_changed: watch::Receiver<u64>,
+    metrics: (std::sync::Arc<crate::metrics::Metrics>, usize),
     shutdown: impl Future<Output = ()>,
 ) {
+    let (metrics, shard) = metrics;
+    let mut published = None;
     tokio::pin!(shutdown);
     let mut received = udp::Received::new(udp::MAX_DTLS_RECORD);
     let mut outgoing = Vec::new();
@@ -111,6 +114,10 @@ pub async fn run(
         let t = Instant::now();
         if t >= sessions.poll_timeout() {
             sessions.handle_timeout(t);
+        }
+        if published != Some(sessions.counters) {
+            published = Some(sessions.counters);
+            metrics.dtls_shard(shard, sessions.counters);
         }
         let c = sessions.counters;
         let churn = c.handshakes_evicted + c.handshakes_failed + c.handshakes_completed;

@@ -83,6 +83,13 @@ where
     }
 }
 
+/// `f`'s output and how long it took (ms).
+async fn clock<F: std::future::Future>(f: F) -> (F::Output, i64) {
+    let start = Instant::now();
+    let out = f.await;
+    (out, start.elapsed().as_millis() as i64)
+}
+
 /// Send `request` from a fresh socket and wait for a datagram `accept`
 /// takes.
 async fn udp_round_trip(addr: SocketAddr, request: &[u8], accept: impl Fn(&[u8]) -> bool) -> anyhow::Result<()> {
@@ -207,14 +214,14 @@ async fn round(targets: &Targets, store: &Arc<Mutex<Store>>, board: &SharedBoard
             .map_err(|_| anyhow::anyhow!("the LwM2M task dropped the probe"))?;
         anyhow::Ok((figures, start.elapsed().as_millis()))
     };
-    let (s, w, l, coap, coaps, fw, http) = tokio::join!(
-        tokio::time::timeout(PROBE_TIMEOUT, store_probe),
-        timed(writer_probe),
-        tokio::time::timeout(PROBE_TIMEOUT, lwm2m_probe),
-        maybe(targets.coap, |a| Box::pin(coap_ping(a))),
-        maybe(targets.coaps, |a| Box::pin(dtls_hello(a))),
-        maybe(targets.fw, |a| Box::pin(tls_hello(a))),
-        maybe(targets.http, |a| Box::pin(http_get(a))),
+    let ((s, s_ms), (w, w_ms), (l, l_ms), (coap, coap_ms), (coaps, coaps_ms), (fw, fw_ms), (http, http_ms)) = tokio::join!(
+        clock(tokio::time::timeout(PROBE_TIMEOUT, store_probe)),
+        clock(timed(writer_probe)),
+        clock(tokio::time::timeout(PROBE_TIMEOUT, lwm2m_probe)),
+        clock(maybe(targets.coap, |a| Box::pin(coap_ping(a)))),
+        clock(maybe(targets.coaps, |a| Box::pin(dtls_hello(a)))),
+        clock(maybe(targets.fw, |a| Box::pin(tls_hello(a)))),
+        clock(maybe(targets.http, |a| Box::pin(http_get(a)))),
     );
     let late = || format!("no answer within {} s", PROBE_TIMEOUT.as_secs());
     let mut figures = Figures::default();
@@ -243,9 +250,18 @@ async fn round(targets: &Targets, store: &Arc<Mutex<Store>>, board: &SharedBoard
     b.record(now, "store", store_result);
     b.record(now, "writer", w);
     b.record(now, "lwm2m", lwm2m_result);
-    for (name, r) in [("coap", coap), ("coaps", coaps), ("firmware", fw), ("http", http)] {
+    for (name, ms) in [("store", s_ms), ("writer", w_ms), ("lwm2m", l_ms)] {
+        b.took(name, ms);
+    }
+    for (name, r, ms) in [
+        ("coap", coap, coap_ms),
+        ("coaps", coaps, coaps_ms),
+        ("firmware", fw, fw_ms),
+        ("http", http, http_ms),
+    ] {
         if let Some(r) = r {
             b.record(now, name, r);
+            b.took(name, ms);
         }
     }
     figures

@@ -99,6 +99,7 @@ pub async fn run(
     mut server: Server<Peer>,
     writer: WriterHandle<Peer>,
     events: Events,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut commands: mpsc::Receiver<Command>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -224,6 +225,7 @@ pub async fn run(
         }
         while let Some(ev) = server.poll_event() {
             log_event(&ev);
+            metrics.observe(&ev);
             if events.receiver_count() > 0 {
                 let _ = events.send(ev.clone());
             }

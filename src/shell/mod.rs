@@ -6,6 +6,7 @@ pub mod dtls;
 pub mod fota;
 pub mod health;
 pub mod lwm2m;
+pub mod metrics;
 pub mod udp;
 
 use std::sync::Arc;

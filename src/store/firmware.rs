@@ -25,6 +25,9 @@ pub struct DownloadRecord {
     pub device: Option<String>,
     /// A resume at offset == size: the nRF "FOTA doom loop".
     pub doom_loop: bool,
+    /// Over CoAP(S) Block2 (`status` is then a CoAP code, 2.05 as 205),
+    /// else HTTPS.
+    pub coap: bool,
 }
 
 /// A firmware catalogue record.

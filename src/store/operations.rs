@@ -71,6 +71,15 @@ impl Store {
         Ok(n as u64)
     }
 
+    /// Operations by kind and state (the metrics' queue depth and history).
+    pub fn operation_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state ORDER BY kind, state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     pub fn count_operations(&self, state: &str) -> Result<u64> {
         let n: i64 = self
             .conn

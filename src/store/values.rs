@@ -76,6 +76,14 @@ fn from_sql(vtype: &str, v: rusqlite::types::Value) -> Option<Value> {
 }
 
 impl Store {
+    /// Reported values waiting in the journal.
+    pub fn value_journal_len(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM value_journal", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// Each resource's newest value: the latest values moved into the
     /// history, or a newer one still in the journal.
     pub fn latest_values(&self, endpoint: &str) -> Result<Vec<StoredValue>> {

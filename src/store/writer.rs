@@ -109,12 +109,21 @@ const WRITER_CACHE_KIB: i64 = 1_048_576;
 
 impl<P: Display + Send + 'static> WriterHandle<P> {
     pub fn start(store: Store, settings: WriterSettings) -> WriterHandle<P> {
+        Self::start_counted(store, settings, None)
+    }
+
+    /// Start, counting each commit in `metrics` (batch sizes).
+    pub fn start_counted(
+        store: Store,
+        settings: WriterSettings,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> WriterHandle<P> {
         let (tx, rx) = sync_channel(CAPACITY);
         let pending = Arc::new(Mutex::new(WaitingRanges::default()));
         let books = pending.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(store, rx, settings, books))
+            .spawn(move || run(store, rx, settings, books, metrics))
             .expect("spawn store writer");
         WriterHandle {
             tx: Some(tx),
@@ -170,6 +179,7 @@ impl<P: Display + Send + 'static> WriterHandle<P> {
 struct Writer {
     store: Store,
     settings: WriterSettings,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The journal's books, the writer's alone.
     books: PendingHistory,
     /// The waiting journal ranges (what readers and moves read), changed
@@ -214,7 +224,13 @@ fn yield_to_foreground() {
     }
 }
 
-fn run<P: Display>(store: Store, rx: Receiver<Command<P>>, settings: WriterSettings, pending: SharedPending) {
+fn run<P: Display>(
+    store: Store,
+    rx: Receiver<Command<P>>,
+    settings: WriterSettings,
+    pending: SharedPending,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+) {
     yield_to_foreground();
     if let Err(e) = store.conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB) {
         log::warn!("store writer keeps the default page cache: {e}");
@@ -224,6 +240,7 @@ fn run<P: Display>(store: Store, rx: Receiver<Command<P>>, settings: WriterSetti
         store,
         books: PendingHistory::new(settings.history),
         settings,
+        metrics,
         pending,
         devices: HashMap::new(),
         prune: None,
@@ -410,9 +427,13 @@ impl Writer {
         let mut journalled = Journalled::default();
         let mut moving = Vec::new();
         let cutting = self.cut_to;
+        let changes = batch.len();
         let result = self.transaction(batch, &mut acks, &mut journalled, &mut moving);
         match result {
             Ok(()) => {
+                if let Some(m) = self.metrics.as_ref().filter(|_| changes > 0) {
+                    m.writer_batch(changes);
+                }
                 // Only now may readers stop looking for these in the journal.
                 let mut shared = self.pending.lock().expect("journal books");
                 for &d in &moving {

@@ -65,6 +65,8 @@ pub struct Web {
     pub updates: Option<crate::shell::fota::Starter>,
     /// The health probes' results (`/healthz`, `/api/v1/health`).
     pub health: Option<crate::shell::health::SharedBoard>,
+    /// Requests by route and status, for `/metrics`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     db_path: PathBuf,
     /// The store writer's journal books: pages show values not yet moved
     /// into the history.
@@ -199,6 +201,7 @@ impl Web {
             max_upload,
             updates: None,
             health: None,
+            metrics: None,
             db_path,
             pending,
             fleet: Mutex::new(None),
@@ -216,6 +219,11 @@ impl Web {
 
     pub fn with_health(mut self, board: crate::shell::health::SharedBoard) -> Web {
         self.health = Some(board);
+        self
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Web {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -312,6 +320,9 @@ impl Web {
         };
         if head {
             *response.body_mut() = Full::new(Bytes::new()).boxed();
+        }
+        if let Some(m) = &self.metrics {
+            m.http(route.path, response.status().as_u16());
         }
         response
     }

@@ -625,6 +625,7 @@ async fn the_server_survives_clients_that_vanish_mid_download() {
             "serve",
         ])
         .env("FLOWNEXUS_LOG_LEVEL", "warn")
+        .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
         .spawn()
         .unwrap();
     let runtime = dir.path().join("runtime.json");

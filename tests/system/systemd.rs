@@ -51,6 +51,7 @@ async fn serve_tells_systemd_it_is_ready_well_and_stopping() {
     let mut child = super::Killed(
         Command::new(env!("CARGO_BIN_EXE_flownexus"))
             .arg("serve")
+            .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
             .env("NOTIFY_SOCKET", &socket_path)
             // One second: probes every 250 ms, pings every 500 ms.
             .env("WATCHDOG_USEC", "1000000")
