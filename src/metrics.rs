@@ -140,36 +140,40 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
     for (status, n) in &g.devices {
         o.sample("flownexus_devices", &[("status", status)], n);
     }
-    o.counter(
-        "flownexus_lwm2m_registrations_total",
-        "LwM2M Register requests accepted (Core 6.2.1).",
-        load(&m.registrations),
-    );
-    o.counter(
-        "flownexus_lwm2m_updates_total",
-        "LwM2M registration Update requests accepted (Core 6.2.2).",
-        load(&m.registration_updates),
-    );
-    o.counter(
-        "flownexus_lwm2m_deregistrations_total",
-        "LwM2M De-register requests.",
-        load(&m.deregistrations),
-    );
-    o.counter(
-        "flownexus_lwm2m_expiries_total",
-        "Registrations whose lifetime passed without an Update.",
-        load(&m.expiries),
-    );
-    o.counter(
-        "flownexus_lwm2m_values_total",
-        "Resource values reported (notifications, Send, Read answers).",
-        load(&m.values),
-    );
-    o.counter(
-        "flownexus_lwm2m_rejected_total",
-        "Requests from devices refused (bad request, unknown endpoint, wrong key).",
-        load(&m.rejected),
-    );
+    for (name, help, counter) in [
+        (
+            "flownexus_lwm2m_registrations_total",
+            "LwM2M Register requests accepted (Core 6.2.1).",
+            &m.registrations,
+        ),
+        (
+            "flownexus_lwm2m_updates_total",
+            "LwM2M registration Update requests accepted (Core 6.2.2).",
+            &m.registration_updates,
+        ),
+        (
+            "flownexus_lwm2m_deregistrations_total",
+            "LwM2M De-register requests.",
+            &m.deregistrations,
+        ),
+        (
+            "flownexus_lwm2m_expiries_total",
+            "Registrations whose lifetime passed without an Update.",
+            &m.expiries,
+        ),
+        (
+            "flownexus_lwm2m_values_total",
+            "Resource values reported (notifications, Send, Read answers).",
+            &m.values,
+        ),
+        (
+            "flownexus_lwm2m_rejected_total",
+            "Requests from devices refused (bad request, unknown endpoint, wrong key).",
+            &m.rejected,
+        ),
+    ] {
+        o.counter(name, help, load(counter));
+    }
     o.family(
         "flownexus_operations_finished_total",
         "counter",

@@ -202,22 +202,28 @@ fn the_service_unit_passes_systemd_analyze_verify() {
     let verify = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let out = Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
-            .arg(&path)
-            .output()
-            .unwrap_or_else(|e| panic!("systemd-analyze: {e} (Debian systemd; `make test` installs it)"));
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        systemd_analyze_verify(&path)
     };
     let (ok, said) = verify("flownexus.service", &unit);
     assert!(ok && said.trim().is_empty(), "{said}");
     let (_, said) = verify("misspelled.service", &unit.replace("ProtectSystem=", "ProtectSystm="));
     assert!(said.contains("Unknown key 'ProtectSystm'"), "{said}");
+}
+
+/// `systemd-analyze verify` of the unit at `path`: whether it passed, and
+/// everything it said (systemd only warns about an unknown key).
+pub(crate) fn systemd_analyze_verify(path: &Path) -> (bool, String) {
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze: {e} (Debian systemd; `make test` installs it)"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
