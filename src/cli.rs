@@ -363,7 +363,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(std::env::var("FLOWNEXUS_LOG").as_deref().unwrap_or(&config.log.level));
+    crate::logging::init(
+        std::env::var("FLOWNEXUS_LOG").as_deref().unwrap_or(&config.log.level),
+        &config.log.target,
+        &config.log.journal_socket,
+    );
     match run(cli.command, config) {
         Ok(code) => code,
         Err(e) => {

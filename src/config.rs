@@ -281,6 +281,12 @@ pub struct MetricsConfig {
 pub struct LogConfig {
     /// error, warn, info, debug or trace.
     pub level: String,
+    /// `auto`: the systemd journal when stderr is connected to it
+    /// (`JOURNAL_STREAM`), else stderr; `journal`: always the journal (a
+    /// container with the host's journal socket mounted); `stderr`.
+    pub target: String,
+    /// journald's native-protocol socket.
+    pub journal_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -379,7 +385,11 @@ impl Default for Config {
                 enabled: true,
                 listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             },
-            log: LogConfig { level: "info".into() },
+            log: LogConfig {
+                level: "info".into(),
+                target: "auto".into(),
+                journal_socket: PathBuf::from(crate::logging::JOURNAL_SOCKET),
+            },
         }
     }
 }
@@ -488,6 +498,9 @@ impl Config {
         }
         if h.max_body_bytes < 1024 {
             return Err(Error::config("http.max_body_bytes", "must be at least 1024"));
+        }
+        if !["auto", "journal", "stderr"].contains(&self.log.target.as_str()) {
+            return Err(Error::config("log.target", "must be auto, journal or stderr"));
         }
         let f = &self.fw;
         if !(256..=16_408).contains(&f.max_record_bytes) {

@@ -350,6 +350,14 @@ impl Update {
         self.write_uri(self.current, &uri);
     }
 
+    /// The first image's SHA-256, from its Package URI (`…/fw/SHA256/NAME`),
+    /// for the journal's `FIRMWARE_SHA256=`.
+    pub fn firmware_sha256(&self) -> Option<&str> {
+        let uri = &self.components.first()?.package_uri;
+        let rest = &uri[uri.find("/fw/")? + 4..];
+        Some(rest.split('/').next().unwrap_or(rest))
+    }
+
     /// The resources whose reported values move the update: each
     /// component's State and Update Result.
     pub fn reported_paths(&self) -> Vec<ResourcePath> {

@@ -111,7 +111,7 @@ pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> R
     let row = if join && row.plan.late_joiners {
         let joined = store.campaign_join_late(&row)?;
         if joined > 0 {
-            log::info!("campaign {} ({}): {joined} devices joined late", row.id, row.name);
+            log::info!(campaign = row.id; "campaign {} ({}): {joined} devices joined late", row.id, row.name);
         }
         store.campaign(row.id)?
     } else {
@@ -144,6 +144,7 @@ pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> R
     };
     if (row.machine.state, row.machine.wave) != (machine.state, machine.wave) {
         log::info!(
+            campaign = row.id;
             "campaign {} ({}): {} in wave {}{}",
             row.id,
             row.name,
@@ -156,12 +157,15 @@ pub fn step(store: &Store, starter: &Starter, row: CampaignRow, join: bool) -> R
     for (endpoint, result) in results {
         match result {
             Started::Update(_) => started += 1,
-            Started::Refused(reason) => log::warn!("campaign {}: {endpoint} not started: {reason}", row.id),
+            Started::Refused(reason) => log::warn!(
+                campaign = row.id, endpoint = endpoint.as_str();
+                "campaign {}: {endpoint} not started: {reason}", row.id
+            ),
             Started::Gone => {}
         }
     }
     if started > 0 {
-        log::info!("campaign {} ({}): {started} updates started", row.id, row.name);
+        log::info!(campaign = row.id; "campaign {} ({}): {started} updates started", row.id, row.name);
     }
     Ok(started > 0)
 }

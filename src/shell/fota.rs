@@ -324,6 +324,8 @@ impl Task {
         }
         if a.machine.phase != before.phase {
             log::info!(
+                endpoint = a.endpoint.as_str(), update_id = id,
+                firmware_sha256 = a.machine.firmware_sha256().unwrap_or_default();
                 "firmware update {id} of {}: {} → {}{}",
                 a.endpoint,
                 before.phase.as_str(),
@@ -464,6 +466,8 @@ impl Task {
                 continue;
             }
             log::info!(
+                endpoint = row.endpoint.as_str(), update_id = row.id,
+                firmware_sha256 = row.machine.firmware_sha256().unwrap_or_default();
                 "firmware update {} of {}: {} (firmware #{})",
                 row.id,
                 row.endpoint,

@@ -238,6 +238,7 @@ fn log_event(ev: &ServerEvent<Peer>) {
     match ev {
         ServerEvent::Registered { registration: r, .. } => {
             log::info!(
+                endpoint = r.endpoint.as_str(), peer:% = r.peer;
                 "registered {} from {} (lt {}, lwm2m {}, b={})",
                 r.endpoint,
                 r.peer,
@@ -246,10 +247,17 @@ fn log_event(ev: &ServerEvent<Peer>) {
                 r.binding
             )
         }
-        ServerEvent::Deregistered { endpoint, .. } => log::info!("deregistered {endpoint}"),
-        ServerEvent::Expired { endpoint, .. } => log::info!("registration of {endpoint} expired"),
+        ServerEvent::Deregistered { endpoint, .. } => {
+            log::info!(endpoint = endpoint.as_str(); "deregistered {endpoint}")
+        }
+        ServerEvent::Expired { endpoint, .. } => {
+            log::info!(endpoint = endpoint.as_str(); "registration of {endpoint} expired")
+        }
         ServerEvent::OperationFinished { id, endpoint, outcome } => {
-            log::info!("operation {id} on {endpoint}: {:?}", outcome.state())
+            log::info!(
+                endpoint = endpoint.as_str(), operation_id:% = id;
+                "operation {id} on {endpoint}: {:?}", outcome.state()
+            )
         }
         _ => {}
     }

@@ -258,9 +258,13 @@ fn the_container_unit_says_what_production_needs() {
     );
     assert_eq!(
         values("Volume"),
-        ["flownexus.volume:/var/lib/flownexus:Z"],
-        "and the volume unit"
+        [
+            "flownexus.volume:/var/lib/flownexus:Z",
+            "/run/systemd/journal/socket:/run/systemd/journal/socket",
+        ],
+        "the volume unit, and the journal's socket for structured fields"
     );
+    assert!(values("Environment").contains(&"FLOWNEXUS_LOG_TARGET=journal"));
     assert_eq!(values("HealthCmd"), ["/usr/local/bin/flownexus healthcheck"]);
     assert!(values("AutoUpdate").is_empty(), "images change only through the deploy");
     assert_eq!(values("EnvironmentFile").len(), 1);

@@ -227,3 +227,132 @@ pub(crate) fn systemd_analyze_verify(path: &Path) -> (bool, String) {
         ),
     )
 }
+
+/// One native-protocol journal entry's fields (systemd's "Native Journal
+/// Protocol": `NAME=value\n`, or `NAME\n` + 64-bit LE length + value + `\n`).
+fn journal_fields(mut d: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        let nl = d.iter().position(|&b| b == b'\n').unwrap_or(d.len());
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            out.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            d = d.get(nl + 1..).unwrap_or_default();
+        } else {
+            let name = String::from_utf8_lossy(line).into_owned();
+            let len = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+            let value = &d[nl + 9..nl + 9 + len];
+            out.push((name, String::from_utf8_lossy(value).into_owned()));
+            d = d.get(nl + 9 + len + 1..).unwrap_or_default();
+        }
+    }
+    out
+}
+
+/// The real binary logging to a journal socket this test owns: a device's
+/// registration and an operation on it carry `ENDPOINT=`, `PEER=` and
+/// `OPERATION_ID=`, as `journalctl ENDPOINT=…` needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_lines_reach_the_journal_with_their_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("journal.sock");
+    let sock = UnixDatagram::bind(&socket_path).unwrap();
+    // Read from the start, as journald does: the kernel queues only a few
+    // datagrams per socket (net.unix.max_dgram_qlen) and the server drops
+    // lines rather than wait.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<(String, String)>>::new()));
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (received, reading) = (received.clone(), reading.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    received.lock().unwrap().push(journal_fields(&buf[..n]));
+                }
+            }
+        })
+    };
+    let data = dir.path().join("data");
+    let _child = super::Killed(
+        Command::new(env!("CARGO_BIN_EXE_flownexus"))
+            .arg("serve")
+            .env("FLOWNEXUS_DATA_DIR", &data)
+            .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_COAPS_ENABLED", "false")
+            .env("FLOWNEXUS_FW_ENABLED", "false")
+            .env("FLOWNEXUS_HTTP_ENABLED", "false")
+            .env("FLOWNEXUS_METRICS_ENABLED", "false")
+            .env("FLOWNEXUS_LOG_TARGET", "journal")
+            .env("FLOWNEXUS_LOG_JOURNAL_SOCKET", &socket_path)
+            .env("FLOWNEXUS_LOG_LEVEL", "info")
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while !data.join("runtime.json").exists() {
+        assert!(Instant::now() < until, "the server never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fleet = flownexus::sim::Fleet::spawn(
+        vec![super::device("journal-1")],
+        bound(&data, "coap"),
+        std::sync::Arc::new(flownexus::lwm2m::Models::embedded()),
+        false,
+    )
+    .await
+    .unwrap();
+    let store = flownexus::store::Store::open(&data.join("flownexus.sqlite3")).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while store.registration_of("journal-1").unwrap().is_none() {
+        assert!(Instant::now() < until, "no registration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let op = super::run_op(
+        &data,
+        "journal-1",
+        flownexus::lwm2m::operation::OperationKind::Read {
+            path: "/3/0/0".parse().unwrap(),
+        },
+    )
+    .await;
+    let want_op = format!("operation {} on journal-1", op.id);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.iter().any(|(k, v)| k == "MESSAGE" && v.starts_with(&want_op)));
+        if seen || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let entries = received.lock().unwrap().clone();
+    let op_id = op.id;
+    let field = |e: &[(String, String)], name: &str| e.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let registered = entries
+        .iter()
+        .find(|e| field(e, "MESSAGE").is_some_and(|m| m.starts_with("registered journal-1")))
+        .unwrap_or_else(|| panic!("no registration line: {entries:?}"));
+    assert_eq!(field(registered, "ENDPOINT").as_deref(), Some("journal-1"));
+    assert!(
+        field(registered, "PEER").is_some_and(|p| p.contains("127.0.0.1")),
+        "{registered:?}"
+    );
+    assert_eq!(field(registered, "PRIORITY").as_deref(), Some("6"));
+    assert_eq!(field(registered, "SYSLOG_IDENTIFIER").as_deref(), Some("flownexus"));
+    let operation = entries
+        .iter()
+        .find(|e| field(e, "OPERATION_ID").as_deref() == Some(op_id.to_string().as_str()))
+        .unwrap_or_else(|| panic!("no operation line: {entries:?}"));
+    assert_eq!(field(operation, "ENDPOINT").as_deref(), Some("journal-1"));
+    fleet.stop().await;
+}
