@@ -390,6 +390,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             coap: coap_addr,
             coaps: coaps_addr,
             fw: fw_addr,
+            fw_proxy_protocol: config.fw.proxy_protocol,
             http: http_addr,
             db_path: config.database_path(),
             writer: writer.clone(),
@@ -612,6 +613,7 @@ async fn start_firmware_server(
         handshake: Duration::from_secs(fw.handshake_timeout_s),
         idle: Duration::from_secs(fw.idle_timeout_s),
         shutdown_grace: Duration::from_secs(fw.shutdown_grace_s),
+        proxy_protocol: fw.proxy_protocol,
     };
     let task = tokio::spawn(download::run(listener, tls_config, server.clone(), limits, stop));
     Ok(Some((addr, task, watcher, server)))

@@ -197,6 +197,11 @@ pub struct FirmwareServerConfig {
     pub handshake_timeout_s: u64,
     /// On shutdown, running downloads get this long to finish.
     pub shutdown_grace_s: u64,
+    /// Every connection opens with a PROXY protocol v1 header (nginx's
+    /// `stream` pass-through with `proxy_protocol on`; nginx/): downloads are
+    /// then accounted to the device's address, not nginx's. Listen on
+    /// loopback then: the header is trusted.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -352,6 +357,7 @@ impl Default for Config {
                 idle_timeout_s: 120,
                 handshake_timeout_s: 10,
                 shutdown_grace_s: 30,
+                proxy_protocol: false,
             },
             lwm2m: Lwm2mConfig {
                 queue_awake_window_s: 20,

@@ -30,6 +30,8 @@ mod firmware;
 mod fota;
 #[path = "system/metrics.rs"]
 mod metrics;
+#[path = "system/nginx.rs"]
+mod nginx;
 #[path = "system/quadlet.rs"]
 mod quadlet;
 #[path = "system/systemd.rs"]

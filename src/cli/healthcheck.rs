@@ -101,7 +101,8 @@ async fn probe_here(
         show("coaps", within(Box::pin(probes::dtls_hello(a)) as Probe).await);
     }
     if let Some(a) = fw {
-        show("firmware", within(Box::pin(probes::tls_hello(a)) as Probe).await);
+        let proxy = config.fw.proxy_protocol;
+        show("firmware", within(Box::pin(probes::tls_hello(a, proxy)) as Probe).await);
     }
     worst
 }

@@ -8,6 +8,7 @@
 
 pub mod blockwise;
 pub mod connection;
+pub mod proxy_protocol;
 pub mod range;
 pub mod tls;
 pub mod token;
@@ -60,6 +61,9 @@ pub struct Limits {
     pub handshake: Duration,
     pub idle: Duration,
     pub shutdown_grace: Duration,
+    /// Every connection opens with a PROXY protocol v1 header (behind
+    /// nginx's SNI pass-through, `fw.proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 enum Lookup<'a> {
@@ -323,7 +327,7 @@ pub async fn run(
     loop {
         // Reap finished connections so the set stays the size of the live ones.
         while connections.try_join_next().is_some() {}
-        let (tcp, peer) = tokio::select! {
+        let (mut tcp, mut peer) = tokio::select! {
             _ = connection::raised(&mut stopped) => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -340,6 +344,13 @@ pub async fn run(
         let server = server.clone();
         let stop = stop.clone();
         connections.spawn(async move {
+            if limits.proxy_protocol {
+                match tokio::time::timeout(limits.handshake, proxy_protocol::read_v1(&mut tcp)).await {
+                    Ok(Ok(source)) => peer = source.unwrap_or(peer),
+                    Ok(Err(e)) => return log::debug!("firmware server: from {peer}: {e}"),
+                    Err(_) => return log::debug!("firmware server: no PROXY header from {peer} in time"),
+                }
+            }
             let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

@@ -34,6 +34,8 @@ pub struct Targets {
     pub coap: Option<SocketAddr>,
     pub coaps: Option<SocketAddr>,
     pub fw: Option<SocketAddr>,
+    /// The firmware server expects a PROXY protocol header first.
+    pub fw_proxy_protocol: bool,
     pub http: Option<SocketAddr>,
     pub db_path: std::path::PathBuf,
     pub writer: WriterHandle<Peer>,
@@ -130,12 +132,18 @@ pub async fn dtls_hello(addr: SocketAddr) -> anyhow::Result<String> {
 /// A TLS handshake with the firmware server up to its certificate: the
 /// probe trusts no certificate, so the server's arriving is the success
 /// (rustls rejects it as of an unknown issuer). Nothing is downloaded.
-pub async fn tls_hello(addr: SocketAddr) -> anyhow::Result<String> {
+/// `proxy_protocol`: the server expects a PROXY header first
+/// (`fw.proxy_protocol`); the probe sends `PROXY UNKNOWN` (§2.1: the
+/// server keeps the connection's own address).
+pub async fn tls_hello(addr: SocketAddr, proxy_protocol: bool) -> anyhow::Result<String> {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    if proxy_protocol {
+        tcp.write_all(b"PROXY UNKNOWN\r\n").await?;
+    }
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
     match tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
@@ -220,7 +228,12 @@ async fn round(targets: &Targets, store: &Arc<Mutex<Store>>, board: &SharedBoard
         clock(tokio::time::timeout(PROBE_TIMEOUT, lwm2m_probe)),
         clock(maybe(targets.coap, |a| Box::pin(coap_ping(a)))),
         clock(maybe(targets.coaps, |a| Box::pin(dtls_hello(a)))),
-        clock(maybe(targets.fw, |a| Box::pin(tls_hello(a)))),
+        clock(async {
+            match targets.fw {
+                Some(a) => Some(timed(tls_hello(loopback(a), targets.fw_proxy_protocol)).await),
+                None => None,
+            }
+        }),
         clock(maybe(targets.http, |a| Box::pin(http_get(a)))),
     );
     let late = || format!("no answer within {} s", PROBE_TIMEOUT.as_secs());
@@ -433,6 +446,7 @@ mod tests {
             coap: Some(silent.local_addr().unwrap()),
             coaps: None,
             fw: None,
+            fw_proxy_protocol: false,
             http: None,
             db_path: db,
             writer: writer.clone(),

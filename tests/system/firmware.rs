@@ -23,7 +23,7 @@ use super::{config, output_with_stdin, store, wait_for};
 const LIMIT: usize = 1370;
 const IMAGE_SIZE: usize = 512 * 1024;
 
-fn image() -> Vec<u8> {
+pub(super) fn image() -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(7);
     let mut img: Vec<u8> = (0..IMAGE_SIZE).map(|_| rng.u8(..)).collect();
     img[..4].copy_from_slice(&[0x3d, 0xb8, 0xf3, 0x96]); // MCUboot magic
@@ -41,7 +41,7 @@ fn fw_config(dir: &Path) -> Config {
 }
 
 /// Add the test image as `app.bin` before the server starts.
-fn add_image(dir: &Path) -> flownexus::store::FirmwareRow {
+pub(super) fn add_image(dir: &Path) -> flownexus::store::FirmwareRow {
     let mut s = store(dir);
     let upload = Upload {
         name: "app.bin",

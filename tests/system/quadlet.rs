@@ -269,11 +269,13 @@ fn the_container_unit_says_what_production_needs() {
     assert!(values("AutoUpdate").is_empty(), "images change only through the deploy");
     assert_eq!(values("EnvironmentFile").len(), 1);
     let ports = values("PublishPort");
-    for p in ["5683:5683/udp", "5684:5684/udp", "8443:8443/tcp"] {
+    for p in ["5683:5683/udp", "5684:5684/udp"] {
         assert!(ports.contains(&p), "{p}: {ports:?}");
     }
-    // The dashboard and the metrics: loopback only.
-    for p in ["8000:8000/tcp", "9464:9464/tcp"] {
+    // The firmware server (behind nginx, trusting its PROXY header), the
+    // dashboard and the metrics: loopback only.
+    assert!(values("Environment").contains(&"FLOWNEXUS_FW_PROXY_PROTOCOL=true"));
+    for p in ["8443:8443/tcp", "8000:8000/tcp", "9464:9464/tcp"] {
         assert!(ports.contains(&format!("127.0.0.1:{p}").as_str()), "{p}: {ports:?}");
         assert!(!ports.contains(&p), "{p} published on every address");
     }

@@ -81,7 +81,7 @@ async fn serve_tells_systemd_it_is_ready_well_and_stopping() {
     assert!(schema >= 16, "schema {schema}");
     probes::coap_ping(bound(&data, "coap")).await.unwrap();
     probes::dtls_hello(bound(&data, "coaps")).await.unwrap();
-    probes::tls_hello(bound(&data, "fw")).await.unwrap();
+    probes::tls_hello(bound(&data, "fw"), false).await.unwrap();
     let (code, body) = probes::get_healthz(bound(&data, "http")).await.unwrap();
     assert_eq!(code, 200, "{body}");
     let summary: flownexus::health::Summary = serde_json::from_str(&body).unwrap();
