@@ -101,6 +101,10 @@ pub struct HttpConfig {
     /// How long the first-run setup link (logged when no admin exists)
     /// stays valid.
     pub setup_link_ttl_s: u64,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (nginx on
+    /// the same host: `["127.0.0.1"]`). Empty: the connection's address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// CoAP transmission parameters, RFC 7252 §4.8, plus our block-wise limits.
@@ -339,6 +343,7 @@ impl Default for Config {
                 login_window_s: 900,
                 max_body_bytes: 1 << 20,
                 setup_link_ttl_s: 3600,
+                trusted_proxies: Vec::new(),
             },
             fw: FirmwareServerConfig {
                 enabled: true,

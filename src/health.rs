@@ -98,10 +98,6 @@ impl Board {
         }
     }
 
-    pub fn components(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.entries.iter().map(|e| e.name)
-    }
-
     /// A probe of `name` ended at `now`: what it saw, or why it failed.
     pub fn record(&mut self, now: i64, name: &str, result: Result<String, String>) {
         let Some(e) = self.entries.iter_mut().find(|e| e.name == name) else {

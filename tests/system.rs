@@ -128,6 +128,17 @@ fn flownexus_cli(data: &str, args: &[&str], stdin: &str) -> (bool, String, Strin
 
 /// A server process, SIGKILLed when dropped: on purpose (`kill -9` in a
 /// test), or when an assertion fails.
+/// Run `script` with `sh -e` in `dir`; it must succeed.
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 struct Killed(std::process::Child);
 
 impl Drop for Killed {

@@ -336,6 +336,7 @@ impl Web {
         peer: SocketAddr,
     ) -> WebResult<Response<Body>> {
         let headers = &parts.headers;
+        let client = client_address(&self.http.trusted_proxies, peer.ip(), headers);
         let cookie_header = header_str(headers, header::COOKIE).unwrap_or("").to_string();
         let session = auth::cookie(&cookie_header, self.cookies.session_name()).map(str::to_string);
         let login_cookie = auth::cookie(&cookie_header, self.cookies.login_name()).map(str::to_string);
@@ -527,7 +528,7 @@ impl Web {
                     body,
                     content_type,
                     parts: uploaded,
-                    peer: peer.ip(),
+                    peer: client,
                     target,
                 };
                 handler(&mut ctx)
@@ -602,6 +603,25 @@ impl Reply {
     }
 }
 
+/// The client's address: the connection's, or, when that is one of
+/// `trusted` (the reverse proxy in front, `http.trusted_proxies`), the
+/// last address of its `X-Forwarded-For` (the one that proxy added; any
+/// earlier ones are the client's own claims). Login limits per address
+/// count this one, so clients behind nginx do not share one budget.
+pub fn client_address(trusted: &[IpAddr], peer: IpAddr, headers: &hyper::HeaderMap) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
 /// Accept connections until `stop`; each is served by hyper's HTTP/1.1
 /// server (h2 is not compiled in). Open connections get five seconds to
 /// finish after `stop`.
@@ -662,5 +682,37 @@ pub async fn run(listener: TcpListener, web: Arc<Web>, mut stop: watch::Receiver
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         connections.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_address_is_the_trusted_proxys_last_hop() {
+        let nginx: IpAddr = "127.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let trusted = [nginx];
+        // From the proxy: the address it added, not what the client claimed.
+        let h = forwarded(&["10.9.9.9, 203.0.113.7"]);
+        assert_eq!(client_address(&trusted, nginx, &h), client);
+        let h = forwarded(&["10.9.9.9", "203.0.113.7"]);
+        assert_eq!(client_address(&trusted, nginx, &h), client);
+        // Not from the proxy: the header is the client's own word.
+        let other: IpAddr = "198.51.100.2".parse().unwrap();
+        assert_eq!(client_address(&trusted, other, &h), other);
+        // No proxy configured, or nothing usable: the connection's address.
+        assert_eq!(client_address(&[], nginx, &h), nginx);
+        assert_eq!(client_address(&trusted, nginx, &forwarded(&["junk"])), nginx);
+        assert_eq!(client_address(&trusted, nginx, &hyper::HeaderMap::new()), nginx);
     }
 }

@@ -110,16 +110,9 @@ async fn connect(addr: SocketAddr, ca: &Path, version: &'static rustls::Supporte
 /// An RSA-2048 chain with an intermediate, made by the openssl CLI:
 /// returns (fullchain.pem, privkey.pem, root.pem).
 fn rsa_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let sh = |script: &str| {
-        let out = Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    sh(r#"
+    super::sh(
+        dir,
+        r#"
         openssl req -x509 -newkey rsa:2048 -nodes -keyout root.key -out root.pem -days 30 -subj "/CN=Test Root" \
             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
         openssl req -newkey rsa:2048 -nodes -keyout int.key -out int.csr -subj "/CN=Test Intermediate" 2>/dev/null
@@ -129,7 +122,8 @@ fn rsa_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' > leaf.ext
         openssl x509 -req -in leaf.csr -CA int.pem -CAkey int.key -CAcreateserial -out leaf.pem -days 30 -extfile leaf.ext 2>/dev/null
         cat leaf.pem int.pem > fullchain.pem
-    "#);
+    "#,
+    );
     (dir.join("fullchain.pem"), dir.join("privkey.pem"), dir.join("root.pem"))
 }
 

@@ -23,20 +23,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn sh(dir: &Path, script: &str) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// A test CA and one certificate for example.test and its subdomains, as
 /// certbot's lineage directory holds them.
 fn certificates(dir: &Path) {
-    sh(
+    super::sh(
         dir,
         r#"
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
