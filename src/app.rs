@@ -43,8 +43,6 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     pub events: Events,
     pub commands: mpsc::Sender<Command>,
-    /// The health probes' results (`/healthz`, the watchdog).
-    pub health: SharedBoard,
     /// Components that did not answer their probe within
     /// `health.ready_timeout_s` of start-up, with why: `serve` reports
     /// ready only when there are none.
@@ -448,7 +446,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics_addr,
         events,
         commands: cmd_tx,
-        health,
         unwell,
         shutdown: stop_tx,
         tasks,
