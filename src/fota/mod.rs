@@ -565,7 +565,9 @@ impl Update {
     /// download, however late it reaches this machine (the store's poll
     /// may have moved it past the Observe and the write while the event
     /// that carried the Observe's answer, with the last download's Update
-    /// Result, still waited in the broadcast).
+    /// Result, still waited in the broadcast). A device keeps that result
+    /// until a new Package URI resets it: Core Appendix E.6, Object 5
+    /// resource 5, "reset to Initial value" when an update is initiated.
     pub fn reported(&mut self, now: i64, received: i64, records: &[Record], limits: &Limits) {
         if matches!(self.phase, Phase::WritingUri | Phase::Downloading) && received <= self.download_since {
             return self.seen(now, limits);
