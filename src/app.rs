@@ -145,8 +145,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for (token, endpoint, kind) in observations {
         server.restore_observation(t, &endpoint, crate::coap::RequestId(token), kind);
     }
-    if config.lwm2m.unknown_endpoints == UnknownEndpoints::Reject {
-        server.set_known_endpoints(store.endpoints()?.into_iter().collect());
+    // Every endpoint in the device table: the reject policy admits only
+    // these, the accept policy counts the others against their source.
+    let mut known_deleted = store.devices_deleted()?;
+    let known_rows = store.endpoints_after(0)?;
+    let mut known_last = known_rows.last().map_or(0, |(id, _)| *id);
+    server.set_known_endpoints(known_rows.into_iter().map(|(_, ep)| ep).collect());
+    match config.lwm2m.unknown_endpoints {
+        UnknownEndpoints::Reject => log::info!(
+            "lwm2m.unknown_endpoints = reject{}: only provisioned endpoints may register",
+            if config.mode == crate::config::Mode::Production {
+                " (the production default)"
+            } else {
+                ""
+            }
+        ),
+        UnknownEndpoints::Accept => log::info!(
+            "lwm2m.unknown_endpoints = accept: any endpoint may register over plain CoAP, at most {} at once and {} new a minute per source address",
+            config.lwm2m.unprovisioned_per_source,
+            config.lwm2m.unprovisioned_per_source_per_min
+        ),
     }
     let mut keys_generation = store.keys_generation()?;
     let keys = PskKeys::new(store.device_keys()?);
@@ -283,7 +301,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     // Poll the store for operations queued or cancelled by other processes.
     let poll_cmd = cmd_tx.clone();
-    let reject_unknown = config.lwm2m.unknown_endpoints == UnknownEndpoints::Reject;
     let retention_ms = config.store.value_retention_days as i64 * 86_400_000;
     let prune_writer = writer.clone();
     let poll_stop = stop_rx.clone();
@@ -296,7 +313,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let stop = stopped(poll_stop);
         tokio::pin!(stop);
         let mut cancelled_since = crate::store::now_ms();
-        let mut known = (0usize, String::new());
         let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
         let poller = match Store::open(&db_path) {
             Ok(s) => Arc::new(std::sync::Mutex::new(s)),
@@ -313,17 +329,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
             let store = poller.clone();
             let since = cancelled_since;
-            let known_key = known.clone();
             let polled = tokio::task::spawn_blocking(move || -> crate::Result<_> {
                 let s = store.lock().expect("poller store");
                 let ops = s.pending_operations(last_op)?;
                 let cancelled = s.cancelled_since(since)?;
-                let endpoints = if reject_unknown {
-                    let list = s.endpoints()?;
-                    let key = (list.len(), list.last().cloned().unwrap_or_default());
-                    (key != known_key).then_some((key, list))
+                // New device rows by id; the whole list again only after a removal.
+                let deleted = s.devices_deleted()?;
+                let endpoints = if deleted != known_deleted {
+                    (deleted, true, s.endpoints_after(0)?)
                 } else {
-                    None
+                    (deleted, false, s.endpoints_after(known_last)?)
                 };
                 let generation = s.keys_generation()?;
                 let device_keys = if generation != keys_generation {
@@ -353,11 +368,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 poll_keys_changed.send_modify(|g| *g += 1);
                 let _ = poll_cmd.send(Command::KeyedEndpoints(poll_keys.endpoints())).await;
             }
-            if let Some((key, list)) = endpoints {
-                known = key;
-                let _ = poll_cmd
-                    .send(Command::KnownEndpoints(list.into_iter().collect::<HashSet<_>>()))
-                    .await;
+            let (deleted, whole, rows) = endpoints;
+            known_deleted = deleted;
+            if whole || !rows.is_empty() {
+                known_last = rows.last().map_or(if whole { 0 } else { known_last }, |(id, _)| *id);
+                let endpoints = rows.into_iter().map(|(_, ep)| ep);
+                let cmd = if whole {
+                    Command::KnownEndpoints(endpoints.collect::<HashSet<_>>())
+                } else {
+                    Command::KnownEndpointsAdded(endpoints.collect())
+                };
+                let _ = poll_cmd.send(cmd).await;
             }
             if last_prune.elapsed() > Duration::from_secs(3600) {
                 last_prune = std::time::Instant::now();

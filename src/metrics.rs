@@ -35,6 +35,9 @@ pub struct Metrics {
     writer_changes: AtomicU64,
     /// HTTP requests by route pattern and status.
     http: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Registrations of unprovisioned endpoints, as the LwM2M task last
+    /// published them.
+    admission: Mutex<crate::lwm2m::admission::Counters>,
 }
 
 impl Metrics {
@@ -77,6 +80,11 @@ impl Metrics {
         if doom_loop {
             self.doom_loops.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The LwM2M server's admission counters now.
+    pub fn admission(&self, counters: crate::lwm2m::admission::Counters) {
+        *self.admission.lock().expect("metrics") = counters;
     }
 
     /// The store writer committed `changes` in one transaction.
@@ -173,6 +181,23 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         ),
     ] {
         o.counter(name, help, load(counter));
+    }
+    let admission = *m.admission.lock().expect("metrics");
+    o.family(
+        "flownexus_lwm2m_unprovisioned_registrations_total",
+        "counter",
+        "Register requests of endpoints never provisioned, admitted or refused by the per-source limits (lwm2m.unprovisioned_per_source*).",
+    );
+    for (outcome, n) in [
+        ("admitted", admission.admitted),
+        ("refused_too_many", admission.refused_too_many),
+        ("refused_too_fast", admission.refused_too_fast),
+    ] {
+        o.sample(
+            "flownexus_lwm2m_unprovisioned_registrations_total",
+            &[("outcome", outcome)],
+            n,
+        );
     }
     o.family(
         "flownexus_operations_finished_total",
@@ -328,6 +353,11 @@ mod tests {
             },
         );
         m.writer_batch(10);
+        m.admission(crate::lwm2m::admission::Counters {
+            admitted: 5,
+            refused_too_many: 0,
+            refused_too_fast: 9,
+        });
         let g = Gauges {
             devices: vec![("online", 2), ("sleeping", 1), ("offline", 0)],
             operations: vec![("read".into(), "queued".into(), 4)],
@@ -346,6 +376,7 @@ mod tests {
             "flownexus_dtls_handshakes_completed_total 3",
             "flownexus_operations{kind=\"read\",state=\"queued\"} 4",
             "flownexus_store_writer_changes_total 10",
+            "flownexus_lwm2m_unprovisioned_registrations_total{outcome=\"refused_too_fast\"} 9",
             "flownexus_health_probe_seconds{component=\"writer\"} 0.002",
             "# TYPE flownexus_store_value_journal gauge",
         ] {

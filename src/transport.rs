@@ -86,6 +86,12 @@ impl std::str::FromStr for Peer {
     }
 }
 
+impl crate::lwm2m::admission::SourceAddress for Peer {
+    fn source(&self) -> std::net::IpAddr {
+        self.addr().ip()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

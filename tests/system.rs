@@ -16,6 +16,8 @@ use flownexus::lwm2m::operation::{OperationKind, OperationState, WriteValue};
 use flownexus::sim::{DeviceConfig, Fleet};
 use flownexus::store::{Store, now_ms};
 
+#[path = "system/admission.rs"]
+mod admission;
 #[path = "system/advanced_fota.rs"]
 mod advanced_fota;
 #[path = "system/browser.rs"]

@@ -110,6 +110,10 @@ impl ServerProcess {
             .env("FLOWNEXUS_HTTP_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_LOG_LEVEL", "warn")
+            // The benchmarks' fleets are unprovisioned and all come from
+            // 127.0.0.1: the per-source bounds would measure themselves.
+            .env("FLOWNEXUS_LWM2M_UNPROVISIONED_PER_SOURCE", "4000000000")
+            .env("FLOWNEXUS_LWM2M_UNPROVISIONED_PER_SOURCE_PER_MIN", "4000000000")
             .stdout(Stdio::null());
         for (k, v) in extra_env {
             cmd.env(k, v);

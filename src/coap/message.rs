@@ -33,6 +33,8 @@ impl Code {
     pub const PRECONDITION_FAILED: Code = Code(0x8C);
     pub const REQUEST_ENTITY_TOO_LARGE: Code = Code(0x8D);
     pub const UNSUPPORTED_CONTENT_FORMAT: Code = Code(0x8F);
+    /// 4.29 Too Many Requests (RFC 8516 §3), with Max-Age saying when to return.
+    pub const TOO_MANY_REQUESTS: Code = Code(0x9D);
     pub const INTERNAL_SERVER_ERROR: Code = Code(0xA0);
     pub const SERVICE_UNAVAILABLE: Code = Code(0xA3);
 

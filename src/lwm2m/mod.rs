@@ -1,6 +1,7 @@
 //! OMA LwM2M 1.0/1.1 server: paths and values, the object model, content
 //! formats, and the sans-I/O server core.
 
+pub mod admission;
 pub mod content;
 pub mod model;
 pub mod path;

@@ -131,13 +131,23 @@ pub struct RegisterParams {
 pub struct Rejection {
     pub code: Code,
     pub reason: String,
+    /// Seconds after which the client may try again, sent as Max-Age with
+    /// 4.29 Too Many Requests (RFC 8516 §3).
+    pub retry_after_s: Option<u32>,
+}
+
+impl Rejection {
+    pub fn new(code: Code, reason: impl Into<String>) -> Rejection {
+        Rejection {
+            code,
+            reason: reason.into(),
+            retry_after_s: None,
+        }
+    }
 }
 
 fn reject(code: Code, reason: impl Into<String>) -> Rejection {
-    Rejection {
-        code,
-        reason: reason.into(),
-    }
+    Rejection::new(code, reason)
 }
 
 impl RegisterParams {

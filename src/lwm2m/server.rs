@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::coap::{self, Code, Event, Exchanges, Failure, InboundId, Method, Request, RequestId, Response, Transmit};
 use crate::config::{Lwm2mConfig, UnknownEndpoints};
+use crate::lwm2m::admission::{self, Admission, Refusal, SourceAddress};
 use crate::lwm2m::content;
 use crate::lwm2m::model::Models;
 use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationResult, Outcome};
@@ -139,6 +140,8 @@ pub struct ServerConfig {
     pub min_lifetime_s: u64,
     pub max_lifetime_s: u64,
     pub unknown_endpoints: UnknownEndpoints,
+    /// Bounds on registrations of endpoints that were never provisioned.
+    pub unprovisioned: admission::Limits,
 }
 
 impl ServerConfig {
@@ -149,6 +152,10 @@ impl ServerConfig {
             min_lifetime_s: c.min_lifetime_s,
             max_lifetime_s: c.max_lifetime_s,
             unknown_endpoints: c.unknown_endpoints,
+            unprovisioned: admission::Limits {
+                per_source: c.unprovisioned_per_source,
+                per_source_per_min: c.unprovisioned_per_source_per_min,
+            },
         }
     }
 }
@@ -168,8 +175,11 @@ pub struct Server<P> {
     in_flight: HashMap<RequestId, InFlight>,
     busy: HashSet<String>,
     observations: HashMap<RequestId, Observation>,
-    /// Endpoints provisioned in the device table (for the reject policy).
+    /// Endpoints in the device table: provisioned, or admitted before. The
+    /// reject policy refuses the others; the accept policy admits them
+    /// within `admission`'s bounds.
     known_endpoints: HashSet<String>,
+    admission: Admission,
     /// Endpoints that have a PSK: they may only speak over DTLS.
     keyed_endpoints: HashSet<String>,
     /// Secure peers (DTLS sessions) and the one endpoint each may speak
@@ -191,8 +201,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// writer's queue or the events table.
 pub const REJECTIONS_PER_SECOND: u32 = 20;
 
-impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
+impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
     pub fn new(coap: Exchanges<P>, config: ServerConfig, models: Arc<Models>, seed: u64) -> Self {
+        let limits = config.unprovisioned;
         Server {
             coap,
             config,
@@ -206,6 +217,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             busy: HashSet::new(),
             observations: HashMap::new(),
             known_endpoints: HashSet::new(),
+            admission: Admission::new(limits),
             keyed_endpoints: HashSet::new(),
             sessions: HashMap::new(),
             events: VecDeque::new(),
@@ -258,6 +270,47 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         self.known_endpoints = endpoints;
     }
 
+    /// Endpoints added to the device table since the last call.
+    pub fn add_known_endpoints(&mut self, endpoints: impl IntoIterator<Item = String>) {
+        self.known_endpoints.extend(endpoints);
+    }
+
+    /// Registrations of unprovisioned endpoints admitted and refused.
+    pub fn admission_counters(&self) -> admission::Counters {
+        self.admission.counters()
+    }
+
+    /// A plain-CoAP Register of an endpoint not in the device table takes
+    /// a place of its source's (the accept policy; the reject policy
+    /// refused it in `authorize`). 4.29 with Max-Age when the source adds
+    /// names too fast (RFC 8516 §3), 4.03 when it holds too many.
+    fn admit(&mut self, now: Now, peer: P, endpoint: &str) -> Result<(), Rejection> {
+        if self.sessions.contains_key(&peer) || self.known_endpoints.contains(endpoint) {
+            return Ok(());
+        }
+        let source = peer.source();
+        match self.admission.admit(now.mono, source, endpoint) {
+            Ok(()) => Ok(()),
+            Err(Refusal::TooMany) => Err(Rejection::new(
+                Code::FORBIDDEN,
+                format!(
+                    "{source} already holds {} registrations of unprovisioned endpoints (lwm2m.unprovisioned_per_source)",
+                    self.config.unprovisioned.per_source
+                ),
+            )),
+            Err(Refusal::TooFast { retry_after_s }) => Err(Rejection {
+                retry_after_s: Some(retry_after_s),
+                ..Rejection::new(
+                    Code::TOO_MANY_REQUESTS,
+                    format!(
+                        "{source} registers unprovisioned endpoints faster than {} a minute (lwm2m.unprovisioned_per_source_per_min)",
+                        self.config.unprovisioned.per_source_per_min
+                    ),
+                )
+            }),
+        }
+    }
+
     pub fn set_keyed_endpoints(&mut self, endpoints: HashSet<String>) {
         self.keyed_endpoints = endpoints;
     }
@@ -280,21 +333,21 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     fn authorize(&self, peer: P, endpoint: &str) -> Result<(), Rejection> {
         match self.sessions.get(&peer) {
             Some(bound) if **bound == *endpoint => Ok(()),
-            Some(bound) => Err(Rejection {
-                code: Code::FORBIDDEN,
-                reason: format!("this DTLS session's PSK identity belongs to {bound}, not {endpoint}"),
-            }),
-            None if self.keyed_endpoints.contains(endpoint) => Err(Rejection {
-                code: Code::FORBIDDEN,
-                reason: format!("{endpoint} has a PSK and must use CoAP over DTLS"),
-            }),
+            Some(bound) => Err(Rejection::new(
+                Code::FORBIDDEN,
+                format!("this DTLS session's PSK identity belongs to {bound}, not {endpoint}"),
+            )),
+            None if self.keyed_endpoints.contains(endpoint) => Err(Rejection::new(
+                Code::FORBIDDEN,
+                format!("{endpoint} has a PSK and must use CoAP over DTLS"),
+            )),
             None if self.config.unknown_endpoints == UnknownEndpoints::Reject
                 && !self.known_endpoints.contains(endpoint) =>
             {
-                Err(Rejection {
-                    code: Code::FORBIDDEN,
-                    reason: format!("endpoint {endpoint} is not provisioned"),
-                })
+                Err(Rejection::new(
+                    Code::FORBIDDEN,
+                    format!("endpoint {endpoint} is not provisioned"),
+                ))
             }
             None => Ok(()),
         }
@@ -418,14 +471,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             (Method::Post, Some("rd"), 2) => self.update(now, peer, &req),
             (Method::Delete, Some("rd"), 2) => self.deregister(now, peer, &path[1]),
             (Method::Post, Some("dp"), 1) => self.send(now, peer, &req),
-            (_, Some("rd" | "dp"), _) => Err(Rejection {
-                code: Code::METHOD_NOT_ALLOWED,
-                reason: "method not allowed here".into(),
-            }),
-            _ => Err(Rejection {
-                code: Code::NOT_FOUND,
-                reason: format!("no resource {}", req.path()),
-            }),
+            (_, Some("rd" | "dp"), _) => Err(Rejection::new(Code::METHOD_NOT_ALLOWED, "method not allowed here")),
+            _ => Err(Rejection::new(Code::NOT_FOUND, format!("no resource {}", req.path()))),
         };
         match result {
             Ok(r) => r,
@@ -444,9 +491,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
                     });
                 }
                 let mut r = Response::new(rej.code);
+                let max_age = rej.retry_after_s;
                 // A diagnostic payload helps operators debugging a client (RFC 7252 §5.5.2).
                 r.payload = rej.reason.into_bytes();
                 r.options.content_format = Some(content::TEXT_PLAIN);
+                r.options.max_age = max_age;
                 r
             }
         }
@@ -463,13 +512,15 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
 
     fn register(&mut self, now: Now, peer: P, req: &Request) -> Result<Response, Rejection> {
         let params = RegisterParams::parse(&req.options.uri_query)?;
-        let endpoint = params.endpoint.clone().ok_or(Rejection {
-            code: Code::BAD_REQUEST,
-            reason: "missing ep".into(),
-        })?;
+        let endpoint = params
+            .endpoint
+            .clone()
+            .ok_or(Rejection::new(Code::BAD_REQUEST, "missing ep"))?;
         self.authorize(peer, &endpoint)?;
         let lifetime = self.check_lifetime(params.lifetime.unwrap_or(86400))?;
         let (object_links, root_path, announced_format) = parse_object_links(&req.payload, req.options.content_format)?;
+        // Last, so a request refused for another reason takes no place.
+        self.admit(now, peer, &endpoint)?;
         let replaced = self.by_endpoint.get(&endpoint).copied();
         if let Some(old) = replaced {
             // Re-registration replaces the old registration (Core §6.2.1);
@@ -516,13 +567,13 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
 
     fn check_lifetime(&self, lt: u32) -> Result<u32, Rejection> {
         if u64::from(lt) < self.config.min_lifetime_s || u64::from(lt) > self.config.max_lifetime_s {
-            return Err(Rejection {
-                code: Code::BAD_REQUEST,
-                reason: format!(
+            return Err(Rejection::new(
+                Code::BAD_REQUEST,
+                format!(
                     "lt must be between {} and {}",
                     self.config.min_lifetime_s, self.config.max_lifetime_s
                 ),
-            });
+            ));
         }
         Ok(lt)
     }
@@ -530,10 +581,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
     fn lookup(&self, id: &str) -> Result<RegistrationId, Rejection> {
         RegistrationId::parse(id)
             .filter(|id| self.devices.contains_key(id))
-            .ok_or(Rejection {
-                code: Code::NOT_FOUND,
-                reason: format!("no registration {id}"),
-            })
+            .ok_or(Rejection::new(Code::NOT_FOUND, format!("no registration {id}")))
     }
 
     fn update(&mut self, now: Now, peer: P, req: &Request) -> Result<Response, Rejection> {
@@ -602,6 +650,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
         let id = self.lookup(id)?;
         self.authorize(peer, &self.devices[&id].reg.endpoint)?;
         if let Some(reg) = self.remove_registration(id) {
+            self.admission.release(&reg.endpoint);
             self.events.push_back(ServerEvent::Deregistered {
                 endpoint: reg.endpoint,
                 id,
@@ -635,24 +684,22 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
 
     /// Send (Core §6.4.7): values pushed by a registered client.
     fn send(&mut self, now: Now, peer: P, req: &Request) -> Result<Response, Rejection> {
-        let id = *self.by_peer.get(&peer).ok_or(Rejection {
-            code: Code::NOT_FOUND,
-            reason: "Send from an unregistered client".into(),
-        })?;
-        let cf = req.options.content_format.ok_or(Rejection {
-            code: Code::BAD_REQUEST,
-            reason: "Send without Content-Format".into(),
-        })?;
+        let id = *self
+            .by_peer
+            .get(&peer)
+            .ok_or(Rejection::new(Code::NOT_FOUND, "Send from an unregistered client"))?;
+        let cf = req
+            .options
+            .content_format
+            .ok_or(Rejection::new(Code::BAD_REQUEST, "Send without Content-Format"))?;
         if ![content::SENML_CBOR, content::SENML_JSON, content::LWM2M_CBOR].contains(&cf) {
-            return Err(Rejection {
-                code: Code::UNSUPPORTED_CONTENT_FORMAT,
-                reason: format!("Send in format {cf}"),
-            });
+            return Err(Rejection::new(
+                Code::UNSUPPORTED_CONTENT_FORMAT,
+                format!("Send in format {cf}"),
+            ));
         }
-        let records = content::decode(cf, &ResourcePath::ROOT, &req.payload, &self.models).map_err(|e| Rejection {
-            code: Code::BAD_REQUEST,
-            reason: e.to_string(),
-        })?;
+        let records = content::decode(cf, &ResourcePath::ROOT, &req.payload, &self.models)
+            .map_err(|e| Rejection::new(Code::BAD_REQUEST, e.to_string()))?;
         let endpoint = self.devices[&id].reg.endpoint.clone();
         self.report(now, &endpoint, Source::Send, records);
         self.woke(now, &endpoint);
@@ -982,12 +1029,14 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Server<P> {
             .collect();
         for id in expired {
             if let Some(reg) = self.remove_registration(id) {
+                self.admission.release(&reg.endpoint);
                 self.events.push_back(ServerEvent::Expired {
                     endpoint: reg.endpoint,
                     id,
                 });
             }
         }
+        self.admission.sweep(now.mono);
         // Operation deadlines: queued operations past theirs expire now, not
         // only when their device next wakes.
         let mut finished = Vec::new();

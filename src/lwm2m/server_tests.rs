@@ -801,3 +801,82 @@ fn composite_write_and_composite_observation_with_its_cancellation() {
     let again = net.enqueue("dev-comp", OperationKind::CancelObserveComposite { paths });
     assert!(matches!(net.outcome(again), Some(Outcome::Failed { code: None, .. })));
 }
+
+/// A Register from `peer` (peers below 128 share one source address) for
+/// `endpoint`; the server's answer.
+fn register_from(server: &mut Server<u8>, now: Now, peer: u8, mid: u16, endpoint: &str) -> crate::coap::Message {
+    use crate::coap::message::{Message, Type};
+    let mut req = Request::new(Method::Post, "/rd");
+    req.options.uri_query = vec![format!("ep={endpoint}"), "lt=300".into()];
+    req.options.content_format = Some(content::LINK_FORMAT);
+    req.payload = b"</3/0>".to_vec();
+    let bytes = Message::request(Type::Con, mid, mid.to_be_bytes().to_vec(), &req).encode();
+    server.handle_datagram(now, peer, &bytes);
+    Message::decode(&server.poll_transmit().expect("an answer").bytes).unwrap()
+}
+
+/// The accept policy admits unprovisioned endpoints within the per-source
+/// limits: new names beyond the rate get 4.29 with Max-Age (RFC 8516 §3),
+/// beyond the count 4.03; provisioned endpoints from the same address, and
+/// other addresses, are not held back; a De-register frees a place.
+#[test]
+fn unprovisioned_endpoints_are_admitted_within_per_source_limits() {
+    let mut config = Config::default();
+    config.lwm2m.unprovisioned_per_source = 4;
+    config.lwm2m.unprovisioned_per_source_per_min = 3;
+    let mut server = Server::new(
+        Exchanges::new(fast_params(), 1),
+        ServerConfig::from_config(&config.lwm2m),
+        Arc::new(Models::embedded()),
+        2,
+    );
+    server.set_known_endpoints(["provisioned".to_string()].into());
+    let t0 = Instant::now();
+    let at = |s: u64| Now {
+        mono: t0 + Duration::from_secs(s),
+        unix_ms: 1_800_000_000_000 + s as i64 * 1000,
+    };
+    let code = |m: &crate::coap::Message| Code(m.code);
+    for (i, ep) in ["inv-0", "inv-1", "inv-2"].iter().enumerate() {
+        assert_eq!(
+            code(&register_from(&mut server, at(0), i as u8, i as u16, ep)),
+            Code::CREATED
+        );
+    }
+    let refused = register_from(&mut server, at(0), 3, 3, "inv-3");
+    assert_eq!(code(&refused), Code::TOO_MANY_REQUESTS);
+    assert_eq!(refused.options.max_age, Some(20), "a token every 20 s at 3 a minute");
+    // The same name again costs nothing; a provisioned one from the same
+    // address is not counted; another address has limits of its own.
+    assert_eq!(code(&register_from(&mut server, at(0), 0, 4, "inv-0")), Code::CREATED);
+    assert_eq!(
+        code(&register_from(&mut server, at(0), 5, 5, "provisioned")),
+        Code::CREATED
+    );
+    assert_eq!(
+        code(&register_from(&mut server, at(0), 200, 6, "elsewhere")),
+        Code::CREATED
+    );
+    // Twenty seconds later one token is back: the fourth place is taken.
+    assert_eq!(code(&register_from(&mut server, at(20), 3, 7, "inv-3")), Code::CREATED);
+    let full = register_from(&mut server, at(80), 6, 8, "inv-4");
+    assert_eq!(code(&full), Code::FORBIDDEN, "four places held");
+    assert!(String::from_utf8_lossy(&full.payload).contains("lwm2m.unprovisioned_per_source"));
+    // inv-1 de-registers: its place is free again.
+    let id = server.registration("inv-1").unwrap().id.to_string();
+    let mut bye = Request::new(Method::Delete, &format!("/rd/{id}"));
+    bye.options.uri_query.clear();
+    let bytes = crate::coap::message::Message::request(crate::coap::message::Type::Con, 9, vec![9], &bye).encode();
+    server.handle_datagram(at(80), 1, &bytes);
+    assert_eq!(
+        Code(
+            crate::coap::message::Message::decode(&server.poll_transmit().unwrap().bytes)
+                .unwrap()
+                .code
+        ),
+        Code::DELETED
+    );
+    assert_eq!(code(&register_from(&mut server, at(80), 6, 10, "inv-4")), Code::CREATED);
+    let c = server.admission_counters();
+    assert_eq!((c.admitted, c.refused_too_fast, c.refused_too_many), (6, 1, 1));
+}

@@ -22,7 +22,10 @@ use crate::transport::Peer;
 pub enum Command {
     Enqueue(Operation),
     Cancel(OperationId),
+    /// Every endpoint in the device table (after a device was removed).
     KnownEndpoints(HashSet<String>),
+    /// Endpoints added to the device table since the last poll.
+    KnownEndpointsAdded(Vec<String>),
     /// Endpoints with a PSK, after the key table changed.
     KeyedEndpoints(HashSet<String>),
     /// The health prober's round trip through this queue: answered by the
@@ -158,6 +161,7 @@ pub async fn run(
                     Command::Enqueue(op) => server.enqueue(t, op),
                     Command::Cancel(id) => { server.cancel(id); }
                     Command::KnownEndpoints(set) => server.set_known_endpoints(set),
+                    Command::KnownEndpointsAdded(list) => server.add_known_endpoints(list),
                     Command::KeyedEndpoints(set) => server.set_keyed_endpoints(set),
                     Command::Probe(answer) => {
                         let _ = answer.send(crate::shell::health::Lwm2mFigures {
@@ -223,6 +227,7 @@ pub async fn run(
                 }
             }
         }
+        metrics.admission(server.admission_counters());
         while let Some(ev) = server.poll_event() {
             log_event(&ev);
             metrics.observe(&ev);

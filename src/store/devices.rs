@@ -172,6 +172,24 @@ impl Store {
             })?)
     }
 
+    /// Device rows added after row `id`, in order: (row id, endpoint).
+    pub fn endpoints_after(&self, id: i64) -> Result<Vec<(i64, String)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, endpoint FROM devices WHERE id > ?1 ORDER BY id")?;
+        let rows = st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many devices were ever removed (migration 17's counter).
+    pub fn devices_deleted(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM counters WHERE name = 'devices_deleted'", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     pub fn endpoints(&self) -> Result<Vec<String>> {
         let mut st = self.conn.prepare("SELECT endpoint FROM devices ORDER BY endpoint")?;
         let rows = st.query_map([], |r| r.get(0))?;

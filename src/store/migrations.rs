@@ -355,4 +355,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     WHERE json_extract(machine, '$.components') IS NULL;
     ALTER TABLE firmware ADD COLUMN base_version TEXT;
     "#,
+    // 17: a counter bumped by every device removal, whoever makes it: the
+    // running server reads new device rows by id as they come, and reloads
+    // the whole list of endpoints it knows only when one was removed.
+    r#"
+    INSERT INTO counters VALUES ('devices_deleted', 0);
+    CREATE TRIGGER device_deleted AFTER DELETE ON devices
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'devices_deleted'; END;
+    "#,
 ];

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub mod reference;
+
 /// Environment variable prefix for every key.
 pub const ENV_PREFIX: &str = "FLOWNEXUS_";
 /// Environment variables with that prefix that are not config keys.
@@ -230,8 +232,15 @@ pub struct Lwm2mConfig {
     pub operation_deadline_s: u64,
     /// Dispatch attempts before an unanswered operation fails.
     pub operation_max_attempts: u32,
-    /// What plain-CoAP registrations from endpoints not in the device table get.
+    /// What plain-CoAP registrations from endpoints not in the device
+    /// table get: `accept` in development, `reject` in production.
     pub unknown_endpoints: UnknownEndpoints,
+    /// Registrations of endpoints that were never provisioned one source
+    /// address may hold at once (under `accept`).
+    pub unprovisioned_per_source: u32,
+    /// New unprovisioned endpoints one source address may register per
+    /// minute, in a burst of as many; beyond it 4.29 with Max-Age.
+    pub unprovisioned_per_source_per_min: u32,
     /// Directory of extra DDF object definitions loaded at start (optional).
     pub models_dir: Option<PathBuf>,
 }
@@ -300,6 +309,27 @@ pub struct LogConfig {
 
 impl Default for Config {
     fn default() -> Self {
+        Config::defaults(Mode::Development)
+    }
+}
+
+impl Config {
+    /// The built-in defaults of `mode`. Production differs only where a
+    /// development convenience would invite abuse on the internet: an
+    /// endpoint must be provisioned to register, and one address may add
+    /// few unprovisioned ones if an operator turns `accept` back on.
+    pub fn defaults(mode: Mode) -> Config {
+        let mut c = Config::development();
+        if mode == Mode::Production {
+            c.mode = Mode::Production;
+            c.lwm2m.unknown_endpoints = UnknownEndpoints::Reject;
+            c.lwm2m.unprovisioned_per_source = 100;
+            c.lwm2m.unprovisioned_per_source_per_min = 60;
+        }
+        c
+    }
+
+    fn development() -> Config {
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         Config {
             data_dir: PathBuf::from("./data"),
@@ -372,6 +402,8 @@ impl Default for Config {
                 operation_deadline_s: 86400,
                 operation_max_attempts: 3,
                 unknown_endpoints: UnknownEndpoints::Accept,
+                unprovisioned_per_source: 10_000,
+                unprovisioned_per_source_per_min: 6_000,
                 models_dir: None,
             },
             fota: FotaConfig {
@@ -418,31 +450,26 @@ pub struct Overrides {
 impl Config {
     /// Build the effective configuration from every layer and validate it.
     pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<Config> {
-        let mut tree = toml::Table::try_from(Config::default()).expect("the default config serialises to a table");
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-            let file_tree: toml::Table =
-                toml::from_str(&text).map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
-            merge(&mut tree, file_tree, "")?;
-        }
-        apply_env(&mut tree, env)?;
-        let set = |tree: &mut toml::Table, key: &str, v: String| set_path(tree, key, v.into());
-        if let Some(d) = &flags.data_dir {
-            set(&mut tree, "data_dir", d.display().to_string());
-        }
-        for (key, addr) in [
-            ("coap.listen", flags.coap_listen),
-            ("coaps.listen", flags.coaps_listen),
-            ("http.listen", flags.http_listen),
-            ("fw.listen", flags.fw_listen),
-        ] {
-            if let Some(a) = addr {
-                set(&mut tree, key, a.to_string());
+        let file_tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Some(
+                    toml::from_str::<toml::Table>(&text)
+                        .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?,
+                )
             }
-        }
+            None => None,
+        };
+        // The mode picks the defaults the other layers go over, so it is
+        // found first, with the development defaults below it.
+        let tree = Config::layered(Mode::Development, file_tree.clone(), env, flags)?;
+        let tree = match get_path(&tree, "mode").and_then(toml::Value::as_str) {
+            Some("production") => Config::layered(Mode::Production, file_tree, env, flags)?,
+            _ => tree,
+        };
         // Deserialise from text so a type error carries a span we can turn
         // back into the dotted key it belongs to.
         let text = toml::to_string(&tree).expect("a table serialises");
@@ -466,6 +493,35 @@ impl Config {
             s.key_file = absolute(&s.key_file)?;
         }
         Ok(config)
+    }
+
+    /// `mode`'s defaults with the file, the environment and the flags over them.
+    fn layered(
+        mode: Mode,
+        file: Option<toml::Table>,
+        env: &BTreeMap<String, String>,
+        flags: &Overrides,
+    ) -> Result<toml::Table> {
+        let mut tree = toml::Table::try_from(Config::defaults(mode)).expect("the default config serialises to a table");
+        if let Some(file_tree) = file {
+            merge(&mut tree, file_tree, "")?;
+        }
+        apply_env(&mut tree, env)?;
+        let set = |tree: &mut toml::Table, key: &str, v: String| set_path(tree, key, v.into());
+        if let Some(d) = &flags.data_dir {
+            set(&mut tree, "data_dir", d.display().to_string());
+        }
+        for (key, addr) in [
+            ("coap.listen", flags.coap_listen),
+            ("coaps.listen", flags.coaps_listen),
+            ("http.listen", flags.http_listen),
+            ("fw.listen", flags.fw_listen),
+        ] {
+            if let Some(a) = addr {
+                set(&mut tree, key, a.to_string());
+            }
+        }
+        Ok(tree)
     }
 
     /// Checks that serde cannot express; each error names its key.
@@ -628,6 +684,18 @@ impl Config {
             return Err(Error::config(
                 "lwm2m.min_lifetime_s",
                 "must be >= 1 and <= lwm2m.max_lifetime_s",
+            ));
+        }
+        if l.unprovisioned_per_source == 0 {
+            return Err(Error::config(
+                "lwm2m.unprovisioned_per_source",
+                "must be >= 1 (use unknown_endpoints = \"reject\" to admit none)",
+            ));
+        }
+        if l.unprovisioned_per_source_per_min == 0 {
+            return Err(Error::config(
+                "lwm2m.unprovisioned_per_source_per_min",
+                "must be >= 1 (use unknown_endpoints = \"reject\" to admit none)",
             ));
         }
         if l.operation_max_attempts == 0 {
@@ -935,24 +1003,50 @@ mod tests {
         assert!(ok.is_ok(), "{ok:?}");
     }
 
-    /// docs/configuration.md documents every key under its environment name.
+    /// Production's defaults refuse unprovisioned endpoints and bound what
+    /// an operator who turns `accept` back on admits; a layer that names a
+    /// key still wins, and development keeps accepting.
     #[test]
-    fn every_key_is_documented() {
-        let doc = include_str!("../docs/configuration.md");
-        let mut keys = Vec::new();
-        leaf_keys(&toml::Table::try_from(Config::default()).unwrap(), "", &mut keys);
-        keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
-        for k in keys {
-            let env = if FILE_ONLY_KEYS.contains(&k.as_str()) {
-                "file only".to_string()
-            } else {
-                env_name(&k)
-            };
-            assert!(
-                doc.contains(&format!("`{k}`")) && doc.contains(&env),
-                "{k} / {env} missing"
-            );
-        }
+    fn production_defaults_reject_unprovisioned_endpoints() {
+        let prod = [
+            ("FLOWNEXUS_MODE", "production"),
+            ("FLOWNEXUS_HTTP_PUBLIC_URL", "https://dashboard.example.com"),
+            ("FLOWNEXUS_FW_PUBLIC_URL", "https://fw.example.com"),
+            ("FLOWNEXUS_DATA_DIR", "/var/lib/x"),
+        ];
+        let c = Config::load(None, &env(&prod), &Overrides::default()).unwrap();
+        assert_eq!(c.lwm2m.unknown_endpoints, UnknownEndpoints::Reject);
+        assert_eq!(
+            (
+                c.lwm2m.unprovisioned_per_source,
+                c.lwm2m.unprovisioned_per_source_per_min
+            ),
+            (100, 60)
+        );
+        let mut accept = prod.to_vec();
+        accept.push(("FLOWNEXUS_LWM2M_UNKNOWN_ENDPOINTS", "accept"));
+        let c = Config::load(None, &env(&accept), &Overrides::default()).unwrap();
+        assert_eq!(c.lwm2m.unknown_endpoints, UnknownEndpoints::Accept);
+        assert_eq!(c.lwm2m.unprovisioned_per_source, 100, "production's bound stays");
+        // The mode may come from the file too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "mode = \"production\"\n[lwm2m]\nunprovisioned_per_source = 7\n").unwrap();
+        let c = Config::load(Some(&file), &env(&prod[1..]), &Overrides::default()).unwrap();
+        assert_eq!(c.lwm2m.unknown_endpoints, UnknownEndpoints::Reject);
+        assert_eq!(c.lwm2m.unprovisioned_per_source, 7);
+        let dev = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(dev.lwm2m.unknown_endpoints, UnknownEndpoints::Accept);
+        let err = Config::load(
+            None,
+            &env(&[("FLOWNEXUS_LWM2M_UNPROVISIONED_PER_SOURCE_PER_MIN", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("lwm2m.unprovisioned_per_source_per_min"),
+            "{err}"
+        );
     }
 
     #[test]
