@@ -13,11 +13,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # server), shellcheck (deploy scripts), Chromium (the dashboard in a browser),
 # systemd (systemd-analyze verify of deploy/flownexus.service), prometheus
 # (promtool check metrics on a real scrape), nginx with its stream module (the
-# SNI pass-through in front of the firmware server, nginx/),
+# SNI pass-through in front of the firmware server, nginx/), sqlite3 (the
+# deploy script checks its backups with it),
 # and what ../shared/peers/build-wakaama.sh needs to build Eclipse Wakaama's
 # LwM2M client, the real client the operation tests run against.
 DEB_TEST_PACKAGES := libcoap3-bin shellcheck curl openssl chromium systemd prometheus \
-	nginx libnginx-mod-stream \
+	nginx libnginx-mod-stream sqlite3 \
 	build-essential cmake autoconf automake libtool pkg-config
 
 # Playwright (npm, drives Debian's Chromium) and schemathesis (PyPI, fuzzes

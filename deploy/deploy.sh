@@ -1,38 +1,346 @@
 #!/usr/bin/env bash
-# Deploy the checked-out revision on this host: build the image, install the
-# Quadlet unit, restart, and wait until the server reports healthy.
-# Run by CI over SSH from the repository root:  deploy/deploy.sh
+# Deploy flownexus on this host as rootless Podman Quadlet units behind
+# nginx. Run from a checkout (GitHub Actions runs it over SSH, see
+# .github/workflows/deploy.yml) as the unprivileged user that owns the
+# containers:
+#
+#   deploy/deploy.sh --domain example.com --cert-name example.com
+#
+# Each run, idempotent:
+#   1. checks the prerequisites and says what is missing;
+#   2. creates the directories;
+#   3. on the first run only, writes the environment file and the secrets
+#      (mode 0600; later runs keep them byte for byte);
+#   4. copies the certbot lineage for the firmware server, renders the nginx
+#      configuration, checks it with `nginx -t` and reloads nginx;
+#   5. enables lingering, so the user's units run without a login;
+#   6. installs the Quadlet units;
+#   7. backs up the database with the running release's own
+#      `flownexus backup` (SQLite VACUUM INTO, never a file copy of a live
+#      WAL database), checks it with PRAGMA integrity_check, keeps the last
+#      --keep-backups;
+#   8. builds the image from this checkout (or pulls --image), tagged by
+#      revision, restarts the unit on it and polls its health;
+#   9. if it does not become healthy: restores the pre-deploy backup, goes
+#      back to the previous image, and exits non-zero.
+#
+# Options:
+#   --domain DOMAIN      the apex name: fw., dashboard. and docs. live below it
+#   --cert-name NAME     certbot lineage (/etc/letsencrypt/live/NAME) covering all four names
+#   --setup-only         steps 1-6 only: no backup, image or restart
+#   --dry-run            print what would change, change nothing
+#   --root DIR           operate on DIR as if it were / (tests): $HOME is
+#                        DIR/home, /etc is DIR/etc, /var/www is DIR/var/www
+#   --image REF          pull REF instead of building this checkout
+#   --keep-backups N     backups kept (default 7)
+#   --health-timeout S   seconds the new release has to report healthy (default 120)
+#
+# Environment: REVISION (default: the checkout's short commit id),
+# NGINX_CONF (main nginx.conf for `nginx -t`, default nginx's own).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-revision=$(git rev-parse --short HEAD)
-unit_dir=${XDG_CONFIG_HOME:-$HOME/.config}/containers/systemd
-env_file=${XDG_CONFIG_HOME:-$HOME/.config}/flownexus/flownexus.env
+repo=$(cd "$(dirname "$0")/.." && pwd)
+domain="" cert_name="" setup_only=0 dry_run=0 root="" image_ref=""
+keep_backups=7 health_timeout=120
 
-# Site settings live on the host, not in the image (nothing domain-specific
-# at build time); the dashboard's public URL is required in production.
-if ! grep -q '^FLOWNEXUS_HTTP_PUBLIC_URL=https://' "${env_file}" 2>/dev/null; then
-  echo "${env_file} must set FLOWNEXUS_HTTP_PUBLIC_URL=https://dashboard.<domain>" >&2
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
+}
+
+die() {
+  echo "deploy: $*" >&2
   exit 1
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --domain) domain=${2:?--domain needs a value}; shift 2 ;;
+    --cert-name) cert_name=${2:?--cert-name needs a value}; shift 2 ;;
+    --setup-only) setup_only=1; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    --root) root=${2:?--root needs a directory}; shift 2 ;;
+    --image) image_ref=${2:?--image needs a reference}; shift 2 ;;
+    --keep-backups) keep_backups=${2:?--keep-backups needs a number}; shift 2 ;;
+    --health-timeout) health_timeout=${2:?--health-timeout needs seconds}; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "deploy: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[ -n "$domain" ] || die "--domain is required (the apex name, e.g. example.com)"
+[ -n "$cert_name" ] || die "--cert-name is required (the certbot lineage, e.g. example.com)"
+# The same rules render-nginx.sh applies: nothing that could end a line of
+# the environment file or a directive of nginx's.
+[[ "$domain" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]] || die "not a domain name: $domain"
+[[ "$cert_name" =~ ^[A-Za-z0-9._-]+$ ]] || die "not a certbot lineage name: $cert_name"
+[[ "$keep_backups" =~ ^[1-9][0-9]*$ ]] || die "--keep-backups must be a number >= 1"
+[[ "$health_timeout" =~ ^[1-9][0-9]*$ ]] || die "--health-timeout must be a number of seconds"
+
+if [ -n "$root" ]; then
+  mkdir -p "$root"
+  root=$(cd "$root" && pwd)
+  home="$root/home"
+  config_home="$home/.config"
+  etc="$root/etc"
+else
+  home=$HOME
+  config_home=${XDG_CONFIG_HOME:-$HOME/.config}
+  etc=/etc
+fi
+unit_dir="$config_home/containers/systemd"
+conf_dir="$config_home/flownexus"
+env_file="$conf_dir/flownexus.env"
+secrets_dir="$conf_dir/secrets"
+state_dir="$home/.local/share/flownexus"
+backup_dir="$state_dir/backups"
+tls_dir="$state_dir/tls"
+release_file="$state_dir/release"
+nginx_dir=${NGINX_DIR:-$etc/nginx/flownexus}
+lineage="$etc/letsencrypt/live/$cert_name"
+www="$root/var/www"
+volume=flownexus-data
+image_repo=localhost/flownexus
+user=$(id -un)
+# Root-owned steps (nginx) go through sudo -n for the deploy user; the
+# sudoers lines are in docs/operator-guide.md.
+if [ -n "$root" ] || [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo -n); fi
+
+# Side effects go through `act`: printed under --dry-run, run otherwise.
+act() {
+  if [ "$dry_run" = 1 ]; then
+    echo "would run: $*"
+  else
+    "$@"
+  fi
+}
+
+say() { echo "deploy: $*"; }
+
+# --- 1. prerequisites ---------------------------------------------------
+missing=()
+for tool in podman systemctl loginctl nginx sqlite3 openssl git; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  die "missing: ${missing[*]} (Debian: apt-get install podman systemd-container nginx libnginx-mod-stream sqlite3 openssl git; Podman >= 4.4 for Quadlet)"
+fi
+podman_version=$(podman version --format '{{.Client.Version}}' 2>/dev/null || echo 0)
+if ! printf '4.4\n%s\n' "$podman_version" | sort -V -C; then
+  die "podman $podman_version has no Quadlet generator: 4.4 or newer is needed (Debian 13, or Debian 12 backports)"
+fi
+for f in fullchain.pem privkey.pem; do
+  if ! "${sudo[@]}" test -r "$lineage/$f" && ! test -r "$lineage/$f"; then
+    die "no certificate at $lineage/$f: as root, run
+  certbot certonly --webroot -w /var/www/letsencrypt --cert-name $cert_name \\
+    -d $domain -d fw.$domain -d dashboard.$domain -d docs.$domain"
+  fi
+done
+[ -f "$repo/quadlet/flownexus.container" ] || die "run from a flownexus checkout ($repo has no quadlet/)"
+
+# --- 2. directories -----------------------------------------------------
+for d in "$conf_dir" "$secrets_dir" "$state_dir" "$backup_dir" "$tls_dir"; do
+  act install -d -m 0700 "$d"
+done
+act install -d -m 0755 "$unit_dir" "$www/flownexus/docs" "$www/flownexus/apex" "$www/letsencrypt"
+act "${sudo[@]}" install -d -m 0755 "$nginx_dir"
+
+# --- 3. environment file and secrets, first run only --------------------
+new_secret() {
+  # 32 random bytes, base64url without padding (what flownexus reads).
+  local path=$1
+  if [ -e "$path" ]; then return 0; fi
+  if [ "$dry_run" = 1 ]; then echo "would create secret $path (mode 0600)"; return 0; fi
+  (umask 077 && openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n' > "$path.tmp" && mv "$path.tmp" "$path")
+}
+new_secret "$secrets_dir/http-secret.key"
+new_secret "$secrets_dir/fw-token.key"
+if [ -e "$env_file" ]; then
+  say "keeping $env_file"
+  grep -q "^FLOWNEXUS_HTTP_PUBLIC_URL=https://dashboard\.$domain$" "$env_file" ||
+    say "note: $env_file names another domain than $domain; edit it by hand if the domain changed"
+elif [ "$dry_run" = 1 ]; then
+  echo "would create $env_file (mode 0600)"
+else
+  (
+    umask 077
+    cat > "$env_file.tmp" <<EOF
+# flownexus site settings, written by deploy/deploy.sh on its first run and
+# never rewritten: edit by hand (docs/configuration.md lists every key).
+FLOWNEXUS_MODE=production
+FLOWNEXUS_HTTP_PUBLIC_URL=https://dashboard.$domain
+FLOWNEXUS_HTTP_TRUSTED_PROXIES=
+FLOWNEXUS_HTTP_SECRET_FILE=/run/secrets/flownexus/http-secret.key
+FLOWNEXUS_FW_PUBLIC_URL=https://fw.$domain
+FLOWNEXUS_FW_COAP_PUBLIC_URL=coaps://$domain:5684
+FLOWNEXUS_FW_REQUIRE_TOKEN=true
+FLOWNEXUS_FW_TOKEN_SECRET_FILE=/run/secrets/flownexus/fw-token.key
+FLOWNEXUS_FW_CERT_FILE=/etc/flownexus/tls/fullchain.pem
+FLOWNEXUS_FW_KEY_FILE=/etc/flownexus/tls/privkey.pem
+EOF
+    mv "$env_file.tmp" "$env_file"
+  )
+  say "created $env_file"
 fi
 
-echo "building flownexus ${revision}"
-podman build --tag "localhost/flownexus:${revision}" --file deploy/Containerfile .
-podman tag "localhost/flownexus:${revision}" localhost/flownexus:latest
+# --- 4. certificate for the firmware server, nginx ----------------------
+# certbot's private key is root's; the container reads a copy the deploy
+# user owns (mapped to the container's user by UserNS=keep-id).
+for f in fullchain.pem privkey.pem; do
+  tmp=$(mktemp)
+  if test -r "$lineage/$f"; then cat "$lineage/$f" > "$tmp"; else "${sudo[@]}" cat "$lineage/$f" > "$tmp"; fi
+  if cmp -s "$tmp" "$tls_dir/$f"; then
+    rm -f "$tmp"
+  else
+    act install -m 0600 "$tmp" "$tls_dir/$f"
+    rm -f "$tmp"
+    say "certificate $f updated"
+  fi
+done
 
-install -d "${unit_dir}"
-install -m 0644 quadlet/flownexus.container "${unit_dir}/flownexus.container"
+rendered=$(mktemp -d)
+trap 'rm -rf "$rendered"' EXIT
+CERT_DIR="$lineage" DOCS_ROOT="$www/flownexus/docs" APEX_ROOT="$www/flownexus/apex" \
+  ACME_ROOT="$www/letsencrypt" "$repo/deploy/render-nginx.sh" --domain "$domain" --cert-name "$cert_name" "$rendered"
+if [ -f "$repo/nginx/index.html" ] && [ ! -e "$www/flownexus/apex/index.html" ]; then
+  act install -m 0644 "$repo/nginx/index.html" "$www/flownexus/apex/index.html"
+fi
+nginx_test=(nginx -t)
+if [ -n "${NGINX_CONF:-}" ]; then nginx_test=(nginx -t -c "$NGINX_CONF"); fi
+changed=0
+for f in flownexus-stream.conf flownexus-http.conf; do
+  if ! cmp -s "$rendered/$f" "$nginx_dir/$f"; then changed=1; fi
+done
+if [ "$changed" = 1 ]; then
+  if [ "$dry_run" = 1 ]; then
+    for f in flownexus-stream.conf flownexus-http.conf; do
+      diff -u "$nginx_dir/$f" "$rendered/$f" || true
+    done
+    echo "would install the nginx files above, run ${nginx_test[*]} and reload nginx"
+  else
+    saved=$(mktemp -d)
+    for f in flownexus-stream.conf flownexus-http.conf; do
+      if [ -e "$nginx_dir/$f" ]; then cp -p "$nginx_dir/$f" "$saved/$f"; fi
+      "${sudo[@]}" install -m 0644 "$rendered/$f" "$nginx_dir/$f"
+    done
+    if ! "${sudo[@]}" "${nginx_test[@]}"; then
+      # Put the previous files back so a reload elsewhere keeps working.
+      for f in flownexus-stream.conf flownexus-http.conf; do
+        if [ -e "$saved/$f" ]; then "${sudo[@]}" install -m 0644 "$saved/$f" "$nginx_dir/$f"; else "${sudo[@]}" rm -f "$nginx_dir/$f"; fi
+      done
+      rm -rf "$saved"
+      die "nginx -t refused the rendered configuration; the previous files are back in $nginx_dir"
+    fi
+    rm -rf "$saved"
+    "${sudo[@]}" nginx -s reload
+    say "nginx configuration updated and reloaded"
+  fi
+else
+  say "nginx configuration unchanged"
+fi
+
+# --- 5. lingering -------------------------------------------------------
+act loginctl enable-linger "$user"
+
+# --- 6. units -------------------------------------------------------------
+# The container unit names the image by revision; `install_units REV`
+# puts the units in place for that release.
+install_units() {
+  local rev=$1 tmp
+  act install -m 0644 "$repo/quadlet/flownexus.volume" "$repo/quadlet/flownexus.network" "$unit_dir/"
+  # Before the first release there is no image: no container unit either,
+  # so nothing tries to start one at boot.
+  [ -n "$rev" ] || return 0
+  tmp=$(mktemp)
+  sed -e "s|^Image=.*|Image=$image_repo:$rev|" "$repo/quadlet/flownexus.container" > "$tmp"
+  act install -m 0644 "$tmp" "$unit_dir/flownexus.container"
+  rm -f "$tmp"
+}
+previous=""
+if [ -f "$release_file" ]; then previous=$(cat "$release_file"); fi
+install_units "$previous"
+act systemctl --user daemon-reload
+
+if [ "$setup_only" = 1 ]; then
+  say "setup done (--setup-only): no backup, image or restart"
+  exit 0
+fi
+
+# --- 7. backup ------------------------------------------------------------
+# One-shot containers of a release's own image on the data volume; the
+# host's backup directory appears inside as /backups.
+oneshot() {
+  local rev=$1
+  shift
+  podman run --rm --userns keep-id:uid=10001,gid=10001 \
+    --volume "$volume:/var/lib/flownexus:Z" --volume "$backup_dir:/backups:Z" \
+    --volume "$secrets_dir:/run/secrets/flownexus:ro,Z" --volume "$tls_dir:/etc/flownexus/tls:ro,Z" \
+    --env-file "$env_file" "$image_repo:$rev" "$@"
+}
+backup=""
+if [ -n "$previous" ]; then
+  backup="flownexus-$previous-$(date -u +%Y%m%dT%H%M%SZ).sqlite3"
+  if [ "$dry_run" = 1 ]; then
+    echo "would back up the database of release $previous to $backup_dir/$backup"
+  else
+    oneshot "$previous" backup "/backups/$backup" >/dev/null
+    verdict=$(sqlite3 -readonly "$backup_dir/$backup" 'PRAGMA integrity_check;')
+    [ "$verdict" = ok ] || die "backup $backup_dir/$backup failed its integrity check: $verdict"
+    say "backup $backup_dir/$backup (integrity ok)"
+    # Keep the newest N.
+    mapfile -t old < <(find "$backup_dir" -maxdepth 1 -name 'flownexus-*.sqlite3' -printf '%T@ %p\n' | sort -rn | tail -n +"$((keep_backups + 1))" | cut -d' ' -f2-)
+    for f in "${old[@]}"; do rm -f "$f"; done
+  fi
+else
+  say "first release: nothing to back up"
+fi
+
+# --- 8. image, restart, health ----------------------------------------------
+revision=${REVISION:-$(git -C "$repo" rev-parse --short=12 HEAD)}
+[[ "$revision" =~ ^[A-Za-z0-9._-]+$ ]] || die "not a revision: $revision"
+if [ -n "$image_ref" ]; then
+  act podman pull "$image_ref"
+  act podman tag "$image_ref" "$image_repo:$revision"
+elif podman image exists "$image_repo:$revision"; then
+  say "image $image_repo:$revision exists"
+else
+  act podman build --tag "$image_repo:$revision" --file "$repo/deploy/Containerfile" "$repo"
+fi
+
+healthy() {
+  local until=$((SECONDS + health_timeout))
+  while [ "$SECONDS" -lt "$until" ]; do
+    if podman exec flownexus flownexus healthcheck >/dev/null 2>&1; then return 0; fi
+    sleep "${HEALTH_POLL_S:-2}"
+  done
+  return 1
+}
+
+if [ "$dry_run" = 1 ]; then
+  echo "would install the units for $revision, restart flownexus.service and wait for health"
+  exit 0
+fi
+install_units "$revision"
 systemctl --user daemon-reload
 systemctl --user restart flownexus.service
+if healthy; then
+  echo "$revision" > "$release_file.tmp" && mv "$release_file.tmp" "$release_file"
+  say "flownexus $revision is up and healthy"
+  exit 0
+fi
 
-# Type=notify: `restart` returns once READY=1 arrived; confirm it answers.
-for _ in $(seq 1 30); do
-  if podman exec flownexus flownexus healthcheck; then
-    echo "flownexus ${revision} is up"
-    exit 0
-  fi
-  sleep 1
-done
-echo "flownexus ${revision} did not become healthy" >&2
+# --- 9. rollback ----------------------------------------------------------
+say "flownexus $revision did not become healthy within ${health_timeout}s" >&2
 journalctl --user -u flownexus.service -n 50 --no-pager >&2 || true
-exit 1
+if [ -z "$previous" ]; then
+  systemctl --user stop flownexus.service || true
+  die "first release $revision is not healthy; nothing to roll back to"
+fi
+say "rolling back to $previous and the pre-deploy backup $backup" >&2
+systemctl --user stop flownexus.service
+oneshot "$previous" restore "/backups/$backup"
+install_units "$previous"
+systemctl --user daemon-reload
+systemctl --user restart flownexus.service
+if healthy; then
+  die "rolled back to $previous (healthy); $revision is not deployed"
+fi
+die "rolled back to $previous, which is not healthy either: see journalctl --user -u flownexus.service"

@@ -52,6 +52,8 @@ pub struct Running {
     writer: WriterHandle<Peer>,
     /// Keeps the certificate watcher alive.
     _cert_watcher: Option<notify::RecommendedWatcher>,
+    /// Declared last so it is dropped last, after the writer's final commit.
+    _serve_lock: ServeLock,
 }
 
 /// Resolves once `stop` has been signalled.
@@ -98,9 +100,50 @@ pub fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An exclusive `flock(2)` on `serve.lock` in the data directory, held
+/// while a server runs on it: a second `serve` and a `restore` are refused
+/// while it is held. The kernel drops it when the process ends, however it
+/// ends, so a crash leaves nothing stale.
+#[derive(Debug)]
+pub struct ServeLock {
+    _file: std::fs::File,
+}
+
+impl ServeLock {
+    pub fn acquire(data_dir: &Path) -> anyhow::Result<ServeLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let path = data_dir.join("serve.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            anyhow::bail!(
+                "a flownexus server (pid {}) is running on {}; stop it first",
+                pid.trim(),
+                data_dir.display()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(ServeLock { _file: file })
+    }
+}
+
 /// Start every part of the server; returns once the listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     create_data_dir(&config.data_dir)?;
+    let serve_lock = ServeLock::acquire(&config.data_dir)?;
     let db_path = config.database_path();
     log::info!("data directory {}", config.data_dir.display());
     log::info!("database {}", db_path.display());
@@ -472,6 +515,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks,
         writer,
         _cert_watcher: cert_watcher,
+        _serve_lock: serve_lock,
     })
 }
 

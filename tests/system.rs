@@ -20,10 +20,14 @@ use flownexus::store::{Store, now_ms};
 mod admission;
 #[path = "system/advanced_fota.rs"]
 mod advanced_fota;
+#[path = "system/backup.rs"]
+mod backup;
 #[path = "system/browser.rs"]
 mod browser;
 #[path = "system/campaigns.rs"]
 mod campaigns;
+#[path = "system/deploy.rs"]
+mod deploy;
 #[path = "system/dtls.rs"]
 mod dtls;
 #[path = "system/firmware.rs"]

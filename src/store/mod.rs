@@ -10,6 +10,7 @@
 //! schema is in `migrations`.
 
 pub mod access;
+pub mod backup;
 mod campaigns;
 pub mod dashboard;
 mod devices;

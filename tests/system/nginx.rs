@@ -25,7 +25,7 @@ fn free_port() -> u16 {
 
 /// A test CA and one certificate for example.test and its subdomains, as
 /// certbot's lineage directory holds them.
-fn certificates(dir: &Path) {
+pub(super) fn certificates(dir: &Path) {
     super::sh(
         dir,
         r#"

@@ -260,10 +260,25 @@ fn the_container_unit_says_what_production_needs() {
         values("Volume"),
         [
             "flownexus.volume:/var/lib/flownexus:Z",
+            "%h/.config/flownexus/secrets:/run/secrets/flownexus:ro,Z",
+            "%h/.local/share/flownexus/tls:/etc/flownexus/tls:ro,Z",
             "/run/systemd/journal/socket:/run/systemd/journal/socket",
         ],
-        "the volume unit, and the journal's socket for structured fields"
+        "the volume unit, the secrets and certificate deploy/deploy.sh writes, and the journal's socket"
     );
+    // The deploy user's 0600 files are readable as the image's user.
+    assert_eq!(values("UserNS"), ["keep-id:uid=10001,gid=10001"]);
+    let deploy = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/deploy.sh")).unwrap();
+    for written in [
+        "secrets_dir=\"$conf_dir/secrets\"",
+        "conf_dir=\"$config_home/flownexus\"",
+        "tls_dir=\"$state_dir/tls\"",
+        "state_dir=\"$home/.local/share/flownexus\"",
+        "FLOWNEXUS_FW_CERT_FILE=/etc/flownexus/tls/fullchain.pem",
+        "FLOWNEXUS_HTTP_SECRET_FILE=/run/secrets/flownexus/http-secret.key",
+    ] {
+        assert!(deploy.contains(written), "deploy.sh and the unit agree on {written}");
+    }
     assert!(values("Environment").contains(&"FLOWNEXUS_LOG_TARGET=journal"));
     assert_eq!(values("HealthCmd"), ["/usr/local/bin/flownexus healthcheck"]);
     assert!(values("AutoUpdate").is_empty(), "images change only through the deploy");
