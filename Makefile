@@ -3,6 +3,7 @@
 #   make run    run the server on embedded defaults (./data, UDP 5683)
 #   make test   install the test peers if missing, then run every test
 #   make bench  release benchmarks (see docs/benchmarks.md)
+#   make docs   the documentation as static HTML in target/docs (mdBook)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -29,7 +30,7 @@ PYTHON_DEPS := .venv/.installed
 # How many random cases each property test runs inside `make test`.
 export PROPTEST_CASES ?= 512
 
-.PHONY: run test deps debs lint fmt bench build
+.PHONY: run test deps debs lint fmt bench build docs
 
 run:
 	$(CARGO) run --release -- serve
@@ -73,3 +74,11 @@ fmt:
 bench: deps
 	$(CARGO) build --release --locked
 	./target/release/flownexus bench all
+
+# mdBook from crates.io, pinned, installed into target/tools on first use.
+MDBOOK := target/tools/bin/mdbook
+$(MDBOOK):
+	$(CARGO) install mdbook --version 0.5.4 --locked --root target/tools
+
+docs: $(MDBOOK)
+	$(MDBOOK) build docs --dest-dir $(CURDIR)/target/docs

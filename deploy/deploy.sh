@@ -100,8 +100,9 @@ www="$root/var/www"
 volume=flownexus-data
 image_repo=localhost/flownexus
 user=$(id -un)
-# Root-owned steps (nginx) go through sudo -n for the deploy user; the
-# sudoers lines are in docs/operator-guide.md.
+# Only nginx's check and reload need root: the deploy user runs exactly
+# `sudo -n nginx -t` and `sudo -n nginx -s reload` (the sudoers line is in
+# docs/operator-guide.md). Everything else it owns.
 if [ -n "$root" ] || [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo -n); fi
 
 # Side effects go through `act`: printed under --dry-run, run otherwise.
@@ -127,13 +128,23 @@ podman_version=$(podman version --format '{{.Client.Version}}' 2>/dev/null || ec
 if ! printf '4.4\n%s\n' "$podman_version" | sort -V -C; then
   die "podman $podman_version has no Quadlet generator: 4.4 or newer is needed (Debian 13, or Debian 12 backports)"
 fi
-for f in fullchain.pem privkey.pem; do
-  if ! "${sudo[@]}" test -r "$lineage/$f" && ! test -r "$lineage/$f"; then
-    die "no certificate at $lineage/$f: as root, run
+# certbot's private key is root's: the deploy user reads the lineage
+# itself when it may (root), else the copy deploy/certbot-hook.sh makes on
+# every issue and renewal.
+if [ -r "$lineage/privkey.pem" ]; then
+  cert_source=$lineage
+elif [ -r "$tls_dir/privkey.pem" ] && [ -r "$tls_dir/fullchain.pem" ]; then
+  cert_source=""
+elif [ -e "$lineage" ] || [ -n "$root" ]; then
+  die "cannot read $lineage/privkey.pem: as root, install the certbot hook once
+  install -m 0755 $repo/deploy/certbot-hook.sh /etc/letsencrypt/renewal-hooks/deploy/flownexus
+  FLOWNEXUS_DEPLOY_USER=$user RENEWED_LINEAGE=$lineage /etc/letsencrypt/renewal-hooks/deploy/flownexus"
+else
+  die "no certificate at $lineage: as root, run
   certbot certonly --webroot -w /var/www/letsencrypt --cert-name $cert_name \\
-    -d $domain -d fw.$domain -d dashboard.$domain -d docs.$domain"
-  fi
-done
+    -d $domain -d fw.$domain -d dashboard.$domain -d docs.$domain
+then install deploy/certbot-hook.sh as docs/operator-guide.md says"
+fi
 [ -f "$repo/quadlet/flownexus.container" ] || die "run from a flownexus checkout ($repo has no quadlet/)"
 
 # --- 2. directories -----------------------------------------------------
@@ -141,7 +152,11 @@ for d in "$conf_dir" "$secrets_dir" "$state_dir" "$backup_dir" "$tls_dir"; do
   act install -d -m 0700 "$d"
 done
 act install -d -m 0755 "$unit_dir" "$www/flownexus/docs" "$www/flownexus/apex" "$www/letsencrypt"
-act "${sudo[@]}" install -d -m 0755 "$nginx_dir"
+# The rendered nginx files go to a directory the deploy user owns (made
+# once by root, docs/operator-guide.md); nginx.conf includes them.
+[ -d "$nginx_dir" ] && [ -w "$nginx_dir" ] || [ "$dry_run" = 1 ] || [ -n "$root" ] ||
+  die "$nginx_dir must exist and be writable by $user: as root, install -d -o $user -m 0755 $nginx_dir"
+act install -d -m 0755 "$nginx_dir"
 
 # --- 3. environment file and secrets, first run only --------------------
 new_secret() {
@@ -182,26 +197,30 @@ EOF
 fi
 
 # --- 4. certificate for the firmware server, nginx ----------------------
-# certbot's private key is root's; the container reads a copy the deploy
-# user owns (mapped to the container's user by UserNS=keep-id).
-for f in fullchain.pem privkey.pem; do
-  tmp=$(mktemp)
-  if test -r "$lineage/$f"; then cat "$lineage/$f" > "$tmp"; else "${sudo[@]}" cat "$lineage/$f" > "$tmp"; fi
-  if cmp -s "$tmp" "$tls_dir/$f"; then
-    rm -f "$tmp"
-  else
-    act install -m 0600 "$tmp" "$tls_dir/$f"
-    rm -f "$tmp"
-    say "certificate $f updated"
-  fi
-done
+# The container reads a copy the deploy user owns (mapped to the
+# container's user by UserNS=keep-id).
+if [ -n "$cert_source" ]; then
+  for f in fullchain.pem privkey.pem; do
+    if ! cmp -s "$cert_source/$f" "$tls_dir/$f"; then
+      act install -m 0600 "$cert_source/$f" "$tls_dir/$f"
+      say "certificate $f updated"
+    fi
+  done
+fi
 
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
 CERT_DIR="$lineage" DOCS_ROOT="$www/flownexus/docs" APEX_ROOT="$www/flownexus/apex" \
   ACME_ROOT="$www/letsencrypt" "$repo/deploy/render-nginx.sh" --domain "$domain" --cert-name "$cert_name" "$rendered"
-if [ -f "$repo/nginx/index.html" ] && [ ! -e "$www/flownexus/apex/index.html" ]; then
-  act install -m 0644 "$repo/nginx/index.html" "$www/flownexus/apex/index.html"
+sed "s|@DOMAIN@|$domain|g" "$repo/nginx/index.html.in" > "$rendered/index.html"
+if ! cmp -s "$rendered/index.html" "$www/flownexus/apex/index.html"; then
+  act install -m 0644 "$rendered/index.html" "$www/flownexus/apex/index.html"
+fi
+# The documentation, when `make docs` built it in this checkout.
+if [ -f "$repo/target/docs/index.html" ]; then
+  act cp -r "$repo/target/docs/." "$www/flownexus/docs/"
+else
+  say "no target/docs in the checkout: run make docs to publish docs.$domain"
 fi
 nginx_test=(nginx -t)
 if [ -n "${NGINX_CONF:-}" ]; then nginx_test=(nginx -t -c "$NGINX_CONF"); fi
@@ -219,12 +238,12 @@ if [ "$changed" = 1 ]; then
     saved=$(mktemp -d)
     for f in flownexus-stream.conf flownexus-http.conf; do
       if [ -e "$nginx_dir/$f" ]; then cp -p "$nginx_dir/$f" "$saved/$f"; fi
-      "${sudo[@]}" install -m 0644 "$rendered/$f" "$nginx_dir/$f"
+      install -m 0644 "$rendered/$f" "$nginx_dir/$f"
     done
     if ! "${sudo[@]}" "${nginx_test[@]}"; then
       # Put the previous files back so a reload elsewhere keeps working.
       for f in flownexus-stream.conf flownexus-http.conf; do
-        if [ -e "$saved/$f" ]; then "${sudo[@]}" install -m 0644 "$saved/$f" "$nginx_dir/$f"; else "${sudo[@]}" rm -f "$nginx_dir/$f"; fi
+        if [ -e "$saved/$f" ]; then install -m 0644 "$saved/$f" "$nginx_dir/$f"; else rm -f "$nginx_dir/$f"; fi
       done
       rm -rf "$saved"
       die "nginx -t refused the rendered configuration; the previous files are back in $nginx_dir"

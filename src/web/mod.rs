@@ -9,6 +9,7 @@
 //! that failed a step.
 
 pub mod api;
+pub mod api_reference;
 pub mod assets;
 pub mod auth;
 pub mod campaigns;

@@ -906,8 +906,11 @@ pub fn openapi() -> Value {
             op["requestBody"] = json!({ "required": true,
                 "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } });
         }
-        if r.access == Access::Public {
-            op["security"] = json!([]);
+        match r.access {
+            Access::Public => op["security"] = json!([]),
+            // The least role that may call it (an extension: OpenAPI has no
+            // word for roles).
+            Access::Signed(role) => op["x-role"] = json!(role.as_str()),
         }
         paths
             .entry(r.path)

@@ -277,6 +277,11 @@ fn deploy_script_sets_up_deploys_backs_up_and_rolls_back() {
         !units.join("flownexus.container").exists(),
         "no image yet, no container unit"
     );
+    let apex = std::fs::read_to_string(host.root.join("var/www/flownexus/apex/index.html")).unwrap();
+    assert!(
+        apex.contains("https://dashboard.example.test/") && !apex.contains('@'),
+        "{apex}"
+    );
     let nginx_files = host.root.join("etc/nginx/flownexus");
     assert!(
         std::fs::read_to_string(nginx_files.join("flownexus-stream.conf"))
