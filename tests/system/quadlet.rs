@@ -321,3 +321,59 @@ fn a_wrong_section_or_key_fails_the_check() {
     let volume = unit("flownexus.volume").replace("VolumeName", "Name");
     assert!(!problems("flownexus.volume", &volume).is_empty());
 }
+
+/// What can be checked of `deploy/Containerfile` without a container
+/// engine (none here runs Quadlet, and no registry is reachable for its
+/// base images): two stages, the runtime as the unprivileged uid the unit
+/// maps the deploy user to, the data in a volume, the healthcheck inside,
+/// nothing site-specific baked in, every COPY source present, and build
+/// output kept out of the context.
+#[test]
+fn the_containerfile_builds_from_a_checkout_and_bakes_in_nothing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/Containerfile")).unwrap();
+    // Instructions, with continuation lines joined.
+    let joined = text.replace("\\\n", " ");
+    let lines: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let instr = |name: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(name).filter(|r| r.starts_with(' ')).map(str::trim))
+            .collect()
+    };
+    assert_eq!(instr("FROM").len(), 2, "a build stage and a runtime stage");
+    assert_eq!(instr("USER"), ["10001:10001"], "the runtime runs unprivileged");
+    let unit = parse(&unit("flownexus.container")).unwrap();
+    assert!(
+        unit.iter()
+            .any(|(_, k, v)| k == "UserNS" && v.contains("uid=10001,gid=10001")),
+        "the unit maps the deploy user to the image's uid"
+    );
+    assert_eq!(instr("VOLUME"), ["/var/lib/flownexus"]);
+    assert!(
+        instr("HEALTHCHECK")
+            .iter()
+            .any(|h| h.contains("\"/usr/local/bin/flownexus\", \"healthcheck\"")),
+        "{text}"
+    );
+    for env in instr("ENV").iter().chain(instr("ARG").iter()) {
+        assert!(
+            !env.contains("URL") && !env.contains("example") && !env.contains("SECRET"),
+            "site settings come at run time, not from the image: {env}"
+        );
+    }
+    for copy in instr("COPY").iter().filter(|c| !c.starts_with("--from")) {
+        let parts: Vec<&str> = copy.split_whitespace().collect();
+        for src in &parts[..parts.len() - 1] {
+            assert!(root.join(src).exists(), "COPY {src}: not in the checkout");
+        }
+    }
+    let ignore = std::fs::read_to_string(root.join(".containerignore")).unwrap();
+    for kept_out in ["target", ".git", "data"] {
+        assert!(ignore.lines().any(|l| l.trim() == kept_out), "{kept_out} kept out of the context");
+    }
+}
