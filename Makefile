@@ -4,6 +4,7 @@
 #   make test   install the test peers if missing, then run every test
 #   make bench  release benchmarks (see docs/benchmarks.md)
 #   make docs   the documentation as static HTML in target/docs (mdBook)
+#   make fuzz   every fuzz target for FUZZ_SECONDS (300) each (nightly, cargo-fuzz)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -30,7 +31,7 @@ PYTHON_DEPS := .venv/.installed
 # How many random cases each property test runs inside `make test`.
 export PROPTEST_CASES ?= 512
 
-.PHONY: run test deps debs lint fmt bench build docs
+.PHONY: run test deps debs lint fmt bench build docs fuzz
 
 run:
 	$(CARGO) run --release -- serve
@@ -61,7 +62,7 @@ debs:
 	fi
 
 lint:
-	shellcheck deploy/*.sh .ci/run
+	shellcheck deploy/*.sh fuzz/*.sh .ci/run
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
@@ -82,3 +83,8 @@ $(MDBOOK):
 
 docs: $(MDBOOK)
 	$(MDBOOK) build docs --dest-dir $(CURDIR)/target/docs
+
+# Coverage-guided fuzzing of every parser of outside bytes (fuzz/README.md);
+# `make test` replays the stored corpora on stable.
+fuzz:
+	bash fuzz/run.sh

@@ -14,6 +14,9 @@ pub mod dtls;
 pub mod error;
 pub mod firmware;
 pub mod fota;
+/// Fuzz targets (the `fuzz/` crate and the corpus replay in `make test`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod health;
 pub mod logging;
 pub mod lwm2m;

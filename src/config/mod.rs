@@ -21,7 +21,10 @@ pub mod reference;
 /// Environment variable prefix for every key.
 pub const ENV_PREFIX: &str = "FLOWNEXUS_";
 /// Environment variables with that prefix that are not config keys.
-const ENV_NOT_KEYS: &[&str] = &["FLOWNEXUS_CONFIG", "FLOWNEXUS_LOG"];
+/// A directory every received device datagram is written to, for the
+/// fuzzers' seed corpora (`fuzz/README.md`); never for production.
+pub const RECORD_DATAGRAMS_ENV: &str = "FLOWNEXUS_RECORD_DATAGRAMS";
+const ENV_NOT_KEYS: &[&str] = &["FLOWNEXUS_CONFIG", "FLOWNEXUS_LOG", RECORD_DATAGRAMS_ENV];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -450,16 +453,23 @@ pub struct Overrides {
 impl Config {
     /// Build the effective configuration from every layer and validate it.
     pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<Config> {
+        let text = match file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?),
+            None => None,
+        };
+        let named = file.zip(text.as_deref()).map(|(p, t)| (p.display().to_string(), t));
+        Config::load_text(named.as_ref().map(|(n, t)| (n.as_str(), *t)), env, flags)
+    }
+
+    /// [`Config::load`] with the file's text given: `(name, text)`, the
+    /// name for errors about the file as a whole.
+    pub fn load_text(file: Option<(&str, &str)>, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<Config> {
         let file_tree = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                Some(
-                    toml::from_str::<toml::Table>(&text)
-                        .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?,
-                )
+            Some((name, text)) => {
+                Some(toml::from_str::<toml::Table>(text).map_err(|e| Error::config(name, e.to_string()))?)
             }
             None => None,
         };

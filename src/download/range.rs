@@ -100,7 +100,12 @@ pub fn plan(is_get: bool, range: Option<&str>, if_range: Option<&str>, rep: &Rep
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)).then(|| &s[prefix.len()..])
+    // `get`, not indexing: the header may hold any UTF-8, and the prefix's
+    // length need not fall on a character boundary of it (found by the
+    // http_range fuzzer: a multi-byte character there panicked).
+    s.get(..prefix.len())
+        .filter(|head| head.eq_ignore_ascii_case(prefix))
+        .map(|_| &s[prefix.len()..])
 }
 
 /// §13.1.5: an entity tag must match strongly; a date must equal
@@ -145,6 +150,15 @@ pub fn head(plan: Plan, rep: &Representation) -> (u16, Vec<(&'static str, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Range header with a multi-byte character where `bytes=` would
+    /// end is ignored, not a panic (tests/data/fuzz/http_range/char-boundary).
+    #[test]
+    fn a_non_ascii_range_header_is_ignored() {
+        let rep = Representation::new(1000, "0123456789abcdef0123456789abcdef", 0);
+        assert_eq!(plan(true, Some("byt\u{e9}s=0-1"), None, &rep), Plan::Full);
+        assert_eq!(plan(true, Some("bytes\u{e9}0-1"), None, &rep), Plan::Full);
+    }
 
     fn rep() -> Representation {
         Representation::new(524_288, &"ab".repeat(32), 1_795_400_000)

@@ -337,6 +337,13 @@ impl Protection {
     pub fn open(&mut self, record: &[u8]) -> Result<Opened, Dropped> {
         let header = record.get(..RECORD_HEADER).ok_or(Dropped::Malformed)?;
         let content_type = header[0];
+        // The AAD carries the record's version (RFC 5246 §6.2.3.3); ours is
+        // always DTLS 1.2, so a record claiming another is not one of the
+        // peer's, even if the rest authenticates (found by the dtls_session
+        // fuzzer: a record with its version bytes changed opened).
+        if header[1..3] != DTLS_1_2 {
+            return Err(Dropped::Malformed);
+        }
         let epoch = u16::from_be_bytes([header[3], header[4]]);
         if epoch != self.epoch {
             return Err(Dropped::Epoch);
@@ -376,6 +383,32 @@ impl Protection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// tests/data/fuzz/dtls_session/version-changed: a sealed record whose
+    /// version bytes were changed does not open.
+    #[test]
+    fn a_record_with_another_version_is_dropped() {
+        let (cr, sr) = ([1u8; 32], [2u8; 32]);
+        let n = |is_server| Negotiated {
+            aead: Aead::from_suite(0xC0A8).unwrap(),
+            master_secret: &[9u8; 48],
+            client_random: &cr,
+            server_random: &sr,
+            is_server,
+            epoch: 1,
+            next_sequence: 1,
+        };
+        let (mut client, mut server) = (Protection::new(&n(false)), Protection::new(&n(true)));
+        let mut r = client.seal(23, b"");
+        r[2] ^= 1;
+        assert_eq!(server.open(&r), Err(Dropped::Malformed));
+        r[2] ^= 1;
+        assert_eq!(
+            server.open(&r),
+            Ok(Opened::ApplicationData(Vec::new())),
+            "untouched, it opens"
+        );
+    }
 
     /// RFC 5246 has no PRF vectors; this is the TLS 1.2 P_SHA256 vector
     /// posted to the IETF TLS list, checked here with

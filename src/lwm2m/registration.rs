@@ -206,6 +206,15 @@ pub fn parse_object_links(
     let mut ct = None;
     for l in &links {
         if l.attr("rt") == Some("oma.lwm2m") {
+            // The alternate path is an absolute path (Core §6.2.1, e.g.
+            // `</lwm2m>`); anything else would be taken as the prefix of
+            // every object link (found by the registration fuzzer).
+            if !l.target.starts_with('/') || l.target.contains(|c: char| c.is_whitespace() || c == '<') {
+                return Err(reject(
+                    Code::BAD_REQUEST,
+                    format!("the root path `{}` is not an absolute path", l.target),
+                ));
+            }
             root = l.target.clone();
             ct = l
                 .attr("ct")
@@ -252,6 +261,23 @@ mod tests {
             Code::PRECONDITION_FAILED
         );
         assert_eq!(RegisterParams::parse(&q(&["ep="])).unwrap_err().code, Code::BAD_REQUEST);
+    }
+
+    /// tests/data/fuzz/registration/root-not-a-path: a root link whose
+    /// target is no path is refused, not taken as every link's prefix.
+    #[test]
+    fn a_root_link_must_be_a_path() {
+        let input = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/registration/root-not-a-path"
+        ))
+        .unwrap();
+        let split = input[0] as usize;
+        let payload = &input[1..][split.min(input.len() - 1)..];
+        let err = parse_object_links(payload, Some(40)).unwrap_err();
+        assert_eq!(err.code, Code::BAD_REQUEST, "{}", err.reason);
+        assert!(parse_object_links(br#"<lwm2m>;rt="oma.lwm2m",<lwm2m/3/0>"#, None).is_err());
+        assert!(parse_object_links(br#"</lwm2m>;rt="oma.lwm2m",</lwm2m/3/0>"#, None).is_ok());
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub async fn run(
                         match udp::try_recv_batch(&socket, &mut received) {
                             Ok(_) => {
                                 for (from, datagram) in received.datagrams() {
+                                    crate::shell::record::datagram("dtls", datagram);
                                     sessions.handle_datagram(t, from, datagram);
                                 }
                             }

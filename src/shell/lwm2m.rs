@@ -128,10 +128,14 @@ pub async fn run(
                 match r {
                     Ok((n, from)) => {
                         let t = now();
+                        crate::shell::record::datagram("coap", &buf[..n]);
                         server.handle_datagram(t, Peer::Udp(from), &buf[..n]);
                         for _ in 0..RECV_BATCH {
                             match socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => server.handle_datagram(t, Peer::Udp(from), &buf[..n]),
+                                Ok((n, from)) => {
+                                    crate::shell::record::datagram("coap", &buf[..n]);
+                                    server.handle_datagram(t, Peer::Udp(from), &buf[..n])
+                                }
                                 Err(_) => break,
                             }
                         }

@@ -7,6 +7,7 @@ pub mod fota;
 pub mod health;
 pub mod lwm2m;
 pub mod metrics;
+pub mod record;
 pub mod udp;
 
 use std::sync::Arc;

@@ -374,6 +374,9 @@ fn the_containerfile_builds_from_a_checkout_and_bakes_in_nothing() {
     }
     let ignore = std::fs::read_to_string(root.join(".containerignore")).unwrap();
     for kept_out in ["target", ".git", "data"] {
-        assert!(ignore.lines().any(|l| l.trim() == kept_out), "{kept_out} kept out of the context");
+        assert!(
+            ignore.lines().any(|l| l.trim() == kept_out),
+            "{kept_out} kept out of the context"
+        );
     }
 }

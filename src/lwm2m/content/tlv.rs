@@ -139,6 +139,14 @@ pub fn decode(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Re
             }
         }
     }
+    // Each resource (instance) appears once in a TLV payload (Core §7.4.3):
+    // with two values for one path, which one the device meant is unknown
+    // (found by the tlv fuzzer, whose round trip kept only one).
+    let mut paths: Vec<ResourcePath> = out.iter().map(|r| r.path).collect();
+    paths.sort_unstable();
+    if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
+        return Err(malformed(format!("{} appears twice", w[0])));
+    }
     Ok(out)
 }
 
@@ -280,6 +288,11 @@ pub fn encode(base: &ResourcePath, records: &[Record], models: &Models) -> Resul
             return Err(malformed(format!("{} is not a resource below {base}", r.path)));
         }
     }
+    let mut paths: Vec<ResourcePath> = records.iter().map(|r| r.path).collect();
+    paths.sort_unstable();
+    if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
+        return Err(malformed(format!("two values for {}", w[0])));
+    }
     // Group: instance → resource → instances, in order of first appearance.
     let mut instances: Vec<(u16, Resources<'_>)> = Vec::new();
     for r in records {
@@ -312,6 +325,7 @@ pub fn encode(base: &ResourcePath, records: &[Record], models: &Models) -> Resul
                 }
                 push_item(&mut buf, Kind::MultipleResource, *res, &inner);
             } else {
+                // `encode` refused two values for one path before this.
                 push_item(&mut buf, Kind::Resource, *res, &value_bytes(&recs[0].value));
             }
         }
@@ -333,6 +347,28 @@ pub fn encode(base: &ResourcePath, records: &[Record], models: &Models) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two values for one resource are refused both ways (Core §7.4.3),
+    /// not resolved silently (tests/data/fuzz/tlv/duplicate-resource, the
+    /// fuzzer's input: the spec's /3/0 example with a resource repeated).
+    #[test]
+    fn a_resource_given_twice_is_refused() {
+        let models = Models::embedded();
+        let input = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/tlv/duplicate-resource"
+        ))
+        .unwrap();
+        let base: ResourcePath = "/3/0".parse().unwrap();
+        let err = decode(&base, &input[1..], &models).unwrap_err().to_string();
+        assert!(err.contains("appears twice"), "{err}");
+        let r = |v: &str| Record {
+            path: "/3/0/0".parse().unwrap(),
+            value: crate::lwm2m::Value::String(v.into()),
+            time: None,
+        };
+        assert!(encode(&base, &[r("a"), r("b")], &models).is_err());
+    }
 
     fn p(s: &str) -> ResourcePath {
         s.parse().unwrap()
