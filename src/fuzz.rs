@@ -161,30 +161,13 @@ pub fn dtls_record(data: &[u8]) {
     }
 }
 
-/// Both ends of one established CCM_8 session (fixed keys: the key block
-/// is what a completed handshake hands to `dtls::protection`).
-fn session_pair() -> (crate::dtls::protection::Protection, crate::dtls::protection::Protection) {
-    use crate::dtls::protection::{Aead, Negotiated, Protection};
-    let (cr, sr) = ([1u8; 32], [2u8; 32]);
-    let n = |is_server| Negotiated {
-        aead: Aead::from_suite(0xC0A8).expect("CCM_8"),
-        master_secret: &[9u8; 48],
-        client_random: &cr,
-        server_random: &sr,
-        is_server,
-        epoch: 1,
-        next_sequence: 1,
-    };
-    (Protection::new(&n(false)), Protection::new(&n(true)))
-}
-
 /// An established session fed arbitrary records (raw, or sealed by the
 /// client and then altered): nothing opens that the client did not seal
 /// as it is, each sealed record opens once (replays refused), and the
 /// session still works afterwards (RFC 6347 §4.1.2.6–4.1.2.7: bad records
 /// are dropped silently and change nothing).
 pub fn dtls_session(data: &[u8]) {
-    let (mut client, mut server) = session_pair();
+    let (mut client, mut server) = crate::dtls::protection::fixed_pair();
     let mut input = Input(data);
     let mut sealed: Vec<Vec<u8>> = Vec::new();
     while !input.0.is_empty() {

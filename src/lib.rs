@@ -22,6 +22,8 @@ pub mod logging;
 pub mod lwm2m;
 pub mod metrics;
 pub mod psk;
+#[cfg(test)]
+mod rendered_docs;
 pub mod secret;
 pub mod shell;
 pub mod sim;

@@ -116,6 +116,18 @@ fn output_with_stdin(cmd: &mut Command, stdin: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// Whether a finished command succeeded, and all it printed (stdout, then stderr).
+fn outcome(out: &std::process::Output) -> (bool, String) {
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// The real `flownexus` binary on data directory `data`: success, stdout,
 /// stderr.
 fn flownexus_cli(data: &str, args: &[&str], stdin: &str) -> (bool, String, String) {

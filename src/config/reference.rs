@@ -3,7 +3,7 @@
 //! and production's where it differs) come from the code, its meaning from
 //! the table below. A test fails when a key has no meaning, a meaning has
 //! no key, or the file in the repository differs from the rendering
-//! (`FLOWNEXUS_BLESS=1 cargo test config::reference` rewrites it).
+//! (`FLOWNEXUS_BLESS=1 cargo test --lib` rewrites it).
 
 use super::{Config, FILE_ONLY_KEYS, Mode, env_name, get_path};
 
@@ -406,15 +406,6 @@ mod tests {
 
     #[test]
     fn the_reference_in_docs_is_current() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
-        let want = markdown();
-        if std::env::var_os("FLOWNEXUS_BLESS").is_some() {
-            std::fs::write(path, &want).unwrap();
-        }
-        let have = std::fs::read_to_string(path).unwrap();
-        assert!(
-            have == want,
-            "docs/configuration.md is stale: FLOWNEXUS_BLESS=1 cargo test config::reference rewrites it"
-        );
+        crate::rendered_docs::assert_current("docs/configuration.md", &markdown());
     }
 }

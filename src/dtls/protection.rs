@@ -270,6 +270,24 @@ fn additional_data(epoch_seq: &[u8], content_type: u8, plaintext_len: usize) -> 
     aad
 }
 
+/// Both ends of one established CCM_8 session with fixed keys (the key
+/// block a completed handshake would hand over), for tests and the
+/// `dtls_session` fuzz target: (client, server).
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fixed_pair() -> (Protection, Protection) {
+    let (cr, sr) = ([1u8; 32], [2u8; 32]);
+    let n = |is_server| Negotiated {
+        aead: Aead::from_suite(0xC0A8).expect("CCM_8"),
+        master_secret: &[9u8; 48],
+        client_random: &cr,
+        server_random: &sr,
+        is_server,
+        epoch: 1,
+        next_sequence: 1,
+    };
+    (Protection::new(&n(false)), Protection::new(&n(true)))
+}
+
 impl Protection {
     /// The key block (RFC 5246 §6.3): for AEAD suites no MAC keys, then
     /// client key, server key, client salt, server salt.
@@ -388,17 +406,7 @@ mod tests {
     /// version bytes were changed does not open.
     #[test]
     fn a_record_with_another_version_is_dropped() {
-        let (cr, sr) = ([1u8; 32], [2u8; 32]);
-        let n = |is_server| Negotiated {
-            aead: Aead::from_suite(0xC0A8).unwrap(),
-            master_secret: &[9u8; 48],
-            client_random: &cr,
-            server_random: &sr,
-            is_server,
-            epoch: 1,
-            next_sequence: 1,
-        };
-        let (mut client, mut server) = (Protection::new(&n(false)), Protection::new(&n(true)));
+        let (mut client, mut server) = fixed_pair();
         let mut r = client.seal(23, b"");
         r[2] ^= 1;
         assert_eq!(server.open(&r), Err(Dropped::Malformed));

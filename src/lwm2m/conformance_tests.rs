@@ -633,14 +633,8 @@ fn the_docs_table_is_current() {
     let doc = std::fs::read_to_string(&path).expect("docs/operations.md");
     let start = doc.find(BEGIN).expect("the table's start marker") + BEGIN.len();
     let end = doc.find(END).expect("the table's end marker");
-    let table = render();
-    if doc[start..end] != table {
-        if std::env::var_os("FLOWNEXUS_BLESS").is_some() {
-            std::fs::write(&path, format!("{}{table}{}", &doc[..start], &doc[end..])).expect("write docs");
-        } else {
-            panic!("docs/operations.md is stale: run `FLOWNEXUS_BLESS=1 cargo test --lib conformance` and commit it");
-        }
-    }
+    let want = format!("{}{}{}", &doc[..start], render(), &doc[end..]);
+    crate::rendered_docs::assert_current("docs/operations.md", &want);
 }
 
 #[test]

@@ -163,14 +163,7 @@ impl Host {
             .env("BAD_IMAGE", bad_image.unwrap_or(""))
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        super::outcome(&out)
     }
 
     /// The stand-ins' calls since the last look.

@@ -278,14 +278,7 @@ async fn curl(args: &[&str]) -> (bool, String) {
             .args(&args)
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        super::outcome(&out)
     })
     .await
     .unwrap()
