@@ -155,3 +155,78 @@ async fn a_flood_of_invented_endpoints_fills_no_table_and_real_devices_go_on() {
     f.stop().await;
     running.stop().await;
 }
+
+/// The real binary in production mode, configured as the deploy's
+/// environment file configures it: it says at start that only provisioned
+/// endpoints may register, refuses an unprovisioned Register with 4.03,
+/// and lets the same endpoint register once `flownexus device add` has
+/// provisioned it.
+#[test]
+fn production_refuses_unprovisioned_endpoints_by_default() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = super::Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flownexus"))
+            .arg("serve")
+            .env("FLOWNEXUS_MODE", "production")
+            .env("FLOWNEXUS_DATA_DIR", &data)
+            .env("FLOWNEXUS_HTTP_PUBLIC_URL", "https://dashboard.example.test")
+            .env("FLOWNEXUS_FW_PUBLIC_URL", "https://fw.example.test")
+            .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_COAPS_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_HTTP_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
+            .env("FLOWNEXUS_LOG_TARGET", "stderr")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    let coap: std::net::SocketAddr = loop {
+        let rt = std::fs::read_to_string(data.join("runtime.json")).ok();
+        if let Some(a) = rt
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["coap"].as_str().and_then(|a| a.parse().ok()))
+        {
+            break a;
+        }
+        assert!(Instant::now() < until, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let register = |mid: u16| -> Code {
+        let mut req = Request::new(Method::Post, "/rd");
+        req.options.uri_query = vec!["ep=urn:imei:350000000000001".into(), "lt=300".into()];
+        req.options.content_format = Some(40);
+        req.payload = b"</3/0>".to_vec();
+        sock.send_to(&Message::request(Type::Con, mid, vec![1, 2], &req).encode(), coap)
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let n = sock.recv(&mut buf).expect("an answer");
+        Code(Message::decode(&buf[..n]).unwrap().code)
+    };
+    assert_eq!(register(1), Code::FORBIDDEN, "never provisioned");
+    let data_s = data.to_str().unwrap();
+    let (ok, out, err) = super::flownexus_cli(data_s, &["device", "add", "urn:imei:350000000000001"], "");
+    assert!(ok, "{out}{err}");
+    // The server reads new device rows within its poll (250 ms).
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut mid = 2;
+    while register(mid) != Code::CREATED {
+        assert!(Instant::now() < until, "the provisioned endpoint was never admitted");
+        std::thread::sleep(Duration::from_millis(200));
+        mid += 1;
+    }
+    let _ = child.0.kill();
+    let mut log = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(
+        log.contains(
+            "lwm2m.unknown_endpoints = reject (the production default): only provisioned endpoints may register"
+        ),
+        "{log}"
+    );
+}
