@@ -141,19 +141,7 @@ const STATE_DOWNLOADED: i64 = 2;
 
 /// An Update Result (`/5/0/5`, Core E.6) in words an operator reads.
 pub fn update_result_reason(code: i64) -> String {
-    let what = match code {
-        0 => "initial value",
-        1 => "firmware updated successfully",
-        2 => "not enough flash memory for the new package",
-        3 => "out of RAM during the download",
-        4 => "connection lost during the download",
-        5 => "integrity check failure of the new package",
-        6 => "unsupported package type",
-        7 => "invalid URI",
-        8 => "firmware update failed",
-        9 => "unsupported protocol",
-        _ => "an Update Result the specification does not define",
-    };
+    let what = crate::lwm2m::display::meaning(crate::lwm2m::display::UPDATE_RESULT, code);
     format!("Update Result {code}: {what}")
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::reply::{Reply, WebError, WebResult};
 use super::{Ctx, auth};
+use crate::lwm2m::display::natural_cmp;
 use crate::lwm2m::operation::OperationKind;
 use crate::lwm2m::path::ResourcePath;
 use crate::psk::Psk;
@@ -20,7 +21,15 @@ use crate::users::{Role, User};
 
 pub type Operation = OperationRow;
 pub type Firmware = FirmwareRow;
-pub type Value = StoredValue;
+/// A reported value, and the same as an operator reads it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Value {
+    #[serde(flatten)]
+    pub stored: StoredValue,
+    /// The value in words: an enumerated code's meaning ("charging (1)"),
+    /// a time as a UTC date, a number with its unit ("21.5 °C").
+    pub display: String,
+}
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Me {
@@ -485,7 +494,18 @@ pub fn delete_device(ctx: &mut Ctx<'_>) -> WebResult {
 pub fn latest_values(ctx: &mut Ctx<'_>) -> WebResult {
     let endpoint = ctx.param("endpoint");
     ctx.store.device(endpoint)?;
-    Ok(Reply::ok(&ctx.store.latest_values(endpoint)?))
+    let models = ctx.web.models.clone();
+    let mut values: Vec<Value> = ctx
+        .store
+        .latest_values(endpoint)?
+        .into_iter()
+        .map(|stored| Value {
+            display: crate::lwm2m::display::display(&models, &stored.path, &stored.value),
+            stored,
+        })
+        .collect();
+    values.sort_by(|a, b| natural_cmp(&a.stored.path.to_string(), &b.stored.path.to_string()));
+    Ok(Reply::ok(&values))
 }
 
 pub fn history(ctx: &mut Ctx<'_>) -> WebResult {

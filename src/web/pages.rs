@@ -9,6 +9,7 @@ use super::api::{self, NewDevice, UserChange};
 use super::reply::{Reply, WebError, WebResult};
 use super::{Ctx, assets, chart, form};
 use crate::datetime::rfc3339;
+use crate::lwm2m::display::{display, explain_code, natural_cmp};
 use crate::lwm2m::operation::{OperationKind, WriteValue};
 use crate::lwm2m::path::ResourcePath;
 use crate::store::{EventRow, FirmwareRow, now_ms};
@@ -453,8 +454,10 @@ struct RegistrationView {
 struct ValueView {
     path: String,
     name: String,
+    /// As an operator reads it (`lwm2m::display`).
     value: String,
-    units: String,
+    /// As the device sent it.
+    raw: String,
     time: String,
 }
 
@@ -471,9 +474,46 @@ struct OperationView {
     state: &'static str,
     attempts: u32,
     code: String,
-    result: String,
+    /// Values the device answered with: (path, resource name, as read).
+    values: Vec<(String, String, String)>,
+    /// Anything else the result says (links, a location, why it failed).
+    note: String,
     updated: String,
     cancellable: bool,
+}
+
+/// An operation's stored outcome as the device page shows it: values as a
+/// small table, in natural order, each as an operator reads it; otherwise
+/// the links, the created instance or the reason it failed.
+fn outcome_view(
+    models: &crate::lwm2m::Models,
+    result: Option<serde_json::Value>,
+) -> (Vec<(String, String, String)>, String) {
+    use crate::lwm2m::operation::Outcome;
+    let Some(outcome) = result.and_then(|r| serde_json::from_value::<Outcome>(r).ok()) else {
+        return (Vec::new(), String::new());
+    };
+    match outcome {
+        Outcome::Succeeded(r) => {
+            let mut values: Vec<(String, String, String)> = r
+                .records
+                .iter()
+                .map(|rec| {
+                    let name = models.resource(&rec.path).map(|m| m.name.clone()).unwrap_or_default();
+                    (rec.path.to_string(), name, display(models, &rec.path, &rec.value))
+                })
+                .collect();
+            values.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+            let note = match (r.links, r.location) {
+                (Some(l), _) => l,
+                (None, Some(loc)) => format!("created {loc}"),
+                (None, None) => String::new(),
+            };
+            (values, note)
+        }
+        Outcome::Failed { reason, .. } => (Vec::new(), reason),
+        Outcome::Expired | Outcome::Cancelled => (Vec::new(), String::new()),
+    }
 }
 
 #[derive(Template)]
@@ -542,7 +582,10 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
         object_links: r.object_links,
     });
     let mut objects: Vec<ObjectView> = Vec::new();
-    for v in ctx.store.latest_values(endpoint)? {
+    let mut latest = ctx.store.latest_values(endpoint)?;
+    // `/3/0/3` before `/3/0/10`, object 4 before object 3303.
+    latest.sort_by(|a, b| natural_cmp(&a.path.to_string(), &b.path.to_string()));
+    for v in latest {
         let oid = v.path.object().unwrap_or(0);
         if objects.last().is_none_or(|o| o.id != oid) {
             objects.push(ObjectView {
@@ -557,8 +600,8 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
         objects.last_mut().expect("pushed").values.push(ValueView {
             path: v.path.to_string(),
             name: model.map(|m| m.name.clone()).unwrap_or_default(),
-            units: model.map(|m| m.units.clone()).unwrap_or_default(),
-            value: v.value.to_text(),
+            value: display(&models, &v.path, &v.value),
+            raw: v.value.to_text(),
             time: time(v.ts),
         });
     }
@@ -566,24 +609,29 @@ fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>)
         .store
         .operations_of(endpoint, 20)?
         .into_iter()
-        .map(|o| OperationView {
-            id: o.id,
-            kind: o.kind.name(),
-            path: o.kind.path().to_string(),
-            state: o.state.as_str(),
-            attempts: o.attempts,
-            code: o.coap_code.unwrap_or_default(),
-            result: o.result.map(|r| r.to_string()).unwrap_or_default(),
-            updated: time(o.updated_at),
-            cancellable: o.state == crate::lwm2m::operation::OperationState::Queued,
+        .map(|o| {
+            let (values, note) = outcome_view(&models, o.result);
+            OperationView {
+                id: o.id,
+                kind: o.kind.name(),
+                path: o.kind.path().to_string(),
+                state: o.state.as_str(),
+                attempts: o.attempts,
+                code: o.coap_code.as_deref().map(explain_code).unwrap_or_default(),
+                values,
+                note,
+                updated: time(o.updated_at),
+                cancellable: o.state == crate::lwm2m::operation::OperationState::Queued,
+            }
         })
         .collect();
-    let numeric: Vec<String> = ctx
+    let mut numeric: Vec<String> = ctx
         .store
         .numeric_paths(endpoint)?
         .iter()
         .map(ToString::to_string)
         .collect();
+    numeric.sort_by(|a, b| natural_cmp(a, b));
     let chart_path = ctx
         .query("chart")
         .map(str::to_string)

@@ -916,3 +916,56 @@ async fn api_fuzzing_finds_no_server_errors() {
     assert_eq!(me.status, 200, "the fuzzing token stopped working: {}", me.text());
     running.stop().await;
 }
+
+/// The API gives each value as the device sent it and as an operator
+/// reads it (`display`: enumerations in words, times as dates, units as
+/// symbols), in natural path order (`/3/0/9` before `/3/0/13`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_come_with_their_readable_form_in_natural_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let _fleet = fleet(&running, vec![device("readable-1")]).await;
+    for path in ["/3/0", "/5/0"] {
+        let read = super::run_op(
+            dir.path(),
+            "readable-1",
+            flownexus::lwm2m::operation::OperationKind::Read {
+                path: path.parse().unwrap(),
+            },
+        )
+        .await;
+        assert_eq!(read.state, flownexus::lwm2m::operation::OperationState::Succeeded);
+    }
+    running.flush().await;
+    let bearer = format!("Bearer {}", Keys::new(dir.path()).token("viewer", Role::Viewer));
+    let r = http(
+        addr,
+        "GET",
+        "/api/v1/devices/readable-1/values",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let values: Vec<serde_json::Value> = serde_json::from_str(&r.text()).unwrap();
+    let shown = |path: &str| -> (String, String) {
+        let v = values
+            .iter()
+            .find(|v| v["path"] == path)
+            .unwrap_or_else(|| panic!("no {path} in {values:?}"));
+        (v["value"].to_string(), v["display"].as_str().unwrap().to_string())
+    };
+    assert_eq!(shown("/3/0/9").1, "87%", "Battery Level with its unit");
+    assert_eq!(shown("/3/0/11/0").1, "no error (0)", "Error Code in words");
+    assert_eq!(shown("/3/0/13").1, "2023-11-14 22:13:20 UTC", "Current Time as a date");
+    assert_eq!(shown("/5/0/3").1, "idle (0)", "Firmware State in words");
+    assert_eq!(shown("/5/0/5").1, "initial value (0)", "Update Result in words");
+    assert_eq!(shown("/5/0/8/3").1, "HTTPS 1.1 (3)");
+    let paths: Vec<&str> = values.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    let at = |p: &str| paths.iter().position(|x| *x == p).unwrap();
+    assert!(
+        at("/3/0/9") < at("/3/0/13") && at("/3/0/13") < at("/5/0/3"),
+        "{paths:?}"
+    );
+    running.stop().await;
+}
