@@ -196,13 +196,30 @@ struct Writer {
     /// commit); below `cut`, they are deleted already.
     cut_to: i64,
     cut: i64,
+    /// The last "last seen" written per device: a device heard again
+    /// within `LAST_SEEN_STEP_MS` of it is not written again.
+    seen_written: HashMap<i64, i64>,
 }
+
+/// "Last seen" is kept to this precision: a device notifying every second
+/// costs one row update every 5 s, not one per notification.
+const LAST_SEEN_STEP_MS: i64 = 5_000;
 
 /// What one batch journalled, for the books once it is applied.
 #[derive(Default)]
 struct Journalled {
     reports: Vec<(i64, SeqRange, bool)>,
     per_hour: HashMap<i64, i64>,
+    /// When each device was last heard in this batch (notifications, Send,
+    /// answers to operations; Register and Update write it themselves).
+    seen: HashMap<i64, i64>,
+}
+
+impl Journalled {
+    fn heard(&mut self, device: i64, at_ms: i64) {
+        let e = self.seen.entry(device).or_insert(at_ms);
+        *e = (*e).max(at_ms);
+    }
 }
 
 /// The writer and the checkpointer run below the threads that answer
@@ -248,6 +265,7 @@ fn run<P: Display>(
         next_seq: 0,
         cut_to: 0,
         cut: 0,
+        seen_written: HashMap::new(),
     };
     if let Err(e) = w.recover() {
         log::error!("cannot read the value journal: {e}");
@@ -505,6 +523,26 @@ impl Writer {
             count.execute(params![hour, n])?;
         }
         drop(count);
+        // Every uplink counts as the device being seen, not only Register
+        // and Update (a device that only notifies is not "last seen" at its
+        // last Update).
+        let mut seen_device =
+            tx.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE id = ?1 AND last_seen < ?2")?;
+        let mut seen_registration =
+            tx.prepare_cached("UPDATE registrations SET last_seen = ?2 WHERE device_id = ?1 AND last_seen < ?2")?;
+        for (&device, &at) in &journalled.seen {
+            if self
+                .seen_written
+                .get(&device)
+                .is_some_and(|w| at - w < LAST_SEEN_STEP_MS)
+            {
+                continue;
+            }
+            seen_device.execute(params![device, at])?;
+            seen_registration.execute(params![device, at])?;
+            self.seen_written.insert(device, at);
+        }
+        drop((seen_device, seen_registration));
         if let Some((cutoff, from, last, deleted)) = self.prune {
             let n = prune_history(&tx, from..from + PRUNE_DEVICES_PER_COMMIT, cutoff)?;
             let next = from + PRUNE_DEVICES_PER_COMMIT;
@@ -711,9 +749,10 @@ fn apply<P: Display>(
             endpoint,
             records,
             source,
-            ..
+            received_ms,
         } => {
             let dev = device_id(tx, devices, &endpoint)?;
+            journalled.heard(dev, received_ms);
             let mut journal = tx.prepare_cached(
                 "INSERT INTO value_journal (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
@@ -750,6 +789,11 @@ fn apply<P: Display>(
             )?;
         }
         ServerEvent::OperationFinished { id, endpoint, outcome } => {
+            if matches!(outcome, Outcome::Succeeded(_) | Outcome::Failed { code: Some(_), .. }) {
+                // It answered.
+                let dev = device_id(tx, devices, &endpoint)?;
+                journalled.heard(dev, now_ms());
+            }
             let (code, result) = outcome_columns(&outcome);
             let state = outcome.state().as_str();
             // A cancellation requested through the store is already final there.

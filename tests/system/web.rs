@@ -969,3 +969,43 @@ async fn values_come_with_their_readable_form_in_natural_order() {
     );
     running.stop().await;
 }
+
+/// Last seen counts every uplink: a device that only notifies after its
+/// Register is seen at its notifications, in the device list and on its
+/// registration, to within the store's 5 s step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_follows_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = start(dir.path(), |_| {}).await;
+    let _fleet = fleet(&running, vec![device("seen-1")]).await;
+    let s = store(dir.path());
+    let registered = s.device("seen-1").unwrap().last_seen.unwrap();
+    let observe = super::run_op(
+        dir.path(),
+        "seen-1",
+        flownexus::lwm2m::operation::OperationKind::Observe {
+            path: "/3303/0/5700".parse().unwrap(),
+        },
+    )
+    .await;
+    assert_eq!(observe.state, flownexus::lwm2m::operation::OperationState::Succeeded);
+    // Notifications every 300 ms for 6 s: past the 5 s step at least once.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    running.flush().await;
+    let seen = s.device("seen-1").unwrap().last_seen.unwrap();
+    assert!(
+        seen >= registered + 5_000,
+        "last seen {seen} stayed near the Register at {registered}"
+    );
+    let reg = s
+        .registrations()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.endpoint == "seen-1")
+        .unwrap();
+    assert!(
+        reg.last_seen >= registered + 5_000,
+        "the registration's last seen moves too"
+    );
+    running.stop().await;
+}
