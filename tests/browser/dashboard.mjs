@@ -39,27 +39,36 @@ const browser = await chromium.launch({
 const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
 context.setDefaultTimeout(TIMEOUT);
 
+
+// Console errors and warnings, page errors and stray dialogs are failures.
+function watch(p) {
+  p.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") problems.push(`${step}: console ${m.type()}: ${m.text()}`);
+  });
+  p.on("pageerror", (e) => problems.push(`${step}: page error: ${e.message}`));
+  p.on("dialog", (d) => {
+    // Only the dashboard's own confirmations are expected; an alert() is an XSS.
+    if (d.type() !== "confirm") problems.push(`${step}: unexpected ${d.type()} dialog: ${d.message()}`);
+    d.accept();
+  });
+}
+
+async function watchViolations(ctx) {
+  await ctx.exposeBinding("__fnxViolation", (_source, v) => {
+    problems.push(`${step}: CSP violation: ${v}`);
+  });
+  await ctx.addInitScript(() => {
+    document.addEventListener("securitypolicyviolation", (e) => {
+      window.__fnxViolation(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
+    });
+  });
+}
+
 // CSP violations reach us through a binding, which Playwright installs over
 // CDP, outside the page's policy.
-await context.exposeBinding("__fnxViolation", (_source, v) => {
-  problems.push(`${step}: CSP violation: ${v}`);
-});
-await context.addInitScript(() => {
-  document.addEventListener("securitypolicyviolation", (e) => {
-    window.__fnxViolation(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
-  });
-});
-
+await watchViolations(context);
 const page = await context.newPage();
-page.on("console", (m) => {
-  if (m.type() === "error" || m.type() === "warning") problems.push(`${step}: console ${m.type()}: ${m.text()}`);
-});
-page.on("pageerror", (e) => problems.push(`${step}: page error: ${e.message}`));
-page.on("dialog", (d) => {
-  // Only the dashboard's own confirmations are expected; an alert() is an XSS.
-  if (d.type() !== "confirm") problems.push(`${step}: unexpected ${d.type()} dialog: ${d.message()}`);
-  d.accept();
-});
+watch(page);
 
 async function shot(name) {
   await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
@@ -212,10 +221,69 @@ try {
   await shot("campaign-finished");
   await visit("campaigns-list", "/campaigns");
   check((await page.locator("#campaigns tbody tr", { hasText: "browser campaign" }).count()) === 1, "the campaign is not listed");
+  const campaignHref = await page.locator("#campaigns tbody tr a").first().getAttribute("href");
 
   await visit("users", "/users");
   await visit("profile", "/profile");
   await visit("tokens", "/tokens");
+
+  // The same operator on a phone: a 390 px mobile viewport, signed in with
+  // the same session. No page is wider than the phone (the document's
+  // scroll width, not innerWidth, which a mobile browser widens to the
+  // content); the menu folds behind its toggle and opens with it. The
+  // phone asks for a dark scheme (prefers-color-scheme) and gets one.
+  step = "phone";
+  const phone = await browser.newContext({
+    viewport: { width: 390, height: 844 },
+    colorScheme: "dark",
+    isMobile: true,
+    hasTouch: true,
+    deviceScaleFactor: 2,
+    storageState: await context.storageState(),
+  });
+  phone.setDefaultTimeout(TIMEOUT);
+  await watchViolations(phone);
+  const mobile = await phone.newPage();
+  watch(mobile);
+  const phonePages = [
+    ["overview", "/"],
+    ["devices", "/devices"],
+    ["device", `/devices/${encodeURIComponent(device)}`],
+    ["device-hostile", `/devices/${encodeURIComponent(hostile.endpoint)}`],
+    ["events", "/events"],
+    ["firmware", "/firmware"],
+    ["campaigns", "/campaigns"],
+    ["campaign", campaignHref],
+    ["users", "/users"],
+    ["profile", "/profile"],
+    ["tokens", "/tokens"],
+  ];
+  for (const [name, path] of phonePages) {
+    step = `phone ${name}`;
+    const r = await mobile.goto(base + path);
+    check(r.status() === 200, `${step}: ${path} answered ${r.status()}`);
+    const width = await mobile.evaluate(() => document.documentElement.scrollWidth);
+    await mobile.screenshot({ path: join(out, `phone-${name}.png`), fullPage: true });
+    check(width <= 390, `${step}: the page is ${width} px wide on a 390 px phone`);
+  }
+  check(
+    (await mobile.evaluate(() => getComputedStyle(document.body).backgroundColor)) === "rgb(13, 17, 23)",
+    "the dark scheme was not applied",
+  );
+  await mobile.goto(base + `/devices/${encodeURIComponent(device)}`);
+  await mobile.locator("h2", { hasText: "Objects and latest values" }).scrollIntoViewIfNeeded();
+  await mobile.screenshot({ path: join(out, "phone-device-values.png") });
+  step = "phone menu";
+  check(!(await mobile.locator("header nav").isVisible()), "the menu is not folded on the phone");
+  await mobile.click("label.nav-toggle-label");
+  check(await mobile.locator("header nav a", { hasText: "Devices" }).isVisible(), "the menu does not open");
+  await mobile.screenshot({ path: join(out, "phone-menu.png") });
+  check(
+    (await mobile.locator('header nav a[aria-current="page"]').count()) === 1,
+    "the current page is not marked in the menu",
+  );
+  check((await mobile.locator("a.skip[href='#main']").count()) === 1 && (await mobile.locator("main#main").count()) === 1, "no skip link to the main landmark");
+  await phone.close();
 
   step = "logout";
   await Promise.all([page.waitForURL(/\/login$/), page.click("header form[action='/logout'] button")]);
