@@ -242,22 +242,30 @@ impl Store {
     }
 
     /// A page of events, newest first, after event id `before`.
+    /// Events newest first. `endpoint` names one device exactly, or with
+    /// `partial` any whose endpoint contains it (the events page's filter;
+    /// that one reads events newest first until a page matches, so a rare
+    /// match in a long log costs a longer walk).
     pub fn event_page(
         &self,
         endpoint: Option<&str>,
+        partial: bool,
         kind: Option<&str>,
         range: (Option<i64>, Option<i64>),
         before: Option<i64>,
         limit: usize,
     ) -> Result<(Vec<EventRow>, bool)> {
-        let mut st = self.conn.prepare(
+        let exact = endpoint.filter(|_| !partial);
+        let contains = endpoint.filter(|_| partial);
+        let mut st = self.conn.prepare_cached(
             "SELECT id, ts, endpoint, kind, detail FROM events
-             WHERE (?1 IS NULL OR endpoint = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR ts >= ?3)
+             WHERE (?1 IS NULL OR endpoint = ?1) AND (?7 IS NULL OR instr(endpoint, ?7) > 0)
+               AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR ts >= ?3)
                AND (?4 IS NULL OR ts < ?4) AND (?5 IS NULL OR id < ?5)
              ORDER BY id DESC LIMIT ?6",
         )?;
         let rows = st.query_map(
-            params![endpoint, kind, range.0, range.1, before, limit as i64 + 1],
+            params![exact, kind, range.0, range.1, before, limit as i64 + 1, contains],
             Self::event_row,
         )?;
         Ok(one_page(rows.collect::<rusqlite::Result<_>>()?, limit))

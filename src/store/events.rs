@@ -6,6 +6,25 @@ use serde::Serialize;
 use super::Store;
 use crate::error::Result;
 
+/// The kinds of event the store writer records, each once, with the
+/// word an operator picks it by (the events page's drop-down).
+pub mod kind {
+    pub const REGISTERED: &str = "registered";
+    pub const DEREGISTERED: &str = "deregistered";
+    pub const EXPIRED: &str = "expired";
+    pub const OPERATION: &str = "operation";
+    pub const REJECTED: &str = "rejected";
+    pub const DOOM_LOOP: &str = "fota-doom-loop";
+    pub const ALL: &[(&str, &str)] = &[
+        (REGISTERED, "Registered"),
+        (DEREGISTERED, "De-registered"),
+        (EXPIRED, "Registration expired"),
+        (OPERATION, "Operation finished"),
+        (REJECTED, "Request refused"),
+        (DOOM_LOOP, "FOTA doom loop"),
+    ];
+}
+
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct EventRow {
     pub id: i64,

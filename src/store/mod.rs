@@ -35,7 +35,7 @@ pub use campaigns::{
     CampaignCounts, CampaignReport, CampaignRow, CampaignStep, Command, MemberRow, MemberStatus, NewCampaign, Started,
 };
 pub use devices::{DeviceSummary, Status};
-pub use events::EventRow;
+pub use events::{EventRow, kind as event_kind};
 pub use firmware::{DownloadRecord, FirmwareRow, NewFirmware};
 pub use fota::{UpdateRow, UpdateStep};
 use migrations::MIGRATIONS;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::error::Result;
 use crate::lwm2m::operation::Outcome;
@@ -684,7 +684,7 @@ fn record_download(tx: &Transaction<'_>, d: &crate::store::DownloadRecord) -> Re
         event(
             tx,
             d.device.as_deref(),
-            "fota-doom-loop",
+            super::events::kind::DOOM_LOOP,
             serde_json::json!({ "firmware": d.firmware_id, "peer": d.peer.to_string() }),
         )?;
     }
@@ -729,7 +729,7 @@ fn apply<P: Display>(
             event(
                 tx,
                 Some(&r.endpoint),
-                "registered",
+                super::events::kind::REGISTERED,
                 json!({ "registration": r.id.to_string(), "peer": r.peer.to_string(), "lifetime": r.lifetime,
                         "version": r.version, "binding": r.binding, "replaced": replaced.map(|x| x.to_string()) }),
             )?;
@@ -743,8 +743,8 @@ fn apply<P: Display>(
                 upsert_registration(tx, id, &r)?;
             }
         }
-        ServerEvent::Deregistered { endpoint, id } => end_registration(tx, devices, &endpoint, id, "deregistered")?,
-        ServerEvent::Expired { endpoint, id } => end_registration(tx, devices, &endpoint, id, "expired")?,
+        ServerEvent::Deregistered { endpoint, id } => end_registration(tx, devices, &endpoint, id, super::events::kind::DEREGISTERED)?,
+        ServerEvent::Expired { endpoint, id } => end_registration(tx, devices, &endpoint, id, super::events::kind::EXPIRED)?,
         ServerEvent::ValuesReported {
             endpoint,
             records,
@@ -797,16 +797,29 @@ fn apply<P: Display>(
             let (code, result) = outcome_columns(&outcome);
             let state = outcome.state().as_str();
             // A cancellation requested through the store is already final there.
-            tx.execute(
-                "UPDATE operations SET state = ?2, coap_code = ?3, result = ?4, updated_at = ?5 WHERE id = ?1 AND state IN ('queued', 'sent')",
-                params![id, state, code, result, now_ms()],
-            )?;
+            // What it was, for the event an operator reads ("read /3/0 …").
+            let asked: Option<(String, String)> = tx
+                .query_row(
+                    "UPDATE operations SET state = ?2, coap_code = ?3, result = ?4, updated_at = ?5
+                     WHERE id = ?1 AND state IN ('queued', 'sent') RETURNING kind, request",
+                    params![id, state, code, result, now_ms()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
             if !matches!(outcome, Outcome::Cancelled) {
+                let (kind, path) = asked
+                    .map(|(kind, request)| {
+                        let path = serde_json::from_str::<crate::lwm2m::operation::OperationKind>(&request)
+                            .map(|k| k.path().to_string())
+                            .unwrap_or_default();
+                        (kind, path)
+                    })
+                    .unwrap_or_default();
                 event(
                     tx,
                     Some(&endpoint),
-                    "operation",
-                    json!({ "operation": id, "state": state, "code": code }),
+                    super::events::kind::OPERATION,
+                    json!({ "operation": id, "kind": kind, "path": path, "state": state, "code": code }),
                 )?;
             }
         }
@@ -829,7 +842,7 @@ fn apply<P: Display>(
             event(
                 tx,
                 endpoint.as_deref(),
-                "rejected",
+                super::events::kind::REJECTED,
                 json!({ "code": code.to_string(), "reason": reason }),
             )?;
         }

@@ -715,7 +715,7 @@ pub fn events(ctx: &mut Ctx<'_>) -> WebResult {
     let limit = limit(ctx)?;
     let (items, more) = ctx
         .store
-        .event_page(ctx.query("endpoint"), ctx.query("kind"), range, before, limit)?;
+        .event_page(ctx.query("endpoint"), false, ctx.query("kind"), range, before, limit)?;
     let next = more
         .then(|| items.last())
         .flatten()

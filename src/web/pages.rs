@@ -302,7 +302,46 @@ struct EventLine {
     time: String,
     endpoint: Option<String>,
     kind: String,
+    /// What happened, in a sentence.
+    summary: String,
+    /// The stored detail, as JSON (kept as the cell's title).
     detail: String,
+}
+
+/// An event in words: what registered from where, which operation ended
+/// how (its CoAP code explained), why a request was refused.
+fn event_summary(kind: &str, d: &serde_json::Value) -> String {
+    use crate::store::event_kind as k;
+    let s = |key: &str| d[key].as_str().map(str::to_string).unwrap_or_else(|| d[key].to_string());
+    match kind {
+        k::REGISTERED => format!(
+            "registered from {}: lifetime {} s, LwM2M {}, binding {}",
+            s("peer"),
+            s("lifetime"),
+            s("version"),
+            s("binding")
+        ),
+        k::DEREGISTERED => "de-registered".into(),
+        k::EXPIRED => "its registration's lifetime passed without an Update".into(),
+        k::OPERATION => {
+            let what = format!("{} {}", s("kind"), s("path"));
+            let code = d["code"].as_str().map(explain_code);
+            format!(
+                "{} #{}: {}{}",
+                what.trim(),
+                s("operation"),
+                s("state"),
+                code.map(|c| format!(" ({c})")).unwrap_or_default()
+            )
+        }
+        k::REJECTED => format!("refused with {}: {}", explain_code(&s("code")), s("reason")),
+        k::DOOM_LOOP => format!(
+            "asked for firmware #{} from its end again (FOTA doom loop), from {}",
+            s("firmware"),
+            s("peer")
+        ),
+        _ => d.to_string(),
+    }
 }
 
 fn event_lines(rows: Vec<EventRow>) -> Vec<EventLine> {
@@ -310,6 +349,7 @@ fn event_lines(rows: Vec<EventRow>) -> Vec<EventLine> {
         .map(|e| EventLine {
             time: time(e.ts),
             endpoint: e.endpoint,
+            summary: event_summary(&e.kind, &e.detail),
             kind: e.kind,
             detail: e.detail.to_string(),
         })
@@ -853,6 +893,8 @@ struct Events {
     next: Option<String>,
     endpoint: String,
     kind: String,
+    /// The kinds to choose from: (stored name, label).
+    kinds: &'static [(&'static str, &'static str)],
     from_date: String,
     to_date: String,
 }
@@ -873,9 +915,12 @@ pub fn events(ctx: &mut Ctx<'_>) -> WebResult {
     };
     let range = (local_date(ctx.query("from_date"))?, local_date(ctx.query("to_date"))?);
     let limit = api::limit(ctx)?;
-    let (rows, more) = ctx
-        .store
-        .event_page(ctx.query("endpoint"), ctx.query("kind"), range, before, limit)?;
+    // The page's device box matches any part of an endpoint; the type is
+    // one of the kinds the writer records (a drop-down, so nothing typed
+    // can silently match nothing).
+    let endpoint = ctx.query("endpoint").filter(|e| !e.is_empty());
+    let kind = ctx.query("kind").filter(|k| !k.is_empty());
+    let (rows, more) = ctx.store.event_page(endpoint, true, kind, range, before, limit)?;
     let next = more.then(|| rows.last()).flatten().map(|e| {
         let mut q: Vec<String> = ["endpoint", "kind", "from_date", "to_date", "limit"]
             .iter()
@@ -891,6 +936,7 @@ pub fn events(ctx: &mut Ctx<'_>) -> WebResult {
         next,
         endpoint: keep("endpoint"),
         kind: keep("kind"),
+        kinds: crate::store::event_kind::ALL,
         from_date: keep("from_date"),
         to_date: keep("to_date"),
     })

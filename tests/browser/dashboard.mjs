@@ -169,6 +169,23 @@ try {
     check((await page.getByText(s).count()) >= 1, `device-hostile: ${s} is not shown as text`);
   }
   await visit("events", "/events");
+  // Part of an endpoint and a type from the drop-down; the rows say which
+  // operation on which path ended how, in words.
+  step = "events filter";
+  await page.fill("#event-endpoint", device.slice(1, -1));
+  await page.selectOption("#event-kind", "operation");
+  await Promise.all([page.waitForURL(/kind=operation/), page.click("form[action='/events'] button[type=submit]")]);
+  const kinds = await page.locator("[data-live] tbody tr .badge").allInnerTexts();
+  check(kinds.length > 0 && kinds.every((k) => k.trim() === "operation"), `events filter: kinds ${JSON.stringify(kinds)}`);
+  check(
+    (await page.locator("[data-live] tbody td.detail", { hasText: "read /3/0 #" }).count()) >= 1,
+    "an operation event does not say which operation on which path",
+  );
+  check(
+    (await page.locator("[data-live] tbody td.detail", { hasText: "(2.05: content)" }).count()) >= 1,
+    "an operation event does not explain its code",
+  );
+  await shot("events-filtered");
   await visit("overview-hostile", "/");
 
   step = "firmware";
