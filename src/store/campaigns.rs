@@ -181,8 +181,8 @@ fn campaign_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CampaignRow> {
 fn candidates(tx: &Transaction<'_>, after: i64) -> Result<Vec<Candidate>> {
     let mut st = tx.prepare(
         "SELECT d.id, d.endpoint, d.tags,
-                (SELECT value FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3'),
-                (SELECT value FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/1')
+                (SELECT CAST(value AS TEXT) FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3'),
+                (SELECT CAST(value AS TEXT) FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/1')
          FROM devices d WHERE d.id > ?1 ORDER BY d.id",
     )?;
     let text = |v: Option<rusqlite::types::Value>| match v {
@@ -710,7 +710,7 @@ mod tests {
                 .execute(
                     "INSERT INTO latest_values (device_id, path, ts, vtype, value)
                      SELECT id, '/3/0/3', 0, 'string', ?2 FROM devices WHERE endpoint = ?1",
-                    params![format!("dev-{i}"), version],
+                    params![format!("dev-{i}"), super::super::values::sql_text(version)],
                 )
                 .unwrap();
         }

@@ -131,7 +131,7 @@ impl Store {
             args.push((":tag".into(), Sql::Text(t.clone())));
         }
         if let Some(f) = &q.firmware {
-            sql += " AND EXISTS (SELECT 1 FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3' AND l.value = :fw)";
+            sql += " AND EXISTS (SELECT 1 FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3' AND l.value IN (:fw, CAST(:fw AS BLOB)))";
             args.push((":fw".into(), Sql::Text(f.clone())));
         }
         match q.status {
@@ -222,14 +222,29 @@ impl Store {
         })
     }
 
-    /// Devices per reported firmware version (`/3/0/3`), most common first.
-    pub fn firmware_versions(&self, limit: usize) -> Result<Vec<(String, u64)>> {
+    /// Devices per reported firmware version (`/3/0/3`), most common
+    /// first, the `limit` most common, then "other" for the rest and
+    /// "unknown" for the devices of `total` that never reported one (until
+    /// someone or a profile reads `/3/0`, a new device's version is not known).
+    pub fn firmware_versions(&self, limit: usize, total: u64) -> Result<Vec<(String, u64)>> {
+        // All groups (the versions in a fleet are few; the partial index
+        // `latest_firmware_versions` holds just these rows).
         let mut st = self.conn.prepare(
             "SELECT CAST(value AS TEXT), COUNT(*) FROM latest_values WHERE path = '/3/0/3'
-             GROUP BY value ORDER BY 2 DESC, 1 LIMIT ?1",
+             GROUP BY 1 ORDER BY 2 DESC, 1",
         )?;
-        let rows = st.query_map([limit as i64], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        let mut all: Vec<(String, u64)> = rows.collect::<rusqlite::Result<_>>()?;
+        let counted: u64 = all.iter().map(|(_, n)| n).sum();
+        let other: u64 = all.iter().skip(limit).map(|(_, n)| n).sum();
+        all.truncate(limit);
+        if other > 0 {
+            all.push(("other".into(), other));
+        }
+        if total > counted {
+            all.push(("unknown".into(), total - counted));
+        }
+        Ok(all)
     }
 
     /// Values stored per hour over the last `hours` hours: (hour start ms, count).
@@ -397,7 +412,7 @@ impl Store {
     /// How many devices report each live image's version.
     pub fn devices_on_version(&self, version: &str) -> Result<u64> {
         let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM latest_values WHERE path = '/3/0/3' AND value = ?1",
+            "SELECT COUNT(*) FROM latest_values WHERE path = '/3/0/3' AND value IN (?1, CAST(?1 AS BLOB))",
             [version],
             |r| r.get(0),
         )?;
@@ -451,6 +466,33 @@ mod tests {
     /// scanning; the index follows new, re-keyed and removed devices; a
     /// text matching more devices than the index sorts pages through the
     /// list in order.
+    /// The fleet's versions: the most common, then "other", then
+    /// "unknown" for devices that never reported `/3/0/3`.
+    #[test]
+    fn firmware_versions_count_the_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite3")).unwrap();
+        let versions = ["1.0", "1.0", "1.0", "2.0", "2.0", "3.0"];
+        for (i, v) in versions.iter().enumerate() {
+            let id = s.add_device(&format!("dev-{i}"), None, &Default::default()).unwrap();
+            s.conn
+                .execute(
+                    "INSERT INTO latest_values (device_id, path, ts, vtype, value) VALUES (?1, '/3/0/3', 0, 'string', ?2)",
+                    params![id, super::super::values::sql_text(v)],
+                )
+                .unwrap();
+        }
+        for i in 0..4 {
+            s.add_device(&format!("new-{i}"), None, &Default::default()).unwrap();
+        }
+        let got = s.firmware_versions(2, 10).unwrap();
+        let want: Vec<(String, u64)> = [("1.0", 3), ("2.0", 2), ("other", 1), ("unknown", 4)]
+            .iter()
+            .map(|(v, n)| (v.to_string(), *n))
+            .collect();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn devices_are_found_by_any_part_of_their_names() {
         let dir = tempfile::tempdir().unwrap();

@@ -197,7 +197,7 @@ impl Store {
     }
 
     pub(super) const SUMMARY_SQL: &'static str = "SELECT d.endpoint, d.psk_identity, d.tags, r.reg_id IS NOT NULL, r.queue_mode, NULLIF(d.last_seen, 0), r.updated_at, r.lifetime,
-            (SELECT value FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3'), d.created_at
+            (SELECT CAST(value AS TEXT) FROM latest_values l WHERE l.device_id = d.id AND l.path = '/3/0/3'), d.created_at
          FROM devices d LEFT JOIN registrations r ON r.device_id = d.id";
 
     pub(super) fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceSummary> {

@@ -34,18 +34,30 @@ pub struct StoredValue {
     pub value: Value,
 }
 
+/// Text as the value columns keep it: as a BLOB of its UTF-8 bytes. The
+/// columns are declared `ANY`, which in a table that is not STRICT has
+/// NUMERIC affinity: SQLite turns text that looks like a number into one
+/// ("1.0" → 1, " 7" → 7, "1e3" → 1000), so a device's Firmware Version
+/// "1.0" or a numeric Serial Number came back as an integer and was lost.
+/// A BLOB is never converted. Readers take either form (rows written
+/// before are TEXT); SQL that compares with text casts (`CAST(value AS
+/// TEXT)`) or offers both forms (`value IN (?, CAST(? AS BLOB))`).
+pub(super) fn sql_text(s: &str) -> rusqlite::types::Value {
+    rusqlite::types::Value::Blob(s.as_bytes().to_vec())
+}
+
 /// A stored value's SQLite form: LwM2M type name and SQL value.
 pub(super) fn sql_value(v: &Value) -> (&'static str, rusqlite::types::Value) {
     use rusqlite::types::Value as S;
     match v {
-        Value::String(s) => ("string", S::Text(s.clone())),
-        Value::CoreLink(s) => ("corelnk", S::Text(s.clone())),
+        Value::String(s) => ("string", sql_text(s)),
+        Value::CoreLink(s) => ("corelnk", sql_text(s)),
         Value::Integer(i) => ("integer", S::Integer(*i)),
         Value::Time(i) => ("time", S::Integer(*i)),
         // u64 above i64::MAX is kept as text so nothing is lost.
         Value::Unsigned(u) => (
             "unsigned",
-            i64::try_from(*u).map_or_else(|_| S::Text(u.to_string()), S::Integer),
+            i64::try_from(*u).map_or_else(|_| sql_text(&u.to_string()), S::Integer),
         ),
         Value::Float(f) => ("float", S::Real(*f)),
         Value::Boolean(b) => ("boolean", S::Integer(i64::from(*b))),
@@ -56,8 +68,17 @@ pub(super) fn sql_value(v: &Value) -> (&'static str, rusqlite::types::Value) {
 
 fn from_sql(vtype: &str, v: rusqlite::types::Value) -> Option<Value> {
     use rusqlite::types::Value as S;
+    // Text kept as a BLOB (`sql_text`) or, in rows written before, as TEXT.
+    let v = match (vtype, v) {
+        ("string" | "corelnk" | "unsigned" | "objlnk", S::Blob(b)) => S::Text(String::from_utf8(b).ok()?),
+        (_, v) => v,
+    };
     Some(match (vtype, v) {
         ("string", S::Text(s)) => Value::String(s),
+        // Rows written before text went in as BLOBs, whose text SQLite had
+        // turned into a number: the number's text is the best left of them.
+        ("string", S::Integer(i)) => Value::String(i.to_string()),
+        ("string", S::Real(f)) => Value::String(f.to_string()),
         ("corelnk", S::Text(s)) => Value::CoreLink(s),
         ("integer", S::Integer(i)) => Value::Integer(i),
         ("time", S::Integer(i)) => Value::Time(i),
@@ -159,4 +180,63 @@ impl Store {
 pub fn record_row(r: &Record) -> (String, &'static str, rusqlite::types::Value) {
     let (t, v) = sql_value(&r.value);
     (r.path.to_string(), t, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text that looks like a number stays text: the value columns have
+    /// NUMERIC affinity, which turned a Firmware Version "1.0" into the
+    /// integer 1 and so lost it on reading.
+    #[test]
+    fn text_that_looks_like_a_number_stays_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite3")).unwrap();
+        let id = s.add_device("dev", None, &Default::default()).unwrap();
+        let texts = [
+            ("/3/0/3", "1.0"),
+            ("/3/0/2", "0012345"),
+            ("/3/0/19", " 7"),
+            ("/3/0/1", "1e3"),
+        ];
+        for (path, text) in texts {
+            let (vtype, value) = sql_value(&Value::String(text.into()));
+            s.conn
+                .execute(
+                    "INSERT INTO latest_values (device_id, path, ts, vtype, value) VALUES (?1, ?2, 0, ?3, ?4)",
+                    rusqlite::params![id, path, vtype, value],
+                )
+                .unwrap();
+        }
+        let big = Value::Unsigned(u64::MAX);
+        let (vtype, value) = sql_value(&big);
+        s.conn
+            .execute(
+                "INSERT INTO latest_values (device_id, path, ts, vtype, value) VALUES (?1, '/3/0/21', 0, ?2, ?3)",
+                rusqlite::params![id, vtype, value],
+            )
+            .unwrap();
+        let got = s.latest_values("dev").unwrap();
+        for (path, text) in texts {
+            let v = got
+                .iter()
+                .find(|v| v.path.to_string() == path)
+                .unwrap_or_else(|| panic!("{path} lost"));
+            assert_eq!(v.value, Value::String(text.into()), "{path}");
+        }
+        assert!(got.iter().any(|v| v.value == big), "u64::MAX kept");
+        assert_eq!(s.device("dev").unwrap().firmware_version.as_deref(), Some("1.0"));
+        assert_eq!(s.devices_on_version("1.0").unwrap(), 1);
+        assert_eq!(s.firmware_versions(5, 1).unwrap(), vec![("1.0".to_string(), 1)]);
+        // A row written before (TEXT turned into an integer) still reads.
+        s.conn
+            .execute(
+                "INSERT INTO latest_values (device_id, path, ts, vtype, value) VALUES (?1, '/3/0/0', 0, 'string', '42')",
+                [id],
+            )
+            .unwrap();
+        let old = s.latest_values("dev").unwrap();
+        assert!(old.iter().any(|v| v.value == Value::String("42".into())));
+    }
 }

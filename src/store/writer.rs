@@ -743,8 +743,12 @@ fn apply<P: Display>(
                 upsert_registration(tx, id, &r)?;
             }
         }
-        ServerEvent::Deregistered { endpoint, id } => end_registration(tx, devices, &endpoint, id, super::events::kind::DEREGISTERED)?,
-        ServerEvent::Expired { endpoint, id } => end_registration(tx, devices, &endpoint, id, super::events::kind::EXPIRED)?,
+        ServerEvent::Deregistered { endpoint, id } => {
+            end_registration(tx, devices, &endpoint, id, super::events::kind::DEREGISTERED)?
+        }
+        ServerEvent::Expired { endpoint, id } => {
+            end_registration(tx, devices, &endpoint, id, super::events::kind::EXPIRED)?
+        }
         ServerEvent::ValuesReported {
             endpoint,
             records,

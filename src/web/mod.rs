@@ -245,9 +245,10 @@ impl Web {
     }
 
     fn count_fleet(&self, store: &Store) -> WebResult<FleetSummary> {
+        let counts = store.fleet_counts(self.lwm2m.queue_awake_window_s, self.lwm2m.lifetime_grace_s)?;
         let s = FleetSummary {
-            counts: store.fleet_counts(self.lwm2m.queue_awake_window_s, self.lwm2m.lifetime_grace_s)?,
-            versions: store.firmware_versions(12)?,
+            versions: store.firmware_versions(12, counts.total)?,
+            counts,
             counted_at: crate::store::now_ms(),
         };
         *self.fleet.lock().expect("fleet summary") = Some(s.clone());

@@ -312,7 +312,12 @@ struct EventLine {
 /// how (its CoAP code explained), why a request was refused.
 fn event_summary(kind: &str, d: &serde_json::Value) -> String {
     use crate::store::event_kind as k;
-    let s = |key: &str| d[key].as_str().map(str::to_string).unwrap_or_else(|| d[key].to_string());
+    let s = |key: &str| {
+        d[key]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| d[key].to_string())
+    };
     match kind {
         k::REGISTERED => format!(
             "registered from {}: lifetime {} s, LwM2M {}, binding {}",
