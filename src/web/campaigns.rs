@@ -329,15 +329,6 @@ struct CampaignPage {
     plan: String,
 }
 
-/// Bytes as operators read them.
-fn size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20)),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}
-
 pub fn page(ctx: &mut Ctx<'_>) -> WebResult {
     let id = ctx.id("id")?;
     let r = ctx.store.campaign_report(id)?;
@@ -400,7 +391,7 @@ pub fn page(ctx: &mut Ctx<'_>) -> WebResult {
             .map(|m| MemberView {
                 wave: m.wave.map(|w| w.to_string()).unwrap_or_else(|| "–".into()),
                 phase: m.phase.map_or("", |p| p.as_str()),
-                bytes: size(m.bytes),
+                bytes: super::pages::human_size(m.bytes),
                 m,
             })
             .collect(),

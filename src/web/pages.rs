@@ -339,7 +339,8 @@ fn event_summary(kind: &str, d: &serde_json::Value) -> String {
                 code.map(|c| format!(" ({c})")).unwrap_or_default()
             )
         }
-        k::REJECTED => format!("refused with {}: {}", explain_code(&s("code")), s("reason")),
+        // Our code to the device, so not explained from the device's side.
+        k::REJECTED => format!("refused with {}: {}", s("code"), s("reason")),
         k::DOOM_LOOP => format!(
             "asked for firmware #{} from its end again (FOTA doom loop), from {}",
             s("firmware"),
@@ -953,6 +954,37 @@ struct FirmwareView {
     row: FirmwareRow,
     devices: u64,
     uploaded: String,
+    /// "512.0 KiB".
+    size: String,
+    /// What the image is, in words.
+    kind: &'static str,
+    /// Where devices fetch it (a device's own URL adds its token).
+    url: String,
+}
+
+/// Bytes as people read them (binary units, one decimal).
+pub(super) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// An image type (`firmware::image`) in words.
+fn image_kind(stored: &str) -> &'static str {
+    match crate::firmware::image::ImageType::parse(stored) {
+        crate::firmware::image::ImageType::McubootApplication => "application (MCUboot)",
+        crate::firmware::image::ImageType::ModemDelta => "modem delta update",
+        crate::firmware::image::ImageType::ModemFull => "full modem update",
+        crate::firmware::image::ImageType::Unknown => "not recognised (no MCUboot or modem header)",
+    }
 }
 
 #[derive(Template)]
@@ -966,10 +998,14 @@ struct Firmware {
 
 pub fn firmware(ctx: &mut Ctx<'_>) -> WebResult {
     let mut images = Vec::new();
+    let base = ctx.web.updates.as_ref().map(|s| s.base_url.clone()).unwrap_or_default();
     for row in ctx.store.firmware_list(false)? {
         images.push(FirmwareView {
             devices: ctx.store.devices_on_version(&row.version)?,
             uploaded: time(row.uploaded_at),
+            size: human_size(row.size),
+            kind: image_kind(&row.image_type),
+            url: format!("{base}/binaries/{}", form::encode(&row.name)),
             row,
         });
     }
@@ -1175,4 +1211,37 @@ pub fn revoke_token(ctx: &mut Ctx<'_>) -> WebResult {
     let id = ctx.id("id")?;
     api::revoke(ctx, id)?;
     Ok(Reply::redirect("/tokens?done=revoked"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_image_kinds_read_as_words() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(512 * 1024), "512.0 KiB");
+        assert_eq!(human_size(64 << 20), "64.0 MiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+        assert_eq!(image_kind("mcuboot-application"), "application (MCUboot)");
+        assert!(image_kind("unknown").starts_with("not recognised"));
+    }
+
+    #[test]
+    fn events_read_as_sentences() {
+        let d =
+            serde_json::json!({ "operation": 7, "kind": "read", "path": "/3/0", "state": "failed", "code": "4.04" });
+        assert_eq!(
+            event_summary("operation", &d),
+            "read /3/0 #7: failed (4.04: the device has no such object or resource)"
+        );
+        let d = serde_json::json!({ "peer": "192.0.2.1:5683", "lifetime": 300, "version": "1.1", "binding": "UQ" });
+        assert_eq!(
+            event_summary("registered", &d),
+            "registered from 192.0.2.1:5683: lifetime 300 s, LwM2M 1.1, binding UQ"
+        );
+        let d = serde_json::json!({ "code": "4.03", "reason": "not provisioned" });
+        assert_eq!(event_summary("rejected", &d), "refused with 4.03: not provisioned");
+    }
 }
