@@ -948,6 +948,26 @@ pub fn events(ctx: &mut Ctx<'_>) -> WebResult {
     })
 }
 
+// ---- API reference -------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "api.html")]
+struct ApiPage {
+    chrome: Chrome,
+    r: &'static crate::web::api_reference::Reference,
+}
+
+/// The REST API reference, rendered on the server from the OpenAPI
+/// document (the same model as `docs/api.md`), built once.
+pub fn api_reference(ctx: &mut Ctx<'_>) -> WebResult {
+    static REFERENCE: std::sync::OnceLock<crate::web::api_reference::Reference> = std::sync::OnceLock::new();
+    let r = REFERENCE.get_or_init(|| crate::web::api_reference::reference(&crate::web::route::openapi()));
+    render(&ApiPage {
+        chrome: chrome(ctx, "API tokens")?,
+        r,
+    })
+}
+
 // ---- firmware ------------------------------------------------------------------
 
 struct FirmwareView {

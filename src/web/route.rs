@@ -317,6 +317,7 @@ pub static ROUTES: &[Route] = &[
     },
     post("/profile/logout-everywhere", VIEWER, p::logout_everywhere),
     get("/tokens", VIEWER, p::tokens),
+    get("/api", VIEWER, p::api_reference),
     post("/tokens", VIEWER, p::create_token),
     post("/tokens/{id}/revoke", VIEWER, p::revoke_token),
     get("/login", Access::Public, p::login_form),

@@ -243,6 +243,15 @@ try {
   await visit("users", "/users");
   await visit("profile", "/profile");
   await visit("tokens", "/tokens");
+  // The API reference, rendered by the server from the OpenAPI document.
+  step = "api reference";
+  await Promise.all([page.waitForURL(/\/api$/), page.click("#api-reference")]);
+  await nothingExecuted();
+  check((await page.locator("section.op").count()) >= 30, "the API reference lists too few operations");
+  check((await page.locator("code", { hasText: "/api/v1/devices/{endpoint}/values" }).count()) >= 1, "the values route is not described");
+  await page.click("a[href='#value']");
+  check(await page.locator("#value").isVisible(), "a schema link does not lead to its schema");
+  await shot("api");
 
   // The same operator on a phone: a 390 px mobile viewport, signed in with
   // the same session. No page is wider than the phone (the document's
@@ -274,6 +283,7 @@ try {
     ["users", "/users"],
     ["profile", "/profile"],
     ["tokens", "/tokens"],
+    ["api", "/api"],
   ];
   for (const [name, path] of phonePages) {
     step = `phone ${name}`;
