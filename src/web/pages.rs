@@ -409,6 +409,13 @@ struct Devices {
     chrome: Chrome,
     devices: Vec<DeviceRow>,
     next: Option<String>,
+    prev: Option<String>,
+    /// Devices in the fleet (the overview's count, at most 10 s old) and
+    /// the number of this page (1 = first).
+    fleet_total: u64,
+    page_number: usize,
+    limit: usize,
+    limits: [usize; 4],
     q: String,
     status: String,
     tag: String,
@@ -420,18 +427,56 @@ struct Devices {
     admin: bool,
 }
 
+/// Cursors of the pages before this one that a device list link carries,
+/// so "Previous" needs no state on the server (keyset pages go forward
+/// only); at most this many are kept.
+const PAGE_TRAIL: usize = 50;
+
+/// The first page in a trail (a cursor is base64url of a JSON array, so
+/// it always starts with `W` and is never this).
+const FIRST_PAGE: &str = "first";
+
 pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
     let (rows, next) = api::device_page(ctx)?;
     let keep = |k: &str| ctx.query(k).unwrap_or("").to_string();
-    let next = next.map(|c| {
-        let mut q: Vec<String> = ["q", "status", "tag", "firmware", "sort", "order", "limit"]
-            .iter()
-            .filter_map(|k| ctx.query(k).map(|v| format!("{k}={}", form::encode(v))))
-            .collect();
-        q.push(format!("cursor={c}"));
+    // The cursors of the pages before this one, oldest first.
+    let mut trail: Vec<String> = ctx
+        .query("trail")
+        .map(|t| t.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let current = ctx.query("cursor").map(str::to_string);
+    let filters: Vec<String> = ["q", "status", "tag", "firmware", "sort", "order", "limit"]
+        .iter()
+        .filter_map(|k| ctx.query(k).map(|v| format!("{k}={}", form::encode(v))))
+        .collect();
+    let link = |cursor: Option<&str>, trail: &[String]| {
+        let mut q = filters.clone();
+        if let Some(c) = cursor.filter(|c| *c != FIRST_PAGE) {
+            q.push(format!("cursor={c}"));
+        }
+        if !trail.is_empty() {
+            q.push(format!("trail={}", form::encode(&trail.join(","))));
+        }
         format!("/devices?{}", q.join("&"))
+    };
+    let page_number = trail.len() + 1;
+    let next = next.map(|c| {
+        let mut t = trail.clone();
+        t.push(current.clone().unwrap_or_else(|| FIRST_PAGE.to_string()));
+        let skip = t.len().saturating_sub(PAGE_TRAIL);
+        link(Some(&c), &t[skip..])
     });
+    let prev = current.as_ref().map(|_| {
+        let before = trail.pop();
+        link(before.as_deref(), &trail)
+    });
+    let fleet_total = ctx.web.fleet_summary(&ctx.store)?.counts.total;
     let page = Devices {
+        prev,
+        fleet_total,
+        page_number,
+        limit: api::limit(ctx)?,
+        limits: [25, 50, 100, 200],
         chrome: chrome(ctx, "Devices")?,
         devices: rows
             .into_iter()
