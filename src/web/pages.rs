@@ -470,7 +470,7 @@ pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
         let before = trail.pop();
         link(before.as_deref(), &trail)
     });
-    let fleet_total = ctx.web.fleet_summary(&ctx.store)?.counts.total;
+    let fleet_total = ctx.web.fleet_summary(ctx.store)?.counts.total;
     let page = Devices {
         prev,
         fleet_total,
