@@ -142,12 +142,39 @@ pub fn decode(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Re
     // Each resource (instance) appears once in a TLV payload (Core §7.4.3):
     // with two values for one path, which one the device meant is unknown
     // (found by the tlv fuzzer, whose round trip kept only one).
-    let mut paths: Vec<ResourcePath> = out.iter().map(|r| r.path).collect();
+    one_value_per_path(&out)?;
+    Ok(out)
+}
+
+/// Each resource once, and either as one value or as instances, never both
+/// (Core §7.4.3): otherwise which value the device meant is unknown (found
+/// by the tlv fuzzer: a payload with `/3/0/0` and `/3/0/0/0` encoded back
+/// as two instances 0).
+fn one_value_per_path(records: &[Record]) -> Result<()> {
+    let mut paths: Vec<ResourcePath> = records.iter().map(|r| r.path).collect();
     paths.sort_unstable();
     if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
         return Err(malformed(format!("{} appears twice", w[0])));
     }
-    Ok(out)
+    let single: std::collections::HashSet<(u16, u16, u16)> = records
+        .iter()
+        .filter(|r| r.path.resource_instance().is_none())
+        .filter_map(|r| Some((r.path.object()?, r.path.instance()?, r.path.resource()?)))
+        .collect();
+    if let Some(r) = records.iter().find(|r| {
+        r.path.resource_instance().is_some()
+            && r.path
+                .object()
+                .zip(r.path.instance())
+                .zip(r.path.resource())
+                .is_some_and(|((o, i), res)| single.contains(&(o, i, res)))
+    }) {
+        return Err(malformed(format!(
+            "{} is given both as one value and as instances",
+            r.path
+        )));
+    }
+    Ok(())
 }
 
 fn decode_resources(inst: &ResourcePath, buf: &[u8], models: &Models, out: &mut Vec<Record>) -> Result<()> {
@@ -168,10 +195,17 @@ fn decode_resource(
         Kind::ObjectInstance => Err(malformed("object instance nested in an instance")),
         Kind::Resource => {
             let path = path_or_err(inst.child(item.id))?;
-            let rtype = models.resource(&path).map(|r| r.rtype);
+            let model = models.resource(&path);
+            // A resource the model declares Multiple, sent as one value: its
+            // instance 0, as `encode` writes such a value (found by the tlv
+            // fuzzer: `/3/0/7` came back from a round trip as `/3/0/7/0`).
+            let path = match model {
+                Some(m) if m.multiple => path_or_err(path.child(0))?,
+                _ => path,
+            };
             out.push(Record {
                 path,
-                value: typed_value(item.value, rtype)?,
+                value: typed_value(item.value, model.map(|r| r.rtype))?,
                 time: None,
             });
             Ok(())
@@ -288,11 +322,7 @@ pub fn encode(base: &ResourcePath, records: &[Record], models: &Models) -> Resul
             return Err(malformed(format!("{} is not a resource below {base}", r.path)));
         }
     }
-    let mut paths: Vec<ResourcePath> = records.iter().map(|r| r.path).collect();
-    paths.sort_unstable();
-    if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
-        return Err(malformed(format!("two values for {}", w[0])));
-    }
+    one_value_per_path(records)?;
     // Group: instance → resource → instances, in order of first appearance.
     let mut instances: Vec<(u16, Resources<'_>)> = Vec::new();
     for r in records {
@@ -368,6 +398,26 @@ mod tests {
             time: None,
         };
         assert!(encode(&base, &[r("a"), r("b")], &models).is_err());
+        // tests/data/fuzz/tlv/single-and-instances: /3/0/0 and /3/0/0/0;
+        // its first byte picks the base path (fuzz::base): 0x63 → /3/0/0.
+        let both = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/tlv/single-and-instances"
+        ))
+        .unwrap();
+        let at: ResourcePath = "/3/0/0".parse().unwrap();
+        let err = decode(&at, &both[1..], &models).unwrap_err().to_string();
+        assert!(err.contains("both as one value and as instances"), "{err}");
+        // tests/data/fuzz/tlv/multiple-as-single: /3/0/7 (Multiple) as one
+        // value reads as its instance 0.
+        let single = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/tlv/multiple-as-single"
+        ))
+        .unwrap();
+        let records = decode(&base, &single[1..], &models).unwrap();
+        assert!(records.iter().any(|r| r.path.to_string() == "/3/0/7/0"), "{records:?}");
+        assert!(!records.iter().any(|r| r.path.to_string() == "/3/0/7"));
     }
 
     fn p(s: &str) -> ResourcePath {
