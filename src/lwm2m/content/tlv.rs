@@ -123,7 +123,12 @@ pub fn decode(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Re
         .object()
         .ok_or_else(|| malformed("TLV needs an object in the path"))?;
     let obj_path = ResourcePath::new(&[object]).expect("valid");
+    // Resources given directly (the instance from the path), each once.
+    let mut direct = std::collections::HashSet::new();
     for item in items(buf)? {
+        if item.kind != Kind::ObjectInstance && !direct.insert(item.id) {
+            return Err(malformed(format!("resource {} appears twice", item.id)));
+        }
         match item.kind {
             Kind::ObjectInstance => {
                 let inst = path_or_err(obj_path.child(item.id))?;
@@ -178,7 +183,13 @@ fn one_value_per_path(records: &[Record]) -> Result<()> {
 }
 
 fn decode_resources(inst: &ResourcePath, buf: &[u8], models: &Models, out: &mut Vec<Record>) -> Result<()> {
+    // Each resource once per instance, whatever its form (found by the tlv
+    // fuzzer: a resource as instances and again as one value).
+    let mut seen = std::collections::HashSet::new();
     for item in items(buf)? {
+        if !seen.insert(item.id) {
+            return Err(malformed(format!("{inst}/{} appears twice", item.id)));
+        }
         decode_resource(inst, &item, None, models, out)?;
     }
     Ok(())
@@ -407,7 +418,10 @@ mod tests {
         .unwrap();
         let at: ResourcePath = "/3/0/0".parse().unwrap();
         let err = decode(&at, &both[1..], &models).unwrap_err().to_string();
-        assert!(err.contains("both as one value and as instances"), "{err}");
+        assert!(
+            err.contains("appears twice") || err.contains("both as one value and as instances"),
+            "{err}"
+        );
         // tests/data/fuzz/tlv/multiple-as-single: /3/0/7 (Multiple) as one
         // value reads as its instance 0.
         let single = std::fs::read(concat!(
@@ -418,6 +432,15 @@ mod tests {
         let records = decode(&base, &single[1..], &models).unwrap();
         assert!(records.iter().any(|r| r.path.to_string() == "/3/0/7/0"), "{records:?}");
         assert!(!records.iter().any(|r| r.path.to_string() == "/3/0/7"));
+        // tests/data/fuzz/tlv/resource-in-two-forms: /3/0/7 as instances and
+        // again as one value.
+        let twice = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/tlv/resource-in-two-forms"
+        ))
+        .unwrap();
+        let err = decode(&base, &twice[1..], &models).unwrap_err().to_string();
+        assert!(err.contains("appears twice"), "{err}");
     }
 
     fn p(s: &str) -> ResourcePath {
