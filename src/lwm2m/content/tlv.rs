@@ -16,6 +16,16 @@ enum Kind {
     Resource = 3,
 }
 
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::ObjectInstance => "object instance",
+            Kind::ResourceInstance => "resource instance",
+            Kind::MultipleResource | Kind::Resource => "resource",
+        }
+    }
+}
+
 struct Item<'a> {
     kind: Kind,
     id: u16,
@@ -125,9 +135,16 @@ pub fn decode(base: &ResourcePath, buf: &[u8], models: &Models) -> Result<Vec<Re
     let obj_path = ResourcePath::new(&[object]).expect("valid");
     // Resources given directly (the instance from the path), each once.
     let mut direct = std::collections::HashSet::new();
+    // And each object instance once.
+    let mut instances = std::collections::HashSet::new();
     for item in items(buf)? {
-        if item.kind != Kind::ObjectInstance && !direct.insert(item.id) {
-            return Err(malformed(format!("resource {} appears twice", item.id)));
+        let fresh = if item.kind == Kind::ObjectInstance {
+            instances.insert(item.id)
+        } else {
+            direct.insert(item.id)
+        };
+        if !fresh {
+            return Err(malformed(format!("{} {} appears twice", item.kind.noun(), item.id)));
         }
         match item.kind {
             Kind::ObjectInstance => {
@@ -441,6 +458,16 @@ mod tests {
         .unwrap();
         let err = decode(&base, &twice[1..], &models).unwrap_err().to_string();
         assert!(err.contains("appears twice"), "{err}");
+        // tests/data/fuzz/tlv/instance-twice: an object instance twice, at
+        // the root (the base byte 0x01 → /3).
+        let inst = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/tlv/instance-twice"
+        ))
+        .unwrap();
+        let object: ResourcePath = "/3".parse().unwrap();
+        let err = decode(&object, &inst[1..], &models).unwrap_err().to_string();
+        assert!(err.contains("object instance") && err.contains("appears twice"), "{err}");
     }
 
     fn p(s: &str) -> ResourcePath {
