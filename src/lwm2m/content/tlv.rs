@@ -467,7 +467,10 @@ mod tests {
         .unwrap();
         let object: ResourcePath = "/3".parse().unwrap();
         let err = decode(&object, &inst[1..], &models).unwrap_err().to_string();
-        assert!(err.contains("object instance") && err.contains("appears twice"), "{err}");
+        assert!(
+            err.contains("object instance") && err.contains("appears twice"),
+            "{err}"
+        );
     }
 
     fn p(s: &str) -> ResourcePath {
