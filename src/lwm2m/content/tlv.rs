@@ -409,14 +409,15 @@ mod tests {
     /// Two values for one resource are refused both ways (Core §7.4.3),
     /// not resolved silently (tests/data/fuzz/tlv/duplicate-resource, the
     /// fuzzer's input: the spec's /3/0 example with a resource repeated).
+    /// An input the tlv fuzzer found, kept under tests/data/fuzz/tlv/.
+    fn fuzz_input(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/data/fuzz/tlv/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
     #[test]
     fn a_resource_given_twice_is_refused() {
         let models = Models::embedded();
-        let input = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/fuzz/tlv/duplicate-resource"
-        ))
-        .unwrap();
+        let input = fuzz_input("duplicate-resource");
         let base: ResourcePath = "/3/0".parse().unwrap();
         let err = decode(&base, &input[1..], &models).unwrap_err().to_string();
         assert!(err.contains("appears twice"), "{err}");
@@ -428,11 +429,7 @@ mod tests {
         assert!(encode(&base, &[r("a"), r("b")], &models).is_err());
         // tests/data/fuzz/tlv/single-and-instances: /3/0/0 and /3/0/0/0;
         // its first byte picks the base path (fuzz::base): 0x63 → /3/0/0.
-        let both = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/fuzz/tlv/single-and-instances"
-        ))
-        .unwrap();
+        let both = fuzz_input("single-and-instances");
         let at: ResourcePath = "/3/0/0".parse().unwrap();
         let err = decode(&at, &both[1..], &models).unwrap_err().to_string();
         assert!(
@@ -441,30 +438,18 @@ mod tests {
         );
         // tests/data/fuzz/tlv/multiple-as-single: /3/0/7 (Multiple) as one
         // value reads as its instance 0.
-        let single = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/fuzz/tlv/multiple-as-single"
-        ))
-        .unwrap();
+        let single = fuzz_input("multiple-as-single");
         let records = decode(&base, &single[1..], &models).unwrap();
         assert!(records.iter().any(|r| r.path.to_string() == "/3/0/7/0"), "{records:?}");
         assert!(!records.iter().any(|r| r.path.to_string() == "/3/0/7"));
         // tests/data/fuzz/tlv/resource-in-two-forms: /3/0/7 as instances and
         // again as one value.
-        let twice = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/fuzz/tlv/resource-in-two-forms"
-        ))
-        .unwrap();
+        let twice = fuzz_input("resource-in-two-forms");
         let err = decode(&base, &twice[1..], &models).unwrap_err().to_string();
         assert!(err.contains("appears twice"), "{err}");
         // tests/data/fuzz/tlv/instance-twice: an object instance twice, at
         // the root (the base byte 0x01 → /3).
-        let inst = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/fuzz/tlv/instance-twice"
-        ))
-        .unwrap();
+        let inst = fuzz_input("instance-twice");
         let object: ResourcePath = "/3".parse().unwrap();
         let err = decode(&object, &inst[1..], &models).unwrap_err().to_string();
         assert!(
