@@ -429,11 +429,26 @@ pub fn download_token(data: &[u8]) {
     );
 }
 
-/// The PROXY protocol v1 header nginx sends first.
+/// The PROXY protocol v1 header nginx sends first (HAProxy spec §2.1):
+/// a complete header ends with its CRLF inside the input, so not one byte
+/// of the TLS stream behind it is taken; more bytes only complete it.
 pub fn proxy_protocol(data: &[u8]) {
-    if let Ok(h) = crate::download::proxy_protocol::parse_v1(data) {
-        let text = format!("{h:?}");
-        assert!(!text.is_empty());
+    use crate::download::proxy_protocol::{Header, parse_v1};
+    match parse_v1(data) {
+        Ok(Header::Complete { len, .. }) => {
+            assert!(
+                len <= data.len() && data[..len].ends_with(b"\r\n"),
+                "{len} of {}",
+                data.len()
+            );
+            assert_eq!(
+                parse_v1(&data[..len]),
+                parse_v1(data),
+                "the bytes after it do not matter"
+            );
+        }
+        Ok(Header::Incomplete) => assert!(!data.windows(2).any(|w| w == b"\r\n")),
+        Err(_) => {}
     }
 }
 
@@ -520,14 +535,23 @@ pub fn factory_csv(data: &[u8]) {
     }
 }
 
-/// OMA DDF object definitions (operators supply their own).
+/// OMA DDF object definitions (operators supply their own): every
+/// object and resource parsed is one the text names.
 pub fn ddf(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     if let Ok(objects) = crate::lwm2m::model::parse_ddf(text) {
         for o in &objects {
-            let _ = format!("{o:?}");
+            assert!(text.contains(&o.id.to_string()), "object {} is not in the text", o.id);
+            for (id, r) in &o.resources {
+                assert_eq!(*id, r.id);
+                // An ID attribute ends with these digits (after any leading zeros).
+                assert!(
+                    text.contains(&format!("{id}\"")) || text.contains(&format!("{id}'")),
+                    "resource {id}"
+                );
+            }
         }
     }
 }
