@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::{Store, now_ms};
 use crate::error::{Error, Result};
 use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationState, Outcome};
+use crate::lwm2m::path::ResourcePath;
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct OperationRow {
@@ -192,6 +193,26 @@ impl Store {
             // The token is a u64 kept bit-for-bit in SQLite's i64.
             if let Ok(kind) = serde_json::from_str(&request) {
                 out.push((token as u64, endpoint, kind));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The paths `endpoint` has under observation now (single and
+    /// composite observations alike), for the device page's marks.
+    pub fn observed_paths(&self, endpoint: &str) -> Result<std::collections::BTreeSet<ResourcePath>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT request FROM observations WHERE endpoint = ?1")?;
+        let rows = st.query_map([endpoint], |r| r.get::<_, String>(0))?;
+        let mut out = std::collections::BTreeSet::new();
+        for request in rows {
+            match serde_json::from_str(&request?) {
+                Ok(OperationKind::Observe { path }) => {
+                    out.insert(path);
+                }
+                Ok(OperationKind::ObserveComposite { paths }) => out.extend(paths),
+                _ => {}
             }
         }
         Ok(out)

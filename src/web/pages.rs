@@ -9,9 +9,7 @@ use super::api::{self, NewDevice, UserChange};
 use super::reply::{Reply, WebError, WebResult};
 use super::{Ctx, assets, chart, form};
 use crate::datetime::rfc3339;
-use crate::lwm2m::display::{display, explain_code, natural_cmp};
-use crate::lwm2m::operation::{OperationKind, WriteValue};
-use crate::lwm2m::path::ResourcePath;
+use crate::lwm2m::display::explain_code;
 use crate::store::{EventRow, FirmwareRow, now_ms};
 use crate::users::{Role, verify_password};
 
@@ -298,14 +296,14 @@ pub fn setup(ctx: &mut Ctx<'_>) -> WebResult {
 
 // ---- overview ------------------------------------------------------------------
 
-struct EventLine {
-    time: String,
-    endpoint: Option<String>,
-    kind: String,
+pub(super) struct EventLine {
+    pub(super) time: String,
+    pub(super) endpoint: Option<String>,
+    pub(super) kind: String,
     /// What happened, in a sentence.
-    summary: String,
+    pub(super) summary: String,
     /// The stored detail, as JSON (kept as the cell's title).
-    detail: String,
+    pub(super) detail: String,
 }
 
 /// An event in words: what registered from where, which operation ended
@@ -350,7 +348,7 @@ fn event_summary(kind: &str, d: &serde_json::Value) -> String {
     }
 }
 
-fn event_lines(rows: Vec<EventRow>) -> Vec<EventLine> {
+pub(super) fn event_lines(rows: Vec<EventRow>) -> Vec<EventLine> {
     rows.into_iter()
         .map(|e| EventLine {
             time: time(e.ts),
@@ -397,10 +395,10 @@ pub fn overview(ctx: &mut Ctx<'_>) -> WebResult {
 
 // ---- devices -------------------------------------------------------------------
 
-struct DeviceRow {
-    summary: crate::store::DeviceSummary,
-    status: &'static str,
-    last_seen: String,
+pub(super) struct DeviceRow {
+    pub(super) summary: crate::store::DeviceSummary,
+    pub(super) status: &'static str,
+    pub(super) last_seen: String,
 }
 
 #[derive(Template)]
@@ -522,416 +520,12 @@ pub fn add_device(ctx: &mut Ctx<'_>) -> WebResult {
     };
     let (device, key) = api::provision(ctx, new)?;
     let endpoint = device.summary.endpoint.clone();
-    device_page(ctx, &endpoint, key)
+    super::device_page::page(ctx, &endpoint, key)
 }
 
 pub fn delete_device(ctx: &mut Ctx<'_>) -> WebResult {
     api::remove_device(ctx)?;
     Ok(Reply::redirect("/devices?done=deleted"))
-}
-
-struct RegistrationView {
-    peer: String,
-    version: String,
-    binding: String,
-    queue_mode: bool,
-    lifetime: u32,
-    registered_at: String,
-    updated_at: String,
-    last_seen: String,
-    object_links: String,
-}
-
-struct ValueView {
-    path: String,
-    name: String,
-    /// As an operator reads it (`lwm2m::display`).
-    value: String,
-    /// As the device sent it.
-    raw: String,
-    time: String,
-}
-
-struct ObjectView {
-    id: u16,
-    name: String,
-    values: Vec<ValueView>,
-}
-
-struct OperationView {
-    id: i64,
-    kind: &'static str,
-    path: String,
-    state: &'static str,
-    attempts: u32,
-    code: String,
-    /// Values the device answered with: (path, resource name, as read).
-    values: Vec<(String, String, String)>,
-    /// Anything else the result says (links, a location, why it failed).
-    note: String,
-    updated: String,
-    cancellable: bool,
-}
-
-/// An operation's stored outcome as the device page shows it: values as a
-/// small table, in natural order, each as an operator reads it; otherwise
-/// the links, the created instance or the reason it failed.
-fn outcome_view(
-    models: &crate::lwm2m::Models,
-    result: Option<serde_json::Value>,
-) -> (Vec<(String, String, String)>, String) {
-    use crate::lwm2m::operation::Outcome;
-    let Some(outcome) = result.and_then(|r| serde_json::from_value::<Outcome>(r).ok()) else {
-        return (Vec::new(), String::new());
-    };
-    match outcome {
-        Outcome::Succeeded(r) => {
-            let mut values: Vec<(String, String, String)> = r
-                .records
-                .iter()
-                .map(|rec| {
-                    let name = models.resource(&rec.path).map(|m| m.name.clone()).unwrap_or_default();
-                    (rec.path.to_string(), name, display(models, &rec.path, &rec.value))
-                })
-                .collect();
-            values.sort_by(|a, b| natural_cmp(&a.0, &b.0));
-            let note = match (r.links, r.location) {
-                (Some(l), _) => l,
-                (None, Some(loc)) => format!("created {loc}"),
-                (None, None) => String::new(),
-            };
-            (values, note)
-        }
-        Outcome::Failed { reason, .. } => (Vec::new(), reason),
-        Outcome::Expired | Outcome::Cancelled => (Vec::new(), String::new()),
-    }
-}
-
-#[derive(Template)]
-#[template(path = "device.html")]
-struct DevicePage {
-    chrome: Chrome,
-    d: DeviceRow,
-    reg: Option<RegistrationView>,
-    objects: Vec<ObjectView>,
-    operations: Vec<OperationView>,
-    numeric: Vec<String>,
-    chart_path: String,
-    range: String,
-    ranges: Vec<(&'static str, &'static str)>,
-    chart: String,
-    events: Vec<EventLine>,
-    downloads: Vec<(String, u64, u64, String)>,
-    updates: Vec<UpdateLine>,
-    /// Live catalogue images an operator can update the device to: (id, label).
-    images: Vec<(i64, String)>,
-    operator: bool,
-    admin: bool,
-    generated_key: Option<String>,
-}
-
-/// A firmware update on the device page, with its timeline.
-struct UpdateLine {
-    id: i64,
-    image: String,
-    phase: &'static str,
-    reason: String,
-    started: String,
-    active: bool,
-    steps: Vec<(String, &'static str, String)>,
-}
-
-const RANGES: &[(&str, &str, i64)] = &[
-    ("1h", "1 hour", 3_600_000),
-    ("24h", "24 hours", 86_400_000),
-    ("7d", "7 days", 7 * 86_400_000),
-    ("30d", "30 days", 30 * 86_400_000),
-];
-
-/// Points a history chart draws at most: the range is cut into this many
-/// time slices and each is drawn as its mean (about one per pixel pair).
-const CHART_BUCKETS: u32 = 600;
-
-pub fn device(ctx: &mut Ctx<'_>) -> WebResult {
-    let endpoint = ctx.param("endpoint").to_string();
-    device_page(ctx, &endpoint, None)
-}
-
-fn device_page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<String>) -> WebResult {
-    let summary = ctx.store.device(endpoint)?;
-    let d = api::device_of(ctx, summary);
-    let models = ctx.web.models.clone();
-    let reg = ctx.store.registration_of(endpoint)?.map(|r| RegistrationView {
-        peer: r.peer,
-        version: r.version,
-        binding: r.binding,
-        queue_mode: r.queue_mode,
-        lifetime: r.lifetime,
-        registered_at: time(r.registered_at),
-        updated_at: time(r.updated_at),
-        last_seen: time(r.last_seen),
-        object_links: r.object_links,
-    });
-    let mut objects: Vec<ObjectView> = Vec::new();
-    let mut latest = ctx.store.latest_values(endpoint)?;
-    // `/3/0/3` before `/3/0/10`, object 4 before object 3303.
-    latest.sort_by(|a, b| natural_cmp(&a.path.to_string(), &b.path.to_string()));
-    for v in latest {
-        let oid = v.path.object().unwrap_or(0);
-        if objects.last().is_none_or(|o| o.id != oid) {
-            objects.push(ObjectView {
-                id: oid,
-                name: models
-                    .object(oid)
-                    .map_or_else(|| format!("Object {oid}"), |o| o.name.clone()),
-                values: Vec::new(),
-            });
-        }
-        let model = models.resource(&v.path);
-        objects.last_mut().expect("pushed").values.push(ValueView {
-            path: v.path.to_string(),
-            name: model.map(|m| m.name.clone()).unwrap_or_default(),
-            value: display(&models, &v.path, &v.value),
-            raw: v.value.to_text(),
-            time: time(v.ts),
-        });
-    }
-    let operations = ctx
-        .store
-        .operations_of(endpoint, 20)?
-        .into_iter()
-        .map(|o| {
-            let (values, note) = outcome_view(&models, o.result);
-            OperationView {
-                id: o.id,
-                kind: o.kind.name(),
-                path: o.kind.path().to_string(),
-                state: o.state.as_str(),
-                attempts: o.attempts,
-                code: o.coap_code.as_deref().map(explain_code).unwrap_or_default(),
-                values,
-                note,
-                updated: time(o.updated_at),
-                cancellable: o.state == crate::lwm2m::operation::OperationState::Queued,
-            }
-        })
-        .collect();
-    let mut numeric: Vec<String> = ctx
-        .store
-        .numeric_paths(endpoint)?
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    numeric.sort_by(|a, b| natural_cmp(a, b));
-    let chart_path = ctx
-        .query("chart")
-        .map(str::to_string)
-        // The IPSO Sensor Value (resource 5700) if there is one: what an
-        // operator charts first, rather than an error code.
-        .or_else(|| {
-            numeric
-                .iter()
-                .find(|p| p.ends_with("/5700"))
-                .or(numeric.first())
-                .cloned()
-        })
-        .unwrap_or_default();
-    let range = ctx.query("range").unwrap_or("24h").to_string();
-    let span = RANGES
-        .iter()
-        .find(|r| r.0 == range)
-        .ok_or_else(|| WebError::bad_request("range must be 1h, 24h, 7d or 30d"))?
-        .2;
-    let chart = if chart_path.is_empty() {
-        chart::line("no numeric resources", &[], (0, 0), |_| String::new())
-    } else {
-        let path: ResourcePath = chart_path.parse().map_err(WebError::from)?;
-        let now = now_ms();
-        let points = ctx
-            .store
-            .history_buckets(endpoint, &path, (now - span, now + 1), CHART_BUCKETS)?;
-        let title = format!(
-            "{chart_path} over {}",
-            RANGES.iter().find(|r| r.0 == range).map_or("", |r| r.1),
-        );
-        chart::line(&title, &points, (now - span, now), |t| time(t)[5..16].to_string())
-    };
-    let downloads = ctx
-        .store
-        .device_downloads(endpoint)?
-        .into_iter()
-        .map(|d| (d.name, d.requests, d.bytes, time(d.last)))
-        .collect();
-    let catalogue = ctx.store.firmware_list(false)?;
-    let label = |id: i64| {
-        catalogue
-            .iter()
-            .find(|f| f.id == id)
-            .map_or_else(|| format!("#{id} (removed)"), |f| format!("{} {}", f.name, f.version))
-    };
-    let mut updates = Vec::new();
-    for u in ctx.store.updates_of(endpoint, 10)? {
-        let steps = ctx
-            .store
-            .update_steps(u.id)?
-            .into_iter()
-            .map(|st| (time(st.ts), st.phase.as_str(), st.detail.unwrap_or_default()))
-            .collect();
-        updates.push(UpdateLine {
-            id: u.id,
-            image: label(u.firmware_id),
-            phase: u.phase.as_str(),
-            reason: u.reason.unwrap_or_default(),
-            started: time(u.created_at),
-            active: !u.phase.is_final(),
-            steps,
-        });
-    }
-    let images = catalogue
-        .iter()
-        .map(|f| (f.id, format!("{} {}", f.name, f.version)))
-        .collect();
-    let who = ctx.who()?.clone();
-    render(&DevicePage {
-        chrome: chrome(ctx, "Devices")?,
-        d: DeviceRow {
-            status: d.status.as_str(),
-            last_seen: opt_time(d.summary.last_seen),
-            summary: d.summary,
-        },
-        reg,
-        objects,
-        operations,
-        numeric,
-        chart_path,
-        range,
-        ranges: RANGES.iter().map(|r| (r.0, r.1)).collect(),
-        chart,
-        events: event_lines(ctx.store.events(Some(endpoint), 10)?),
-        downloads,
-        updates,
-        images,
-        operator: who.role.allows(Role::Operator),
-        admin: who.role.allows(Role::Admin),
-        generated_key,
-    })
-}
-
-/// Paths of a composite operation, separated by spaces or commas.
-fn paths_field(f: &[(String, String)]) -> WebResult<Vec<ResourcePath>> {
-    required(f, "path")?
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().map_err(WebError::from))
-        .collect()
-}
-
-/// The operation form: a path (several for the composite operations), a
-/// value for Write, arguments for Execute, `PATH=VALUE` lines for
-/// Write-Composite. A Write goes out as its path allows unless the form
-/// asks for a mode (Core §6.3.3; see `operation::write_method`).
-pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
-    let f = ctx.form();
-    let endpoint = ctx.param("endpoint").to_string();
-    let value = form::field(&f, "value").unwrap_or("");
-    let path = || -> WebResult<ResourcePath> { required(&f, "path")?.trim().parse().map_err(WebError::from) };
-    let kind = match required(&f, "op")? {
-        "read" => OperationKind::Read { path: path()? },
-        "write" => {
-            let path = path()?;
-            let replace = match form::field(&f, "mode").unwrap_or("") {
-                "" => None,
-                "replace" => Some(true),
-                "partial-update" => Some(false),
-                _ => return Err(WebError::bad_request("mode is replace or partial-update")),
-            };
-            OperationKind::Write {
-                path,
-                values: vec![WriteValue {
-                    path,
-                    value: value.to_string(),
-                }],
-                replace,
-            }
-        }
-        "write-composite" => OperationKind::WriteComposite {
-            values: required(&f, "assignments")?
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| {
-                    let (p, v) = l
-                        .split_once('=')
-                        .ok_or_else(|| WebError::bad_request(format!("`{}` is not PATH=VALUE", l.trim())))?;
-                    Ok(WriteValue {
-                        path: p.trim().parse().map_err(WebError::from)?,
-                        value: v.to_string(),
-                    })
-                })
-                .collect::<WebResult<_>>()?,
-        },
-        "execute" => OperationKind::Execute {
-            path: path()?,
-            args: (!value.is_empty()).then(|| value.to_string()),
-        },
-        "observe" => OperationKind::Observe { path: path()? },
-        "cancel-observe" => OperationKind::CancelObserve { path: path()? },
-        "discover" => OperationKind::Discover { path: path()? },
-        "read-composite" => OperationKind::ReadComposite {
-            paths: paths_field(&f)?,
-        },
-        "observe-composite" => OperationKind::ObserveComposite {
-            paths: paths_field(&f)?,
-        },
-        "cancel-observe-composite" => OperationKind::CancelObserveComposite {
-            paths: paths_field(&f)?,
-        },
-        _ => return Err(WebError::bad_request("unknown operation")),
-    };
-    api::queue(ctx, &endpoint, kind, None)?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=queued",
-        form::encode(&endpoint)
-    )))
-}
-
-/// The device page's "Update firmware" form.
-pub fn start_update(ctx: &mut Ctx<'_>) -> WebResult {
-    let f = ctx.form();
-    let endpoint = ctx.param("endpoint").to_string();
-    api::start_update(ctx, &endpoint, &[required(&f, "image")?])?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=update-started",
-        form::encode(&endpoint)
-    )))
-}
-
-/// The device page's cancel button of an active update.
-pub fn cancel_update(ctx: &mut Ctx<'_>) -> WebResult {
-    let id = ctx.id("id")?;
-    let row = api::request_update_cancel(ctx, id)?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=update-cancelling",
-        form::encode(&row.endpoint)
-    )))
-}
-
-pub fn set_tags(ctx: &mut Ctx<'_>) -> WebResult {
-    let f = ctx.form();
-    let endpoint = ctx.param("endpoint").to_string();
-    api::retag(ctx, &endpoint, form::field(&f, "tags").unwrap_or(""))?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=tagged",
-        form::encode(&endpoint)
-    )))
-}
-
-pub fn cancel_operation(ctx: &mut Ctx<'_>) -> WebResult {
-    let id = ctx.id("id")?;
-    let row = api::cancel(ctx, id)?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=cancelled",
-        form::encode(&row.endpoint)
-    )))
 }
 
 // ---- events --------------------------------------------------------------------

@@ -8,7 +8,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::reply::{ErrorBody, WebResult};
-use super::{Ctx, api, assets, campaigns, pages};
+use super::{Ctx, api, assets, campaigns, device_page, pages};
 use crate::users::Role;
 
 pub type Handler = fn(&mut Ctx<'_>) -> WebResult;
@@ -266,6 +266,7 @@ const UPLOAD_QUERY: &[Param] = &[
 
 use api as a;
 use campaigns as c;
+use device_page as d;
 use pages as p;
 
 const MEMBER_QUERY: &[Param] = &[
@@ -284,12 +285,12 @@ pub static ROUTES: &[Route] = &[
     get("/devices", VIEWER, p::devices),
     post("/devices", ADMIN, p::add_device),
     post("/devices/{endpoint}/delete", ADMIN, p::delete_device),
-    get("/devices/{endpoint}", VIEWER, p::device),
-    post("/devices/{endpoint}/operations", OPERATOR, p::queue_operation),
-    post("/devices/{endpoint}/update", OPERATOR, p::start_update),
-    post("/updates/{id}/cancel", OPERATOR, p::cancel_update),
-    post("/devices/{endpoint}/tags", OPERATOR, p::set_tags),
-    post("/operations/{id}/cancel", OPERATOR, p::cancel_operation),
+    get("/devices/{endpoint}", VIEWER, d::device),
+    post("/devices/{endpoint}/operations", OPERATOR, d::queue_operation),
+    post("/devices/{endpoint}/update", OPERATOR, d::start_update),
+    post("/updates/{id}/cancel", OPERATOR, d::cancel_update),
+    post("/devices/{endpoint}/tags", OPERATOR, d::set_tags),
+    post("/operations/{id}/cancel", OPERATOR, d::cancel_operation),
     get("/events", VIEWER, p::events),
     get("/firmware", VIEWER, p::firmware),
     Route {

@@ -17,6 +17,7 @@ const out = env("FNX_OUT");
 const device = env("FNX_DEVICE");
 const hostile = JSON.parse(env("FNX_HOSTILE")); // { endpoint, strings: [...] }
 const firmware = { file: env("FNX_FIRMWARE"), sha256: env("FNX_FIRMWARE_SHA256") };
+const wakaama = process.env.FNX_WAKAAMA || ""; // a real client's endpoint, when one runs
 mkdirSync(out, { recursive: true });
 
 const problems = [];
@@ -103,6 +104,33 @@ async function visit(name, path) {
 
 const rowOf = (path) => page.locator("#operations tbody tr", { has: page.locator("td.mono", { hasText: path }) });
 
+// The operations table's row of exactly `path` (not `/3/0/13` for `/3/0/1`).
+const exactRow = (kind, path) =>
+  page.locator("#operations tbody tr")
+    .filter({ has: page.locator("td.mono", { hasText: new RegExp(`^${path}$`) }) })
+    .filter({ hasText: kind });
+
+// Press an object tree button (after `prepare` fills its inputs) and wait,
+// without reloading, for the operation to succeed.
+async function treeOp(op, path, prepare) {
+  step = `tree ${op} ${path}`;
+  if (prepare) await prepare();
+  await Promise.all([
+    page.waitForURL(/done=queued/),
+    page.click(`#objects button[data-op="${op}"][data-path="${path}"]`),
+  ]);
+  await page.waitForSelector("body[data-live-connected=yes]");
+  await exactRow(op, path).first().locator(".badge.succeeded").waitFor();
+}
+const cell = (path) => page.locator(`#r${path.replaceAll("/", "-")} td.value`);
+async function shows(path, want, what) {
+  step = `shows ${path}`;
+  await page.waitForFunction(
+    ([sel, w]) => (document.querySelector(sel)?.innerText || "").includes(w),
+    [`#r${path.replaceAll("/", "-")} td.value`, want],
+  ).catch(async () => check(false, `${what}: ${path} shows "${await cell(path).innerText()}", not "${want}"`));
+}
+
 // Queue an operation through the device page's form and wait, without
 // reloading, for the live refresh to show it succeeded.
 async function operate(op, path, value) {
@@ -137,13 +165,13 @@ try {
   await Promise.all([page.waitForURL(/\/devices\/sensor/), page.click(`a:text-is("${device}")`)]);
   await operate("read", "/3/0");
   check(
-    (await page.locator('td.value[data-path="/3/0/1"]').innerText()).trim() === "nRF9160-SIM",
+    (await cell("/3/0/1").innerText()).trim() === "nRF9160-SIM",
     "the model name read from /3/0/1 is not shown",
   );
   await operate("write", "/3/0/15", "Europe/Berlin");
   await operate("read", "/3/0/15");
   check(
-    (await page.locator('td.value[data-path="/3/0/15"]').innerText()).trim() === "Europe/Berlin",
+    (await cell("/3/0/15").innerText()).trim() === "Europe/Berlin",
     "the written time zone did not read back",
   );
   await operate("execute", "/3303/0/5605");
@@ -157,11 +185,60 @@ try {
   await page.locator("#operations tbody tr", { hasText: "write-composite" }).first().locator(".badge.succeeded").waitFor();
   await operate("read", "/3/0/15");
   check(
-    (await page.locator('td.value[data-path="/3/0/15"]').innerText()).trim() === "Europe/Paris",
+    (await cell("/3/0/15").innerText()).trim() === "Europe/Paris",
     "the composite write did not read back",
   );
   await nothingExecuted();
   await shot("device");
+
+  // The object tree on a real LwM2M client (Eclipse Wakaama): a button per
+  // resource for each operation the object model allows, typed inputs.
+  if (wakaama) {
+    await visit("wakaama", `/devices/${encodeURIComponent(wakaama)}`);
+    check(await page.locator("#o-3 summary", { hasText: "Device" }).isVisible(), "the tree has no Device object");
+    check((await page.locator('#r-3-0-0 button[data-op="write"]').count()) === 0, "read-only Manufacturer offers Write");
+    check((await page.locator('#r-3-0-4 button[data-op="execute"]').count()) === 1, "Reboot offers no Execute");
+    check((await page.locator('#r-3-0-4 button[data-op="read"]').count()) === 0, "executable Reboot offers Read");
+    await treeOp("read", "/3/0/0");
+    await shows("/3/0/0", "Open Mobile Alliance", "Read");
+    // A typed write: Lifetime is an integer, so a number field.
+    check((await page.getAttribute("#value-r-1-0-1", "type")) === "number", "Lifetime's input is not a number field");
+    await treeOp("write", "/1/0/1", () => page.fill("#value-r-1-0-1", "95"));
+    await treeOp("read", "/1/0/1");
+    await shows("/1/0/1", "95", "typed write of Lifetime");
+    // Current Time is a Time: a date field, sent as seconds since 1970.
+    check((await page.getAttribute("#value-r-3-0-13", "type")) === "datetime-local", "Current Time's input is not a date");
+    await treeOp("write", "/3/0/13", () => page.fill("#value-r-3-0-13", "2027-01-02T03:04:05"));
+    await treeOp("read", "/3/0/13");
+    await shows("/3/0/13", "2027-01-02 03:0", "typed write of Current Time");
+    await treeOp("execute", "/3/0/12");
+    // Observe: the row is marked, the attributes are set, the mark goes
+    // when the observation is cancelled.
+    await treeOp("observe", "/3/0/9");
+    await page.locator("#r-3-0-9 .badge.observed").waitFor();
+    await page.click("#a-r-3-0-9 summary");
+    await treeOp("write-attributes", "/3/0/9", async () => {
+      await page.fill("#pmin-r-3-0-9", "1");
+      await page.fill("#pmax-r-3-0-9", "30");
+    });
+    await treeOp("cancel-observe", "/3/0/9");
+    await page.locator("#r-3-0-9 .badge.observed").waitFor({ state: "detached" });
+    // Create an instance of the test object from its typed form, then
+    // delete it (after the confirmation).
+    await page.click("#create-o31024 summary");
+    await treeOp("create", "/31024", async () => {
+      await page.fill("#instance31024", "20");
+      await page.fill("#res-1-c-31024-1", "42");
+      await page.fill("#res-3-c-31024-3", "2.5");
+    });
+    // Read back, the new instance joins the tree with its values.
+    await operate("read", "/31024/20");
+    await shows("/31024/20/1", "42", "the created instance");
+    await treeOp("read", "/3/0");
+    await shot("wakaama-tree");
+    await treeOp("delete", "/31024/20");
+    await nothingExecuted();
+  }
 
   // The device whose every string is a payload: all of it shown as text.
   await visit("device-hostile", `/devices/${encodeURIComponent(hostile.endpoint)}`);
@@ -298,7 +375,7 @@ try {
     "the dark scheme was not applied",
   );
   await mobile.goto(base + `/devices/${encodeURIComponent(device)}`);
-  await mobile.locator("h2", { hasText: "Objects and latest values" }).scrollIntoViewIfNeeded();
+  await mobile.locator("h2", { hasText: "Objects" }).scrollIntoViewIfNeeded();
   await mobile.screenshot({ path: join(out, "phone-device-values.png") });
   step = "phone menu";
   check(!(await mobile.locator("header nav").isVisible()), "the menu is not folded on the phone");

@@ -10,6 +10,8 @@ use flownexus::lwm2m::operation::{OperationKind, OperationState};
 use flownexus::lwm2m::path::Value;
 
 use super::web::start;
+
+const WAKAAMA: &str = "urn:wakaama:browser";
 use super::{device, fleet, run_op, store};
 
 /// Every string a device controls, each a different payload that would set
@@ -42,7 +44,23 @@ async fn dashboard_in_a_real_browser() {
         "Playwright is not installed: run `make deps` (npm ci in tests/browser)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let (running, addr) = start(dir.path(), |_| {}).await;
+    // Wakaama's test object is typed by an operator's DDF (tests/data/ddf).
+    let (running, addr) = start(dir.path(), |c| {
+        c.lwm2m.models_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ddf"));
+        c.coap.response_timeout_ms = 2_000;
+    })
+    .await;
+    // A real LwM2M client for the object tree's actions; without its
+    // sources (outside CI) the tree is exercised on the simulator only.
+    let real = super::wakaama::wakaama("wakaama-udp").map(|bin| {
+        super::wakaama::Client::start(
+            &bin,
+            running.coap_addr.unwrap(),
+            WAKAAMA,
+            None,
+            dir.path().join("wakaama.log"),
+        )
+    });
     let (hostile, strings) = hostile_device();
     let hostile_endpoint = hostile.endpoint.clone();
     let mut sensor = device("sensor-1");
@@ -59,6 +77,13 @@ async fn dashboard_in_a_real_browser() {
         )
         .await;
         assert_eq!(row.state, OperationState::Succeeded, "{path}");
+    }
+    if real.is_some() {
+        let s = store(dir.path());
+        super::wait_for("Wakaama's registration", std::time::Duration::from_secs(20), || {
+            s.registrations().unwrap().iter().any(|r| r.endpoint == WAKAAMA)
+        })
+        .await;
     }
     running.flush().await;
 
@@ -87,6 +112,7 @@ async fn dashboard_in_a_real_browser() {
             flownexus::firmware::sha256_hex(ring::digest::digest(&ring::digest::SHA256, &image).as_ref()),
         )
         .env("FNX_OUT", &out_dir)
+        .env("FNX_WAKAAMA", if real.is_some() { WAKAAMA } else { "" })
         .output()
         .expect("node (Node.js) runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -109,6 +135,39 @@ async fn dashboard_in_a_real_browser() {
             "no successful {kind} {path} in {ops:?}"
         );
     }
+    if real.is_some() {
+        // The object tree's buttons, seen from the store: each a succeeded
+        // operation of its kind on the real client.
+        let ops = s.operations_of(WAKAAMA, 50).unwrap();
+        for (kind, path) in [
+            ("read", "/3/0/0"),
+            ("write", "/1/0/1"),
+            ("write", "/3/0/13"),
+            ("execute", "/3/0/12"),
+            ("observe", "/3/0/9"),
+            ("cancel-observe", "/3/0/9"),
+            ("write-attributes", "/3/0/9"),
+            ("create", "/31024"),
+            ("delete", "/31024/20"),
+            ("read", "/3/0"),
+        ] {
+            assert!(
+                ops.iter().any(|o| o.kind.name() == kind
+                    && o.kind.path().to_string() == path
+                    && o.state == OperationState::Succeeded),
+                "no successful {kind} {path} from the object tree in {ops:?}"
+            );
+        }
+        // The typed write reached the device as a number.
+        let write = ops
+            .iter()
+            .find(|o| o.kind.name() == "write" && o.kind.path().to_string() == "/1/0/1")
+            .unwrap();
+        assert!(
+            matches!(&write.kind, OperationKind::Write { values, .. } if values[0].value == "95"),
+            "{write:?}"
+        );
+    }
     let fw = s.firmware("app-update.bin").unwrap();
     assert_eq!((fw.version.as_str(), fw.size), ("2.0.0", image.len() as u64));
     assert_eq!(fw.uploader, "admin");
@@ -128,5 +187,6 @@ async fn dashboard_in_a_real_browser() {
         let png = std::fs::read(out_dir.join(format!("{page}.png"))).unwrap_or_default();
         assert!(png.starts_with(b"\x89PNG"), "no screenshot of {page}");
     }
+    drop(real);
     running.stop().await;
 }

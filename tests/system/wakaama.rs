@@ -25,7 +25,7 @@ use super::{config, flownexus_cli, run_op, store, wait_for};
 
 /// Build the clients once per test run (the script is a no-op when they
 /// are built); `None` where the peer's sources are not here.
-fn wakaama(variant: &str) -> Option<PathBuf> {
+pub(super) fn wakaama(variant: &str) -> Option<PathBuf> {
     static BUILT: Mutex<Option<Result<PathBuf, String>>> = Mutex::new(None);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("../shared/peers/build-wakaama.sh");
@@ -63,14 +63,20 @@ fn wakaama(variant: &str) -> Option<PathBuf> {
 
 /// A running Wakaama client; de-registers (`quit` on stdin) and is
 /// killed when dropped.
-struct Client {
+pub(super) struct Client {
     child: Child,
     stdin: Option<ChildStdin>,
     log: PathBuf,
 }
 
 impl Client {
-    fn start(bin: &Path, server: SocketAddr, endpoint: &str, psk: Option<(&str, &str)>, log: PathBuf) -> Client {
+    pub(super) fn start(
+        bin: &Path,
+        server: SocketAddr,
+        endpoint: &str,
+        psk: Option<(&str, &str)>,
+        log: PathBuf,
+    ) -> Client {
         // A free local port for the client (its default, 56830, would
         // collide between tests running at once).
         let local = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -23,8 +23,28 @@
   }
 
   var timer = null;
+  function typing() {
+    var a = document.activeElement;
+    return a && live.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName);
+  }
+  // What the operator changed in the region (typed values, opened or
+  // closed sections) survives its refresh: by element id.
+  function carry(from, to) {
+    from.querySelectorAll("input[id], select[id], textarea[id]").forEach(function (el) {
+      var twin = to.querySelector("#" + CSS.escape(el.id));
+      if (twin && el.type !== "hidden") { twin.value = el.value; }
+    });
+    from.querySelectorAll("details[id]").forEach(function (el) {
+      var twin = to.querySelector("#" + CSS.escape(el.id));
+      if (twin) { twin.open = el.open; }
+    });
+  }
   function refresh() {
     timer = null;
+    if (typing()) {
+      soon();
+      return;
+    }
     fetch(window.location.href, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) {
@@ -32,6 +52,7 @@
         var fresh = new DOMParser().parseFromString(html, "text/html").querySelector("[data-live]");
         if (fresh) {
           var node = document.importNode(fresh, true);
+          carry(live, node);
           live.replaceWith(node);
           live = node;
           document.body.setAttribute("data-refreshed", String(Date.now()));
