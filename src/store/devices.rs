@@ -80,6 +80,40 @@ impl Store {
         Ok(())
     }
 
+    /// File many devices under `add` and take them out of `remove`, in one
+    /// transaction: all or none (a device that would pass
+    /// [`Tags::MAX`] fails the lot, naming it). Returns how many changed.
+    pub fn change_tags(&mut self, endpoints: &[String], add: &Tags, remove: &Tags) -> Result<usize> {
+        let tx = self.write_tx()?;
+        let mut changed = 0;
+        {
+            let mut read = tx.prepare_cached("SELECT tags FROM devices WHERE endpoint = ?1")?;
+            let mut write = tx.prepare_cached("UPDATE devices SET tags = ?2 WHERE endpoint = ?1")?;
+            for endpoint in endpoints {
+                let old: String = read
+                    .query_row([endpoint], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| Error::UnknownEndpoint(endpoint.clone()))?;
+                let kept = old
+                    .split(',')
+                    .chain(add.iter())
+                    .filter(|t| !remove.iter().any(|r| r == *t))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let new = Tags::parse(&kept).map_err(|e| Error::Invalid {
+                    what: "tags",
+                    reason: format!("{endpoint}: {e}"),
+                })?;
+                if new.to_string() != old {
+                    write.execute(params![endpoint, new.to_string()])?;
+                    changed += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
     /// Replace a device's PSK (identity and key). Sessions using the old
     /// key end when the DTLS layer refreshes its cache.
     pub fn rotate_psk(&self, endpoint: &str, psk: &Psk) -> Result<()> {

@@ -44,7 +44,7 @@ pub struct MemberTimeline {
     pub steps: Vec<UpdateStep>,
 }
 
-fn create(ctx: &mut Ctx<'_>, req: &Request) -> WebResult<i64> {
+pub(super) fn create(ctx: &mut Ctx<'_>, req: &Request) -> WebResult<i64> {
     let who = ctx.who()?.name.clone();
     let id = crate::shell::campaign::create(ctx.store, req, &who)?;
     log::info!("{who} created campaign {id} ({:?}) of {}", req.name, req.image);

@@ -12,6 +12,7 @@ pub mod api;
 pub mod api_reference;
 pub mod assets;
 pub mod auth;
+pub mod bulk;
 pub mod campaigns;
 pub mod chart;
 pub mod device_page;

@@ -36,6 +36,10 @@ const NOTICES: &[(&str, &str)] = &[
     ("revoked", "Token revoked."),
     ("tagged", "Tags saved."),
     (
+        "bulk-queued",
+        "Operations queued on every selected device; each runs when its device is reachable.",
+    ),
+    (
         "campaign-created",
         "Campaign created: its first wave starts within a second.",
     ),
@@ -423,6 +427,11 @@ struct Devices {
     statuses: Vec<(&'static str, &'static str)>,
     sorts: Vec<(&'static str, &'static str)>,
     admin: bool,
+    operator: bool,
+    /// `?q=…&tag=…`: the list's filter, for the bulk form's action.
+    filter_query: String,
+    /// Catalogue images for a bulk update: (id, label).
+    images: Vec<(i64, String)>,
 }
 
 /// Cursors of the pages before this one that a device list link carries,
@@ -434,6 +443,15 @@ const PAGE_TRAIL: usize = 50;
 /// it always starts with `W` and is never this).
 const FIRST_PAGE: &str = "first";
 
+/// The device list's filter, sort and page size as `k=v` query items, so
+/// a link (the next page, a bulk action) keeps the operator's view.
+pub(super) fn list_filters(ctx: &Ctx<'_>) -> Vec<String> {
+    ["q", "status", "tag", "firmware", "sort", "order", "limit"]
+        .iter()
+        .filter_map(|k| ctx.query(k).map(|v| format!("{k}={}", form::encode(v))))
+        .collect()
+}
+
 pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
     let (rows, next) = api::device_page(ctx)?;
     let keep = |k: &str| ctx.query(k).unwrap_or("").to_string();
@@ -443,10 +461,7 @@ pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
         .map(|t| t.split(',').map(str::to_string).collect())
         .unwrap_or_default();
     let current = ctx.query("cursor").map(str::to_string);
-    let filters: Vec<String> = ["q", "status", "tag", "firmware", "sort", "order", "limit"]
-        .iter()
-        .filter_map(|k| ctx.query(k).map(|v| format!("{k}={}", form::encode(v))))
-        .collect();
+    let filters = list_filters(ctx);
     let link = |cursor: Option<&str>, trail: &[String]| {
         let mut q = filters.clone();
         if let Some(c) = cursor.filter(|c| *c != FIRST_PAGE) {
@@ -503,6 +518,18 @@ pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
             ("created", "added"),
         ],
         admin: ctx.who()?.role.allows(Role::Admin),
+        operator: ctx.who()?.role.allows(Role::Operator),
+        filter_query: if filters.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", filters.join("&"))
+        },
+        images: ctx
+            .store
+            .firmware_list(false)?
+            .into_iter()
+            .map(|f| (f.id, format!("{} {}", f.name, f.version)))
+            .collect(),
     };
     render(&page)
 }

@@ -8,7 +8,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::reply::{ErrorBody, WebResult};
-use super::{Ctx, api, assets, campaigns, device_page, pages};
+use super::{Ctx, api, assets, bulk, campaigns, device_page, pages};
 use crate::users::Role;
 
 pub type Handler = fn(&mut Ctx<'_>) -> WebResult;
@@ -284,6 +284,7 @@ pub static ROUTES: &[Route] = &[
     get("/", VIEWER, p::overview),
     get("/devices", VIEWER, p::devices),
     post("/devices", ADMIN, p::add_device),
+    post("/devices/bulk", OPERATOR, bulk::bulk),
     post("/devices/{endpoint}/delete", ADMIN, p::delete_device),
     get("/devices/{endpoint}", VIEWER, d::device),
     post("/devices/{endpoint}/operations", OPERATOR, d::queue_operation),

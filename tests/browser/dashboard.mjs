@@ -161,7 +161,38 @@ try {
     check((await page.getByText(s, { exact: true }).count()) >= 1, `devices: ${s} is not shown as text`);
   }
 
+  // Bulk actions: a tag on every device matching a filter (100, on four
+  // pages), confirmed after the count is shown; then a Read on the 25
+  // ticked on one page.
+  step = "bulk tag";
+  await visit("devices-bulk", "/devices?tag=fleet-b&limit=25");
+  check((await page.locator("#devices tbody tr").count()) === 25, "the filtered page does not hold 25 devices");
+  await page.click("#bulk summary");
+  await page.check("#bulk-scope-filter");
+  await page.selectOption("#bulk-action", "add-tag");
+  await page.fill("#bulk-tag", "wave-1");
+  await Promise.all([page.waitForURL(/\/devices\/bulk/), page.click("#bulk-review")]);
+  check((await page.locator("#bulk-count").innerText()).trim() === "100", `the confirmation counts ${await page.locator("#bulk-count").innerText()}`);
+  await shot("bulk-confirm");
+  await Promise.all([page.waitForURL(/done=tagged/), page.click("#bulk-confirm-button")]);
+  check(
+    (await page.locator("#devices tbody tr", { hasText: "wave-1" }).count()) === 25,
+    "the tagged devices do not show their new tag",
+  );
+  step = "bulk read";
+  await page.click("#bulk summary");
+  await page.check("thead input[data-select-all]");
+  check((await page.locator("#devices tbody input[name=ep]:checked").count()) === 25, "tick-all did not tick the page");
+  await page.selectOption("#bulk-action", "read");
+  await page.fill("#bulk-path", "/3/0");
+  await Promise.all([page.waitForURL(/\/devices\/bulk/), page.click("#bulk-review")]);
+  check((await page.locator("#bulk-count").innerText()).trim() === "25", "the ticked rows are not what is confirmed");
+  check((await page.locator("#bulk-what").innerText()).includes("Read /3/0"), "the confirmation does not say what");
+  await Promise.all([page.waitForURL(/done=bulk-queued/), page.click("#bulk-confirm-button")]);
+  await nothingExecuted();
+
   step = "device";
+  await visit("devices", "/devices");
   await Promise.all([page.waitForURL(/\/devices\/sensor/), page.click(`a:text-is("${device}")`)]);
   await operate("read", "/3/0");
   check(

@@ -78,6 +78,15 @@ async fn dashboard_in_a_real_browser() {
         .await;
         assert_eq!(row.state, OperationState::Succeeded, "{path}");
     }
+    // A hundred more devices for the bulk actions (after the others in
+    // the list's order).
+    {
+        let s = store(dir.path());
+        let tags = flownexus::store::tags::Tags::parse("fleet-b").unwrap();
+        for i in 0..100 {
+            s.add_device(&format!("zz-bulk-{i:03}"), None, &tags).unwrap();
+        }
+    }
     if real.is_some() {
         let s = store(dir.path());
         super::wait_for("Wakaama's registration", std::time::Duration::from_secs(20), || {
@@ -168,6 +177,26 @@ async fn dashboard_in_a_real_browser() {
             "{write:?}"
         );
     }
+    // The bulk actions: a tag on all 100 matching the filter, a Read
+    // queued on the 25 ticked on the first page.
+    let bulk: Vec<_> = (0..100)
+        .map(|i| s.device(&format!("zz-bulk-{i:03}")).unwrap())
+        .collect();
+    assert!(
+        bulk.iter().all(|d| d.tags == "fleet-b,wave-1"),
+        "{:?}",
+        bulk.iter().map(|d| &d.tags).collect::<Vec<_>>()
+    );
+    let read_on = |ep: &str| {
+        s.operations_of(ep, 5)
+            .unwrap()
+            .iter()
+            .filter(|o| matches!(&o.kind, OperationKind::Read { path } if path.to_string() == "/3/0"))
+            .count()
+    };
+    let queued: Vec<usize> = (0..100).map(|i| read_on(&format!("zz-bulk-{i:03}"))).collect();
+    assert_eq!(queued[..25], [1; 25], "the 25 ticked devices each got one Read");
+    assert_eq!(queued[25..], [0; 75], "the others none");
     let fw = s.firmware("app-update.bin").unwrap();
     assert_eq!((fw.version.as_str(), fw.size), ("2.0.0", image.len() as u64));
     assert_eq!(fw.uploader, "admin");

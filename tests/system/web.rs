@@ -1069,3 +1069,101 @@ async fn the_device_list_pages_forward_and_back() {
     );
     running.stop().await;
 }
+
+/// Bulk actions act only on the count the operator confirmed, need the
+/// admin role to remove devices, and update firmware through a campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_actions_confirm_the_count_and_respect_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let s = store(dir.path());
+    let tags = Tags::parse("b").unwrap();
+    for i in 0..12 {
+        s.add_device(&format!("b-{i:02}"), None, &tags).unwrap();
+    }
+    let session = |name: &'static str| async move {
+        let r = sign_in(addr, name, &format!("{name} password 1")).await;
+        format!("flownexus={}", r.cookie("flownexus").unwrap())
+    };
+    let (operator, admin) = (session("operator").await, session("admin").await);
+    let (_, csrf) = form_page(addr, "/devices?tag=b", &operator).await;
+    let post = |cookie: &str, csrf: &str, fields: &[(&str, &str)]| {
+        let mut f: Vec<(&str, &str)> = vec![("csrf", csrf)];
+        f.extend_from_slice(fields);
+        let (cookie, f): (String, Vec<(String, String)>) = (
+            cookie.to_string(),
+            f.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        );
+        async move {
+            let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            post_form(addr, "/devices/bulk?tag=b", &cookie, &f).await
+        }
+    };
+    let filtered_write = [
+        ("scope", "filter"),
+        ("action", "write"),
+        ("path", "/1/0/1"),
+        ("value", "300"),
+    ];
+    // First post: a confirmation with the count, nothing queued.
+    let r = post(&operator, &csrf, &filtered_write).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains(r#"<strong id="bulk-count">12</strong>"#),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("Write &quot;300&quot; to /1/0/1") || r.text().contains("Write &#34;300&#34; to /1/0/1"),
+        "{}",
+        r.text()
+    );
+    assert!(s.operations_of("b-00", 5).unwrap().is_empty());
+    // A device joins the filter between review and confirmation: the count
+    // no longer matches, so the page asks again and nothing happens.
+    s.add_device("b-12", None, &tags).unwrap();
+    let mut confirm = filtered_write.to_vec();
+    confirm.push(("confirm", "12"));
+    let r = post(&operator, &csrf, &confirm).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("The selection changed") && r.text().contains(r#"id="bulk-count">13<"#),
+        "{}",
+        r.text()
+    );
+    assert!(s.operations_of("b-00", 5).unwrap().is_empty());
+    confirm.pop();
+    confirm.push(("confirm", "13"));
+    let r = post(&operator, &csrf, &confirm).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(r.header("location").unwrap().contains("done=bulk-queued"));
+    for i in 0..13 {
+        let ops = s.operations_of(&format!("b-{i:02}"), 5).unwrap();
+        assert!(
+            matches!(&ops[..], [o] if matches!(&o.kind, flownexus::lwm2m::operation::OperationKind::Write { values, replace: None, .. } if values[0].value == "300")),
+            "{ops:?}"
+        );
+    }
+    // Ticked devices only; a bad path is refused before anything.
+    let r = post(
+        &operator,
+        &csrf,
+        &[("ep", "b-00"), ("ep", "b-01"), ("action", "read"), ("path", "/x")],
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    // Removing is for admins.
+    let remove = [("ep", "b-00"), ("ep", "b-01"), ("action", "remove"), ("confirm", "2")];
+    let r = post(&operator, &csrf, &remove).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(s.device("b-00").is_ok());
+    let (_, admin_csrf) = form_page(addr, "/devices", &admin).await;
+    let r = post(&admin, &admin_csrf, &remove).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(s.device("b-00").is_err() && s.device("b-01").is_err() && s.device("b-02").is_ok());
+    // Nothing selected is an error, not a no-op success.
+    let r = post(&operator, &csrf, &[("action", "read"), ("path", "/3/0")]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("no devices selected"), "{}", r.text());
+    running.stop().await;
+}

@@ -11,6 +11,16 @@
     }
   });
 
+  // "Tick all on this page" boxes.
+  document.addEventListener("change", function (e) {
+    var name = e.target.getAttribute && e.target.getAttribute("data-select-all");
+    if (name) {
+      document.querySelectorAll('input[type=checkbox][name="' + name + '"]').forEach(function (box) {
+        box.checked = e.target.checked;
+      });
+    }
+  });
+
   var live = document.querySelector("[data-live]");
   if (!live || !window.EventSource || !window.fetch) {
     return;
@@ -33,6 +43,11 @@
     from.querySelectorAll("input[id], select[id], textarea[id]").forEach(function (el) {
       var twin = to.querySelector("#" + CSS.escape(el.id));
       if (twin && el.type !== "hidden") { twin.value = el.value; }
+    });
+    // Ticked rows (by their value: a row may move in a refreshed list).
+    from.querySelectorAll("input[type=checkbox][name][value]").forEach(function (el) {
+      var twin = to.querySelector('input[type=checkbox][name="' + CSS.escape(el.name) + '"][value="' + CSS.escape(el.value) + '"]');
+      if (twin) { twin.checked = el.checked; }
     });
     from.querySelectorAll("details[id]").forEach(function (el) {
       var twin = to.querySelector("#" + CSS.escape(el.id));
