@@ -277,6 +277,33 @@ pub fn device_page(ctx: &mut Ctx<'_>) -> WebResult<(Vec<Device>, Option<String>)
     Ok((rows.into_iter().map(|d| device_of(ctx, d)).collect(), next))
 }
 
+/// Every device matching the list's filter (the query string), in the
+/// list's order, for bulk actions and exports; more than `cap` is an
+/// error that names `what` to narrow.
+pub fn all_matching(ctx: &mut Ctx<'_>, cap: usize, what: &str) -> WebResult<Vec<crate::store::DeviceSummary>> {
+    let mut q = device_query(ctx)?;
+    q.after = None;
+    q.limit = 1000;
+    let mut out = Vec::new();
+    loop {
+        let (rows, more) = ctx.store.device_page(&q)?;
+        let Some(last) = rows.last() else { break };
+        q.after = Some((Store::sort_key(last, q.sort), last.endpoint.clone()));
+        out.extend(rows);
+        if out.len() > cap {
+            return Err(WebError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("more than {cap} devices match: narrow the filter to {what}"),
+            ));
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Queue an operation as an operator asked; validated against the object
 /// model first, committed before the answer.
 pub fn queue(

@@ -120,25 +120,12 @@ fn selection(ctx: &mut Ctx<'_>, f: &[(String, String)]) -> WebResult<Vec<String>
         }
         return Ok(eps);
     }
-    let mut q = api::device_query(ctx)?;
-    q.after = None;
-    q.limit = 1000;
-    let mut out = Vec::new();
-    loop {
-        let (rows, more) = ctx.store.device_page(&q)?;
-        let Some(last) = rows.last() else { break };
-        q.after = Some((crate::store::Store::sort_key(last, q.sort), last.endpoint.clone()));
-        out.extend(rows.into_iter().map(|d| d.endpoint));
-        if out.len() > BULK_MAX {
-            return Err(WebError::bad_request(format!(
-                "more than {BULK_MAX} devices match: narrow the filter, or update them with a campaign"
-            )));
-        }
-        if !more {
-            break;
-        }
-    }
-    Ok(out)
+    Ok(
+        api::all_matching(ctx, BULK_MAX, "act on them, or update them with a campaign")?
+            .into_iter()
+            .map(|d| d.endpoint)
+            .collect(),
+    )
 }
 
 /// `POST /devices/bulk`: confirm, then act.

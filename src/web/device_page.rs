@@ -120,6 +120,15 @@ const RANGES: &[(&str, &str, i64)] = &[
 /// time slices and each is drawn as its mean (about one per pixel pair).
 const CHART_BUCKETS: u32 = 600;
 
+/// A history range's name (`24h`) as milliseconds.
+pub(super) fn range_ms(range: &str) -> WebResult<i64> {
+    RANGES
+        .iter()
+        .find(|r| r.0 == range)
+        .map(|r| r.2)
+        .ok_or_else(|| WebError::bad_request("range must be 1h, 24h, 7d or 30d"))
+}
+
 pub fn device(ctx: &mut Ctx<'_>) -> WebResult {
     let endpoint = ctx.param("endpoint").to_string();
     page(ctx, &endpoint, None)
@@ -203,11 +212,7 @@ pub(super) fn page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<Stri
         })
         .unwrap_or_default();
     let range = ctx.query("range").unwrap_or("24h").to_string();
-    let span = RANGES
-        .iter()
-        .find(|r| r.0 == range)
-        .ok_or_else(|| WebError::bad_request("range must be 1h, 24h, 7d or 30d"))?
-        .2;
+    let span = range_ms(&range)?;
     let chart = if chart_path.is_empty() {
         chart::line("no numeric resources", &[], (0, 0), |_| String::new())
     } else {

@@ -16,6 +16,7 @@ pub mod bulk;
 pub mod campaigns;
 pub mod chart;
 pub mod device_page;
+pub mod export;
 pub mod form;
 pub mod object_tree;
 pub mod pages;

@@ -312,7 +312,7 @@ pub(super) struct EventLine {
 
 /// An event in words: what registered from where, which operation ended
 /// how (its CoAP code explained), why a request was refused.
-fn event_summary(kind: &str, d: &serde_json::Value) -> String {
+pub(super) fn event_summary(kind: &str, d: &serde_json::Value) -> String {
     use crate::store::event_kind as k;
     let s = |key: &str| {
         d[key]
@@ -572,7 +572,7 @@ struct Events {
 }
 
 /// `YYYY-MM-DDTHH:MM` (a datetime-local field, read as UTC) → Unix ms.
-fn local_date(s: Option<&str>) -> WebResult<Option<i64>> {
+pub(super) fn local_date(s: Option<&str>) -> WebResult<Option<i64>> {
     let Some(s) = s else { return Ok(None) };
     crate::datetime::parse_rfc3339(&format!("{s}:00Z"))
         .or_else(|| crate::datetime::parse_rfc3339(&format!("{s}Z")))

@@ -8,7 +8,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::reply::{ErrorBody, WebResult};
-use super::{Ctx, api, assets, bulk, campaigns, device_page, pages};
+use super::{Ctx, api, assets, bulk, campaigns, device_page, export, pages};
 use crate::users::Role;
 
 pub type Handler = fn(&mut Ctx<'_>) -> WebResult;
@@ -285,6 +285,9 @@ pub static ROUTES: &[Route] = &[
     get("/devices", VIEWER, p::devices),
     post("/devices", ADMIN, p::add_device),
     post("/devices/bulk", OPERATOR, bulk::bulk),
+    get("/devices.csv", VIEWER, export::devices),
+    get("/devices/{endpoint}/history.csv", VIEWER, export::history),
+    get("/events.csv", VIEWER, export::events),
     post("/devices/{endpoint}/delete", ADMIN, p::delete_device),
     get("/devices/{endpoint}", VIEWER, d::device),
     post("/devices/{endpoint}/operations", OPERATOR, d::queue_operation),

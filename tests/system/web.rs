@@ -1167,3 +1167,91 @@ async fn bulk_actions_confirm_the_count_and_respect_roles() {
     assert!(r.text().contains("no devices selected"), "{}", r.text());
     running.stop().await;
 }
+
+/// CSV exports of the device list, the events and one resource's history:
+/// every matching row, device-chosen text neutralised for spreadsheets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_exports_hold_every_matching_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let mut d = device("csv-1");
+    d.resources = vec![(
+        "/3/0/1".parse().unwrap(),
+        flownexus::lwm2m::path::Value::String("=HYPERLINK(\"http://x\",\"y\")".into()),
+    )];
+    let _fleet = fleet(&running, vec![d]).await;
+    let s = store(dir.path());
+    for i in 0..30 {
+        s.add_device(&format!("csv-x{i:02}"), None, &Tags::parse("x").unwrap())
+            .unwrap();
+    }
+    for path in ["/3/0", "/3303/0/5700", "/3303/0/5700"] {
+        let read = super::run_op(
+            dir.path(),
+            "csv-1",
+            flownexus::lwm2m::operation::OperationKind::Read {
+                path: path.parse().unwrap(),
+            },
+        )
+        .await;
+        assert_eq!(read.state, flownexus::lwm2m::operation::OperationState::Succeeded);
+    }
+    running.flush().await;
+    let r = sign_in(addr, "viewer", "viewer password 1").await;
+    let cookie = format!("flownexus={}", r.cookie("flownexus").unwrap());
+    let get = |path: &'static str| {
+        let cookie = cookie.clone();
+        async move { http(addr, "GET", path, &[("Cookie", &cookie)], b"").await }
+    };
+    // Devices: the filter's 30 rows (more than a page), in order.
+    let r = get("/devices.csv?tag=x&limit=10").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
+    assert!(
+        r.header("content-disposition")
+            .unwrap()
+            .starts_with("attachment; filename=\"devices-")
+    );
+    let text = r.text();
+    let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines[0],
+        "endpoint,status,firmware,last_seen_utc,lifetime_s,tags,psk_identity,added_utc"
+    );
+    assert_eq!(lines.len(), 31, "{text}");
+    assert!(lines[1].starts_with("csv-x00,offline,,,,x,,") && lines[30].starts_with("csv-x29,"));
+    // The registered device: online, with its firmware version.
+    let r = get("/devices.csv?q=csv-1").await;
+    assert!(r.text().contains("\r\ncsv-1,online,"), "{}", r.text());
+    // Events: its registration and reads, in words.
+    let r = get("/events.csv?endpoint=csv-1&kind=operation").await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.starts_with("time_utc,endpoint,kind,summary,detail\r\n"), "{text}");
+    assert_eq!(
+        text.matches(",csv-1,operation,read /3303/0/5700 #").count(),
+        2,
+        "{text}"
+    );
+    // History: both reads of the temperature, raw and with its unit.
+    let r = get("/devices/csv-1/history.csv?path=/3303/0/5700&range=1h").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let rows: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).skip(1).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows.iter().all(|r| r.contains(",/3303/0/5700,") && r.ends_with(" °C")),
+        "{text}"
+    );
+    // A device's formula is text in the export, not a formula.
+    let r = get("/devices/csv-1/history.csv?path=/3/0/1&range=1h").await;
+    assert!(
+        r.text().contains(",\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\","),
+        "{}",
+        r.text()
+    );
+    // Signed out, nothing.
+    let r = http(addr, "GET", "/devices.csv", &[], b"").await;
+    assert!(r.status == 303 || r.status == 401, "{}", r.status);
+    running.stop().await;
+}
