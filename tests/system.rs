@@ -38,6 +38,8 @@ mod fota;
 mod metrics;
 #[path = "system/nginx.rs"]
 mod nginx;
+#[path = "system/profiles.rs"]
+mod profiles;
 #[path = "system/quadlet.rs"]
 mod quadlet;
 #[path = "system/systemd.rs"]

@@ -6,6 +6,7 @@ pub mod content;
 pub mod display;
 pub mod model;
 pub mod path;
+pub mod profile;
 
 pub use model::Models;
 pub use path::{ObjectId, Record, ResourcePath, Value};

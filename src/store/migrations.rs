@@ -363,4 +363,32 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER device_deleted AFTER DELETE ON devices
     BEGIN UPDATE counters SET value = value + 1 WHERE name = 'devices_deleted'; END;
     "#,
+    // 18: what operators keep between visits (a user's time zone and device
+    // list columns, their saved device-list filters) and device profiles:
+    // steps queued for every device of a tag (or all) at each registration.
+    r#"
+    CREATE TABLE user_settings (
+        user_name TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (user_name, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE saved_filters (
+        id INTEGER PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        name TEXT NOT NULL,
+        query TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (user_name, name)
+    );
+    CREATE TABLE device_profiles (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        tag TEXT,
+        steps TEXT NOT NULL,
+        deadline_s INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];

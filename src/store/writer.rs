@@ -726,6 +726,10 @@ fn apply<P: Display>(
         } => {
             let id = device_id(tx, devices, &r.endpoint)?;
             upsert_registration(tx, id, &r)?;
+            // What the operators' profiles ask of every registration (a
+            // re-Register too: it follows a reboot or a lost registration,
+            // after which the device's observations are gone).
+            super::profiles::queue_profiles(tx, id, &r.endpoint)?;
             event(
                 tx,
                 Some(&r.endpoint),

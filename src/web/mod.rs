@@ -20,6 +20,7 @@ pub mod export;
 pub mod form;
 pub mod object_tree;
 pub mod pages;
+pub mod profiles;
 mod reply;
 pub mod route;
 pub mod sse;

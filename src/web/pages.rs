@@ -36,6 +36,10 @@ const NOTICES: &[(&str, &str)] = &[
     ("revoked", "Token revoked."),
     ("tagged", "Tags saved."),
     (
+        "profile-saved",
+        "Profile saved: it applies from each device's next registration.",
+    ),
+    (
         "bulk-queued",
         "Operations queued on every selected device; each runs when its device is reachable.",
     ),
@@ -60,6 +64,7 @@ pub(super) fn chrome(ctx: &Ctx<'_>, active: &'static str) -> WebResult<Chrome> {
         ("/events", "Events"),
         ("/firmware", "Firmware"),
         ("/campaigns", "Campaigns"),
+        ("/device-profiles", "Device profiles"),
     ];
     if who.role.allows(Role::Admin) {
         nav.push(("/users", "Users"));

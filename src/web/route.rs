@@ -8,7 +8,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::reply::{ErrorBody, WebResult};
-use super::{Ctx, api, assets, bulk, campaigns, device_page, export, pages};
+use super::{Ctx, api, assets, bulk, campaigns, device_page, export, pages, profiles};
 use crate::users::Role;
 
 pub type Handler = fn(&mut Ctx<'_>) -> WebResult;
@@ -309,6 +309,9 @@ pub static ROUTES: &[Route] = &[
     post("/campaigns/{id}/resume", OPERATOR, c::page_resume),
     post("/campaigns/{id}/cancel", OPERATOR, c::page_cancel),
     post("/campaigns/{id}/retry", OPERATOR, c::page_retry),
+    get("/device-profiles", VIEWER, profiles::page),
+    post("/device-profiles", OPERATOR, profiles::page_create),
+    post("/device-profiles/{id}/delete", OPERATOR, profiles::page_delete),
     get("/users", ADMIN, p::users),
     Route {
         costly: true,
@@ -537,6 +540,42 @@ pub static ROUTES: &[Route] = &[
             "Cancel an active firmware update (an empty Package URI returns the device to Idle)",
             "updates",
             (202, Some(schema::<a::UpdateView>)),
+        ),
+    ),
+    api(
+        Verb::Get,
+        "/api/v1/profiles",
+        VIEWER,
+        profiles::api_list,
+        doc(
+            "Device profiles: reads and observations queued at each registration",
+            "profiles",
+            (200, Some(schema::<Vec<crate::store::profiles::ProfileRow>>)),
+        ),
+    ),
+    api(
+        Verb::Post,
+        "/api/v1/profiles",
+        OPERATOR,
+        profiles::api_create,
+        Doc {
+            request: Some(schema::<profiles::NewProfile>),
+            ..doc(
+                "Add a device profile for a tag's devices (or every device), applied from each one's next registration",
+                "profiles",
+                (201, Some(schema::<crate::store::profiles::ProfileRow>)),
+            )
+        },
+    ),
+    api(
+        Verb::Delete,
+        "/api/v1/profiles/{id}",
+        OPERATOR,
+        profiles::api_delete,
+        doc(
+            "Remove a device profile; operations it queued stay queued",
+            "profiles",
+            (204, None),
         ),
     ),
     api(
