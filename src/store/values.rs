@@ -163,6 +163,32 @@ impl Store {
         })
     }
 
+    /// The latest value of each of `paths` for each of `endpoints` (a page
+    /// of the device list and its chosen columns), as (endpoint, value).
+    /// Values still in the journal (seconds old) are not among them.
+    pub fn latest_of(&self, endpoints: &[String], paths: &[&str]) -> Result<Vec<(String, StoredValue)>> {
+        if endpoints.is_empty() || paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let eps: Vec<rusqlite::types::Value> = endpoints.iter().map(|e| e.clone().into()).collect();
+        let ps: Vec<rusqlite::types::Value> = paths.iter().map(|p| p.to_string().into()).collect();
+        let mut st = self.conn.prepare_cached(
+            "SELECT l.path, l.ts, l.vtype, l.value, d.endpoint FROM devices d
+             JOIN latest_values l ON l.device_id = d.id AND l.path IN rarray(?2)
+             WHERE d.endpoint IN rarray(?1)",
+        )?;
+        let rows = st.query_map(rusqlite::params![std::rc::Rc::new(eps), std::rc::Rc::new(ps)], |r| {
+            Ok((r.get::<_, String>(4)?, Self::value_row(r)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let (ep, Some(v)) = row? {
+                out.push((ep, v));
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) fn value_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StoredValue>> {
         let path: String = r.get(0)?;
         let vtype: String = r.get(2)?;

@@ -401,7 +401,8 @@ pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
 
 /// The text of a value field as `WriteValue` takes it (Core §7.4.1 text
 /// forms), converted from the form's typed input where `as-FIELD` says
-/// how it was entered: `time` a `datetime-local` value read as UTC (to
+/// how it was entered: `time` a `datetime-local` value read in the user's
+/// zone (to
 /// seconds since 1970, Core Appendix C Time), `base64` bytes (to hex).
 fn typed_field(f: &[(String, String)], name: &str) -> WebResult<Option<String>> {
     let Some(v) = form::field(f, name) else {
@@ -409,13 +410,13 @@ fn typed_field(f: &[(String, String)], name: &str) -> WebResult<Option<String>> 
     };
     Ok(Some(match form::field(f, &format!("as-{name}")).unwrap_or("") {
         "time" if !v.trim().is_empty() => {
-            let t = v.trim();
-            let ms = crate::datetime::parse_rfc3339(&format!("{t}Z"))
-                .or_else(|| crate::datetime::parse_rfc3339(&format!("{t}:00Z")))
-                .ok_or_else(|| {
-                    WebError::bad_request(format!("`{t}` is not a date and time such as 2026-12-06T10:30"))
-                })?;
-            (ms.div_euclid(1000)).to_string()
+            let ms = super::preferences::parse_local(v).ok_or_else(|| {
+                WebError::bad_request(format!(
+                    "`{}` is not a date and time such as 2026-12-06T10:30",
+                    v.trim()
+                ))
+            })?;
+            ms.div_euclid(1000).to_string()
         }
         "base64" => {
             use base64::Engine;

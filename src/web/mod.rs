@@ -20,6 +20,7 @@ pub mod export;
 pub mod form;
 pub mod object_tree;
 pub mod pages;
+pub mod preferences;
 pub mod profiles;
 mod reply;
 pub mod route;
@@ -522,8 +523,14 @@ impl Web {
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let query = form::urlencoded(parts.uri.query().unwrap_or(""));
+        // Pages show times in the signed-in user's zone; the API keeps UTC.
+        let page_user = who
+            .as_ref()
+            .filter(|_| route.surface != route::Surface::Api)
+            .map(|p| p.name.clone());
         let reply = self
             .with_store(move |web, store| {
+                let _zone = preferences::Zone::enter(store, page_user.as_deref());
                 let mut ctx = Ctx {
                     web,
                     store,

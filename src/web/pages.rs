@@ -8,7 +8,6 @@ use hyper::StatusCode;
 use super::api::{self, NewDevice, UserChange};
 use super::reply::{Reply, WebError, WebResult};
 use super::{Ctx, assets, chart, form};
-use crate::datetime::rfc3339;
 use crate::lwm2m::display::explain_code;
 use crate::store::{EventRow, FirmwareRow, now_ms};
 use crate::users::{Role, verify_password};
@@ -22,6 +21,10 @@ pub struct Chrome {
     pub nav: Vec<(&'static str, &'static str)>,
     pub version: &'static str,
     pub notice: Option<&'static str>,
+    /// The zone the page's times are in (`UTC` or the user's choice).
+    pub zone: String,
+    /// The page's path and query, for settings forms to return to.
+    pub here: String,
 }
 
 /// Messages a redirect may ask for (`?done=`), from a fixed list so no
@@ -35,6 +38,7 @@ const NOTICES: &[(&str, &str)] = &[
     ("password", "Password changed; your other sessions have ended."),
     ("revoked", "Token revoked."),
     ("tagged", "Tags saved."),
+    ("filter-saved", "Filter saved."),
     (
         "profile-saved",
         "Profile saved: it applies from each device's next registration.",
@@ -81,6 +85,8 @@ pub(super) fn chrome(ctx: &Ctx<'_>, active: &'static str) -> WebResult<Chrome> {
         nav,
         version: assets::version(),
         notice,
+        zone: super::preferences::zone_label(),
+        here: ctx.target.clone(),
     })
 }
 
@@ -91,10 +97,9 @@ pub(super) fn render(t: &impl Template) -> WebResult {
     })
 }
 
+/// A time as pages show it: in the signed-in user's zone.
 pub(super) fn time(ms: i64) -> String {
-    let s = rfc3339(ms);
-    // "2026-11-23T07:09:15.123Z" → "2026-11-23 07:09:15"
-    s.get(..19).map_or(s.clone(), |t| t.replace('T', " "))
+    super::preferences::show(ms)
 }
 
 pub(super) fn opt_time(ms: Option<i64>) -> String {
@@ -410,6 +415,14 @@ pub(super) struct DeviceRow {
     pub(super) last_seen: String,
 }
 
+/// The latest values behind the device list's optional value columns:
+/// (column, path). Signal strength is the Connectivity Monitoring
+/// object's (Core Appendix E.5, resource 2, dBm); battery the Device's.
+const VALUE_COLUMNS: &[(&str, &str)] = &[("model", "/3/0/1"), ("signal", "/4/0/2"), ("battery", "/3/0/9")];
+
+/// A device list row's value columns, as read: column → text.
+type ColumnValues = std::collections::HashMap<&'static str, String>;
+
 #[derive(Template)]
 #[template(path = "devices.html")]
 struct Devices {
@@ -437,6 +450,26 @@ struct Devices {
     filter_query: String,
     /// Catalogue images for a bulk update: (id, label).
     images: Vec<(i64, String)>,
+    /// The columns this user chose, and every column to choose from.
+    columns: Vec<&'static str>,
+    all_columns: &'static [(&'static str, &'static str)],
+    /// Per row (in order), its value columns.
+    values: Vec<ColumnValues>,
+    saved: Vec<crate::store::settings::SavedFilter>,
+}
+
+impl Devices {
+    fn show(&self, column: &str) -> bool {
+        self.columns.contains(&column)
+    }
+
+    /// Row `row`'s value in column `column`, as read; empty if unknown.
+    fn cell(&self, row: &usize, column: &str) -> &str {
+        self.values
+            .get(*row)
+            .and_then(|v| v.get(column))
+            .map_or("", String::as_str)
+    }
 }
 
 /// Cursors of the pages before this one that a device list link carries,
@@ -489,6 +522,31 @@ pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
         link(before.as_deref(), &trail)
     });
     let fleet_total = ctx.web.fleet_summary(ctx.store)?.counts.total;
+    let user = ctx.who()?.name.clone();
+    let columns = super::preferences::device_columns(ctx.store, &user)?;
+    let wanted: Vec<(&str, &str)> = VALUE_COLUMNS
+        .iter()
+        .filter(|(c, _)| columns.contains(c))
+        .copied()
+        .collect();
+    let endpoints: Vec<String> = rows.iter().map(|d| d.summary.endpoint.clone()).collect();
+    let found = ctx
+        .store
+        .latest_of(&endpoints, &wanted.iter().map(|(_, p)| *p).collect::<Vec<_>>())?;
+    let models = ctx.web.models.clone();
+    let values: Vec<ColumnValues> = endpoints
+        .iter()
+        .map(|ep| {
+            found
+                .iter()
+                .filter(|(e, _)| e == ep)
+                .filter_map(|(_, v)| {
+                    let col = wanted.iter().find(|(_, p)| *p == v.path.to_string())?.0;
+                    Some((col, crate::lwm2m::display::display(&models, &v.path, &v.value)))
+                })
+                .collect()
+        })
+        .collect();
     let page = Devices {
         prev,
         fleet_total,
@@ -535,6 +593,10 @@ pub fn devices(ctx: &mut Ctx<'_>) -> WebResult {
             .into_iter()
             .map(|f| (f.id, format!("{} {}", f.name, f.version)))
             .collect(),
+        columns,
+        all_columns: super::preferences::COLUMNS,
+        values,
+        saved: ctx.store.saved_filters(&user)?,
     };
     render(&page)
 }
@@ -576,11 +638,10 @@ struct Events {
     to_date: String,
 }
 
-/// `YYYY-MM-DDTHH:MM` (a datetime-local field, read as UTC) → Unix ms.
+/// `YYYY-MM-DDTHH:MM` (a datetime-local field, read in the user's zone) → Unix ms.
 pub(super) fn local_date(s: Option<&str>) -> WebResult<Option<i64>> {
     let Some(s) = s else { return Ok(None) };
-    crate::datetime::parse_rfc3339(&format!("{s}:00Z"))
-        .or_else(|| crate::datetime::parse_rfc3339(&format!("{s}Z")))
+    super::preferences::parse_local(s)
         .map(Some)
         .ok_or_else(|| WebError::bad_request("dates look like 2026-11-23T07:00"))
 }
@@ -810,11 +871,16 @@ pub fn change_user(ctx: &mut Ctx<'_>) -> WebResult {
 #[template(path = "profile.html")]
 struct Profile {
     chrome: Chrome,
+    zone: String,
+    zones: Vec<String>,
 }
 
 pub fn profile(ctx: &mut Ctx<'_>) -> WebResult {
+    let zone = super::preferences::user_zone(ctx.store, &ctx.who()?.name)?;
     render(&Profile {
         chrome: chrome(ctx, "")?,
+        zone,
+        zones: super::preferences::zone_names(),
     })
 }
 

@@ -8,7 +8,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::reply::{ErrorBody, WebResult};
-use super::{Ctx, api, assets, bulk, campaigns, device_page, export, pages, profiles};
+use super::{Ctx, api, assets, bulk, campaigns, device_page, export, pages, preferences, profiles};
 use crate::users::Role;
 
 pub type Handler = fn(&mut Ctx<'_>) -> WebResult;
@@ -324,6 +324,10 @@ pub static ROUTES: &[Route] = &[
         ..post("/profile/password", VIEWER, p::change_password)
     },
     post("/profile/logout-everywhere", VIEWER, p::logout_everywhere),
+    post("/profile/time-zone", VIEWER, preferences::set_time_zone),
+    post("/profile/columns", VIEWER, preferences::set_columns),
+    post("/devices/filters", VIEWER, preferences::save_filter),
+    post("/devices/filters/{id}/delete", VIEWER, preferences::delete_filter),
     get("/tokens", VIEWER, p::tokens),
     get("/api", VIEWER, p::api_reference),
     post("/tokens", VIEWER, p::create_token),

@@ -37,7 +37,9 @@ const browser = await chromium.launch({
     "--disable-sync",
   ],
 });
-const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+// The operator's browser is in Berlin; the dashboard shows UTC until
+// they switch to their own zone.
+const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, timezoneId: "Europe/Berlin" });
 context.setDefaultTimeout(TIMEOUT);
 
 
@@ -360,6 +362,36 @@ try {
   await page.click("a[href='#value']");
   check(await page.locator("#value").isVisible(), "a schema link does not lead to its schema");
   await shot("api");
+
+  // Preferences: this browser's own zone, chosen columns, a saved filter.
+  step = "time zone";
+  await visit("devices-utc", "/devices");
+  check((await page.locator("#devices thead").innerText()).includes("(UTC)"), "the list is not in UTC at first");
+  await Promise.all([page.waitForURL(/\/devices$/), page.click("#zone-toggle button")]);
+  check(
+    (await page.locator("#devices thead").innerText()).includes("(Europe/Berlin)"),
+    "the list is not in the browser's zone after the toggle",
+  );
+  step = "columns";
+  await page.click("#columns summary");
+  for (const c of ["model", "signal", "battery"]) await page.check(`#columns input[value=${c}]`);
+  await page.uncheck("#columns input[value=lifetime]");
+  await Promise.all([page.waitForURL(/\/devices$/), page.click("#columns-save")]);
+  const head = await page.locator("#devices thead").innerText();
+  check(head.includes("Battery") && head.includes("Model") && !head.includes("Lifetime"), `columns: ${head}`);
+  check(
+    (await page.locator("#devices tbody tr", { hasText: device }).innerText()).includes("nRF9160-SIM"),
+    "the model column does not show the device's model",
+  );
+  step = "saved filter";
+  await page.goto(base + "/devices?tag=wave-1&limit=25");
+  await page.fill("#save-filter-name", "first wave");
+  await Promise.all([page.waitForURL(/done=filter-saved/), page.click("#save-filter button")]);
+  await page.goto(base + "/devices");
+  await Promise.all([page.waitForURL(/tag=wave-1/), page.click('[data-saved="first wave"]')]);
+  check((await page.locator("#devices tbody tr").count()) === 25, "the saved filter does not list its devices");
+  await nothingExecuted();
+  await shot("devices-prefs");
 
   // The same operator on a phone: a 390 px mobile viewport, signed in with
   // the same session. No page is wider than the phone (the document's

@@ -1255,3 +1255,153 @@ async fn csv_exports_hold_every_matching_row() {
     assert!(r.status == 303 || r.status == 401, "{}", r.status);
     running.stop().await;
 }
+
+/// Each user's time zone, device list columns and saved filters: kept per
+/// user, applied to their pages only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_zone_columns_and_saved_filters_are_per_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let _fleet = fleet(&running, vec![device("pref-1")]).await;
+    let read = super::run_op(
+        dir.path(),
+        "pref-1",
+        flownexus::lwm2m::operation::OperationKind::Read {
+            path: "/3/0".parse().unwrap(),
+        },
+    )
+    .await;
+    assert_eq!(read.state, flownexus::lwm2m::operation::OperationState::Succeeded);
+    running.flush().await;
+    let session = |name: &'static str| async move {
+        let r = sign_in(addr, name, &format!("{name} password 1")).await;
+        format!("flownexus={}", r.cookie("flownexus").unwrap())
+    };
+    let (viewer, operator) = (session("viewer").await, session("operator").await);
+    let (page, csrf) = form_page(addr, "/devices", &viewer).await;
+    assert!(page.text().contains("Last seen (UTC)"));
+    // Berlin, by name; a made-up zone and an off-site return are refused.
+    let r = post_form(
+        addr,
+        "/profile/time-zone",
+        &viewer,
+        &[("csrf", &csrf), ("zone", "Mars/Olympus"), ("back", "/devices")],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = post_form(
+        addr,
+        "/profile/time-zone",
+        &viewer,
+        &[("csrf", &csrf), ("zone", "Asia/Kolkata"), ("back", "//evil.example/")],
+    )
+    .await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/")));
+    let (page, _) = form_page(addr, "/devices", &viewer).await;
+    let text = page.text();
+    assert!(text.contains("Last seen (Asia/Kolkata)"), "{text}");
+    // The registration time, shown 5:30 ahead of UTC.
+    let seen = flownexus::store::Store::open(&dir.path().join("flownexus.sqlite3"))
+        .unwrap()
+        .device("pref-1")
+        .unwrap()
+        .last_seen
+        .unwrap();
+    let kolkata = jiff::Timestamp::from_millisecond(seen)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Kolkata").unwrap())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    assert!(text.contains(&kolkata), "{kolkata} not in the list");
+    // Another user still sees UTC; the API keeps milliseconds.
+    let (page, op_csrf) = form_page(addr, "/devices", &operator).await;
+    assert!(page.text().contains("Last seen (UTC)"));
+    // Columns: model, signal and battery instead of the defaults.
+    let r = post_form(
+        addr,
+        "/profile/columns",
+        &viewer,
+        &[
+            ("csrf", &csrf),
+            ("column", "model"),
+            ("column", "battery"),
+            ("back", "/devices"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let text = form_page(addr, "/devices", &viewer).await.0.text();
+    assert!(
+        text.contains("<th>Model</th>") && text.contains("<th>Battery</th>"),
+        "{text}"
+    );
+    assert!(!text.contains("<th>Status</th>") && !text.contains("<th>Tags</th>"));
+    assert!(text.contains(">nRF9160-SIM<"), "the model column shows /3/0/1: {text}");
+    assert!(text.contains("87%"), "the battery column shows /3/0/9 with its unit");
+    let r = post_form(addr, "/profile/columns", &viewer, &[("csrf", &csrf), ("column", "cpu")]).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        form_page(addr, "/devices", &operator)
+            .await
+            .0
+            .text()
+            .contains("<th>Status</th>")
+    );
+    // Saved filters: only the list's parameters, per user.
+    let r = post_form(
+        addr,
+        "/devices/filters",
+        &viewer,
+        &[
+            ("csrf", &csrf),
+            ("name", "offline pilots"),
+            ("query", "?tag=pilot&status=offline&evil=1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let text = form_page(addr, "/devices", &viewer).await.0.text();
+    assert!(
+        text.contains(r#"href="/devices?tag=pilot&#38;status=offline" data-saved="offline pilots""#),
+        "{text}"
+    );
+    assert!(
+        !form_page(addr, "/devices", &operator)
+            .await
+            .0
+            .text()
+            .contains("offline pilots")
+    );
+    let id = text
+        .split("/devices/filters/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = post_form(
+        addr,
+        &format!("/devices/filters/{id}/delete"),
+        &operator,
+        &[("csrf", &op_csrf)],
+    )
+    .await;
+    assert_eq!(r.status, 404, "another user's filter is not theirs to remove");
+    let r = post_form(
+        addr,
+        &format!("/devices/filters/{id}/delete"),
+        &viewer,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert!(
+        !form_page(addr, "/devices", &viewer)
+            .await
+            .0
+            .text()
+            .contains("offline pilots")
+    );
+    running.stop().await;
+}

@@ -11,6 +11,11 @@
     }
   });
 
+  // The time zone toggle offers this browser's own zone.
+  document.querySelectorAll("input[data-local-zone]").forEach(function (el) {
+    try { el.value = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { el.value = ""; }
+  });
+
   // "Tick all on this page" boxes.
   document.addEventListener("change", function (e) {
     var name = e.target.getAttribute && e.target.getAttribute("data-select-all");
