@@ -37,16 +37,45 @@ fn label(v: f64) -> String {
     }
 }
 
-/// A line chart of `(time ms, value)` points, oldest first, over the time
-/// window `(from, to)` (the range asked for, so a single point or a quiet
-/// stretch is placed in time rather than stretched across); `time_label`
-/// turns a time into axis text.
-pub fn line(title: &str, points: &[(i64, f64)], (t0, t1): (i64, i64), time_label: impl Fn(i64) -> String) -> String {
+/// One line of a chart: its name (the legend), unit and points
+/// `(time ms, value)`, oldest first.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub unit: &'a str,
+    pub points: &'a [(i64, f64)],
+}
+
+/// Lines drawn at most; each has its own colour (`series-N` in the CSS).
+pub const MAX_SERIES: usize = 6;
+
+/// Ticks on the time axis.
+const TIME_TICKS: usize = 5;
+
+/// The time span to draw: the data's own span inside `(from, to)`, so an
+/// hour of values asked for over a day fills the chart instead of its
+/// right edge; a lone instant gets the asked window around it.
+fn fitted((from, to): (i64, i64), series: &[Series<'_>]) -> (i64, i64) {
+    let ts = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let (lo, hi) = ts.fold((i64::MAX, i64::MIN), |(l, h), t| (l.min(t), h.max(t)));
+    if lo >= hi {
+        return (from, to);
+    }
+    // A margin of 2% each side keeps the end points off the frame.
+    let pad = (hi - lo) / 50;
+    ((lo - pad).max(from), (hi + pad).min(to).max(lo + 1))
+}
+
+/// A line chart: one line per series over the time window `(from, to)`,
+/// fitted to the data (see [`fitted`]); `time_label` turns a time into
+/// `YYYY-MM-DD hh:mm:ss` in the reader's zone, of which the axis shows
+/// what the span needs (clock times within a day, dates beyond).
+pub fn lines(title: &str, series: &[Series<'_>], window: (i64, i64), time_label: impl Fn(i64) -> String) -> String {
     let mut svg = format!(
         r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
         t = escape(title)
     );
-    if points.is_empty() {
+    let series = &series[..series.len().min(MAX_SERIES)];
+    if series.iter().all(|s| s.points.is_empty()) {
         let _ = write!(
             svg,
             r#"<text x="{}" y="{}" text-anchor="middle" class="muted">no values in this range</text></svg>"#,
@@ -55,9 +84,9 @@ pub fn line(title: &str, points: &[(i64, f64)], (t0, t1): (i64, i64), time_label
         );
         return svg;
     }
-    let (mut lo, mut hi) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.1), h.max(p.1)));
+    let (t0, t1) = fitted(window, series);
+    let values = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (mut lo, mut hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
     if lo == hi {
         lo -= 1.0;
         hi += 1.0;
@@ -65,50 +94,97 @@ pub fn line(title: &str, points: &[(i64, f64)], (t0, t1): (i64, i64), time_label
     let span_t = (t1 - t0).max(1) as f64;
     let x = |t: i64| LEFT + (t - t0) as f64 / span_t * (W - LEFT - RIGHT);
     let y = |v: f64| TOP + (hi - v) / (hi - lo) * (H - TOP - BOTTOM);
+    // The value axis carries the unit when every line shares it.
+    let unit = series[0].unit;
+    let shared = series.iter().all(|s| s.unit == unit);
     for (i, v) in [hi, (hi + lo) / 2.0, lo].into_iter().enumerate() {
         let yy = y(v);
+        let text = if shared && !unit.is_empty() {
+            format!("{} {unit}", label(v))
+        } else {
+            label(v)
+        };
         let _ = write!(
             svg,
             r#"<line x1="{LEFT}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" class="grid"/><text x="{}" y="{:.1}" text-anchor="end" class="axis">{}</text>"#,
             W - RIGHT,
             LEFT - 4.0,
             yy + 4.0 + if i == 0 { 4.0 } else { 0.0 },
-            escape(&label(v))
+            escape(&text)
         );
     }
-    for (t, anchor) in [(t0, "start"), (t1, "end")] {
+    // Within minutes the seconds matter; within a day the clock time
+    // says it; beyond, the date too.
+    let part = |t: i64| {
+        let full = time_label(t);
+        let r = match t1 - t0 {
+            ..=600_000 => 11..19,
+            ..=86_400_000 => 11..16,
+            _ => 5..16,
+        };
+        full.get(r).map_or(full.clone(), str::to_string)
+    };
+    for i in 0..TIME_TICKS {
+        let t = t0 + (t1 - t0) * i as i64 / (TIME_TICKS as i64 - 1);
+        let anchor = match i {
+            0 => "start",
+            i if i == TIME_TICKS - 1 => "end",
+            _ => "middle",
+        };
+        let xx = x(t);
         let _ = write!(
             svg,
-            r#"<text x="{:.1}" y="{}" text-anchor="{anchor}" class="axis">{}</text>"#,
-            x(t),
+            r#"<line x1="{xx:.1}" x2="{xx:.1}" y1="{TOP}" y2="{}" class="grid"/><text x="{xx:.1}" y="{}" text-anchor="{anchor}" class="axis">{}</text>"#,
+            H - BOTTOM,
             H - 6.0,
-            escape(&time_label(t))
+            escape(&part(t))
         );
     }
-    // Callers pass a few hundred points at most (history comes in time
-    // slices, `Store::history_buckets`).
-    let path: Vec<String> = points
-        .iter()
-        .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
-        .collect();
-    let _ = write!(
-        svg,
-        r#"<polyline points="{}" class="series" fill="none"/>"#,
-        path.join(" ")
-    );
-    // A line needs two points; sparse series show each value as a dot too.
-    if points.len() <= 60 {
-        for &(t, v) in points {
-            let _ = write!(
-                svg,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" class="point"/>"#,
-                x(t),
-                y(v)
-            );
+    for (n, s) in series.iter().enumerate() {
+        if s.points.is_empty() {
+            continue;
+        }
+        // Callers pass a few hundred points at most (history comes in
+        // time slices, `Store::history_buckets`).
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline points="{}" class="series series-{n}" fill="none"><title>{}</title></polyline>"#,
+            path.join(" "),
+            escape(s.name)
+        );
+        // A line needs two points; sparse series show each value as a dot too.
+        if s.points.len() <= 60 {
+            for &(t, v) in s.points {
+                let _ = write!(
+                    svg,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" class="point point-{n}"/>"#,
+                    x(t),
+                    y(v)
+                );
+            }
         }
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// One line, as [`lines`] draws it.
+pub fn line(title: &str, points: &[(i64, f64)], window: (i64, i64), time_label: impl Fn(i64) -> String) -> String {
+    lines(
+        title,
+        &[Series {
+            name: title,
+            unit: "",
+            points,
+        }],
+        window,
+        time_label,
+    )
 }
 
 /// At most `max` characters, the rest elided: labels must fit their column
@@ -231,16 +307,47 @@ mod tests {
         );
         assert!(!svg.contains("<script>"));
         assert!(svg.contains("&lt;script&gt;"));
-        let svg = line("t<", &[(0, 1.0), (1000, 3.0), (2000, 2.0)], (0, 2000), |t| {
-            format!("{t}")
-        });
+        let stamp = |t: i64| format!("2026-12-06 {:02}:{:02}:00", t / 3_600_000, t / 60_000 % 60);
+        let svg = line("t<", &[(0, 1.0), (1000, 3.0), (2000, 2.0)], (0, 2000), stamp);
         assert!(svg.contains("<polyline points=\"56.0,"), "{svg}");
         assert!(svg.contains("t&lt;"));
         assert!(line("empty", &[], (0, 1), |_| String::new()).contains("no values"));
         // A single point is placed in its window and drawn as a dot.
-        let one = line("one", &[(1500, 7.0)], (1000, 2000), |t| format!("t{t}"));
+        let one = line("one", &[(1500, 7.0)], (1000, 2000), |t| {
+            format!("2026-12-06 00:00:{:02}", t / 1000)
+        });
         assert!(one.contains(r#"<circle cx="342.0" cy="104.0""#), "{one}");
-        assert!(one.contains(">t1000<") && one.contains(">t2000<"), "{one}");
+        // Within minutes, the axis shows seconds.
+        assert!(one.contains(">00:00:01<") && one.contains(">00:00:02<"), "{one}");
+        // Half an hour of data asked for over a day fills the chart: the
+        // axis runs over the data's span (clock times), not the whole day.
+        let hour: Vec<(i64, f64)> = (0..=60).map(|m| (82_800_000 + m * 30_000, m as f64)).collect();
+        let svg = lines(
+            "temp",
+            &[
+                Series {
+                    name: "a",
+                    unit: "°C",
+                    points: &hour,
+                },
+                Series {
+                    name: "b",
+                    unit: "°C",
+                    points: &hour[30..],
+                },
+            ],
+            (0, 86_400_000),
+            stamp,
+        );
+        assert!(svg.contains(">22:59<") && svg.contains(">23:30<"), "{svg}");
+        assert!(!svg.contains(">00:00<"), "the day's start is not on the axis");
+        assert!(svg.contains(">60 °C<"), "the shared unit on the value axis");
+        assert!(svg.contains("series-0") && svg.contains("series-1"));
+        // A week shows dates.
+        let week = [(0, 1.0), (6 * 86_400_000, 2.0)];
+        let day = |t: i64| format!("2026-12-{:02} 10:00:00", 1 + t / 86_400_000);
+        let svg = line("w", &week, (0, 7 * 86_400_000), day);
+        assert!(svg.contains(">12-01 10:00<") && svg.contains(">12-07 10:00<"), "{svg}");
         // Stacked bars: widths in proportion, labels escaped, empty parts left out.
         let svg = stacked(
             "waves",

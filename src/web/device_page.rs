@@ -8,7 +8,7 @@ use super::object_tree::{self, Latest, TreeObject};
 use super::pages::{Chrome, DeviceRow, EventLine, chrome, event_lines, opt_time, render, required, time};
 use super::reply::{Reply, WebError, WebResult};
 use super::{Ctx, api, chart, form};
-use crate::lwm2m::display::{display, explain_code, natural_cmp};
+use crate::lwm2m::display::{display, explain_code, natural_cmp, unit_symbol};
 use crate::lwm2m::operation::{OperationKind, WriteValue};
 use crate::lwm2m::path::ResourcePath;
 use crate::store::now_ms;
@@ -83,8 +83,11 @@ struct DevicePage {
     reg: Option<RegistrationView>,
     tree: Vec<TreeObject>,
     operations: Vec<OperationView>,
-    numeric: Vec<String>,
-    chart_path: String,
+    /// Numeric resources to chart: (path, name, charted now).
+    numeric: Vec<(String, String, bool)>,
+    /// The charted paths, and each line's (colour index, name, unit).
+    charted: Vec<String>,
+    legend: Vec<(usize, String, String)>,
     range: String,
     ranges: Vec<(&'static str, &'static str)>,
     chart: String,
@@ -198,35 +201,67 @@ pub(super) fn page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<Stri
         .map(ToString::to_string)
         .collect();
     numeric.sort_by(|a, b| natural_cmp(a, b));
-    let chart_path = ctx
-        .query("chart")
-        .map(str::to_string)
+    let mut charted: Vec<String> = ctx
+        .query
+        .iter()
+        .filter(|(k, v)| k == "chart" && !v.is_empty())
+        .map(|(_, v)| v.clone())
+        .take(chart::MAX_SERIES)
+        .collect();
+    if charted.is_empty() {
         // The IPSO Sensor Value (resource 5700) if there is one: what an
         // operator charts first, rather than an error code.
-        .or_else(|| {
+        charted.extend(
             numeric
                 .iter()
                 .find(|p| p.ends_with("/5700"))
                 .or(numeric.first())
-                .cloned()
-        })
-        .unwrap_or_default();
+                .cloned(),
+        );
+    }
     let range = ctx.query("range").unwrap_or("24h").to_string();
     let span = range_ms(&range)?;
-    let chart = if chart_path.is_empty() {
-        chart::line("no numeric resources", &[], (0, 0), |_| String::new())
-    } else {
-        let path: ResourcePath = chart_path.parse().map_err(WebError::from)?;
-        let now = now_ms();
+    let now = now_ms();
+    let mut lines: Vec<(String, String, Vec<(i64, f64)>)> = Vec::new();
+    for p in &charted {
+        let path: ResourcePath = p.parse().map_err(WebError::from)?;
         let points = ctx
             .store
             .history_buckets(endpoint, &path, (now - span, now + 1), CHART_BUCKETS)?;
-        let title = format!(
-            "{chart_path} over {}",
-            RANGES.iter().find(|r| r.0 == range).map_or("", |r| r.1),
-        );
-        chart::line(&title, &points, (now - span, now), |t| time(t)[5..16].to_string())
-    };
+        let model = models.resource(&path);
+        let name = model.map_or_else(|| p.clone(), |m| format!("{} {p}", m.name));
+        let unit = model
+            .map(|m| unit_symbol(m.units.trim()).to_string())
+            .unwrap_or_default();
+        lines.push((name, unit, points));
+    }
+    let series: Vec<chart::Series<'_>> = lines
+        .iter()
+        .map(|(name, unit, points)| chart::Series { name, unit, points })
+        .collect();
+    let title = format!(
+        "{} over the last {}",
+        lines.iter().map(|l| l.0.as_str()).collect::<Vec<_>>().join(", "),
+        RANGES.iter().find(|r| r.0 == range).map_or("", |r| r.1),
+    );
+    let chart = chart::lines(&title, &series, (now - span, now), time);
+    let legend: Vec<(usize, String, String)> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (name, unit, _))| (i, name.clone(), unit.clone()))
+        .collect();
+    let numeric: Vec<(String, String, bool)> = numeric
+        .into_iter()
+        .map(|p| {
+            let name = p
+                .parse::<ResourcePath>()
+                .ok()
+                .and_then(|rp| models.resource(&rp).map(|m| m.name.clone()))
+                .unwrap_or_default();
+            let on = charted.contains(&p);
+            (p, name, on)
+        })
+        .collect();
     let downloads = ctx
         .store
         .device_downloads(endpoint)?
@@ -274,7 +309,8 @@ pub(super) fn page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<Stri
         tree,
         operations,
         numeric,
-        chart_path,
+        charted,
+        legend,
         range,
         ranges: RANGES.iter().map(|r| (r.0, r.1)).collect(),
         chart,

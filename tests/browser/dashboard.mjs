@@ -224,6 +224,37 @@ try {
   await nothingExecuted();
   await shot("device");
 
+  // History: two resources on one chart with a legend; observed from the
+  // object tree, the temperature's line follows its notifications live.
+  await treeOp("observe", "/3303/0/5700");
+  step = "history";
+  await page.check('#history-form input[value="/3303/0/5700"]');
+  await page.check('#history-form input[value="/3/0/9"]');
+  // Over an hour a slice is 6 s: the notifications add a point every few seconds.
+  await page.selectOption("#history-range", "1h");
+  await Promise.all([page.waitForURL(/chart=.*chart=/), page.click("#history-form button[type=submit]")]);
+  check((await page.locator("#history svg polyline.series-1").count()) === 1, "the second resource has no line");
+  const legend = await page.locator("#history ul.legend").innerText();
+  check(legend.includes("Battery Level") && legend.includes("(°C)"), `the legend says ${legend}`);
+  // The temperature's line (its <title> names it), redrawn as values come.
+  const tempLine = () =>
+    page.evaluate(() =>
+      [...document.querySelectorAll("#history svg polyline")]
+        .find((l) => l.querySelector("title")?.textContent.includes("/3303/0/5700"))
+        ?.getAttribute("points"),
+    );
+  const drawn = await tempLine();
+  check(!!drawn, "the temperature has no line");
+  await page.waitForFunction(
+    (b) =>
+      [...document.querySelectorAll("#history svg polyline")]
+        .find((l) => l.querySelector("title")?.textContent.includes("/3303/0/5700"))
+        ?.getAttribute("points") !== b,
+    drawn,
+    { timeout: 20000 },
+  );
+  await shot("device-history");
+
   // The object tree on a real LwM2M client (Eclipse Wakaama): a button per
   // resource for each operation the object model allows, typed inputs.
   if (wakaama) {
