@@ -117,10 +117,13 @@ pub fn lines(title: &str, series: &[Series<'_>], window: (i64, i64), time_label:
     // says it; beyond, the date too.
     let part = |t: i64| {
         let full = time_label(t);
-        let r = match t1 - t0 {
-            ..=600_000 => 11..19,
-            ..=86_400_000 => 11..16,
-            _ => 5..16,
+        let span = t1 - t0;
+        let r = if span <= 600_000 {
+            11..19
+        } else if span <= 86_400_000 {
+            11..16
+        } else {
+            5..16
         };
         full.get(r).map_or(full.clone(), str::to_string)
     };

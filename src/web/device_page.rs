@@ -101,6 +101,9 @@ struct DevicePage {
     generated_key: Option<String>,
 }
 
+/// A charted resource: its name, unit symbol and (time, value) points.
+type ChartLine = (String, String, Vec<(i64, f64)>);
+
 /// A firmware update on the device page, with its timeline.
 struct UpdateLine {
     id: i64,
@@ -222,7 +225,8 @@ pub(super) fn page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<Stri
     let range = ctx.query("range").unwrap_or("24h").to_string();
     let span = range_ms(&range)?;
     let now = now_ms();
-    let mut lines: Vec<(String, String, Vec<(i64, f64)>)> = Vec::new();
+    // (name, unit, points) of each charted resource.
+    let mut lines: Vec<ChartLine> = Vec::new();
     for p in &charted {
         let path: ResourcePath = p.parse().map_err(WebError::from)?;
         let points = ctx
