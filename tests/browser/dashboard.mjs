@@ -381,6 +381,20 @@ try {
   check((await page.locator("#campaigns tbody tr", { hasText: "browser campaign" }).count()) === 1, "the campaign is not listed");
   const campaignHref = await page.locator("#campaigns tbody tr a").first().getAttribute("href");
 
+  // A device profile from its form: listed with its steps in words.
+  step = "device profiles";
+  await visit("device-profiles", "/device-profiles");
+  await page.fill("#profile-form input[name=name]", "identity and temperature");
+  await page.fill("#profile-form input[name=tag]", "fleet-b");
+  await page.fill("#profile-form textarea[name=steps]", "read /3/0\nobserve /3303/0/5700 pmin=5 pmax=60");
+  await Promise.all([page.waitForURL(/done=profile-saved/), page.click("#profile-submit")]);
+  const listed = await page.locator("#profiles tbody").innerText();
+  check(
+    listed.includes("identity and temperature") && listed.includes("observe /3303/0/5700 pmin=5 pmax=60") && listed.includes("fleet-b"),
+    `the new profile is not listed: ${listed}`,
+  );
+  await shot("device-profiles");
+
   await visit("users", "/users");
   await visit("profile", "/profile");
   await visit("tokens", "/tokens");
@@ -450,6 +464,9 @@ try {
     ["events", "/events"],
     ["firmware", "/firmware"],
     ["campaigns", "/campaigns"],
+    ["device-profiles", "/device-profiles"],
+    ["devices-filtered", "/devices?tag=fleet-b&limit=25"],
+    ...(wakaama ? [["wakaama", `/devices/${encodeURIComponent(wakaama)}`]] : []),
     ["campaign", campaignHref],
     ["users", "/users"],
     ["profile", "/profile"],

@@ -197,6 +197,11 @@ async fn dashboard_in_a_real_browser() {
     let queued: Vec<usize> = (0..100).map(|i| read_on(&format!("zz-bulk-{i:03}"))).collect();
     assert_eq!(queued[..25], [1; 25], "the 25 ticked devices each got one Read");
     assert_eq!(queued[25..], [0; 75], "the others none");
+    let profiles = s.profiles().unwrap();
+    assert_eq!(
+        profiles.iter().map(|p| (p.name.as_str(), p.tag.as_deref(), p.steps.len())).collect::<Vec<_>>(),
+        [("identity and temperature", Some("fleet-b"), 2)]
+    );
     let fw = s.firmware("app-update.bin").unwrap();
     assert_eq!((fw.version.as_str(), fw.size), ("2.0.0", image.len() as u64));
     assert_eq!(fw.uploader, "admin");
@@ -207,6 +212,10 @@ async fn dashboard_in_a_real_browser() {
         "device",
         "device-hostile",
         "events",
+        "bulk-confirm",
+        "device-history",
+        "devices-prefs",
+        "device-profiles",
         "firmware-uploaded",
         "users",
         "profile",
