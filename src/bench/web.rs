@@ -13,7 +13,9 @@
 //!    journal, once after it has moved them all.
 //!
 //! The goals (≤ 30 ms p99 per page, ≥ 100,000 values/s) are printed
-//! beside each figure.
+//! beside each figure. The bench user shows every device list column and
+//! the store holds a device profile, so the pages do what an operator's do
+//! (the device page draws its object tree from the registration's links).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -82,6 +84,15 @@ pub async fn run(b: WebBench, config: &Config) -> anyhow::Result<()> {
             s.add_user("bench", &hash_password("bench password 1")?, Role::Admin)?;
         }
         s.create_session(&crate::web::auth::digest(&sid), "bench", "127.0.0.1")?;
+        // The dashboard as an operator sets it up: every device list
+        // column (model, signal and battery come from the latest values),
+        // and a device profile for every registration.
+        s.set_setting("bench", "device_columns", "status,firmware,model,last_seen,lifetime,signal,battery,tags")?;
+        if s.profiles()?.is_empty() {
+            let steps = crate::lwm2m::profile::parse_steps("read /3/0\nread /4/0\nobserve /3303/0/5700 pmin=60 pmax=3600")
+                .map_err(anyhow::Error::msg)?;
+            s.add_profile("identity and radio", None, &steps, 3600, "bench")?;
+        }
     }
     let server = super::ServerProcess::start_in(&dir, &[])?;
     let http = server.http.context("no dashboard listener")?;
@@ -107,6 +118,10 @@ pub async fn run(b: WebBench, config: &Config) -> anyhow::Result<()> {
         (
             "device detail, 7-day history chart",
             format!("/devices/{busy}?chart=/3303/0/5700&range=7d"),
+        ),
+        (
+            "device detail, 7-day chart of two resources",
+            format!("/devices/{busy}?chart=/3303/0/5700&chart=/3304/0/5700&range=7d"),
         ),
         (
             "API history, 7 days, 500 values",
