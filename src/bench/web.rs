@@ -87,10 +87,15 @@ pub async fn run(b: WebBench, config: &Config) -> anyhow::Result<()> {
         // The dashboard as an operator sets it up: every device list
         // column (model, signal and battery come from the latest values),
         // and a device profile for every registration.
-        s.set_setting("bench", "device_columns", "status,firmware,model,last_seen,lifetime,signal,battery,tags")?;
+        s.set_setting(
+            "bench",
+            "device_columns",
+            "status,firmware,model,last_seen,lifetime,signal,battery,tags",
+        )?;
         if s.profiles()?.is_empty() {
-            let steps = crate::lwm2m::profile::parse_steps("read /3/0\nread /4/0\nobserve /3303/0/5700 pmin=60 pmax=3600")
-                .map_err(anyhow::Error::msg)?;
+            let steps =
+                crate::lwm2m::profile::parse_steps("read /3/0\nread /4/0\nobserve /3303/0/5700 pmin=60 pmax=3600")
+                    .map_err(anyhow::Error::msg)?;
             s.add_profile("identity and radio", None, &steps, 3600, "bench")?;
         }
     }

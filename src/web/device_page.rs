@@ -433,10 +433,7 @@ pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
         _ => String::new(),
     };
     api::queue(ctx, &endpoint, kind, None)?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=queued{back}",
-        form::encode(&endpoint)
-    )))
+    Ok(back_to(&endpoint, &format!("queued{back}")))
 }
 
 /// The text of a value field as `WriteValue` takes it (Core §7.4.1 text
@@ -497,41 +494,34 @@ fn notification_attributes(f: &[(String, String)]) -> WebResult<Vec<String>> {
 }
 
 /// The device page's "Update firmware" form.
+/// After a form on the device page: back to it, with a notice.
+fn back_to(endpoint: &str, done: &str) -> Reply {
+    Reply::redirect(&format!("/devices/{}?done={done}", form::encode(endpoint)))
+}
+
 pub fn start_update(ctx: &mut Ctx<'_>) -> WebResult {
     let f = ctx.form();
     let endpoint = ctx.param("endpoint").to_string();
     api::start_update(ctx, &endpoint, &[required(&f, "image")?])?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=update-started",
-        form::encode(&endpoint)
-    )))
+    Ok(back_to(&endpoint, "update-started"))
 }
 
 /// The device page's cancel button of an active update.
 pub fn cancel_update(ctx: &mut Ctx<'_>) -> WebResult {
     let id = ctx.id("id")?;
     let row = api::request_update_cancel(ctx, id)?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=update-cancelling",
-        form::encode(&row.endpoint)
-    )))
+    Ok(back_to(&row.endpoint, "update-cancelling"))
 }
 
 pub fn set_tags(ctx: &mut Ctx<'_>) -> WebResult {
     let f = ctx.form();
     let endpoint = ctx.param("endpoint").to_string();
     api::retag(ctx, &endpoint, form::field(&f, "tags").unwrap_or(""))?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=tagged",
-        form::encode(&endpoint)
-    )))
+    Ok(back_to(&endpoint, "tagged"))
 }
 
 pub fn cancel_operation(ctx: &mut Ctx<'_>) -> WebResult {
     let id = ctx.id("id")?;
     let row = api::cancel(ctx, id)?;
-    Ok(Reply::redirect(&format!(
-        "/devices/{}?done=cancelled",
-        form::encode(&row.endpoint)
-    )))
+    Ok(back_to(&row.endpoint, "cancelled"))
 }

@@ -199,7 +199,10 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(queued[25..], [0; 75], "the others none");
     let profiles = s.profiles().unwrap();
     assert_eq!(
-        profiles.iter().map(|p| (p.name.as_str(), p.tag.as_deref(), p.steps.len())).collect::<Vec<_>>(),
+        profiles
+            .iter()
+            .map(|p| (p.name.as_str(), p.tag.as_deref(), p.steps.len()))
+            .collect::<Vec<_>>(),
         [("identity and temperature", Some("fleet-b"), 2)]
     );
     let fw = s.firmware("app-update.bin").unwrap();

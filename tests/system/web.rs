@@ -925,17 +925,7 @@ async fn values_come_with_their_readable_form_in_natural_order() {
     let dir = tempfile::tempdir().unwrap();
     let (running, addr) = start(dir.path(), |_| {}).await;
     let _fleet = fleet(&running, vec![device("readable-1")]).await;
-    for path in ["/3/0", "/5/0"] {
-        let read = super::run_op(
-            dir.path(),
-            "readable-1",
-            flownexus::lwm2m::operation::OperationKind::Read {
-                path: path.parse().unwrap(),
-            },
-        )
-        .await;
-        assert_eq!(read.state, flownexus::lwm2m::operation::OperationState::Succeeded);
-    }
+    reads(dir.path(), "readable-1", &["/3/0", "/5/0"]).await;
     running.flush().await;
     let bearer = format!("Bearer {}", Keys::new(dir.path()).token("viewer", Role::Viewer));
     let r = http(
@@ -1185,17 +1175,7 @@ async fn csv_exports_hold_every_matching_row() {
         s.add_device(&format!("csv-x{i:02}"), None, &Tags::parse("x").unwrap())
             .unwrap();
     }
-    for path in ["/3/0", "/3303/0/5700", "/3303/0/5700"] {
-        let read = super::run_op(
-            dir.path(),
-            "csv-1",
-            flownexus::lwm2m::operation::OperationKind::Read {
-                path: path.parse().unwrap(),
-            },
-        )
-        .await;
-        assert_eq!(read.state, flownexus::lwm2m::operation::OperationState::Succeeded);
-    }
+    reads(dir.path(), "csv-1", &["/3/0", "/3303/0/5700", "/3303/0/5700"]).await;
     running.flush().await;
     let r = sign_in(addr, "viewer", "viewer password 1").await;
     let cookie = format!("flownexus={}", r.cookie("flownexus").unwrap());
@@ -1263,15 +1243,7 @@ async fn time_zone_columns_and_saved_filters_are_per_user() {
     let dir = tempfile::tempdir().unwrap();
     let (running, addr) = start(dir.path(), |_| {}).await;
     let _fleet = fleet(&running, vec![device("pref-1")]).await;
-    let read = super::run_op(
-        dir.path(),
-        "pref-1",
-        flownexus::lwm2m::operation::OperationKind::Read {
-            path: "/3/0".parse().unwrap(),
-        },
-    )
-    .await;
-    assert_eq!(read.state, flownexus::lwm2m::operation::OperationState::Succeeded);
+    reads(dir.path(), "pref-1", &["/3/0"]).await;
     running.flush().await;
     let session = |name: &'static str| async move {
         let r = sign_in(addr, name, &format!("{name} password 1")).await;
@@ -1404,4 +1376,23 @@ async fn time_zone_columns_and_saved_filters_are_per_user() {
             .contains("offline pilots")
     );
     running.stop().await;
+}
+
+/// Read each of `paths` from `endpoint` through the server; each succeeds.
+async fn reads(dir: &Path, endpoint: &str, paths: &[&str]) {
+    for path in paths {
+        let read = super::run_op(
+            dir,
+            endpoint,
+            flownexus::lwm2m::operation::OperationKind::Read {
+                path: path.parse().unwrap(),
+            },
+        )
+        .await;
+        assert_eq!(
+            read.state,
+            flownexus::lwm2m::operation::OperationState::Succeeded,
+            "{path}"
+        );
+    }
 }
