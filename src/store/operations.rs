@@ -55,6 +55,10 @@ impl Store {
                 "INSERT INTO operations (endpoint, kind, request, state, created_at, updated_at, deadline, max_attempts)
                  VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6)",
             )?;
+            // All or none: an endpoint removed meanwhile fails the lot.
+            for e in endpoints {
+                super::devices::require_device(&tx, e)?;
+            }
             for _ in 0..per_endpoint {
                 for e in endpoints {
                     st.execute(params![e, kind.name(), request, now, deadline, max_attempts])?;

@@ -114,6 +114,7 @@ struct Confirm {
 fn selection(ctx: &mut Ctx<'_>, f: &[(String, String)]) -> WebResult<Vec<String>> {
     if form::field(f, "scope") != Some("filter") {
         let mut eps: Vec<String> = f.iter().filter(|(k, _)| k == "ep").map(|(_, v)| v.clone()).collect();
+        eps.sort();
         eps.dedup();
         if eps.len() > BULK_MAX {
             return Err(WebError::bad_request(format!("at most {BULK_MAX} devices at once")));

@@ -1151,6 +1151,18 @@ async fn bulk_actions_confirm_the_count_and_respect_roles() {
     let r = post(&admin, &admin_csrf, &remove).await;
     assert_eq!(r.status, 303, "{}", r.text());
     assert!(s.device("b-00").is_err() && s.device("b-01").is_err() && s.device("b-02").is_ok());
+    // A ticked device removed before the confirmation: nothing is queued
+    // on any of them.
+    let gone = [
+        ("ep", "b-02"),
+        ("ep", "b-00"),
+        ("action", "read"),
+        ("path", "/3/0"),
+        ("confirm", "2"),
+    ];
+    let r = post(&operator, &csrf, &gone).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(s.operations_of("b-02", 5).unwrap().len(), 1, "only the earlier Write");
     // Nothing selected is an error, not a no-op success.
     let r = post(&operator, &csrf, &[("action", "read"), ("path", "/3/0")]).await;
     assert_eq!(r.status, 400);
