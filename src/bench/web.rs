@@ -79,6 +79,14 @@ pub async fn run(b: WebBench, config: &Config) -> anyhow::Result<()> {
 
     let sid = format!("bench-session-{}", fastrand::u64(..));
     {
+        // The ingest's checkpointer may still be folding gigabytes of WAL
+        // into the database, holding the write lock longer than the
+        // server's busy timeout at its start: wait for it here.
+        let c = rusqlite::Connection::open(&db)?;
+        c.busy_timeout(Duration::from_secs(600))?;
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    {
         let s = Store::open(&db)?;
         if s.user_credentials("bench")?.is_none() {
             s.add_user("bench", &hash_password("bench password 1")?, Role::Admin)?;
