@@ -59,9 +59,8 @@ impl Store {
                 reason: "1 to 64 printable characters".into(),
             });
         }
-        if self.saved_filters(user)?.len() >= MAX_SAVED_FILTERS
-            && !self.saved_filters(user)?.iter().any(|f| f.name == name)
-        {
+        let saved = self.saved_filters(user)?;
+        if saved.len() >= MAX_SAVED_FILTERS && !saved.iter().any(|f| f.name == name) {
             return Err(Error::Invalid {
                 what: "saved filters",
                 reason: format!("at most {MAX_SAVED_FILTERS}: remove one first"),
