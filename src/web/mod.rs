@@ -120,7 +120,8 @@ pub struct Ctx<'a> {
     /// one of them); empty for other bodies.
     pub parts: Vec<form::Part>,
     pub peer: IpAddr,
-    /// The request's path and query, for `next=` after login.
+    /// A GET request's path and query (`/` for other methods): where a
+    /// settings form on the page returns to.
     pub target: String,
 }
 
@@ -521,7 +522,13 @@ impl Web {
         } else {
             None
         };
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        // A page answered to a form post (a confirmation, an error) is not
+        // a place to return to.
+        let target = if parts.method == hyper::Method::GET {
+            parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string()
+        } else {
+            "/".to_string()
+        };
         let query = form::urlencoded(parts.uri.query().unwrap_or(""));
         // Pages show times in the signed-in user's zone; the API keeps UTC.
         let page_user = who
