@@ -222,6 +222,17 @@ impl Store {
 
     /// Cancellations asked for and not yet taken: their ids, cleared.
     pub fn take_update_cancels(&self) -> Result<Vec<i64>> {
+        // Looked for first: an UPDATE takes the write lock even when it
+        // matches nothing, and this runs every second, so it would queue
+        // behind the writer's long moves (seen as `database is locked`
+        // under `bench web`) for no change at all.
+        let any: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM fota_updates WHERE cancel_requested = 1)")?
+            .query_row([], |r| r.get(0))?;
+        if !any {
+            return Ok(Vec::new());
+        }
         let mut st = self
             .conn
             .prepare("UPDATE fota_updates SET cancel_requested = 0 WHERE cancel_requested = 1 RETURNING id")?;
