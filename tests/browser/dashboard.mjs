@@ -301,6 +301,10 @@ try {
     await treeOp("read", "/3/0");
     await shot("wakaama-tree");
     await treeOp("delete", "/31024/20");
+    // The client announces its objects again (an Update); the deleted
+    // instance leaves the tree, its old values with it.
+    step = "deleted instance leaves the tree";
+    await page.locator('section[data-instance="/31024/20"]').waitFor({ state: "detached", timeout: 20000 });
     await nothingExecuted();
   }
 
