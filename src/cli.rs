@@ -4,6 +4,7 @@
 
 mod campaign;
 mod healthcheck;
+mod profile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +67,10 @@ enum Command {
     /// Firmware campaigns: one image to many devices, in waves.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
+    /// Device profiles: reads and observations asked of a tag's devices
+    /// (or every device) at each registration.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
     /// Operators of the dashboard and API. Passwords are read from the
     /// terminal (twice, not echoed) or, when piped, one line from stdin.
     #[command(subcommand)]
@@ -420,6 +425,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Device(d) => device(d, &config),
         Command::Firmware(f) => firmware(f, &config),
         Command::Campaign(c) => campaign::run(c, &open_store(&config)?),
+        Command::Profile(p) => profile::run(p, &open_store(&config)?, &config),
         Command::User(u) => user(u, &config),
         Command::Backup { file } => {
             let s = open_store(&config)?.backup_to(&file)?;

@@ -8,7 +8,7 @@ use flownexus::store::tags::Tags;
 use flownexus::users::Role;
 
 use super::web::{Keys, http, start};
-use super::{device, fleet, store, wait_for};
+use super::{device, fleet, flownexus_cli, store, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_run_at_registration_by_tag() {
@@ -93,4 +93,59 @@ async fn profiles_run_at_registration_by_tag() {
     running.flush().await;
     assert!(s.device("p-south").unwrap().firmware_version.is_some());
     running.stop().await;
+}
+
+/// The same from the command line: added, listed, refused with the line
+/// at fault, removed.
+#[test]
+fn profiles_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // The database a server would have made.
+    drop(store(dir.path()));
+    let data = dir.path().to_str().unwrap();
+    let (ok, out, err) = flownexus_cli(
+        data,
+        &[
+            "profile",
+            "add",
+            "--name",
+            "radio",
+            "--tag",
+            "north",
+            "--step",
+            "read /4/0",
+            "--step",
+            "observe /4/0/2 pmin=60 pmax=3600",
+        ],
+        "",
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("\"tag\": \"north\""), "{out}");
+    let (ok, out, err) = flownexus_cli(data, &["profile", "list"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("radio")
+            && out.contains("tag north")
+            && out.contains("read /4/0; observe /4/0/2 pmin=60 pmax=3600"),
+        "{out}"
+    );
+    let (ok, _, err) = flownexus_cli(
+        data,
+        &[
+            "profile",
+            "add",
+            "--name",
+            "x",
+            "--step",
+            "read /3/0",
+            "--step",
+            "write /1/0/1",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("line 2: `write`"), "{err}");
+    let (ok, out, err) = flownexus_cli(data, &["profile", "remove", "1"], "");
+    assert!(ok && out.contains("removed profile 1 (radio)"), "{out}{err}");
+    let (ok, _, err) = flownexus_cli(data, &["profile", "remove", "1"], "");
+    assert!(!ok && err.contains("profile 1"), "{err}");
 }
