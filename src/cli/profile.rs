@@ -59,10 +59,7 @@ pub fn run(cmd: ProfileCommand, store: &Store, config: &Config) -> anyhow::Resul
             deadline_s,
         } => {
             let steps = parse_steps(&steps.join("\n")).map_err(anyhow::Error::msg)?;
-            let models = crate::app::load_models(config)?;
-            for kind in steps.iter().flat_map(Step::operations) {
-                kind.validate(&models)?;
-            }
+            crate::lwm2m::profile::validate(&steps, &crate::app::load_models(config)?)?;
             if deadline_s == 0 {
                 anyhow::bail!("--deadline-s must be at least 1");
             }

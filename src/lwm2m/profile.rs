@@ -4,7 +4,7 @@
 //! (signal strength, cell id) and chosen sensors are known without anyone
 //! asking. A profile is a list of steps, each a Read, or an Observe with
 //! optional notification attributes (Core §5.1.2 pmin/pmax, sent first as
-//! a Write-Attributes, §5.4.4).
+//! a Write-Attributes, §6.3.4).
 //!
 //! Steps are written one a line, as operators type them:
 //!
@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::lwm2m::Models;
 use crate::lwm2m::operation::OperationKind;
 use crate::lwm2m::path::ResourcePath;
 
@@ -125,13 +126,44 @@ pub fn parse_steps(text: &str) -> Result<Vec<Step>, String> {
         };
         steps.push(step);
     }
+    check_shape(&steps)?;
+    Ok(steps)
+}
+
+/// What any list of steps must be, however it came (the text form, or
+/// JSON through the API): 1 to [`MAX_STEPS`] steps, no pmax below its pmin.
+fn check_shape(steps: &[Step]) -> Result<(), String> {
     if steps.is_empty() {
         return Err("a profile needs at least one step".into());
     }
     if steps.len() > MAX_STEPS {
         return Err(format!("at most {MAX_STEPS} steps in a profile"));
     }
-    Ok(steps)
+    for step in steps {
+        if let Step::Observe {
+            path,
+            pmin: Some(a),
+            pmax: Some(b),
+        } = step
+            && b < a
+        {
+            return Err(format!("{path}: pmax must not be below pmin"));
+        }
+    }
+    Ok(())
+}
+
+/// Steps fit to store: their shape, and every operation they queue valid
+/// against the object model (as an operator's own operation would be).
+pub fn validate(steps: &[Step], models: &Models) -> crate::error::Result<()> {
+    check_shape(steps).map_err(|reason| crate::error::Error::Invalid {
+        what: "profile steps",
+        reason,
+    })?;
+    steps
+        .iter()
+        .flat_map(Step::operations)
+        .try_for_each(|kind| kind.validate(models))
 }
 
 /// Does a profile for `tag` (`None`: every device) apply to a device

@@ -33,26 +33,7 @@ pub struct NewProfile {
 }
 
 fn create(ctx: &mut Ctx<'_>, p: NewProfile) -> WebResult<ProfileRow> {
-    if p.steps.is_empty() || p.steps.len() > crate::lwm2m::profile::MAX_STEPS {
-        return Err(WebError::bad_request(format!(
-            "a profile has 1 to {} steps",
-            crate::lwm2m::profile::MAX_STEPS
-        )));
-    }
-    for step in &p.steps {
-        if let Step::Observe {
-            pmin: Some(a),
-            pmax: Some(b),
-            path,
-        } = step
-            && b < a
-        {
-            return Err(WebError::bad_request(format!("{path}: pmax must not be below pmin")));
-        }
-    }
-    for kind in p.steps.iter().flat_map(Step::operations) {
-        kind.validate(&ctx.web.models)?;
-    }
+    crate::lwm2m::profile::validate(&p.steps, &ctx.web.models)?;
     let deadline_s = p.deadline_s.unwrap_or(DEFAULT_DEADLINE_S);
     if deadline_s == 0 || deadline_s > 30 * 86400 {
         return Err(WebError::bad_request("deadline_s must be 1 to 2592000"));
