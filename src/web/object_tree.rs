@@ -23,7 +23,7 @@ pub struct TreeObject {
     pub path: String,
     pub name: String,
     pub instances: Vec<TreeInstance>,
-    /// Create is offered on multiple-instance objects (Core §6.3.5); its
+    /// Create is offered on multiple-instance objects (Core §6.3.6); its
     /// form has one typed field per writable resource.
     pub creatable: Vec<TreeResource>,
     pub observed: bool,
@@ -33,7 +33,7 @@ pub struct TreeInstance {
     pub path: String,
     pub resources: Vec<TreeResource>,
     /// Delete works on instances of multiple-instance objects only (Core
-    /// §6.3.6); never offered on the Server object, whose deletion would
+    /// §6.3.8); never offered on the Server object, whose deletion would
     /// cut the device off from this server.
     pub deletable: bool,
     pub observed: bool,
