@@ -20,6 +20,7 @@ use crate::dtls::{Limits, Sessions};
 use crate::lwm2m::model::Models;
 use crate::lwm2m::server::{Server, ServerConfig};
 use crate::metrics::Metrics;
+use crate::shell::activation::Inherited;
 use crate::shell::health::{Prober, SharedBoard, Targets};
 use crate::shell::lwm2m::{self, Command, DtlsLink, Events, Transports};
 use crate::shell::{dtls as dtls_shell, now, udp};
@@ -142,6 +143,19 @@ impl ServeLock {
 
 /// Start every part of the server; returns once the listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, Inherited::none()).await
+}
+
+/// [`start`], with listening sockets handed over already bound (socket
+/// activation) used instead of binding the configured addresses.
+pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Result<Running> {
+    inherited.refuse_disabled(&[
+        ("coap", config.coap.enabled),
+        ("coaps", config.coaps.enabled),
+        ("fw", config.fw.enabled),
+        ("http", config.http.enabled),
+        ("metrics", config.metrics.enabled),
+    ])?;
     create_data_dir(&config.data_dir)?;
     let serve_lock = ServeLock::acquire(&config.data_dir)?;
     let db_path = config.database_path();
@@ -227,8 +241,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     let metrics = Arc::new(Metrics::default());
     let udp_socket = if config.coap.enabled {
-        let socket = udp::bind(config.coap.listen, config.coap.socket_buffer_bytes)
-            .with_context(|| format!("coap.listen {}", config.coap.listen))?;
+        let socket = match inherited.udp("coap")? {
+            Some(s) => tokio::net::UdpSocket::from_std(s)?,
+            None => udp::bind(config.coap.listen, config.coap.socket_buffer_bytes)
+                .with_context(|| format!("coap.listen {}", config.coap.listen))?,
+        };
         log::info!("CoAP (LwM2M) listening on udp {}", socket.local_addr()?);
         Some(socket)
     } else {
@@ -238,7 +255,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let coap_addr = udp_socket.as_ref().map(|s| s.local_addr()).transpose()?;
     let (keys_changed, keys_rx) = watch::channel(0u64);
     let (dtls, coaps_addr) = if config.coaps.enabled {
-        let (link, addr, shards) = start_dtls(&config, keys.clone(), keys_rx, &metrics, &stop_rx, &mut tasks)?;
+        let handed = inherited.udp("coaps")?;
+        let (link, addr, shards) = start_dtls(&config, handed, keys.clone(), keys_rx, &metrics, &stop_rx, &mut tasks)?;
         log::info!("CoAP over DTLS (PSK) listening on udp {addr} ({shards} shards)");
         (Some(link), Some(addr))
     } else {
@@ -260,8 +278,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shell_events = events.clone();
     // The download server tells the update task of FOTA doom loops.
     let (doom_tx, doom_rx) = mpsc::channel(1024);
+    let handed = inherited.tcp("fw")?;
     let (fw_addr, cert_watcher, firmware) =
-        match start_firmware_server(&config, &writer, doom_tx, metrics.clone(), stop_rx.clone()).await? {
+        match start_firmware_server(&config, handed, &writer, doom_tx, metrics.clone(), stop_rx.clone()).await? {
             Some((addr, task, watcher, fw)) => {
                 tasks.push(task);
                 (Some(addr), Some(watcher), Some(fw))
@@ -294,6 +313,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         };
         let (addr, task) = start_web(
             &config,
+            inherited.tcp("http")?,
             events.clone(),
             models.clone(),
             writer.pending(),
@@ -467,9 +487,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let board = prober.board();
     tasks.push(tokio::spawn(prober.run(watchdog, stopped(stop_rx.clone()))));
     let metrics_addr = if config.metrics.enabled {
-        let listener = tokio::net::TcpListener::bind(config.metrics.listen)
-            .await
-            .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
+        let listener = match inherited.tcp("metrics")? {
+            Some(l) => l,
+            None => tokio::net::TcpListener::bind(config.metrics.listen)
+                .await
+                .with_context(|| format!("metrics.listen {}", config.metrics.listen))?,
+        };
         let addr = listener.local_addr()?;
         log::info!("Prometheus metrics on http://{addr}/metrics");
         let scrape = crate::shell::metrics::Scrape {
@@ -522,6 +545,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// The DTLS shards: a SO_REUSEPORT socket and a session table each.
 fn start_dtls(
     config: &Config,
+    mut handed: Option<std::net::UdpSocket>,
     keys: Arc<PskKeys>,
     keys_changed: watch::Receiver<u64>,
     metrics: &Arc<Metrics>,
@@ -529,7 +553,11 @@ fn start_dtls(
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<(DtlsLink, SocketAddr, usize)> {
     let c = &config.coaps;
-    let shards = if c.shards == 0 {
+    let shards = if handed.is_some() {
+        // One socket handed over: one shard (a SO_REUSEPORT group would
+        // need sockets of our own on its port).
+        1
+    } else if c.shards == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         c.shards
@@ -549,8 +577,11 @@ fn start_dtls(
     }
     for shard in 0..shards {
         // With port 0 the first socket picks the port; the others join it.
-        let socket = udp::bind_std(addr, config.coap.socket_buffer_bytes, shards > 1)
-            .with_context(|| format!("coaps.listen {addr}"))?;
+        let socket = match handed.take() {
+            Some(s) => s,
+            None => udp::bind_std(addr, config.coap.socket_buffer_bytes, shards > 1)
+                .with_context(|| format!("coaps.listen {addr}"))?,
+        };
         addr = socket.local_addr()?;
         let sessions =
             Sessions::new(std::time::Instant::now(), shard as u8, keys.clone(), limits.clone()).context("coaps")?;
@@ -597,6 +628,7 @@ fn name_this_thread(name: &str) {
 /// their watcher), the token key, the listener.
 async fn start_firmware_server(
     config: &Config,
+    handed: Option<tokio::net::TcpListener>,
     writer: &WriterHandle<Peer>,
     doom_loops: mpsc::Sender<String>,
     metrics: Arc<Metrics>,
@@ -636,9 +668,12 @@ async fn start_firmware_server(
         .clone()
         .unwrap_or_else(|| config.data_dir.join("fw-token.key"));
     let key = TokenKey::load_or_create(&key_path).context("fw.token_secret_file")?;
-    let listener = tokio::net::TcpListener::bind(fw.listen)
-        .await
-        .with_context(|| format!("fw.listen {}", fw.listen))?;
+    let listener = match handed {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(fw.listen)
+            .await
+            .with_context(|| format!("fw.listen {}", fw.listen))?,
+    };
     let addr = listener.local_addr()?;
     log::info!(
         "firmware server listening on https://{addr} (TLS records ≤ {} bytes)",
@@ -692,6 +727,7 @@ struct Watchers {
 /// first-run setup link when no admin exists yet.
 async fn start_web(
     config: &Config,
+    handed: Option<tokio::net::TcpListener>,
     events: lwm2m::Events,
     models: Arc<Models>,
     pending: crate::store::writer::SharedPending,
@@ -705,9 +741,12 @@ async fn start_web(
         .clone()
         .unwrap_or_else(|| config.data_dir.join("http-secret.key"));
     let secret = crate::secret::load_or_create(&secret_path, "http.secret_file")?;
-    let listener = tokio::net::TcpListener::bind(h.listen)
-        .await
-        .with_context(|| format!("http.listen {}", h.listen))?;
+    let listener = match handed {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(h.listen)
+            .await
+            .with_context(|| format!("http.listen {}", h.listen))?,
+    };
     let addr = listener.local_addr()?;
     let web = Arc::new(
         crate::web::Web::new(
@@ -747,7 +786,7 @@ async fn start_web(
 /// `flownexus serve`: run until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let runtime_path = config.runtime_path();
-    let running = start(config).await?;
+    let running = start_with(config, Inherited::from_env()?).await?;
     if !running.unwell.is_empty() {
         let unwell = running.unwell.join("; ");
         running.stop().await;

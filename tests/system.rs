@@ -146,8 +146,122 @@ fn flownexus_cli(data: &str, args: &[&str], stdin: &str) -> (bool, String, Strin
     )
 }
 
+/// Every listener `serve` has, by the name its runtime file and socket
+/// activation (`LISTEN_FDNAMES`) give it.
+const LISTENERS: [&str; 5] = ["coap", "coaps", "fw", "http", "metrics"];
+
+/// The real binary's `serve` on data directory `data` with every listener
+/// on 127.0.0.1:0, or on a socket the test holds (`handed`: name and
+/// descriptor, passed by systemd's socket activation protocol, so a test
+/// that restarts the server keeps its ports without ever letting them go).
+/// Tests run in parallel: two servers on a default port (5683, 5684, 8000,
+/// 8443, 9464) would collide. This is the only way tests start the binary's
+/// server (`no_test_starts_a_server_on_a_default_port` checks); the
+/// addresses it bound are in its runtime file ([`bound`]).
+fn serve_command(data: &Path, handed: &[(&str, std::os::fd::RawFd)]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_flownexus");
+    let mut cmd = if handed.is_empty() {
+        Command::new(bin)
+    } else {
+        // LISTEN_PID must be the server's own pid, known only in the child:
+        // the shell's `$$` is it once `exec` replaces the shell.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"LISTEN_PID=$$ exec "$0" "$@""#, bin]);
+        let names: Vec<&str> = handed.iter().map(|(n, _)| *n).collect();
+        cmd.env("LISTEN_FDS", handed.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+        let fds: Vec<i32> = handed.iter().map(|(_, fd)| *fd).collect();
+        // SAFETY: dup2 is async-signal-safe; the copies at 3.. have no
+        // close-on-exec flag, so the server inherits exactly these. The
+        // originals are above 3 + fds.len() (the harness opened them after
+        // its own standard descriptors), so no copy overwrites one unread.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                for (i, fd) in fds.iter().enumerate() {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd
+    };
+    cmd.arg("serve").env("FLOWNEXUS_DATA_DIR", data);
+    for name in LISTENERS {
+        cmd.env(format!("FLOWNEXUS_{}_LISTEN", name.to_uppercase()), "127.0.0.1:0");
+    }
+    cmd
+}
+
+/// The address a running server bound for `listener`, from its runtime
+/// file, once it has written it.
+fn bound(data: &Path, listener: &str) -> Option<std::net::SocketAddr> {
+    let rt: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("runtime.json")).ok()?).ok()?;
+    rt[listener].as_str()?.parse().ok()
+}
+
+/// Waits until the server on `data` has written its runtime file, and
+/// returns the address of `listener`.
+async fn bound_when_up(data: &Path, listener: &str) -> std::net::SocketAddr {
+    let mut addr = None;
+    wait_for("the server's runtime file", Duration::from_secs(30), || {
+        addr = bound(data, listener);
+        addr.is_some()
+    })
+    .await;
+    addr.unwrap()
+}
+
+/// No test starts the binary's server any other way than [`serve_command`]:
+/// one that did, with a listener left at its default port, collides with
+/// every other such test running at once (`coaps.listen 0.0.0.0:5684:
+/// Address already in use` was seen in CI).
+#[test]
+fn no_test_starts_a_server_on_a_default_port() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut files = vec![root.join("system.rs")];
+    for e in std::fs::read_dir(root.join("system")).unwrap() {
+        files.push(e.unwrap().path());
+    }
+    let mut starts = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if line.contains("\"serve\"") {
+                starts.push(format!("{}:{}", f.display(), i + 1));
+            }
+        }
+    }
+    let own = std::fs::read_to_string(&files[0]).unwrap();
+    let helper = own.split("fn serve_command(").nth(1).unwrap().split("\n}\n").next().unwrap();
+    assert!(
+        starts.len() == 1 && helper.contains("\"serve\""),
+        "only serve_command names the `serve` command: {starts:#?}"
+    );
+    // Nor does a test move a listener off port 0 after serve_command: the
+    // only place that names the listeners' variables is serve_command's loop.
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for name in LISTENERS {
+            let var = format!("FLOWNEXUS_{}_LISTEN", name.to_uppercase());
+            assert!(!text.contains(&var), "{} sets {var}", f.display());
+        }
+    }
+}
+
 /// A server process, SIGKILLed when dropped: on purpose (`kill -9` in a
 /// test), or when an assertion fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Run `script` with `sh -e` in `dir`; it must succeed.
 fn sh(dir: &Path, script: &str) {
     let out = Command::new("sh")
@@ -159,46 +273,37 @@ fn sh(dir: &Path, script: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `flownexus serve` process on fixed ports (so devices find it again
-/// after a restart), plain CoAP and the firmware server only, to be
-/// killed and started again.
+/// A `flownexus serve` process that keeps its addresses across restarts
+/// (so devices find it again), plain CoAP and the firmware server only, to
+/// be killed and started again. The test binds both sockets once, on port
+/// 0, and holds them for its whole run; each server start inherits them
+/// (socket activation), so no other test can take a port between two starts.
 struct Restartable {
     dir: std::path::PathBuf,
     coap: std::net::SocketAddr,
-    fw: std::net::SocketAddr,
+    coap_socket: std::net::UdpSocket,
+    fw_socket: std::net::TcpListener,
 }
 
 impl Restartable {
     fn new(dir: &Path) -> Restartable {
-        let coap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let fw = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let coap_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         Restartable {
             dir: dir.to_path_buf(),
-            coap,
-            fw,
+            coap: coap_socket.local_addr().unwrap(),
+            coap_socket,
+            fw_socket: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
         }
     }
 
     fn serve(&self) -> Killed {
+        use std::os::fd::AsRawFd;
+        let handed = [
+            ("coap", self.coap_socket.as_raw_fd()),
+            ("fw", self.fw_socket.as_raw_fd()),
+        ];
         Killed(
-            Command::new(env!("CARGO_BIN_EXE_flownexus"))
-                .arg("serve")
-                .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
-                .env("FLOWNEXUS_DATA_DIR", &self.dir)
-                .env("FLOWNEXUS_COAP_LISTEN", self.coap.to_string())
-                .env("FLOWNEXUS_FW_LISTEN", self.fw.to_string())
+            serve_command(&self.dir, &handed)
                 .env("FLOWNEXUS_COAPS_ENABLED", "false")
                 .env("FLOWNEXUS_HTTP_ENABLED", "false")
                 .env("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "500")
@@ -520,11 +625,7 @@ async fn values_in_the_journal_survive_a_kill() {
     let serve = |flush_age_s: &str| {
         let _ = std::fs::remove_file(dir.path().join("runtime.json"));
         Killed(
-            Command::new(env!("CARGO_BIN_EXE_flownexus"))
-                .arg("serve")
-                .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
-                .env("FLOWNEXUS_DATA_DIR", dir.path())
-                .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+            serve_command(dir.path(), &[])
                 .env("FLOWNEXUS_COAPS_ENABLED", "false")
                 .env("FLOWNEXUS_FW_ENABLED", "false")
                 .env("FLOWNEXUS_HTTP_ENABLED", "false")
@@ -534,19 +635,11 @@ async fn values_in_the_journal_survive_a_kill() {
                 .unwrap(),
         )
     };
-    let coap_of = |dir: &Path| -> Option<std::net::SocketAddr> {
-        let rt: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("runtime.json")).ok()?).ok()?;
-        rt["coap"].as_str()?.parse().ok()
-    };
     let child = serve("3600");
-    wait_for("the server's runtime file", Duration::from_secs(20), || {
-        coap_of(dir.path()).is_some()
-    })
-    .await;
+    let coap = bound_when_up(dir.path(), "coap").await;
     let f = Fleet::spawn(
         vec![device("sys-kill")],
-        coap_of(dir.path()).unwrap(),
+        coap,
         Arc::new(Models::embedded()),
         false,
     )

@@ -1,6 +1,7 @@
 //! Thin tokio shells around the sans-I/O cores: they own sockets, timers and
 //! the clock, and move bytes and events between the world and a core.
 
+pub mod activation;
 pub mod campaign;
 pub mod dtls;
 pub mod fota;

@@ -167,17 +167,10 @@ fn production_refuses_unprovisioned_endpoints_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut child = super::Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_flownexus"))
-            .arg("serve")
+        super::serve_command(&data, &[])
             .env("FLOWNEXUS_MODE", "production")
-            .env("FLOWNEXUS_DATA_DIR", &data)
             .env("FLOWNEXUS_HTTP_PUBLIC_URL", "https://dashboard.example.test")
             .env("FLOWNEXUS_FW_PUBLIC_URL", "https://fw.example.test")
-            .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
-            .env("FLOWNEXUS_COAPS_LISTEN", "127.0.0.1:0")
-            .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
-            .env("FLOWNEXUS_HTTP_LISTEN", "127.0.0.1:0")
-            .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_LOG_TARGET", "stderr")
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -185,11 +178,7 @@ fn production_refuses_unprovisioned_endpoints_by_default() {
     );
     let until = Instant::now() + Duration::from_secs(20);
     let coap: std::net::SocketAddr = loop {
-        let rt = std::fs::read_to_string(data.join("runtime.json")).ok();
-        if let Some(a) = rt
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["coap"].as_str().and_then(|a| a.parse().ok()))
-        {
+        if let Some(a) = super::bound(&data, "coap") {
             break a;
         }
         assert!(Instant::now() < until, "the server did not start");

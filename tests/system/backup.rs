@@ -107,10 +107,7 @@ async fn backup_under_write_load_and_restore_only_when_stopped() {
     let (ok, _, err) = flownexus_cli(data_s, &["restore", backups[1].to_str().unwrap()], "");
     assert!(!ok, "restore must be refused while serving");
     assert!(err.contains("is running on"), "{err}");
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_flownexus"))
-        .arg("serve")
-        .env("FLOWNEXUS_DATA_DIR", &data)
-        .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+    let second = super::serve_command(&data, &[])
         .env("FLOWNEXUS_COAPS_ENABLED", "false")
         .env("FLOWNEXUS_HTTP_ENABLED", "false")
         .env("FLOWNEXUS_FW_ENABLED", "false")

@@ -601,24 +601,11 @@ async fn an_add_killed_mid_write_leaves_nothing() {
 async fn the_server_survives_clients_that_vanish_mid_download() {
     let dir = tempfile::tempdir().unwrap();
     add_image(dir.path());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flownexus"))
-        .args([
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--coap-listen",
-            "127.0.0.1:0",
-            "--fw-listen",
-            "127.0.0.1:0",
-            "serve",
-        ])
+    let mut child = super::serve_command(dir.path(), &[])
         .env("FLOWNEXUS_LOG_LEVEL", "warn")
-        .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
         .spawn()
         .unwrap();
-    let runtime = dir.path().join("runtime.json");
-    wait_for("the server", Duration::from_secs(20), || runtime.exists()).await;
-    let rt: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&runtime).unwrap()).unwrap();
-    let addr: SocketAddr = rt["fw"].as_str().unwrap().parse().unwrap();
+    let addr: SocketAddr = super::bound_when_up(dir.path(), "fw").await;
     let ca = dir.path().join("fw-tls/ca.pem");
     for _ in 0..20 {
         let mut conn = connect(addr, &ca, &rustls::version::TLS13).await;

@@ -37,9 +37,7 @@ fn receive(sock: &UnixDatagram, timeout: Duration, mut until: impl FnMut(&str) -
 }
 
 fn bound(dir: &Path, key: &str) -> std::net::SocketAddr {
-    let rt: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("runtime.json")).unwrap()).unwrap();
-    rt[key].as_str().unwrap().parse().unwrap()
+    super::bound(dir, key).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,17 +47,10 @@ async fn serve_tells_systemd_it_is_ready_well_and_stopping() {
     let sock = UnixDatagram::bind(&socket_path).unwrap();
     let data = dir.path().join("data");
     let mut child = super::Killed(
-        Command::new(env!("CARGO_BIN_EXE_flownexus"))
-            .arg("serve")
-            .env("FLOWNEXUS_METRICS_LISTEN", "127.0.0.1:0")
+        super::serve_command(&data, &[])
             .env("NOTIFY_SOCKET", &socket_path)
             // One second: probes every 250 ms, pings every 500 ms.
             .env("WATCHDOG_USEC", "1000000")
-            .env("FLOWNEXUS_DATA_DIR", &data)
-            .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
-            .env("FLOWNEXUS_COAPS_LISTEN", "127.0.0.1:0")
-            .env("FLOWNEXUS_FW_LISTEN", "127.0.0.1:0")
-            .env("FLOWNEXUS_HTTP_LISTEN", "127.0.0.1:0")
             .env("FLOWNEXUS_LOG_LEVEL", "warn")
             .spawn()
             .unwrap(),
@@ -279,10 +270,7 @@ async fn device_lines_reach_the_journal_with_their_fields() {
     };
     let data = dir.path().join("data");
     let _child = super::Killed(
-        Command::new(env!("CARGO_BIN_EXE_flownexus"))
-            .arg("serve")
-            .env("FLOWNEXUS_DATA_DIR", &data)
-            .env("FLOWNEXUS_COAP_LISTEN", "127.0.0.1:0")
+        super::serve_command(&data, &[])
             .env("FLOWNEXUS_COAPS_ENABLED", "false")
             .env("FLOWNEXUS_FW_ENABLED", "false")
             .env("FLOWNEXUS_HTTP_ENABLED", "false")
@@ -355,4 +343,46 @@ async fn device_lines_reach_the_journal_with_their_fields() {
         .unwrap_or_else(|| panic!("no operation line: {entries:?}"));
     assert_eq!(field(operation, "ENDPOINT").as_deref(), Some("journal-1"));
     fleet.stop().await;
+}
+
+/// Sockets handed over by systemd's socket activation protocol
+/// (sd_listen_fds(3)) are used as they are, and a hand-over the server
+/// cannot use fails at start, naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_sockets_handed_over_and_refuses_wrong_ones() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let http_socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let child = super::Killed(
+        super::serve_command(&data, &[("coap", coap.as_raw_fd()), ("http", http_socket.as_raw_fd())])
+            .env("FLOWNEXUS_COAPS_ENABLED", "false")
+            .env("FLOWNEXUS_FW_ENABLED", "false")
+            .env("FLOWNEXUS_LOG_LEVEL", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(super::bound_when_up(&data, "coap").await, coap.local_addr().unwrap());
+    assert_eq!(bound(&data, "http"), http_socket.local_addr().unwrap());
+    probes::coap_ping(coap.local_addr().unwrap()).await.unwrap();
+    let (code, _) = probes::get_healthz(http_socket.local_addr().unwrap()).await.unwrap();
+    assert_eq!(code, 200);
+    drop(child);
+
+    let wrong: [(&str, &[(&str, i32)], &str); 3] = [
+        ("a name no listener has", &[("dns", coap.as_raw_fd())], "`dns` is no listener"),
+        ("a TCP socket for CoAP", &[("coap", http_socket.as_raw_fd())], "not SOCK_DGRAM"),
+        ("a socket for a disabled listener", &[("fw", http_socket.as_raw_fd())], "fw.enabled = false"),
+    ];
+    for (what, handed, says) in wrong {
+        let out = super::serve_command(&dir.path().join("wrong"), handed)
+            .env("FLOWNEXUS_COAPS_ENABLED", "false")
+            .env("FLOWNEXUS_FW_ENABLED", "false")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: started");
+        assert!(err.contains("LISTEN_FD") && err.contains(says), "{what}: {err}");
+    }
 }
