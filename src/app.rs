@@ -278,15 +278,22 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
     let shell_events = events.clone();
     // The download server tells the update task of FOTA doom loops.
     let (doom_tx, doom_rx) = mpsc::channel(1024);
-    let handed = inherited.tcp("fw")?;
-    let (fw_addr, cert_watcher, firmware) =
-        match start_firmware_server(&config, handed, &writer, doom_tx, metrics.clone(), stop_rx.clone()).await? {
-            Some((addr, task, watcher, fw)) => {
-                tasks.push(task);
-                (Some(addr), Some(watcher), Some(fw))
-            }
-            None => (None, None, None),
-        };
+    let (fw_addr, cert_watcher, firmware) = match start_firmware_server(
+        &config,
+        &mut inherited,
+        &writer,
+        doom_tx,
+        metrics.clone(),
+        stop_rx.clone(),
+    )
+    .await?
+    {
+        Some((addr, task, watcher, fw)) => {
+            tasks.push(task);
+            (Some(addr), Some(watcher), Some(fw))
+        }
+        None => (None, None, None),
+    };
     tasks.push(tokio::spawn(lwm2m::run(
         Transports {
             udp: udp_socket,
@@ -313,7 +320,7 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
         };
         let (addr, task) = start_web(
             &config,
-            inherited.tcp("http")?,
+            tcp_listener(&mut inherited, "http", config.http.listen).await?,
             events.clone(),
             models.clone(),
             writer.pending(),
@@ -321,8 +328,8 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
             Watchers {
                 health: health.clone(),
                 metrics: metrics.clone(),
+                stop: stop_rx.clone(),
             },
-            stop_rx.clone(),
         )
         .await?;
         tasks.push(task);
@@ -487,12 +494,7 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
     let board = prober.board();
     tasks.push(tokio::spawn(prober.run(watchdog, stopped(stop_rx.clone()))));
     let metrics_addr = if config.metrics.enabled {
-        let listener = match inherited.tcp("metrics")? {
-            Some(l) => l,
-            None => tokio::net::TcpListener::bind(config.metrics.listen)
-                .await
-                .with_context(|| format!("metrics.listen {}", config.metrics.listen))?,
-        };
+        let listener = tcp_listener(&mut inherited, "metrics", config.metrics.listen).await?;
         let addr = listener.local_addr()?;
         log::info!("Prometheus metrics on http://{addr}/metrics");
         let scrape = crate::shell::metrics::Scrape {
@@ -628,7 +630,7 @@ fn name_this_thread(name: &str) {
 /// their watcher), the token key, the listener.
 async fn start_firmware_server(
     config: &Config,
-    handed: Option<tokio::net::TcpListener>,
+    inherited: &mut Inherited,
     writer: &WriterHandle<Peer>,
     doom_loops: mpsc::Sender<String>,
     metrics: Arc<Metrics>,
@@ -668,12 +670,7 @@ async fn start_firmware_server(
         .clone()
         .unwrap_or_else(|| config.data_dir.join("fw-token.key"));
     let key = TokenKey::load_or_create(&key_path).context("fw.token_secret_file")?;
-    let listener = match handed {
-        Some(l) => l,
-        None => tokio::net::TcpListener::bind(fw.listen)
-            .await
-            .with_context(|| format!("fw.listen {}", fw.listen))?,
-    };
+    let listener = tcp_listener(inherited, "fw", fw.listen).await?;
     let addr = listener.local_addr()?;
     log::info!(
         "firmware server listening on https://{addr} (TLS records ≤ {} bytes)",
@@ -721,32 +718,42 @@ async fn start_firmware_server(
 struct Watchers {
     health: SharedBoard,
     metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The listening TCP socket of listener `name` (`fw`, `http`, `metrics`):
+/// the one handed over (socket activation), else its `addr` bound.
+async fn tcp_listener(
+    inherited: &mut Inherited,
+    name: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match inherited.tcp(name)? {
+        Some(listener) => Ok(listener),
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{name}.listen {addr}")),
+    }
 }
 
 /// The dashboard and REST API: the signing secret, the listener, and the
 /// first-run setup link when no admin exists yet.
 async fn start_web(
     config: &Config,
-    handed: Option<tokio::net::TcpListener>,
+    listener: tokio::net::TcpListener,
     events: lwm2m::Events,
     models: Arc<Models>,
     pending: crate::store::writer::SharedPending,
     updates: Option<crate::shell::fota::Starter>,
     watchers: Watchers,
-    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let stop = watchers.stop;
     let h = &config.http;
     let secret_path = h
         .secret_file
         .clone()
         .unwrap_or_else(|| config.data_dir.join("http-secret.key"));
     let secret = crate::secret::load_or_create(&secret_path, "http.secret_file")?;
-    let listener = match handed {
-        Some(l) => l,
-        None => tokio::net::TcpListener::bind(h.listen)
-            .await
-            .with_context(|| format!("http.listen {}", h.listen))?,
-    };
     let addr = listener.local_addr()?;
     let web = Arc::new(
         crate::web::Web::new(

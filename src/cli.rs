@@ -20,6 +20,10 @@ use crate::lwm2m::path::ResourcePath;
 use crate::store::tags::Tags;
 use crate::store::{Store, now_ms};
 
+/// The heading the options every command takes stand under, after the
+/// command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "flownexus",
@@ -28,22 +32,22 @@ use crate::store::{Store, now_ms};
 )]
 pub struct Cli {
     /// TOML configuration file (also FLOWNEXUS_CONFIG).
-    #[arg(long, global = true, env = "FLOWNEXUS_CONFIG")]
+    #[arg(long, global = true, env = "FLOWNEXUS_CONFIG", help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// Data directory: database, firmware, secrets [env: FLOWNEXUS_DATA_DIR].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     data_dir: Option<PathBuf>,
     /// CoAP/UDP listen address, port 0 picks one [env: FLOWNEXUS_COAP_LISTEN].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     coap_listen: Option<SocketAddr>,
     /// CoAP/DTLS listen address [env: FLOWNEXUS_COAPS_LISTEN].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     coaps_listen: Option<SocketAddr>,
     /// Dashboard and REST API listen address [env: FLOWNEXUS_HTTP_LISTEN].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     http_listen: Option<SocketAddr>,
     /// Firmware HTTPS listen address [env: FLOWNEXUS_FW_LISTEN].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     fw_listen: Option<SocketAddr>,
     #[command(subcommand)]
     command: Command,
@@ -125,8 +129,10 @@ enum FirmwareCommand {
     /// Add an image (stored once by content; the record names it).
     Add {
         file: PathBuf,
+        /// The image's version; by default the one it states (its MCUboot
+        /// header, or a Nordic modem file name). Given and stated must agree.
         #[arg(long)]
-        version: String,
+        version: Option<String>,
         /// Download name, `/binaries/NAME` (default: the file's name).
         #[arg(long)]
         name: Option<String>,
@@ -609,7 +615,7 @@ fn firmware(cmd: FirmwareCommand, config: &Config) -> anyhow::Result<ExitCode> {
             };
             let upload = crate::firmware::Upload {
                 name: &name,
-                version: &version,
+                version: version.as_deref(),
                 notes: &notes,
                 uploader: &uploader,
             };

@@ -235,7 +235,13 @@ fn no_test_starts_a_server_on_a_default_port() {
         }
     }
     let own = std::fs::read_to_string(&files[0]).unwrap();
-    let helper = own.split("fn serve_command(").nth(1).unwrap().split("\n}\n").next().unwrap();
+    let helper = own
+        .split("fn serve_command(")
+        .nth(1)
+        .unwrap()
+        .split("\n}\n")
+        .next()
+        .unwrap();
     assert!(
         starts.len() == 1 && helper.contains("\"serve\""),
         "only serve_command names the `serve` command: {starts:#?}"
@@ -637,14 +643,9 @@ async fn values_in_the_journal_survive_a_kill() {
     };
     let child = serve("3600");
     let coap = bound_when_up(dir.path(), "coap").await;
-    let f = Fleet::spawn(
-        vec![device("sys-kill")],
-        coap,
-        Arc::new(Models::embedded()),
-        false,
-    )
-    .await
-    .unwrap();
+    let f = Fleet::spawn(vec![device("sys-kill")], coap, Arc::new(Models::embedded()), false)
+        .await
+        .unwrap();
     let s = store(dir.path());
     wait_for("the registration", Duration::from_secs(10), || {
         s.registration_of("sys-kill").unwrap().is_some()
@@ -845,6 +846,41 @@ async fn libcoap_client_registers_updates_and_deregisters() {
     running.flush().await;
     assert!(store(dir.path()).registrations().unwrap().is_empty());
     running.stop().await;
+}
+
+/// Each command's help lists its own options first and the six every
+/// command takes under a heading of their own, not interleaved.
+#[test]
+fn command_help_puts_its_own_options_before_the_global_ones() {
+    for args in [
+        &["device", "add", "--help"][..],
+        &["firmware", "add", "--help"],
+        &["campaign", "create", "--help"],
+        &["user", "add", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flownexus"))
+            .args(args)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let (own, global) = help
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("{args:?}: no global heading: {help}"));
+        for flag in [
+            "--config",
+            "--data-dir",
+            "--coap-listen",
+            "--coaps-listen",
+            "--http-listen",
+            "--fw-listen",
+        ] {
+            assert!(
+                global.contains(flag) && !own.contains(flag),
+                "{args:?}: {flag} in {help}"
+            );
+        }
+        assert!(own.contains("Options:") && own.contains("--help"), "{args:?}: {help}");
+    }
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub async fn run(b: FotaBench, models: &Arc<Models>) -> anyhow::Result<()> {
     let img = image(b.image_kib);
     let upload = Upload {
         name: "bench-app.bin",
-        version: "2.0.0",
+        version: Some("2.0.0"),
         notes: "",
         uploader: "bench",
     };

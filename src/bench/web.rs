@@ -294,10 +294,12 @@ fn populate(db: &Path, devices: u64, values: u64) -> anyhow::Result<()> {
     step(
         "devices",
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :devices)
-         INSERT INTO devices (id, endpoint, psk_identity, tags, created_at)
+         INSERT INTO devices (id, endpoint, psk_identity, tags, created_at, endpoint_order)
          SELECT i, printf('bench-%07d', i), printf('bench-%07d', i),
                 CASE i % 4 WHEN 0 THEN 'north' WHEN 1 THEN 'south' WHEN 2 THEN 'east,pilot' ELSE 'west' END,
-                :now - :week - (:devices - i) * 10
+                :now - :week - (:devices - i) * 10,
+                -- display::natural_key of the endpoint: its one run of digits
+                printf('bench-%02d%d', length(i), i)
          FROM n",
     )?;
     // A third in queue mode; last seen spread over two hours with a one-hour

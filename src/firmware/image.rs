@@ -61,9 +61,100 @@ pub fn mcuboot_version(head: &[u8]) -> Option<String> {
     Some(format!("{}.{}.{revision}+{build}", v[0], v[1]))
 }
 
+/// The modem versions a Nordic modem delta's file name states:
+/// `mfw_nrf9160_update_from_1.3.4_to_1.3.5.bin` → ("1.3.4", "1.3.5")
+/// (how Nordic names the delta images in a modem firmware release).
+pub fn modem_delta_versions(name: &str) -> Option<(String, String)> {
+    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    let (_, rest) = stem.split_once("_from_")?;
+    let (from, to) = rest.split_once("_to_")?;
+    (version_like(from) && version_like(to)).then(|| (from.to_string(), to.to_string()))
+}
+
+fn version_like(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+}
+
+/// The modem version a Nordic full modem image's file name states:
+/// `mfw_nrf9160_1.3.5.zip` or `mfw_nrf91x1_full_2.0.1.bin` → "1.3.5",
+/// "2.0.1" (the last `_`-separated part, when it starts with a digit).
+pub fn modem_release_version(name: &str) -> Option<String> {
+    let stem = name
+        .strip_suffix(".zip")
+        .or_else(|| name.strip_suffix(".bin"))
+        .or_else(|| name.strip_suffix(".cbor"))
+        .unwrap_or(name);
+    if !stem.starts_with("mfw_") {
+        return None;
+    }
+    let (_, last) = stem.rsplit_once('_')?;
+    (last.starts_with(|c: char| c.is_ascii_digit()) && version_like(last)).then(|| last.to_string())
+}
+
+/// The version an image states about itself: an MCUboot header's
+/// `ih_ver`, or the target modem version in the file name Nordic gives a
+/// modem delta or full image. `None` when it states none.
+pub fn stated_version(image_type: ImageType, head: &[u8], name: &str) -> Option<String> {
+    match image_type {
+        ImageType::McubootApplication => mcuboot_version(head),
+        ImageType::ModemDelta => modem_delta_versions(name).map(|(_, to)| to),
+        ImageType::ModemFull => modem_release_version(name),
+        ImageType::Unknown => None,
+    }
+}
+
+/// Whether an operator's `given` version names the one the image states:
+/// equal but for a leading `v`; a build number of 0 (`1.2.3+0`, what an
+/// MCUboot header holds when the build set none) may be left out; and a
+/// modem version may be given as the modem reports it in `/3/0/3`
+/// (`mfw_nrf9160_1.3.5` for a file name's `1.3.5`).
+pub fn version_agrees(given: &str, stated: &str) -> bool {
+    let norm = |v: &str| {
+        let v = v.trim();
+        let v = v.strip_prefix(['v', 'V']).unwrap_or(v);
+        v.strip_suffix("+0").unwrap_or(v).to_string()
+    };
+    let (given, stated) = (norm(given), norm(stated));
+    given == stated
+        || given
+            .strip_prefix("mfw_")
+            .and_then(|rest| rest.rsplit_once('_'))
+            .is_some_and(|(_, number)| number == stated)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_state_their_versions() {
+        let mut mcuboot = vec![0x3d, 0xb8, 0xf3, 0x96];
+        mcuboot.resize(32, 0);
+        mcuboot[20..28].copy_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0]);
+        let t = ImageType::McubootApplication;
+        assert_eq!(stated_version(t, &mcuboot, "app.bin").as_deref(), Some("2.1.0+0"));
+        assert!(version_agrees("2.1.0", "2.1.0+0") && version_agrees("v2.1.0+0", "2.1.0+0"));
+        assert!(!version_agrees("2.1.1", "2.1.0+0") && !version_agrees("2.1.0+7", "2.1.0+0"));
+        assert!(version_agrees("mfw_nrf9160_1.3.5", "1.3.5") && !version_agrees("mfw_nrf9160_1.3.4", "1.3.5"));
+        let delta = "mfw_nrf9160_update_from_1.3.4_to_1.3.5.bin";
+        assert_eq!(
+            stated_version(ImageType::ModemDelta, &[], delta).as_deref(),
+            Some("1.3.5")
+        );
+        assert_eq!(stated_version(ImageType::ModemDelta, &[], "delta.bin"), None);
+        for (name, v) in [
+            ("mfw_nrf9160_1.3.5.zip", Some("1.3.5")),
+            ("mfw_nrf91x1_full_2.0.1.bin", Some("2.0.1")),
+            ("mfw_nrf9160_full.bin", None),
+            ("modem.bin", None),
+        ] {
+            assert_eq!(stated_version(ImageType::ModemFull, &[], name).as_deref(), v, "{name}");
+        }
+        assert_eq!(stated_version(ImageType::Unknown, b"hello", "x.bin"), None);
+    }
 
     #[test]
     fn detects_each_kind() {

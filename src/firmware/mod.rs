@@ -22,7 +22,9 @@ pub use image::ImageType;
 pub struct Upload<'a> {
     /// The download name, `/binaries/NAME`.
     pub name: &'a str,
-    pub version: &'a str,
+    /// The version the operator gives; `None` takes the one the image
+    /// states (`image::stated_version`). Given and stated must agree.
+    pub version: Option<&'a str>,
     pub notes: &'a str,
     pub uploader: &'a str,
 }
@@ -101,8 +103,10 @@ impl Catalogue {
                 reason: format!("`{name}`: use 1–128 of A–Z a–z 0–9 . _ + -, not starting with a dot"),
             });
         }
-        let version = version.trim();
-        if version.is_empty() || version.len() > 64 || version.chars().any(char::is_control) {
+        let given = version.map(str::trim);
+        if let Some(v) = given
+            && (v.is_empty() || v.len() > 64 || v.chars().any(char::is_control))
+        {
             return Err(Error::Invalid {
                 what: "firmware version",
                 reason: "1 to 64 printable characters".into(),
@@ -155,6 +159,27 @@ impl Catalogue {
                 reason: "empty file".into(),
             });
         }
+        let image_type = ImageType::detect(&head);
+        // Decided before the image takes its name, so a refusal leaves nothing.
+        let version = match (given, image::stated_version(image_type, &head, name)) {
+            (Some(g), Some(stated)) if !image::version_agrees(g, &stated) => {
+                return Err(Error::Invalid {
+                    what: "firmware version",
+                    reason: format!("`{g}` was given, but the {} image states {stated}", image_type.as_str()),
+                });
+            }
+            (Some(g), _) => g.to_string(),
+            (None, Some(stated)) => stated,
+            (None, None) => {
+                return Err(Error::Invalid {
+                    what: "firmware version",
+                    reason: format!(
+                        "the {} image states no version (no MCUboot header, no Nordic modem file name): give one",
+                        image_type.as_str()
+                    ),
+                });
+            }
+        };
         out.sync_all().map_err(io(&tmp_path))?;
         drop(out);
         let sha = sha256_hex(ctx.finish().as_ref());
@@ -167,10 +192,9 @@ impl Catalogue {
             guard.0 = None;
             sync_dir(&self.images())?;
         }
-        let image_type = ImageType::detect(&head);
         store.insert_firmware(&NewFirmware {
             name,
-            version,
+            version: &version,
             sha256: &sha,
             size,
             image_type: image_type.as_str(),
@@ -243,7 +267,7 @@ mod tests {
     fn add(cat: &Catalogue, store: &mut Store, bytes: &[u8], name: &str, version: &str) -> Result<(FirmwareRow, bool)> {
         let upload = Upload {
             name,
-            version,
+            version: Some(version),
             notes: "",
             uploader: "test",
         };

@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::firmware::image::modem_delta_versions;
 use crate::lwm2m::path::{Record, ResourcePath, Value};
 
 /// The firmware object an update goes through.
@@ -287,19 +288,4 @@ pub fn int_at(records: &[Record], p: &ResourcePath) -> Option<i64> {
         Value::Unsigned(u) => i64::try_from(u).ok(),
         _ => None,
     })
-}
-
-/// The modem versions a Nordic modem delta's file name states:
-/// `mfw_nrf9160_update_from_1.3.4_to_1.3.5.bin` → ("1.3.4", "1.3.5")
-/// (how Nordic names the delta images in a modem firmware release).
-pub fn modem_delta_versions(name: &str) -> Option<(String, String)> {
-    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
-    let (_, rest) = stem.split_once("_from_")?;
-    let (from, to) = rest.split_once("_to_")?;
-    let ok = |v: &str| {
-        !v.is_empty()
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    };
-    (ok(from) && ok(to)).then(|| (from.to_string(), to.to_string()))
 }

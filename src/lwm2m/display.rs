@@ -221,6 +221,32 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// A key whose byte order is [`natural_cmp`]'s order (ties, such as
+/// `002` and `2`, broken by the name itself, as `natural_cmp` does), so a
+/// database can index it and page through names in natural order: each
+/// run of digits becomes its count of significant digits (two digits)
+/// followed by those digits, everything else stays. A run's key starts
+/// with a digit, so it compares with other characters as a digit does.
+/// Runs of more than 99 significant digits keep the order of their first
+/// 99 digits' count only; no endpoint has such a number.
+pub fn natural_key(name: &str) -> String {
+    let mut key = String::with_capacity(name.len() + 8);
+    let mut rest = name;
+    while let Some(c) = rest.chars().next() {
+        if c.is_ascii_digit() {
+            let run = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let significant = rest[..run].trim_start_matches('0');
+            key.push_str(&format!("{:02}", significant.len().min(99)));
+            key.push_str(significant);
+            rest = &rest[run..];
+        } else {
+            key.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    key
+}
+
 /// A CoAP response code from a device, explained (RFC 7252 §5.9, Core
 /// §6.3's meanings in LwM2M).
 pub fn explain_code(code: &str) -> String {
@@ -314,12 +340,25 @@ mod tests {
             eps,
             ["urn:imei:9", "urn:sim:1", "urn:sim:002", "urn:sim:2", "urn:sim:10"]
         );
+        assert_eq!(natural_key("urn:sim:10"), "urn:sim:0210");
+        assert_eq!(natural_key("urn:sim:002"), "urn:sim:012");
+        assert_eq!(natural_key("0"), "00");
         assert_eq!(natural_cmp("a", "a"), Ordering::Equal);
         assert_eq!(natural_cmp("a1", "a"), Ordering::Greater);
         assert_eq!(
             natural_cmp("99999999999999999999999", "100000000000000000000000"),
             Ordering::Less
         );
+    }
+
+    proptest::proptest! {
+        /// Ordering by (key, name) is natural_cmp's order, for names of
+        /// letters, separators, digits (zeros among them) and non-ASCII.
+        #[test]
+        fn the_natural_key_sorts_as_natural_cmp(a in "[a-c0-9:/é]{0,12}", b in "[a-c0-9:/é]{0,12}") {
+            let by_key = natural_key(&a).cmp(&natural_key(&b)).then_with(|| a.cmp(&b));
+            proptest::prop_assert_eq!(by_key, natural_cmp(&a, &b));
+        }
     }
 
     #[test]

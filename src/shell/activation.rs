@@ -81,9 +81,7 @@ impl Inherited {
             // is wrapped once, so it is closed once.
             let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
             let Some((_, kind)) = LISTENERS.iter().find(|(n, _)| *n == name) else {
-                bail!(
-                    "LISTEN_FDNAMES: `{name}` is no listener (coap, coaps, fw, http, metrics)"
-                );
+                bail!("LISTEN_FDNAMES: `{name}` is no listener (coap, coaps, fw, http, metrics)");
             };
             let actual = socket
                 .r#type()

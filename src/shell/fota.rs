@@ -211,7 +211,21 @@ pub async fn run(
     };
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(TICK);
+    let mut following = false;
     loop {
+        // With no update active there is nothing to follow: the server's
+        // events are not read at all (under a registration storm a reader
+        // that only discards them still falls behind), and reading starts
+        // afresh from the newest once an update is loaded from the store,
+        // which holds everything it begins with.
+        let active = !task.updates.is_empty();
+        if active && !following {
+            events = events.resubscribe();
+            // What happened between the load and now is read back from
+            // the store, as after missed events.
+            task.replay_ticks = 2;
+        }
+        following = active;
         tokio::select! {
             _ = &mut stop => return task.save_reach(),
             _ = tick.tick() => task.tick(),
@@ -220,10 +234,12 @@ pub async fn run(
                     log::warn!("firmware updates: store poll failed: {e}");
                 }
             }
-            ev = events.recv() => match ev {
+            ev = events.recv(), if following => match ev {
                 Ok(ev) => task.event(&ev),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    log::warn!("firmware updates: {n} server events missed; the store fills the gaps");
+                    // Recovered in full below, so not a warning: a busy
+                    // fleet outruns the channel during a campaign.
+                    log::info!("firmware updates: {n} server events missed; the store fills the gaps");
                     // The values in them (State Downloaded, say) are read
                     // back from the store at this tick and the next (the
                     // writer may not have committed the last ones yet).

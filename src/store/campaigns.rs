@@ -613,8 +613,10 @@ impl Store {
         Ok(joined)
     }
 
-    /// A page of a campaign's devices, in campaign order, of one status if
-    /// given.
+    /// A page of a campaign's devices, of one status if given, in the
+    /// natural order of their endpoints (as the device list), which an
+    /// operator looks a device up by; the rollout order is the waves'.
+    /// (A target removed from the device table since lists first.)
     pub fn campaign_members(
         &self,
         id: i64,
@@ -623,8 +625,9 @@ impl Store {
         offset: usize,
     ) -> Result<Vec<MemberRow>> {
         let mut st = self.conn.prepare(&format!(
-            "{MEMBER_SQL} WHERE cd.campaign_id = ?1 AND (?2 IS NULL OR cd.status = ?2)
-             ORDER BY cd.position LIMIT ?3 OFFSET ?4"
+            "{MEMBER_SQL} LEFT JOIN devices d ON d.endpoint = cd.endpoint
+             WHERE cd.campaign_id = ?1 AND (?2 IS NULL OR cd.status = ?2)
+             ORDER BY d.endpoint_order, cd.endpoint LIMIT ?3 OFFSET ?4"
         ))?;
         let rows = st.query_map(
             params![id, status.map(MemberStatus::as_str), limit as i64, offset as i64],

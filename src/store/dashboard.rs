@@ -40,7 +40,8 @@ impl DeviceSort {
 
     fn expr(self) -> &'static str {
         match self {
-            DeviceSort::Endpoint => "d.endpoint",
+            // Natural order (`urn:sim:2` before `urn:sim:10`), indexed.
+            DeviceSort::Endpoint => "d.endpoint_order",
             DeviceSort::LastSeen => "d.last_seen",
             DeviceSort::Created => "d.created_at",
         }
@@ -198,7 +199,7 @@ impl Store {
     /// The sort key of a row, for the next page's cursor.
     pub fn sort_key(d: &DeviceSummary, sort: DeviceSort) -> SortKey {
         match sort {
-            DeviceSort::Endpoint => SortKey::Text(d.endpoint.clone()),
+            DeviceSort::Endpoint => SortKey::Text(crate::lwm2m::display::natural_key(&d.endpoint)),
             DeviceSort::LastSeen => SortKey::Int(d.last_seen.unwrap_or(0)),
             DeviceSort::Created => SortKey::Int(d.created_at),
         }
@@ -560,5 +561,74 @@ mod tests {
         assert_eq!(page[0], "bulk-00000");
         assert_eq!(find(&s, "bulk-00012").0, ["bulk-00012"]);
         assert!(s.search_devices("bulk-00012").unwrap().is_some());
+    }
+
+    /// The device list pages through endpoints in natural order from the
+    /// stored key (`urn:sim:2` before `urn:sim:10`), keyset pages exact;
+    /// a database from before the key had it filled by its migration.
+    #[test]
+    fn devices_list_in_natural_order_page_by_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        // A database as flownexus left it at schema 18, with three devices.
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+            .unwrap();
+        for (i, sql) in super::super::migrations::MIGRATIONS[..18].iter().enumerate() {
+            old.execute_batch(sql).unwrap();
+            old.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [i as i64 + 1])
+                .unwrap();
+        }
+        for ep in ["urn:sim:10", "urn:sim:2", "urn:sim:100"] {
+            old.execute("INSERT INTO devices (endpoint, created_at) VALUES (?1, 0)", [ep])
+                .unwrap();
+        }
+        drop(old);
+        let s = Store::open(&path).unwrap();
+        for ep in ["urn:sim:1", "urn:sim:20", "urn:sim:002", "urn:imei:9"] {
+            s.add_device(ep, None, &Tags::default()).unwrap();
+        }
+        let mut q = DeviceQuery {
+            search: None,
+            status: None,
+            tag: None,
+            firmware: None,
+            sort: DeviceSort::Endpoint,
+            descending: false,
+            after: None,
+            limit: 3,
+            awake_window_s: 60,
+            grace_s: 60,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (page, more) = s.device_page(&q).unwrap();
+            let last = page.last().cloned();
+            seen.extend(page.into_iter().map(|d| d.endpoint));
+            match (more, last) {
+                (true, Some(d)) => q.after = Some((Store::sort_key(&d, q.sort), d.endpoint)),
+                _ => break,
+            }
+        }
+        let natural = [
+            "urn:imei:9",
+            "urn:sim:1",
+            "urn:sim:002",
+            "urn:sim:2",
+            "urn:sim:10",
+            "urn:sim:20",
+            "urn:sim:100",
+        ];
+        assert_eq!(seen, natural);
+        assert_eq!(s.endpoints().unwrap(), natural);
+        let listed: Vec<String> = s.list_devices(10, 0).unwrap().into_iter().map(|d| d.endpoint).collect();
+        assert_eq!(listed, natural);
+        q.descending = true;
+        q.after = None;
+        q.limit = 10;
+        let (page, _) = s.device_page(&q).unwrap();
+        let mut reversed = natural.to_vec();
+        reversed.reverse();
+        assert_eq!(page.into_iter().map(|d| d.endpoint).collect::<Vec<_>>(), reversed);
     }
 }

@@ -225,7 +225,9 @@ impl Store {
     }
 
     pub fn endpoints(&self) -> Result<Vec<String>> {
-        let mut st = self.conn.prepare("SELECT endpoint FROM devices ORDER BY endpoint")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT endpoint FROM devices ORDER BY endpoint_order, endpoint")?;
         let rows = st.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -253,9 +255,10 @@ impl Store {
     }
 
     pub fn list_devices(&self, limit: usize, offset: usize) -> Result<Vec<DeviceSummary>> {
-        let mut st = self
-            .conn
-            .prepare(&format!("{} ORDER BY d.endpoint LIMIT ?1 OFFSET ?2", Self::SUMMARY_SQL))?;
+        let mut st = self.conn.prepare(&format!(
+            "{} ORDER BY d.endpoint_order, d.endpoint LIMIT ?1 OFFSET ?2",
+            Self::SUMMARY_SQL
+        ))?;
         let rows = st.query_map(params![limit as i64, offset as i64], Self::summary_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -291,14 +294,16 @@ fn identity_taken(e: rusqlite::Error, psk: &Psk) -> Error {
 fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &Tags) -> Result<i64> {
     let n = conn
         .execute(
-            "INSERT INTO devices (endpoint, psk_identity, psk_key, tags, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO devices (endpoint, psk_identity, psk_key, tags, created_at, endpoint_order)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(endpoint) DO NOTHING",
             params![
                 endpoint,
                 psk.map(|p| p.identity.as_str()),
                 psk.map(Psk::key),
                 tags.to_string(),
-                now_ms()
+                now_ms(),
+                crate::lwm2m::display::natural_key(endpoint)
             ],
         )
         .map_err(|e| match psk {

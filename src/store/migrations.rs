@@ -391,4 +391,30 @@ pub(super) const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // 19: devices listed in natural order (`urn:sim:2` before
+    // `urn:sim:10`) from an index: `display::natural_key` of the endpoint,
+    // written with every insert and filled for existing rows by
+    // `fill_endpoint_order` right after this step. NULL only in rows
+    // another tool inserted; they list first.
+    r#"
+    ALTER TABLE devices ADD COLUMN endpoint_order TEXT;
+    CREATE INDEX devices_in_natural_order ON devices(endpoint_order, endpoint);
+    "#,
 ];
+
+/// The migration that added `devices.endpoint_order`, which SQL alone
+/// cannot fill.
+pub(super) const ENDPOINT_ORDER: usize = 19;
+
+/// Fill `devices.endpoint_order` where it is missing.
+pub(super) fn fill_endpoint_order(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<usize> {
+    let missing: Vec<(i64, String)> = tx
+        .prepare("SELECT id, endpoint FROM devices WHERE endpoint_order IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut set = tx.prepare("UPDATE devices SET endpoint_order = ?2 WHERE id = ?1")?;
+    for (id, endpoint) in &missing {
+        set.execute(rusqlite::params![id, crate::lwm2m::display::natural_key(endpoint)])?;
+    }
+    Ok(missing.len())
+}

@@ -103,6 +103,9 @@ impl Store {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tx.execute_batch(sql)?;
+            if i + 1 == migrations::ENDPOINT_ORDER {
+                migrations::fill_endpoint_order(&tx)?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
                 params![i as i64 + 1, now_ms()],

@@ -612,8 +612,8 @@ fn device_id(tx: &Transaction<'_>, cache: &mut HashMap<String, i64>, endpoint: &
         return Ok(*id);
     }
     tx.execute(
-        "INSERT INTO devices (endpoint, created_at) VALUES (?1, ?2) ON CONFLICT(endpoint) DO NOTHING",
-        params![endpoint, now_ms()],
+        "INSERT INTO devices (endpoint, created_at, endpoint_order) VALUES (?1, ?2, ?3) ON CONFLICT(endpoint) DO NOTHING",
+        params![endpoint, now_ms(), crate::lwm2m::display::natural_key(endpoint)],
     )?;
     let id: i64 = tx.query_row("SELECT id FROM devices WHERE endpoint = ?1", [endpoint], |r| r.get(0))?;
     cache.insert(endpoint.to_string(), id);

@@ -759,7 +759,7 @@ pub fn list_firmware(ctx: &mut Ctx<'_>) -> WebResult {
 pub fn store_firmware(
     ctx: &mut Ctx<'_>,
     name: &str,
-    version: &str,
+    version: Option<&str>,
     notes: &str,
     data: &[u8],
 ) -> WebResult<FirmwareRow> {
@@ -787,13 +787,14 @@ pub fn store_firmware(
 
 pub fn upload_firmware(ctx: &mut Ctx<'_>) -> WebResult {
     let name = ctx.query("name").unwrap_or("").to_string();
+    // Absent or empty: the version the image states.
     let version = ctx
         .query("version")
-        .ok_or_else(|| WebError::bad_request("version is required"))?
-        .to_string();
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_string);
     let notes = ctx.query("notes").unwrap_or("").to_string();
     let body = ctx.body.clone();
-    let row = store_firmware(ctx, &name, &version, &notes, &body)?;
+    let row = store_firmware(ctx, &name, version.as_deref(), &notes, &body)?;
     Ok(Reply::json(StatusCode::CREATED, &row))
 }
 

@@ -190,6 +190,74 @@ pub fn line(title: &str, points: &[(i64, f64)], window: (i64, i64), time_label: 
     )
 }
 
+/// Counts per time slot as columns on a zero baseline, one per slot of
+/// `slot` ms from `from` (`slots` of them, empty slots drawn as nothing
+/// over their label), e.g. values stored per hour over a day. A count is
+/// an amount: unlike a line fitted to its values, the axis starts at 0, so
+/// 2,918 values an hour do not look like a cliff next to 2,917.
+pub fn columns(
+    title: &str,
+    counts: &[(i64, u64)],
+    (from, slot, slots): (i64, i64, usize),
+    slot_label: impl Fn(i64) -> String,
+) -> String {
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
+        t = escape(title)
+    );
+    let slots = slots.max(1);
+    let mut per_slot = vec![0u64; slots];
+    for &(t, n) in counts {
+        let i = (t - from).div_euclid(slot.max(1));
+        if let Some(c) = usize::try_from(i).ok().and_then(|i| per_slot.get_mut(i)) {
+            *c += n;
+        }
+    }
+    let max = per_slot.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let plot_h = H - TOP - BOTTOM;
+    let y = |v: f64| TOP + (max - v) / max * plot_h;
+    for v in [max, max / 2.0, 0.0] {
+        let yy = y(v);
+        let _ = write!(
+            svg,
+            r#"<line x1="{LEFT}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" class="grid"/><text x="{}" y="{:.1}" text-anchor="end" class="axis">{}</text>"#,
+            W - RIGHT,
+            LEFT - 4.0,
+            yy + 4.0,
+            label(v.round())
+        );
+    }
+    let step = (W - LEFT - RIGHT) / slots as f64;
+    // A label every few columns, as many as fit (about six).
+    let every = slots.div_ceil(6).max(1);
+    for (i, n) in per_slot.iter().enumerate() {
+        let x = LEFT + i as f64 * step;
+        let start = from + i as i64 * slot;
+        if *n > 0 {
+            let _ = write!(
+                svg,
+                r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" class="bar"><title>{}: {n}</title></rect>"#,
+                x + 1.0,
+                y(*n as f64),
+                (step - 2.0).max(1.0),
+                H - BOTTOM - y(*n as f64),
+                escape(&slot_label(start))
+            );
+        }
+        if i % every == 0 {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="{}" text-anchor="start" class="axis">{}</text>"#,
+                x + 1.0,
+                H - 6.0,
+                escape(&slot_label(start))
+            );
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 /// At most `max` characters, the rest elided: labels must fit their column
 /// (the whole text is in the label's `<title>`).
 fn shortened(s: &str, max: usize) -> String {
@@ -238,28 +306,41 @@ pub fn bars(title: &str, rows: &[(String, u64)]) -> String {
 /// name; every row has one count per segment.
 pub fn stacked(title: &str, segments: &[(&str, &str)], rows: &[(String, Vec<u64>)]) -> String {
     let row_h = 22.0;
-    let legend_h = 20.0;
-    let h = legend_h + (rows.len().max(1) as f64) * row_h + 4.0;
     let label_w = if rows.iter().all(|r| r.0.is_empty()) {
         0.0
     } else {
         130.0
     };
+    // The legend from the left edge, on as many lines as it needs: at the
+    // label column's width its six names ran past the frame ("pe…").
+    // Names are measured at 8 units a character, more than the 11-unit
+    // font's average.
+    let mut legend = Vec::new();
+    let (mut x, mut line) = (0.0, 0);
+    for (class, name) in segments {
+        let w = 14.0 + 8.0 * name.chars().count() as f64 + 12.0;
+        if x > 0.0 && x + w > W - RIGHT {
+            (x, line) = (0.0, line + 1);
+        }
+        legend.push((x, 4.0 + 16.0 * line as f64, *class, *name));
+        x += w;
+    }
+    let legend_h = 20.0 + 16.0 * line as f64;
+    let h = legend_h + (rows.len().max(1) as f64) * row_h + 4.0;
     let bar_w = W - label_w - 70.0;
     let max = rows.iter().map(|r| r.1.iter().sum::<u64>()).max().unwrap_or(0).max(1) as f64;
     let mut svg = format!(
         r#"<svg class="chart" viewBox="0 0 {W} {h}" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
         t = escape(title)
     );
-    let mut x = label_w;
-    for (class, name) in segments {
+    for (x, y, class, name) in legend {
         let _ = write!(
             svg,
-            r#"<rect x="{x:.1}" y="4" width="10" height="10" class="{class}"/><text x="{:.1}" y="13" class="axis">{}</text>"#,
+            r#"<rect x="{x:.1}" y="{y:.1}" width="10" height="10" class="{class}"/><text x="{:.1}" y="{:.1}" class="axis">{}</text>"#,
             x + 14.0,
+            y + 9.0,
             escape(name)
         );
-        x += 14.0 + 8.0 * name.len() as f64 + 12.0;
     }
     for (i, (name, counts)) in rows.iter().enumerate() {
         let yy = legend_h + i as f64 * row_h;
@@ -371,5 +452,69 @@ mod tests {
             svg.contains(&format!("<title>{long}</title>{}…<", "v".repeat(27))),
             "{svg}"
         );
+    }
+
+    /// A count per hour over a day: 24 columns on a zero baseline, so two
+    /// nearly equal hours look nearly equal (a fitted line once drew them
+    /// on an axis from 2,917 to 2,919).
+    #[test]
+    fn counts_per_hour_stand_as_columns_from_zero() {
+        let hour = 3_600_000;
+        let svg = columns("values", &[(2 * hour, 2917), (3 * hour, 2919)], (0, hour, 24), |t| {
+            format!("{:02}:00", t / hour)
+        });
+        let heights: Vec<f64> = svg
+            .split("<rect ")
+            .skip(1)
+            .filter(|r| r.contains("class=\"bar\""))
+            .map(|r| {
+                let i = r.find("height=\"").unwrap() + 8;
+                r[i..i + r[i..].find('"').unwrap()].parse().unwrap()
+            })
+            .collect();
+        assert_eq!(heights.len(), 2, "one column per hour with values: {svg}");
+        assert!(
+            (heights[0] - heights[1]).abs() < 1.0 && heights[1] > 180.0,
+            "{heights:?}"
+        );
+        assert!(
+            svg.contains(r#"text-anchor="end" class="axis">0<"#),
+            "a zero baseline: {svg}"
+        );
+        assert!(
+            svg.contains("<title>02:00: 2917</title>") && svg.contains(">20:00<"),
+            "{svg}"
+        );
+        // Values outside the day are not drawn.
+        let outside = columns("values", &[(-hour, 5), (24 * hour, 5)], (0, hour, 24), |_| {
+            String::new()
+        });
+        assert!(!outside.contains("class=\"bar\""), "{outside}");
+    }
+
+    /// The campaign chart's legend fits the frame at its width, on more
+    /// lines when it must (it ran past the edge: "pe…").
+    #[test]
+    fn a_legend_wraps_inside_the_frame() {
+        let names = [
+            "verified",
+            "failed",
+            "cancelled",
+            "installing",
+            "downloading",
+            "pending",
+            "retrying later",
+        ];
+        let segments: Vec<(&str, &str)> = names.iter().map(|n| ("seg", *n)).collect();
+        let svg = stacked("waves", &segments, &[("wave 1".into(), vec![1; names.len()])]);
+        for name in names {
+            let at = svg.find(&format!(">{name}</text>")).unwrap();
+            let x: f64 = {
+                let open = svg[..at].rfind("<text x=\"").unwrap() + 9;
+                svg[open..open + svg[open..].find('"').unwrap()].parse().unwrap()
+            };
+            assert!(x + 8.0 * name.len() as f64 <= W, "{name} at {x} runs past {W}");
+        }
+        assert!(svg.contains(r#"y="29.0" class="axis">"#), "a second legend line: {svg}");
     }
 }

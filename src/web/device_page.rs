@@ -162,7 +162,7 @@ pub(super) fn page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<Stri
     let mut latest = ctx.store.latest_values(endpoint)?;
     latest.sort_by(|a, b| natural_cmp(&a.path.to_string(), &b.path.to_string()));
     let observed = ctx.store.observed_paths(endpoint)?;
-    let tree = object_tree::build(
+    let mut tree = object_tree::build(
         &models,
         &announced,
         announced_at,
@@ -177,6 +177,11 @@ pub(super) fn page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<Stri
         &observed,
         &time,
     );
+    // The object the operator just acted on stays open after the form's
+    // redirect (`open=`), values or not.
+    if let Some(id) = ctx.query("open").and_then(|o| o.parse::<u16>().ok()) {
+        tree.iter_mut().filter(|o| o.id == id).for_each(|o| o.open = true);
+    }
     let operations = ctx
         .store
         .operations_of(endpoint, 20)?
@@ -425,11 +430,13 @@ pub fn queue_operation(ctx: &mut Ctx<'_>) -> WebResult {
         },
         _ => return Err(WebError::bad_request("unknown operation")),
     };
-    // Back to where the operator was: the resource's row in the tree.
+    // Back to where the operator was: the resource's row in the tree,
+    // its object open.
     let p = kind.path();
+    let open = p.object().map(|o| format!("&open={o}")).unwrap_or_default();
     let back = match (p.depth(), p.object()) {
-        (3.., _) => format!("#r{}", p.to_string().replace('/', "-")),
-        (_, Some(o)) => format!("#o-{o}"),
+        (3.., _) => format!("{open}#r{}", p.to_string().replace('/', "-")),
+        (_, Some(o)) => format!("{open}#o-{o}"),
         _ => String::new(),
     };
     api::queue(ctx, &endpoint, kind, None)?;

@@ -27,7 +27,19 @@ pub struct TreeObject {
     /// form has one typed field per writable resource.
     pub creatable: Vec<TreeResource>,
     pub observed: bool,
+    /// Values shown under it, and whether anything in it is observed:
+    /// the folded object's one-line summary.
+    pub values: usize,
+    pub anything_observed: bool,
+    /// Shown open: Device and Firmware Update, and objects with values or
+    /// observations; the rest are folded to their summary line (a phone
+    /// page with every object open ran to 13,000 px).
+    pub open: bool,
 }
+
+/// Objects an operator always wants to see unfolded: Device (3) and
+/// Firmware Update (5).
+const ALWAYS_OPEN: [u16; 2] = [3, 5];
 
 pub struct TreeInstance {
     pub path: String,
@@ -129,7 +141,7 @@ pub fn build(
         .map(|(oid, instances)| {
             let model = models.object(oid);
             let opath = at(&[oid]);
-            let instances = instances
+            let instances: Vec<TreeInstance> = instances
                 .into_iter()
                 .map(|iid| {
                     let ipath = at(&[oid, iid]);
@@ -217,10 +229,17 @@ pub fn build(
                     .collect(),
                 _ => Vec::new(),
             };
+            let resources = || instances.iter().flat_map(|i| &i.resources);
+            let values = resources().map(|r| r.values.len()).sum();
+            let anything_observed =
+                is_observed(&opath) || instances.iter().any(|i| i.observed) || resources().any(|r| r.observed);
             TreeObject {
                 id: oid,
                 path: opath.to_string(),
                 name: model.map_or_else(|| format!("Object {oid}"), |m| m.name.clone()),
+                open: ALWAYS_OPEN.contains(&oid) || values > 0 || anything_observed,
+                values,
+                anything_observed,
                 instances,
                 creatable,
                 observed: is_observed(&opath),
@@ -301,6 +320,11 @@ mod tests {
         assert!(!server.instances[0].deletable && server.creatable.is_empty());
         let lifetime = server.instances[0].resources.iter().find(|r| r.id == 1).unwrap();
         assert_eq!((lifetime.input, lifetime.writable), ("integer", true));
+        // Open: Device (with values), Firmware Update (always), Temperature
+        // (observed); the Server object, with neither, is folded.
+        let open: Vec<(u16, bool, usize)> = tree.iter().map(|o| (o.id, o.open, o.values)).collect();
+        assert_eq!(open, [(1, false, 0), (3, true, 3), (5, true, 0), (3303, true, 0)]);
+        assert!(temp.anything_observed && !server.anything_observed);
     }
 
     #[test]

@@ -389,17 +389,12 @@ pub fn overview(ctx: &mut Ctx<'_>) -> WebResult {
     let fleet = ctx.web.fleet_summary(ctx.store)?;
     let now = now_ms();
     let from = crate::store::hour_of(now) - 23 * 3_600_000;
-    let per_hour: Vec<(i64, f64)> = ctx
-        .store
-        .values_per_hour(from)?
-        .into_iter()
-        .map(|(h, n)| (h, n as f64))
-        .collect();
+    let per_hour = ctx.store.values_per_hour(from)?;
     render(&Overview {
         chrome: chrome(ctx, "Overview")?,
         counts: fleet.counts,
         counted_at: time(fleet.counted_at),
-        values_chart: chart::line("values stored per hour", &per_hour, (from, now), |t| {
+        values_chart: chart::columns("values stored per hour", &per_hour, (from, 3_600_000, 24), |t| {
             time(t)[11..16].to_string()
         }),
         versions_chart: chart::bars("devices per firmware version", &fleet.versions),
@@ -787,7 +782,9 @@ pub fn upload_firmware(ctx: &mut Ctx<'_>) -> WebResult {
         .ok_or_else(|| WebError::bad_request("choose a file"))?
         .data
         .clone();
-    api::store_firmware(ctx, &text("name"), &text("version"), &text("notes"), &file)?;
+    let version = text("version");
+    let version = (!version.is_empty()).then_some(version.as_str());
+    api::store_firmware(ctx, &text("name"), version, &text("notes"), &file)?;
     Ok(Reply::redirect("/firmware?done=uploaded"))
 }
 

@@ -255,12 +255,11 @@ const UPLOAD_QUERY: &[Param] = &[
         required: true,
         about: "download name, /binaries/NAME",
     },
-    Param {
-        name: "version",
-        ty: ParamType::String,
-        required: true,
-        about: "firmware version",
-    },
+    q(
+        "version",
+        ParamType::String,
+        "firmware version; by default the one the image states (MCUboot header, Nordic modem file name), which a given one must agree with",
+    ),
     q("notes", ParamType::String, "release notes"),
 ];
 

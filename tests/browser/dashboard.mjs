@@ -114,8 +114,13 @@ const exactRow = (kind, path) =>
 
 // Press an object tree button (after `prepare` fills its inputs) and wait,
 // without reloading, for the operation to succeed.
+// Objects without values start folded: open one as a person would.
+async function unfold(object) {
+  if (!(await object.evaluate((d) => d.open))) await object.locator(":scope > summary").click();
+}
 async function treeOp(op, path, prepare) {
   step = `tree ${op} ${path}`;
+  await unfold(page.locator(`details.object:has(button[data-op="${op}"][data-path="${path}"])`));
   if (prepare) await prepare();
   await Promise.all([
     page.waitForURL(/done=queued/),
@@ -260,6 +265,25 @@ try {
   if (wakaama) {
     await visit("wakaama", `/devices/${encodeURIComponent(wakaama)}`);
     check(await page.locator("#o-3 summary", { hasText: "Device" }).isVisible(), "the tree has no Device object");
+    // Device is open from the start; an object with no values nor
+    // observations is folded to its summary line, and opens on a click.
+    step = "folded objects";
+    check(await page.locator("#o-3").evaluate((d) => d.open), "Device is folded");
+    check(!(await page.locator("#o-31024").evaluate((d) => d.open)), "an object with no values is open");
+    check(
+      /instances? · 0 values/.test(await page.locator("#o-31024 > summary").innerText()),
+      "a folded object's summary does not count instances and values",
+    );
+    await unfold(page.locator("#o-1"));
+    // The filter over resource names: only matching rows stay, their
+    // objects open; clearing it shows everything again.
+    step = "tree filter";
+    await page.fill("#tree-filter", "lifetime");
+    check(await page.locator("#r-1-0-1").isVisible(), "the filter hides Lifetime");
+    check(!(await page.locator("#r-3-0-0").isVisible()), "the filter keeps Manufacturer");
+    check(!(await page.locator("#o-3").isVisible()), "the filter keeps an object without a match");
+    await page.fill("#tree-filter", "");
+    check(await page.locator("#r-3-0-0").isVisible(), "a cleared filter still hides Manufacturer");
     check((await page.locator('#r-3-0-0 button[data-op="write"]').count()) === 0, "read-only Manufacturer offers Write");
     check((await page.locator('#r-3-0-4 button[data-op="execute"]').count()) === 1, "Reboot offers no Execute");
     check((await page.locator('#r-3-0-4 button[data-op="read"]').count()) === 0, "executable Reboot offers Read");
@@ -289,6 +313,7 @@ try {
     await page.locator("#r-3-0-9 .badge.observed").waitFor({ state: "detached" });
     // Create an instance of the test object from its typed form, then
     // delete it (after the confirmation).
+    await unfold(page.locator("#o-31024"));
     await page.click("#create-o31024 summary");
     await treeOp("create", "/31024", async () => {
       await page.fill("#instance31024", "20");

@@ -27,6 +27,7 @@ pub(super) fn image() -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(7);
     let mut img: Vec<u8> = (0..IMAGE_SIZE).map(|_| rng.u8(..)).collect();
     img[..4].copy_from_slice(&[0x3d, 0xb8, 0xf3, 0x96]); // MCUboot magic
+    img[20..28].copy_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // ih_ver 1.0.0+0, as add_image says
     img
 }
 
@@ -45,7 +46,7 @@ pub(super) fn add_image(dir: &Path) -> flownexus::store::FirmwareRow {
     let mut s = store(dir);
     let upload = Upload {
         name: "app.bin",
-        version: "1.0.0",
+        version: Some("1.0.0"),
         notes: "",
         uploader: "test",
     };
@@ -812,7 +813,7 @@ async fn images_larger_than_the_cache_room_are_evicted_not_reread() {
     let other: Vec<u8> = image().iter().map(|b| b ^ 0x5a).collect();
     let upload = Upload {
         name: "other.bin",
-        version: "2",
+        version: Some("2"),
         notes: "",
         uploader: "test",
     };

@@ -49,7 +49,7 @@ fn add_image(dir: &Path) {
 pub(super) fn add_catalogue_image(dir: &Path, name: &str, version: &str, image: &[u8]) {
     let upload = Upload {
         name,
-        version,
+        version: Some(version),
         notes: "",
         uploader: "test",
     };
@@ -443,7 +443,7 @@ async fn libcoap_downloads_firmware_block_wise_over_coap_and_coaps() {
     let image: Vec<u8> = (0..512 * 1024).map(|_| rng.u8(..)).collect();
     let upload = Upload {
         name: "app.bin",
-        version: "3.0.0",
+        version: Some("3.0.0"),
         notes: "",
         uploader: "test",
     };
@@ -534,23 +534,28 @@ async fn an_image_from_the_firmware_script_is_catalogued_and_installed() {
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let data = dir.path().to_str().unwrap();
-    let (ok, out, err) = flownexus_cli(
-        data,
-        &[
-            "firmware",
-            "add",
-            img.to_str().unwrap(),
-            "--version",
-            "3.1.4+15",
-            "--name",
-            "app.bin",
-        ],
-        "",
+    let add = |extra: &[&str]| {
+        let mut args = vec!["firmware", "add", img.to_str().unwrap(), "--name", "app.bin"];
+        args.extend_from_slice(extra);
+        flownexus_cli(data, &args, "")
+    };
+    // A version that disagrees with the header is refused, showing both,
+    // and leaves nothing behind.
+    let (ok, _, err) = add(&["--version", "3.1.5"]);
+    assert!(!ok && err.contains("3.1.5") && err.contains("3.1.4+15"), "{err}");
+    assert!(
+        std::fs::read_dir(dir.path().join("firmware/images"))
+            .unwrap()
+            .next()
+            .is_none()
     );
+    // Without --version the header's is taken.
+    let (ok, out, err) = add(&[]);
     assert!(ok, "{out}{err}");
     let (ok, out, _) = flownexus_cli(data, &["firmware", "list", "--json"], "");
     assert!(ok);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["version"], "3.1.4+15", "{list}");
     assert_eq!(list[0]["image_type"], "mcuboot-application", "{list}");
     assert_eq!(list[0]["size"], 200_000 + 0x200 + 4 + 4 + 32, "{list}");
 

@@ -370,10 +370,24 @@ async fn serve_takes_sockets_handed_over_and_refuses_wrong_ones() {
     assert_eq!(code, 200);
     drop(child);
 
-    let wrong: [(&str, &[(&str, i32)], &str); 3] = [
-        ("a name no listener has", &[("dns", coap.as_raw_fd())], "`dns` is no listener"),
-        ("a TCP socket for CoAP", &[("coap", http_socket.as_raw_fd())], "not SOCK_DGRAM"),
-        ("a socket for a disabled listener", &[("fw", http_socket.as_raw_fd())], "fw.enabled = false"),
+    // What is wrong, the sockets handed over, what the error says.
+    type Case<'a> = (&'a str, &'a [(&'a str, i32)], &'a str);
+    let wrong: [Case; 3] = [
+        (
+            "a name no listener has",
+            &[("dns", coap.as_raw_fd())],
+            "`dns` is no listener",
+        ),
+        (
+            "a TCP socket for CoAP",
+            &[("coap", http_socket.as_raw_fd())],
+            "not SOCK_DGRAM",
+        ),
+        (
+            "a socket for a disabled listener",
+            &[("fw", http_socket.as_raw_fd())],
+            "fw.enabled = false",
+        ),
     ];
     for (what, handed, says) in wrong {
         let out = super::serve_command(&dir.path().join("wrong"), handed)

@@ -26,6 +26,35 @@
     }
   });
 
+  // The object tree's filter: resources whose name holds the text, with
+  // their instances and objects opened; the rest hidden. Without script
+  // the box stays hidden (it could not work).
+  function filterTree() {
+    var box = document.querySelector("input[data-tree-filter]");
+    if (!box) { return; }
+    box.closest(".tree-filter").hidden = false;
+    var text = box.value.trim().toLowerCase();
+    document.querySelectorAll("#objects details.object").forEach(function (obj) {
+      var objectHits = 0;
+      obj.querySelectorAll("section.instance").forEach(function (inst) {
+        var hits = 0;
+        inst.querySelectorAll("tr[data-name]").forEach(function (row) {
+          var hit = !text || row.getAttribute("data-name").toLowerCase().indexOf(text) >= 0;
+          row.hidden = !hit;
+          if (hit) { hits += 1; }
+        });
+        inst.hidden = text !== "" && hits === 0;
+        objectHits += hits;
+      });
+      obj.hidden = text !== "" && objectHits === 0;
+      if (text && objectHits > 0) { obj.open = true; }
+    });
+  }
+  document.addEventListener("input", function (e) {
+    if (e.target.hasAttribute && e.target.hasAttribute("data-tree-filter")) { filterTree(); }
+  });
+  filterTree();
+
   var live = document.querySelector("[data-live]");
   if (!live || !window.EventSource || !window.fetch) {
     return;
@@ -75,6 +104,7 @@
           carry(live, node);
           live.replaceWith(node);
           live = node;
+          filterTree();
           document.body.setAttribute("data-refreshed", String(Date.now()));
         }
       })
