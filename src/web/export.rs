@@ -4,9 +4,13 @@
 //! otherwise, readable beside them (`lwm2m::display`).
 //!
 //! Cells holding text a device or an operator chose are neutralised
-//! against spreadsheet formula injection (OWASP "CSV Injection"): one that
-//! starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a
-//! leading `'`, so a spreadsheet shows it instead of evaluating it.
+//! against spreadsheet formula injection (OWASP "CSV Injection"): a
+//! formula start (`=`, `+`, `-`, `@`, a tab or a carriage return) at the
+//! cell's beginning, or right after any character a spreadsheet may take
+//! for a separator (`,` `;` tab `|`, a line end: Excel splits on `;` in
+//! many locales), gets a `'` before it, so a spreadsheet shows it instead
+//! of evaluating it; and a cell holding any such separator is quoted, so
+//! it stays one cell whatever the reader's locale.
 
 use hyper::header::CONTENT_DISPOSITION;
 
@@ -21,14 +25,26 @@ use crate::store::now_ms;
 /// cut short, so a file never silently misses rows.
 pub const EXPORT_MAX: usize = 200_000;
 
-/// A text cell: formula-neutralised, quoted when it must be (RFC 4180 §2).
+/// Characters a spreadsheet may split a line into cells at.
+const SEPARATORS: [char; 6] = [',', ';', '\t', '|', '\n', '\r'];
+
+/// What starts a formula in a spreadsheet cell.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A text cell: formula starts neutralised at its beginning and after
+/// every separator; quoted (RFC 4180 §2) when it holds a separator or a
+/// quote.
 fn text(s: &str) -> String {
-    let guarded = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if guarded.contains([',', '"', '\n', '\r']) {
+    let mut guarded = String::with_capacity(s.len() + 2);
+    let mut after_separator = true;
+    for c in s.chars() {
+        if after_separator && FORMULA_STARTS.contains(&c) {
+            guarded.push('\'');
+        }
+        guarded.push(c);
+        after_separator = SEPARATORS.contains(&c);
+    }
+    if guarded.contains(SEPARATORS) || guarded.contains('"') {
         format!("\"{}\"", guarded.replace('"', "\"\""))
     } else {
         guarded
@@ -181,6 +197,16 @@ mod tests {
         for lead in ["+1", "-1+1", "@SUM(A1)", "\tx"] {
             assert!(text(lead).trim_start_matches('"').starts_with('\''), "{lead}");
         }
+        // After a separator of any locale, and quoted so it stays one cell
+        // (the payloads of the security review).
+        assert_eq!(
+            text("1.0;=1+1;=HYPERLINK(\"http://x\")"),
+            "\"1.0;'=1+1;'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(text("x;=cmd|' /C calc'!A0"), "\"x;'=cmd|' /C calc'!A0\"");
+        assert_eq!(text("a|@b\t-c"), "\"a|'@b\t'-c\"");
+        assert_eq!(text("1.0;2"), "\"1.0;2\"");
+        assert_eq!(text("v1-2"), "v1-2", "a formula start inside a word is harmless");
         assert_eq!(
             csv(&["a", "b"], vec![vec!["1".into(), text("x,y")]].into_iter()),
             "a,b\r\n1,\"x,y\"\r\n"

@@ -1177,11 +1177,21 @@ async fn csv_exports_hold_every_matching_row() {
     let dir = tempfile::tempdir().unwrap();
     let (running, addr) = start(dir.path(), |_| {}).await;
     let mut d = device("csv-1");
-    d.resources = vec![(
-        "/3/0/1".parse().unwrap(),
-        flownexus::lwm2m::path::Value::String("=HYPERLINK(\"http://x\",\"y\")".into()),
-    )];
-    let _fleet = fleet(&running, vec![d]).await;
+    // Formulas behind a `;`, which Excel in many locales splits cells at
+    // (found by the security review, issue 32).
+    let version = "1.0;=1+1;=HYPERLINK(\"http://x\")";
+    d.resources = vec![
+        (
+            "/3/0/1".parse().unwrap(),
+            flownexus::lwm2m::path::Value::String("=HYPERLINK(\"http://x\",\"y\")".into()),
+        ),
+        (
+            "/3/0/3".parse().unwrap(),
+            flownexus::lwm2m::path::Value::String(version.into()),
+        ),
+    ];
+    let hostile = "x;=cmd|' /C calc'!A0";
+    let _fleet = fleet(&running, vec![d, device(hostile)]).await;
     let s = store(dir.path());
     for i in 0..30 {
         s.add_device(&format!("csv-x{i:02}"), None, &Tags::parse("x").unwrap())
@@ -1242,6 +1252,21 @@ async fn csv_exports_hold_every_matching_row() {
         "{}",
         r.text()
     );
+    // The `;` payloads, in each export: quoted whole, every formula start
+    // after a separator marked.
+    let neutral_version = "\"1.0;'=1+1;'=HYPERLINK(\"\"http://x\"\")\"";
+    let neutral_endpoint = "\"x;'=cmd|' /C calc'!A0\"";
+    let r = get("/devices.csv?q=csv-1").await;
+    assert!(r.text().contains(&format!(",{neutral_version},")), "{}", r.text());
+    let r = get("/devices.csv?q=x%3B%3Dcmd").await;
+    assert!(r.text().contains(&format!("\r\n{neutral_endpoint},online,")), "{}", r.text());
+    let r = get("/events.csv?endpoint=x%3B%3Dcmd").await;
+    assert!(r.text().contains(&format!(",{neutral_endpoint},registered,")), "{}", r.text());
+    let r = get("/devices/csv-1/history.csv?path=/3/0/3&range=1h").await;
+    assert!(r.text().contains(&format!(",{neutral_version},")), "{}", r.text());
+    for r in [get("/devices.csv").await, get("/events.csv").await] {
+        assert!(!r.text().contains(";=") && !r.text().contains("|="), "{}", r.text());
+    }
     // Signed out, nothing.
     let r = http(addr, "GET", "/devices.csv", &[], b"").await;
     assert!(r.status == 303 || r.status == 401, "{}", r.status);
