@@ -507,15 +507,7 @@ mod tests {
         let find = |s: &Store, text: &str| {
             let q = DeviceQuery {
                 search: Some(text.to_string()),
-                status: None,
-                tag: None,
-                firmware: None,
-                sort: DeviceSort::Endpoint,
-                descending: false,
-                after: None,
-                limit: 50,
-                awake_window_s: 60,
-                grace_s: 60,
+                ..by_endpoint(50)
             };
             let (page, more) = s.device_page(&q).unwrap();
             (page.into_iter().map(|d| d.endpoint).collect::<Vec<_>>(), more)
@@ -563,6 +555,22 @@ mod tests {
         assert!(s.search_devices("bulk-00012").unwrap().is_some());
     }
 
+    /// Every device, by endpoint, `limit` a page.
+    fn by_endpoint(limit: usize) -> DeviceQuery {
+        DeviceQuery {
+            search: None,
+            status: None,
+            tag: None,
+            firmware: None,
+            sort: DeviceSort::Endpoint,
+            descending: false,
+            after: None,
+            limit,
+            awake_window_s: 60,
+            grace_s: 60,
+        }
+    }
+
     /// The device list pages through endpoints in natural order from the
     /// stored key (`urn:sim:2` before `urn:sim:10`), keyset pages exact;
     /// a database from before the key had it filled by its migration.
@@ -571,14 +579,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite3");
         // A database as flownexus left it at schema 18, with three devices.
-        let old = rusqlite::Connection::open(&path).unwrap();
-        old.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
-            .unwrap();
-        for (i, sql) in super::super::migrations::MIGRATIONS[..18].iter().enumerate() {
-            old.execute_batch(sql).unwrap();
-            old.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [i as i64 + 1])
-                .unwrap();
-        }
+        let old = super::super::migrations::database_at(&path, 18);
         for ep in ["urn:sim:10", "urn:sim:2", "urn:sim:100"] {
             old.execute("INSERT INTO devices (endpoint, created_at) VALUES (?1, 0)", [ep])
                 .unwrap();
@@ -588,18 +589,7 @@ mod tests {
         for ep in ["urn:sim:1", "urn:sim:20", "urn:sim:002", "urn:imei:9"] {
             s.add_device(ep, None, &Tags::default()).unwrap();
         }
-        let mut q = DeviceQuery {
-            search: None,
-            status: None,
-            tag: None,
-            firmware: None,
-            sort: DeviceSort::Endpoint,
-            descending: false,
-            after: None,
-            limit: 3,
-            awake_window_s: 60,
-            grace_s: 60,
-        };
+        let mut q = by_endpoint(3);
         let mut seen = Vec::new();
         loop {
             let (page, more) = s.device_page(&q).unwrap();

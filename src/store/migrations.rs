@@ -402,6 +402,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// A database as a flownexus of schema `version` left it, for tests of
+/// what later migrations do to old rows.
+#[cfg(test)]
+pub(super) fn database_at(path: &std::path::Path, version: usize) -> rusqlite::Connection {
+    let old = rusqlite::Connection::open(path).unwrap();
+    old.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        .unwrap();
+    for (i, sql) in MIGRATIONS[..version].iter().enumerate() {
+        old.execute_batch(sql).unwrap();
+        old.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [i as i64 + 1])
+            .unwrap();
+    }
+    old
+}
+
 /// The migration that added `devices.endpoint_order`, which SQL alone
 /// cannot fill.
 pub(super) const ENDPOINT_ORDER: usize = 19;

@@ -277,14 +277,7 @@ mod tests {
         // A database as flownexus left it at schema 12, with three writes.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
-        let old = rusqlite::Connection::open(&path).unwrap();
-        old.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
-            .unwrap();
-        for (i, sql) in super::super::migrations::MIGRATIONS[..12].iter().enumerate() {
-            old.execute_batch(sql).unwrap();
-            old.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [i as i64 + 1])
-                .unwrap();
-        }
+        let old = super::super::migrations::database_at(&path, 12);
         old.execute("INSERT INTO devices (endpoint, created_at) VALUES ('dev', 0)", [])
             .unwrap();
         let write = |path: &str, state: &str| {

@@ -1259,9 +1259,17 @@ async fn csv_exports_hold_every_matching_row() {
     let r = get("/devices.csv?q=csv-1").await;
     assert!(r.text().contains(&format!(",{neutral_version},")), "{}", r.text());
     let r = get("/devices.csv?q=x%3B%3Dcmd").await;
-    assert!(r.text().contains(&format!("\r\n{neutral_endpoint},online,")), "{}", r.text());
+    assert!(
+        r.text().contains(&format!("\r\n{neutral_endpoint},online,")),
+        "{}",
+        r.text()
+    );
     let r = get("/events.csv?endpoint=x%3B%3Dcmd").await;
-    assert!(r.text().contains(&format!(",{neutral_endpoint},registered,")), "{}", r.text());
+    assert!(
+        r.text().contains(&format!(",{neutral_endpoint},registered,")),
+        "{}",
+        r.text()
+    );
     let r = get("/devices/csv-1/history.csv?path=/3/0/3&range=1h").await;
     assert!(r.text().contains(&format!(",{neutral_version},")), "{}", r.text());
     for r in [get("/devices.csv").await, get("/events.csv").await] {
