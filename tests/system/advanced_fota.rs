@@ -79,6 +79,9 @@ async fn application_and_modem_move_together_over_object_33629() {
     .unwrap();
     assert!(ok, "{out}");
     assert!(out.contains("succeeded"), "{out}");
+    // The update's end is committed by the update task; the values that
+    // ended it reach the store through the writer's own commit window.
+    running.flush().await;
     let latest = s.latest_values("adv-both").unwrap();
     let value = |p: &str| {
         latest
