@@ -242,7 +242,7 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
     let metrics = Arc::new(Metrics::default());
     let udp_socket = if config.coap.enabled {
         let socket = match inherited.udp("coap")? {
-            Some(s) => tokio::net::UdpSocket::from_std(s)?,
+            Some(s) => tokio::net::UdpSocket::from_std(udp::sized(s, config.coap.socket_buffer_bytes))?,
             None => udp::bind(config.coap.listen, config.coap.socket_buffer_bytes)
                 .with_context(|| format!("coap.listen {}", config.coap.listen))?,
         };
@@ -580,7 +580,7 @@ fn start_dtls(
     for shard in 0..shards {
         // With port 0 the first socket picks the port; the others join it.
         let socket = match handed.take() {
-            Some(s) => s,
+            Some(s) => udp::sized(s, config.coap.socket_buffer_bytes),
             None => udp::bind_std(addr, config.coap.socket_buffer_bytes, shards > 1)
                 .with_context(|| format!("coaps.listen {addr}"))?,
         };

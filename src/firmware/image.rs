@@ -140,6 +140,8 @@ mod tests {
         assert!(!version_agrees("2.1.1", "2.1.0+0") && !version_agrees("2.1.0+7", "2.1.0+0"));
         assert!(version_agrees("mfw_nrf9160_1.3.5", "1.3.5") && !version_agrees("mfw_nrf9160_1.3.4", "1.3.5"));
         let delta = "mfw_nrf9160_update_from_1.3.4_to_1.3.5.bin";
+        assert_eq!(modem_delta_versions(delta), Some(("1.3.4".into(), "1.3.5".into())));
+        assert_eq!(modem_delta_versions("app-2.0.0.bin"), None);
         assert_eq!(
             stated_version(ImageType::ModemDelta, &[], delta).as_deref(),
             Some("1.3.5")

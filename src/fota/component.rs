@@ -12,7 +12,6 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::firmware::image::modem_delta_versions;
 use crate::lwm2m::path::{Record, ResourcePath, Value};
 
 /// The firmware object an update goes through.

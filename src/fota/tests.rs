@@ -602,11 +602,6 @@ fn components_carriers_and_modem_versions() {
         Carrier::of_registration("</1/0>,</3/0>,</5/0>,</336290/0>"),
         Carrier::Object5
     );
-    assert_eq!(
-        component::modem_delta_versions("mfw_nrf9160_update_from_1.3.4_to_1.3.5.bin"),
-        Some(("1.3.4".into(), "1.3.5".into()))
-    );
-    assert_eq!(component::modem_delta_versions("app-2.0.0.bin"), None);
     let modem = Component::new(ComponentKind::Modem, URI.into(), None, "1.3.5".into());
     assert!(modem.reached("mfw_nrf9160_1.3.5"));
     assert!(!modem.reached("mfw_nrf9160_1.3.4"));

@@ -16,13 +16,20 @@ pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
 /// 4-tuple, so a given peer always reaches the same socket.
 pub fn bind_std(addr: SocketAddr, buffer: usize, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::AsRawFd;
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if reuse_port {
         sock.set_reuse_port(true)?;
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
+    Ok(sized(sock.into(), buffer))
+}
+
+/// Kernel buffers of `buffer` bytes each way on a bound socket (ours, or
+/// one handed over by socket activation, which must absorb a registration
+/// storm as well as one we bound).
+pub fn sized(sock: std::net::UdpSocket, buffer: usize) -> std::net::UdpSocket {
+    use std::os::fd::AsRawFd;
     let fd = sock.as_raw_fd();
     let size = buffer.min(i32::MAX as usize) as libc::c_int;
     for (plain, force) in [
@@ -43,12 +50,13 @@ pub fn bind_std(addr: SocketAddr, buffer: usize, reuse_port: bool) -> std::io::R
         };
         if set(force) != 0 && set(plain) != 0 {
             log::warn!(
-                "could not set socket buffer of {addr} to {buffer} bytes: {}",
+                "could not set socket buffer of {:?} to {buffer} bytes: {}",
+                sock.local_addr(),
                 std::io::Error::last_os_error()
             );
         }
     }
-    Ok(sock.into())
+    sock
 }
 
 /// Datagrams moved per `recvmmsg`/`sendmmsg` call: under load one wake-up

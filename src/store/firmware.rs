@@ -114,7 +114,7 @@ impl Store {
                 // A modem delta says its base in its name, as Nordic names
                 // them; without that it is offered to every modem.
                 (f.image_type == "modem-delta")
-                    .then(|| crate::fota::component::modem_delta_versions(f.name).map(|v| v.0))
+                    .then(|| crate::firmware::image::modem_delta_versions(f.name).map(|v| v.0))
                     .flatten()
             ],
         )?;

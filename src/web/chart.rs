@@ -37,6 +37,19 @@ fn label(v: f64) -> String {
     }
 }
 
+/// A horizontal grid line at `yy` with its value-axis label `label_dy`
+/// below it (the baseline of text, so about half the font's height centres it).
+fn value_line(svg: &mut String, yy: f64, label_dy: f64, text: &str) {
+    let _ = write!(
+        svg,
+        r#"<line x1="{LEFT}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" class="grid"/><text x="{}" y="{:.1}" text-anchor="end" class="axis">{}</text>"#,
+        W - RIGHT,
+        LEFT - 4.0,
+        yy + label_dy,
+        escape(text)
+    );
+}
+
 /// One line of a chart: its name (the legend), unit and points
 /// `(time ms, value)`, oldest first.
 pub struct Series<'a> {
@@ -98,20 +111,13 @@ pub fn lines(title: &str, series: &[Series<'_>], window: (i64, i64), time_label:
     let unit = series[0].unit;
     let shared = series.iter().all(|s| s.unit == unit);
     for (i, v) in [hi, (hi + lo) / 2.0, lo].into_iter().enumerate() {
-        let yy = y(v);
         let text = if shared && !unit.is_empty() {
             format!("{} {unit}", label(v))
         } else {
             label(v)
         };
-        let _ = write!(
-            svg,
-            r#"<line x1="{LEFT}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" class="grid"/><text x="{}" y="{:.1}" text-anchor="end" class="axis">{}</text>"#,
-            W - RIGHT,
-            LEFT - 4.0,
-            yy + 4.0 + if i == 0 { 4.0 } else { 0.0 },
-            escape(&text)
-        );
+        // The top label sits a little lower, inside the frame.
+        value_line(&mut svg, y(v), if i == 0 { 8.0 } else { 4.0 }, &text);
     }
     // Within minutes the seconds matter; within a day the clock time
     // says it; beyond, the date too.
@@ -217,15 +223,7 @@ pub fn columns(
     let plot_h = H - TOP - BOTTOM;
     let y = |v: f64| TOP + (max - v) / max * plot_h;
     for v in [max, max / 2.0, 0.0] {
-        let yy = y(v);
-        let _ = write!(
-            svg,
-            r#"<line x1="{LEFT}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" class="grid"/><text x="{}" y="{:.1}" text-anchor="end" class="axis">{}</text>"#,
-            W - RIGHT,
-            LEFT - 4.0,
-            yy + 4.0,
-            label(v.round())
-        );
+        value_line(&mut svg, y(v), 4.0, &label(v.round()));
     }
     let step = (W - LEFT - RIGHT) / slots as f64;
     // A label every few columns, as many as fit (about six).

@@ -355,15 +355,50 @@ async fn serve_takes_sockets_handed_over_and_refuses_wrong_ones() {
     let data = dir.path().join("data");
     let coap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let http_socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // The kernel's receive buffer of one socket, seen through either
+    // descriptor: the server sizes a handed-over socket as one it binds.
+    let receive_buffer = |s: &std::net::UdpSocket| {
+        use std::os::fd::AsRawFd;
+        let (mut size, mut len) = (0 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+        // SAFETY: getsockopt on a socket we own, into a local int.
+        let ok = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut size as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(ok, 0);
+        size as usize
+    };
+    let buffer = 1 << 20;
+    assert!(receive_buffer(&coap) < buffer, "the default is smaller");
     let child = super::Killed(
         super::serve_command(&data, &[("coap", coap.as_raw_fd()), ("http", http_socket.as_raw_fd())])
             .env("FLOWNEXUS_COAPS_ENABLED", "false")
             .env("FLOWNEXUS_FW_ENABLED", "false")
+            .env("FLOWNEXUS_COAP_SOCKET_BUFFER_BYTES", buffer.to_string())
             .env("FLOWNEXUS_LOG_LEVEL", "warn")
             .spawn()
             .unwrap(),
     );
     assert_eq!(super::bound_when_up(&data, "coap").await, coap.local_addr().unwrap());
+    // Root (CI) passes net.core.rmem_max; anyone else is capped at it.
+    let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(buffer);
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    });
+    let want = if root { buffer } else { buffer.min(cap) };
+    assert!(
+        receive_buffer(&coap) >= want,
+        "the handed-over socket's buffer was sized"
+    );
     assert_eq!(bound(&data, "http"), http_socket.local_addr().unwrap());
     probes::coap_ping(coap.local_addr().unwrap()).await.unwrap();
     let (code, _) = probes::get_healthz(http_socket.local_addr().unwrap()).await.unwrap();

@@ -104,7 +104,7 @@ pub(super) fn instance_of(p: &ResourcePath) -> Option<ResourcePath> {
 /// (a test fixture's convention: the simulator cannot read a modem image).
 fn modem_version_installed(uri: &str) -> Option<String> {
     let name = uri.split('?').next()?.rsplit('/').next()?;
-    let (_, to) = crate::fota::component::modem_delta_versions(name)?;
+    let (_, to) = crate::firmware::image::modem_delta_versions(name)?;
     let prefix = name.split("_update_from_").next()?;
     Some(format!("{prefix}_{to}"))
 }
