@@ -4,6 +4,7 @@
 
 mod campaign;
 mod healthcheck;
+mod objects;
 mod profile;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, Overrides, process_env};
+use crate::lwm2m::display::printable;
 use crate::lwm2m::operation::{OperationKind, OperationState, WriteValue};
 use crate::lwm2m::path::ResourcePath;
 use crate::store::tags::Tags;
@@ -75,6 +77,9 @@ enum Command {
     /// (or every device) at each registration.
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
+    /// The LwM2M object definitions known: every object of the OMA
+    /// registry, older core versions, lwm2m.models_dir's own.
+    Objects(objects::ObjectsArgs),
     /// Operators of the dashboard and API. Passwords are read from the
     /// terminal (twice, not echoed) or, when piped, one line from stdin.
     #[command(subcommand)]
@@ -432,6 +437,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Firmware(f) => firmware(f, &config),
         Command::Campaign(c) => campaign::run(c, &open_store(&config)?),
         Command::Profile(p) => profile::run(p, &open_store(&config)?, &config),
+        Command::Objects(o) => objects::run(o, &config),
         Command::User(u) => user(u, &config),
         Command::Backup { file } => {
             let s = open_store(&config)?.backup_to(&file)?;
@@ -795,10 +801,10 @@ fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
                         .unwrap_or_else(|| "never".into());
                     println!(
                         "{:<40} {:<9} {:<24} {}",
-                        d.endpoint,
+                        printable(&d.endpoint),
                         serde_json::to_value(status)?.as_str().unwrap_or(""),
                         seen,
-                        d.firmware_version.as_deref().unwrap_or("-")
+                        printable(d.firmware_version.as_deref().unwrap_or("-"))
                     );
                 }
             }

@@ -8,10 +8,16 @@
 //! per entry to `/run/systemd/journal/socket`, each field `NAME=value\n`,
 //! or, for a value with a newline, `NAME\n`, its length as 64-bit little
 //! endian, the value and `\n`.
+//!
+//! Not the `systemd-journal-logger` crate: its socket path is fixed and
+//! its sends block (measured, docs/health.md "Why not the
+//! `systemd-journal-logger` crate").
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+
+use crate::lwm2m::display::printable;
 
 /// Where journald listens for native-protocol datagrams.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -72,7 +78,7 @@ impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_> {
     fn visit_pair(&mut self, key: log::kv::Key<'kvs>, value: log::kv::Value<'kvs>) -> Result<(), log::kv::Error> {
         let name = field_name(key.as_str());
         if !name.is_empty() {
-            put_field(self.0, &name, value.to_string().as_bytes());
+            put_field(self.0, &name, printable(&value.to_string()).as_bytes());
         }
         Ok(())
     }
@@ -81,7 +87,9 @@ impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_> {
 /// One record as a native-protocol entry.
 pub fn entry(record: &log::Record<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    let mut message = record.args().to_string();
+    // Device-supplied strings reach messages: escaped, so none forges a
+    // line or drives a terminal that shows the journal.
+    let mut message = printable(&record.args().to_string()).into_owned();
     if message.len() > MAX_ENTRY {
         let mut cut = MAX_ENTRY;
         while !message.is_char_boundary(cut) {
@@ -131,7 +139,7 @@ impl log::Log for Stderr {
             "{:<5} {}: {}",
             record.level(),
             record.target(),
-            record.args()
+            printable(&record.args().to_string())
         );
     }
     fn flush(&self) {}
@@ -202,6 +210,25 @@ mod tests {
         want.extend_from_slice(&9u64.to_le_bytes());
         want.extend_from_slice(b"two\nlines\n");
         assert_eq!(out, want);
+    }
+
+    /// Issue 32 item 4: a device string with a newline or a terminal
+    /// escape stays one line of text in the journal and on stderr.
+    #[test]
+    fn device_strings_cannot_forge_lines() {
+        let kvs = [("endpoint", "ev\u{1b}[2Jil")];
+        let source: &dyn log::kv::Source = &kvs;
+        let record = log::Record::builder()
+            .args(format_args!("registered evil\nINFO adm signed in"))
+            .level(log::Level::Info)
+            .key_values(source)
+            .build();
+        let text = String::from_utf8(entry(&record)).unwrap();
+        assert!(
+            text.contains("MESSAGE=registered evil\\u{a}INFO adm signed in\n"),
+            "{text}"
+        );
+        assert!(text.contains("ENDPOINT=ev\\u{1b}[2Jil\n"), "{text}");
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub async fn run(b: WebBench, config: &Config) -> anyhow::Result<()> {
             "device_columns",
             "status,firmware,model,last_seen,lifetime,signal,battery,tags",
         )?;
-        if s.profiles()?.is_empty() {
+        if !s.profiles()?.iter().any(|p| p.name == "identity and radio") {
             let steps =
                 crate::lwm2m::profile::parse_steps("read /3/0\nread /4/0\nobserve /3303/0/5700 pmin=60 pmax=3600")
                     .map_err(anyhow::Error::msg)?;

@@ -237,7 +237,7 @@ const KEYS: &[(&str, &str, &str)] = &[
     (
         "lwm2m.models_dir",
         "unset",
-        "directory of extra DDF XML object definitions",
+        "directory of DDF XML object definitions added to the embedded OMA registry; one for an embedded id and version replaces it, and an object defined here is drawn with this definition by default (`flownexus objects` lists them)",
     ),
     (
         "fota.download_timeout_s",

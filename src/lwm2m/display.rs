@@ -122,10 +122,37 @@ pub fn meaning(e: Enumeration, code: i64) -> &'static str {
         .map_or("a value the specification does not define", |(_, m)| m)
 }
 
+/// A device-supplied string made safe for a terminal or a log line:
+/// control characters (a newline that would start a forged line, ESC
+/// sequences a terminal obeys) and bidirectional formatting characters
+/// (U+202E shows text reversed, Unicode UAX #9) written as `\u{…}`
+/// escapes; everything else as it is.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A UCUM unit (the DDF `Units` element) as people write it.
 pub fn unit_symbol(ucum: &str) -> &str {
     match ucum {
         "Cel" => "°C",
+        // Percent as the registry's 1.1 definitions write it.
+        "/100" => "%",
+        "ug/m3" => "µg/m³",
         "[degF]" => "°F",
         "K" => "K",
         "%RH" => "% RH",
@@ -299,6 +326,15 @@ mod tests {
         // Resource instances of a multiple resource read the same.
         let p: ResourcePath = "/3/0/6/1".parse().unwrap();
         assert_eq!(display(&models, &p, &Value::Integer(5)), "USB (5)");
+    }
+
+    #[test]
+    fn device_strings_are_printable() {
+        assert_eq!(printable("urn:imei:1"), "urn:imei:1");
+        assert_eq!(printable("evil\nINFO x"), "evil\\u{a}INFO x");
+        assert_eq!(printable("\u{1b}]0;t\u{7}"), "\\u{1b}]0;t\\u{7}");
+        assert_eq!(printable("abc\u{202E}exe"), "abc\\u{202e}exe");
+        assert_eq!(printable("Gerät"), "Gerät");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod content;
+pub mod ddf;
 pub mod display;
 pub mod model;
 pub mod path;

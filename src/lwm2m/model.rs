@@ -1,123 +1,209 @@
-//! The object model: OMA DDF XML object definitions (LwM2M Core §5.1,
-//! Appendix D) embedded in the binary, plus custom ones loaded at start.
+//! The object model: every object definition of the OMA LwM2M registry,
+//! older versions of the core objects and Nordic's Advanced Firmware
+//! Update (pre-parsed into the binary by `build.rs`), plus an operator's
+//! own DDF files loaded at start.
 //!
-//! Formats without types (TLV, text/plain, opaque) are decoded with the
-//! resource type found here; values are named by it in the CLI and UI.
+//! An object can be known in several versions (`ObjectVersion`, Core 1.1
+//! §7.2.2): a device's tree is drawn with the version it announced
+//! (`ver=`, Core 1.1 §6.2.1) when one is known. Formats without types
+//! (TLV, text/plain, opaque) are decoded with the object's default
+//! definition: across the versions embedded here a resource keeps its
+//! type (tested below), so the choice cannot change a decoded value.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+pub use super::ddf::{ObjectModel, ResourceModel, ResourceType, parse_ddf};
 use crate::error::{Error, Result};
 use crate::lwm2m::path::{ObjectId, ResourcePath};
 
-/// Resource data types (Core Appendix C).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResourceType {
-    String,
-    Integer,
-    UnsignedInteger,
-    Float,
-    Boolean,
-    Opaque,
-    Time,
-    Objlnk,
-    Corelnk,
-    /// Executable resources carry no value.
-    None,
+/// One definition as `build.rs` lays it out in the binary.
+struct EmbeddedObject {
+    /// Where it came from, for `flownexus objects --notices`.
+    file: &'static str,
+    /// Index into `NOTICES`: the copyright and licence notice of its file.
+    notice: Option<usize>,
+    id: ObjectId,
+    version: &'static str,
+    name: &'static str,
+    multiple: bool,
+    mandatory: bool,
+    resources: &'static [EmbeddedResource],
 }
 
-impl ResourceType {
-    fn parse(s: &str) -> Option<ResourceType> {
-        Some(match s.trim() {
-            "String" => ResourceType::String,
-            "Integer" => ResourceType::Integer,
-            "Unsigned Integer" => ResourceType::UnsignedInteger,
-            "Float" => ResourceType::Float,
-            "Boolean" => ResourceType::Boolean,
-            "Opaque" => ResourceType::Opaque,
-            "Time" => ResourceType::Time,
-            "Objlnk" => ResourceType::Objlnk,
-            "Corelnk" => ResourceType::Corelnk,
-            "" | "none" | "None" => ResourceType::None,
-            _ => return None,
+struct EmbeddedResource {
+    id: u16,
+    name: &'static str,
+    operations: &'static str,
+    multiple: bool,
+    mandatory: bool,
+    rtype: ResourceType,
+    units: &'static str,
+}
+
+include!(concat!(env!("OUT_DIR"), "/embedded_models.rs"));
+
+/// The copyright and licence notices of the embedded definitions' files,
+/// each distinct text once with the files it covers (the registry's
+/// BSD-3-Clause licence asks a binary distribution to reproduce them).
+pub fn notices() -> Vec<(&'static str, Vec<&'static str>)> {
+    NOTICES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                *n,
+                EMBEDDED
+                    .iter()
+                    .filter(|e| e.notice == Some(i))
+                    .map(|e| e.file)
+                    .collect(),
+            )
         })
-    }
+        .collect()
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResourceModel {
-    pub id: u16,
-    pub name: String,
-    /// `R`, `W`, `RW`, `E` or empty.
-    pub operations: String,
-    pub multiple: bool,
-    pub mandatory: bool,
-    pub rtype: ResourceType,
-    pub units: String,
+/// `major.minor` as numbers, so "1.10" sorts after "1.2"; anything else
+/// sorts first.
+fn version_key(v: &str) -> (u32, u32) {
+    let mut parts = v.trim().splitn(2, '.');
+    let major = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (major, minor)
 }
 
-impl ResourceModel {
-    pub fn readable(&self) -> bool {
-        self.operations.contains('R')
-    }
-    pub fn writable(&self) -> bool {
-        self.operations.contains('W')
-    }
-    pub fn executable(&self) -> bool {
-        self.operations.contains('E')
-    }
+/// Every known version of one object, and the one that stands for the
+/// object when no version is asked for.
+#[derive(Debug, Clone)]
+struct Versions {
+    by_version: BTreeMap<(u32, u32), Arc<ObjectModel>>,
+    default: Arc<ObjectModel>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectModel {
-    pub id: ObjectId,
-    pub name: String,
-    pub version: String,
-    pub multiple: bool,
-    pub mandatory: bool,
-    pub resources: BTreeMap<u16, ResourceModel>,
-}
+impl Versions {
+    fn add(&mut self, o: Arc<ObjectModel>, make_default: bool) {
+        let replaces_default = self.default.version == o.version;
+        if make_default || replaces_default || version_key(&o.version) > version_key(&self.default.version) {
+            self.default = o.clone();
+        }
+        self.by_version.insert(version_key(&o.version), o);
+    }
 
-/// The DDF files compiled into the binary.
-const EMBEDDED: &[&str] = &[
-    include_str!("ddf/0.xml"),
-    include_str!("ddf/1.xml"),
-    include_str!("ddf/3.xml"),
-    include_str!("ddf/4.xml"),
-    include_str!("ddf/5.xml"),
-    include_str!("ddf/6.xml"),
-    include_str!("ddf/3300.xml"),
-    include_str!("ddf/3301.xml"),
-    include_str!("ddf/3303.xml"),
-    include_str!("ddf/3304.xml"),
-    include_str!("ddf/3311.xml"),
-    include_str!("ddf/3315.xml"),
-    include_str!("ddf/3340.xml"),
-    include_str!("ddf/3347.xml"),
-    include_str!("ddf/33629.xml"),
-];
+    /// `wanted` if known; otherwise the nearest version of the same major
+    /// (the next higher first: minor versions only add resources, Core
+    /// 1.1 §7.2.2), otherwise the default.
+    fn at(&self, wanted: &str) -> &Arc<ObjectModel> {
+        let key = version_key(wanted);
+        if let Some(o) = self.by_version.get(&key) {
+            return o;
+        }
+        let same_major = |k: &&(u32, u32)| k.0 == key.0;
+        self.by_version
+            .range(key..)
+            .find(|(k, _)| same_major(k))
+            .or_else(|| self.by_version.range(..key).rev().find(|(k, _)| same_major(k)))
+            .map_or(&self.default, |(_, o)| o)
+    }
+}
 
 /// All known object definitions, shared read-only.
 #[derive(Debug, Clone, Default)]
 pub struct Models {
-    objects: HashMap<ObjectId, Arc<ObjectModel>>,
+    objects: HashMap<ObjectId, Versions>,
 }
 
 impl Models {
-    /// The embedded definitions.
-    pub fn embedded() -> Models {
-        let mut m = Models::default();
-        for xml in EMBEDDED {
-            for o in parse_ddf(xml).expect("embedded DDF parses") {
-                m.objects.insert(o.id, Arc::new(o));
+    fn insert(&mut self, o: ObjectModel, make_default: bool) {
+        let o = Arc::new(o);
+        match self.objects.get_mut(&o.id) {
+            Some(v) => v.add(o, make_default),
+            None => {
+                self.objects.insert(
+                    o.id,
+                    Versions {
+                        by_version: BTreeMap::from([(version_key(&o.version), o.clone())]),
+                        default: o,
+                    },
+                );
             }
         }
-        m
     }
 
-    /// Embedded definitions plus every `*.xml` in `dir`; a custom definition
-    /// replaces an embedded one with the same id.
+    /// The embedded definitions; an object's default is its highest
+    /// embedded version (the registry's current one).
+    pub fn embedded() -> Models {
+        static EMBEDDED_MODELS: OnceLock<Models> = OnceLock::new();
+        EMBEDDED_MODELS
+            .get_or_init(|| {
+                let mut m = Models::default();
+                for e in EMBEDDED {
+                    m.insert(
+                        ObjectModel {
+                            id: e.id,
+                            name: e.name.to_string(),
+                            version: e.version.to_string(),
+                            multiple: e.multiple,
+                            mandatory: e.mandatory,
+                            resources: e
+                                .resources
+                                .iter()
+                                .map(|r| {
+                                    (
+                                        r.id,
+                                        ResourceModel {
+                                            id: r.id,
+                                            name: r.name.to_string(),
+                                            operations: r.operations.to_string(),
+                                            multiple: r.multiple,
+                                            mandatory: r.mandatory,
+                                            rtype: r.rtype,
+                                            units: r.units.to_string(),
+                                        },
+                                    )
+                                })
+                                .collect(),
+                        },
+                        false,
+                    );
+                }
+                m.inherit_units();
+                m
+            })
+            .clone()
+    }
+
+    /// IPSO objects 1.1 dropped the `Units` of their measurements in
+    /// favour of the device-stated Sensor Units (5701), which many clients
+    /// leave empty: "21.5" where 1.0 said "21.5 °C". A resource without
+    /// units in an object's default definition takes those an older
+    /// embedded version gave the same resource of the same type.
+    fn inherit_units(&mut self) {
+        for v in self.objects.values_mut() {
+            let mut default = (*v.default).clone();
+            let mut changed = false;
+            for (rid, r) in default.resources.iter_mut().filter(|(_, r)| r.units.is_empty()) {
+                let older = v.by_version.values().rev().filter_map(|o| o.resources.get(rid));
+                if let Some(u) = older
+                    .filter(|o| o.rtype == r.rtype && !o.units.is_empty())
+                    .map(|o| &o.units)
+                    .next()
+                {
+                    r.units = u.clone();
+                    changed = true;
+                }
+            }
+            if changed {
+                let default = Arc::new(default);
+                v.by_version.insert(version_key(&default.version), default.clone());
+                v.default = default;
+            }
+        }
+    }
+
+    /// Embedded definitions plus every `*.xml` in `dir`: a custom
+    /// definition replaces the embedded one of the same id and version and
+    /// becomes its object's default (the operator's word wins).
     pub fn with_dir(dir: &Path) -> Result<Models> {
         let mut m = Models::embedded();
         let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
@@ -137,14 +223,29 @@ impl Models {
             let objects =
                 parse_ddf(&text).map_err(|e| Error::malformed("DDF file", format!("{}: {e}", path.display())))?;
             for o in objects {
-                m.objects.insert(o.id, Arc::new(o));
+                m.insert(o, true);
             }
         }
         Ok(m)
     }
 
+    /// The object's default definition.
     pub fn object(&self, id: ObjectId) -> Option<&ObjectModel> {
-        self.objects.get(&id).map(Arc::as_ref)
+        self.objects.get(&id).map(|v| v.default.as_ref())
+    }
+
+    /// The definition a device announcing `version` of the object is shown
+    /// with: that version if known, else the nearest of the same major.
+    pub fn object_at(&self, id: ObjectId, version: &str) -> Option<&ObjectModel> {
+        self.objects.get(&id).map(|v| v.at(version).as_ref())
+    }
+
+    /// Every known version of an object, lowest first.
+    pub fn versions(&self, id: ObjectId) -> Vec<&str> {
+        self.objects
+            .get(&id)
+            .map(|v| v.by_version.values().map(|o| o.version.as_str()).collect())
+            .unwrap_or_default()
     }
 
     /// The resource definition for a path at resource depth or below.
@@ -152,12 +253,20 @@ impl Models {
         self.object(path.object()?)?.resources.get(&path.resource()?)
     }
 
+    /// Known objects (each counted once, whatever its versions).
     pub fn len(&self) -> usize {
         self.objects.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
+    }
+
+    /// Every object's default definition, by id.
+    pub fn objects(&self) -> Vec<&ObjectModel> {
+        let mut all: Vec<&ObjectModel> = self.objects.values().map(|v| v.default.as_ref()).collect();
+        all.sort_by_key(|o| o.id);
+        all
     }
 
     /// A human name for a path: "Device / Firmware Version".
@@ -170,58 +279,22 @@ impl Models {
     }
 }
 
-fn child_text<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> Option<&'a str> {
-    node.children()
-        .find(|c| c.has_tag_name(name))
-        .map(|c| c.text().unwrap_or("").trim())
-}
-
-/// Parse a DDF document (one or more `<Object>` under `<LWM2M>`).
-pub fn parse_ddf(xml: &str) -> std::result::Result<Vec<ObjectModel>, String> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for obj in doc.descendants().filter(|n| n.has_tag_name("Object")) {
-        let id: ObjectId = child_text(obj, "ObjectID")
-            .and_then(|s| s.parse().ok())
-            .ok_or("Object without a numeric ObjectID")?;
-        let name = child_text(obj, "Name").unwrap_or("").to_string();
-        let mut resources = BTreeMap::new();
-        if let Some(res) = obj.children().find(|c| c.has_tag_name("Resources")) {
-            for item in res.children().filter(|c| c.has_tag_name("Item")) {
-                let rid: u16 = item
-                    .attribute("ID")
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("object {id}: Item without a numeric ID"))?;
-                let t = child_text(item, "Type").unwrap_or("");
-                let rtype =
-                    ResourceType::parse(t).ok_or_else(|| format!("object {id} resource {rid}: unknown Type `{t}`"))?;
-                resources.insert(
-                    rid,
-                    ResourceModel {
-                        id: rid,
-                        name: child_text(item, "Name").unwrap_or("").to_string(),
-                        operations: child_text(item, "Operations").unwrap_or("").to_string(),
-                        multiple: child_text(item, "MultipleInstances") == Some("Multiple"),
-                        mandatory: child_text(item, "Mandatory") == Some("Mandatory"),
-                        rtype,
-                        units: child_text(item, "Units").unwrap_or("").to_string(),
-                    },
-                );
-            }
-        }
-        out.push(ObjectModel {
-            id,
-            name,
-            version: child_text(obj, "ObjectVersion").unwrap_or("1.0").to_string(),
-            multiple: child_text(obj, "MultipleInstances") == Some("Multiple"),
-            mandatory: child_text(obj, "Mandatory") == Some("Mandatory"),
-            resources,
-        });
+/// The object version a device's registration stands for: its `ver`
+/// attribute, else the version the enabler's Appendix E gives the core
+/// objects (LwM2M 1.1 raised Security, Server and Device to 1.1 and
+/// Connectivity Monitoring to 1.2), else 1.0 (Core 1.1 §6.2.1: `ver` is
+/// sent only when the version is not the default).
+pub fn announced_version(object: ObjectId, ver: Option<&str>, lwm2m_version: &str) -> String {
+    if let Some(v) = ver.filter(|v| !v.is_empty()) {
+        return v.to_string();
     }
-    if out.is_empty() {
-        return Err("no <Object> element".into());
+    let enabler_1_1 = version_key(lwm2m_version) >= (1, 1);
+    match object {
+        0 | 1 | 3 if enabler_1_1 => "1.1",
+        4 if enabler_1_1 => "1.2",
+        _ => "1.0",
     }
-    Ok(out)
+    .to_string()
 }
 
 #[cfg(test)]
@@ -231,7 +304,6 @@ mod tests {
     #[test]
     fn embedded_objects_are_typed_and_named() {
         let m = Models::embedded();
-        assert!(m.len() >= 15);
         let fw = m.resource(&"/3/0/3".parse().unwrap()).unwrap();
         assert_eq!(fw.name, "Firmware Version");
         assert_eq!(fw.rtype, ResourceType::String);
@@ -246,6 +318,87 @@ mod tests {
         );
     }
 
+    /// The objects Anjay announces that an operator could not name before
+    /// the registry was embedded (issue 25), and the registry's size.
+    #[test]
+    fn the_whole_oma_registry_is_known_by_name() {
+        let m = Models::embedded();
+        assert!(m.len() >= 327, "{} objects", m.len());
+        for (id, name) in [
+            (10, "LWM2M Cellular Connectivity"),
+            (11, "LWM2M APN Connection Profile"),
+            (16, "Portfolio"),
+            (19, "BinaryAppDataContainer"),
+            (20, "Event Log"),
+            (3313, "Accelerometer"),
+        ] {
+            assert_eq!(m.object(id).map(|o| o.name.as_str()), Some(name), "object {id}");
+        }
+        // UnsignedInteger, the 1.1 schema's spelling, parses.
+        assert_eq!(
+            m.resource(&"/3/0/21".parse().unwrap()).map(|r| r.rtype),
+            Some(ResourceType::Integer)
+        );
+        let notices = notices();
+        assert!(notices.iter().any(|(n, _)| n.contains("Open Mobile Alliance")));
+        assert!(
+            notices
+                .iter()
+                .all(|(n, files)| n.to_lowercase().contains("copyright") && !files.is_empty())
+        );
+        // Every registry file's notice is kept (two of its files have none).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lwm2m/registry");
+        let with_notice = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|f| {
+                std::fs::read_to_string(f.as_ref().unwrap().path())
+                    .unwrap()
+                    .contains("<!--")
+            })
+            .count();
+        let covered: usize = notices
+            .iter()
+            .map(|(_, f)| f.iter().filter(|f| f.contains("registry/")).count())
+            .sum();
+        assert_eq!(covered, with_notice);
+    }
+
+    #[test]
+    fn a_device_is_shown_the_version_it_announced() {
+        let m = Models::embedded();
+        assert_eq!(m.versions(3303), ["1.0", "1.1"]);
+        assert_eq!(m.object(3303).unwrap().version, "1.1");
+        assert_eq!(m.object_at(3303, "1.0").unwrap().version, "1.0");
+        assert_eq!(m.object_at(3303, "1.1").unwrap().version, "1.1");
+        // Unknown minor: the next higher of the same major, else lower.
+        assert_eq!(m.object_at(3, "1.0").unwrap().version, "1.1");
+        assert_eq!(m.object_at(3, "1.9").unwrap().version, "1.2");
+        // Unknown major: the default.
+        assert_eq!(m.object_at(3, "2.0").unwrap().version, "1.2");
+        assert_eq!(announced_version(3, None, "1.1"), "1.1");
+        assert_eq!(announced_version(3, None, "1.0"), "1.0");
+        assert_eq!(announced_version(4, None, "1.2"), "1.2");
+        assert_eq!(announced_version(3303, Some("1.1"), "1.0"), "1.1");
+        assert_eq!(announced_version(3303, None, "1.1"), "1.0");
+    }
+
+    /// Why decoding may use the default version: no embedded object
+    /// changes a resource's type between its versions.
+    #[test]
+    fn resource_types_agree_across_an_objects_versions() {
+        let m = Models::embedded();
+        for o in m.objects() {
+            for v in m.versions(o.id) {
+                let older = m.object_at(o.id, v).unwrap();
+                for (rid, r) in &older.resources {
+                    if let Some(d) = o.resources.get(rid) {
+                        assert_eq!(r.rtype, d.rtype, "/{}/x/{rid} {v} vs {}", o.id, o.version);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn custom_dir_overrides_and_rejects_garbage() {
         let dir = tempfile::tempdir().unwrap();
@@ -256,8 +409,20 @@ mod tests {
                </Resources></Object></LWM2M>"#,
         )
         .unwrap();
+        // An operator's older version of a registry object becomes that
+        // object's default; the registry's version stays reachable.
+        std::fs::write(
+            dir.path().join("3303.xml"),
+            r#"<LWM2M><Object><Name>Site temperature</Name><ObjectID>3303</ObjectID>
+               <ObjectVersion>1.0</ObjectVersion><Resources>
+               <Item ID="5700"><Name>Reading</Name><Operations>R</Operations><Type>Float</Type></Item>
+               </Resources></Object></LWM2M>"#,
+        )
+        .unwrap();
         let m = Models::with_dir(dir.path()).unwrap();
         assert_eq!(m.resource(&"/10241/0/1".parse().unwrap()).unwrap().name, "Flow");
+        assert_eq!(m.object(3303).unwrap().name, "Site temperature");
+        assert_eq!(m.object_at(3303, "1.1").unwrap().name, "Temperature");
         std::fs::write(dir.path().join("bad.xml"), "<LWM2M><Object>").unwrap();
         let err = Models::with_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("bad.xml"), "{err}");

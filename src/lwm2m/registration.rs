@@ -101,6 +101,25 @@ impl<P> Registration<P> {
             .collect()
     }
 
+    /// The version of each announced object: its `ver` attribute, else
+    /// the default for this enabler version
+    /// ([`model::announced_version`](crate::lwm2m::model::announced_version)).
+    pub fn object_versions(&self) -> std::collections::BTreeMap<u16, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for l in link_format::parse(&self.object_links).unwrap_or_default() {
+            let path: Option<ResourcePath> = strip_root(&l.target, &self.root_path).parse().ok();
+            if let Some(o) = path.as_ref().and_then(ResourcePath::object) {
+                let announced = crate::lwm2m::model::announced_version(o, l.attr("ver"), &self.version);
+                // `</3303>;ver=1.1,</3303/0>`: the object's link carries
+                // the version, its instances' links do not.
+                if l.attr("ver").is_some() || !out.contains_key(&o) {
+                    out.insert(o, announced);
+                }
+            }
+        }
+        out
+    }
+
     /// Is the registration past its lifetime (plus grace) at `unix_ms`?
     pub fn expired(&self, unix_ms: i64, grace_s: u64) -> bool {
         unix_ms > self.updated_at + (i64::from(self.lifetime) + grace_s as i64) * 1000
@@ -146,6 +165,27 @@ impl Rejection {
     }
 }
 
+/// Why an Endpoint Client Name (Core 1.1 §6.2.1 `ep`) is refused, if it
+/// is: 1 to 255 bytes with no control characters (a newline in a name
+/// forges log lines, ESC sequences reach terminals) and no bidirectional
+/// formatting characters (U+202E shows a name reversed; Unicode UAX #9).
+/// Register and provisioning ask the same question.
+pub fn endpoint_problem(ep: &str) -> Option<&'static str> {
+    const BIDI: [char; 12] = [
+        '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}',
+        '\u{2067}', '\u{2068}', '\u{2069}',
+    ];
+    if ep.is_empty() || ep.len() > 255 {
+        Some("ep must be 1 to 255 bytes")
+    } else if ep.chars().any(char::is_control) {
+        Some("ep must not hold control characters")
+    } else if ep.chars().any(|c| BIDI.contains(&c)) {
+        Some("ep must not hold bidirectional formatting characters")
+    } else {
+        None
+    }
+}
+
 fn reject(code: Code, reason: impl Into<String>) -> Rejection {
     Rejection::new(code, reason)
 }
@@ -159,8 +199,11 @@ impl RegisterParams {
                 None => (item.as_str(), None),
             };
             match (k, v) {
-                ("ep", Some(v)) if !v.is_empty() && v.len() <= 255 => p.endpoint = Some(v.to_string()),
-                ("ep", _) => return Err(reject(Code::BAD_REQUEST, "ep must be 1 to 255 bytes")),
+                ("ep", Some(v)) => match endpoint_problem(v) {
+                    None => p.endpoint = Some(v.to_string()),
+                    Some(why) => return Err(reject(Code::BAD_REQUEST, why)),
+                },
+                ("ep", None) => return Err(reject(Code::BAD_REQUEST, "ep must be 1 to 255 bytes")),
                 ("lt", Some(v)) => {
                     p.lifetime = Some(
                         v.parse()
@@ -261,6 +304,19 @@ mod tests {
             Code::PRECONDITION_FAILED
         );
         assert_eq!(RegisterParams::parse(&q(&["ep="])).unwrap_err().code, Code::BAD_REQUEST);
+        // Issue 32 item 4: a forged log line, a terminal escape, a name
+        // shown reversed; each refused with the reason as the diagnostic.
+        for (ep, why) in [
+            ("evil\nINFO adm signed in from 6.6.6.6", "control characters"),
+            ("x\u{1b}]0;owned\u{7}", "control characters"),
+            ("abc\u{202E}txt.exe", "bidirectional"),
+        ] {
+            let r = RegisterParams::parse(&q(&[&format!("ep={ep}"), "lt=60"])).unwrap_err();
+            assert_eq!(r.code, Code::BAD_REQUEST, "{ep:?}");
+            assert!(r.reason.contains(why), "{ep:?}: {}", r.reason);
+        }
+        assert!(endpoint_problem("urn:imei:351234567890123").is_none());
+        assert!(endpoint_problem("Gerät-ü-日本").is_none(), "other Unicode is fine");
     }
 
     /// tests/data/fuzz/registration/root-not-a-path: a root link whose
@@ -304,7 +360,9 @@ mod tests {
             binding: "U".into(),
             queue_mode: false,
             sms: None,
-            object_links: r#"</lwm2m>;rt="oma.lwm2m",</lwm2m/1/0>,</lwm2m/3/0>,</lwm2m/5>"#.into(),
+            object_links:
+                r#"</lwm2m>;rt="oma.lwm2m",</lwm2m/1/0>,</lwm2m/3/0>,</lwm2m/5>,</lwm2m/3303/0>,</lwm2m/3303>;ver=1.1"#
+                    .into(),
             root_path: "/lwm2m".into(),
             announced_format: None,
             registered_at: 0,
@@ -312,7 +370,14 @@ mod tests {
             last_seen: 0,
         };
         let objs: Vec<String> = reg.objects().iter().map(|p| p.to_string()).collect();
-        assert_eq!(objs, ["/1/0", "/3/0", "/5"]);
+        assert_eq!(objs, ["/1/0", "/3/0", "/5", "/3303/0", "/3303"]);
+        // Core 1.1 Appendix E defaults where `ver` is absent; `ver` on the
+        // object's link wins over its instance's link, in either order.
+        let versions = reg.object_versions();
+        assert_eq!(versions[&1], "1.1");
+        assert_eq!(versions[&3], "1.1");
+        assert_eq!(versions[&5], "1.0");
+        assert_eq!(versions[&3303], "1.1");
         assert_eq!(reg.preferred_format(), content::SENML_CBOR);
         assert!(!reg.expired(60_000, 0) && reg.expired(60_001, 0));
     }

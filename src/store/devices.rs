@@ -292,6 +292,12 @@ fn identity_taken(e: rusqlite::Error, psk: &Psk) -> Error {
 }
 
 fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &Tags) -> Result<i64> {
+    if let Some(why) = crate::lwm2m::registration::endpoint_problem(endpoint) {
+        return Err(Error::Invalid {
+            what: "endpoint",
+            reason: why.to_string(),
+        });
+    }
     let n = conn
         .execute(
             "INSERT INTO devices (endpoint, psk_identity, psk_key, tags, created_at, endpoint_order)
@@ -314,4 +320,22 @@ fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &Ta
         return Err(Error::AlreadyExists(format!("device {endpoint}")));
     }
     Ok(conn.last_insert_rowid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 32 item 4: provisioning refuses what Register refuses.
+    #[test]
+    fn provisioning_refuses_endpoints_register_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite3")).unwrap();
+        for ep in ["evil\nINFO forged", "x\u{1b}[31m", "abc\u{202E}gpj.exe", ""] {
+            let err = store.add_device(ep, None, &Tags::default()).unwrap_err().to_string();
+            assert!(err.contains("ep must"), "{ep:?}: {err}");
+        }
+        assert!(store.endpoints().unwrap().is_empty());
+        store.add_device("urn:imei:1", None, &Tags::default()).unwrap();
+    }
 }

@@ -400,6 +400,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN endpoint_order TEXT;
     CREATE INDEX devices_in_natural_order ON devices(endpoint_order, endpoint);
     "#,
+    // 20: the onboarding profile every installation starts with, as the
+    // old flownexus read /3 at every registration: the Device object
+    // (model, versions, battery) read at each Register, its Firmware
+    // Version observed (Core 1.1 E.3, /3/0/3) so the fleet's firmware
+    // chart and `campaign create --from-version` see the truth from the
+    // first minute. An ordinary profile: shown, editable and removable on
+    // the profiles page; never added twice, never re-added once removed.
+    r#"
+    INSERT INTO device_profiles (name, tag, steps, deadline_s, created_by, created_at)
+    SELECT 'onboarding', NULL, '[{"op":"read","path":"/3/0"},{"op":"observe","path":"/3/0/3"}]', 3600, 'flownexus',
+           CAST(strftime('%s', 'now') AS INTEGER) * 1000
+    WHERE NOT EXISTS (SELECT 1 FROM device_profiles WHERE name = 'onboarding');
+    "#,
 ];
 
 /// A database as a flownexus of schema `version` left it, for tests of

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{Store, now_ms};
 use crate::error::{Error, Result};
+use crate::lwm2m::content::link_format;
 use crate::lwm2m::operation::{Operation, OperationId, OperationKind, OperationState, Outcome};
 use crate::lwm2m::path::ResourcePath;
 
@@ -218,6 +219,32 @@ impl Store {
                 Ok(OperationKind::ObserveComposite { paths }) => out.extend(paths),
                 _ => {}
             }
+        }
+        Ok(out)
+    }
+
+    /// Paths the device's latest successful Discovers answered (Core 1.1
+    /// §6.3.5: objects, instances and resources as link-format), newest
+    /// first: the object tree draws the resources of an object no
+    /// definition knows from them.
+    pub fn discovered_paths(&self, endpoint: &str) -> Result<Vec<ResourcePath>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT result FROM operations WHERE endpoint = ?1 AND kind = 'discover' AND state = 'succeeded'
+             ORDER BY id DESC LIMIT 32",
+        )?;
+        let rows = st.query_map([endpoint], |r| r.get::<_, Option<String>>(0))?;
+        let mut out = Vec::new();
+        for result in rows {
+            let Some(Outcome::Succeeded(r)) = result?.and_then(|j| serde_json::from_str(&j).ok()) else {
+                continue;
+            };
+            let links = r.links.as_deref().map(link_format::parse).and_then(|l| l.ok());
+            out.extend(
+                links
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|l| l.target.parse::<ResourcePath>().ok()),
+            );
         }
         Ok(out)
     }

@@ -34,14 +34,7 @@ impl Store {
         deadline_s: u32,
         by: &str,
     ) -> Result<ProfileRow> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-            return Err(Error::Invalid {
-                what: "profile name",
-                reason: "1 to 64 printable characters".into(),
-            });
-        }
-        let tag = tag.map(str::trim).filter(|t| !t.is_empty());
+        let (name, tag) = (profile_name(name)?, tag.map(str::trim).filter(|t| !t.is_empty()));
         self.conn
             .execute(
                 "INSERT INTO device_profiles (name, tag, steps, deadline_s, created_by, created_at)
@@ -55,13 +48,38 @@ impl Store {
                     now_ms()
                 ],
             )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Error::AlreadyExists(format!("profile {name:?}"))
-                }
-                e => e.into(),
-            })?;
+            .map_err(|e| name_taken(e, name))?;
         self.profile(self.conn.last_insert_rowid())
+    }
+
+    /// Replace a profile's name, tag, steps and deadline; devices get the
+    /// new steps from their next registration.
+    pub fn update_profile(
+        &self,
+        id: i64,
+        name: &str,
+        tag: Option<&str>,
+        steps: &[Step],
+        deadline_s: u32,
+    ) -> Result<ProfileRow> {
+        let (name, tag) = (profile_name(name)?, tag.map(str::trim).filter(|t| !t.is_empty()));
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE device_profiles SET name = ?2, tag = ?3, steps = ?4, deadline_s = ?5 WHERE id = ?1",
+                params![
+                    id,
+                    name,
+                    tag,
+                    serde_json::to_string(steps).expect("serialises"),
+                    deadline_s
+                ],
+            )
+            .map_err(|e| name_taken(e, name))?;
+        if changed == 0 {
+            return Err(Error::NotFound(format!("profile {id}")));
+        }
+        self.profile(id)
     }
 
     pub fn profile(&self, id: i64) -> Result<ProfileRow> {
@@ -81,6 +99,27 @@ impl Store {
         let row = self.profile(id)?;
         self.conn.execute("DELETE FROM device_profiles WHERE id = ?1", [id])?;
         Ok(row)
+    }
+}
+
+fn profile_name(name: &str) -> Result<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(Error::Invalid {
+            what: "profile name",
+            reason: "1 to 64 printable characters".into(),
+        });
+    }
+    Ok(name)
+}
+
+/// Names are unique: a clash is the operator's to fix, not a server error.
+fn name_taken(e: rusqlite::Error, name: &str) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Error::AlreadyExists(format!("profile {name:?}"))
+        }
+        e => e.into(),
     }
 }
 

@@ -2,6 +2,8 @@
 //! resource (`object_tree`), the operation queue, history chart, firmware
 //! updates; and the forms it posts (operations, tags, updates).
 
+use std::collections::BTreeMap;
+
 use askama::Template;
 
 use super::object_tree::{self, Latest, TreeObject};
@@ -145,9 +147,10 @@ pub(super) fn page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<Stri
     let d = api::device_of(ctx, summary);
     let models = ctx.web.models.clone();
     let registration = ctx.store.registration_of(endpoint)?;
-    let (announced, announced_at) = registration
-        .as_ref()
-        .map_or((Vec::new(), 0), |r| (r.objects(), r.updated_at));
+    let (announced, announced_at, versions) = registration.as_ref().map_or((Vec::new(), 0, BTreeMap::new()), |r| {
+        (r.objects(), r.updated_at, r.object_versions())
+    });
+    let discovered = ctx.store.discovered_paths(endpoint)?;
     let reg = registration.map(|r| RegistrationView {
         peer: r.peer,
         version: r.version,
@@ -164,8 +167,12 @@ pub(super) fn page(ctx: &mut Ctx<'_>, endpoint: &str, generated_key: Option<Stri
     let observed = ctx.store.observed_paths(endpoint)?;
     let mut tree = object_tree::build(
         &models,
-        &announced,
-        announced_at,
+        &object_tree::Announced {
+            paths: &announced,
+            at: announced_at,
+            versions: &versions,
+            discovered: &discovered,
+        },
         &latest
             .iter()
             .map(|v| Latest {

@@ -22,6 +22,14 @@ pub struct TreeObject {
     pub id: u16,
     pub path: String,
     pub name: String,
+    /// The object version the device announced (Core 1.1 §6.2.1), and the
+    /// version of the definition it is drawn with when that differs (no
+    /// definition of the announced version is known).
+    pub version: String,
+    pub definition: Option<String>,
+    /// A definition knows it; when none does, its resources are those its
+    /// values and Discover answers show, and the page offers a Discover.
+    pub defined: bool,
     pub instances: Vec<TreeInstance>,
     /// Create is offered on multiple-instance objects (Core §6.3.6); its
     /// form has one typed field per writable resource.
@@ -97,16 +105,27 @@ fn anchor(path: &ResourcePath) -> String {
     format!("r{}", path.to_string().replace('/', "-"))
 }
 
-/// The tree of `announced` object links (objects and instances, as of the
-/// Register or Update at `announced_at`, Unix ms), with the instances that
-/// only `latest` values reported after that show (created since: a client
-/// announces its new list at its next Update, Core §6.2.2), in numeric
-/// order. `observed` are the paths under observation;
-/// `time` formats a Unix-ms instant for the page.
+/// What a device's registration announced, and what its Discovers found.
+pub struct Announced<'a> {
+    /// The object links of its Register or Update (Core §6.2.1).
+    pub paths: &'a [ResourcePath],
+    /// When it announced them (Unix ms).
+    pub at: i64,
+    /// The version of each announced object (`Registration::object_versions`).
+    pub versions: &'a BTreeMap<u16, String>,
+    /// Paths its Discover answers listed (Core 1.1 §6.3.5).
+    pub discovered: &'a [ResourcePath],
+}
+
+/// The tree of announced object links (objects and instances), with the
+/// instances that only `latest` values reported after the announcement
+/// show (created since: a client announces its new list at its next
+/// Update, Core §6.2.2) and those a Discover found, in numeric order.
+/// `observed` are the paths under observation; `time` formats a Unix-ms
+/// instant for the page.
 pub fn build(
     models: &Models,
-    announced: &[ResourcePath],
-    announced_at: i64,
+    announced: &Announced<'_>,
     latest: &[Latest<'_>],
     observed: &BTreeSet<ResourcePath>,
     time: &dyn Fn(i64) -> String,
@@ -121,8 +140,9 @@ pub fn build(
             }
         }
     };
-    announced.iter().for_each(&mut note);
-    latest.iter().filter(|l| l.ts > announced_at).for_each(|l| note(l.path));
+    announced.paths.iter().for_each(&mut note);
+    announced.discovered.iter().for_each(&mut note);
+    latest.iter().filter(|l| l.ts > announced.at).for_each(|l| note(l.path));
     // The Security object is never reachable through the Device Management
     // interface (Core Appendix E.1), and a client does not announce it.
     objects.remove(&0);
@@ -139,7 +159,12 @@ pub fn build(
     objects
         .into_iter()
         .map(|(oid, instances)| {
-            let model = models.object(oid);
+            let version = announced.versions.get(&oid).cloned().unwrap_or_default();
+            let model = if version.is_empty() {
+                models.object(oid)
+            } else {
+                models.object_at(oid, &version)
+            };
             let opath = at(&[oid]);
             let instances: Vec<TreeInstance> = instances
                 .into_iter()
@@ -152,8 +177,10 @@ pub fn build(
                         .chain(
                             latest
                                 .iter()
-                                .filter(|l| l.path.starts_with(&ipath))
-                                .filter_map(|l| l.path.resource()),
+                                .map(|l| l.path)
+                                .chain(announced.discovered)
+                                .filter(|p| p.starts_with(&ipath))
+                                .filter_map(ResourcePath::resource),
                         )
                         .collect();
                     let resources = ids
@@ -237,6 +264,11 @@ pub fn build(
                 id: oid,
                 path: opath.to_string(),
                 name: model.map_or_else(|| format!("Object {oid}"), |m| m.name.clone()),
+                definition: model
+                    .map(|m| m.version.clone())
+                    .filter(|v| !version.is_empty() && *v != version),
+                version,
+                defined: model.is_some(),
                 open: ALWAYS_OPEN.contains(&oid) || values > 0 || anything_observed,
                 values,
                 anything_observed,
@@ -279,10 +311,17 @@ mod tests {
             },
         ];
         let observed: BTreeSet<_> = [p("/3/0/13"), p("/3303/0")].into();
+        let versions: BTreeMap<u16, String> = [(1, "1.1"), (3, "1.0"), (5, "1.1"), (3303, "1.0")]
+            .map(|(o, v)| (o, v.to_string()))
+            .into();
         let tree = build(
             &models,
-            &[p("/1/0"), p("/3/0"), p("/3303/0"), p("/0/0"), p("/3303/1"), p("/5")],
-            0,
+            &Announced {
+                paths: &[p("/1/0"), p("/3/0"), p("/3303/0"), p("/0/0"), p("/3303/1"), p("/5")],
+                at: 0,
+                versions: &versions,
+                discovered: &[],
+            },
             &latest,
             &observed,
             &|ms| format!("t{ms}"),
@@ -295,7 +334,21 @@ mod tests {
         let inst = &device.instances[0];
         assert!(!inst.deletable);
         let r = |id: u16| inst.resources.iter().find(|r| r.id == id).unwrap();
-        assert_eq!(inst.resources.len(), models.object(3).unwrap().resources.len());
+        // Device 1.0 is not embedded: drawn with the nearest, 1.1 (not the
+        // registry's 1.2), and the page says so.
+        assert_eq!(
+            (device.version.as_str(), device.definition.as_deref()),
+            ("1.0", Some("1.1"))
+        );
+        assert_eq!(
+            inst.resources.len(),
+            models.object_at(3, "1.1").unwrap().resources.len()
+        );
+        assert_eq!(
+            (tree[2].version.as_str(), tree[2].definition.as_deref()),
+            ("1.1", Some("1.2"))
+        );
+        assert_eq!((tree[3].version.as_str(), tree[3].definition.as_deref()), ("1.0", None));
         let time = r(13);
         assert_eq!((time.access.as_str(), time.input, time.observed), ("R W", "time", true));
         assert_eq!(time.values[0].1, "2026-12-03 08:49:43 UTC");
@@ -336,13 +389,60 @@ mod tests {
             value: &value,
             ts: 1,
         }];
-        let tree = build(&models, &[], 0, &latest, &BTreeSet::new(), &|_| String::new());
+        let versions = BTreeMap::new();
+        fn announced<'a>(
+            versions: &'a BTreeMap<u16, String>,
+            at: i64,
+            discovered: &'a [ResourcePath],
+        ) -> Announced<'a> {
+            Announced {
+                paths: &[],
+                at,
+                versions,
+                discovered,
+            }
+        }
+        let tree = build(
+            &models,
+            &announced(&versions, 0, &[]),
+            &latest,
+            &BTreeSet::new(),
+            &|_| String::new(),
+        );
         // A deleted instance's old values do not bring it back once the
         // device has announced its objects since.
-        assert!(build(&models, &[], 1, &latest, &BTreeSet::new(), &|_| String::new()).is_empty());
+        assert!(
+            build(
+                &models,
+                &announced(&versions, 1, &[]),
+                &latest,
+                &BTreeSet::new(),
+                &|_| String::new()
+            )
+            .is_empty()
+        );
         assert_eq!(tree[0].name, "Object 32769");
+        assert!(!tree[0].defined);
         let r = &tree[0].instances[0].resources[0];
         assert_eq!((r.name.as_str(), r.access.as_str()), ("Resource 7", "?"));
+        // A Discover answer adds the resources it lists, values or not.
+        let discovered = [p("/32769"), p("/32769/0"), p("/32769/0/1"), p("/32769/2/3/0")];
+        let tree = build(
+            &models,
+            &announced(&versions, 0, &discovered),
+            &latest,
+            &BTreeSet::new(),
+            &|_| String::new(),
+        );
+        let inst: Vec<(String, Vec<u16>)> = tree[0]
+            .instances
+            .iter()
+            .map(|i| (i.path.clone(), i.resources.iter().map(|r| r.id).collect()))
+            .collect();
+        assert_eq!(
+            inst,
+            [("/32769/0".to_string(), vec![1, 7]), ("/32769/2".to_string(), vec![3])]
+        );
         assert!(r.readable && !r.writable && !r.executable);
         assert!(tree[0].creatable.is_empty() && !tree[0].instances[0].deletable);
     }

@@ -32,17 +32,32 @@ pub struct NewProfile {
     pub deadline_s: Option<u32>,
 }
 
-fn create(ctx: &mut Ctx<'_>, p: NewProfile) -> WebResult<ProfileRow> {
+/// The deadline a profile asks for, checked with its steps.
+fn checked(ctx: &Ctx<'_>, p: &NewProfile) -> WebResult<u32> {
     crate::lwm2m::profile::validate(&p.steps, &ctx.web.models)?;
     let deadline_s = p.deadline_s.unwrap_or(DEFAULT_DEADLINE_S);
     if deadline_s == 0 || deadline_s > 30 * 86400 {
         return Err(WebError::bad_request("deadline_s must be 1 to 2592000"));
     }
+    Ok(deadline_s)
+}
+
+fn create(ctx: &mut Ctx<'_>, p: NewProfile) -> WebResult<ProfileRow> {
+    let deadline_s = checked(ctx, &p)?;
     let who = ctx.who()?.name.clone();
     let row = ctx
         .store
         .add_profile(&p.name, p.tag.as_deref(), &p.steps, deadline_s, &who)?;
     log::info!("{who} created device profile {} ({:?})", row.id, row.name);
+    Ok(row)
+}
+
+fn update(ctx: &mut Ctx<'_>, p: NewProfile) -> WebResult<ProfileRow> {
+    let deadline_s = checked(ctx, &p)?;
+    let row = ctx
+        .store
+        .update_profile(ctx.id("id")?, &p.name, p.tag.as_deref(), &p.steps, deadline_s)?;
+    log::info!("{} changed device profile {} ({:?})", ctx.who()?.name, row.id, row.name);
     Ok(row)
 }
 
@@ -59,6 +74,11 @@ pub fn api_list(ctx: &mut Ctx<'_>) -> WebResult {
 pub fn api_create(ctx: &mut Ctx<'_>) -> WebResult {
     let p: NewProfile = ctx.json()?;
     Ok(Reply::json(StatusCode::CREATED, &create(ctx, p)?))
+}
+
+pub fn api_update(ctx: &mut Ctx<'_>) -> WebResult {
+    let p: NewProfile = ctx.json()?;
+    Ok(Reply::ok(&update(ctx, p)?))
 }
 
 pub fn api_delete(ctx: &mut Ctx<'_>) -> WebResult {
@@ -92,7 +112,8 @@ pub fn page(ctx: &mut Ctx<'_>) -> WebResult {
     })
 }
 
-pub fn page_create(ctx: &mut Ctx<'_>) -> WebResult {
+/// The profile form's fields as the API's body.
+fn profile_form(ctx: &Ctx<'_>) -> WebResult<NewProfile> {
     let f = ctx.form();
     let steps = parse_steps(required(&f, "steps")?).map_err(WebError::bad_request)?;
     let deadline_s = match form::field(&f, "deadline_s").map(str::trim).filter(|d| !d.is_empty()) {
@@ -102,15 +123,23 @@ pub fn page_create(ctx: &mut Ctx<'_>) -> WebResult {
                 .map_err(|_| WebError::bad_request("the deadline is a whole number of seconds"))?,
         ),
     };
-    create(
-        ctx,
-        NewProfile {
-            name: required(&f, "name")?.to_string(),
-            tag: form::field(&f, "tag").map(str::to_string),
-            steps,
-            deadline_s,
-        },
-    )?;
+    Ok(NewProfile {
+        name: required(&f, "name")?.to_string(),
+        tag: form::field(&f, "tag").map(str::to_string),
+        steps,
+        deadline_s,
+    })
+}
+
+pub fn page_create(ctx: &mut Ctx<'_>) -> WebResult {
+    let p = profile_form(ctx)?;
+    create(ctx, p)?;
+    Ok(Reply::redirect("/device-profiles?done=profile-saved"))
+}
+
+pub fn page_update(ctx: &mut Ctx<'_>) -> WebResult {
+    let p = profile_form(ctx)?;
+    update(ctx, p)?;
     Ok(Reply::redirect("/device-profiles?done=profile-saved"))
 }
 

@@ -102,6 +102,7 @@ pub struct Doc {
 pub enum Verb {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -111,6 +112,7 @@ impl Verb {
         Some(match *m {
             hyper::Method::GET | hyper::Method::HEAD => Verb::Get,
             hyper::Method::POST => Verb::Post,
+            hyper::Method::PUT => Verb::Put,
             hyper::Method::PATCH => Verb::Patch,
             hyper::Method::DELETE => Verb::Delete,
             _ => return None,
@@ -121,6 +123,7 @@ impl Verb {
         match self {
             Verb::Get => "GET",
             Verb::Post => "POST",
+            Verb::Put => "PUT",
             Verb::Patch => "PATCH",
             Verb::Delete => "DELETE",
         }
@@ -310,6 +313,7 @@ pub static ROUTES: &[Route] = &[
     post("/campaigns/{id}/retry", OPERATOR, c::page_retry),
     get("/device-profiles", VIEWER, profiles::page),
     post("/device-profiles", OPERATOR, profiles::page_create),
+    post("/device-profiles/{id}", OPERATOR, profiles::page_update),
     post("/device-profiles/{id}/delete", OPERATOR, profiles::page_delete),
     get("/users", ADMIN, p::users),
     Route {
@@ -567,6 +571,20 @@ pub static ROUTES: &[Route] = &[
                 "Add a device profile for a tag's devices (or every device), applied from each one's next registration",
                 "profiles",
                 (201, Some(schema::<crate::store::profiles::ProfileRow>)),
+            )
+        },
+    ),
+    api(
+        Verb::Put,
+        "/api/v1/profiles/{id}",
+        OPERATOR,
+        profiles::api_update,
+        Doc {
+            request: Some(schema::<profiles::NewProfile>),
+            ..doc(
+                "Replace a device profile's name, tag, steps and deadline, applied from each device's next registration",
+                "profiles",
+                (200, Some(schema::<crate::store::profiles::ProfileRow>)),
             )
         },
     ),
@@ -936,7 +954,19 @@ pub fn openapi() -> Value {
         let content = match (body, r.run) {
             (Some(f), _) => json!({ "application/json": { "schema": f(&mut responses).to_value() } }),
             (None, Run::EventStream | Run::CampaignStream) => {
-                json!({ "text/event-stream": { "schema": { "type": "string" } } })
+                // Before OpenAPI 3.2's `itemSchema`, a text/event-stream
+                // `schema` describes one event: its fields as the WHATWG
+                // HTML "Server-sent events" section names them; `data`
+                // holds JSON.
+                json!({ "text/event-stream": { "schema": {
+                    "type": "object",
+                    "properties": {
+                        "event": { "type": "string" },
+                        "data": { "type": "string" },
+                        "id": { "type": "string" },
+                        "retry": { "type": "integer" }
+                    }
+                } } })
             }
             (None, _) if status == 200 => json!({ "application/json": { "schema": { "type": "object" } } }),
             (None, _) => Value::Null,

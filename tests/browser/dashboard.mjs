@@ -422,6 +422,14 @@ try {
     listed.includes("identity and temperature") && listed.includes("observe /3303/0/5700 pmin=5 pmax=60") && listed.includes("fleet-b"),
     `the new profile is not listed: ${listed}`,
   );
+  // The onboarding profile every installation starts with, edited in place.
+  step = "edit a profile";
+  const onboarding = page.locator("#profiles tbody tr", { hasText: "onboarding" });
+  await onboarding.locator("details.edit summary").click();
+  await onboarding.locator("input[name=deadline_s]").fill("900");
+  await Promise.all([page.waitForURL(/done=profile-saved/), onboarding.locator("details.edit button[type=submit]").click()]);
+  const edited = await page.locator("#profiles tbody tr", { hasText: "onboarding" }).innerText();
+  check(edited.includes("900 s") && edited.includes("observe /3/0/3"), `the edited profile is not listed: ${edited}`);
   await shot("device-profiles");
 
   await visit("users", "/users");

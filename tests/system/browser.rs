@@ -203,8 +203,13 @@ async fn dashboard_in_a_real_browser() {
             .iter()
             .map(|p| (p.name.as_str(), p.tag.as_deref(), p.steps.len()))
             .collect::<Vec<_>>(),
-        [("identity and temperature", Some("fleet-b"), 2)]
+        [
+            ("identity and temperature", Some("fleet-b"), 2),
+            ("onboarding", None, 2)
+        ]
     );
+    // The onboarding profile as the browser edited it.
+    assert_eq!(profiles[1].deadline_s, 900);
     let fw = s.firmware("app-update.bin").unwrap();
     assert_eq!((fw.version.as_str(), fw.size), ("2.0.0", image.len() as u64));
     assert_eq!(fw.uploader, "admin");

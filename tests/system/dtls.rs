@@ -292,6 +292,8 @@ async fn nat_rebinding_re_handshakes_and_the_queued_operation_arrives_once() {
     d.queue_mode = true;
     d.awake_window = Duration::from_secs(5);
     let running = app::start(config(dir.path())).await.unwrap();
+    // The device must sleep: no onboarding observation to keep it awake.
+    super::without_onboarding(dir.path());
     let fleet = fleet_at(&running, running.coaps_addr.unwrap(), vec![d]).await;
     let stats = fleet.stats.clone();
     let first_peer = store(dir.path()).registrations().unwrap()[0].peer.clone();

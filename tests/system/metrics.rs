@@ -39,6 +39,8 @@ fn sample(text: &str, line_start: &str) -> f64 {
 async fn a_scrape_after_traffic_passes_promtool() {
     let dir = tempfile::tempdir().unwrap();
     let running = flownexus::app::start(config(dir.path())).await.unwrap();
+    // Counts below are of this test's own operations.
+    super::without_onboarding(dir.path());
     let f = fleet(&running, vec![device("metrics-1")]).await;
     let read = run_op(
         dir.path(),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use flownexus::lwm2m::operation::{OperationKind, OperationState};
+use flownexus::lwm2m::profile::Step;
 use flownexus::store::tags::Tags;
 use flownexus::users::Role;
 
@@ -15,27 +16,70 @@ async fn profiles_run_at_registration_by_tag() {
     let dir = tempfile::tempdir().unwrap();
     let (running, addr) = start(dir.path(), |_| {}).await;
     let bearer = format!("Bearer {}", Keys::new(dir.path()).token("operator", Role::Operator));
-    let post = |body: &'static str| {
+    let send = |method: &'static str, target: String, body: &'static str| {
         let bearer = bearer.clone();
         async move {
             http(
                 addr,
-                "POST",
-                "/api/v1/profiles",
+                method,
+                &target,
                 &[("Authorization", &bearer), ("Content-Type", "application/json")],
                 body.as_bytes(),
             )
             .await
         }
     };
+    let post = |body: &'static str| send("POST", "/api/v1/profiles".into(), body);
+    // Every installation starts with the onboarding profile (issue 25):
+    // the Device object read, its firmware version observed.
+    let s = store(dir.path());
+    let onboarding = s.profiles().unwrap();
+    assert_eq!(onboarding.len(), 1);
+    assert_eq!(
+        (onboarding[0].name.as_str(), onboarding[0].tag.as_deref()),
+        ("onboarding", None)
+    );
+    assert_eq!(onboarding[0].created_by, "flownexus");
+    let lines: Vec<String> = onboarding[0].steps.iter().map(Step::to_line).collect();
+    assert_eq!(lines, ["read /3/0", "observe /3/0/3"]);
     let r = post(
         r#"{"name":"north sensors","tag":"north","steps":[{"op":"read","path":"/3/0"},{"op":"observe","path":"/3303/0/5700","pmin":1,"pmax":5}]}"#,
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["tag"], "north");
-    let r = post(r#"{"name":"identity","steps":[{"op":"read","path":"/3/0"}]}"#).await;
+    let r = post(r#"{"name":"identity","steps":[{"op":"read","path":"/3/0/0"}]}"#).await;
     assert_eq!(r.status, 201, "{}", r.text());
+    // Edited: all of it replaced; a name another profile has, an unknown
+    // id and bad steps are refused and change nothing.
+    let identity = format!("/api/v1/profiles/{}", r.json()["id"]);
+    let r = send(
+        "PUT",
+        identity.clone(),
+        r#"{"name":"identity","steps":[{"op":"read","path":"/3/0"}],"deadline_s":600}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["deadline_s"].as_u64(), r.json()["steps"][0]["path"].as_str()),
+        (Some(600), Some("/3/0"))
+    );
+    for (target, body, status) in [
+        (
+            identity.clone(),
+            r#"{"name":"onboarding","steps":[{"op":"read","path":"/3/0"}]}"#,
+            409,
+        ),
+        (
+            "/api/v1/profiles/999".to_string(),
+            r#"{"name":"x","steps":[{"op":"read","path":"/3/0"}]}"#,
+            404,
+        ),
+        (identity.clone(), r#"{"name":"identity","steps":[]}"#, 422),
+    ] {
+        let r = send("PUT", target, body).await;
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+    }
     // Refused, naming why; nothing stored.
     for bad in [
         r#"{"name":"x","steps":[]}"#,
@@ -46,8 +90,16 @@ async fn profiles_run_at_registration_by_tag() {
         let r = post(bad).await;
         assert!((400..500).contains(&r.status), "{bad}: {} {}", r.status, r.text());
     }
-    let s = store(dir.path());
-    assert_eq!(s.profiles().unwrap().len(), 2);
+    assert_eq!(s.profiles().unwrap().len(), 3);
+    assert_eq!(
+        s.profiles()
+            .unwrap()
+            .iter()
+            .find(|p| p.name == "identity")
+            .unwrap()
+            .deadline_s,
+        600
+    );
 
     s.add_device("p-north", None, &Tags::parse("north").unwrap()).unwrap();
     s.add_device("p-south", None, &Tags::parse("south").unwrap()).unwrap();
@@ -61,18 +113,25 @@ async fn profiles_run_at_registration_by_tag() {
             .collect::<Vec<_>>()
     };
     wait_for("the north device's profile", Duration::from_secs(20), || {
-        done("p-north").len() == 3 && done("p-south").len() == 1
+        done("p-north").len() == 4 && done("p-south").len() == 2
     })
     .await;
     let mut north = done("p-north");
     north.sort();
-    // One Read of /3/0 although two profiles list it; the attributes
+    // One Read of /3/0 although three profiles list it; the attributes
     // before the observation.
     assert_eq!(
         north,
-        ["observe /3303/0/5700", "read /3/0", "write-attributes /3303/0/5700"]
+        [
+            "observe /3/0/3",
+            "observe /3303/0/5700",
+            "read /3/0",
+            "write-attributes /3303/0/5700"
+        ]
     );
-    assert_eq!(done("p-south"), ["read /3/0"]);
+    let mut south = done("p-south");
+    south.sort();
+    assert_eq!(south, ["observe /3/0/3", "read /3/0"]);
     let ops = s.operations_of("p-north", 20).unwrap();
     let at = |name: &str| ops.iter().position(|o| o.kind.name() == name).unwrap();
     assert!(
@@ -88,7 +147,10 @@ async fn profiles_run_at_registration_by_tag() {
             .unwrap()
             .contains(&"/3303/0/5700".parse().unwrap())
     );
-    assert!(s.observed_paths("p-south").unwrap().is_empty());
+    assert_eq!(
+        s.observed_paths("p-south").unwrap().into_iter().collect::<Vec<_>>(),
+        ["/3/0/3".parse().unwrap()]
+    );
     // The firmware version is known without anyone asking.
     running.flush().await;
     assert!(s.device("p-south").unwrap().firmware_version.is_some());
@@ -144,8 +206,13 @@ fn profiles_from_the_command_line() {
         "",
     );
     assert!(!ok && err.contains("line 2: `write`"), "{err}");
+    // The onboarding profile (1) is removed like any other, and stays
+    // removed when the database is opened again.
+    let (ok, out, err) = flownexus_cli(data, &["profile", "remove", "2"], "");
+    assert!(ok && out.contains("removed profile 2 (radio)"), "{out}{err}");
     let (ok, out, err) = flownexus_cli(data, &["profile", "remove", "1"], "");
-    assert!(ok && out.contains("removed profile 1 (radio)"), "{out}{err}");
+    assert!(ok && out.contains("removed profile 1 (onboarding)"), "{out}{err}");
     let (ok, _, err) = flownexus_cli(data, &["profile", "remove", "1"], "");
     assert!(!ok && err.contains("profile 1"), "{err}");
+    assert!(store(dir.path()).profiles().unwrap().is_empty());
 }

@@ -366,3 +366,77 @@ async fn wakaama_over_dtls_psk_takes_every_operation() {
     drop(client);
     running.stop().await;
 }
+
+/// With only the embedded definitions (the OMA registry), Wakaama's test
+/// object 31024 is one no definition knows: the device page names it by
+/// id and offers a Discover; once the client has answered one, the page
+/// lists the resources the answer named (Core 1.1 §6.3.5). The objects it
+/// does know are drawn at the version the client announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_no_definition_knows_shows_what_discover_finds() {
+    let Some(bin) = wakaama("wakaama-udp") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ep = "urn:wakaama:undefined";
+    let (running, addr) = super::web::start(dir.path(), |c| c.coap.response_timeout_ms = 2_000).await;
+    let _client = Client::start(
+        &bin,
+        running.coap_addr.unwrap(),
+        ep,
+        None,
+        dir.path().join("wakaama.log"),
+    );
+    let s = store(dir.path());
+    wait_for("Wakaama's registration", Duration::from_secs(20), || {
+        s.registrations().unwrap().iter().any(|r| r.endpoint == ep)
+    })
+    .await;
+    running.flush().await;
+    let registration = s
+        .registrations()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.endpoint == ep)
+        .unwrap();
+    let versions = registration.object_versions();
+    let cookie = format!("flownexus={}", super::web::Keys::new(dir.path()).session("operator"));
+    let page = async || {
+        let r = super::web::http(addr, "GET", &format!("/devices/{ep}"), &[("Cookie", &cookie)], b"").await;
+        assert_eq!(r.status, 200);
+        r.text()
+    };
+    let html = page().await;
+    let object = |html: &str, id: u16| {
+        let start = html
+            .find(&format!("id=\"o-{id}\""))
+            .unwrap_or_else(|| panic!("no /{id} in {html}"));
+        let end = html[start..]
+            .find("</details>\n<details class=\"object\"")
+            .map_or(html.len(), |e| start + e);
+        html[start..end].to_string()
+    };
+    let test_object = object(&html, 31024);
+    assert!(test_object.contains("<strong>Object 31024</strong>"), "{test_object}");
+    assert!(
+        test_object.contains(r#"data-op="discover" data-path="/31024""#),
+        "no Discover offered: {test_object}"
+    );
+    assert!(
+        !test_object.contains("r-31024-10-1"),
+        "resources before any Discover: {test_object}"
+    );
+    // Device is drawn at the version Wakaama announced.
+    let device = object(&html, 3);
+    assert!(device.contains(&format!(">v{}", versions[&3])), "{versions:?} {device}");
+
+    let disc = run_op(dir.path(), ep, OperationKind::Discover { path: p("/31024") }).await;
+    succeeded(&disc, "2.05", "Discover /31024");
+    let html = page().await;
+    let test_object = object(&html, 31024);
+    for id in ["r-31024-10-1", "r-31024-10-2", "r-31024-10-3"] {
+        assert!(
+            test_object.contains(&format!("id=\"{id}\"")),
+            "{id} missing after Discover: {test_object}"
+        );
+    }
+    running.stop().await;
+}
