@@ -123,9 +123,12 @@ enum UserCommand {
     Enable {
         name: String,
     },
-    /// Set a new password.
+    /// Set a new password; the user's API tokens are revoked with the old
+    /// one unless --keep-tokens.
     Passwd {
         name: String,
+        #[arg(long)]
+        keep_tokens: bool,
     },
 }
 
@@ -505,13 +508,14 @@ fn user(cmd: UserCommand, config: &Config) -> anyhow::Result<ExitCode> {
             store.set_user_disabled(&name, false)?;
             println!("enabled {name}");
         }
-        UserCommand::Passwd { name } => {
+        UserCommand::Passwd { name, keep_tokens } => {
             if store.user_credentials(&name)?.is_none() {
                 bail!("no user {name}");
             }
             let hash = hash_password(&read_password(&format!("new password for {name}"))?)?;
             store.set_user_password(&name, &hash)?;
-            println!("password of {name} changed");
+            let revoked = if keep_tokens { 0 } else { store.revoke_tokens_of(&name)? };
+            println!("password of {name} changed; {revoked} API tokens revoked");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -50,6 +50,42 @@ impl Store {
         Ok(())
     }
 
+    /// The setup link's one use: in one write transaction, refuse a link
+    /// used before or an installation that has an admin, else record the
+    /// link (by `link_digest`) as used and create the admin. Two requests
+    /// racing with one link create one admin.
+    pub fn add_first_admin(&self, name: &str, password_hash: &str, link_digest: &[u8]) -> Result<()> {
+        let tx = self.write_tx()?;
+        let used: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM setup_links_used WHERE digest = ?1)",
+            [link_digest],
+            |r| r.get(0),
+        )?;
+        let admin: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE role = 'admin' AND disabled = 0)",
+            [],
+            |r| r.get(0),
+        )?;
+        if used || admin {
+            return Err(Error::Invalid {
+                what: "setup link",
+                reason: "it has been used: an admin exists; sign in, or use `flownexus user add`".into(),
+            });
+        }
+        tx.execute(
+            "INSERT INTO setup_links_used (digest, used_at) VALUES (?1, ?2)",
+            params![link_digest, now_ms()],
+        )?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO users (name, password_hash, role, created_at, password_changed_at) VALUES (?1, ?2, 'admin', ?3, ?3)",
+            params![name, password_hash, now],
+        )
+        .map_err(|e| constraint(e, || format!("user {name}")))?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn users(&self) -> Result<Vec<User>> {
         let mut stmt = self
             .conn
@@ -302,6 +338,16 @@ impl Store {
         Ok(())
     }
 
+    /// Revoke every live token of `user` ("revoke all my tokens", and a
+    /// password change); returns how many.
+    pub fn revoke_tokens_of(&self, user: &str) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE api_tokens SET revoked_at = ?2 WHERE revoked_at IS NULL
+             AND user_id = (SELECT id FROM users WHERE name = ?1)",
+            params![user, now_ms()],
+        )?)
+    }
+
     /// The principal behind a bearer token: its user, if enabled, with the
     /// lesser of the token's and the user's role (a demoted user's old
     /// tokens lose the rights the user lost).
@@ -341,5 +387,42 @@ impl Store {
             role,
             via_token: true,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 32 item 3: two requests racing with one setup link create one
+    /// admin, and the link stays used after that admin is disabled.
+    #[test]
+    fn a_setup_link_creates_one_admin_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.sqlite3");
+        drop(Store::open(&db).unwrap());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = ["first", "second"]
+            .into_iter()
+            .map(|name| {
+                let (db, barrier) = (db.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let s = Store::open(&db).unwrap();
+                    barrier.wait();
+                    s.add_first_admin(name, "hash", b"link").is_ok()
+                })
+            })
+            .collect();
+        let won: Vec<bool> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        let s = Store::open(&db).unwrap();
+        assert_eq!(s.users().unwrap().len(), 1);
+        let admin = s.users().unwrap().remove(0).name;
+        s.set_user_disabled(&admin, true).unwrap();
+        assert!(!s.has_admin().unwrap());
+        let err = s.add_first_admin("third", "hash", b"link").unwrap_err().to_string();
+        assert!(err.contains("has been used"), "{err}");
+        // A new link (a restart prints one while no admin is enabled) works.
+        s.add_first_admin("third", "hash", b"another link").unwrap();
     }
 }

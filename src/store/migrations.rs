@@ -413,6 +413,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
            CAST(strftime('%s', 'now') AS INTEGER) * 1000
     WHERE NOT EXISTS (SELECT 1 FROM device_profiles WHERE name = 'onboarding');
     "#,
+    // 21: setup links used: each creates the first admin once, even when
+    // two requests race or every admin is later disabled (issue 32).
+    r#"
+    CREATE TABLE setup_links_used (
+        digest BLOB PRIMARY KEY,
+        used_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// A database as a flownexus of schema `version` left it, for tests of

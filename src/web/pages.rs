@@ -300,7 +300,7 @@ pub fn setup(ctx: &mut Ctx<'_>) -> WebResult {
     }
     let created = crate::users::check_name(&name)
         .and_then(|()| crate::users::hash_password(password))
-        .and_then(|h| ctx.store.add_user(&name, &h, Role::Admin));
+        .and_then(|h| ctx.store.add_first_admin(&name, &h, &super::auth::digest(&token)));
     if let Err(e) = created {
         return sign_in_page(ctx, Some(token), Some(e.to_string()), StatusCode::UNPROCESSABLE_ENTITY);
     }
@@ -896,8 +896,23 @@ pub fn change_password(ctx: &mut Ctx<'_>) -> WebResult {
     ctx.store.set_user_password(&name, &crate::users::hash_password(new)?)?;
     let keep = ctx.session.as_deref().map(super::auth::digest);
     ctx.store.end_sessions_of(&name, keep.as_deref())?;
-    log::info!("{name} changed their password");
+    // A changed password usually means a leaked one: the API tokens made
+    // with it go too, unless the user keeps them on purpose.
+    let revoked = if form::field(&f, "keep_tokens").is_some() {
+        0
+    } else {
+        ctx.store.revoke_tokens_of(&name)?
+    };
+    log::info!("{name} changed their password ({revoked} API tokens revoked)");
     Ok(Reply::redirect("/profile?done=password"))
+}
+
+/// "Revoke all my tokens", beside "log out everywhere".
+pub fn revoke_my_tokens(ctx: &mut Ctx<'_>) -> WebResult {
+    let name = ctx.who()?.name.clone();
+    let n = ctx.store.revoke_tokens_of(&name)?;
+    log::info!("{name} revoked all their API tokens ({n})");
+    Ok(Reply::redirect("/tokens?done=revoked"))
 }
 
 struct TokenView {

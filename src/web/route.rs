@@ -334,6 +334,7 @@ pub static ROUTES: &[Route] = &[
     get("/tokens", VIEWER, p::tokens),
     get("/api", VIEWER, p::api_reference),
     post("/tokens", VIEWER, p::create_token),
+    post("/tokens/revoke-all", VIEWER, p::revoke_my_tokens),
     post("/tokens/{id}/revoke", VIEWER, p::revoke_token),
     get("/login", Access::Public, p::login_form),
     Route {

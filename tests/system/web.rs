@@ -456,6 +456,79 @@ async fn sign_in_sessions_csrf_and_tokens() {
     running.stop().await;
 }
 
+/// Issue 32 item 7: a password change revokes the user's API tokens
+/// (unless they keep them), "revoke all my tokens" sits beside "log out
+/// everywhere", and each token shows its last use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_end_with_a_password_change_or_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let keys = Keys::new(dir.path());
+    let cookie = format!("flownexus={}", keys.session("viewer"));
+    let me = |token: String| async move {
+        http(
+            addr,
+            "GET",
+            "/api/v1/me",
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .await
+        .status
+    };
+    let (used, unused) = (keys.token("viewer", Role::Viewer), keys.token("viewer", Role::Viewer));
+    let others = keys.token("operator", Role::Operator);
+    assert_eq!(me(used.clone()).await, 200);
+    let last_use: Vec<bool> = store(dir.path())
+        .tokens(Some("viewer"))
+        .unwrap()
+        .iter()
+        .map(|t| t.last_used_at.is_some())
+        .collect();
+    assert_eq!(
+        last_use,
+        [false, true],
+        "newest first: the unused token, then the used one"
+    );
+
+    let (page, csrf) = form_page(addr, "/profile", &cookie).await;
+    assert!(
+        page.text().contains("Revoke all my API tokens"),
+        "beside log out everywhere"
+    );
+    let change = |to: &'static str, from: &'static str, keep: bool| {
+        let (cookie, csrf) = (cookie.clone(), csrf.clone());
+        async move {
+            let mut fields = vec![
+                ("csrf", csrf.as_str()),
+                ("current", from),
+                ("password", to),
+                ("password2", to),
+            ];
+            if keep {
+                fields.push(("keep_tokens", "on"));
+            }
+            post_form(addr, "/profile/password", &cookie, &fields).await.status
+        }
+    };
+    assert_eq!(change("viewer password 2", "viewer password 1", true).await, 303);
+    assert_eq!(me(used.clone()).await, 200, "kept on request");
+    assert_eq!(change("viewer password 3", "viewer password 2", false).await, 303);
+    assert_eq!(
+        (me(used).await, me(unused).await),
+        (401, 401),
+        "revoked with the old password"
+    );
+
+    let fresh = keys.token("viewer", Role::Viewer);
+    assert_eq!(me(fresh.clone()).await, 200);
+    let r = post_form(addr, "/tokens/revoke-all", &cookie, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(me(fresh).await, 401);
+    assert_eq!(me(others).await, 200, "only the user's own tokens");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
