@@ -94,10 +94,11 @@ pub struct HttpConfig {
     pub session_idle_timeout_s: u64,
     /// A dashboard session ends this long after login, used or not.
     pub session_max_age_s: u64,
-    /// Failed logins per account within `login_window_s` before that
-    /// account's logins are refused until the window passes.
+    /// Failed logins of one account from one address within
+    /// `login_window_s` before that pair backs off (`web::auth::LoginLimiter`).
     pub login_failures_per_account: u32,
-    /// Failed logins per client address within `login_window_s`.
+    /// Failed logins per client address within `login_window_s` before
+    /// the address is slowed.
     pub login_failures_per_address: u32,
     pub login_window_s: u64,
     /// Largest JSON or form body; firmware uploads are bounded by

@@ -109,10 +109,18 @@ const KEYS: &[(&str, &str, &str)] = &[
     (
         "http.login_failures_per_account",
         "",
-        "failed logins per account within `http.login_window_s` before its logins get 429 until the window passes",
+        "failed logins of one account from one client address within `http.login_window_s` before that pair waits (429): 15 s, doubling with each lock, at most the window; other addresses are not affected, and addresses the account signed in from are never slowed by failures elsewhere",
     ),
-    ("http.login_failures_per_address", "", "the same per client address"),
-    ("http.login_window_s", "", "the window of the two login limits"),
+    (
+        "http.login_failures_per_address",
+        "",
+        "failed logins from one client address (any accounts) within the window before it is slowed to one attempt per back-off (1 s doubling, at most 60 s), never locked",
+    ),
+    (
+        "http.login_window_s",
+        "",
+        "the window the login failures are counted in",
+    ),
     (
         "http.max_body_bytes",
         "",

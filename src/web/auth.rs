@@ -158,81 +158,158 @@ impl Signer {
     }
 }
 
-/// Login attempts: fixed windows of failures per account and per client
-/// address. A locked key is refused before the password is even hashed, so
-/// guessing costs the server nothing once the limit is reached. Time is
-/// passed in (Unix ms).
+/// Login attempts, so that guessing is slow and strangers cannot lock
+/// anyone out (issue 32). Time is passed in (Unix ms).
+///
+/// - **One account from one address** (`per_pair` failures in the window):
+///   that pair waits, 15 s at first, doubling with each lock, at most the
+///   window. Other addresses are not affected, so someone guessing at the
+///   admin's name from elsewhere never locks the admin out.
+/// - **One address** (`per_address` failures, any accounts): slowed, not
+///   locked: one attempt per back-off (1 s doubling, at most 60 s).
+/// - **One account from every address** (`per_pair` × 4, a botnet
+///   spreading its guesses): addresses the account never signed in from
+///   are slowed the same way; addresses it signed in from are not.
+///
+/// A refused attempt is refused before the password is hashed, so
+/// guessing past a limit costs the server nothing.
 #[derive(Debug)]
 pub struct LoginLimiter {
-    per_account: u32,
+    per_pair: u32,
     per_address: u32,
     window_ms: i64,
-    failures: HashMap<Key, (i64, u32)>,
+    failures: HashMap<Key, Failures>,
+    /// Addresses each account signed in from (a few per account).
+    known: HashMap<String, Vec<IpAddr>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
-    Account(String),
+    Pair(String, IpAddr),
     Address(IpAddr),
+    Account(String),
+}
+
+/// Failures since `start` (the window's start) and the latest.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    start: i64,
+    n: u32,
+    last: i64,
 }
 
 /// Entries kept before expired ones are swept; bounds memory when many
 /// addresses fail.
 const SWEEP_AT: usize = 100_000;
+/// Addresses remembered per account.
+const KNOWN_PER_ACCOUNT: usize = 8;
+/// How many times `per_pair` failures across every address slow an
+/// account's unknown addresses.
+const ACCOUNT_FACTOR: u32 = 4;
+
+/// `base` doubled `excess` times, at most `cap` (ms).
+fn back_off(base: i64, excess: u32, cap: i64) -> i64 {
+    base.saturating_mul(1 << excess.min(20)).min(cap)
+}
 
 impl LoginLimiter {
-    pub fn new(per_account: u32, per_address: u32, window_s: u64) -> LoginLimiter {
+    pub fn new(per_pair: u32, per_address: u32, window_s: u64) -> LoginLimiter {
         LoginLimiter {
-            per_account,
-            per_address,
+            per_pair: per_pair.max(1),
+            per_address: per_address.max(1),
             window_ms: window_s as i64 * 1000,
             failures: HashMap::new(),
+            known: HashMap::new(),
         }
     }
 
-    fn count(&self, key: &Key, now: i64) -> (u32, i64) {
-        match self.failures.get(key) {
-            Some(&(start, n)) if now < start + self.window_ms => (n, start + self.window_ms - now),
-            _ => (0, 0),
+    fn current(&self, key: &Key, now: i64) -> Option<Failures> {
+        self.failures
+            .get(key)
+            .copied()
+            .filter(|f| now < f.start + self.window_ms)
+    }
+
+    /// How long (ms) `key` must still wait at `now`: past `limit`
+    /// failures, `base` doubled per failure beyond it, at most `cap`,
+    /// counted from the latest failure.
+    fn wait(&self, key: &Key, now: i64, limit: u32, base: i64, cap: i64) -> i64 {
+        match self.current(key, now) {
+            Some(f) if f.n >= limit => (f.last + back_off(base, f.n - limit, cap) - now).max(0),
+            _ => 0,
         }
     }
 
-    /// `Err(seconds)` if this account or address must wait.
+    /// `Err(seconds)` if this attempt must wait.
     pub fn check(&self, now: i64, account: &str, address: IpAddr) -> std::result::Result<(), u64> {
-        let (a, wait_a) = self.count(&Key::Account(account.to_string()), now);
-        let (b, wait_b) = self.count(&Key::Address(address), now);
-        let mut wait = 0;
-        if a >= self.per_account {
-            wait = wait.max(wait_a);
-        }
-        if b >= self.per_address {
-            wait = wait.max(wait_b);
-        }
-        if wait > 0 {
-            Err((wait as u64).div_ceil(1000))
+        let pair = self.wait(
+            &Key::Pair(account.to_string(), address),
+            now,
+            self.per_pair,
+            15_000,
+            self.window_ms,
+        );
+        let by_address = self.wait(&Key::Address(address), now, self.per_address, 1_000, 60_000);
+        let known = self.known.get(account).is_some_and(|k| k.contains(&address));
+        let by_account = if known {
+            0
         } else {
-            Ok(())
+            self.wait(
+                &Key::Account(account.to_string()),
+                now,
+                self.per_pair.saturating_mul(ACCOUNT_FACTOR),
+                1_000,
+                60_000,
+            )
+        };
+        match pair.max(by_address).max(by_account) {
+            0 => Ok(()),
+            ms => Err((ms as u64).div_ceil(1000)),
         }
     }
 
     pub fn failed(&mut self, now: i64, account: &str, address: IpAddr) {
         if self.failures.len() >= SWEEP_AT {
             let window = self.window_ms;
-            self.failures.retain(|_, (start, _)| now < *start + window);
+            self.failures.retain(|_, f| now < f.start + window);
         }
-        for key in [Key::Account(account.to_string()), Key::Address(address)] {
-            let e = self.failures.entry(key).or_insert((now, 0));
-            if now >= e.0 + self.window_ms {
-                *e = (now, 0);
+        for key in [
+            Key::Pair(account.to_string(), address),
+            Key::Address(address),
+            Key::Account(account.to_string()),
+        ] {
+            let f = self.failures.entry(key).or_insert(Failures {
+                start: now,
+                n: 0,
+                last: now,
+            });
+            if now >= f.start + self.window_ms {
+                *f = Failures {
+                    start: now,
+                    n: 0,
+                    last: now,
+                };
             }
-            e.1 += 1;
+            f.n += 1;
+            f.last = now;
         }
     }
 
-    /// A successful login clears the account's failures (not the address's:
-    /// one valid account must not reset guessing at others).
-    pub fn succeeded(&mut self, account: &str) {
-        self.failures.remove(&Key::Account(account.to_string()));
+    /// A successful login clears the pair's failures (not the address's
+    /// nor the account's: one valid account must not reset guessing at
+    /// others) and remembers the address as one the account uses.
+    pub fn succeeded(&mut self, account: &str, address: IpAddr) {
+        self.failures.remove(&Key::Pair(account.to_string(), address));
+        if self.known.len() >= SWEEP_AT {
+            self.known.clear();
+        }
+        let known = self.known.entry(account.to_string()).or_default();
+        if !known.contains(&address) {
+            if known.len() == KNOWN_PER_ACCOUNT {
+                known.remove(0);
+            }
+            known.push(address);
+        }
     }
 }
 
@@ -240,36 +317,59 @@ impl LoginLimiter {
 mod tests {
     use super::*;
 
+    /// Issue 32 item 6: strangers cannot lock an account out from the
+    /// addresses it uses; a pair backs off, doubling; an address that
+    /// fails at many accounts is slowed, not locked for the window.
     #[test]
-    fn limiter_locks_accounts_and_addresses_for_the_window() {
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let mut l = LoginLimiter::new(3, 5, 60);
+    fn limiter_backs_off_per_account_and_address_and_locks_no_one_out() {
+        let (office, stranger, botnet): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+            "203.0.113.0".parse().unwrap(),
+        );
+        let mut l = LoginLimiter::new(3, 5, 900);
+        l.succeeded("admin", office);
+        // A stranger guesses at the admin: their pair backs off...
         for _ in 0..3 {
-            assert!(l.check(0, "alice", a).is_ok());
-            l.failed(0, "alice", a);
+            assert!(l.check(0, "admin", stranger).is_ok());
+            l.failed(0, "admin", stranger);
         }
-        assert_eq!(
-            l.check(1000, "alice", b),
-            Err(59),
-            "the account is locked from any address"
-        );
-        assert!(l.check(1000, "bob", a).is_ok(), "3 < 5 failures from the address");
-        l.failed(1000, "bob", a);
-        l.failed(1000, "carol", a);
+        assert_eq!(l.check(1000, "admin", stranger), Err(14));
+        // ...and the admin at the office signs in at once.
+        assert!(l.check(1000, "admin", office).is_ok());
+        // The back-off doubles with each further lock, at most the window.
+        l.failed(15_000, "admin", stranger);
+        assert_eq!(l.check(15_000, "admin", stranger), Err(30));
+        l.failed(45_000, "admin", stranger);
+        assert_eq!(l.check(45_000, "admin", stranger), Err(60));
+        // Many addresses guessing at one account slow its unknown
+        // addresses only.
+        for i in 0..12u8 {
+            let ip = IpAddr::from([203, 0, 113, i]);
+            l.failed(50_000, "admin", ip);
+        }
+        assert!(l.check(50_500, "admin", "203.0.113.200".parse().unwrap()).is_err());
         assert!(
-            l.check(1000, "dave", a).is_err(),
-            "the address is locked for every account"
+            l.check(50_500, "admin", office).is_ok(),
+            "a known address is never slowed"
         );
-        assert!(l.check(60_000, "alice", b).is_ok(), "the window passed");
-        l.failed(2000, "erin", b);
-        l.succeeded("erin");
-        assert_eq!(l.count(&Key::Account("erin".into()), 2000).0, 0);
-        assert_eq!(
-            l.count(&Key::Address(b), 2000).0,
-            1,
-            "success does not reset the address"
-        );
+        // One address failing at many accounts is slowed (a second, then
+        // doubling, at most a minute), never locked for the window.
+        let mut l = LoginLimiter::new(3, 5, 900);
+        for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            l.failed(i as i64, name, botnet);
+        }
+        assert_eq!(l.check(4, "f", botnet), Err(1));
+        assert!(l.check(1_004, "f", botnet).is_ok());
+        for t in 0..10 {
+            l.failed(2_000 + t, "g", botnet);
+        }
+        assert_eq!(l.check(2_009, "h", botnet), Err(60), "capped at a minute");
+        assert!(l.check(62_009, "h", botnet).is_ok());
+        // Success clears the pair, not the address.
+        l.succeeded("g", botnet);
+        assert_eq!(l.check(62_010, "g", botnet), Ok(()));
+        assert!(l.current(&Key::Address(botnet), 62_010).is_some());
     }
 
     #[test]

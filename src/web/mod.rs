@@ -263,6 +263,53 @@ impl Web {
     }
 
     /// Run `f` with a store connection on the blocking pool.
+    /// The principal behind a bearer token (which must be live) or a
+    /// session cookie (which may be stale: the request is then anonymous),
+    /// and the session that still stands.
+    async fn principal(
+        self: &Arc<Self>,
+        bearer: Option<String>,
+        session: Option<String>,
+    ) -> WebResult<(Option<Principal>, Option<String>)> {
+        let idle = self.http.session_idle_timeout_s as i64 * 1000;
+        let max_age = self.http.session_max_age_s as i64 * 1000;
+        self.with_store(move |_, store| {
+            if let Some(t) = bearer {
+                let p = store.token_principal(&auth::digest(&t))?;
+                return p.map(|p| (Some(p), None)).ok_or_else(WebError::unauthorized);
+            }
+            if let Some(s) = session
+                && let Some(p) = store.session_principal(&auth::digest(&s), idle, max_age)?
+            {
+                return Ok((Some(p), Some(s)));
+            }
+            Ok((None, None))
+        })
+        .await
+    }
+
+    /// For a stream that outlives its request: asks again whether the
+    /// credential it was opened with still grants the route (a token
+    /// revoked, a session ended, a user disabled or demoted closes it).
+    fn still_allowed(
+        self: &Arc<Self>,
+        route: &'static Route,
+        bearer: Option<String>,
+        session: Option<String>,
+    ) -> impl sse::StillAllowed {
+        let web = self.clone();
+        move || {
+            let (web, bearer, session) = (web.clone(), bearer.clone(), session.clone());
+            Box::pin(async move {
+                let who = web.principal(bearer, session).await.ok().and_then(|(p, _)| p);
+                match route.access {
+                    Access::Public => true,
+                    Access::Signed(required) => who.is_some_and(|p| p.role.allows(required)),
+                }
+            })
+        }
+    }
+
     async fn with_store<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Web, &mut Store) -> WebResult<T> + Send + 'static,
@@ -357,25 +404,7 @@ impl Web {
         }
 
         // Who is asking.
-        let idle = self.http.session_idle_timeout_s as i64 * 1000;
-        let max_age = self.http.session_max_age_s as i64 * 1000;
-        let (who, session) = {
-            let bearer = bearer.clone();
-            let session = session.clone();
-            self.with_store(move |_, store| {
-                if let Some(t) = bearer {
-                    let p = store.token_principal(&auth::digest(&t))?;
-                    return p.map(|p| (Some(p), None)).ok_or_else(WebError::unauthorized);
-                }
-                if let Some(s) = session
-                    && let Some(p) = store.session_principal(&auth::digest(&s), idle, max_age)?
-                {
-                    return Ok((Some(p), Some(s)));
-                }
-                Ok((None, None))
-            })
-            .await?
-        };
+        let (who, session) = self.principal(bearer.clone(), session.clone()).await?;
 
         // May they?
         if let Access::Signed(required) = route.access {
@@ -493,7 +522,13 @@ impl Web {
                 .into_iter()
                 .find(|(k, _)| k == "endpoint")
                 .map(|(_, v)| v);
-            return Ok(sse::stream(self.events.subscribe(), endpoint, self.stop.clone()));
+            let allowed = self.still_allowed(route, bearer, session);
+            return Ok(sse::stream(
+                self.events.subscribe(),
+                endpoint,
+                self.stop.clone(),
+                allowed,
+            ));
         }
         if matches!(route.run, Run::CampaignStream) {
             let id: i64 = params
@@ -512,7 +547,8 @@ impl Web {
                         .ok()
                 }
             };
-            return Ok(sse::polled("campaign", first, poll, self.stop.clone()));
+            let allowed = self.still_allowed(route, bearer, session);
+            return Ok(sse::polled("campaign", first, poll, self.stop.clone(), allowed));
         }
         let Run::Blocking(handler) = route.run else {
             unreachable!("event streams returned above")

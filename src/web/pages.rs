@@ -236,7 +236,7 @@ pub fn login(ctx: &mut Ctx<'_>) -> WebResult {
             StatusCode::UNAUTHORIZED,
         );
     }
-    ctx.web.limiter.lock().expect("limiter").succeeded(&name);
+    ctx.web.limiter.lock().expect("limiter").succeeded(&name, ctx.peer);
     log::info!("{name} signed in from {}", ctx.peer);
     start_session(ctx, &name)
 }

@@ -25,6 +25,16 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How often a polled stream (a campaign's report) is read again.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How often an open stream asks again whether its credential still
+/// grants it: a revoked token, an ended session or a disabled user loses
+/// the stream within this (issue 32: authorisation checked only at
+/// connect let a revoked token's stream run on).
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// Whether the stream's credential still grants it.
+pub trait StillAllowed: FnMut() -> Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static {}
+impl<F> StillAllowed for F where F: FnMut() -> Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static {}
+
 /// The SSE event name and JSON data of a server event; `None` for events
 /// that are not news to an operator.
 pub fn describe(ev: &ServerEvent<Peer>) -> Option<(&'static str, Value)> {
@@ -85,6 +95,7 @@ pub fn stream(
     mut events: broadcast::Receiver<ServerEvent<Peer>>,
     endpoint: Option<String>,
     mut stop: watch::Receiver<bool>,
+    mut allowed: impl StillAllowed,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
@@ -97,10 +108,18 @@ pub fn stream(
         }
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.tick().await;
         loop {
             let out = tokio::select! {
                 _ = crate::download::connection::raised(&mut stop) => return,
                 _ = tx.closed() => return,
+                _ = recheck.tick() => {
+                    if !allowed().await {
+                        return;
+                    }
+                    continue;
+                }
                 _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),
                 ev = events.recv() => match ev {
                     Ok(ev) => match describe(&ev) {
@@ -125,7 +144,13 @@ pub fn stream(
 /// each second whenever it differs from the last frame sent; it ends when
 /// `poll` fails (the thing was deleted) or the server stops. For news no
 /// broadcast carries (a campaign's counts change in the store).
-pub fn polled<F, Fut>(event: &'static str, first: Value, mut poll: F, mut stop: watch::Receiver<bool>) -> Response<Body>
+pub fn polled<F, Fut>(
+    event: &'static str,
+    first: Value,
+    mut poll: F,
+    mut stop: watch::Receiver<bool>,
+    mut allowed: impl StillAllowed,
+) -> Response<Body>
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Option<Value>> + Send,
@@ -141,10 +166,18 @@ where
         let mut tick = tokio::time::interval(POLL);
         tick.tick().await;
         let mut quiet = 0u32;
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.tick().await;
         loop {
             tokio::select! {
                 _ = crate::download::connection::raised(&mut stop) => return,
                 _ = tx.closed() => return,
+                _ = recheck.tick() => {
+                    if !allowed().await {
+                        return;
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             let Some(now) = poll().await else { return };

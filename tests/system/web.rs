@@ -529,6 +529,78 @@ async fn tokens_end_with_a_password_change_or_on_request() {
     running.stop().await;
 }
 
+/// Issue 32 item 5: an open event stream ends soon after its credential
+/// stops granting it (a token revoked, a session's user disabled),
+/// instead of running on with the rights it had at connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_end_when_their_credential_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    let keys = Keys::new(dir.path());
+    let open = |credential: String| async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\n{credential}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(": connected") {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed before connecting: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        c
+    };
+    // Read until the stream ends: its last chunk (RFC 9112 §7.1: the
+    // connection itself may be kept alive) or the connection closed.
+    let closes = |mut c: tokio::net::TcpStream| async move {
+        let t0 = tokio::time::Instant::now();
+        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+                Ok(Ok(n)) => {
+                    got.extend_from_slice(&buf[..n]);
+                    // The last chunk, after an earlier chunk's CRLF or
+                    // in a read of its own.
+                    if got.ends_with(b"\n0\r\n\r\n") || got == b"0\r\n\r\n" {
+                        return Some(t0.elapsed());
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    };
+    let token = keys.token("viewer", Role::Viewer);
+    let by_token = open(format!("Authorization: Bearer {token}")).await;
+    let by_session = open(format!("Cookie: flownexus={}", keys.session("operator"))).await;
+    let by_admin = open(format!("Cookie: flownexus={}", keys.session("admin"))).await;
+
+    let s = store(dir.path());
+    let id = s.tokens(Some("viewer")).unwrap()[0].id;
+    s.revoke_token(id, None).unwrap();
+    s.set_user_disabled("operator", true).unwrap();
+    let (a, b) = tokio::join!(closes(by_token), closes(by_session));
+    assert!(a.is_some(), "the revoked token's stream is still open");
+    assert!(b.is_some(), "the disabled user's stream is still open");
+    // A stream whose credential stands stays open meanwhile.
+    let mut admin = by_admin;
+    let mut buf = [0u8; 64];
+    let still = tokio::time::timeout(
+        flownexus::web::sse::RECHECK + Duration::from_secs(2),
+        admin.read(&mut buf),
+    )
+    .await;
+    assert!(
+        !matches!(still, Ok(Ok(n)) if n == 0 || buf[..n].ends_with(b"0\r\n\r\n")),
+        "the admin's stream was closed"
+    );
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
