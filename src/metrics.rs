@@ -38,6 +38,7 @@ pub struct Metrics {
     /// Registrations of unprovisioned endpoints, as the LwM2M task last
     /// published them.
     admission: Mutex<crate::lwm2m::admission::Counters>,
+    unverified: Mutex<crate::coap::amplification::Counters>,
 }
 
 impl Metrics {
@@ -85,6 +86,11 @@ impl Metrics {
     /// The LwM2M server's admission counters now.
     pub fn admission(&self, counters: crate::lwm2m::admission::Counters) {
         *self.admission.lock().expect("metrics") = counters;
+    }
+
+    /// The LwM2M server's counters of firmware GETs from unverified sources.
+    pub fn unverified(&self, counters: crate::coap::amplification::Counters) {
+        *self.unverified.lock().expect("metrics") = counters;
     }
 
     /// The store writer committed `changes` in one transaction.
@@ -195,6 +201,23 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
     ] {
         o.sample(
             "flownexus_lwm2m_unprovisioned_registrations_total",
+            &[("outcome", outcome)],
+            n,
+        );
+    }
+    let unverified = *m.unverified.lock().expect("metrics");
+    o.family(
+        "flownexus_coap_unverified_firmware_requests_total",
+        "counter",
+        "Firmware GETs on the LwM2M port from sources neither registered nor in a DTLS session: answered within 3x their size, refused (no download token), or over the per-source rate.",
+    );
+    for (outcome, n) in [
+        ("answered", unverified.answered),
+        ("refused", unverified.refused),
+        ("rate_limited", unverified.rate_limited),
+    ] {
+        o.sample(
+            "flownexus_coap_unverified_firmware_requests_total",
             &[("outcome", outcome)],
             n,
         );
@@ -358,6 +381,11 @@ mod tests {
             refused_too_many: 0,
             refused_too_fast: 9,
         });
+        m.unverified(crate::coap::amplification::Counters {
+            answered: 1,
+            refused: 300,
+            rate_limited: 2,
+        });
         let g = Gauges {
             devices: vec![("online", 2), ("sleeping", 1), ("offline", 0)],
             operations: vec![("read".into(), "queued".into(), 4)],
@@ -377,6 +405,7 @@ mod tests {
             "flownexus_operations{kind=\"read\",state=\"queued\"} 4",
             "flownexus_store_writer_changes_total 10",
             "flownexus_lwm2m_unprovisioned_registrations_total{outcome=\"refused_too_fast\"} 9",
+            "flownexus_coap_unverified_firmware_requests_total{outcome=\"refused\"} 300",
             "flownexus_health_probe_seconds{component=\"writer\"} 0.002",
             "# TYPE flownexus_store_value_journal gauge",
         ] {

@@ -100,6 +100,9 @@ pub enum Event<P> {
         peer: P,
         token: Vec<u8>,
         request: Request,
+        /// Bytes of the datagram that completed it: what an answer to an
+        /// unverified source is measured against (`coap::amplification`).
+        received: usize,
     },
     /// The final (Block2-reassembled) response to a request of ours, or the
     /// first response of an observation.
@@ -425,7 +428,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
                     self.send_empty(peer, Type::Rst, m.message_id);
                 }
             }
-            Type::Con | Type::Non if code.is_request() => self.on_request(now, peer, m),
+            Type::Con | Type::Non if code.is_request() => self.on_request(now, peer, m, bytes.len()),
             Type::Con | Type::Non if code.is_response() => self.on_separate_response(now, peer, m),
             _ => {
                 // Reserved code classes: reject CONs, ignore NONs.
@@ -438,7 +441,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
 
     // ---- server role: requests from the peer --------------------------------
 
-    fn on_request(&mut self, now: Instant, peer: P, m: Message) {
+    fn on_request(&mut self, now: Instant, peer: P, m: Message, received: usize) {
         if self.is_duplicate(now, peer, m.message_id) {
             return;
         }
@@ -543,6 +546,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
             peer,
             token: self.inbound[&id].token.clone(),
             request,
+            received,
         });
     }
 
@@ -558,6 +562,20 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Exchanges<P> {
 
     /// Answer a request delivered as [`Event::Request`]. A body larger than
     /// one block is sent block-wise and kept for the follow-up requests.
+    /// Leave a request unanswered, as if it had never arrived: no ACK, and
+    /// its retransmission (RFC 7252 §4.2) is processed anew, not taken as
+    /// a duplicate. For shedding load: the client's own back-off (its ACK
+    /// timeout, doubling) paces it, where an error code would end its
+    /// transfer.
+    pub fn discard(&mut self, id: InboundId) {
+        let Some(inb) = self.inbound.remove(&id.0) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&inb.peer) {
+            p.recent.retain(|r| r.mid != inb.mid);
+        }
+    }
+
     pub fn respond(&mut self, now: Instant, id: InboundId, mut response: Response) {
         let Some(inb) = self.inbound.remove(&id.0) else {
             return;

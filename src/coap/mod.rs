@@ -3,6 +3,7 @@
 //! [`message`] wraps coap-lite's codec; [`exchange`] is the sans-I/O exchange
 //! layer (retransmission, deduplication, matching, blocks, observe).
 
+pub mod amplification;
 pub mod block;
 pub mod exchange;
 pub mod message;

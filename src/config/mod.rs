@@ -245,6 +245,9 @@ pub struct Lwm2mConfig {
     /// New unprovisioned endpoints one source address may register per
     /// minute, in a burst of as many; beyond it 4.29 with Max-Age.
     pub unprovisioned_per_source_per_min: u32,
+    /// Firmware GETs on the LwM2M port answered per second to one source
+    /// address that neither registered nor holds a DTLS session.
+    pub unverified_firmware_gets_per_s: u32,
     /// Directory of extra DDF object definitions loaded at start (optional).
     pub models_dir: Option<PathBuf>,
 }
@@ -329,6 +332,9 @@ impl Config {
             c.lwm2m.unknown_endpoints = UnknownEndpoints::Reject;
             c.lwm2m.unprovisioned_per_source = 100;
             c.lwm2m.unprovisioned_per_source_per_min = 60;
+            // Images to whoever asks is a development convenience: every
+            // Package URI flownexus writes carries a token (issue 32).
+            c.fw.require_token = true;
         }
         c
     }
@@ -408,6 +414,7 @@ impl Config {
                 unknown_endpoints: UnknownEndpoints::Accept,
                 unprovisioned_per_source: 10_000,
                 unprovisioned_per_source_per_min: 6_000,
+                unverified_firmware_gets_per_s: 100,
                 models_dir: None,
             },
             fota: FotaConfig {
@@ -708,6 +715,9 @@ impl Config {
                 "lwm2m.unprovisioned_per_source_per_min",
                 "must be >= 1 (use unknown_endpoints = \"reject\" to admit none)",
             ));
+        }
+        if l.unverified_firmware_gets_per_s == 0 {
+            return Err(Error::config("lwm2m.unverified_firmware_gets_per_s", "must be >= 1"));
         }
         if l.operation_max_attempts == 0 {
             return Err(Error::config("lwm2m.operation_max_attempts", "must be >= 1"));
@@ -1027,6 +1037,10 @@ mod tests {
         ];
         let c = Config::load(None, &env(&prod), &Overrides::default()).unwrap();
         assert_eq!(c.lwm2m.unknown_endpoints, UnknownEndpoints::Reject);
+        assert!(
+            c.fw.require_token,
+            "production serves images only with a download token"
+        );
         assert_eq!(
             (
                 c.lwm2m.unprovisioned_per_source,
@@ -1048,6 +1062,7 @@ mod tests {
         assert_eq!(c.lwm2m.unprovisioned_per_source, 7);
         let dev = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(dev.lwm2m.unknown_endpoints, UnknownEndpoints::Accept);
+        assert!(!dev.fw.require_token);
         let err = Config::load(
             None,
             &env(&[("FLOWNEXUS_LWM2M_UNPROVISIONED_PER_SOURCE_PER_MIN", "0")]),

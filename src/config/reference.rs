@@ -168,7 +168,7 @@ const KEYS: &[(&str, &str, &str)] = &[
     (
         "fw.require_token",
         "",
-        "403 for downloads without a valid per-device token",
+        "403 for downloads without a valid per-device token (every Package URI flownexus writes carries one). Over CoAP on the LwM2M port, a source neither registered nor in a DTLS session needs a token whatever this says, and gets answers within three times its request's size",
     ),
     (
         "fw.public_url",
@@ -241,6 +241,11 @@ const KEYS: &[(&str, &str, &str)] = &[
         "lwm2m.unprovisioned_per_source_per_min",
         "",
         "new unprovisioned endpoints one source address may register per minute, in a burst of as many; beyond it 4.29 Too Many Requests with Max-Age saying when to return (RFC 8516). Counted in `flownexus_lwm2m_unprovisioned_registrations_total`",
+    ),
+    (
+        "lwm2m.unverified_firmware_gets_per_s",
+        "",
+        "firmware GETs on the LwM2M port (`coap://` Package URIs) answered per second, in a burst of as many, to one source address that neither registered nor holds a DTLS session; beyond it a request is left unanswered (the device's CoAP retransmission paces it). Such a source also needs a download token and gets blocks that keep each answer within three times its request (RFC 9000 §8.1's rule). Counted in `flownexus_coap_unverified_firmware_requests_total`",
     ),
     (
         "lwm2m.models_dir",

@@ -12,6 +12,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::coap::amplification;
 use crate::coap::{self, Code, Event, Exchanges, Failure, InboundId, Method, Request, RequestId, Response, Transmit};
 use crate::config::{Lwm2mConfig, UnknownEndpoints};
 use crate::lwm2m::admission::{self, Admission, Refusal, SourceAddress};
@@ -142,6 +143,8 @@ pub struct ServerConfig {
     pub unknown_endpoints: UnknownEndpoints,
     /// Bounds on registrations of endpoints that were never provisioned.
     pub unprovisioned: admission::Limits,
+    /// Firmware answers a second to one unverified source.
+    pub unverified_firmware_gets_per_s: u32,
 }
 
 impl ServerConfig {
@@ -156,6 +159,7 @@ impl ServerConfig {
                 per_source: c.unprovisioned_per_source,
                 per_source_per_min: c.unprovisioned_per_source_per_min,
             },
+            unverified_firmware_gets_per_s: c.unverified_firmware_gets_per_s,
         }
     }
 }
@@ -168,6 +172,10 @@ pub struct Server<P> {
     devices: HashMap<RegistrationId, Device<P>>,
     by_endpoint: HashMap<String, RegistrationId>,
     by_peer: HashMap<P, RegistrationId>,
+    /// Registrations per source address: an address a device registered
+    /// from is verified for its firmware GETs from any port (Zephyr pulls
+    /// firmware through a socket of its own).
+    registered_sources: HashMap<std::net::IpAddr, u32>,
     /// Pending operations per endpoint, in order; kept across
     /// re-registrations and while the device is offline.
     queues: HashMap<String, VecDeque<Operation>>,
@@ -187,6 +195,9 @@ pub struct Server<P> {
     sessions: HashMap<P, Arc<str>>,
     events: VecDeque<ServerEvent<P>>,
     firmware: VecDeque<FirmwareRequest<P>>,
+    /// Firmware answers to sources neither registered nor in a DTLS
+    /// session: within 3× what they sent, at a per-source rate.
+    unverified: amplification::Guard,
     next_sweep: Option<Instant>,
     /// Rejected events let out in the current second: (its start, count).
     rejections: (Option<Instant>, u32),
@@ -204,6 +215,7 @@ pub const REJECTIONS_PER_SECOND: u32 = 20;
 impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
     pub fn new(coap: Exchanges<P>, config: ServerConfig, models: Arc<Models>, seed: u64) -> Self {
         let limits = config.unprovisioned;
+        let unverified = amplification::Guard::new(config.unverified_firmware_gets_per_s);
         Server {
             coap,
             config,
@@ -222,6 +234,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
             sessions: HashMap::new(),
             events: VecDeque::new(),
             firmware: VecDeque::new(),
+            unverified,
+            registered_sources: HashMap::new(),
             next_sweep: None,
             rejections: (None, 0),
         }
@@ -278,6 +292,77 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
     /// Registrations of unprovisioned endpoints admitted and refused.
     pub fn admission_counters(&self) -> admission::Counters {
         self.admission.counters()
+    }
+
+    /// `peer` speaks for registration `id`; its address counts as
+    /// verified while it does.
+    fn bind_peer(&mut self, peer: P, id: RegistrationId) {
+        if self.by_peer.insert(peer, id).is_none() {
+            *self.registered_sources.entry(peer.source()).or_default() += 1;
+        }
+    }
+
+    fn unbind_peer(&mut self, peer: P) {
+        if self.by_peer.remove(&peer).is_some()
+            && let std::collections::hash_map::Entry::Occupied(mut e) = self.registered_sources.entry(peer.source())
+        {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Firmware GETs from unverified sources answered, refused and limited.
+    pub fn unverified_counters(&self) -> amplification::Counters {
+        self.unverified.counters
+    }
+
+    /// A firmware GET on the LwM2M port, handed to the firmware server
+    /// as asked for a source whose address something verified: a
+    /// registration from that address, or a DTLS session (whose cookie
+    /// exchange checked it, RFC 6347 §4.2.1). Another source must hold a
+    /// download token (`t=`, the Package URI's), is answered at a
+    /// per-source rate (beyond it not at all: its retransmissions pace
+    /// it), and gets blocks small enough that no answer is over three
+    /// times its request (`coap::amplification`; RFC 7959 §2.4 lets the
+    /// server pick a smaller block than asked). A refusal is a bare 4.01,
+    /// smaller than the request.
+    fn firmware_get(&mut self, now: Now, id: InboundId, peer: P, token: &[u8], mut request: Request, received: usize) {
+        let verified = self.sessions.contains_key(&peer) || self.registered_sources.contains_key(&peer.source());
+        if !verified {
+            let has_token = request.options.uri_query.iter().any(|q| q.starts_with("t="));
+            if !self.unverified.admit(now.mono, peer.source()) {
+                self.coap.discard(id);
+                return;
+            }
+            let szx = amplification::block_szx_within(received, amplification::ANSWER_OVERHEAD + token.len());
+            let Some(szx) = szx.filter(|_| has_token) else {
+                self.unverified.counters.refused += 1;
+                self.coap.respond(now.mono, id, Response::new(Code::UNAUTHORIZED));
+                return;
+            };
+            self.unverified.counters.answered += 1;
+            // The block the device asked for, in the smaller size: the
+            // same offset (RFC 7959 §2.2: NUM counts blocks of its SZX).
+            let asked = request.options.block2.unwrap_or(coap::block::BlockValue {
+                num: 0,
+                more: false,
+                szx: 6,
+            });
+            if asked.szx > szx {
+                request.options.block2 = Some(coap::block::BlockValue {
+                    num: asked.num << (asked.szx - szx),
+                    more: false,
+                    szx,
+                });
+            }
+        }
+        self.firmware.push_back(FirmwareRequest {
+            inbound: id,
+            peer,
+            request,
+        });
     }
 
     /// A plain-CoAP Register of an endpoint not in the device table takes
@@ -373,7 +458,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
     pub fn restore_registration(&mut self, now: Now, reg: Registration<P>) {
         let id = reg.id;
         self.by_endpoint.insert(reg.endpoint.clone(), id);
-        self.by_peer.insert(reg.peer, id);
+        self.bind_peer(reg.peer, id);
         self.devices.insert(
             id,
             Device {
@@ -432,13 +517,13 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
     fn drain_coap(&mut self, now: Now) {
         while let Some(ev) = self.coap.poll_event() {
             match ev {
-                Event::Request { id, peer, request, .. } if is_firmware_get(&request) => {
-                    self.firmware.push_back(FirmwareRequest {
-                        inbound: id,
-                        peer,
-                        request,
-                    });
-                }
+                Event::Request {
+                    id,
+                    peer,
+                    token,
+                    request,
+                    received,
+                } if is_firmware_get(&request) => self.firmware_get(now, id, peer, &token, request, received),
                 Event::Request { id, peer, request, .. } => {
                     let response = self.on_request(now, peer, request);
                     self.coap.respond(now.mono, id, response);
@@ -545,7 +630,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
             last_seen: now.unix_ms,
         };
         self.by_endpoint.insert(endpoint.clone(), id);
-        self.by_peer.insert(peer, id);
+        self.bind_peer(peer, id);
         self.devices.insert(
             id,
             Device {
@@ -631,9 +716,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
         }
         if old_peer != peer {
             if self.by_peer.get(&old_peer) == Some(&id) {
-                self.by_peer.remove(&old_peer);
+                self.unbind_peer(old_peer);
             }
-            self.by_peer.insert(peer, id);
+            self.bind_peer(peer, id);
             // Its observations' notifications now come from the new address.
             self.coap.rebind_peer(old_peer, peer);
         }
@@ -668,7 +753,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
             self.by_endpoint.remove(&reg.endpoint);
         }
         if self.by_peer.get(&reg.peer) == Some(&id) {
-            self.by_peer.remove(&reg.peer);
+            self.unbind_peer(reg.peer);
         }
         let gone: Vec<RequestId> = self
             .observations

@@ -880,3 +880,83 @@ fn unprovisioned_endpoints_are_admitted_within_per_source_limits() {
     let c = server.admission_counters();
     assert_eq!((c.admitted, c.refused_too_fast, c.refused_too_many), (6, 1, 1));
 }
+
+/// Issue 32 item 1: a firmware GET on the LwM2M port from a source that
+/// neither registered nor holds a DTLS session is refused without a
+/// download token, answered in blocks that keep the answer within three
+/// times the request with one, and rate-limited per source; a registered
+/// device's GET goes to the firmware server as it asked.
+#[test]
+fn firmware_gets_from_unverified_sources_cannot_amplify() {
+    use crate::coap::{Message, Type};
+    let mut net = Net::new(vec![]);
+    let now = net.now();
+    let get = |mid: u16, query: &[&str]| {
+        let mut r = Request::new(Method::Get, "/binaries/app.bin");
+        r.options.uri_query = query.iter().map(|q| q.to_string()).collect();
+        Message::request(Type::Con, mid, mid.to_be_bytes().to_vec(), &r).encode()
+    };
+    // No token: a bare 4.01, smaller than the request.
+    let probe = get(1, &[]);
+    net.server.handle_datagram(now, 200, &probe);
+    let answer = net.server.poll_transmit().expect("answered").bytes;
+    assert_eq!(Code(Message::decode(&answer).unwrap().code), Code::UNAUTHORIZED);
+    assert!(answer.len() <= probe.len(), "{} > {}", answer.len(), probe.len());
+    assert!(net.server.poll_firmware_request().is_none());
+
+    // With a token: handed on, asking for a block that fits 3x.
+    let token = "t=1796700000.c2VjcmV0LXRva2VuLWJ5dGVzLWZvci10ZXN0aW5n";
+    let with_token = get(2, &[token]);
+    net.server.handle_datagram(now, 201, &with_token);
+    let fr = net
+        .server
+        .poll_firmware_request()
+        .expect("handed to the firmware server");
+    let block = fr.request.options.block2.expect("a block size chosen");
+    let most = with_token.len() * crate::coap::amplification::FACTOR;
+    assert!(
+        (1usize << (block.szx + 4)) + crate::coap::amplification::ANSWER_OVERHEAD + 2 <= most,
+        "a {}-byte block answers a {}-byte request",
+        1 << (block.szx + 4),
+        with_token.len()
+    );
+    assert_eq!(block.num, 0);
+
+    // Past the per-source rate (100 a second by default): not answered at
+    // all, and the retransmission of one is taken anew once the rate
+    // allows (not swallowed as a duplicate).
+    let rate = Config::default().lwm2m.unverified_firmware_gets_per_s as u16;
+    let mut handed = 0;
+    for mid in 10..10 + rate * 2 {
+        net.server.handle_datagram(now, 202, &get(mid, &[token]));
+        while net.server.poll_firmware_request().is_some() {
+            handed += 1;
+        }
+    }
+    assert!(net.server.poll_transmit().is_none(), "nothing sent past the rate");
+    assert_eq!(handed, rate);
+    let c = net.server.unverified_counters();
+    assert_eq!((c.refused, c.rate_limited), (1, u64::from(rate)));
+    let later = Now {
+        mono: now.mono + Duration::from_secs(1),
+        ..now
+    };
+    net.server
+        .handle_datagram(later, 202, &get(10 + rate * 2 - 1, &[token]));
+    assert!(
+        net.server.poll_firmware_request().is_some(),
+        "a retransmission is served"
+    );
+
+    // A registered device asks for what it likes, from any port of its
+    // address (Zephyr pulls firmware through a socket of its own).
+    assert_eq!(
+        Code(register_from(&mut net.server, now, 7, 500, "dev-fw").code),
+        Code::CREATED
+    );
+    for peer in [7, 8] {
+        net.server.handle_datagram(now, peer, &get(600 + u16::from(peer), &[]));
+        let fr = net.server.poll_firmware_request().expect("a registered address's GET");
+        assert!(fr.request.options.block2.is_none(), "its request untouched");
+    }
+}

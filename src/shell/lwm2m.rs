@@ -232,6 +232,7 @@ pub async fn run(
             }
         }
         metrics.admission(server.admission_counters());
+        metrics.unverified(server.unverified_counters());
         while let Some(ev) = server.poll_event() {
             log_event(&ev);
             metrics.observe(&ev);

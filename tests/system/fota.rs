@@ -438,7 +438,12 @@ async fn libcoap_downloads_firmware_block_wise_over_coap_and_coaps() {
     store(dir.path())
         .add_device("fw-coap", None, &flownexus::store::tags::Tags::default())
         .unwrap();
-    let running = app::start(config(dir.path())).await.unwrap();
+    let mut c = config(dir.path());
+    // The per-source rate of answers to an unverified source is the
+    // server tests' (`firmware_gets_from_unverified_sources_cannot_amplify`);
+    // here libcoap's 2,048 small blocks must not wait on it.
+    c.lwm2m.unverified_firmware_gets_per_s = 1_000_000;
+    let running = app::start(c).await.unwrap();
     let mut rng = fastrand::Rng::with_seed(5);
     let image: Vec<u8> = (0..512 * 1024).map(|_| rng.u8(..)).collect();
     let upload = Upload {
@@ -492,17 +497,23 @@ async fn libcoap_downloads_firmware_block_wise_over_coap_and_coaps() {
         .unwrap();
     assert_eq!((got.len(), sha(&got)), (image.len(), row.sha256.clone()), "{log}");
 
-    // Each 1 KiB block was one accounted request, to the token's device.
+    // Each block was one accounted request, to the token's device. Over
+    // DTLS (a verified address) the 1 KiB blocks libcoap asked for; over
+    // plain CoAP from a socket that never registered, smaller ones, so no
+    // answer is over three times its request (issue 32), and libcoap
+    // follows the server's smaller size (RFC 7959 §2.4).
     running.flush().await;
     let s = store(dir.path());
-    for device in ["fw-coap", "fw-coaps"] {
-        let dl = s.device_downloads(device).unwrap();
-        assert_eq!(
-            (dl[0].requests, dl[0].bytes),
-            (512, image.len() as u64),
-            "{device}: {dl:?}"
-        );
-    }
+    let dl = s.device_downloads("fw-coaps").unwrap();
+    assert_eq!((dl[0].requests, dl[0].bytes), (512, image.len() as u64), "{dl:?}");
+    let dl = s.device_downloads("fw-coap").unwrap();
+    assert_eq!(dl[0].bytes, image.len() as u64, "{dl:?}");
+    let block = image.len() as u64 / dl[0].requests;
+    assert!(
+        block.is_power_of_two() && block * dl[0].requests == image.len() as u64 && block <= 256,
+        "{} requests: blocks of {block} bytes to an unverified source",
+        dl[0].requests
+    );
     // A token for another image, or tampered with, opens nothing.
     let bad = coap_url.replace("?t=", "?t=x");
     let (got, log) = fetch("coap-client-notls", vec![], bad, dir.path().join("bad.bin"))
