@@ -65,7 +65,7 @@ impl Store {
 
     /// Provision a device, with a PSK for DTLS if given.
     pub fn add_device(&self, endpoint: &str, psk: Option<&Psk>, tags: &Tags) -> Result<i64> {
-        insert_device(&self.conn, endpoint, psk, tags)
+        insert_device(&self.conn, &self.seal, endpoint, psk, tags)
     }
 
     /// File a device under these tags instead of the ones it had.
@@ -121,7 +121,7 @@ impl Store {
             .conn
             .execute(
                 "UPDATE devices SET psk_identity = ?2, psk_key = ?3 WHERE endpoint = ?1",
-                params![endpoint, psk.identity, psk.key()],
+                params![endpoint, psk.identity, self.seal.seal(endpoint, psk.key())],
             )
             .map_err(|e| identity_taken(e, psk))?;
         if n == 0 {
@@ -139,7 +139,7 @@ impl Store {
         let tx = self.write_tx()?;
         let mut errors = Vec::new();
         for r in rows {
-            if let Err(e) = insert_device(&tx, &r.endpoint, Some(&r.psk), &Tags::default()) {
+            if let Err(e) = insert_device(&tx, &self.seal, &r.endpoint, Some(&r.psk), &Tags::default()) {
                 errors.push(format!("line {}: {e}", r.line));
             }
         }
@@ -191,7 +191,8 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (endpoint, identity, key) = row?;
+            let (endpoint, identity, stored) = row?;
+            let key = self.seal.open(&endpoint, &stored)?;
             out.push((endpoint, Psk::from_parts(identity, key)));
         }
         Ok(out)
@@ -291,7 +292,13 @@ fn identity_taken(e: rusqlite::Error, psk: &Psk) -> Error {
     access::constraint(e, || format!("PSK identity {}", psk.identity))
 }
 
-fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &Tags) -> Result<i64> {
+fn insert_device(
+    conn: &Connection,
+    seal: &super::sealing::KeySeal,
+    endpoint: &str,
+    psk: Option<&Psk>,
+    tags: &Tags,
+) -> Result<i64> {
     if let Some(why) = crate::lwm2m::registration::endpoint_problem(endpoint) {
         return Err(Error::Invalid {
             what: "endpoint",
@@ -306,7 +313,7 @@ fn insert_device(conn: &Connection, endpoint: &str, psk: Option<&Psk>, tags: &Ta
             params![
                 endpoint,
                 psk.map(|p| p.identity.as_str()),
-                psk.map(Psk::key),
+                psk.map(|p| seal.seal(endpoint, p.key())),
                 tags.to_string(),
                 now_ms(),
                 crate::lwm2m::display::natural_key(endpoint)
@@ -337,5 +344,60 @@ mod tests {
         }
         assert!(store.endpoints().unwrap().is_empty());
         store.add_device("urn:imei:1", None, &Tags::default()).unwrap();
+    }
+
+    /// Issue 32 item 8: device keys are sealed at rest, keys from before
+    /// are sealed by migration 22, and the database copied without its
+    /// `psk-seal.key` hands out no key.
+    #[test]
+    fn device_keys_are_sealed_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flownexus.sqlite3");
+        // A key a flownexus of schema 21 stored in clear.
+        let old = super::super::migrations::database_at(&path, 21);
+        old.execute(
+            "INSERT INTO devices (endpoint, psk_identity, psk_key, tags, created_at) VALUES ('old', 'old-id', x'00112233445566778899aabbccddeeff', '', 0)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let store = Store::open(&path).unwrap();
+        let psk = Psk::from_hex("new-id", "0f0e0d0c0b0a09080706050403020100").unwrap();
+        store.add_device("new", Some(&psk), &Tags::default()).unwrap();
+        let stored: Vec<Vec<u8>> = store
+            .conn
+            .prepare("SELECT psk_key FROM devices ORDER BY endpoint")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            stored.iter().all(|k| super::super::sealing::KeySeal::is_sealed(k)),
+            "{stored:?}"
+        );
+        let keys = store.device_keys().unwrap();
+        let key = |ep: &str| keys.iter().find(|(e, _)| e == ep).unwrap().1.key().to_vec();
+        assert_eq!(key("old"), hex_bytes("00112233445566778899aabbccddeeff"));
+        assert_eq!(key("new"), psk.key());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(super::super::sealing::KEY_FILE))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        // The database file alone, elsewhere: no key opens.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let copy = elsewhere.path().join("flownexus.sqlite3");
+        store.backup_to(&copy).unwrap();
+        let err = Store::open(&copy).unwrap().device_keys().unwrap_err().to_string();
+        assert!(err.contains("psk-seal.key"), "{err}");
+    }
+
+    fn hex_bytes(h: &str) -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
     }
 }

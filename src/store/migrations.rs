@@ -421,6 +421,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         used_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 22: device keys sealed at rest (`sealing::KeySeal`): no schema
+    // change; `seal_device_keys` seals the keys stored in clear right
+    // after this step.
+    "-- device keys sealed at rest",
 ];
 
 /// A database as a flownexus of schema `version` left it, for tests of
@@ -441,6 +445,30 @@ pub(super) fn database_at(path: &std::path::Path, version: usize) -> rusqlite::C
 /// The migration that added `devices.endpoint_order`, which SQL alone
 /// cannot fill.
 pub(super) const ENDPOINT_ORDER: usize = 19;
+
+/// The step after which device keys written in clear are sealed.
+pub(super) const SEAL_KEYS: usize = 22;
+
+/// Seal every device key still stored in clear.
+pub(super) fn seal_device_keys(
+    tx: &rusqlite::Transaction<'_>,
+    seal: &super::sealing::KeySeal,
+) -> crate::error::Result<usize> {
+    let clear: Vec<(i64, String, Vec<u8>)> = tx
+        .prepare("SELECT id, endpoint, psk_key FROM devices WHERE psk_key IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .filter(|row| {
+            row.as_ref().map_or(true, |(_, _, key): &(i64, String, Vec<u8>)| {
+                !super::sealing::KeySeal::is_sealed(key)
+            })
+        })
+        .collect::<rusqlite::Result<_>>()?;
+    let mut set = tx.prepare("UPDATE devices SET psk_key = ?2 WHERE id = ?1")?;
+    for (id, endpoint, key) in &clear {
+        set.execute(rusqlite::params![id, seal.seal(endpoint, key)])?;
+    }
+    Ok(clear.len())
+}
 
 /// Fill `devices.endpoint_order` where it is missing.
 pub(super) fn fill_endpoint_order(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<usize> {

@@ -22,6 +22,7 @@ mod migrations;
 mod operations;
 pub mod profiles;
 mod registrations;
+pub mod sealing;
 pub mod settings;
 pub mod tags;
 mod values;
@@ -49,6 +50,8 @@ pub struct Store {
     conn: Connection,
     /// The writer's journal books, in the server's own process.
     pending: Option<writer::SharedPending>,
+    /// Device keys are sealed with it on the way in, opened on the way out.
+    seal: sealing::KeySeal,
 }
 
 pub fn now_ms() -> i64 {
@@ -79,7 +82,12 @@ impl Store {
         // Negative: KiB; pages are allocated only as they are used.
         conn.pragma_update(None, "cache_size", -32_768)?;
         rusqlite::vtab::array::load_module(&conn)?;
-        let mut store = Store { conn, pending: None };
+        let seal = sealing::KeySeal::beside(path)?;
+        let mut store = Store {
+            conn,
+            pending: None,
+            seal,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -105,6 +113,9 @@ impl Store {
             tx.execute_batch(sql)?;
             if i + 1 == migrations::ENDPOINT_ORDER {
                 migrations::fill_endpoint_order(&tx)?;
+            }
+            if i + 1 == migrations::SEAL_KEYS {
+                migrations::seal_device_keys(&tx, &self.seal)?;
             }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
