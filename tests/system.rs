@@ -1057,13 +1057,19 @@ fn psk_provisioning_keeps_keys_secret() {
         .unwrap()
         .to_string();
     assert_eq!(key.len(), 32);
-    let stored: Vec<u8> = store(dir.path())
+    // Stored sealed (issue 32): the row holds no clear key; the DTLS key
+    // table opens the one shown.
+    let s = store(dir.path());
+    let stored: Vec<u8> = s
         .connection()
         .query_row("SELECT psk_key FROM devices WHERE endpoint = 'urn:imei:1'", [], |r| {
             r.get(0)
         })
         .unwrap();
-    assert_eq!(flownexus::lwm2m::path::hex_bytes::encode(&stored), key);
+    assert!(flownexus::store::sealing::KeySeal::is_sealed(&stored));
+    assert!(!flownexus::lwm2m::path::hex_bytes::encode(&stored).contains(&key));
+    let opened = s.device_keys().unwrap();
+    assert_eq!(flownexus::lwm2m::path::hex_bytes::encode(opened[0].1.key()), key);
     for args in [
         &["device", "list", "--json"][..],
         &["device", "list"],
