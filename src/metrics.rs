@@ -189,38 +189,31 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         o.counter(name, help, load(counter));
     }
     let admission = *m.admission.lock().expect("metrics");
-    o.family(
-        "flownexus_lwm2m_unprovisioned_registrations_total",
-        "counter",
-        "Register requests of endpoints never provisioned, admitted or refused by the per-source limits (lwm2m.unprovisioned_per_source*).",
-    );
-    for (outcome, n) in [
-        ("admitted", admission.admitted),
-        ("refused_too_many", admission.refused_too_many),
-        ("refused_too_fast", admission.refused_too_fast),
-    ] {
-        o.sample(
-            "flownexus_lwm2m_unprovisioned_registrations_total",
-            &[("outcome", outcome)],
-            n,
-        );
-    }
     let unverified = *m.unverified.lock().expect("metrics");
-    o.family(
-        "flownexus_coap_unverified_firmware_requests_total",
-        "counter",
-        "Firmware GETs on the LwM2M port from sources neither registered nor in a DTLS session: answered within 3x their size, refused (no download token), or over the per-source rate.",
-    );
-    for (outcome, n) in [
-        ("answered", unverified.answered),
-        ("refused", unverified.refused),
-        ("rate_limited", unverified.rate_limited),
-    ] {
-        o.sample(
+    for (name, help, outcomes) in [
+        (
+            "flownexus_lwm2m_unprovisioned_registrations_total",
+            "Register requests of endpoints never provisioned, admitted or refused by the per-source limits (lwm2m.unprovisioned_per_source*).",
+            [
+                ("admitted", admission.admitted),
+                ("refused_too_many", admission.refused_too_many),
+                ("refused_too_fast", admission.refused_too_fast),
+            ],
+        ),
+        (
             "flownexus_coap_unverified_firmware_requests_total",
-            &[("outcome", outcome)],
-            n,
-        );
+            "Firmware GETs on the LwM2M port from sources neither registered nor in a DTLS session: answered within 3x their size, refused (no download token), or over the per-source rate.",
+            [
+                ("answered", unverified.answered),
+                ("refused", unverified.refused),
+                ("rate_limited", unverified.rate_limited),
+            ],
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for (outcome, n) in outcomes {
+            o.sample(name, &[("outcome", outcome)], n);
+        }
     }
     o.family(
         "flownexus_operations_finished_total",

@@ -351,8 +351,14 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
                 szx: 6,
             });
             if asked.szx > szx {
+                let num = u64::from(asked.num) << (asked.szx - szx);
+                if num > u64::from(coap::block::BlockValue::MAX_NUM) {
+                    // That offset has no block number at the smaller size.
+                    self.coap.respond(now.mono, id, Response::new(Code::BAD_OPTION));
+                    return;
+                }
                 request.options.block2 = Some(coap::block::BlockValue {
-                    num: asked.num << (asked.szx - szx),
+                    num: num as u32,
                     more: false,
                     szx,
                 });

@@ -921,6 +921,18 @@ fn firmware_gets_from_unverified_sources_cannot_amplify() {
         with_token.len()
     );
     assert_eq!(block.num, 0);
+    // A block number that has none at the smaller size: a bare 4.02.
+    let mut far = Request::new(Method::Get, "/binaries/app.bin");
+    far.options.uri_query = vec![token.to_string()];
+    far.options.block2 = Some(crate::coap::block::BlockValue {
+        num: crate::coap::block::BlockValue::MAX_NUM,
+        more: false,
+        szx: 6,
+    });
+    net.server
+        .handle_datagram(now, 203, &Message::request(Type::Con, 3, vec![3], &far).encode());
+    let answer = Message::decode(&net.server.poll_transmit().expect("answered").bytes).unwrap();
+    assert_eq!(Code(answer.code), Code::BAD_OPTION);
 
     // Past the per-source rate (100 a second by default): not answered at
     // all, and the retransmission of one is taken anew once the rate

@@ -262,7 +262,6 @@ impl Web {
         Ok(s)
     }
 
-    /// Run `f` with a store connection on the blocking pool.
     /// The principal behind a bearer token (which must be live) or a
     /// session cookie (which may be stale: the request is then anonymous),
     /// and the session that still stands.
@@ -310,6 +309,7 @@ impl Web {
         }
     }
 
+    /// Run `f` with a store connection on the blocking pool.
     async fn with_store<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Web, &mut Store) -> WebResult<T> + Send + 'static,
