@@ -168,6 +168,10 @@ pub fn run(cmd: CampaignCommand, store: &Store) -> anyhow::Result<ExitCode> {
             }
             print_report(store, id)?;
             if devices {
+                println!(
+                    "  {:<32} {:<8} {:<9} {:<12} {:>11}  REASON",
+                    "ENDPOINT", "WAVE", "STATUS", "PHASE", "DOWNLOADED"
+                );
                 for m in store.campaign_members(id, status, usize::MAX >> 1, 0)? {
                     println!(
                         "  {:<32} wave {:<3} {:<9} {:<12} {:>9} B  {}",

@@ -412,10 +412,15 @@ impl Web {
                 return Err(WebError::unauthorized());
             };
             if !p.role.allows(required) {
+                // A token may grant less than its user has: say which.
+                let holder = if p.via_token {
+                    format!("this API token of {} grants", p.name)
+                } else {
+                    format!("{} has", p.name)
+                };
                 return Err(WebError::forbidden(format!(
-                    "this needs the {} role; {} has {}",
+                    "this needs the {} role; {holder} {}",
                     required.as_str(),
-                    p.name,
                     p.role.as_str()
                 )));
             }

@@ -931,6 +931,9 @@ struct Tokens {
     chrome: Chrome,
     tokens: Vec<TokenView>,
     roles: Vec<&'static str>,
+    /// Preselected: the user's own role, what the API gives a token made
+    /// without one.
+    own_role: &'static str,
     secret: Option<String>,
 }
 
@@ -960,6 +963,7 @@ fn tokens_page(ctx: &mut Ctx<'_>, secret: Option<String>) -> WebResult {
         chrome: chrome(ctx, "API tokens")?,
         tokens,
         roles,
+        own_role: who.role.as_str(),
         secret,
     })
 }

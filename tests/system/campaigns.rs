@@ -229,6 +229,18 @@ async fn a_three_wave_campaign_updates_a_dtls_queue_mode_fleet() {
             let why = m.reason.as_deref().unwrap_or("");
             assert!(why.contains("Update Result 5: integrity check failure"), "{m:?}");
         }
+        // The failed devices as an operator reads them: a header, then a
+        // row each with its reason.
+        let out = cli(
+            dir.path(),
+            &["campaign", "show", "1", "--devices", "--status", "failed"],
+        );
+        let header = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("ENDPOINT"))
+            .unwrap_or_default();
+        assert!(header.contains("STATUS") && header.contains("REASON"), "{out}");
+        assert!(out.contains("integrity check failure"), "{out}");
         let out = cli(dir.path(), &["campaign", "retry", "1"]);
         assert!(out.contains("now running"), "{out}");
         retries += 1;

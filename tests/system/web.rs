@@ -526,6 +526,30 @@ async fn tokens_end_with_a_password_change_or_on_request() {
     assert_eq!(r.status, 303);
     assert_eq!(me(fresh).await, 401);
     assert_eq!(me(others).await, 200, "only the user's own tokens");
+
+    // Issue 31: the token form preselects the user's own role, and a 403
+    // for a token names what the token grants, not what its user has.
+    let admin = format!("flownexus={}", keys.session("admin"));
+    let page = http(addr, "GET", "/tokens", &[("Cookie", &admin)], b"").await.text();
+    assert!(page.contains(r#"<option value="admin" selected>"#), "{page}");
+    let weak = keys.token("admin", Role::Viewer);
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/devices",
+        &[
+            ("Authorization", &format!("Bearer {weak}")),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"endpoint":"x"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.text().contains("this API token of admin grants viewer"),
+        "{}",
+        r.text()
+    );
     running.stop().await;
 }
 
