@@ -108,7 +108,21 @@ impl Starter {
             .iter()
             .map(|image| live_firmware(store, image))
             .collect::<Result<Vec<_>>>()?;
-        store.device(endpoint)?;
+        let device = store.device(endpoint)?;
+        // As a campaign skips a device already on its image's version: an
+        // update would download the image again and report success with
+        // nothing changed.
+        if let ([fw], Some(running)) = (fws.as_slice(), device.firmware_version.as_deref())
+            && fota::same_version(running, &fw.version)
+        {
+            return Err(Error::Invalid {
+                what: "firmware update",
+                reason: format!(
+                    "{endpoint} is already on {running}, the version of {}: nothing to update",
+                    fw.name
+                ),
+            });
+        }
         let machine = self.machine(store, &fws, endpoint).map_err(|reason| Error::Invalid {
             what: "firmware update",
             reason,

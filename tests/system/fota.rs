@@ -142,6 +142,12 @@ async fn devices_are_updated_and_failures_say_why() {
     let latest = s.latest_values("fota-ok").unwrap();
     let version = latest.iter().find(|v| v.path.to_string() == "/3/0/3").unwrap();
     assert_eq!(version.value, flownexus::lwm2m::Value::String("2.0.0".into()));
+    // Updating it to the version it runs is refused, saying so, as a
+    // campaign skips it (issue 31); no second update is made.
+    running.flush().await;
+    let (ok, out) = update(dir.path(), "fota-ok").await.unwrap();
+    assert!(!ok && out.contains("already on 2.0.0"), "{out}");
+    assert_eq!(s.updates_of("fota-ok", 10).unwrap().len(), 1);
 
     // A device that fetches only by CoAP gets the URI on the LwM2M port and
     // the image block-wise, 1 KiB a block (RFC 7959), accounted as 2.05s.
@@ -205,6 +211,8 @@ async fn devices_are_updated_and_failures_say_why() {
         "{row:?}"
     );
 
+    // fota-ok runs 2.0.0 now: the API section updates it to a 3.0.0.
+    add_catalogue_image(dir.path(), "app-3.bin", "3.0.0", &mcuboot_image(96 * 1024, 3));
     // The API: an operator starts an update; one active update per device,
     // so a second is a 409 that says so (from the database's constraint);
     // a viewer may look but not start one.
@@ -221,14 +229,14 @@ async fn devices_are_updated_and_failures_say_why() {
     let r = post(
         &viewer,
         "/api/v1/devices/fota-ok/updates".into(),
-        r#"{"image":"app.bin"}"#,
+        r#"{"image":"app-3.bin"}"#,
     )
     .await;
     assert_eq!(r.status, 403);
     let r = post(
         &operator,
         "/api/v1/devices/fota-ok/updates".into(),
-        r#"{"image":"app.bin"}"#,
+        r#"{"image":"app-3.bin"}"#,
     )
     .await;
     assert_eq!(r.status, 202, "{}", r.text());
@@ -237,7 +245,7 @@ async fn devices_are_updated_and_failures_say_why() {
     let r = post(
         &operator,
         "/api/v1/devices/fota-ok/updates".into(),
-        r#"{"image":"app.bin"}"#,
+        r#"{"image":"app-3.bin"}"#,
     )
     .await;
     assert_eq!(
@@ -252,7 +260,7 @@ async fn devices_are_updated_and_failures_say_why() {
         r.text()
     );
     let data = dir.path().to_str().unwrap();
-    let (ok, _, err) = flownexus_cli(data, &["device", "update", "fota-ok", "app.bin"], "");
+    let (ok, _, err) = flownexus_cli(data, &["device", "update", "fota-ok", "app-3.bin"], "");
     assert!(
         !ok && err.contains("already exists: an active firmware update of fota-ok"),
         "{err}"
