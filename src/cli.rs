@@ -389,11 +389,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(
-        std::env::var("FLOWNEXUS_LOG").as_deref().unwrap_or(&config.log.level),
-        &config.log.target,
-        &config.log.journal_socket,
-    );
+    // FLOWNEXUS_LOG is not a config key but is held to the same rule: an
+    // invalid value stops start-up, naming it (docs/configuration.md).
+    let level = match std::env::var("FLOWNEXUS_LOG") {
+        Ok(v) if v.parse::<log::LevelFilter>().is_err() => {
+            eprintln!("flownexus: FLOWNEXUS_LOG: `{v}` is not a log level (off, error, warn, info, debug, trace)");
+            return ExitCode::from(2);
+        }
+        Ok(v) => v,
+        Err(_) => config.log.level.clone(),
+    };
+    crate::logging::init(&level, &config.log.target, &config.log.journal_socket);
     match run(cli.command, config) {
         Ok(code) => code,
         Err(e) => {

@@ -914,6 +914,27 @@ fn bad_config_fails_at_start_naming_the_key() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("lwm2m.queue_awake_window"));
+    // Issue 31: FLOWNEXUS_LOG is checked like a key; a file that is not
+    // TOML is named as a file, not as a key.
+    let out = Command::new(bin)
+        .env("FLOWNEXUS_LOG", "verbose")
+        .args(["print-config"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("FLOWNEXUS_LOG: `verbose` is not a log level"), "{said}");
+    std::fs::write(&file, "[lwm2m\n").unwrap();
+    let out = Command::new(bin)
+        .args(["--config", file.to_str().unwrap(), "print-config"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("malformed configuration file") && said.contains("bad.toml"),
+        "{said}"
+    );
+    assert!(!said.contains("config key"), "{said}");
     let ok = Command::new(bin)
         .args([
             "--data-dir",

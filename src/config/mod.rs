@@ -477,7 +477,11 @@ impl Config {
     pub fn load_text(file: Option<(&str, &str)>, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<Config> {
         let file_tree = match file {
             Some((name, text)) => {
-                Some(toml::from_str::<toml::Table>(text).map_err(|e| Error::config(name, e.to_string()))?)
+                // Not a key's value but the file itself: named as a file.
+                Some(toml::from_str::<toml::Table>(text).map_err(|e| Error::Malformed {
+                    what: "configuration file",
+                    reason: format!("{name}: {e}"),
+                })?)
             }
             None => None,
         };
