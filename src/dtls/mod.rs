@@ -137,6 +137,15 @@ pub enum SessionEvent {
     /// An established session ended (close_notify, idle, replaced, key
     /// rotated, evicted).
     Closed { session: SessionId },
+    /// A handshake failed after the client named a provisioned device's
+    /// PSK identity: most likely that device with a wrong key. Strangers'
+    /// identities make no event (they are counted), so a flood of them
+    /// cannot fill the event log.
+    KeyRefused {
+        addr: SocketAddr,
+        endpoint: Arc<str>,
+        identity: Box<[u8]>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,6 +504,14 @@ impl Sessions {
             Err(e) => {
                 log::debug!("DTLS handshake with {addr} failed: {e}");
                 self.counters.handshakes_failed += 1;
+                let identity = handshake.identity();
+                if let Some(binding) = self.keys.binding(&identity) {
+                    self.events.push_back(SessionEvent::KeyRefused {
+                        addr,
+                        endpoint: binding.endpoint,
+                        identity,
+                    });
+                }
                 self.remove(id);
                 return;
             }

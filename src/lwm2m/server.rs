@@ -313,6 +313,19 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug + SourceAddress> Server<P> {
         }
     }
 
+    /// A provisioned device's DTLS handshake failed on its key (told by
+    /// the DTLS layer): a refusal event naming it, within the same
+    /// per-second allowance as other refusals.
+    pub fn key_refused(&mut self, now: Now, endpoint: &str) {
+        if self.rejection_recorded(now) {
+            self.events.push_back(ServerEvent::Rejected {
+                endpoint: Some(endpoint.to_string()),
+                code: Code::UNAUTHORIZED,
+                reason: "DTLS handshake failed: the key does not match its PSK identity".into(),
+            });
+        }
+    }
+
     /// Firmware GETs from unverified sources answered, refused and limited.
     pub fn unverified_counters(&self) -> amplification::Counters {
         self.unverified.counters

@@ -151,6 +151,21 @@ pub async fn run(
                         addr: ([0, 0, 0, 0], 0).into(),
                     },
                 },
+                SessionEvent::KeyRefused {
+                    addr,
+                    endpoint,
+                    identity,
+                } => {
+                    // The identity, never the key; escaped, as anything a
+                    // peer chose.
+                    log::warn!(
+                        endpoint = &*endpoint, peer:% = addr;
+                        "DTLS handshake of {} from {addr} failed: its key does not match PSK identity {:?}",
+                        crate::lwm2m::display::printable(&endpoint),
+                        crate::lwm2m::display::printable(&String::from_utf8_lossy(&identity))
+                    );
+                    FromDtls::KeyRefused { endpoint }
+                }
             })
             .collect();
         if !up.is_empty() && to_server.send(up).await.is_err() {

@@ -38,9 +38,21 @@ pub enum Command {
 /// batch rather than once per datagram).
 #[derive(Debug)]
 pub enum FromDtls {
-    Established { peer: Peer, endpoint: Arc<str> },
-    Data { peer: Peer, payload: Vec<u8> },
-    Closed { peer: Peer },
+    Established {
+        peer: Peer,
+        endpoint: Arc<str>,
+    },
+    Data {
+        peer: Peer,
+        payload: Vec<u8>,
+    },
+    Closed {
+        peer: Peer,
+    },
+    /// A provisioned device's handshake failed on its key.
+    KeyRefused {
+        endpoint: Arc<str>,
+    },
 }
 
 /// From the server to the DTLS shard owning `session` (batched likewise).
@@ -92,6 +104,7 @@ fn from_dtls(server: &mut Server<Peer>, msg: FromDtls) {
         FromDtls::Data { peer, payload } => server.handle_datagram(t, peer, &payload),
         FromDtls::Established { peer, endpoint } => server.session_established(peer, endpoint),
         FromDtls::Closed { peer } => server.session_closed(peer),
+        FromDtls::KeyRefused { endpoint } => server.key_refused(t, &endpoint),
     }
 }
 

@@ -102,6 +102,24 @@ async fn libcoap_clients_register_over_dtls_with_ccm_8() {
         }
     }
     running.flush().await;
+    // Issue 31: each provisioned device's wrong key left an event naming
+    // it; the stranger's identity none.
+    let s = store(dir.path());
+    for ep in ["urn:dev:0", "urn:dev:1"] {
+        let refused = s
+            .events(Some(ep), 50)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "rejected" && e.detail.to_string().contains("key does not match"))
+            .count();
+        assert_eq!(refused, 1, "{ep}");
+    }
+    assert!(
+        !s.events(None, 200)
+            .unwrap()
+            .iter()
+            .any(|e| e.detail.to_string().contains("nobody"))
+    );
     let regs = store(dir.path()).registrations().unwrap();
     let mut eps: Vec<_> = regs
         .iter()
