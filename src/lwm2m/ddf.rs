@@ -70,7 +70,7 @@ impl ResourceModel {
 pub struct ObjectModel {
     pub id: u16,
     pub name: String,
-    /// `ObjectVersion` (Core §7.2.2): "1.0" when the file has none.
+    /// `ObjectVersion` (Core 1.1 Appendix D): "1.0" when the file has none.
     pub version: String,
     pub multiple: bool,
     pub mandatory: bool,

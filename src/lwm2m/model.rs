@@ -3,8 +3,8 @@
 //! Update (pre-parsed into the binary by `build.rs`), plus an operator's
 //! own DDF files loaded at start.
 //!
-//! An object can be known in several versions (`ObjectVersion`, Core 1.1
-//! §7.2.2): a device's tree is drawn with the version it announced
+//! An object can be known in several versions (the DDF's `ObjectVersion`,
+//! Core 1.1 Appendix D): a device's tree is drawn with the version it announced
 //! (`ver=`, Core 1.1 §6.2.1) when one is known. Formats without types
 //! (TLV, text/plain, opaque) are decoded with the object's default
 //! definition: across the versions embedded here a resource keeps its
@@ -91,8 +91,9 @@ impl Versions {
     }
 
     /// `wanted` if known; otherwise the nearest version of the same major
-    /// (the next higher first: minor versions only add resources, Core
-    /// 1.1 §7.2.2), otherwise the default.
+    /// (the next higher first: the OMA registry's versioning rule keeps a
+    /// minor version backward compatible, adding resources), otherwise
+    /// the default.
     fn at(&self, wanted: &str) -> &Arc<ObjectModel> {
         let key = version_key(wanted);
         if let Some(o) = self.by_version.get(&key) {
