@@ -32,7 +32,7 @@ pub struct Config {
     /// Where the SQLite store, firmware images and generated secrets live.
     pub data_dir: PathBuf,
     /// `development` allows a relative data directory; `production` refuses
-    /// one (DESIGN §5: a relative path silently lands in a throwaway place).
+    /// one (a relative path silently lands wherever the service happened to start).
     pub mode: Mode,
     pub coap: CoapConfig,
     pub coaps: CoapsConfig,
@@ -175,7 +175,7 @@ pub struct FirmwareServerConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
     /// No TLS record on the wire is larger than this, handshake included:
-    /// the nRF91 modem's receive buffer is 2 KB (DESIGN §2).
+    /// the nRF91 modem's receive buffer is 2 KB (docs/firmware.md, TLS).
     pub max_record_bytes: usize,
     /// PEM certificate chain (certbot's fullchain.pem) and key; unset: a
     /// development CA and certificate are generated in the data directory.

@@ -1,5 +1,5 @@
 //! TLS for the firmware server: rustls with the ring provider only (two
-//! providers in one binary make `ServerConfig::builder()` panic, DESIGN §3),
+//! providers in one binary make `ServerConfig::builder()` panic at run time),
 //! every record on the wire within the configured limit, ALPN `http/1.1`
 //! only, and certificates chosen by SNI and reloaded when their files change.
 
@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 /// Bytes a record adds beyond what `max_fragment_size` counts: rustls
 /// counts the 5-byte header but not the AEAD expansion, at most 8 bytes of
 /// explicit nonce + 16 of tag (TLS 1.2 AES-GCM); TLS 1.3 adds 17. Measured:
-/// `Some(1346)` keeps every record ≤ 1370 bytes (DESIGN §3).
+/// `Some(1346)` keeps every record ≤ 1370 bytes (tests/system/firmware.rs reads them off the wire).
 pub const AEAD_EXPANSION: usize = 24;
 
 pub fn provider() -> Arc<CryptoProvider> {

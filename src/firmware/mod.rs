@@ -3,7 +3,7 @@
 //!
 //! An image is written to a temporary file, fsynced and renamed into
 //! place, and only then recorded; a crash or a full disk at any point
-//! leaves no visible image and no record (DESIGN §4 item 8).
+//! leaves no visible image and no record.
 
 pub mod image;
 

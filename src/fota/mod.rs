@@ -632,7 +632,8 @@ impl Update {
     }
 
     /// The download server saw this device resume at the end of the image
-    /// (`Range: bytes=SIZE-`): it will loop until reset (DESIGN §2).
+    /// (`Range: bytes=SIZE-`): nRF Connect SDK's downloader
+    /// answers a 416 by retrying the same range, until the device is reset.
     pub fn doom_loop(&mut self, now: i64, limits: &Limits) {
         if matches!(self.phase, Phase::Downloading | Phase::WritingUri) {
             let reason = "the download resumed at the end of the image (FOTA doom loop)".into();

@@ -3,7 +3,7 @@
 //! it becomes, and how the device's response is judged.
 //!
 //! A CoAP error response is a failure with its code recorded, never a
-//! success (DESIGN §4 item 4).
+//! success.
 
 use serde::{Deserialize, Serialize};
 

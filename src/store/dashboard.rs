@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::lwm2m::path::ResourcePath;
 
 /// Sort columns the device list accepts; anything else is refused before
-/// it reaches SQL (DESIGN §4 item 10).
+/// it reaches SQL: no operator string is ever spliced into a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceSort {

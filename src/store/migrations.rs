@@ -261,8 +261,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
        AND length(json_extract(request, '$.path')) - length(replace(json_extract(request, '$.path'), '/', '')) >= 3;
     "#,
     // 14: firmware updates, one row per device update; at most one active
-    // update per device, enforced here (DESIGN §4 item 3: the old check
-    // swallowed its error). `machine` is the fota::Update state as JSON;
+    // update per device, enforced here by the schema, not by a check in
+    // code whose error could be lost. `machine` is the fota::Update state as JSON;
     // `fota_steps` is each update's timeline.
     r#"
     CREATE TABLE fota_updates (

@@ -680,7 +680,7 @@ fn record_download(tx: &Transaction<'_>, d: &crate::store::DownloadRecord) -> Re
         d.doom_loop
     ])?;
     if d.doom_loop {
-        // Its own event: FOTA resets the device's job on it (DESIGN §2).
+        // Its own event: FOTA resets the device's job on it (`fota::Update::doom_loop`).
         event(
             tx,
             d.device.as_deref(),

@@ -1,5 +1,5 @@
 //! Static assets compiled into the binary and served same-origin, so the
-//! Content-Security-Policy can forbid every other source (DESIGN §4 item 11).
+//! Content-Security-Policy can forbid every other source (`web::CSP`).
 
 use std::sync::OnceLock;
 

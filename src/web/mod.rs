@@ -625,7 +625,7 @@ fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&s
 }
 
 /// Scripts, styles and images only from us; no inline script or style, no
-/// framing, forms only to us (DESIGN §4 item 11).
+/// framing, forms only to us: an injected string can run nothing.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
