@@ -55,6 +55,19 @@ impl Origin {
     pub fn url(&self) -> String {
         format!("{}://{}", if self.https { "https" } else { "http" }, self.authority)
     }
+
+    /// `http://` to a loopback name, any port: `localhost`, `127.x.y.z`
+    /// or `[::1]` (RFC 6761 §6.3 keeps `localhost` on the loopback).
+    pub fn is_loopback_url(url: &str) -> bool {
+        let Some(o) = Origin::parse(url).filter(|o| !o.https) else {
+            return false;
+        };
+        let host = match o.authority.rsplit_once(':') {
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => o.authority.as_str(),
+        };
+        host == "localhost" || host == "[::1]" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 /// Cookie names. Over https the session cookie takes the `__Host-` prefix,
@@ -316,6 +329,34 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The origins an SSH tunnel gives a browser, and look-alikes that
+    /// are not loopback.
+    #[test]
+    fn loopback_origins_are_only_loopback() {
+        for yes in [
+            "http://localhost:8000",
+            "http://localhost",
+            "http://127.0.0.1:8000",
+            "http://127.8.0.1:1",
+            "http://[::1]:8000",
+        ] {
+            assert!(Origin::is_loopback_url(yes), "{yes}");
+        }
+        for no in [
+            "https://localhost:8000",
+            "http://localhost.evil.test:8000",
+            "http://evil.localhost.test",
+            "http://127.0.0.1.evil.test:8000",
+            "http://128.0.0.1:8000",
+            "http://[::2]:8000",
+            "http://0.0.0.0:8000",
+            "http://localhost/x",
+            "null",
+        ] {
+            assert!(!Origin::is_loopback_url(no), "{no}");
+        }
+    }
 
     /// Issue 32 item 6: strangers cannot lock an account out from the
     /// addresses it uses; a pair backs off, doubling; an address that

@@ -338,10 +338,21 @@ impl Web {
     }
 
     /// The origin state-changing requests must come from.
-    fn expected_origin(&self, headers: &HeaderMap) -> Option<String> {
+    /// Whether a browser's `Origin` is our own page (RFC 6454 §7.3: the
+    /// header names the origin of the page that made the request). Ours is
+    /// the configured public URL, or without one the `Host` the browser
+    /// connected to; and, whatever the public URL, a loopback origin equal
+    /// to the `Host`: an operator on an SSH tunnel
+    /// (`ssh -L 8000:127.0.0.1:8000 host`) browses `http://localhost:8000`.
+    /// No page elsewhere can claim a loopback origin, and another local
+    /// page (`http://localhost:3000`) does not match the `Host`.
+    fn origin_allowed(&self, origin: &str, headers: &HeaderMap) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        let host = header_str(headers, header::HOST).map(|h| format!("http://{}", h.to_ascii_lowercase()));
         match &self.origin {
-            Some(o) => Some(o.url()),
-            None => header_str(headers, header::HOST).map(|h| format!("http://{}", h.to_ascii_lowercase())),
+            Some(o) if origin == o.url() => true,
+            Some(_) => host.as_deref() == Some(origin.as_str()) && auth::Origin::is_loopback_url(&origin),
+            None => host.as_deref() == Some(origin.as_str()),
         }
     }
 
@@ -431,7 +442,7 @@ impl Web {
         let by_cookie = !who.as_ref().is_some_and(|p| p.via_token);
         if unsafe_method && by_cookie {
             if let Some(origin) = header_str(headers, header::ORIGIN)
-                && Some(origin.to_ascii_lowercase()) != self.expected_origin(headers)
+                && !self.origin_allowed(origin, headers)
             {
                 return Err(WebError::forbidden("cross-origin request refused"));
             }

@@ -236,3 +236,68 @@ async fn dashboard_in_a_real_browser() {
     drop(real);
     running.stop().await;
 }
+
+/// Issue 31 blocker 8: a production server (https public URL, `__Host-`
+/// Secure cookies) used through an SSH tunnel at `http://localhost:PORT`
+/// in real Chromium: sign-in and a form work; the same form from another
+/// local page's origin is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_through_an_ssh_tunnel() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").is_dir(),
+        "Playwright is not installed: run `make deps` (npm ci in tests/browser)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |c| {
+        c.http.public_url = Some("https://dashboard.example.test".into());
+    })
+    .await;
+    let tunnel = format!("localhost:{}", addr.port());
+    let output = Command::new("node")
+        .arg(root.join("tests/browser/tunnel.mjs"))
+        .env("FNX_URL", format!("http://{tunnel}"))
+        .env("FNX_USER", "admin")
+        .env("FNX_PASSWORD", "admin password 1")
+        .output()
+        .expect("node (Node.js) runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "browser run failed:\n{stdout}\n{stderr}");
+    let tokens = store(dir.path()).tokens(None).unwrap();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(tokens[0].name, "through-the-tunnel");
+
+    // The same session, a form posted from other origins: refused.
+    let cookie = format!(
+        "__Host-flownexus={}",
+        super::web::sign_in(addr, "admin", "admin password 1")
+            .await
+            .cookie("__Host-flownexus")
+            .expect("the https public URL gives the __Host- cookie")
+    );
+    let (_, csrf) = super::web::form_page(addr, "/tokens", &cookie).await;
+    for (origin, host) in [
+        ("http://localhost:3000", tunnel.as_str()),
+        ("http://evil.test:8000", "evil.test:8000"),
+        ("https://dashboard.example.test.evil.test", tunnel.as_str()),
+    ] {
+        let r = super::web::http(
+            addr,
+            "POST",
+            "/tokens",
+            &[
+                ("Host", host),
+                ("Cookie", &cookie),
+                ("Origin", origin),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            format!("csrf={csrf}&name=other&role=viewer").as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{origin} via {host}: {}", r.text());
+        assert!(r.text().contains("cross-origin request refused"), "{}", r.text());
+    }
+    assert_eq!(store(dir.path()).tokens(None).unwrap().len(), 1);
+    running.stop().await;
+}

@@ -59,7 +59,10 @@ impl Resp {
 pub async fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let expect = body.len() > 1024;
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req += &format!("Host: {addr}\r\n");
+    }
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
     }
@@ -273,7 +276,7 @@ async fn every_route_checks_the_role() {
     running.stop().await;
 }
 
-async fn form_page(addr: SocketAddr, path: &str, cookie: &str) -> (Resp, String) {
+pub(crate) async fn form_page(addr: SocketAddr, path: &str, cookie: &str) -> (Resp, String) {
     let r = http(addr, "GET", path, &[("Cookie", cookie)], b"").await;
     let text = r.text();
     let csrf = text
@@ -305,10 +308,13 @@ async fn post_form(addr: SocketAddr, path: &str, cookie: &str, fields: &[(&str, 
 }
 
 /// Sign in through the real form; returns the session cookie header.
-async fn sign_in(addr: SocketAddr, name: &str, password: &str) -> Resp {
+pub(crate) async fn sign_in(addr: SocketAddr, name: &str, password: &str) -> Resp {
     let (page, csrf) = form_page(addr, "/login", "").await;
-    let login = page.cookie("flownexus-login").expect("a login cookie");
-    let cookie = format!("flownexus-login={login}");
+    // Over an https public URL the cookie takes the __Host- prefix.
+    let cookie = ["flownexus-login", "__Host-flownexus-login"]
+        .iter()
+        .find_map(|n| page.cookie(n).map(|v| format!("{n}={v}")))
+        .expect("a login cookie");
     post_form(
         addr,
         "/login",
