@@ -13,16 +13,22 @@
 #      (mode 0600; later runs keep them byte for byte);
 #   4. copies the certbot lineage for the firmware server, renders the nginx
 #      configuration, checks it with `nginx -t` and reloads nginx;
-#   5. enables lingering, so the user's units run without a login;
+#   5. checks lingering (root's setup-host.sh enables it), so the user's
+#      units run without a login;
 #   6. installs the Quadlet units;
 #   7. backs up the database with the running release's own
 #      `flownexus backup` (SQLite VACUUM INTO, never a file copy of a live
 #      WAL database), checks it with PRAGMA integrity_check, keeps the last
 #      --keep-backups;
 #   8. builds the image from this checkout (or pulls --image), tagged by
-#      revision, restarts the unit on it and polls its health;
+#      revision, restarts the unit on it and polls its health; publishes
+#      the documentation the image carries as docs.DOMAIN;
 #   9. if it does not become healthy: restores the pre-deploy backup, goes
 #      back to the previous image, and exits non-zero.
+#
+# Root prepares the host once with deploy/setup-host.sh (packages, this
+# user, lingering, directories, firewall, nginx, the certificate); that
+# script runs `deploy.sh --setup-only` as this user at its end.
 #
 # Options:
 #   --domain DOMAIN      the apex name: fw., dashboard. and docs. live below it
@@ -30,7 +36,7 @@
 #   --setup-only         steps 1-6 only: no backup, image or restart
 #   --dry-run            print what would change, change nothing
 #   --root DIR           operate on DIR as if it were / (tests): $HOME is
-#                        DIR/home, /etc is DIR/etc, /var/www is DIR/var/www
+#                        DIR$HOME, /etc is DIR/etc, /var/www is DIR/var/www
 #   --image REF          pull REF instead of building this checkout
 #   --keep-backups N     backups kept (default 7)
 #   --health-timeout S   seconds the new release has to report healthy (default 120)
@@ -78,7 +84,7 @@ done
 if [ -n "$root" ]; then
   mkdir -p "$root"
   root=$(cd "$root" && pwd)
-  home="$root/home"
+  home="$root$HOME"
   config_home="$home/.config"
   etc="$root/etc"
 else
@@ -122,11 +128,13 @@ for tool in podman systemctl loginctl nginx sqlite3 openssl git; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  die "missing: ${missing[*]} (Debian: apt-get install podman systemd-container nginx libnginx-mod-stream sqlite3 openssl git; Podman >= 4.4 for Quadlet)"
+  die "missing: ${missing[*]}: root prepares the host once with deploy/setup-host.sh (docs/operator-guide.md)"
 fi
+# The keys quadlet/flownexus.container uses exist since Podman 4.6
+# (Debian 13 ships 5.4; Debian 12's 4.3 has no Quadlet generator).
 podman_version=$(podman version --format '{{.Client.Version}}' 2>/dev/null || echo 0)
-if ! printf '4.4\n%s\n' "$podman_version" | sort -V -C; then
-  die "podman $podman_version has no Quadlet generator: 4.4 or newer is needed (Debian 13, or Debian 12 backports)"
+if ! printf '4.6\n%s\n' "$podman_version" | sort -V -C; then
+  die "podman $podman_version is too old: Quadlet with the keys of quadlet/flownexus.container needs 4.6 or newer (Debian 13)"
 fi
 # certbot's private key is root's: the deploy user reads the lineage
 # itself when it may (root), else the copy deploy/certbot-hook.sh makes on
@@ -136,14 +144,9 @@ if [ -r "$lineage/privkey.pem" ]; then
 elif [ -r "$tls_dir/privkey.pem" ] && [ -r "$tls_dir/fullchain.pem" ]; then
   cert_source=""
 elif [ -e "$lineage" ] || [ -n "$root" ]; then
-  die "cannot read $lineage/privkey.pem: as root, install the certbot hook once
-  install -m 0755 $repo/deploy/certbot-hook.sh /etc/letsencrypt/renewal-hooks/deploy/flownexus
-  FLOWNEXUS_DEPLOY_USER=$user RENEWED_LINEAGE=$lineage /etc/letsencrypt/renewal-hooks/deploy/flownexus"
+  die "cannot read $lineage/privkey.pem, and no copy in $tls_dir: as root, run deploy/setup-host.sh (it installs the certbot hook that copies it)"
 else
-  die "no certificate at $lineage: as root, run
-  certbot certonly --webroot -w /var/www/letsencrypt --cert-name $cert_name \\
-    -d $domain -d fw.$domain -d dashboard.$domain -d docs.$domain
-then install deploy/certbot-hook.sh as docs/operator-guide.md says"
+  die "no certificate at $lineage: as root, run deploy/setup-host.sh --domain $domain --cert-name $cert_name --email ADDRESS"
 fi
 [ -f "$repo/quadlet/flownexus.container" ] || die "run from a flownexus checkout ($repo has no quadlet/)"
 
@@ -151,12 +154,13 @@ fi
 for d in "$conf_dir" "$secrets_dir" "$state_dir" "$backup_dir" "$tls_dir"; do
   act install -d -m 0700 "$d"
 done
-act install -d -m 0755 "$unit_dir" "$www/flownexus/docs" "$www/flownexus/apex" "$www/letsencrypt"
-# The rendered nginx files go to a directory the deploy user owns (made
-# once by root, docs/operator-guide.md); nginx.conf includes them.
-[ -d "$nginx_dir" ] && [ -w "$nginx_dir" ] || [ "$dry_run" = 1 ] || [ -n "$root" ] ||
-  die "$nginx_dir must exist and be writable by $user: as root, install -d -o $user -m 0755 $nginx_dir"
-act install -d -m 0755 "$nginx_dir"
+# The rendered nginx files and the web roots go to directories the deploy
+# user owns (made once by root's setup-host.sh); nginx.conf includes them.
+for d in "$nginx_dir" "$www/flownexus"; do
+  [ -d "$d" ] && [ -w "$d" ] || [ "$dry_run" = 1 ] || [ -n "$root" ] ||
+    die "$d must exist and be writable by $user: as root, run deploy/setup-host.sh"
+done
+act install -d -m 0755 "$unit_dir" "$nginx_dir" "$www/flownexus/docs" "$www/flownexus/apex"
 
 # --- 3. environment file and secrets, first run only --------------------
 new_secret() {
@@ -216,12 +220,6 @@ sed "s|@DOMAIN@|$domain|g" "$repo/nginx/index.html.in" > "$rendered/index.html"
 if ! cmp -s "$rendered/index.html" "$www/flownexus/apex/index.html"; then
   act install -m 0644 "$rendered/index.html" "$www/flownexus/apex/index.html"
 fi
-# The documentation, when `make docs` built it in this checkout.
-if [ -f "$repo/target/docs/index.html" ]; then
-  act cp -r "$repo/target/docs/." "$www/flownexus/docs/"
-else
-  say "no target/docs in the checkout: run make docs to publish docs.$domain"
-fi
 nginx_test=(nginx -t)
 if [ -n "${NGINX_CONF:-}" ]; then nginx_test=(nginx -t -c "$NGINX_CONF"); fi
 changed=0
@@ -257,7 +255,11 @@ else
 fi
 
 # --- 5. lingering -------------------------------------------------------
-act loginctl enable-linger "$user"
+# Enabling it for oneself needs polkit's consent, which a session without
+# a seat (SSH, runuser) does not get: root's setup-host.sh enables it.
+if [ "$(loginctl show-user "$user" --property=Linger --value 2>/dev/null)" != yes ]; then
+  die "lingering is off for $user, so its units would stop at logout: as root, loginctl enable-linger $user (deploy/setup-host.sh does)"
+fi
 
 # --- 6. units -------------------------------------------------------------
 # The container unit names the image by revision; `install_units REV`
@@ -340,9 +342,25 @@ fi
 install_units "$revision"
 systemctl --user daemon-reload
 systemctl --user restart flownexus.service
+# The documentation this release carries (the image's docs stage), swapped
+# in whole so no page of an older release lingers.
+publish_docs() {
+  local rev=$1 cid docs="$www/flownexus/docs"
+  rm -rf "$docs.new" "$docs.old"
+  mkdir -p "$docs.new"
+  cid=$(podman create "$image_repo:$rev")
+  podman cp "$cid:/usr/share/doc/flownexus/html/." "$docs.new/"
+  podman rm "$cid" >/dev/null
+  [ -f "$docs.new/index.html" ] || die "the image $image_repo:$rev carries no documentation"
+  if [ -d "$docs" ]; then mv "$docs" "$docs.old"; fi
+  mv "$docs.new" "$docs"
+  rm -rf "$docs.old"
+}
+
 if healthy; then
   echo "$revision" > "$release_file.tmp" && mv "$release_file.tmp" "$release_file"
-  say "flownexus $revision is up and healthy"
+  publish_docs "$revision"
+  say "flownexus $revision is up and healthy; docs.$domain shows its documentation"
   exit 0
 fi
 

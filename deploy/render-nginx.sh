@@ -8,14 +8,21 @@
 # (127.0.0.1:8000), MAX_BODY (65m, fw.max_image_bytes' 64 MiB and the
 # form), CERT_DIR (/etc/letsencrypt/live/CERT_NAME), DOCS_ROOT, APEX_ROOT,
 # ACME_ROOT, IPV6 (on).
+#
+# --acme-only renders what a host without a certificate yet can load: the
+# port-80 server (certbot's webroot challenges, redirects) and an empty
+# stream file. deploy/setup-host.sh starts nginx on it to get the first
+# certificate by webroot, so renewals run the same way while nginx holds
+# port 80.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-domain="" cert_name="" out=""
+domain="" cert_name="" out="" acme_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --domain) domain=$2; shift 2 ;;
     --cert-name) cert_name=$2; shift 2 ;;
+    --acme-only) acme_only=1; shift ;;
     -*) echo "render-nginx: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
@@ -55,6 +62,14 @@ for name in flownexus-stream flownexus-http; do
   if grep -q '@[A-Z_]*@' "$out/$name.conf.tmp"; then
     echo "render-nginx: unrendered placeholder in $name.conf" >&2
     exit 1
+  fi
+  if [ "$acme_only" = 1 ]; then
+    # The first server block only (the file's header comment, then port 80).
+    awk '/^server \{/ { seen = 1 } { print } seen && /^\}/ { exit }' "$out/$name.conf.tmp" > "$out/$name.conf.acme"
+    mv "$out/$name.conf.acme" "$out/$name.conf.tmp"
+    if [ "$name" = flownexus-stream ]; then
+      echo "# No stream servers until the certificate exists (render-nginx.sh --acme-only)." > "$out/$name.conf.tmp"
+    fi
   fi
   mv "$out/$name.conf.tmp" "$out/$name.conf"
 done

@@ -15,7 +15,7 @@ use flownexus::store::tags::Tags;
 
 /// The stand-ins, sharing one state directory ($FAKE_STATE): the calls
 /// log, the images built, the release "running", the unit directory.
-const PODMAN: &str = r#"#!/usr/bin/env bash
+pub(super) const PODMAN: &str = r#"#!/usr/bin/env bash
 set -euo pipefail
 echo "podman $*" >> "$FAKE_STATE/calls.log"
 case "$1" in
@@ -25,10 +25,23 @@ case "$1" in
   tag) echo "$3" >> "$FAKE_STATE/images" ;;
   image) [ "$2" = exists ] && grep -qx "$3" "$FAKE_STATE/images" 2>/dev/null ;;
   exec)
-    # The healthcheck inside the running container: healthy unless the
-    # running image is the one the test made bad.
+    shift; while [ "${1#-}" != "$1" ]; do shift; done
+    [ "$1 $2" = "flownexus flownexus" ] || { echo "podman stand-in: exec into $1: $2" >&2; exit 2; }
+    shift 2
     running=$(cat "$FAKE_STATE/running" 2>/dev/null || true)
-    [ -n "$running" ] && [ "$running" != "${BAD_IMAGE:-}" ] ;;
+    [ -n "$running" ] || { echo "Error: no container with name or ID \"flownexus\" found" >&2; exit 125; }
+    # The healthcheck inside the running container: healthy unless the
+    # running image is the one the test made bad; any other command is the
+    # real binary on the volume.
+    if [ "$1" = healthcheck ]; then [ "$running" != "${BAD_IMAGE:-}" ]; exit; fi
+    exec "$FAKE_FLOWNEXUS" --data-dir "$FAKE_VOLUME" "$@" ;;
+  create) grep -qx "$2" "$FAKE_STATE/images"; echo "cid-$2" ;;
+  cp)
+    # The image's documentation (its docs stage), naming the image.
+    image=${2%:*}; image=${image#cid-}
+    [ "${2##*:}" = /usr/share/doc/flownexus/html/. ] || { echo "podman stand-in: cp $2" >&2; exit 2; }
+    echo "<html>documentation of $image</html>" > "$3/index.html" ;;
+  rm) ;;
   run)
     # A one-shot container of flownexus on the data volume: the real binary
     # on the test's data directory, /backups mapped to the host directory.
@@ -48,7 +61,7 @@ case "$1" in
 esac
 "#;
 
-const SYSTEMCTL: &str = r#"#!/usr/bin/env bash
+pub(super) const SYSTEMCTL: &str = r#"#!/usr/bin/env bash
 set -euo pipefail
 echo "systemctl $*" >> "$FAKE_STATE/calls.log"
 case "$*" in
@@ -63,8 +76,14 @@ case "$*" in
 esac
 "#;
 
-const LOGINCTL: &str = r#"#!/usr/bin/env bash
+/// Lingering as logind keeps it: `enable-linger` (root's) is remembered,
+/// `show-user` reports it.
+pub(super) const LOGINCTL: &str = r#"#!/usr/bin/env bash
 echo "loginctl $*" >> "$FAKE_STATE/calls.log"
+case "$1" in
+  enable-linger) echo "$2" >> "$FAKE_STATE/linger" ;;
+  show-user) grep -qx "$2" "$FAKE_STATE/linger" 2>/dev/null && echo yes || echo no ;;
+esac
 "#;
 
 /// `nginx -t` is the real nginx (with a prefix in the test's tree); a
@@ -98,6 +117,9 @@ impl Host {
         for d in [&bin, &state, &volume, &prefix] {
             std::fs::create_dir_all(d).unwrap();
         }
+        // Root's setup enabled lingering for the user running the deploy.
+        let me = Command::new("id").arg("-un").output().unwrap().stdout;
+        std::fs::write(state.join("linger"), me).unwrap();
         for (name, text) in [
             ("podman", PODMAN),
             ("systemctl", SYSTEMCTL),
@@ -152,6 +174,7 @@ impl Host {
                 "PATH",
                 format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap()),
             )
+            .env("HOME", "/home")
             .env("REVISION", revision)
             .env("HEALTH_POLL_S", "0.2")
             .env("NGINX_CONF", &self.nginx_conf)
@@ -235,8 +258,8 @@ fn deploy_script_sets_up_deploys_backs_up_and_rolls_back() {
     assert!(calls.iter().any(|c| c.starts_with("nginx -t -c ")), "{calls:?}");
     assert!(calls.contains(&"nginx -s reload".to_string()), "{calls:?}");
     assert!(
-        calls.iter().any(|c| c.starts_with("loginctl enable-linger ")),
-        "{calls:?}"
+        calls.iter().any(|c| c.starts_with("loginctl show-user ")),
+        "lingering is checked: {calls:?}"
     );
     assert!(calls.contains(&"systemctl --user daemon-reload".to_string()));
     assert!(
@@ -303,6 +326,12 @@ fn deploy_script_sets_up_deploys_backs_up_and_rolls_back() {
             .contains("\nImage=localhost/flownexus:rev1\n")
     );
     assert!(out.contains("first release: nothing to back up"), "{out}");
+    // The documentation the image carries is docs.<domain>'s.
+    let docs = host.root.join("var/www/flownexus/docs/index.html");
+    assert_eq!(
+        std::fs::read_to_string(&docs).unwrap(),
+        "<html>documentation of localhost/flownexus:rev1</html>\n"
+    );
     // The secrets are the first run's, byte for byte.
     for (s, bytes) in secrets.iter().zip(&secret_bytes) {
         assert_eq!(&std::fs::read(s).unwrap(), bytes, "{}", s.display());
@@ -343,6 +372,10 @@ fn deploy_script_sets_up_deploys_backs_up_and_rolls_back() {
     );
     assert_eq!(host.endpoints(), before, "the bad release's write is undone");
     assert!(
+        std::fs::read_to_string(&docs).unwrap().contains("flownexus:rev1<"),
+        "the rolled-back release's documentation stays"
+    );
+    assert!(
         std::fs::read_to_string(units.join("flownexus.container"))
             .unwrap()
             .contains("\nImage=localhost/flownexus:rev1\n")
@@ -379,11 +412,17 @@ fn deploy_script_sets_up_deploys_backs_up_and_rolls_back() {
     assert_eq!(tree(&host.root), snapshot);
     let calls = host.calls();
     assert!(
-        calls
-            .iter()
-            .all(|c| c.starts_with("podman version") || c.starts_with("podman image exists")),
+        calls.iter().all(|c| c.starts_with("podman version")
+            || c.starts_with("podman image exists")
+            || c.starts_with("loginctl show-user")),
         "{calls:?}"
     );
+
+    // Without lingering the units would stop at logout: refused, naming
+    // what root runs.
+    std::fs::write(host.state.join("linger"), "someone-else\n").unwrap();
+    let (ok, out) = host.deploy("rev4", None, &[]);
+    assert!(!ok && out.contains("loginctl enable-linger"), "{out}");
 
     // Bad input is refused before anything happens.
     let (ok, out) = host.deploy("rev5", None, &["--domain", "example.test;evil"]);
@@ -460,4 +499,107 @@ fn workflows_run_the_test_command_and_the_deploy_script_with_its_own_flags() {
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     assert!(!ok && out.contains("unknown option --no-such-flag"), "{out}");
+}
+
+/// The image builds from what its Containerfile copies: every file of this
+/// checkout that rustc or build.rs read for this very build (cargo's
+/// dependency files beside the test binary) is under a `COPY` of the build
+/// stage and not excluded by `.containerignore`; the docs stage copies the
+/// book, built by the mdBook version the Makefile pins.
+#[test]
+fn the_image_build_copies_every_file_the_compiler_reads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let containerfile = std::fs::read_to_string(root.join("deploy/Containerfile")).unwrap();
+    // Sources of each stage's COPY lines from the build context.
+    let mut stage = String::new();
+    let mut copied: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in containerfile.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["FROM", .., "AS", name] => stage = name.to_string(),
+            ["FROM", ..] => stage = "final".into(),
+            ["COPY", rest @ ..] if !rest.iter().any(|w| w.starts_with("--from")) => {
+                let (_, sources) = rest.split_last().unwrap();
+                copied
+                    .entry(stage.clone())
+                    .or_default()
+                    .extend(sources.iter().map(|s| s.trim_end_matches('/').to_string()));
+            }
+            _ => {}
+        }
+    }
+    let ignored: Vec<String> = std::fs::read_to_string(root.join(".containerignore"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .collect();
+
+    // What cargo recorded for this build: the library's and the build
+    // script's dependency files (stale ones from older builds may name
+    // files since removed; only files that exist count).
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let mut dep_files: Vec<PathBuf> = std::fs::read_dir(&deps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("flownexus-") && n.ends_with(".d")
+        })
+        .collect();
+    let build = deps.parent().unwrap().join("build");
+    for e in std::fs::read_dir(&build).unwrap() {
+        let dir = e.unwrap().path();
+        if dir.file_name().unwrap().to_string_lossy().starts_with("flownexus-") {
+            for f in std::fs::read_dir(&dir).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_some_and(|x| x == "d") {
+                    dep_files.push(f);
+                }
+            }
+        }
+    }
+    let mut read = std::collections::BTreeSet::new();
+    for f in &dep_files {
+        for line in std::fs::read_to_string(f).unwrap().lines() {
+            let Some((_, inputs)) = line.split_once(": ") else {
+                continue;
+            };
+            for input in inputs.split_whitespace() {
+                let p = Path::new(input);
+                let rel = p.strip_prefix(root).unwrap_or(p);
+                if rel.is_relative() && !rel.starts_with("target") && root.join(rel).is_file() {
+                    read.insert(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    for must in ["build.rs", "src/lib.rs", "askama.toml", "src/web/templates/base.html"] {
+        assert!(read.contains(must), "cargo's dependency files name {must}: {read:?}");
+    }
+    let build_stage = &copied["build"];
+    for file in &read {
+        assert!(
+            build_stage
+                .iter()
+                .any(|c| file == c || file.starts_with(&format!("{c}/"))),
+            "{file} is read by the build but not copied into the image's build stage ({build_stage:?})"
+        );
+        let top = file.split('/').next().unwrap();
+        assert!(
+            !ignored.iter().any(|i| i == top),
+            "{file} is excluded by .containerignore"
+        );
+    }
+    assert_eq!(copied["docs"], ["docs"], "the docs stage copies the book");
+    assert!(!ignored.contains(&"docs".to_string()));
+    let makefile = std::fs::read_to_string(root.join("Makefile")).unwrap();
+    let pinned = |text: &str| {
+        text.split("install mdbook --version ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+    };
+    assert_eq!(pinned(&containerfile), pinned(&makefile));
+    assert!(pinned(&makefile).is_some());
 }
