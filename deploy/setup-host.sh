@@ -147,7 +147,7 @@ act loginctl enable-linger "$user"
 
 # --- 3. directories the deploy user writes, nginx's check and reload --------
 act install -d -o "$user" -m 0755 "$etc/nginx/flownexus" "$root/var/www/flownexus"
-act install -d -m 0755 "$root/var/www/letsencrypt"
+act install -d -m 0755 "$root/var/www/letsencrypt" "$etc/sudoers.d"
 # The deploy user runs exactly these two as root, nothing else; it writes
 # the files nginx includes, so it is trusted with nginx's configuration.
 put "$etc/sudoers.d/flownexus" 0440 <<EOF
@@ -226,16 +226,16 @@ fi
 # `http {`.
 conf="$etc/nginx/nginx.conf"
 stream_include="include /etc/nginx/flownexus/flownexus-stream.conf;"
-http_include="    include /etc/nginx/flownexus/flownexus-http.conf;"
+http_include="include /etc/nginx/flownexus/flownexus-http.conf;"
 if ! grep -qF "$stream_include" "$conf"; then
   if [ "$dry_run" = 1 ]; then echo "would add to $conf: $stream_include"; else
     printf '\n# flownexus (deploy/setup-host.sh): SNI pass-through on 443\n%s\n' "$stream_include" >> "$conf"
   fi
 fi
-if ! grep -qF "${http_include# *}" "$conf"; then
+if ! grep -qF "$http_include" "$conf"; then
   grep -q '^http {' "$conf" || die "$conf has no 'http {' line to include the sites in"
-  if [ "$dry_run" = 1 ]; then echo "would add inside http { } of $conf: ${http_include# *}"; else
-    sed -i "/^http {/a\\$http_include" "$conf"
+  if [ "$dry_run" = 1 ]; then echo "would add inside http { } of $conf: $http_include"; else
+    sed -i "/^http {/a\\\t$http_include" "$conf"
   fi
 fi
 act nginx -t

@@ -42,6 +42,8 @@ mod nginx;
 mod profiles;
 #[path = "system/quadlet.rs"]
 mod quadlet;
+#[path = "system/setup_host.rs"]
+mod setup_host;
 #[path = "system/systemd.rs"]
 mod systemd;
 #[path = "system/wakaama.rs"]
