@@ -51,6 +51,12 @@ pub struct Cli {
     /// Firmware HTTPS listen address [env: FLOWNEXUS_FW_LISTEN].
     #[arg(long, global = true, help_heading = GLOBAL)]
     fw_listen: Option<SocketAddr>,
+    /// Commands that add (device add/import, user add, firmware add):
+    /// start a new database if the data directory has none. Without it
+    /// they refuse, so a command run in the wrong directory says so
+    /// instead of filling a database nobody serves.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    create: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -400,7 +406,7 @@ pub fn main() -> ExitCode {
         Err(_) => config.log.level.clone(),
     };
     crate::logging::init(&level, &config.log.target, &config.log.journal_socket);
-    match run(cli.command, config) {
+    match run(cli.command, config, cli.create) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flownexus: {e:#}");
@@ -430,7 +436,7 @@ fn set_sigpipe(command: &Command) {
     }
 }
 
-fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+fn run(command: Command, config: Config, create: bool) -> anyhow::Result<ExitCode> {
     set_sigpipe(&command);
     match command {
         Command::Serve => {
@@ -442,12 +448,12 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck => healthcheck::run(&config),
-        Command::Device(d) => device(d, &config),
-        Command::Firmware(f) => firmware(f, &config),
+        Command::Device(d) => device(d, &config, create),
+        Command::Firmware(f) => firmware(f, &config, create),
         Command::Campaign(c) => campaign::run(c, &open_store(&config)?),
         Command::Profile(p) => profile::run(p, &open_store(&config)?, &config),
         Command::Objects(o) => objects::run(o, &config),
-        Command::User(u) => user(u, &config),
+        Command::User(u) => user(u, &config, create),
         Command::Backup { file } => {
             let s = open_store(&config)?.backup_to(&file)?;
             println!(
@@ -477,10 +483,12 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn user(cmd: UserCommand, config: &Config) -> anyhow::Result<ExitCode> {
+fn user(cmd: UserCommand, config: &Config, create: bool) -> anyhow::Result<ExitCode> {
     use crate::users::{Role, check_name, hash_password};
-    crate::app::create_data_dir(&config.data_dir)?;
-    let store = Store::open(&config.database_path())?;
+    let store = match cmd {
+        UserCommand::Add { .. } => open_store_to_add(config, create)?,
+        _ => open_store(config)?,
+    };
     match cmd {
         UserCommand::Add { name, role } => {
             check_name(&name)?;
@@ -584,14 +592,29 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
     let path = config.database_path();
     if !path.exists() {
         bail!(
-            "no database at {} (run `flownexus serve` or give --data-dir)",
+            "no database at {}: is that the data directory you meant? Give --data-dir \
+             (or FLOWNEXUS_DATA_DIR), or run `flownexus serve` there first; \
+             commands that add take --create to start a new one",
             path.display()
         );
     }
     Store::open(&path).with_context(|| format!("opening {}", path.display()))
 }
 
-fn firmware(cmd: FirmwareCommand, config: &Config) -> anyhow::Result<ExitCode> {
+/// The store for a command that adds to it: a new one only when asked
+/// (`--create`). Run from the wrong directory, `device add --generate-psk`
+/// would otherwise print a key, shown once, that lands in a database no
+/// server reads.
+fn open_store_to_add(config: &Config, create: bool) -> anyhow::Result<Store> {
+    if !create {
+        return open_store(config);
+    }
+    crate::app::create_data_dir(&config.data_dir)?;
+    let path = config.database_path();
+    Store::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+fn firmware(cmd: FirmwareCommand, config: &Config, create: bool) -> anyhow::Result<ExitCode> {
     let catalogue = crate::firmware::Catalogue::new(&config.data_dir, config.fw.max_image_bytes);
     match cmd {
         FirmwareCommand::Add {
@@ -601,8 +624,7 @@ fn firmware(cmd: FirmwareCommand, config: &Config) -> anyhow::Result<ExitCode> {
             notes,
             uploader,
         } => {
-            crate::app::create_data_dir(&config.data_dir)?;
-            let mut store = Store::open(&config.database_path())?;
+            let mut store = open_store_to_add(config, create)?;
             let name = match name {
                 Some(n) => n,
                 None => file
@@ -728,13 +750,9 @@ fn parse_assignments(values: &[String]) -> anyhow::Result<Vec<WriteValue>> {
         .collect()
 }
 
-fn device(cmd: DeviceCommand, config: &Config) -> anyhow::Result<ExitCode> {
+fn device(cmd: DeviceCommand, config: &Config, create: bool) -> anyhow::Result<ExitCode> {
     let mut store = match &cmd {
-        // Adding a device is how an installation starts: create the store.
-        DeviceCommand::Add { .. } | DeviceCommand::Import { .. } => {
-            crate::app::create_data_dir(&config.data_dir)?;
-            Store::open(&config.database_path())?
-        }
+        DeviceCommand::Add { .. } | DeviceCommand::Import { .. } => open_store_to_add(config, create)?,
         _ => open_store(config)?,
     };
     let (endpoint, kind, op) = match cmd {

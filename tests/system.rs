@@ -1040,7 +1040,12 @@ fn cli_tags_devices() {
     let data = dir.path().to_str().unwrap().to_string();
     let run = |args: &[&str]| flownexus_cli(&data, args, "");
     let tags = || store(dir.path()).device("urn:imei:7").unwrap().tags;
-    let (ok, _, err) = run(&["device", "add", "urn:imei:7", "--tags", " west, pilot,west"]);
+    // A data directory without a database: adding refuses (a command run
+    // in the wrong directory must not start a new store) until --create.
+    let (ok, _, err) = run(&["device", "add", "urn:imei:7", "--generate-psk"]);
+    assert!(!ok && err.contains("no database at") && err.contains("--create"), "{err}");
+    assert!(!dir.path().join("flownexus.sqlite3").exists(), "nothing was created");
+    let (ok, _, err) = run(&["--create", "device", "add", "urn:imei:7", "--tags", " west, pilot,west"]);
     assert!(ok, "{err}");
     assert_eq!(tags(), "pilot,west");
     let (ok, out, err) = run(&["device", "tag", "urn:imei:7", "north , east"]);
@@ -1163,10 +1168,15 @@ fn users_are_managed_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
     let run = |args: &[&str], stdin: &str| flownexus_cli(&data, args, stdin);
-    let (ok, out, _) = run(&["user", "list"], "");
-    assert!(ok && out.trim().is_empty(), "no default user: {out}");
+    // Nothing is created by listing or adding in a directory without a
+    // database; --create starts one.
+    let (ok, _, err) = run(&["user", "list"], "");
+    assert!(!ok && err.contains("no database at"), "{err}");
+    let (ok, _, err) = run(&["user", "add", "alice", "--role", "admin"], "a long enough password\n");
+    assert!(!ok && err.contains("--create to start a new one"), "{err}");
+    assert!(!dir.path().join("flownexus.sqlite3").exists());
 
-    let (ok, _, err) = run(&["user", "add", "alice", "--role", "admin"], "short\n");
+    let (ok, _, err) = run(&["--create", "user", "add", "alice", "--role", "admin"], "short\n");
     assert!(!ok && err.contains("at least 12 characters"), "{err}");
     let (ok, _, err) = run(
         &["user", "add", "<script>", "--role", "admin"],
