@@ -1043,7 +1043,10 @@ fn cli_tags_devices() {
     // A data directory without a database: adding refuses (a command run
     // in the wrong directory must not start a new store) until --create.
     let (ok, _, err) = run(&["device", "add", "urn:imei:7", "--generate-psk"]);
-    assert!(!ok && err.contains("no database at") && err.contains("--create"), "{err}");
+    assert!(
+        !ok && err.contains("no database at") && err.contains("--create"),
+        "{err}"
+    );
     assert!(!dir.path().join("flownexus.sqlite3").exists(), "nothing was created");
     let (ok, _, err) = run(&["--create", "device", "add", "urn:imei:7", "--tags", " west, pilot,west"]);
     assert!(ok, "{err}");

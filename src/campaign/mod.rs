@@ -242,8 +242,8 @@ pub struct Target {
     /// Devices with this tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
-    /// Devices reporting this firmware version (`/3/0/3`), spelt as
-    /// [`crate::fota::same_version`] compares.
+    /// Devices reporting this firmware version (`/3/0/3`); `v1.2.3`,
+    /// `1_2_3` and `1.2.3` are the same version, case ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware_version: Option<String>,
     /// Devices of this model (`/3/0/1`), exactly.
@@ -305,6 +305,7 @@ impl Target {
 /// A campaign as the API, the CLI and the dashboard ask for one.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "NewCampaign")]
 pub struct Request {
     pub name: String,
     /// The catalogue image: its id or its name.

@@ -45,8 +45,8 @@ pub use component::{Carrier, Component, ComponentKind};
 use crate::lwm2m::operation::{OperationId, OperationKind, Outcome, WriteValue};
 use crate::lwm2m::path::{Record, ResourcePath};
 
-/// Where an update is. The final phases are `Succeeded`, `Failed` and
-/// `Cancelled`.
+/// Where an update is. The final phases are `succeeded`, `failed` and
+/// `cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {

@@ -31,7 +31,8 @@ pub enum OperationKind {
         path: ResourcePath,
     },
     /// Write (Core §6.3.3). `replace`: `true` Write-Replace (PUT), `false`
-    /// Partial Update (POST), absent what the path allows ([`write_method`]).
+    /// Partial Update (POST, an object instance only), absent what the path
+    /// allows: Partial Update for an instance, Replace for a resource.
     Write {
         path: ResourcePath,
         values: Vec<WriteValue>,

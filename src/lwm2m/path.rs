@@ -137,6 +137,7 @@ impl<'de> Deserialize<'de> for ResourcePath {
 /// A value as LwM2M data types define it (Core Appendix C).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "value", rename_all = "lowercase")]
+#[schemars(rename = "TypedValue")]
 pub enum Value {
     String(String),
     Integer(i64),

@@ -140,14 +140,87 @@ pub struct Field {
     pub meaning: String,
 }
 
+/// One alternative of a tagged union (`oneOf` of objects).
+pub struct Variant {
+    /// The tag's value that selects it (`read` for `"op": "read"`), or
+    /// its number when the union has no tag.
+    pub tag_value: String,
+    pub anchor: String,
+    pub description: String,
+    pub fields: Vec<Field>,
+}
+
+/// Values of an enumeration built of described alternatives.
+pub struct EnumValues {
+    pub values: Vec<String>,
+    pub meaning: String,
+}
+
 pub struct Schema {
     pub name: String,
     /// The anchor its links point at (`#name` in lower case).
     pub anchor: String,
     pub description: String,
     pub fields: Vec<Field>,
-    /// What a schema without fields is (an enumeration, an array, …).
+    /// A tagged union: the field that tells the alternatives apart (none
+    /// when they have no common tag) and each alternative's fields. When
+    /// the alternatives are another schema's, `union_of` names it instead.
+    pub tag: Option<String>,
+    pub variants: Vec<Variant>,
+    pub union_of: Option<String>,
+    /// An enumeration whose values come with meanings.
+    pub values: Vec<EnumValues>,
+    /// What a schema without fields, variants or values is (an array, a
+    /// plain enumeration, …).
     pub otherwise: TypeWords,
+}
+
+/// The fields of an object schema, in the document's (alphabetical) order.
+fn fields_of(sch: &Value) -> Vec<Field> {
+    let required: Vec<&str> = sch["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    sch["properties"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(field, p)| Field {
+            name: field.clone(),
+            kind: type_of(p),
+            required: required.contains(&field.as_str()),
+            meaning: p["description"].as_str().unwrap_or("").trim().to_string(),
+        })
+        .collect()
+}
+
+/// The single value a property is fixed to (`{"enum": ["read"]}`).
+fn constant(p: &Value) -> Option<&str> {
+    match p.get("enum")?.as_array()?.as_slice() {
+        [Value::String(v)] => Some(v),
+        _ => None,
+    }
+}
+
+/// The property every alternative fixes to a value of its own: serde's
+/// internally tagged enums (`#[serde(tag = "op")]`).
+fn union_tag(alternatives: &[Value]) -> Option<String> {
+    let first = alternatives.first()?["properties"].as_object()?;
+    first
+        .keys()
+        .find(|k| {
+            alternatives
+                .iter()
+                .all(|a| constant(&a["properties"][k.as_str()]).is_some())
+        })
+        .cloned()
+}
+
+fn alternatives(sch: &Value) -> &[Value] {
+    ["oneOf", "anyOf"]
+        .iter()
+        .find_map(|k| sch.get(*k).and_then(Value::as_array))
+        .map_or(&[], Vec::as_slice)
 }
 
 pub struct Reference {
@@ -235,32 +308,73 @@ pub fn reference(doc: &Value) -> Reference {
             }
         }
     }
-    let schemas = doc["components"]["schemas"]
-        .as_object()
-        .into_iter()
-        .flatten()
+    let all = doc["components"]["schemas"].as_object().cloned().unwrap_or_default();
+    let schemas = all
+        .iter()
         .map(|(name, sch)| {
-            let required: Vec<&str> = sch["required"]
-                .as_array()
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let fields: Vec<Field> = sch["properties"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(field, p)| Field {
-                    name: field.clone(),
-                    kind: type_of(p),
-                    required: required.contains(&field.as_str()),
-                    meaning: s(&p["description"]).trim().to_string(),
+            let anchor = name.to_lowercase();
+            let fields = fields_of(sch);
+            let alts = alternatives(sch);
+            let objects = !alts.is_empty() && alts.iter().all(|a| a.get("properties").is_some());
+            let enums = !alts.is_empty() && alts.iter().all(|a| a.get("enum").is_some());
+            // A union another schema already is (a flattened field) is
+            // named, not spelt out twice.
+            let union_of = objects
+                .then(|| {
+                    all.iter()
+                        .find(|(other, o)| *other != name && fields_of(o).is_empty() && alternatives(o) == alts)
+                        .map(|(other, _)| other.clone())
                 })
-                .collect();
+                .flatten();
+            let tag = if objects { union_tag(alts) } else { None };
+            let variants = if objects && union_of.is_none() {
+                alts.iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let tag_value = tag
+                            .as_deref()
+                            .and_then(|t| constant(&a["properties"][t]))
+                            .map_or_else(|| (i + 1).to_string(), str::to_string);
+                        Variant {
+                            anchor: format!("{anchor}-{tag_value}"),
+                            tag_value,
+                            description: s(&a["description"]).trim().to_string(),
+                            fields: fields_of(a)
+                                .into_iter()
+                                .filter(|f| Some(&f.name) != tag.as_ref())
+                                .collect(),
+                        }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let values: Vec<EnumValues> = if enums {
+                alts.iter()
+                    .map(|a| EnumValues {
+                        values: a["enum"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                            .collect(),
+                        meaning: s(&a["description"]).trim().to_string(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let plain = fields.is_empty() && variants.is_empty() && union_of.is_none() && values.is_empty();
             Schema {
                 name: name.clone(),
-                anchor: name.to_lowercase(),
+                anchor,
                 description: s(&sch["description"]).trim().to_string(),
-                otherwise: if fields.is_empty() { type_of(sch) } else { Vec::new() },
+                otherwise: if plain { type_of(sch) } else { Vec::new() },
                 fields,
+                tag,
+                variants,
+                union_of,
+                values,
             }
         })
         .collect();
@@ -288,6 +402,71 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
 
+/// A worked example: what it does, and a shell script of curl calls.
+/// `tests/system/web.rs` runs every one against a server with a simulated
+/// device, so none can go stale.
+pub struct Example {
+    pub title: &'static str,
+    pub intro: &'static str,
+    pub script: &'static str,
+}
+
+/// What the examples assume is set.
+pub const EXAMPLE_SETUP: &str = "FNX=https://dashboard.example.com
+TOKEN=fnx_...                 # an API token: the Tokens page, or POST /api/v1/tokens
+EP=urn:imei:351234567890123   # a device's endpoint name";
+
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        title: "Read a resource",
+        intro: "An operation is queued and goes out when the device is reachable (a \
+                queue-mode device: at its next uplink); the answer, 202, is the \
+                operation. Its `state` goes `queued`, `sent`, `succeeded` (or `failed`, \
+                `expired`), and `result` then holds the values.",
+        script: r#"op=$(curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"op":"read","path":"/3/0/0"}' "$FNX/api/v1/devices/$EP/operations" | jq .id)
+curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN" "$FNX/api/v1/operations/$op" | jq '{state, result}'"#,
+    },
+    Example {
+        title: "Write a resource",
+        intro: "Values are text, typed with the object's model (Core §7.4.1's text \
+                forms; opaque as hex). A resource is written with Write-Replace; \
+                `\"replace\": false` on an object instance is a Partial Update.",
+        script: r#"curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"op":"write","path":"/3/0/15","values":[{"path":"/3/0/15","value":"Europe/Berlin"}]}' \
+  "$FNX/api/v1/devices/$EP/operations""#,
+    },
+    Example {
+        title: "Execute a resource",
+        intro: "Here the temperature sensor's Reset Min and Max Measured Values \
+                (IPSO 3303, resource 5605); `args` carries Execute's arguments.",
+        script: r#"curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"op":"execute","path":"/3303/0/5605"}' "$FNX/api/v1/devices/$EP/operations""#,
+    },
+    Example {
+        title: "Upload an image and update one device",
+        intro: "The version comes from the image (its MCUboot header); the update \
+                runs through Object 5 (or 33629) and its timeline is at \
+                `GET /api/v1/updates/{id}`.",
+        script: r#"curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/octet-stream' \
+  --data-binary @app-1.2.0.bin "$FNX/api/v1/firmware?name=app-1.2.0.bin" | jq '{id, version}'
+curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"image":"app-1.2.0.bin"}' "$FNX/api/v1/devices/$EP/updates" | jq '{id, phase}'"#,
+    },
+    Example {
+        title: "A campaign, paused and resumed",
+        intro: "Every device tagged `plant-a` in three waves, new starts only between \
+                01:00 and 05:00 Berlin time; devices already on the image's version \
+                are skipped.",
+        script: r#"id=$(curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"name":"plant-a to 1.2.0","image":"app-1.2.0.bin","target":{"tag":"plant-a"},
+       "waves":[10,"50%","100%"],"window":"01:00-05:00","time_zone":"Europe/Berlin"}' \
+  "$FNX/api/v1/campaigns" | jq .id)
+curl -sS --fail-with-body -X POST -H "Authorization: Bearer $TOKEN" "$FNX/api/v1/campaigns/$id/pause" | jq .state
+curl -sS --fail-with-body -X POST -H "Authorization: Bearer $TOKEN" "$FNX/api/v1/campaigns/$id/resume" | jq .state"#,
+    },
+];
+
 /// `docs/api.md`.
 pub fn markdown(doc: &Value) -> String {
     let r = reference(doc);
@@ -305,6 +484,15 @@ pub fn markdown(doc: &Value) -> String {
          named under each operation, except where it says *public*. Errors have one body, \
          [ErrorBody](#errorbody).\n\n",
     );
+    out.push_str(&format!(
+        "## Examples\n\nWith curl and jq, after\n\n```sh\n{EXAMPLE_SETUP}\n```\n\n"
+    ));
+    for e in EXAMPLES {
+        out.push_str(&format!(
+            "### {}\n\n{}\n\n```sh\n{}\n```\n\n",
+            e.title, e.intro, e.script
+        ));
+    }
     for section in &r.sections {
         out.push_str(&format!("## {}\n\n", section.tag));
         for op in &section.operations {
@@ -345,23 +533,64 @@ pub fn markdown(doc: &Value) -> String {
         if !sch.description.is_empty() {
             out.push_str(&format!("{}\n\n", sch.description));
         }
-        if sch.fields.is_empty() {
+        if !sch.otherwise.is_empty() {
             out.push_str(&format!("{}\n\n", md_type(&sch.otherwise)));
-            continue;
         }
-        out.push_str("| field | type | required | meaning |\n| --- | --- | --- | --- |\n");
-        for f in &sch.fields {
+        if !sch.values.is_empty() {
+            out.push_str("| value | meaning |\n| --- | --- |\n");
+            for v in &sch.values {
+                let shown: Vec<String> = v.values.iter().map(|x| format!("`{x}`")).collect();
+                out.push_str(&format!("| {} | {} |\n", shown.join(", "), cell(&v.meaning)));
+            }
+            out.push('\n');
+        }
+        md_fields(&mut out, &sch.fields);
+        if let Some(other) = &sch.union_of {
             out.push_str(&format!(
-                "| `{}` | {} | {} | {} |\n",
-                f.name,
-                cell(&md_type(&f.kind)),
-                if f.required { "yes" } else { "no" },
-                cell(&f.meaning),
+                "{} the fields of one [{other}](#{}).\n\n",
+                if sch.fields.is_empty() { "Exactly" } else { "And" },
+                other.to_lowercase()
             ));
         }
-        out.push('\n');
+        if !sch.variants.is_empty() {
+            match &sch.tag {
+                Some(t) => out.push_str(&format!("One of these objects, told apart by `{t}`:\n\n")),
+                None => out.push_str("One of these objects:\n\n"),
+            }
+            for v in &sch.variants {
+                match &sch.tag {
+                    Some(t) => out.push_str(&format!("#### `\"{t}\": \"{}\"`\n\n", v.tag_value)),
+                    None => out.push_str(&format!("#### variant {}\n\n", v.tag_value)),
+                }
+                if !v.description.is_empty() {
+                    out.push_str(&format!("{}\n\n", v.description));
+                }
+                if v.fields.is_empty() {
+                    out.push_str("No other fields.\n\n");
+                }
+                md_fields(&mut out, &v.fields);
+            }
+        }
     }
     out
+}
+
+/// A table of fields, if there are any.
+fn md_fields(out: &mut String, fields: &[Field]) {
+    if fields.is_empty() {
+        return;
+    }
+    out.push_str("| field | type | required | meaning |\n| --- | --- | --- | --- |\n");
+    for f in fields {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            f.name,
+            cell(&md_type(&f.kind)),
+            if f.required { "yes" } else { "no" },
+            cell(&f.meaning),
+        ));
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]

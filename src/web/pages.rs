@@ -682,6 +682,8 @@ pub fn events(ctx: &mut Ctx<'_>) -> WebResult {
 struct ApiPage {
     chrome: Chrome,
     r: &'static crate::web::api_reference::Reference,
+    setup: &'static str,
+    examples: &'static [crate::web::api_reference::Example],
 }
 
 /// The REST API reference, rendered on the server from the OpenAPI
@@ -692,6 +694,8 @@ pub fn api_reference(ctx: &mut Ctx<'_>) -> WebResult {
     render(&ApiPage {
         chrome: chrome(ctx, "API tokens")?,
         r,
+        setup: crate::web::api_reference::EXAMPLE_SETUP,
+        examples: crate::web::api_reference::EXAMPLES,
     })
 }
 

@@ -1616,3 +1616,76 @@ async fn reads(dir: &Path, endpoint: &str, paths: &[&str]) {
         );
     }
 }
+
+/// The curl examples of the API reference (docs/api.md), run as written
+/// with bash, curl and jq against a server with a simulated device: each
+/// exits 0 and does what it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_reference_examples_run_as_written() {
+    use flownexus::web::api_reference::{EXAMPLE_SETUP, EXAMPLES};
+    let dir = tempfile::tempdir().unwrap();
+    let (running, addr) = start(dir.path(), |_| {}).await;
+    super::without_onboarding(dir.path());
+    let endpoint = EXAMPLE_SETUP
+        .lines()
+        .find_map(|l| l.strip_prefix("EP="))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let _fleet = fleet(&running, vec![device(&endpoint)]).await;
+    let s = store(dir.path());
+    for i in 0..2 {
+        s.add_device(&format!("plant-a-{i}"), None, &Tags::parse("plant-a").unwrap())
+            .unwrap();
+    }
+    super::wait_for("the device's registration", Duration::from_secs(20), || {
+        s.registrations().unwrap().iter().any(|r| r.endpoint == endpoint)
+    })
+    .await;
+    // An MCUboot image of version 1.2.0 (ih_ver at byte 20).
+    let mut image = 0x96f3_b83du32.to_le_bytes().to_vec();
+    image.extend((0..4096u32).map(|i| (i % 251) as u8));
+    image[20..28].copy_from_slice(&[1, 2, 0, 0, 0, 0, 0, 0]);
+    std::fs::write(dir.path().join("app-1.2.0.bin"), &image).unwrap();
+    let token = Keys::new(dir.path()).token("operator", Role::Operator);
+
+    let mut outputs = Vec::new();
+    for e in EXAMPLES {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!("set -euo pipefail\n{}", e.script))
+            .current_dir(dir.path())
+            .env("FNX", format!("http://{addr}"))
+            .env("TOKEN", &token)
+            .env("EP", &endpoint);
+        // Off the runtime's threads: the server answers on them.
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let (ok, text) = super::outcome(&out);
+        assert!(ok, "example {:?} failed:\n{text}", e.title);
+        outputs.push(text);
+    }
+    let said = outputs.join("\n");
+    for shown in ["\"version\": \"1.2.0+0\"", "\"phase\": \"", "\"paused\"", "\"running\""] {
+        assert!(said.contains(shown), "{shown} in:\n{said}");
+    }
+    // What they did, seen from the store.
+    for (kind, path) in [("read", "/3/0/0"), ("write", "/3/0/15"), ("execute", "/3303/0/5605")] {
+        wait_for(&format!("{kind} {path} to succeed"), Duration::from_secs(20), || {
+            s.operations_of(&endpoint, 20).unwrap().iter().any(|o| {
+                let k = serde_json::to_value(&o.kind).unwrap();
+                k["op"] == kind
+                    && k["path"] == path
+                    && o.state == flownexus::lwm2m::operation::OperationState::Succeeded
+            })
+        })
+        .await;
+    }
+    assert_eq!(s.firmware("app-1.2.0.bin").unwrap().version, "1.2.0+0");
+    assert_eq!(s.updates_of(&endpoint, 5).unwrap().len(), 1);
+    let campaigns = s.campaigns(5).unwrap();
+    assert_eq!(campaigns.len(), 1);
+    assert_eq!(campaigns[0].name, "plant-a to 1.2.0");
+    running.stop().await;
+}
