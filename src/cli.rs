@@ -374,20 +374,55 @@ enum DeviceCommand {
 }
 
 impl Cli {
-    fn load_config(&self) -> anyhow::Result<Config> {
-        let flags = Overrides {
+    fn flags(&self) -> Overrides {
+        Overrides {
             data_dir: self.data_dir.clone(),
             coap_listen: self.coap_listen,
             coaps_listen: self.coaps_listen,
             http_listen: self.http_listen,
             fw_listen: self.fw_listen,
-        };
-        Ok(Config::load(self.config.as_deref(), &process_env(), &flags)?)
+        }
+    }
+
+    fn load_config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.config.as_deref(), &process_env(), &self.flags())?)
+    }
+}
+
+/// `print-config`: the merged configuration even when it has problems,
+/// each marked beside its key; exit 2 while there are any.
+fn print_config(cli: &Cli) -> ExitCode {
+    match Config::inspect(cli.config.as_deref(), &process_env(), &cli.flags()) {
+        Ok(seen) => {
+            print!("{}", seen.annotated());
+            if seen.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("flownexus: {}", crate::error::Error::Configuration(seen.problems));
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("flownexus: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // FLOWNEXUS_LOG is not a config key but is held to the same rule: an
+    // invalid value stops start-up, naming it (docs/configuration.md).
+    let log_override = std::env::var("FLOWNEXUS_LOG").ok();
+    if let Some(v) = &log_override
+        && v.parse::<log::LevelFilter>().is_err()
+    {
+        eprintln!("flownexus: FLOWNEXUS_LOG: `{v}` is not a log level (off, error, warn, info, debug, trace)");
+        return ExitCode::from(2);
+    }
+    if matches!(cli.command, Command::PrintConfig) {
+        return print_config(&cli);
+    }
     let config = match cli.load_config() {
         Ok(c) => c,
         Err(e) => {
@@ -395,16 +430,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // FLOWNEXUS_LOG is not a config key but is held to the same rule: an
-    // invalid value stops start-up, naming it (docs/configuration.md).
-    let level = match std::env::var("FLOWNEXUS_LOG") {
-        Ok(v) if v.parse::<log::LevelFilter>().is_err() => {
-            eprintln!("flownexus: FLOWNEXUS_LOG: `{v}` is not a log level (off, error, warn, info, debug, trace)");
-            return ExitCode::from(2);
-        }
-        Ok(v) => v,
-        Err(_) => config.log.level.clone(),
-    };
+    let level = log_override.unwrap_or_else(|| config.log.level.clone());
     crate::logging::init(&level, &config.log.target, &config.log.journal_socket);
     match run(cli.command, config, cli.create) {
         Ok(code) => code,
@@ -443,6 +469,8 @@ fn run(command: Command, config: Config, create: bool) -> anyhow::Result<ExitCod
             runtime()?.block_on(crate::app::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        // main answers it before loading (print_config); a valid
+        // configuration prints the same here.
         Command::PrintConfig => {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)

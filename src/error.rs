@@ -11,6 +11,10 @@ pub enum Error {
     #[error("config key `{key}`: {reason}")]
     Config { key: String, reason: String },
 
+    /// Everything wrong with a configuration, found in one reading.
+    #[error("{}", configuration_problems(.0))]
+    Configuration(Vec<crate::config::Problem>),
+
     /// Bytes from the network or a file that do not decode.
     #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
@@ -46,12 +50,10 @@ pub enum Error {
     #[error("store: {0}")]
     Store(#[from] rusqlite::Error),
 
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Said once: the message carries the I/O error, so it is not also a
+    /// `source` (anyhow's `{:#}` would print it twice).
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
 }
 
 impl Error {
@@ -66,6 +68,20 @@ impl Error {
         Error::Config {
             key: key.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+/// One problem as one line, as before; several as a list.
+fn configuration_problems(problems: &[crate::config::Problem]) -> String {
+    match problems {
+        [one] => format!("config key `{}`: {}", one.key, one.reason),
+        many => {
+            let mut out = format!("{} configuration problems:", many.len());
+            for p in many {
+                out.push_str(&format!("\n  {}: {}", p.key, p.reason));
+            }
+            out
         }
     }
 }

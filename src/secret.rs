@@ -23,7 +23,7 @@ pub fn random<const N: usize>() -> Result<[u8; N]> {
 pub fn load_or_create(path: &Path, key: &str) -> Result<Vec<u8>> {
     let io = |source| Error::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     };
     if !path.exists() {
         use std::io::Write;

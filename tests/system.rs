@@ -937,6 +937,29 @@ fn bad_config_fails_at_start_naming_the_key() {
         "{said}"
     );
     assert!(!said.contains("config key"), "{said}");
+    // Every problem at once, in words; print-config shows the merged rest
+    // with each problem beside its key, and exits 2.
+    std::fs::write(
+        &file,
+        "[coap]\nack_timout_ms = 5\nnstart = \"one\"\n[http]\nlisten = \"localhost:8000\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["--config", file.to_str().unwrap(), "print-config"])
+        .output()
+        .unwrap();
+    let (text, said) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.starts_with("flownexus: 3 configuration problems:"), "{said}");
+    assert!(said.contains("did you mean `coap.ack_timeout_ms`?"), "{said}");
+    assert!(
+        text.contains("\nnstart = 1  # ERROR: expected a whole number, 0 or more, got text \"one\""),
+        "{text}"
+    );
+    assert!(text.contains("a host name such as localhost is not accepted"), "{text}");
     let ok = Command::new(bin)
         .args([
             "--data-dir",

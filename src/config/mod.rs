@@ -7,16 +7,35 @@
 //! Unknown keys, in the file or in the environment, are rejected; validation
 //! runs once and names the offending key.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-
+mod load;
 pub mod reference;
+mod validate;
+
+use load::{FILE_ONLY_KEYS, env_name, get_path};
+pub use load::{Inspection, process_env};
+
+/// One thing wrong with the configuration: the dotted key (or the
+/// environment variable) and what is wrong, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
 
 /// Environment variable prefix for every key.
 pub const ENV_PREFIX: &str = "FLOWNEXUS_";
@@ -459,288 +478,6 @@ pub struct Overrides {
 }
 
 impl Config {
-    /// Build the effective configuration from every layer and validate it.
-    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<Config> {
-        let text = match file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|source| Error::Io {
-                path: path.to_owned(),
-                source,
-            })?),
-            None => None,
-        };
-        let named = file.zip(text.as_deref()).map(|(p, t)| (p.display().to_string(), t));
-        Config::load_text(named.as_ref().map(|(n, t)| (n.as_str(), *t)), env, flags)
-    }
-
-    /// [`Config::load`] with the file's text given: `(name, text)`, the
-    /// name for errors about the file as a whole.
-    pub fn load_text(file: Option<(&str, &str)>, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<Config> {
-        let file_tree = match file {
-            Some((name, text)) => {
-                // Not a key's value but the file itself: named as a file.
-                Some(toml::from_str::<toml::Table>(text).map_err(|e| Error::Malformed {
-                    what: "configuration file",
-                    reason: format!("{name}: {e}"),
-                })?)
-            }
-            None => None,
-        };
-        // The mode picks the defaults the other layers go over, so it is
-        // found first, with the development defaults below it.
-        let tree = Config::layered(Mode::Development, file_tree.clone(), env, flags)?;
-        let tree = match get_path(&tree, "mode").and_then(toml::Value::as_str) {
-            Some("production") => Config::layered(Mode::Production, file_tree, env, flags)?,
-            _ => tree,
-        };
-        // Deserialise from text so a type error carries a span we can turn
-        // back into the dotted key it belongs to.
-        let text = toml::to_string(&tree).expect("a table serialises");
-        let mut config: Config =
-            toml::from_str(&text).map_err(|e| Error::config(key_at(&text, &e), e.message().to_string()))?;
-        config.validate()?;
-        config.data_dir = absolute(&config.data_dir)?;
-        for p in [
-            &mut config.lwm2m.models_dir,
-            &mut config.fw.cert_file,
-            &mut config.fw.key_file,
-            &mut config.fw.token_secret_file,
-            &mut config.http.secret_file,
-        ] {
-            if let Some(dir) = p.as_ref() {
-                *p = Some(absolute(dir)?);
-            }
-        }
-        for s in &mut config.fw.sni {
-            s.cert_file = absolute(&s.cert_file)?;
-            s.key_file = absolute(&s.key_file)?;
-        }
-        Ok(config)
-    }
-
-    /// `mode`'s defaults with the file, the environment and the flags over them.
-    fn layered(
-        mode: Mode,
-        file: Option<toml::Table>,
-        env: &BTreeMap<String, String>,
-        flags: &Overrides,
-    ) -> Result<toml::Table> {
-        let mut tree = toml::Table::try_from(Config::defaults(mode)).expect("the default config serialises to a table");
-        if let Some(file_tree) = file {
-            merge(&mut tree, file_tree, "")?;
-        }
-        apply_env(&mut tree, env)?;
-        let set = |tree: &mut toml::Table, key: &str, v: String| set_path(tree, key, v.into());
-        if let Some(d) = &flags.data_dir {
-            set(&mut tree, "data_dir", d.display().to_string());
-        }
-        for (key, addr) in [
-            ("coap.listen", flags.coap_listen),
-            ("coaps.listen", flags.coaps_listen),
-            ("http.listen", flags.http_listen),
-            ("fw.listen", flags.fw_listen),
-        ] {
-            if let Some(a) = addr {
-                set(&mut tree, key, a.to_string());
-            }
-        }
-        Ok(tree)
-    }
-
-    /// Checks that serde cannot express; each error names its key.
-    pub fn validate(&self) -> Result<()> {
-        let h = &self.http;
-        if h.enabled && h.public_url.is_none() && self.mode == Mode::Production {
-            // Behind nginx the browser's origin is https://dashboard.<domain>;
-            // without it every form would be refused as cross-origin.
-            return Err(Error::config(
-                "http.public_url",
-                "required in production: the URL operators use, e.g. https://dashboard.example.com",
-            ));
-        }
-        if let Some(url) = &h.public_url
-            && crate::web::auth::Origin::parse(url).is_none()
-        {
-            return Err(Error::config(
-                "http.public_url",
-                "must be http:// or https:// and a host, without a path, e.g. https://dashboard.example.com",
-            ));
-        }
-        for (key, v) in [
-            ("http.session_idle_timeout_s", h.session_idle_timeout_s),
-            ("http.session_max_age_s", h.session_max_age_s),
-            ("http.login_window_s", h.login_window_s),
-            ("http.setup_link_ttl_s", h.setup_link_ttl_s),
-            ("health.probe_interval_s", self.health.probe_interval_s),
-            ("health.ready_timeout_s", self.health.ready_timeout_s),
-            (
-                "http.login_failures_per_account",
-                u64::from(h.login_failures_per_account),
-            ),
-            (
-                "http.login_failures_per_address",
-                u64::from(h.login_failures_per_address),
-            ),
-        ] {
-            if v == 0 {
-                return Err(Error::config(key, "must be > 0"));
-            }
-        }
-        if h.max_body_bytes < 1024 {
-            return Err(Error::config("http.max_body_bytes", "must be at least 1024"));
-        }
-        if !["auto", "journal", "stderr"].contains(&self.log.target.as_str()) {
-            return Err(Error::config("log.target", "must be auto, journal or stderr"));
-        }
-        let f = &self.fw;
-        if !(256..=16_408).contains(&f.max_record_bytes) {
-            return Err(Error::config("fw.max_record_bytes", "must be between 256 and 16408"));
-        }
-        if f.cert_file.is_some() != f.key_file.is_some() {
-            return Err(Error::config(
-                "fw.cert_file",
-                "fw.cert_file and fw.key_file go together",
-            ));
-        }
-        if f.max_image_bytes == 0 {
-            return Err(Error::config("fw.max_image_bytes", "must be > 0"));
-        }
-        if let Some(url) = &f.public_url
-            && crate::web::auth::Origin::parse(url).is_none()
-        {
-            return Err(Error::config(
-                "fw.public_url",
-                "must be https:// (or http://) and a host, without a path, e.g. https://fw.example.com",
-            ));
-        }
-        if let Some(url) = &f.coap_public_url {
-            let authority = url.strip_prefix("coaps://").or_else(|| url.strip_prefix("coap://"));
-            if authority.is_none_or(|a| a.is_empty() || a.contains('/')) {
-                return Err(Error::config(
-                    "fw.coap_public_url",
-                    "must be coaps:// (or coap://) and a host, without a path, e.g. coaps://lwm2m.example.com:5684",
-                ));
-            }
-        }
-        if f.enabled && f.public_url.is_none() && self.mode == Mode::Production {
-            // Every Package URI starts with it; a guessed one strands devices.
-            return Err(Error::config(
-                "fw.public_url",
-                "required in production: the URL devices download firmware from, e.g. https://fw.example.com",
-            ));
-        }
-        let u = &self.fota;
-        for (key, v) in [
-            ("fota.download_timeout_s", u.download_timeout_s),
-            ("fota.update_timeout_s", u.update_timeout_s),
-            ("fota.retry_backoff_s", u.retry_backoff_s),
-            ("fota.token_ttl_s", u.token_ttl_s),
-        ] {
-            if v == 0 {
-                return Err(Error::config(key, "must be > 0"));
-            }
-        }
-        if f.cache_bytes < f.max_image_bytes {
-            // Images are served from memory: the largest must fit.
-            return Err(Error::config("fw.cache_bytes", "must be >= fw.max_image_bytes"));
-        }
-        if f.handshake_timeout_s == 0 || f.idle_timeout_s == 0 {
-            return Err(Error::config("fw.handshake_timeout_s", "timeouts must be > 0"));
-        }
-        if f.cert_file.is_none() && f.dev_names.is_empty() {
-            return Err(Error::config(
-                "fw.dev_names",
-                "needs at least one name when no fw.cert_file is given",
-            ));
-        }
-        if !self.coap.enabled && !self.coaps.enabled {
-            return Err(Error::config(
-                "coap.enabled",
-                "devices need a transport: enable coap or coaps (or both)",
-            ));
-        }
-        let d = &self.coaps;
-        if d.max_sessions == 0 || d.max_handshakes == 0 {
-            return Err(Error::config("coaps.max_handshakes", "session caps must be > 0"));
-        }
-        if d.handshake_timeout_s == 0 || d.session_idle_timeout_s == 0 {
-            return Err(Error::config("coaps.handshake_timeout_s", "timeouts must be > 0"));
-        }
-        if d.shards > 64 {
-            return Err(Error::config("coaps.shards", "must be <= 64"));
-        }
-        crate::dtls::suites::cipher_suites(&d.cipher_suites)
-            .map_err(|reason| Error::config("coaps.cipher_suites", reason))?;
-        let c = &self.coap;
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(Error::config("data_dir", "must not be empty"));
-        }
-        if self.mode == Mode::Production && self.data_dir.is_relative() {
-            return Err(Error::config("data_dir", "must be an absolute path in production mode"));
-        }
-        if c.ack_timeout_ms == 0 {
-            return Err(Error::config("coap.ack_timeout_ms", "must be > 0"));
-        }
-        if !(1.0..=10.0).contains(&c.ack_random_factor) {
-            return Err(Error::config(
-                "coap.ack_random_factor",
-                "must be between 1.0 and 10.0 (RFC 7252 §4.8)",
-            ));
-        }
-        if c.max_retransmit > 20 {
-            return Err(Error::config("coap.max_retransmit", "must be <= 20"));
-        }
-        if c.nstart == 0 {
-            return Err(Error::config("coap.nstart", "must be >= 1"));
-        }
-        if !(16..=1024).contains(&c.block_size) || !c.block_size.is_power_of_two() {
-            return Err(Error::config(
-                "coap.block_size",
-                "must be a power of two from 16 to 1024 (RFC 7959 §2.2)",
-            ));
-        }
-        if c.max_body_size < c.block_size {
-            return Err(Error::config("coap.max_body_size", "must be >= coap.block_size"));
-        }
-        let l = &self.lwm2m;
-        if l.min_lifetime_s == 0 || l.min_lifetime_s > l.max_lifetime_s {
-            return Err(Error::config(
-                "lwm2m.min_lifetime_s",
-                "must be >= 1 and <= lwm2m.max_lifetime_s",
-            ));
-        }
-        if l.unprovisioned_per_source == 0 {
-            return Err(Error::config(
-                "lwm2m.unprovisioned_per_source",
-                "must be >= 1 (use unknown_endpoints = \"reject\" to admit none)",
-            ));
-        }
-        if l.unprovisioned_per_source_per_min == 0 {
-            return Err(Error::config(
-                "lwm2m.unprovisioned_per_source_per_min",
-                "must be >= 1 (use unknown_endpoints = \"reject\" to admit none)",
-            ));
-        }
-        if l.unverified_firmware_gets_per_s == 0 {
-            return Err(Error::config("lwm2m.unverified_firmware_gets_per_s", "must be >= 1"));
-        }
-        if l.operation_max_attempts == 0 {
-            return Err(Error::config("lwm2m.operation_max_attempts", "must be >= 1"));
-        }
-        if self.store.batch_size == 0 {
-            return Err(Error::config("store.batch_size", "must be >= 1"));
-        }
-        if self.store.history_flush_values == 0 {
-            return Err(Error::config("store.history_flush_values", "must be >= 1"));
-        }
-        if self.log.level.parse::<log::LevelFilter>().is_err() {
-            return Err(Error::config(
-                "log.level",
-                "must be one of error, warn, info, debug, trace",
-            ));
-        }
-        Ok(())
-    }
-
     pub fn ack_timeout(&self) -> Duration {
         Duration::from_millis(self.coap.ack_timeout_ms)
     }
@@ -763,168 +500,10 @@ impl Config {
     }
 }
 
-/// The dotted key at the error's position in `text` (written by
-/// `toml::to_string`: `[section]` headers and one `key = value` a line).
-fn key_at(text: &str, e: &toml::de::Error) -> String {
-    let Some(span) = e.span() else {
-        return "config".into();
-    };
-    let before = &text[..span.start.min(text.len())];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split('=').next().unwrap_or("").trim();
-    let section = before[..line_start]
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
-    match (section, key.is_empty() || key.starts_with('[')) {
-        (_, true) => e.message().lines().next().unwrap_or("config").to_string(),
-        (Some(s), false) => format!("{s}.{key}"),
-        (None, false) => key.to_string(),
-    }
-}
-
-fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Merge `from` into `into`, rejecting keys the defaults do not have.
-fn merge(into: &mut toml::Table, from: toml::Table, prefix: &str) -> Result<()> {
-    for (k, v) in from {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match (into.get_mut(&k), v) {
-            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => merge(dst, src, &key)?,
-            (Some(_), v) => {
-                into.insert(k, v);
-            }
-            // Optional keys (None) are absent from the serialised defaults.
-            (None, v) if OPTIONAL_KEYS.contains(&key.as_str()) => {
-                into.insert(k, v);
-            }
-            (None, _) => return Err(Error::config(key, "unknown key")),
-        }
-    }
-    Ok(())
-}
-
-/// Keys whose default is "unset" and so do not appear in the default tree.
-/// Keys that only a config file can set (lists of tables have no
-/// sensible single-variable form); they have no environment name.
-const FILE_ONLY_KEYS: &[&str] = &["fw.sni"];
-
-const OPTIONAL_KEYS: &[&str] = &[
-    "lwm2m.models_dir",
-    "fw.cert_file",
-    "fw.key_file",
-    "fw.token_secret_file",
-    "fw.public_url",
-    "fw.coap_public_url",
-    "http.public_url",
-    "http.secret_file",
-];
-
-fn env_name(key: &str) -> String {
-    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
-}
-
-/// Every leaf key of the tree, dotted.
-fn leaf_keys(tree: &toml::Table, prefix: &str, out: &mut Vec<String>) {
-    for (k, v) in tree {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            toml::Value::Table(t) => leaf_keys(t, &key, out),
-            _ => out.push(key),
-        }
-    }
-}
-
-fn apply_env(tree: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<()> {
-    let mut keys = Vec::new();
-    leaf_keys(tree, "", &mut keys);
-    keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
-    let by_env: BTreeMap<String, String> = keys
-        .into_iter()
-        .filter(|k| !FILE_ONLY_KEYS.contains(&k.as_str()))
-        .map(|k| (env_name(&k), k))
-        .collect();
-    for (name, raw) in env {
-        if !name.starts_with(ENV_PREFIX) || ENV_NOT_KEYS.contains(&name.as_str()) {
-            continue;
-        }
-        let Some(key) = by_env.get(name) else {
-            return Err(Error::config(name.clone(), "unknown environment variable"));
-        };
-        let value = match get_path(tree, key) {
-            Some(toml::Value::Integer(_)) => raw
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .map_err(|_| Error::config(name.clone(), "expected an integer"))?,
-            Some(toml::Value::Float(_)) => raw
-                .parse::<f64>()
-                .map(toml::Value::Float)
-                .map_err(|_| Error::config(name.clone(), "expected a number"))?,
-            Some(toml::Value::Boolean(_)) => raw
-                .parse::<bool>()
-                .map(toml::Value::Boolean)
-                .map_err(|_| Error::config(name.clone(), "expected true or false"))?,
-            // Lists come as comma-separated text (FLOWNEXUS_FW_DEV_NAMES=a,b).
-            Some(toml::Value::Array(_)) => toml::Value::Array(
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .map(|x| x.to_string().into())
-                    .collect(),
-            ),
-            _ => toml::Value::String(raw.clone()),
-        };
-        set_path(tree, key, value);
-    }
-    Ok(())
-}
-
-fn get_path<'a>(tree: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
-    let mut parts = key.split('.');
-    let first = parts.next()?;
-    let mut v = tree.get(first)?;
-    for p in parts {
-        v = v.as_table()?.get(p)?;
-    }
-    Some(v)
-}
-
-fn set_path(tree: &mut toml::Table, key: &str, value: toml::Value) {
-    let parts: Vec<&str> = key.split('.').collect();
-    let mut t = tree;
-    for p in &parts[..parts.len() - 1] {
-        t = t
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .expect("config sections are tables");
-    }
-    t.insert(parts[parts.len() - 1].to_string(), value);
-}
-
-/// The `FLOWNEXUS_*` variables of this process.
-pub fn process_env() -> BTreeMap<String, String> {
-    std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -960,6 +539,72 @@ mod tests {
 
         let err = Config::load(None, &env(&[("FLOWNEXUS_COAP_TYPO", "1")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("FLOWNEXUS_COAP_TYPO"), "{err}");
+    }
+
+    /// Issue 31: every problem in one run, in words, with the key a slip
+    /// was meant to be; a bad value does not hide the others.
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let file = "mode = \"production\"\ndata_dir = \"data\"\n[coap]\nack_timout_ms = 5\nnstart = -1\n\
+                    [http]\nlisten = \"localhost:8000\"\nmax_body_bytes = \"big\"\n";
+        let e = env(&[
+            ("FLOWNEXUS_COAPS_SHARDZ", "2"),
+            ("FLOWNEXUS_COAP_MAX_RETRANSMIT", "often"),
+        ]);
+        let err = Config::load_text(Some(("site.toml", file)), &e, &Overrides::default()).unwrap_err();
+        let crate::error::Error::Configuration(problems) = &err else {
+            panic!("{err}")
+        };
+        let said = err.to_string();
+        for (key, words) in [
+            ("coap.ack_timout_ms", "did you mean `coap.ack_timeout_ms`?"),
+            ("coap.nstart", "expected a whole number, 0 or more, got -1"),
+            ("http.listen", "a host name such as localhost is not accepted"),
+            (
+                "http.max_body_bytes",
+                "expected a whole number, 0 or more, got text \"big\"",
+            ),
+            ("FLOWNEXUS_COAPS_SHARDZ", "did you mean FLOWNEXUS_COAPS_SHARDS?"),
+            (
+                "FLOWNEXUS_COAP_MAX_RETRANSMIT",
+                "expected a whole number, got \"often\"",
+            ),
+            ("http.public_url", "required in production"),
+            ("fw.public_url", "required in production"),
+            ("data_dir", "must be an absolute path in production mode"),
+        ] {
+            assert!(
+                problems.iter().any(|p| p.key == key && p.reason.contains(words)),
+                "{key}: {words}\n{said}"
+            );
+        }
+        assert!(
+            said.starts_with(&format!("{} configuration problems:", problems.len())),
+            "{said}"
+        );
+        for rust in ["usize", "u64", "SocketAddr", "socket address syntax"] {
+            assert!(!said.contains(rust), "{rust} in {said}");
+        }
+        // print-config's view: the merged tree, each problem beside its key.
+        let seen = Config::inspect_text(Some(("site.toml", file)), &e, &Overrides::default()).unwrap();
+        let text = seen.annotated();
+        assert!(
+            text.starts_with(&format!("# {} configuration problems;", problems.len())),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("nstart = 1  # ERROR: expected a whole number")),
+            "{text}"
+        );
+        assert!(
+            text.contains("# ERROR: coap.ack_timout_ms: unknown key; did you mean"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nmode = \"production\""),
+            "the merged values are shown: {text}"
+        );
     }
 
     #[test]

@@ -336,8 +336,13 @@ over: production differs where a development convenience would invite
 abuse on the internet, and the table shows both.
 
 Unknown keys in the file, unknown `FLOWNEXUS_*` variables (other than
-`FLOWNEXUS_CONFIG` and `FLOWNEXUS_LOG`) and invalid values stop start-up with
-an error that names the key. Paths are resolved to absolute paths and
+`FLOWNEXUS_CONFIG` and `FLOWNEXUS_LOG`) and invalid values stop start-up
+(exit status 2) with every problem at once, each naming its key, an unknown
+one with the known key it most resembles. Listen addresses are IP
+addresses and ports (`127.0.0.1:8000`, `[::]:5683`): they are bound, never
+looked up, so a host name such as `localhost` is refused. `print-config`
+shows the merged configuration even when it has problems, each marked
+beside its key. Paths are resolved to absolute paths and
 logged at start. A listen address with port 0 picks a free port; the bound
 address is logged and written to `runtime.json` in the data directory.
 `FLOWNEXUS_LOG` overrides `log.level` for one run without touching config.
@@ -346,19 +351,29 @@ address is logged and written to `runtime.json` in the data directory.
 | --- | --- | --- | --- |
 ";
 
-const EXAMPLE: &str = "
-Example file:
-
-```toml
-data_dir = \"/var/lib/flownexus\"
+/// The example file; a test loads it as it stands.
+const EXAMPLE_FILE: &str = "data_dir = \"/var/lib/flownexus\"
 mode = \"production\"
 
 [coap]
 listen = \"[::]:5683\"
 
+[http]
+public_url = \"https://dashboard.example.com\"
+
+[fw]
+public_url = \"https://fw.example.com\"
+
 [lwm2m]
 queue_awake_window_s = 30
-```
+";
+
+const EXAMPLE: &str = "
+Example file (production needs the two public URLs and an absolute
+`data_dir`; `flownexus --config FILE print-config` shows the merged result,
+with every problem marked beside its key):
+
+```toml
 ";
 
 /// A default as the table shows it: lists comma-separated, as the
@@ -398,12 +413,14 @@ pub fn markdown() -> String {
         out.push_str(&format!("| `{key}` | {env} | {default} | {meaning} |\n"));
     }
     out.push_str(EXAMPLE);
+    out.push_str(EXAMPLE_FILE);
+    out.push_str("```\n");
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{OPTIONAL_KEYS, leaf_keys};
+    use super::super::load::{OPTIONAL_KEYS, leaf_keys};
     use super::*;
 
     #[test]
@@ -415,6 +432,18 @@ mod tests {
         let mut documented: Vec<String> = KEYS.iter().map(|(k, _, _)| k.to_string()).collect();
         documented.sort();
         assert_eq!(keys, documented, "KEYS must list every config key once");
+    }
+
+    #[test]
+    fn the_example_file_loads_as_written() {
+        let c = Config::load_text(
+            Some(("example", EXAMPLE_FILE)),
+            &Default::default(),
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.mode, Mode::Production);
+        assert_eq!(c.lwm2m.queue_awake_window_s, 30);
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub fn watch(certs: Arc<Certificates>) -> Result<notify::RecommendedWatcher> {
         })
         .map_err(|e| Error::Io {
             path: PathBuf::from("cert-reload thread"),
-            source: e,
+            cause: e,
         })?;
     Ok(watcher)
 }
@@ -204,11 +204,11 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
         .open(path)
         .map_err(|source| Error::Io {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
     f.write_all(text.as_bytes()).map_err(|source| Error::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     })
 }
 
@@ -226,7 +226,7 @@ pub fn development_certificates(dir: &Path, names: &[String]) -> Result<CertPair
     }
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_owned(),
-        source,
+        cause: source,
     })?;
     let gen_err = |e: rcgen::Error| Error::malformed("development certificate", e.to_string());
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
@@ -247,13 +247,13 @@ pub fn development_certificates(dir: &Path, names: &[String]) -> Result<CertPair
     let cert = params.signed_by(&key, &ca).map_err(gen_err)?;
     std::fs::write(dir.join("ca.pem"), ca.pem()).map_err(|source| Error::Io {
         path: dir.join("ca.pem"),
-        source,
+        cause: source,
     })?;
     write_secret(&pair.key, &key.serialize_pem())?;
     // The chain a device needs: leaf, then the CA it can pin.
     std::fs::write(&pair.cert, format!("{}{}", cert.pem(), ca.pem())).map_err(|source| Error::Io {
         path: pair.cert.clone(),
-        source,
+        cause: source,
     })?;
     log::info!(
         "generated a development CA and certificate for {names:?} in {}",

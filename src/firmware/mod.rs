@@ -49,7 +49,7 @@ pub fn valid_name(name: &str) -> bool {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     }
 }
 
@@ -135,7 +135,7 @@ impl Catalogue {
                 Err(e) => {
                     return Err(Error::Io {
                         path: PathBuf::from("<source>"),
-                        source: e,
+                        cause: e,
                     });
                 }
             };

@@ -209,7 +209,7 @@ impl Models {
         let mut m = Models::embedded();
         let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
             path: dir.to_owned(),
-            source,
+            cause: source,
         })?;
         let mut files: Vec<_> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -219,7 +219,7 @@ impl Models {
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
             let objects =
                 parse_ddf(&text).map_err(|e| Error::malformed("DDF file", format!("{}: {e}", path.display())))?;

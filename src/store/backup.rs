@@ -29,7 +29,7 @@ pub struct BackupSummary {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     }
 }
 

@@ -67,7 +67,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 path: dir.to_owned(),
-                source,
+                cause: source,
             })?;
         }
         let conn = Connection::open(path)?;

@@ -162,9 +162,11 @@ impl From<Error> for WebError {
             }
             Error::AlreadyExists(_) => WebError::new(StatusCode::CONFLICT, "conflict", message),
             Error::TooLarge { .. } => WebError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
-            Error::Invalid { .. } | Error::InvalidPath(_) | Error::Malformed { .. } | Error::Config { .. } => {
-                WebError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-            }
+            Error::Invalid { .. }
+            | Error::InvalidPath(_)
+            | Error::Malformed { .. }
+            | Error::Config { .. }
+            | Error::Configuration(_) => WebError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
             Error::UnsupportedContentFormat(_) => {
                 WebError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
             }
