@@ -26,6 +26,9 @@ struct Secure {
     backlog: VecDeque<Vec<u8>>,
     retry_at: Option<Instant>,
     handshakes: u64,
+    /// Handshakes that ended in an alert or ran out of retransmissions
+    /// (a wrong key: the server answers a bad Finished with an alert).
+    failed: u64,
 }
 
 pub struct Link {
@@ -44,6 +47,7 @@ impl Link {
                 backlog: VecDeque::new(),
                 retry_at: None,
                 handshakes: 0,
+                failed: 0,
             }),
             None => None,
         };
@@ -68,6 +72,11 @@ impl Link {
         self.secure.as_ref().map_or(0, |s| s.handshakes)
     }
 
+    /// DTLS handshakes that failed so far.
+    pub fn failed_handshakes(&self) -> u64 {
+        self.secure.as_ref().map_or(0, |s| s.failed)
+    }
+
     async fn handshake(&mut self, now: Instant) {
         let server = self.server;
         if let Some(s) = &mut self.secure {
@@ -76,6 +85,7 @@ impl Link {
                 Ok(c) => s.session = Some(c),
                 Err(e) => {
                     log::warn!("sim: DTLS connect: {e}");
+                    s.failed += 1;
                     s.retry_at = Some(now + RETRY);
                 }
             }
@@ -147,6 +157,7 @@ impl Link {
         if let Some(c) = &mut s.session {
             c.handle_timeout(now);
             if c.has_failed() {
+                s.failed += u64::from(!c.is_established());
                 s.session = None;
                 s.retry_at = Some(now + RETRY);
             }
@@ -179,6 +190,8 @@ impl Link {
             }
         }
         if c.has_failed() {
+            // A session the server closed later is not a failed handshake.
+            s.failed += u64::from(!was && !c.is_established());
             s.session = None;
             s.retry_at = Some(now + RETRY);
         }

@@ -136,9 +136,29 @@ pub struct Stats {
     pub registered: AtomicI64,
     /// Completed DTLS handshakes.
     pub handshakes: AtomicU64,
+    /// DTLS handshakes refused or unanswered: a wrong PSK, an identity the
+    /// server does not know.
+    pub failed_handshakes: AtomicU64,
 }
 
 impl Stats {
+    /// The counters as `sim` prints them.
+    pub fn line(&self) -> String {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "registered {} | registrations {} updates {} served {} notifications {} failures {} | \
+             DTLS handshakes {} failed {}",
+            self.registered.load(Ordering::Relaxed),
+            n(&self.registrations),
+            n(&self.updates),
+            n(&self.requests_served),
+            n(&self.notifications),
+            n(&self.failures),
+            n(&self.handshakes),
+            n(&self.failed_handshakes),
+        )
+    }
+
     fn add(&self, before: &Counters, after: &Counters) {
         self.registrations
             .fetch_add(after.registrations - before.registrations, Ordering::Relaxed);
@@ -272,7 +292,7 @@ async fn run_device(
     let start = tokio::time::Instant::now().into_std();
     client.start(start);
     let mut before = client.counters;
-    let mut handshakes = 0;
+    let (mut handshakes, mut failed_handshakes) = (0, 0);
     let mut registered = false;
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
@@ -297,6 +317,10 @@ async fn run_device(
             .handshakes
             .fetch_add(link.handshakes() - handshakes, Ordering::Relaxed);
         handshakes = link.handshakes();
+        stats
+            .failed_handshakes
+            .fetch_add(link.failed_handshakes() - failed_handshakes, Ordering::Relaxed);
+        failed_handshakes = link.failed_handshakes();
         if client.is_registered() != registered {
             registered = client.is_registered();
             stats
@@ -378,15 +402,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
     let report = async {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            println!(
-                "registered {} | registrations {} updates {} served {} notifications {} failures {}",
-                stats.registered.load(Ordering::Relaxed),
-                stats.registrations.load(Ordering::Relaxed),
-                stats.updates.load(Ordering::Relaxed),
-                stats.requests_served.load(Ordering::Relaxed),
-                stats.notifications.load(Ordering::Relaxed),
-                stats.failures.load(Ordering::Relaxed)
-            );
+            println!("{}", stats.line());
         }
     };
     let until = async {
@@ -402,5 +418,16 @@ pub async fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
         _ = until => {}
     }
     fleet.stop().await;
+    println!("{}", stats.line());
+    // Nothing registered and every handshake refused: say what to check
+    // instead of ending as if all were well.
+    let failed = stats.failed_handshakes.load(Ordering::Relaxed);
+    if stats.registrations.load(Ordering::Relaxed) == 0 && failed > 0 {
+        eprintln!(
+            "sim: no device registered; {failed} DTLS handshakes failed: check the PSK identity and key \
+             (the server logs a refused key of a provisioned device)"
+        );
+        return Ok(std::process::ExitCode::FAILURE);
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }

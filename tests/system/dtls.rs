@@ -437,3 +437,53 @@ async fn our_dtls_client_interoperates_with_libcoap_openssl_server() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Issue 31: `flownexus sim` with the wrong key counts the refused
+/// handshakes, says what to check and exits non-zero; with the right key
+/// the same devices register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_counts_handshakes_a_wrong_key_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        provision(dir.path(), &format!("urn:sim:{i}"), &format!("urn:sim:{i}"), KEY_HEX);
+    }
+    let running = app::start(config(dir.path())).await.unwrap();
+    let coaps = running.coaps_addr.unwrap().to_string();
+    let sim = |key: &'static str| {
+        let coaps = coaps.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_flownexus"))
+                .args(["sim", "--server", &coaps, "--count", "2", "--duration-s", "6"])
+                .args(["--psk-key-hex", key])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = sim("ffeeddccbbaa99887766554433221100").await.unwrap();
+    let (ok, said) = super::outcome(&out);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("no device registered") && said.contains("check the PSK"),
+        "{said}"
+    );
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    let failed: u64 = last
+        .rsplit("failed ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{last}"));
+    assert!(failed >= 2 && last.contains("registrations 0"), "{last}");
+
+    let out = sim(KEY_HEX).await.unwrap();
+    let (ok, said) = super::outcome(&out);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("registrations 2") && said.contains("DTLS handshakes 2 failed 0"),
+        "{said}"
+    );
+    running.stop().await;
+}
