@@ -1097,6 +1097,7 @@ fn psk_provisioning_keeps_keys_secret() {
     let data = dir.path().to_str().unwrap().to_string();
     let run = |args: &[&str]| flownexus_cli(&data, args, "");
     let (ok, out, err) = run(&[
+        "--create",
         "device",
         "add",
         "urn:imei:1",

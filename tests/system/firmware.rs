@@ -563,6 +563,7 @@ async fn an_add_killed_mid_write_leaves_nothing() {
         .args([
             "--data-dir",
             dir.path().to_str().unwrap(),
+            "--create",
             "firmware",
             "add",
             fifo.to_str().unwrap(),

@@ -345,7 +345,11 @@ fn the_containerfile_builds_from_a_checkout_and_bakes_in_nothing() {
             .filter_map(|l| l.strip_prefix(name).filter(|r| r.starts_with(' ')).map(str::trim))
             .collect()
     };
-    assert_eq!(instr("FROM").len(), 2, "a build stage and a runtime stage");
+    assert_eq!(
+        instr("FROM").len(),
+        3,
+        "a build stage, a docs stage and a runtime stage"
+    );
     assert_eq!(instr("USER"), ["10001:10001"], "the runtime runs unprivileged");
     let unit = parse(&unit("flownexus.container")).unwrap();
     assert!(
