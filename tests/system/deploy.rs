@@ -94,6 +94,15 @@ if [ "$1" = -s ]; then exit 0; fi
 exec /usr/sbin/nginx -p "$FAKE_NGINX_PREFIX" "$@"
 "#;
 
+/// Each stand-in as an executable script in `bin` (put first on PATH).
+pub(super) fn install_stand_ins(bin: &Path, stand_ins: &[(&str, &str)]) {
+    for (name, text) in stand_ins {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
 struct Host {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -120,16 +129,15 @@ impl Host {
         // Root's setup enabled lingering for the user running the deploy.
         let me = Command::new("id").arg("-un").output().unwrap().stdout;
         std::fs::write(state.join("linger"), me).unwrap();
-        for (name, text) in [
-            ("podman", PODMAN),
-            ("systemctl", SYSTEMCTL),
-            ("loginctl", LOGINCTL),
-            ("nginx", NGINX),
-        ] {
-            let p = bin.join(name);
-            std::fs::write(&p, text).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        install_stand_ins(
+            &bin,
+            &[
+                ("podman", PODMAN),
+                ("systemctl", SYSTEMCTL),
+                ("loginctl", LOGINCTL),
+                ("nginx", NGINX),
+            ],
+        );
         let lineage = root.join("etc/letsencrypt/live/example.test");
         std::fs::create_dir_all(&lineage).unwrap();
         super::nginx::certificates(&lineage);

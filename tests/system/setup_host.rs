@@ -10,7 +10,6 @@
 //! probed over a veth pair.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -154,27 +153,25 @@ impl Host {
         super::nginx::certificates(&certs);
         // The database the running server would have made in the volume.
         Store::open(&volume.join("flownexus.sqlite3")).unwrap();
-        let stand_ins = [
-            ("podman", super::deploy::PODMAN),
-            ("systemctl", super::deploy::SYSTEMCTL),
-            ("loginctl", super::deploy::LOGINCTL),
-            ("useradd", USERADD),
-            ("usermod", USERMOD),
-            ("getent", GETENT),
-            ("id", ID),
-            ("chown", CHOWN),
-            ("install", INSTALL),
-            ("runuser", RUNUSER),
-            ("apt-get", APT_GET),
-            ("sshd", SSHD),
-            ("certbot", CERTBOT),
-            ("nginx", NGINX),
-        ];
-        for (name, text) in stand_ins {
-            let p = bin.join(name);
-            std::fs::write(&p, text).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        super::deploy::install_stand_ins(
+            &bin,
+            &[
+                ("podman", super::deploy::PODMAN),
+                ("systemctl", super::deploy::SYSTEMCTL),
+                ("loginctl", super::deploy::LOGINCTL),
+                ("useradd", USERADD),
+                ("usermod", USERMOD),
+                ("getent", GETENT),
+                ("id", ID),
+                ("chown", CHOWN),
+                ("install", INSTALL),
+                ("runuser", RUNUSER),
+                ("apt-get", APT_GET),
+                ("sshd", SSHD),
+                ("certbot", CERTBOT),
+                ("nginx", NGINX),
+            ],
+        );
         // A fresh Debian: its stock nginx.conf and nftables.conf (from the
         // packages installed here), the default site, no users but root.
         let etc = root.join("etc");
