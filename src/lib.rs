@@ -5,6 +5,7 @@
 pub mod app;
 pub mod bench;
 pub mod campaign;
+pub mod celery;
 pub mod cli;
 pub mod coap;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod logging;
 pub mod lwm2m;
 pub mod metrics;
+pub mod outbox;
 pub mod psk;
 #[cfg(test)]
 mod rendered_docs;

@@ -146,6 +146,7 @@ impl Config {
             &mut config.fw.key_file,
             &mut config.fw.token_secret_file,
             &mut config.http.secret_file,
+            &mut config.events.celery.password_file,
         ] {
             if let Some(dir) = p.as_ref() {
                 *p = Some(absolute(dir)?);
@@ -391,6 +392,8 @@ pub(super) const OPTIONAL_KEYS: &[&str] = &[
     "fw.coap_public_url",
     "http.public_url",
     "http.secret_file",
+    "events.celery.broker",
+    "events.celery.password_file",
 ];
 
 pub(super) fn env_name(key: &str) -> String {

@@ -63,6 +63,36 @@ pub struct Config {
     pub health: HealthConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub events: EventsConfig,
+}
+
+/// Events that leave the process (issue 26): the outbox and its sinks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Rows the outbox may hold while a sink is behind; past it value
+    /// reports go, oldest first (state events never do).
+    pub outbox_max_rows: u64,
+    pub celery: CeleryConfig,
+}
+
+/// Celery over Redis: each event becomes a task message for Python
+/// workers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CeleryConfig {
+    /// The broker: `redis://host:6379/0`, `rediss://…` (TLS) or
+    /// `redis+unix:///path/redis.sock`. Unset: no Celery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// A file holding the broker's password (instead of one in the URL,
+    /// which `print-config` and process listings would show).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The queue events go to.
+    pub queue: String,
+    /// Task names are this plus the event's kind (`flownexus.device_registered`).
+    pub task_prefix: String,
 }
 
 /// Firmware updates (LwM2M Object 5): how long each phase may take and
@@ -457,6 +487,15 @@ impl Config {
             metrics: MetricsConfig {
                 enabled: true,
                 listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            },
+            events: EventsConfig {
+                outbox_max_rows: 1_000_000,
+                celery: CeleryConfig {
+                    broker: None,
+                    password_file: None,
+                    queue: "celery".into(),
+                    task_prefix: "flownexus.".into(),
+                },
             },
             log: LogConfig {
                 level: "info".into(),

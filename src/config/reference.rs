@@ -317,6 +317,27 @@ const KEYS: &[(&str, &str, &str)] = &[
         "`auto`: the systemd journal when stderr is connected to it (`JOURNAL_STREAM`, as under `deploy/flownexus.service`), else stderr; `journal`: always (the Quadlet unit, with the host's journal socket mounted); `stderr`",
     ),
     ("log.journal_socket", "", "journald's native-protocol socket"),
+    (
+        "events.outbox_max_rows",
+        "",
+        "events the outbox may hold while a sink (Celery) is behind; past it value reports are dropped, oldest first, and counted (`flownexus_outbox_dropped_total`); state events never are",
+    ),
+    (
+        "events.celery.broker",
+        "unset (no Celery)",
+        "Redis broker for Celery: `redis://host:6379/0`, `rediss://…` (TLS), `redis+unix:///path/redis.sock`; each event becomes a Celery task (docs/celery.md). Unreachable at start: the server starts and the sink is degraded",
+    ),
+    (
+        "events.celery.password_file",
+        "unset",
+        "a file holding the broker's password, so the URL (shown by `print-config`) need not",
+    ),
+    ("events.celery.queue", "", "the queue events go to"),
+    (
+        "events.celery.task_prefix",
+        "",
+        "task names are this plus the event kind: `flownexus.device_registered`",
+    ),
 ];
 
 const INTRO: &str = "# Configuration

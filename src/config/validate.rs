@@ -202,6 +202,18 @@ impl Config {
         if self.store.history_flush_values == 0 {
             p.push(Problem::new("store.history_flush_values", "must be >= 1"));
         }
+        let e = &self.events;
+        if e.outbox_max_rows < 1000 {
+            p.push(Problem::new("events.outbox_max_rows", "must be at least 1000"));
+        }
+        if let Some(url) = &e.celery.broker
+            && let Err(reason) = crate::celery::broker_problem(url)
+        {
+            p.push(Problem::new("events.celery.broker", reason));
+        }
+        if e.celery.queue.is_empty() || e.celery.queue.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            p.push(Problem::new("events.celery.queue", "must be a name without spaces"));
+        }
         if self.log.level.parse::<log::LevelFilter>().is_err() {
             p.push(Problem::new(
                 "log.level",

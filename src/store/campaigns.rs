@@ -206,7 +206,13 @@ fn add_step(tx: &Transaction<'_>, id: i64, machine: &Campaign, detail: Option<&s
         "INSERT INTO campaign_steps (campaign_id, ts, state, wave, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id, now_ms(), machine.state.as_str(), machine.wave as i64 + 1, detail],
     )?;
-    Ok(())
+    // Each step of the timeline is a `campaign_changed` event.
+    super::outbox::emit_if_wanted(tx, crate::outbox::EventKind::CampaignChanged, None, || {
+        serde_json::json!({
+            "campaign": id, "state": machine.state.as_str(), "wave": machine.wave + 1,
+            "reason": machine.reason, "detail": detail, "final": machine.state.is_final(),
+        })
+    })
 }
 
 /// Save `machine` if the campaign is still at `revision`; false when

@@ -38,10 +38,14 @@ pub struct UpdateStep {
 
 fn save_on(tx: &rusqlite::Transaction<'_>, id: i64, machine: &Update) -> Result<()> {
     let now = now_ms();
-    let before: Option<String> = tx
-        .query_row("SELECT phase FROM fota_updates WHERE id = ?1", [id], |r| r.get(0))
+    let before: Option<(String, String, i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT phase, endpoint, firmware_id, campaign_id FROM fota_updates WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
         .optional()?;
-    let Some(before) = before else {
+    let Some((before, endpoint, firmware_id, campaign_id)) = before else {
         return Err(Error::NotFound(format!("firmware update {id}")));
     };
     let phase = machine.phase;
@@ -68,6 +72,7 @@ fn save_on(tx: &rusqlite::Transaction<'_>, id: i64, machine: &Update) -> Result<
             "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
             params![id, now, phase.as_str(), machine.reason],
         )?;
+        changed_event(tx, id, &endpoint, firmware_id, campaign_id, machine, Some(&before))?;
     }
     if phase.is_final() {
         // A campaign's device ends with its update, in this transaction.
@@ -108,7 +113,33 @@ pub(super) fn insert_update(
         "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
         params![id, now, machine.phase.as_str(), format!("queued by {by}")],
     )?;
+    changed_event(tx, id, endpoint, firmware_id, campaign_id, machine, None)?;
     Ok(id)
+}
+
+/// `firmware_update_changed` for the outbox: the update entered a phase
+/// (or began, with no `previous`).
+fn changed_event(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    endpoint: &str,
+    firmware_id: i64,
+    campaign_id: Option<i64>,
+    machine: &Update,
+    previous: Option<&str>,
+) -> Result<()> {
+    super::outbox::emit_if_wanted(
+        tx,
+        crate::outbox::EventKind::FirmwareUpdateChanged,
+        Some(endpoint),
+        || {
+            serde_json::json!({
+                "update": id, "firmware": firmware_id, "campaign": campaign_id,
+                "phase": machine.phase.as_str(), "previous": previous, "reason": machine.reason,
+                "final": machine.phase.is_final(),
+            })
+        },
+    )
 }
 
 const UPDATE_SQL: &str =

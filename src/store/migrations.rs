@@ -425,6 +425,25 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // change; `seal_device_keys` seals the keys stored in clear right
     // after this step.
     "-- device keys sealed at rest",
+    // 23: the outbox (issue 26): events that leave the process, written in
+    // the transaction of the change that causes them, and each sink's
+    // cursor. A row goes once every sink has taken it; while no sink is
+    // configured `outbox_sinks` is empty and no row is written.
+    r#"
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        endpoint TEXT,
+        state INTEGER NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE TABLE outbox_sinks (
+        name TEXT PRIMARY KEY,
+        delivered INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// A database as a flownexus of schema `version` left it, for tests of

@@ -20,6 +20,7 @@ mod fota;
 pub mod journal;
 mod migrations;
 mod operations;
+pub(crate) mod outbox;
 pub mod profiles;
 mod registrations;
 pub mod sealing;

@@ -20,6 +20,7 @@ use crate::lwm2m::operation::Outcome;
 use crate::lwm2m::registration::Registration;
 use crate::lwm2m::registration::RegistrationId;
 use crate::lwm2m::server::{ServerEvent, Source};
+use crate::outbox::EventKind;
 use crate::store::journal::{HistoryPolicy, PendingHistory, SeqRange, WaitingRanges};
 use crate::store::{Store, now_ms, outcome_columns, sql_value};
 
@@ -490,9 +491,11 @@ impl Writer {
         moving: &mut Vec<i64>,
     ) -> Result<()> {
         let tx = self.store.write_tx()?;
+        // Events for the outbox only while a sink takes them.
+        let outbox = super::outbox::wanted(&tx)?;
         for cmd in batch {
             match cmd {
-                Command::Event(ev) => apply(&tx, &mut self.devices, journalled, ev)?,
+                Command::Event(ev) => apply(&tx, &mut self.devices, journalled, outbox, ev)?,
                 Command::Prune(cutoff) => {
                     // Every stored value is counted in the hour of its
                     // timestamp, so without a whole hour before the
@@ -697,6 +700,7 @@ fn end_registration(
     endpoint: &str,
     id: RegistrationId,
     kind: &str,
+    outbox: Option<EventKind>,
 ) -> Result<()> {
     let dev = device_id(tx, devices, endpoint)?;
     // Only the registration that ended is removed, not a newer one.
@@ -704,18 +708,28 @@ fn end_registration(
         "DELETE FROM registrations WHERE device_id = ?1 AND reg_id = ?2",
         params![dev, id.to_string()],
     )?;
-    event(
-        tx,
-        Some(endpoint),
-        kind,
-        serde_json::json!({ "registration": id.to_string() }),
-    )
+    let detail = serde_json::json!({ "registration": id.to_string() });
+    if let Some(k) = outbox {
+        super::outbox::emit(tx, k, Some(endpoint), &detail)?;
+    }
+    event(tx, Some(endpoint), kind, detail)
+}
+
+/// A registration as the outbox carries it (`device_registered`,
+/// `device_updated`).
+fn registration_payload<P: Display>(r: &Registration<P>) -> serde_json::Value {
+    serde_json::json!({
+        "registration": r.id.to_string(), "peer": r.peer.to_string(), "lifetime": r.lifetime,
+        "lwm2m_version": r.version, "binding": r.binding, "queue_mode": r.queue_mode,
+        "object_links": r.object_links,
+    })
 }
 
 fn apply<P: Display>(
     tx: &Transaction<'_>,
     devices: &mut HashMap<String, i64>,
     journalled: &mut Journalled,
+    outbox: bool,
     ev: ServerEvent<P>,
 ) -> Result<()> {
     use serde_json::json;
@@ -730,6 +744,11 @@ fn apply<P: Display>(
             // re-Register too: it follows a reboot or a lost registration,
             // after which the device's observations are gone).
             super::profiles::queue_profiles(tx, id, &r.endpoint)?;
+            if outbox {
+                let mut payload = registration_payload(&r);
+                payload["replaced"] = json!(replaced.map(|x| x.to_string()));
+                super::outbox::emit(tx, EventKind::DeviceRegistered, Some(&r.endpoint), &payload)?;
+            }
             event(
                 tx,
                 Some(&r.endpoint),
@@ -746,13 +765,33 @@ fn apply<P: Display>(
                 let id = device_id(tx, devices, &r.endpoint)?;
                 upsert_registration(tx, id, &r)?;
             }
+            // Every Update is an event, also one that only refreshed the
+            // lifetime and was not persisted: receivers see the device live.
+            if outbox {
+                super::outbox::emit(
+                    tx,
+                    EventKind::DeviceUpdated,
+                    Some(&r.endpoint),
+                    &registration_payload(&r),
+                )?;
+            }
         }
-        ServerEvent::Deregistered { endpoint, id } => {
-            end_registration(tx, devices, &endpoint, id, super::events::kind::DEREGISTERED)?
-        }
-        ServerEvent::Expired { endpoint, id } => {
-            end_registration(tx, devices, &endpoint, id, super::events::kind::EXPIRED)?
-        }
+        ServerEvent::Deregistered { endpoint, id } => end_registration(
+            tx,
+            devices,
+            &endpoint,
+            id,
+            super::events::kind::DEREGISTERED,
+            outbox.then_some(EventKind::DeviceDeregistered),
+        )?,
+        ServerEvent::Expired { endpoint, id } => end_registration(
+            tx,
+            devices,
+            &endpoint,
+            id,
+            super::events::kind::EXPIRED,
+            outbox.then_some(EventKind::DeviceExpired),
+        )?,
         ServerEvent::ValuesReported {
             endpoint,
             records,
@@ -765,12 +804,29 @@ fn apply<P: Display>(
                 "INSERT INTO value_journal (device_id, path, ts, vtype, value) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut first = None;
+            let mut reported = Vec::new();
             for r in &records {
                 let ts = r.time.map_or_else(now_ms, |t| (t * 1000.0).round() as i64);
                 let (vtype, value) = sql_value(&r.value);
                 journal.execute(params![dev, r.path.to_string(), ts, vtype, value])?;
                 first.get_or_insert(tx.last_insert_rowid());
                 *journalled.per_hour.entry(super::hour_of(ts)).or_default() += 1;
+                if outbox {
+                    reported.push(json!({ "path": r.path.to_string(), "ts": ts, "value": r.value }));
+                }
+            }
+            if outbox && !reported.is_empty() {
+                let source = match source {
+                    Source::Notification => "notification",
+                    Source::Send => "send",
+                    Source::Read => "read",
+                };
+                super::outbox::emit(
+                    tx,
+                    EventKind::ValuesReported,
+                    Some(&endpoint),
+                    &json!({ "source": source, "values": reported }),
+                )?;
             }
             if let Some(first) = first {
                 let range = SeqRange {
@@ -804,6 +860,7 @@ fn apply<P: Display>(
             }
             let (code, result) = outcome_columns(&outcome);
             let state = outcome.state().as_str();
+            let result_json = outbox.then(|| serde_json::from_str::<serde_json::Value>(&result).unwrap_or_default());
             // A cancellation requested through the store is already final there.
             // What it was, for the event an operator reads ("read /3/0 …").
             let asked: Option<(String, String)> = tx
@@ -814,6 +871,18 @@ fn apply<P: Display>(
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
+            // Only the change that made it final is an event (a repeat of a
+            // final outcome updates no row).
+            if let (Some(result), Some((kind, request))) = (result_json, &asked) {
+                let request: serde_json::Value = serde_json::from_str(request).unwrap_or_default();
+                super::outbox::emit(
+                    tx,
+                    EventKind::OperationFinished,
+                    Some(&endpoint),
+                    &json!({ "operation": id, "kind": kind, "request": request, "state": state,
+                             "code": code, "result": result }),
+                )?;
+            }
             if !matches!(outcome, Outcome::Cancelled) {
                 let (kind, path) = asked
                     .map(|(kind, request)| {
