@@ -18,15 +18,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # SNI pass-through in front of the firmware server, nginx/), sqlite3 (the
 # deploy script checks its backups with it), nftables, sudo (visudo) and
 # iproute2 (setup-host.sh's firewall and sudoers file, checked for real),
-# jq (the API reference's curl examples are run as written),
+# jq (the API reference's curl examples are run as written), redis-server
+# (the Celery broker the event tests run against),
 # and what ../shared/peers/build-wakaama.sh needs to build Eclipse Wakaama's
 # LwM2M client, the real client the operation tests run against.
 DEB_TEST_PACKAGES := libcoap3-bin shellcheck curl openssl chromium systemd prometheus \
-	nginx libnginx-mod-stream sqlite3 nftables sudo iproute2 git jq \
+	nginx libnginx-mod-stream sqlite3 nftables sudo iproute2 git jq redis-server \
 	build-essential cmake autoconf automake libtool pkg-config
 
-# Playwright (npm, drives Debian's Chromium) and schemathesis (PyPI, fuzzes
-# the REST API), both pinned by their lock files.
+# Playwright (npm, drives Debian's Chromium), schemathesis (PyPI, fuzzes the
+# REST API) and Celery with its Redis transport (PyPI: the Python workers
+# flownexus's events reach), pinned by their lock files.
 BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
 PYTHON_DEPS := .venv/.installed
 

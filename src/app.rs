@@ -467,6 +467,24 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
         }
     });
 
+    // Events out (issue 26): the outbox's sinks. A broker that is down
+    // leaves the server running, the sink degraded.
+    let mut sinks = Vec::new();
+    if config.events.celery.broker.is_some() {
+        sinks.push(crate::shell::outbox::Sink::Celery(
+            crate::shell::celery::CelerySink::new(&config.events.celery, models.clone())?,
+        ));
+    }
+    let (outbox, sink_reports) = crate::shell::outbox::OutboxTask::new(
+        Store::open(&config.database_path())?,
+        sinks,
+        config.events.outbox_max_rows,
+        Some(metrics.clone()),
+    )?;
+    if !sink_reports.is_empty() {
+        tasks.push(tokio::spawn(outbox.run(stopped(stop_rx.clone()))));
+    }
+
     // systemd's watchdog (WATCHDOG_USEC, sd_watchdog_enabled(3)): pinged
     // at half its interval while the vital loops answer their probes.
     let watchdog = sd_notify::watchdog_enabled();
@@ -484,6 +502,7 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
             db_path: config.database_path(),
             writer: writer.clone(),
             lwm2m: cmd_tx.clone(),
+            sinks: sink_reports,
         },
         health.clone(),
         Duration::from_millis(interval_ms as u64),

@@ -77,6 +77,10 @@ struct Entry {
 pub struct Board {
     interval_ms: i64,
     entries: Vec<Entry>,
+    /// Components the server works without (an event sink): at worst
+    /// degraded, never down, so a broker outage does not get the server
+    /// restarted or its readiness withheld.
+    optional: Vec<&'static str>,
 }
 
 impl Board {
@@ -95,7 +99,18 @@ impl Board {
                     detail: "not probed yet".into(),
                 })
                 .collect(),
+            optional: Vec::new(),
         }
+    }
+
+    /// Marks `names` as optional: at worst degraded.
+    pub fn with_optional(mut self, names: &[&'static str]) -> Board {
+        self.optional = names.to_vec();
+        self
+    }
+
+    pub fn is_optional(&self, name: &str) -> bool {
+        self.optional.contains(&name)
     }
 
     /// A probe of `name` ended at `now`: what it saw, or why it failed.
@@ -125,6 +140,15 @@ impl Board {
     }
 
     fn judge(&self, now: i64, e: &Entry) -> Status {
+        let status = self.judge_probes(now, e);
+        if self.is_optional(e.name) {
+            status.min(Status::Degraded)
+        } else {
+            status
+        }
+    }
+
+    fn judge_probes(&self, now: i64, e: &Entry) -> Status {
         match e.checked_at {
             None => Status::Down,
             Some(t) if now - t > STALE_ROUNDS * self.interval_ms => Status::Down,
@@ -215,6 +239,22 @@ pub fn summary(components: &[ComponentHealth]) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 26: an event sink that keeps failing is degraded, never down.
+    #[test]
+    fn an_optional_component_is_at_worst_degraded() {
+        let mut b = Board::new(1000, &["store", "celery"]).with_optional(&["celery"]);
+        assert_eq!(b.report(0)[1].status, Status::Degraded, "not probed yet");
+        for t in 0..5 {
+            b.record(t, "store", Ok("fine".into()));
+            b.record(t, "celery", Err("cannot reach the broker".into()));
+        }
+        assert_eq!(b.report(5)[1].status, Status::Degraded);
+        assert_eq!(b.overall(5), Status::Degraded);
+        assert_eq!(b.report(10_000)[1].status, Status::Degraded, "nor when stale");
+        b.record(6, "celery", Ok("delivered".into()));
+        assert_eq!(b.overall(6), Status::Ok);
+    }
 
     const ALL: &[&str] = &["store", "writer", "lwm2m", "coap"];
 

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// published them.
     admission: Mutex<crate::lwm2m::admission::Counters>,
     unverified: Mutex<crate::coap::amplification::Counters>,
+    /// Events each outbox sink took, and its backlog when last looked at.
+    outbox: Mutex<BTreeMap<&'static str, (u64, u64)>>,
+    outbox_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -97,6 +100,19 @@ impl Metrics {
     pub fn writer_batch(&self, changes: usize) {
         self.writer_batches.fetch_add(1, Ordering::Relaxed);
         self.writer_changes.fetch_add(changes as u64, Ordering::Relaxed);
+    }
+
+    /// The outbox sink `sink` took `delivered` more events; `backlog` wait.
+    pub fn outbox(&self, sink: &'static str, delivered: u64, backlog: u64) {
+        let mut o = self.outbox.lock().expect("metrics");
+        let e = o.entry(sink).or_default();
+        e.0 += delivered;
+        e.1 = backlog;
+    }
+
+    /// Value reports dropped from a full outbox.
+    pub fn outbox_dropped(&self, n: u64) {
+        self.outbox_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The dashboard or API answered `route` (its pattern, never the
@@ -290,6 +306,28 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
     for (transport, b) in bytes {
         o.sample("flownexus_firmware_bytes_total", &[("transport", transport)], b);
     }
+    let outbox = m.outbox.lock().expect("metrics").clone();
+    o.family(
+        "flownexus_outbox_delivered_total",
+        "counter",
+        "Events each outbox sink took (Celery: task messages the broker accepted).",
+    );
+    for (sink, (n, _)) in &outbox {
+        o.sample("flownexus_outbox_delivered_total", &[("sink", sink)], n);
+    }
+    o.family(
+        "flownexus_outbox_backlog",
+        "gauge",
+        "Events waiting in the outbox for each sink.",
+    );
+    for (sink, (_, n)) in &outbox {
+        o.sample("flownexus_outbox_backlog", &[("sink", sink)], n);
+    }
+    o.counter(
+        "flownexus_outbox_dropped_total",
+        "Value reports dropped, oldest first, from a full outbox (events.outbox_max_rows); state events never are.",
+        load(&m.outbox_dropped),
+    );
     o.counter(
         "flownexus_firmware_doom_loops_total",
         "Downloads resumed at the end of the image (the nRF FOTA doom loop).",

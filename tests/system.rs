@@ -26,6 +26,8 @@ mod backup;
 mod browser;
 #[path = "system/campaigns.rs"]
 mod campaigns;
+#[path = "system/celery.rs"]
+mod celery;
 #[path = "system/deploy.rs"]
 mod deploy;
 #[path = "system/dtls.rs"]

@@ -40,6 +40,8 @@ pub struct Targets {
     pub db_path: std::path::PathBuf,
     pub writer: WriterHandle<Peer>,
     pub lwm2m: mpsc::Sender<Command>,
+    /// The outbox's sinks (optional components: at worst degraded).
+    pub sinks: Vec<(&'static str, crate::shell::outbox::SharedReport)>,
 }
 
 impl Targets {
@@ -56,6 +58,7 @@ impl Targets {
                 c.push(name);
             }
         }
+        c.extend(self.sinks.iter().map(|(name, _)| *name));
         c
     }
 }
@@ -277,6 +280,9 @@ async fn round(targets: &Targets, store: &Arc<Mutex<Store>>, board: &SharedBoard
             b.took(name, ms);
         }
     }
+    for (name, report) in &targets.sinks {
+        b.record(now, name, crate::shell::outbox::probe(report));
+    }
     figures
 }
 
@@ -333,7 +339,9 @@ impl Prober {
     /// before the listeners, so the web shell can hold it from its start).
     pub fn new(targets: Targets, board: SharedBoard, interval: Duration) -> crate::Result<Prober> {
         let store = Arc::new(Mutex::new(Store::open(&targets.db_path)?));
-        *board.lock().expect("health board") = Board::new(interval.as_millis() as i64, &targets.components());
+        let optional: Vec<&'static str> = targets.sinks.iter().map(|(name, _)| *name).collect();
+        *board.lock().expect("health board") =
+            Board::new(interval.as_millis() as i64, &targets.components()).with_optional(&optional);
         Ok(Prober {
             targets,
             store,
@@ -347,21 +355,22 @@ impl Prober {
     }
 
     /// Probe until every component answered (or `deadline` passes): what
-    /// `READY=1` waits for. The components still not ok, if any.
+    /// `READY=1` waits for; optional ones (event sinks) are not waited for.
+    /// The components still not ok, if any.
     pub async fn first_round(&self, deadline: Duration) -> Vec<String> {
         let until = Instant::now() + deadline;
         loop {
             round(&self.targets, &self.store, &self.board).await;
             let now = crate::store::now_ms();
-            let unwell: Vec<String> = self
-                .board
-                .lock()
-                .expect("health board")
-                .report(now)
-                .into_iter()
-                .filter(|c| c.status != Status::Ok)
-                .map(|c| format!("{}: {}", c.name, c.detail))
-                .collect();
+            let unwell: Vec<String> = {
+                let board = self.board.lock().expect("health board");
+                board
+                    .report(now)
+                    .into_iter()
+                    .filter(|c| c.status != Status::Ok && !board.is_optional(&c.name))
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect()
+            };
             if unwell.is_empty() || Instant::now() >= until {
                 return unwell;
             }
@@ -451,6 +460,7 @@ mod tests {
             db_path: db,
             writer: writer.clone(),
             lwm2m,
+            sinks: Vec::new(),
         };
         let board = Arc::new(Mutex::new(Board::new(1, &[])));
         let prober = Prober::new(targets, board.clone(), Duration::from_millis(100)).unwrap();

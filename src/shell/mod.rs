@@ -3,11 +3,13 @@
 
 pub mod activation;
 pub mod campaign;
+pub mod celery;
 pub mod dtls;
 pub mod fota;
 pub mod health;
 pub mod lwm2m;
 pub mod metrics;
+pub mod outbox;
 pub mod record;
 pub mod udp;
 

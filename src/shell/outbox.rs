@@ -1,0 +1,200 @@
+//! The outbox's delivery task: moves committed events to each sink in id
+//! order, a batch at a time, and moves the sink's cursor only once the
+//! sink took the batch (at-least-once; receivers de-duplicate on
+//! `event_id`). A failing sink waits out its backoff
+//! (`outbox::delivery`) while the others go on; its events stay in the
+//! outbox, bounded by `events.outbox_max_rows`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
+use crate::outbox::delivery::{Backoff, SinkHealth, SinkState};
+use crate::shell::celery::CelerySink;
+use crate::store::Store;
+
+/// Events handed to a sink at once.
+const BATCH: usize = 1000;
+/// How often an idle task looks for new events.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A sink's state as the health probe and the metrics read it.
+#[derive(Debug, Clone)]
+pub struct SinkReport {
+    pub health: SinkHealth,
+    pub backlog: u64,
+    pub delivered: u64,
+    /// Whether the task has looked at the sink yet.
+    pub started: bool,
+}
+
+pub type SharedReport = Arc<Mutex<SinkReport>>;
+
+pub enum Sink {
+    Celery(CelerySink),
+}
+
+impl Sink {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Celery(_) => "celery",
+        }
+    }
+
+    async fn deliver(&mut self, events: &[crate::outbox::OutboxEvent]) -> Result<(), String> {
+        match self {
+            Sink::Celery(s) => s.deliver(events).await,
+        }
+    }
+}
+
+struct Lane {
+    sink: Sink,
+    state: SinkState,
+    report: SharedReport,
+}
+
+pub struct OutboxTask {
+    store: Store,
+    lanes: Vec<Lane>,
+    max_rows: u64,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl OutboxTask {
+    /// Registers the sinks with the store (a sink no longer configured
+    /// stops holding rows) and returns the task and each sink's report.
+    pub fn new(
+        store: Store,
+        sinks: Vec<Sink>,
+        max_rows: u64,
+        metrics: Option<Arc<Metrics>>,
+    ) -> crate::Result<(OutboxTask, Vec<(&'static str, SharedReport)>)> {
+        let names: Vec<&str> = sinks.iter().map(Sink::name).collect();
+        store.outbox_configure(&names)?;
+        let lanes: Vec<Lane> = sinks
+            .into_iter()
+            .map(|sink| Lane {
+                sink,
+                state: SinkState::new(Backoff::DEFAULT),
+                report: Arc::new(Mutex::new(SinkReport {
+                    health: SinkHealth::Ok,
+                    backlog: 0,
+                    delivered: 0,
+                    started: false,
+                })),
+            })
+            .collect();
+        let reports = lanes.iter().map(|l| (l.sink.name(), l.report.clone())).collect();
+        Ok((
+            OutboxTask {
+                store,
+                lanes,
+                max_rows,
+                metrics,
+            },
+            reports,
+        ))
+    }
+
+    /// Runs until `stop` resolves.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let worked = match self.round().await {
+                Ok(w) => w,
+                Err(e) => {
+                    log::warn!("outbox: {e}");
+                    false
+                }
+            };
+            if worked {
+                // More may be waiting: go again at once, but let the stop in.
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::task::yield_now() => continue,
+                }
+            }
+            let now = Instant::now();
+            let wake = self
+                .lanes
+                .iter()
+                .filter_map(|l| l.state.retry_at())
+                .filter(|t| *t > now)
+                .fold(now + POLL, |a, b| a.min(b));
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    /// One batch to every sink that is due; whether any took one.
+    async fn round(&mut self) -> crate::Result<bool> {
+        let mut worked = false;
+        for lane in &mut self.lanes {
+            let name = lane.sink.name();
+            let now = Instant::now();
+            if !lane.state.ready(now) {
+                continue;
+            }
+            let cursor = self.store.outbox_cursor(name)?.unwrap_or(0);
+            let batch = self.store.outbox_after(cursor, BATCH)?;
+            let mut delivered = 0;
+            if let Some(last) = batch.last() {
+                match lane.sink.deliver(&batch).await {
+                    Ok(()) => {
+                        self.store.outbox_delivered(name, last.id)?;
+                        if lane.state.health() != SinkHealth::Ok {
+                            log::info!("outbox: {name} takes events again");
+                        }
+                        lane.state.delivered();
+                        delivered = batch.len() as u64;
+                        worked = true;
+                    }
+                    Err(e) => {
+                        let first = lane.state.health() == SinkHealth::Ok;
+                        let wait = lane.state.failed(now, e.clone());
+                        if first {
+                            log::warn!("outbox: {name}: {e}; its events wait in the outbox (retry in {wait:?})");
+                        }
+                    }
+                }
+            }
+            let backlog = self.store.outbox_backlog(name)?.max(0) as u64;
+            let mut r = lane.report.lock().expect("outbox report");
+            r.health = lane.state.health();
+            r.backlog = backlog;
+            r.delivered += delivered;
+            r.started = true;
+            if let Some(m) = &self.metrics {
+                m.outbox(name, delivered, backlog);
+            }
+        }
+        let dropped = self.store.outbox_bound(self.max_rows)?;
+        if dropped > 0 {
+            log::warn!(
+                "outbox: full ({} rows): dropped the {dropped} oldest value reports",
+                self.max_rows
+            );
+            if let Some(m) = &self.metrics {
+                m.outbox_dropped(dropped);
+            }
+        }
+        Ok(worked)
+    }
+}
+
+/// A sink's state as a health probe result: a failing sink is an error
+/// the board shows as degraded (never down: see `health::Board::optional`).
+pub fn probe(report: &SharedReport) -> Result<String, String> {
+    let r = report.lock().expect("outbox report");
+    match &r.health {
+        _ if !r.started => Err("not tried yet".into()),
+        SinkHealth::Ok => Ok(format!("{} events delivered, {} waiting", r.delivered, r.backlog)),
+        SinkHealth::Failing { failures, error } => Err(format!(
+            "{error} ({failures} attempts in a row; {} events waiting in the outbox)",
+            r.backlog
+        )),
+    }
+}

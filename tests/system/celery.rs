@@ -1,0 +1,334 @@
+//! Celery over Redis (issue 26) with the real parts: Debian's
+//! `redis-server` on a Unix socket in the test's directory, a Python
+//! Celery 5 worker from the test venv (`tests/celery/worker.py`), and
+//! Eclipse Wakaama's client beside a simulated device.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use flownexus::app;
+use flownexus::lwm2m::operation::{OperationKind, OperationState, WriteValue};
+use serde_json::Value;
+
+use super::{config, device, fleet, run_op, store, wait_for};
+
+/// A `redis-server` of the test's own, on a Unix socket (no port to
+/// collide with another test), no persistence.
+pub(super) struct Redis {
+    child: Child,
+    pub(super) socket: PathBuf,
+}
+
+impl Redis {
+    pub(super) fn start(dir: &Path) -> Redis {
+        let socket = dir.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server; `make test` installs it)");
+        let r = Redis { child, socket };
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while !r.ping() {
+            assert!(std::time::Instant::now() < until, "redis-server did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    pub(super) fn ping(&self) -> bool {
+        Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .arg("ping")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+    }
+
+    /// The URL flownexus takes.
+    pub(super) fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python Celery worker running `tests/celery/worker.py`, recording
+/// every task it ran to `record`.
+pub(super) struct Worker {
+    child: Child,
+    pub(super) record: PathBuf,
+}
+
+impl Worker {
+    pub(super) fn start(redis: &Redis, dir: &Path) -> Worker {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let celery = root.join(".venv/bin/celery");
+        assert!(
+            celery.exists(),
+            "Celery is not installed: run `make deps` (the venv from tests/requirements.txt)"
+        );
+        let record = dir.join("tasks.jsonl");
+        let log = std::fs::File::create(dir.join("worker.log")).unwrap();
+        let child = Command::new(celery)
+            .args(["-A", "worker", "worker", "-P", "solo", "-Q", "celery", "-l", "info"])
+            .args(["--without-gossip", "--without-mingle", "--without-heartbeat"])
+            .current_dir(root.join("tests/celery"))
+            .env("FNX_BROKER", format!("redis+socket://{}", redis.socket.display()))
+            .env("FNX_RECORD", &record)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Worker { child, record }
+    }
+
+    /// The tasks run so far: (name, keyword arguments).
+    pub(super) fn tasks(&self) -> Vec<(String, Value)> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| (v["task"].as_str().unwrap_or("").to_string(), v["kwargs"].clone()))
+            .collect()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every event kind of a device's life reaches a Python worker as the
+/// Celery task it names, with the event's fields as keyword arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_worker_receives_the_fleets_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let worker = Worker::start(&redis, dir.path());
+    let mut c = config(dir.path());
+    c.events.celery.broker = Some(redis.url());
+    let running = app::start(c).await.unwrap();
+    super::without_onboarding(dir.path());
+
+    // A real client registers, is read and written; a simulated one
+    // updates often and notifies.
+    let real = super::wakaama::wakaama("wakaama-udp").map(|bin| {
+        super::wakaama::Client::start(
+            &bin,
+            running.coap_addr.unwrap(),
+            "urn:wakaama:celery",
+            None,
+            dir.path().join("wakaama.log"),
+        )
+    });
+    let mut sim = device("urn:sim:celery");
+    sim.update_interval = Duration::from_secs(1);
+    let f = fleet(&running, vec![sim]).await;
+    let mut clients = vec!["urn:sim:celery"];
+    if real.is_some() {
+        clients.push("urn:wakaama:celery");
+    }
+    let s = store(dir.path());
+    wait_for("the registrations", Duration::from_secs(20), || {
+        let regs = s.registrations().unwrap();
+        clients.iter().all(|c| regs.iter().any(|r| r.endpoint == *c))
+    })
+    .await;
+    for ep in &clients {
+        let read = run_op(
+            dir.path(),
+            ep,
+            OperationKind::Read {
+                path: "/3/0/0".parse().unwrap(),
+            },
+        )
+        .await;
+        assert_eq!(read.state, OperationState::Succeeded, "{ep}");
+        // The server's lifetime (Core §5.1.2): a client updates its
+        // registration after it changes.
+        let write = run_op(
+            dir.path(),
+            ep,
+            OperationKind::Write {
+                path: "/1/0/1".parse().unwrap(),
+                values: vec![WriteValue {
+                    path: "/1/0/1".parse().unwrap(),
+                    value: "90".into(),
+                }],
+                replace: None,
+            },
+        )
+        .await;
+        assert_eq!(write.state, OperationState::Succeeded, "{ep}: {:?}", write.result);
+    }
+    let observe = run_op(
+        dir.path(),
+        "urn:sim:celery",
+        OperationKind::Observe {
+            path: "/3303/0/5700".parse().unwrap(),
+        },
+    )
+    .await;
+    assert_eq!(observe.state, OperationState::Succeeded);
+    let seen = |task: &str, ep: &str, check: &dyn Fn(&Value) -> bool| {
+        worker
+            .tasks()
+            .iter()
+            .any(|(t, k)| t == task && k["endpoint"] == ep && check(k))
+    };
+    wait_for(
+        "the simulated device's updates and notifications",
+        Duration::from_secs(30),
+        || {
+            seen("flownexus.device_updated", "urn:sim:celery", &|k| {
+                k["lifetime"].is_u64()
+            }) && seen("flownexus.values_reported", "urn:sim:celery", &|k| {
+                k["source"] == "notification" && k["values"][0]["display"].as_str().is_some_and(|d| d.ends_with("°C"))
+            })
+        },
+    )
+    .await;
+    // The ends of registrations: a de-registration each.
+    drop(real);
+    f.stop().await;
+
+    for ep in &clients {
+        wait_for(&format!("{ep}'s events in the worker"), Duration::from_secs(30), || {
+            seen("flownexus.device_registered", ep, &|k| {
+                k["lifetime"].as_u64().is_some() && k["registration"].is_string()
+            }) && seen("flownexus.operation_finished", ep, &|k| {
+                k["kind"] == "read" && k["state"] == "succeeded" && k["code"] == "2.05"
+            }) && seen("flownexus.operation_finished", ep, &|k| {
+                k["kind"] == "write" && k["request"]["values"][0]["value"] == "90"
+            }) && seen("flownexus.values_reported", ep, &|k| {
+                k["source"] == "read" && k["values"][0]["path"] == "/3/0/0" && k["values"][0]["display"].is_string()
+            }) && seen("flownexus.device_deregistered", ep, &|_| true)
+        })
+        .await;
+    }
+    // Every task carries an event id, unique, and the time.
+    let tasks = worker.tasks();
+    let ids: std::collections::HashSet<&str> = tasks.iter().filter_map(|(_, k)| k["event_id"].as_str()).collect();
+    assert_eq!(ids.len(), tasks.len(), "one event id per event");
+    assert!(tasks.iter().all(|(_, k)| k["time_ms"].as_i64().is_some_and(|t| t > 0)));
+    // Once taken, nothing waits in the outbox.
+    running.flush().await;
+    wait_for("an empty outbox", Duration::from_secs(10), || {
+        s.outbox_backlog("celery").unwrap() == 0
+    })
+    .await;
+    running.stop().await;
+}
+
+/// A broker that is not there at start: the server starts (degraded, not
+/// down), keeps the events in its outbox, and delivers them in order once
+/// Redis comes; a bad broker URL stops start-up naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_in_the_outbox_until_the_broker_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = config(dir.path());
+    bad.events.celery.broker = Some("amqp://guest@localhost//".into());
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("events.celery.broker") && err.contains("redis://"),
+        "{err}"
+    );
+
+    let socket_dir = dir.path().join("later");
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    let mut c = config(dir.path());
+    c.events.celery.broker = Some(format!("redis+unix://{}", socket_dir.join("redis.sock").display()));
+    c.health.probe_interval_s = 1;
+    let running = app::start(c).await.expect("starts without its broker");
+    super::without_onboarding(dir.path());
+    let health = |running: &app::Running| {
+        let addr = running.http_addr.unwrap();
+        async move {
+            let r = super::web::http(addr, "GET", "/healthz", &[], b"").await;
+            let v = r.json();
+            (
+                r.status,
+                v["status"].as_str().unwrap_or("").to_string(),
+                v["components"]["celery"].clone(),
+            )
+        }
+    };
+    let devices: Vec<_> = (0..5).map(|i| device(&format!("urn:sim:wait-{i}"))).collect();
+    let f = fleet(&running, devices).await;
+    let s = store(dir.path());
+    wait_for("registrations kept in the outbox", Duration::from_secs(20), || {
+        s.outbox_backlog("celery").unwrap() >= 5
+    })
+    .await;
+    wait_for("celery degraded in /healthz", Duration::from_secs(20), || {
+        let (status, overall, celery) = futures_now(health(&running));
+        status == 200 && overall == "degraded" && celery == "degraded"
+    })
+    .await;
+
+    // Redis comes; so does the worker: everything waiting arrives, each
+    // device's events in the order they happened.
+    let redis = Redis::start(&socket_dir);
+    let worker = Worker::start(&redis, dir.path());
+    wait_for(
+        "the waiting registrations in the worker",
+        Duration::from_secs(30),
+        || {
+            let tasks = worker.tasks();
+            (0..5).all(|i| {
+                tasks
+                    .iter()
+                    .any(|(t, k)| t == "flownexus.device_registered" && k["endpoint"] == format!("urn:sim:wait-{i}"))
+            })
+        },
+    )
+    .await;
+    f.stop().await;
+    wait_for("the de-registrations after them", Duration::from_secs(30), || {
+        let tasks = worker.tasks();
+        (0..5).all(|i| {
+            let ep = format!("urn:sim:wait-{i}");
+            let mine: Vec<&str> = tasks
+                .iter()
+                .filter(|(_, k)| k["endpoint"] == ep)
+                .map(|(t, _)| t.as_str())
+                .collect();
+            mine.first() == Some(&"flownexus.device_registered")
+                && mine.last() == Some(&"flownexus.device_deregistered")
+        })
+    })
+    .await;
+    wait_for("celery ok again", Duration::from_secs(20), || {
+        let (_, overall, celery) = futures_now(health(&running));
+        overall == "ok" && celery == "ok"
+    })
+    .await;
+    running.stop().await;
+}
+
+/// Runs a future to completion from a synchronous `wait_for` check.
+fn futures_now<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
