@@ -484,6 +484,26 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
     if !sink_reports.is_empty() {
         tasks.push(tokio::spawn(outbox.run(stopped(stop_rx.clone()))));
     }
+    // Tasks in from Python (issue 26): operations and firmware updates,
+    // their ends going back as Celery results through the outbox.
+    if config.events.celery.broker.is_some() {
+        let updates = match fw_addr {
+            Some(addr) => {
+                Some(crate::shell::fota::Starter::new(&config, Some(addr), coap_addr).context("fw.token_secret_file")?)
+            }
+            None => None,
+        };
+        let runner = crate::shell::celery::TaskRunner {
+            store: Store::open(&config.database_path())?,
+            models: models.clone(),
+            updates,
+            nudges: nudges.clone(),
+            operation_deadline_s: config.lwm2m.operation_deadline_s,
+            operation_max_attempts: config.lwm2m.operation_max_attempts,
+        };
+        let consumer = crate::shell::celery::Consumer::new(&config.events.celery, runner)?;
+        tasks.push(tokio::spawn(consumer.run(stopped(stop_rx.clone()))));
+    }
 
     // systemd's watchdog (WATCHDOG_USEC, sd_watchdog_enabled(3)): pinged
     // at half its interval while the vital loops answer their probes.

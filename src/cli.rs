@@ -909,7 +909,7 @@ fn device(cmd: DeviceCommand, config: &Config, create: bool) -> anyhow::Result<E
             let starter =
                 crate::shell::fota::Starter::new(config, running_addr(config, "fw"), running_addr(config, "coap"))?;
             let images: Vec<&str> = images.iter().map(String::as_str).collect();
-            let id = starter.create(&store, &endpoint, &images, "cli")?;
+            let id = starter.create(&store, &endpoint, &images, "cli", None)?;
             println!("firmware update {id} of {endpoint} queued");
             if !wait {
                 return Ok(ExitCode::SUCCESS);

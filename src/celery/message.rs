@@ -74,6 +74,83 @@ impl Task<'_> {
     }
 }
 
+/// The largest task message taken from the inbound queue: a read, write
+/// or update names a device, a path and a few values.
+pub const MAX_INCOMING: usize = 64 * 1024;
+
+/// A task message a Python producer sent (`app.send_task(…)`), decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub name: String,
+    pub id: String,
+    pub args: Vec<Value>,
+    pub kwargs: serde_json::Map<String, Value>,
+    /// The producer's node name (`origin`), for the per-producer limit.
+    pub origin: String,
+}
+
+/// Why a message cannot be taken as a task; with the task id when the
+/// envelope carried one, so the failure can be reported under it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undecodable {
+    pub id: Option<String>,
+    pub reason: String,
+}
+
+/// Decodes an envelope as kombu's Redis transport stores it (protocol 2,
+/// JSON serializer, body base64-encoded or plain).
+pub fn decode(envelope: &[u8]) -> Result<Incoming, Undecodable> {
+    let bad = |id: Option<&str>, reason: String| Undecodable {
+        id: id.map(str::to_string),
+        reason,
+    };
+    if envelope.len() > MAX_INCOMING {
+        return Err(bad(
+            None,
+            format!("message of {} bytes, over {MAX_INCOMING}", envelope.len()),
+        ));
+    }
+    let v: Value = serde_json::from_slice(envelope).map_err(|e| bad(None, format!("not a JSON envelope: {e}")))?;
+    let headers = &v["headers"];
+    let id = headers["id"].as_str().filter(|id| valid_id(id));
+    let Some(id) = id else {
+        return Err(bad(None, "the message has no usable task id (headers.id)".into()));
+    };
+    let name = headers["task"]
+        .as_str()
+        .ok_or_else(|| bad(Some(id), "no task name (headers.task): protocol 2 messages only".into()))?;
+    if v["content-type"].as_str() != Some("application/json") {
+        return Err(bad(
+            Some(id),
+            format!("content-type {}: send with the json serializer", v["content-type"]),
+        ));
+    }
+    let raw = v["body"].as_str().ok_or_else(|| bad(Some(id), "no body".into()))?;
+    let body = match v["properties"]["body_encoding"].as_str() {
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|e| bad(Some(id), format!("body is not base64: {e}")))?,
+        _ => raw.as_bytes().to_vec(),
+    };
+    let body: Value = serde_json::from_slice(&body).map_err(|e| bad(Some(id), format!("body is not JSON: {e}")))?;
+    let (Some(args), Some(kwargs)) = (body[0].as_array(), body[1].as_object()) else {
+        return Err(bad(Some(id), "body is not [args, kwargs, embed]".into()));
+    };
+    Ok(Incoming {
+        name: name.to_string(),
+        id: id.to_string(),
+        args: args.clone(),
+        kwargs: kwargs.clone(),
+        origin: headers["origin"].as_str().unwrap_or("").chars().take(128).collect(),
+    })
+}
+
+/// A task id we store and use in a Redis key: Celery's are UUIDs; any
+/// short printable name without spaces is accepted.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// `argsrepr`/`kwargsrepr` are for logs and monitors; Celery shortens them
 /// too (`argsrepr_maxsize`).
 fn truncated(s: &str, max: usize) -> String {
@@ -90,6 +167,44 @@ fn truncated(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_we_send_we_can_take_back() {
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("timeout".into(), json!(30));
+        let task = Task {
+            name: "flownexus.read",
+            id: "11111111-2222-4333-8444-555555555555",
+            queue: "flownexus",
+            args: vec![json!("urn:imei:1"), json!("/3/0/0")],
+            kwargs,
+            origin: "gen42@host",
+            ignore_result: false,
+        };
+        let back = decode(task.encode().as_bytes()).unwrap();
+        assert_eq!(back.name, "flownexus.read");
+        assert_eq!(back.id, task.id);
+        assert_eq!(back.args, task.args);
+        assert_eq!(back.kwargs["timeout"], 30);
+        assert_eq!(back.origin, "gen42@host");
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused_with_the_task_id_when_known() {
+        let e = decode(b"not json").unwrap_err();
+        assert_eq!(e.id, None);
+        let e = decode(br#"{"headers":{"id":"abc","task":"flownexus.read"},"content-type":"application/x-python-serialize","body":"x"}"#)
+            .unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("abc"));
+        assert!(e.reason.contains("json serializer"), "{}", e.reason);
+        let e = decode(br#"{"headers":{"id":"has space","task":"t"}}"#).unwrap_err();
+        assert_eq!(e.id, None);
+        let big = vec![b' '; MAX_INCOMING + 1];
+        assert!(decode(&big).unwrap_err().reason.contains("over"));
+        let e = decode(br#"{"headers":{"id":"a","task":"t"},"content-type":"application/json","body":"[1,2]"}"#)
+            .unwrap_err();
+        assert!(e.reason.contains("[args, kwargs, embed]"), "{}", e.reason);
+    }
 
     #[test]
     fn the_envelope_carries_what_a_worker_reads() {

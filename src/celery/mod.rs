@@ -4,6 +4,8 @@
 //! `delivery_info` and a Celery 5 worker loses them (`KeyError: 'exchange'`).
 
 pub mod message;
+pub mod result;
+pub mod tasks;
 
 /// Why `url` cannot be a Celery broker, if it cannot: kombu's Redis
 /// transports (`redis://`, `rediss://` with TLS, `redis+unix://` or

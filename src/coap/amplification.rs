@@ -36,20 +36,20 @@ pub struct Counters {
     pub rate_limited: u64,
 }
 
-/// A token bucket per source address: `per_second` answers a second, a
-/// burst of as many.
+/// A token bucket per source (an address; for Celery tasks, the producer's
+/// node name): `per_second` admitted a second, a burst of as many.
 #[derive(Debug)]
-pub struct Guard {
+pub struct Guard<K = IpAddr> {
     per_second: f64,
-    sources: HashMap<IpAddr, (f64, Instant)>,
+    sources: HashMap<K, (f64, Instant)>,
     pub counters: Counters,
 }
 
 /// Sources kept before idle ones are swept.
 const SWEEP_AT: usize = 100_000;
 
-impl Guard {
-    pub fn new(per_second: u32) -> Guard {
+impl<K: std::hash::Hash + Eq> Guard<K> {
+    pub fn new(per_second: u32) -> Guard<K> {
         Guard {
             per_second: f64::from(per_second.max(1)),
             sources: HashMap::new(),
@@ -59,7 +59,7 @@ impl Guard {
 
     /// Whether `source` may be answered at `now`; counts it as rate
     /// limited when not.
-    pub fn admit(&mut self, now: Instant, source: IpAddr) -> bool {
+    pub fn admit(&mut self, now: Instant, source: K) -> bool {
         if self.sources.len() >= SWEEP_AT {
             let full = self.per_second;
             // A source idle long enough to have a full bucket again

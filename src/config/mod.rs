@@ -93,6 +93,12 @@ pub struct CeleryConfig {
     pub queue: String,
     /// Task names are this plus the event's kind (`flownexus.device_registered`).
     pub task_prefix: String,
+    /// The queue flownexus takes tasks from (`flownexus.read`, …); the
+    /// results go to the broker's Redis, as Celery's Redis backend keeps them.
+    pub task_queue: String,
+    /// Tasks one producer (a Celery node, by its `origin`) may send a
+    /// second; more are refused, each with a failure result.
+    pub tasks_per_producer_per_s: u32,
 }
 
 /// Firmware updates (LwM2M Object 5): how long each phase may take and
@@ -495,6 +501,8 @@ impl Config {
                     password_file: None,
                     queue: "celery".into(),
                     task_prefix: "flownexus.".into(),
+                    task_queue: "flownexus".into(),
+                    tasks_per_producer_per_s: 200,
                 },
             },
             log: LogConfig {

@@ -336,7 +336,17 @@ const KEYS: &[(&str, &str, &str)] = &[
     (
         "events.celery.task_prefix",
         "",
-        "task names are this plus the event kind: `flownexus.device_registered`",
+        "task names are this plus the event kind: `flownexus.device_registered`; the tasks flownexus runs are this plus `read`, `write`, `execute`, `observe`, `cancel_observe`, `update_firmware`",
+    ),
+    (
+        "events.celery.task_queue",
+        "",
+        "the queue flownexus takes tasks from (`app.send_task(\"flownexus.read\", args=[endpoint, \"/3/0/0\"], queue=\"flownexus\")`); results go to the broker's Redis as Celery's Redis result backend keeps them",
+    ),
+    (
+        "events.celery.tasks_per_producer_per_s",
+        "",
+        "tasks one producer (by its Celery node name) may send a second; more fail at once, saying so",
     ),
 ];
 

@@ -211,8 +211,22 @@ impl Config {
         {
             p.push(Problem::new("events.celery.broker", reason));
         }
-        if e.celery.queue.is_empty() || e.celery.queue.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            p.push(Problem::new("events.celery.queue", "must be a name without spaces"));
+        for (key, queue) in [
+            ("events.celery.queue", &e.celery.queue),
+            ("events.celery.task_queue", &e.celery.task_queue),
+        ] {
+            if queue.is_empty() || queue.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                p.push(Problem::new(key, "must be a name without spaces"));
+            }
+        }
+        if e.celery.queue == e.celery.task_queue {
+            p.push(Problem::new(
+                "events.celery.task_queue",
+                "must differ from events.celery.queue: flownexus would take its own events as tasks",
+            ));
+        }
+        if e.celery.tasks_per_producer_per_s == 0 {
+            p.push(Problem::new("events.celery.tasks_per_producer_per_s", "must be >= 1"));
         }
         if self.log.level.parse::<log::LevelFilter>().is_err() {
             p.push(Problem::new(

@@ -151,6 +151,9 @@ pub fn same_version(a: &str, b: &str) -> bool {
     let norm = |s: &str| {
         let s = s.trim();
         let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
+        // An MCUboot header always has a build number (`ih_ver`); 0 is
+        // "none", and a device built without one reports "1.2.3".
+        let s = s.strip_suffix("+0").unwrap_or(s);
         s.replace(['_', '-'], ".").to_ascii_lowercase()
     };
     norm(a) == norm(b)

@@ -303,6 +303,9 @@ fn versions_compare_as_people_write_them() {
     assert!(same_version("1_2_3", "1.2.3"));
     assert!(same_version("V1.2.3-RC1", "1.2.3_rc1"));
     assert!(!same_version("1.2.3", "1.2.4"));
+    // A header's build number 0 is no build number.
+    assert!(same_version("2.0.0+0", "2.0.0"));
+    assert!(!same_version("2.0.0+1", "2.0.0"));
     assert!(update_result_reason(5).contains("integrity"));
     assert!(update_result_reason(42).contains("does not define"));
 }

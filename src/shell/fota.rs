@@ -103,7 +103,9 @@ impl Starter {
     /// URIs with download tokens, checked against the device's buffer;
     /// refused while another update of the device is active. The server's
     /// update task picks it up within a second.
-    pub fn create(&self, store: &Store, endpoint: &str, images: &[&str], by: &str) -> Result<i64> {
+    /// A new update of `endpoint` to `images`, asked by `by` (for Celery
+    /// task `task`, whose result its end becomes).
+    pub fn create(&self, store: &Store, endpoint: &str, images: &[&str], by: &str, task: Option<&str>) -> Result<i64> {
         let fws = images
             .iter()
             .map(|image| live_firmware(store, image))
@@ -127,7 +129,7 @@ impl Starter {
             what: "firmware update",
             reason,
         })?;
-        store.create_update(endpoint, fws[0].id, &machine, by)
+        store.create_update(endpoint, fws[0].id, &machine, by, task)
     }
 
     /// A new update of `endpoint` to `images`, or why it cannot be one:

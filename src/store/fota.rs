@@ -38,14 +38,24 @@ pub struct UpdateStep {
 
 fn save_on(tx: &rusqlite::Transaction<'_>, id: i64, machine: &Update) -> Result<()> {
     let now = now_ms();
-    let before: Option<(String, String, i64, Option<i64>)> = tx
+    let before: Option<(String, Of)> = tx
         .query_row(
-            "SELECT phase, endpoint, firmware_id, campaign_id FROM fota_updates WHERE id = ?1",
+            "SELECT phase, endpoint, firmware_id, campaign_id, celery_task_id FROM fota_updates WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    Of {
+                        endpoint: r.get(1)?,
+                        firmware_id: r.get(2)?,
+                        campaign_id: r.get(3)?,
+                        task: r.get(4)?,
+                    },
+                ))
+            },
         )
         .optional()?;
-    let Some((before, endpoint, firmware_id, campaign_id)) = before else {
+    let Some((before, of)) = before else {
         return Err(Error::NotFound(format!("firmware update {id}")));
     };
     let phase = machine.phase;
@@ -72,7 +82,7 @@ fn save_on(tx: &rusqlite::Transaction<'_>, id: i64, machine: &Update) -> Result<
             "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
             params![id, now, phase.as_str(), machine.reason],
         )?;
-        changed_event(tx, id, &endpoint, firmware_id, campaign_id, machine, Some(&before))?;
+        changed_event(tx, id, &of, machine, Some(&before))?;
     }
     if phase.is_final() {
         // A campaign's device ends with its update, in this transaction.
@@ -113,8 +123,23 @@ pub(super) fn insert_update(
         "INSERT INTO fota_steps (update_id, ts, phase, detail) VALUES (?1, ?2, ?3, ?4)",
         params![id, now, machine.phase.as_str(), format!("queued by {by}")],
     )?;
-    changed_event(tx, id, endpoint, firmware_id, campaign_id, machine, None)?;
+    let of = Of {
+        endpoint: endpoint.to_string(),
+        firmware_id,
+        campaign_id,
+        task: None,
+    };
+    changed_event(tx, id, &of, machine, None)?;
     Ok(id)
+}
+
+/// Whose an update is, for its events.
+struct Of {
+    endpoint: String,
+    firmware_id: i64,
+    campaign_id: Option<i64>,
+    /// The Celery task that asked for it, whose result its end is.
+    task: Option<String>,
 }
 
 /// `firmware_update_changed` for the outbox: the update entered a phase
@@ -122,22 +147,24 @@ pub(super) fn insert_update(
 fn changed_event(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
-    endpoint: &str,
-    firmware_id: i64,
-    campaign_id: Option<i64>,
+    of: &Of,
     machine: &Update,
     previous: Option<&str>,
 ) -> Result<()> {
     super::outbox::emit_if_wanted(
         tx,
         crate::outbox::EventKind::FirmwareUpdateChanged,
-        Some(endpoint),
+        Some(&of.endpoint),
         || {
-            serde_json::json!({
-                "update": id, "firmware": firmware_id, "campaign": campaign_id,
+            let mut payload = serde_json::json!({
+                "update": id, "firmware": of.firmware_id, "campaign": of.campaign_id,
                 "phase": machine.phase.as_str(), "previous": previous, "reason": machine.reason,
                 "final": machine.phase.is_final(),
-            })
+            });
+            if let Some(task) = &of.task {
+                payload["celery_task_id"] = serde_json::Value::from(task.as_str());
+            }
+            payload
         },
     )
 }
@@ -168,11 +195,36 @@ fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
 impl Store {
     /// Start an update of `endpoint`; refused while another is active on
     /// it (the partial unique index decides, never a check before).
-    pub fn create_update(&self, endpoint: &str, firmware_id: i64, machine: &Update, by: &str) -> Result<i64> {
+    /// A new update; for Celery task `task`, whose id it keeps (unique).
+    pub fn create_update(
+        &self,
+        endpoint: &str,
+        firmware_id: i64,
+        machine: &Update,
+        by: &str,
+        task: Option<&str>,
+    ) -> Result<i64> {
         let tx = self.write_tx()?;
         let id = insert_update(&tx, endpoint, firmware_id, machine, by, None)?;
+        if let Some(task) = task {
+            tx.execute(
+                "UPDATE fota_updates SET celery_task_id = ?2 WHERE id = ?1",
+                params![id, task],
+            )
+            .map_err(|e| access::constraint(e, || format!("an update for Celery task {task}")))?;
+        }
         tx.commit()?;
         Ok(id)
+    }
+
+    /// The update Celery task `task` made, if any.
+    pub fn update_of_task(&self, task: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT id FROM fota_updates WHERE celery_task_id = ?1", [task], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     /// Persist a machine after a step; a phase change adds to the timeline.
@@ -332,11 +384,11 @@ mod tests {
         s.add_device("dev", None, &Tags::default()).unwrap();
         let fw = firmware(&mut s);
         let mut m = Update::new(0, "https://fw/x".into(), None, "2.0.0".into());
-        let id = s.create_update("dev", fw, &m, "t").unwrap();
-        let again = s.create_update("dev", fw, &m, "t").unwrap_err();
+        let id = s.create_update("dev", fw, &m, "t", None).unwrap();
+        let again = s.create_update("dev", fw, &m, "t", None).unwrap_err();
         assert!(matches!(again, Error::AlreadyExists(_)), "{again}");
         assert!(matches!(
-            s.create_update("nobody", fw, &m, "t"),
+            s.create_update("nobody", fw, &m, "t", None),
             Err(Error::UnknownEndpoint(_))
         ));
 
@@ -371,6 +423,6 @@ mod tests {
         // A device provisioned again under that name can be updated.
         s.add_device("dev", None, &Tags::default()).unwrap();
         let fresh = Update::new(0, "https://fw/x".into(), None, "2.0.0".into());
-        s.create_update("dev", fw, &fresh, "t").unwrap();
+        s.create_update("dev", fw, &fresh, "t", None).unwrap();
     }
 }

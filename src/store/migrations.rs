@@ -444,6 +444,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         delivered INTEGER NOT NULL
     );
     "#,
+    // 24: operations and firmware updates sent by Celery tasks (issue 26):
+    // the task's id, unique, so a task taken twice (a crash between
+    // committing and acknowledging it) makes one, and the result goes back
+    // under its id.
+    r#"
+    ALTER TABLE operations ADD COLUMN celery_task_id TEXT;
+    CREATE UNIQUE INDEX operations_celery_task ON operations (celery_task_id) WHERE celery_task_id IS NOT NULL;
+    ALTER TABLE fota_updates ADD COLUMN celery_task_id TEXT;
+    CREATE UNIQUE INDEX fota_updates_celery_task ON fota_updates (celery_task_id) WHERE celery_task_id IS NOT NULL;
+    "#,
 ];
 
 /// A database as a flownexus of schema `version` left it, for tests of

@@ -38,6 +38,35 @@ impl Store {
         insert_operation(&self.conn, endpoint, kind, deadline, max_attempts)
     }
 
+    /// Queue an operation for Celery task `task_id`, or find the one it
+    /// made before: a task taken twice (the server died between committing
+    /// and acknowledging it) makes one operation. `(id, new)`.
+    pub fn queue_task_operation(
+        &mut self,
+        endpoint: &str,
+        kind: &OperationKind,
+        deadline: i64,
+        max_attempts: u32,
+        task_id: &str,
+    ) -> Result<(OperationId, bool)> {
+        let tx = self.write_tx()?;
+        let known: Option<OperationId> = tx
+            .query_row("SELECT id FROM operations WHERE celery_task_id = ?1", [task_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(id) = known {
+            return Ok((id, false));
+        }
+        let id = insert_operation(&tx, endpoint, kind, deadline, max_attempts)?;
+        tx.execute(
+            "UPDATE operations SET celery_task_id = ?2 WHERE id = ?1",
+            params![id, task_id],
+        )?;
+        tx.commit()?;
+        Ok((id, true))
+    }
+
     /// Queue `per_endpoint` copies of one operation for each endpoint in a
     /// single transaction (bulk actions, benchmarks).
     pub fn queue_operations(

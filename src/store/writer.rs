@@ -815,6 +815,17 @@ fn apply<P: Display>(
                     reported.push(json!({ "path": r.path.to_string(), "ts": ts, "value": r.value }));
                 }
             }
+            if let Some(first) = first {
+                let range = SeqRange {
+                    first,
+                    last: tx.last_insert_rowid(),
+                };
+                // An answer to a Read moves at once: the fleet's firmware
+                // counts and filters read the latest values alone.
+                journalled.reports.push((dev, range, source == Source::Read));
+            }
+            // After the journal's range is read: the outbox row is the
+            // transaction's last insert from here on.
             if outbox && !reported.is_empty() {
                 let source = match source {
                     Source::Notification => "notification",
@@ -827,15 +838,6 @@ fn apply<P: Display>(
                     Some(&endpoint),
                     &json!({ "source": source, "values": reported }),
                 )?;
-            }
-            if let Some(first) = first {
-                let range = SeqRange {
-                    first,
-                    last: tx.last_insert_rowid(),
-                };
-                // An answer to a Read moves at once: the fleet's firmware
-                // counts and filters read the latest values alone.
-                journalled.reports.push((dev, range, source == Source::Read));
             }
         }
         ServerEvent::OperationSent { id, attempt, .. } => {
@@ -863,29 +865,29 @@ fn apply<P: Display>(
             let result_json = outbox.then(|| serde_json::from_str::<serde_json::Value>(&result).unwrap_or_default());
             // A cancellation requested through the store is already final there.
             // What it was, for the event an operator reads ("read /3/0 …").
-            let asked: Option<(String, String)> = tx
+            let asked: Option<(String, String, Option<String>)> = tx
                 .query_row(
                     "UPDATE operations SET state = ?2, coap_code = ?3, result = ?4, updated_at = ?5
-                     WHERE id = ?1 AND state IN ('queued', 'sent') RETURNING kind, request",
+                     WHERE id = ?1 AND state IN ('queued', 'sent') RETURNING kind, request, celery_task_id",
                     params![id, state, code, result, now_ms()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
             // Only the change that made it final is an event (a repeat of a
             // final outcome updates no row).
-            if let (Some(result), Some((kind, request))) = (result_json, &asked) {
+            if let (Some(result), Some((kind, request, task))) = (result_json, &asked) {
                 let request: serde_json::Value = serde_json::from_str(request).unwrap_or_default();
-                super::outbox::emit(
-                    tx,
-                    EventKind::OperationFinished,
-                    Some(&endpoint),
-                    &json!({ "operation": id, "kind": kind, "request": request, "state": state,
-                             "code": code, "result": result }),
-                )?;
+                let mut payload = json!({ "operation": id, "kind": kind, "request": request, "state": state,
+                                          "code": code, "result": result });
+                // Its end is the result of the Celery task that asked.
+                if let Some(task) = task {
+                    payload["celery_task_id"] = json!(task);
+                }
+                super::outbox::emit(tx, EventKind::OperationFinished, Some(&endpoint), &payload)?;
             }
             if !matches!(outcome, Outcome::Cancelled) {
                 let (kind, path) = asked
-                    .map(|(kind, request)| {
+                    .map(|(kind, request, _)| {
                         let path = serde_json::from_str::<crate::lwm2m::operation::OperationKind>(&request)
                             .map(|k| k.path().to_string())
                             .unwrap_or_default();

@@ -656,7 +656,7 @@ pub fn start_update(ctx: &mut Ctx<'_>, endpoint: &str, images: &[&str]) -> WebRe
             "the firmware server is disabled (fw.enabled = false)",
         )
     })?;
-    let id = starter.create(ctx.store, endpoint, images, &who)?;
+    let id = starter.create(ctx.store, endpoint, images, &who, None)?;
     log::info!(
         "{who} started firmware update {id} of {endpoint:?} to {}",
         images.join(" + ")

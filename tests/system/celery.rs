@@ -332,3 +332,183 @@ async fn events_wait_in_the_outbox_until_the_broker_comes() {
 fn futures_now<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+/// Runs `tests/celery/producer.py` with `tasks` (a JSON list of
+/// `{name, args, kwargs}`); each task's outcome as `get()` gave it.
+fn produce(socket: &Path, tasks: &Value) -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/celery/producer.py"))
+        .env("FNX_BROKER", format!("redis+socket://{}", socket.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(tasks.to_string().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "producer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A Python producer drives a device through read, write, execute,
+/// observe, cancel-observe and a firmware update with `send_task`, and
+/// `AsyncResult.get()` returns each value or raises naming what failed;
+/// unknown tasks, bad arguments and unknown devices fail the same way,
+/// and a task taken twice makes one operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_producer_drives_a_device_and_reads_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let mut c = config(dir.path());
+    c.events.celery.broker = Some(redis.url());
+    let running = app::start(c).await.unwrap();
+    super::without_onboarding(dir.path());
+    let mut d = device("urn:sim:driven");
+    d.fw_ca = Some(dir.path().join("fw-tls/ca.pem"));
+    let _f = fleet(&running, vec![d]).await;
+    let s = store(dir.path());
+    wait_for("the registration", Duration::from_secs(20), || {
+        s.registrations()
+            .unwrap()
+            .iter()
+            .any(|r| r.endpoint == "urn:sim:driven")
+    })
+    .await;
+    // An image for the update (MCUboot header, version 2.0.0).
+    let mut image = 0x96f3_b83du32.to_le_bytes().to_vec();
+    image.extend((0..8192u32).map(|i| (i % 251) as u8));
+    image[20..28].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+    let file = dir.path().join("app-2.bin");
+    std::fs::write(&file, &image).unwrap();
+    let (ok, _, err) = super::flownexus_cli(
+        dir.path().to_str().unwrap(),
+        &["firmware", "add", file.to_str().unwrap()],
+        "",
+    );
+    assert!(ok, "{err}");
+
+    let ep = "urn:sim:driven";
+    let results = tokio::task::spawn_blocking({
+        let tasks = serde_json::json!([
+            { "name": "flownexus.read", "args": [ep, "/3/0/0"] },
+            { "name": "flownexus.read", "args": [ep, "/3/0"] },
+            { "name": "flownexus.write", "args": [ep, "/1/0/1"], "kwargs": { "value": 90 } },
+            { "name": "flownexus.execute", "args": [ep, "/3303/0/5605"] },
+            { "name": "flownexus.observe", "args": [ep, "/3303/0/5700"] },
+            { "name": "flownexus.cancel_observe", "args": [ep, "/3303/0/5700"] },
+            { "name": "flownexus.read", "args": [ep, "/9999/0/0"] },
+            { "name": "flownexus.read", "args": ["urn:nobody", "/3/0/0"] },
+            { "name": "flownexus.reboot", "args": [ep] },
+            { "name": "flownexus.read", "args": [ep, "not a path"] },
+            { "name": "flownexus.update_firmware", "args": [ep, "app-2.bin"] },
+        ]);
+        let socket = redis.socket.clone();
+        move || produce(&socket, &tasks)
+    })
+    .await
+    .unwrap();
+    let said = serde_json::to_string_pretty(&results).unwrap();
+    let ok = |i: usize| {
+        assert_eq!(results[i]["ok"], true, "task {i}: {said}");
+        results[i]["result"].clone()
+    };
+    let failed = |i: usize, words: &[&str]| {
+        assert_eq!(results[i]["ok"], false, "task {i}: {said}");
+        let e = results[i]["error"].as_str().unwrap();
+        assert!(e.starts_with("RuntimeError: "), "{e}");
+        for w in words {
+            assert!(e.contains(w), "task {i}: {w} in {e}");
+        }
+    };
+    assert!(ok(0).is_string(), "a resource's value: {said}");
+    let object = ok(1);
+    assert_eq!(object["code"], "2.05");
+    assert!(object["values"]["/3/0/0"].is_string(), "{object}");
+    assert_eq!(ok(2)["code"], "2.04");
+    assert_eq!(ok(3)["code"], "2.04");
+    assert_eq!(ok(4)["code"], "2.05");
+    assert!(ok(5)["code"].is_string());
+    failed(6, &["urn:sim:driven", "read /9999/0/0"]);
+    failed(7, &["urn:nobody"]);
+    failed(8, &["unknown task \"flownexus.reboot\""]);
+    failed(9, &["\"not a path\" is not an LwM2M path"]);
+    assert_eq!(ok(10)["phase"], "succeeded", "{said}");
+    // One operation per task that asked for one, each under its task's id.
+    let by_task = || -> i64 {
+        s.connection()
+            .query_row(
+                "SELECT COUNT(*) FROM operations WHERE celery_task_id IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(by_task(), 7);
+
+    // The same task delivered twice (as after a crash between committing
+    // and acknowledging it): one operation, one result.
+    let again = flownexus::celery::message::Task {
+        name: "flownexus.read",
+        id: "0b7c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3",
+        queue: "flownexus",
+        args: vec![serde_json::json!(ep), serde_json::json!("/3/0/1")],
+        kwargs: serde_json::Map::new(),
+        origin: "test@host",
+        ignore_result: false,
+    }
+    .encode();
+    for _ in 0..2 {
+        let pushed = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&redis.socket)
+            .args(["LPUSH", "flownexus", &again])
+            .output()
+            .unwrap();
+        assert!(pushed.status.success());
+    }
+    let result = |socket: &Path| {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(socket)
+            .args(["GET", "celery-task-meta-0b7c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()
+    };
+    wait_for("the twice-sent task's result", Duration::from_secs(20), || {
+        result(&redis.socket)["status"] == "SUCCESS"
+    })
+    .await;
+    assert_eq!(result(&redis.socket)["result"], "nRF9160-SIM");
+    let waiting = |list: &str| {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&redis.socket)
+            .args(["LLEN", list])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_for("both copies taken and acknowledged", Duration::from_secs(20), || {
+        waiting("flownexus") == "0" && waiting("flownexus.processing") == "0"
+    })
+    .await;
+    assert_eq!(by_task(), 8, "one operation for the task taken twice");
+    running.stop().await;
+}
