@@ -475,6 +475,19 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
             crate::shell::celery::CelerySink::new(&config.events.celery, models.clone())?,
         ));
     }
+    if !config.events.webhooks.is_empty() {
+        let secret_file = config
+            .events
+            .webhook_secret_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("webhook-secret.key"));
+        let secret = crate::secret::load_or_create(&secret_file, "events.webhook_secret_file")?;
+        for (i, w) in config.events.webhooks.iter().enumerate() {
+            sinks.push(crate::shell::outbox::Sink::Webhook(
+                crate::shell::webhook::WebhookSink::new(i, w, &secret, models.clone())?,
+            ));
+        }
+    }
     let (outbox, sink_reports) = crate::shell::outbox::OutboxTask::new(
         Store::open(&config.database_path())?,
         sinks,

@@ -147,6 +147,7 @@ impl Config {
             &mut config.fw.token_secret_file,
             &mut config.http.secret_file,
             &mut config.events.celery.password_file,
+            &mut config.events.webhook_secret_file,
         ] {
             if let Some(dir) = p.as_ref() {
                 *p = Some(absolute(dir)?);
@@ -380,7 +381,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Keys that only a config file can set (lists of tables have no
 /// sensible single-variable form); they have no environment name.
-pub(super) const FILE_ONLY_KEYS: &[&str] = &["fw.sni"];
+pub(super) const FILE_ONLY_KEYS: &[&str] = &["fw.sni", "events.webhooks"];
 
 /// Keys whose default is "unset" and so do not appear in the default tree.
 pub(super) const OPTIONAL_KEYS: &[&str] = &[
@@ -394,6 +395,7 @@ pub(super) const OPTIONAL_KEYS: &[&str] = &[
     "http.secret_file",
     "events.celery.broker",
     "events.celery.password_file",
+    "events.webhook_secret_file",
 ];
 
 pub(super) fn env_name(key: &str) -> String {

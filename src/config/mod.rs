@@ -74,6 +74,24 @@ pub struct EventsConfig {
     /// reports go, oldest first (state events never do).
     pub outbox_max_rows: u64,
     pub celery: CeleryConfig,
+    /// HTTP(S) receivers, each POSTed one JSON body per event (config
+    /// file only: `[[events.webhooks]]`).
+    pub webhooks: Vec<WebhookConfig>,
+    /// The key webhook bodies are signed with (HMAC-SHA256); unset: one
+    /// generated in the data directory on first run, mode 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `https://…` (or `http://…` on a private network).
+    pub url: String,
+    /// Only these event kinds (`device_registered`, `values_reported`, …);
+    /// empty: every kind.
+    #[serde(default)]
+    pub kinds: Vec<String>,
 }
 
 /// Celery over Redis: each event becomes a task message for Python
@@ -504,6 +522,8 @@ impl Config {
                     task_queue: "flownexus".into(),
                     tasks_per_producer_per_s: 200,
                 },
+                webhooks: Vec::new(),
+                webhook_secret_file: None,
             },
             log: LogConfig {
                 level: "info".into(),

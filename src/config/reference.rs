@@ -344,6 +344,16 @@ const KEYS: &[(&str, &str, &str)] = &[
         "the queue flownexus takes tasks from (`app.send_task(\"flownexus.read\", args=[endpoint, \"/3/0/0\"], queue=\"flownexus\")`); results go to the broker's Redis as Celery's Redis result backend keeps them",
     ),
     (
+        "events.webhooks",
+        "`[]`",
+        "HTTP(S) receivers of every event: `[[events.webhooks]] url = \"https://hooks.example.com/fleet\"`, `kinds = [\"device_registered\"]` (default every kind); one JSON POST per event, signed in `X-Flownexus-Signature` (docs/celery.md)",
+    ),
+    (
+        "events.webhook_secret_file",
+        "unset (`<data_dir>/webhook-secret.key`, generated, mode 0600)",
+        "the HMAC-SHA256 key webhook bodies are signed with",
+    ),
+    (
         "events.celery.tasks_per_producer_per_s",
         "",
         "tasks one producer (by its Celery node name) may send a second; more fail at once, saying so",

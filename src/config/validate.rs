@@ -225,6 +225,25 @@ impl Config {
                 "must differ from events.celery.queue: flownexus would take its own events as tasks",
             ));
         }
+        for (i, w) in e.webhooks.iter().enumerate() {
+            let key = format!("events.webhooks[{i}].url");
+            match w.url.parse::<hyper::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+                _ => p.push(Problem::new(
+                    key,
+                    "must be an http:// or https:// URL, e.g. https://hooks.example.com/fleet",
+                )),
+            }
+            for k in &w.kinds {
+                if crate::outbox::EventKind::parse(k).is_none() {
+                    let kinds: Vec<&str> = crate::outbox::EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                    p.push(Problem::new(
+                        format!("events.webhooks[{i}].kinds"),
+                        format!("unknown event kind {k:?}: one of {}", kinds.join(", ")),
+                    ));
+                }
+            }
+        }
         if e.celery.tasks_per_producer_per_s == 0 {
             p.push(Problem::new("events.celery.tasks_per_producer_per_s", "must be >= 1"));
         }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod record;
 pub mod udp;
+pub mod webhook;
 
 use std::sync::Arc;
 

@@ -32,18 +32,27 @@ pub type SharedReport = Arc<Mutex<SinkReport>>;
 
 pub enum Sink {
     Celery(CelerySink),
+    Webhook(crate::shell::webhook::WebhookSink),
 }
 
 impl Sink {
     pub fn name(&self) -> &'static str {
         match self {
             Sink::Celery(_) => "celery",
+            Sink::Webhook(w) => w.name(),
         }
     }
 
-    async fn deliver(&mut self, events: &[crate::outbox::OutboxEvent]) -> Result<(), String> {
+    /// How many of `events` the sink took (in order), and why it stopped
+    /// short if it did.
+    async fn deliver(&mut self, events: &[crate::outbox::OutboxEvent]) -> (usize, Option<String>) {
         match self {
-            Sink::Celery(s) => s.deliver(events).await,
+            // A batch is one MULTI/EXEC: all or nothing.
+            Sink::Celery(s) => match s.deliver(events).await {
+                Ok(()) => (events.len(), None),
+                Err(e) => (0, Some(e)),
+            },
+            Sink::Webhook(w) => w.deliver(events).await,
         }
     }
 }
@@ -141,18 +150,21 @@ impl OutboxTask {
             let cursor = self.store.outbox_cursor(name)?.unwrap_or(0);
             let batch = self.store.outbox_after(cursor, BATCH)?;
             let mut delivered = 0;
-            if let Some(last) = batch.last() {
-                match lane.sink.deliver(&batch).await {
-                    Ok(()) => {
-                        self.store.outbox_delivered(name, last.id)?;
+            if !batch.is_empty() {
+                let (taken, error) = lane.sink.deliver(&batch).await;
+                if taken > 0 {
+                    self.store.outbox_delivered(name, batch[taken - 1].id)?;
+                    delivered = taken as u64;
+                    worked = true;
+                }
+                match error {
+                    None => {
                         if lane.state.health() != SinkHealth::Ok {
                             log::info!("outbox: {name} takes events again");
                         }
                         lane.state.delivered();
-                        delivered = batch.len() as u64;
-                        worked = true;
                     }
-                    Err(e) => {
+                    Some(e) => {
                         let first = lane.state.health() == SinkHealth::Ok;
                         let wait = lane.state.failed(now, e.clone());
                         if first {

@@ -512,3 +512,156 @@ async fn a_python_producer_drives_a_device_and_reads_the_results() {
     assert_eq!(by_task(), 8, "one operation for the task taken twice");
     running.stop().await;
 }
+
+/// A request's headers (names lower-cased) and body.
+type Received = (std::collections::HashMap<String, String>, String);
+
+/// A webhook receiver: answers each POST 200, or 503 while `refuse` is
+/// set, and records the ones it took.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, r) = (seen.clone(), refuse.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                let (s, r) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = conn.into_split();
+                    let mut read = BufReader::new(read);
+                    loop {
+                        let mut line = String::new();
+                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut headers = std::collections::HashMap::new();
+                        loop {
+                            let mut h = String::new();
+                            read.read_line(&mut h).await.unwrap();
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            let (k, v) = h.split_once(':').unwrap();
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        }
+                        let n: usize = headers["content-length"].parse().unwrap();
+                        let mut body = vec![0; n];
+                        read.read_exact(&mut body).await.unwrap();
+                        let refused = r.load(std::sync::atomic::Ordering::SeqCst);
+                        let answer: &[u8] = if refused {
+                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+                        } else {
+                            s.lock().unwrap().push((headers, String::from_utf8(body).unwrap()));
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                        };
+                        write.write_all(answer).await.unwrap();
+                    }
+                });
+            }
+        });
+        Receiver { addr, seen, refuse }
+    }
+}
+
+/// Webhooks: one JSON POST per event, signed with the key generated on
+/// first run (mode 0600), filtered per receiver; a receiver that answers
+/// 503 gets the same events again, in order, once it takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_receive_signed_events_and_retries_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = Receiver::start().await;
+    let registrations = Receiver::start().await;
+    let mut c = config(dir.path());
+    c.events.webhooks = vec![
+        flownexus::config::WebhookConfig {
+            url: format!("http://{}/hooks/fleet?x=1", all.addr),
+            kinds: vec![],
+        },
+        flownexus::config::WebhookConfig {
+            url: format!("http://{}/reg", registrations.addr),
+            kinds: vec!["device_registered".into()],
+        },
+    ];
+    all.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let running = app::start(c).await.unwrap();
+    super::without_onboarding(dir.path());
+    let secret_file = dir.path().join("webhook-secret.key");
+    assert_eq!(super::deploy::mode(&secret_file), 0o600);
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &flownexus::secret::load_or_create(&secret_file, "events.webhook_secret_file").unwrap(),
+    );
+    let f = fleet(&running, (0..3).map(|i| device(&format!("urn:sim:hook-{i}"))).collect()).await;
+    // The filtered receiver takes its kind at once; the refusing one none.
+    wait_for(
+        "three registrations at the filtered receiver",
+        Duration::from_secs(20),
+        || registrations.seen.lock().unwrap().len() == 3,
+    )
+    .await;
+    assert!(all.seen.lock().unwrap().is_empty());
+    let s = store(dir.path());
+    assert!(
+        s.outbox_backlog("webhook-1").unwrap() >= 3,
+        "kept for the receiver that refused"
+    );
+    all.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    f.stop().await;
+    wait_for(
+        "every event at the receiver that refused",
+        Duration::from_secs(30),
+        || {
+            let seen = all.seen.lock().unwrap();
+            (0..3).all(|i| {
+                let ep = format!("urn:sim:hook-{i}");
+                let mine: Vec<String> = seen
+                    .iter()
+                    .filter_map(|(_, b)| serde_json::from_str::<Value>(b).ok())
+                    .filter(|b| b["endpoint"] == ep)
+                    .map(|b| b["kind"].as_str().unwrap_or("").to_string())
+                    .collect();
+                mine.first().map(String::as_str) == Some("device_registered")
+                    && mine.last().map(String::as_str) == Some("device_deregistered")
+            })
+        },
+    )
+    .await;
+    for (headers, body) in all
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(registrations.seen.lock().unwrap().iter())
+    {
+        let expected = {
+            let tag = ring::hmac::sign(&key, body.as_bytes());
+            let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256={hex}")
+        };
+        assert_eq!(headers["x-flownexus-signature"], expected, "{body}");
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(headers["x-flownexus-event"], v["kind"].as_str().unwrap());
+        assert_eq!(headers["x-flownexus-event-id"], v["event_id"].as_str().unwrap());
+        assert_eq!(headers["content-type"], "application/json");
+    }
+    assert!(
+        registrations
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, b)| b.contains("\"kind\":\"device_registered\""))
+    );
+    running.stop().await;
+}
