@@ -307,6 +307,11 @@ impl Restartable {
     }
 
     fn serve(&self) -> Killed {
+        self.serve_with(&[])
+    }
+
+    /// Serve with more settings in the environment.
+    fn serve_with(&self, env: &[(&str, &str)]) -> Killed {
         use std::os::fd::AsRawFd;
         let handed = [
             ("coap", self.coap_socket.as_raw_fd()),
@@ -318,6 +323,7 @@ impl Restartable {
                 .env("FLOWNEXUS_HTTP_ENABLED", "false")
                 .env("FLOWNEXUS_COAP_ACK_TIMEOUT_MS", "500")
                 .env("FLOWNEXUS_LOG_LEVEL", "warn")
+                .envs(env.iter().copied())
                 .spawn()
                 .unwrap(),
         )
@@ -325,7 +331,11 @@ impl Restartable {
 
     /// Serve, and wait until the first start made its CA and runtime file.
     async fn serve_up(&self) -> Killed {
-        let child = self.serve();
+        self.serve_up_with(&[]).await
+    }
+
+    async fn serve_up_with(&self, env: &[(&str, &str)]) -> Killed {
+        let child = self.serve_with(env);
         wait_for("the server", Duration::from_secs(20), || {
             self.dir.join("fw-tls/ca.pem").exists() && self.dir.join("runtime.json").exists()
         })

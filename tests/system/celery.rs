@@ -665,3 +665,150 @@ async fn webhooks_receive_signed_events_and_retries_lose_nothing() {
     );
     running.stop().await;
 }
+
+/// flownexus killed with SIGKILL while it takes tasks, then started again:
+/// every task pushed has exactly one operation and a result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_taking_tasks_loses_none_and_doubles_none() {
+    use redis::Commands;
+    let dir = tempfile::tempdir().unwrap();
+    let redis_server = Redis::start(dir.path());
+    let url = redis_server.url();
+    let server = super::Restartable::new(dir.path());
+    // One producer sends them all at once: above the default limit.
+    let env = [
+        ("FLOWNEXUS_EVENTS_CELERY_BROKER", url.as_str()),
+        ("FLOWNEXUS_EVENTS_CELERY_TASKS_PER_PRODUCER_PER_S", "100000"),
+    ];
+    let child = server.serve_up_with(&env).await;
+    super::without_onboarding(dir.path());
+    let devices: Vec<_> = (0..10).map(|i| device(&format!("urn:sim:kill-{i}"))).collect();
+    let _f = flownexus::sim::Fleet::spawn(
+        devices,
+        server.coap,
+        std::sync::Arc::new(flownexus::lwm2m::model::Models::embedded()),
+        false,
+    )
+    .await
+    .unwrap();
+    let s = store(dir.path());
+    wait_for("the registrations", Duration::from_secs(20), || s.registrations().unwrap().len() == 10).await;
+
+    // 2,000 reads, pushed at once as a producer's send_task would: enough
+    // that the kill, after the first 30 are taken, comes mid-way.
+    let n = 2000;
+    let ids: Vec<String> = (0..n).map(|i| format!("kill-task-{i:04}")).collect();
+    let mut redis = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let task = flownexus::celery::message::Task {
+            name: "flownexus.read",
+            id,
+            queue: "flownexus",
+            args: vec![serde_json::json!(format!("urn:sim:kill-{}", i % 10)), serde_json::json!("/3/0/9")],
+            kwargs: serde_json::Map::new(),
+            origin: "kill@test",
+            ignore_result: false,
+        };
+        let _: i64 = redis.lpush("flownexus", task.encode()).unwrap();
+    }
+    // (Pushed before the kill; the restarted server finds the rest.)
+    let by_task = |s: &flownexus::store::Store| -> i64 {
+        s.connection()
+            .query_row("SELECT COUNT(*) FROM operations WHERE celery_task_id IS NOT NULL", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Killed in the middle of taking them.
+    wait_for("some tasks taken", Duration::from_secs(30), || by_task(&s) >= 30).await;
+    drop(child);
+    let taken_before = by_task(&s);
+    assert!(taken_before < n, "the kill came too late to mean anything ({taken_before} taken)");
+    let _child = server.serve_with(&env);
+    let results = |redis: &mut redis::Connection| -> Vec<Value> {
+        ids.iter()
+            .map(|id| {
+                let raw: Option<String> = redis.get(format!("celery-task-meta-{id}")).unwrap();
+                raw.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or(Value::Null)
+            })
+            .collect()
+    };
+    wait_for("every task's result", Duration::from_secs(120), || {
+        results(&mut redis).iter().all(|r| !r.is_null())
+    })
+    .await;
+    let failed: Vec<Value> = results(&mut redis).into_iter().filter(|r| r["status"] != "SUCCESS").collect();
+    assert!(failed.is_empty(), "{} failed, e.g. {:?}", failed.len(), failed.first());
+    assert!(results(&mut redis).iter().all(|r| r["result"] == 87), "the battery level each read");
+    let counts: Vec<(String, i64)> = s
+        .connection()
+        .prepare("SELECT celery_task_id, COUNT(*) FROM operations WHERE celery_task_id IS NOT NULL GROUP BY celery_task_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(counts.len(), n as usize, "one operation per task");
+    assert!(counts.iter().all(|(_, c)| *c == 1));
+    let left: i64 = redis.llen("flownexus").unwrap();
+    let processing: i64 = redis.llen("flownexus.processing").unwrap();
+    assert_eq!((left, processing), (0, 0), "every task acknowledged");
+}
+
+/// One producer over `events.celery.tasks_per_producer_per_s` gets its
+/// surplus refused, each with a failure saying so; another producer is
+/// not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_over_its_rate_is_refused_and_told_why() {
+    use redis::Commands;
+    let dir = tempfile::tempdir().unwrap();
+    let redis_server = Redis::start(dir.path());
+    let mut c = config(dir.path());
+    c.events.celery.broker = Some(redis_server.url());
+    c.events.celery.tasks_per_producer_per_s = 5;
+    let running = app::start(c).await.unwrap();
+    super::without_onboarding(dir.path());
+    let _f = fleet(&running, vec![device("urn:sim:rate")]).await;
+    let s = store(dir.path());
+    wait_for("the registration", Duration::from_secs(20), || s.registrations().unwrap().len() == 1).await;
+    let mut redis = redis::Client::open(redis_server.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let push = |redis: &mut redis::Connection, origin: &str, id: &str| {
+        let task = flownexus::celery::message::Task {
+            name: "flownexus.read",
+            id,
+            queue: "flownexus",
+            args: vec![serde_json::json!("urn:sim:rate"), serde_json::json!("/3/0/9")],
+            kwargs: serde_json::Map::new(),
+            origin,
+            ignore_result: false,
+        };
+        let _: i64 = redis.lpush("flownexus", task.encode()).unwrap();
+    };
+    for i in 0..40 {
+        push(&mut redis, "eager@host", &format!("eager-{i}"));
+    }
+    push(&mut redis, "calm@host", "calm-0");
+    let status = |redis: &mut redis::Connection, id: &str| -> Value {
+        let raw: Option<String> = redis.get(format!("celery-task-meta-{id}")).unwrap();
+        raw.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or(Value::Null)
+    };
+    wait_for("every result", Duration::from_secs(30), || {
+        (0..40).all(|i| !status(&mut redis, &format!("eager-{i}")).is_null()) && !status(&mut redis, "calm-0").is_null()
+    })
+    .await;
+    let eager: Vec<Value> = (0..40).map(|i| status(&mut redis, &format!("eager-{i}"))).collect();
+    let refused = eager
+        .iter()
+        .filter(|r| {
+            r["status"] == "FAILURE"
+                && r["result"]["exc_message"][0]
+                    .as_str()
+                    .is_some_and(|m| m.contains("over this producer's limit"))
+        })
+        .count();
+    let answered = eager.iter().filter(|r| r["status"] == "SUCCESS").count();
+    assert!(answered >= 5 && refused >= 1 && answered + refused == 40, "{answered} answered, {refused} refused");
+    assert_eq!(status(&mut redis, "calm-0")["status"], "SUCCESS", "another producer is not held back");
+    running.stop().await;
+}
