@@ -22,18 +22,20 @@ pub(super) struct Redis {
 
 impl Redis {
     pub(super) fn start(dir: &Path) -> Redis {
+        Redis::launch(dir, "no")
+    }
+
+    /// With an append-only file synced on every write, so a kill -9 loses
+    /// nothing Redis acknowledged (the Quadlet unit syncs every second).
+    fn start_durable(dir: &Path) -> Redis {
+        Redis::launch(dir, "yes")
+    }
+
+    fn launch(dir: &Path, aof: &str) -> Redis {
         let socket = dir.join("redis.sock");
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", "0", "--unixsocketperm", "700", "--save", ""])
+            .args(["--appendonly", aof, "--appendfsync", "always"])
             .arg("--unixsocket")
             .arg(&socket)
             .arg("--dir")
@@ -692,7 +694,10 @@ async fn a_server_killed_while_taking_tasks_loses_none_and_doubles_none() {
     .await
     .unwrap();
     let s = store(dir.path());
-    wait_for("the registrations", Duration::from_secs(20), || s.registrations().unwrap().len() == 10).await;
+    wait_for("the registrations", Duration::from_secs(20), || {
+        s.registrations().unwrap().len() == 10
+    })
+    .await;
 
     // 2,000 reads, pushed at once as a producer's send_task would: enough
     // that the kill, after the first 30 are taken, comes mid-way.
@@ -704,7 +709,10 @@ async fn a_server_killed_while_taking_tasks_loses_none_and_doubles_none() {
             name: "flownexus.read",
             id,
             queue: "flownexus",
-            args: vec![serde_json::json!(format!("urn:sim:kill-{}", i % 10)), serde_json::json!("/3/0/9")],
+            args: vec![
+                serde_json::json!(format!("urn:sim:kill-{}", i % 10)),
+                serde_json::json!("/3/0/9"),
+            ],
             kwargs: serde_json::Map::new(),
             origin: "kill@test",
             ignore_result: false,
@@ -714,14 +722,21 @@ async fn a_server_killed_while_taking_tasks_loses_none_and_doubles_none() {
     // (Pushed before the kill; the restarted server finds the rest.)
     let by_task = |s: &flownexus::store::Store| -> i64 {
         s.connection()
-            .query_row("SELECT COUNT(*) FROM operations WHERE celery_task_id IS NOT NULL", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM operations WHERE celery_task_id IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
             .unwrap()
     };
     // Killed in the middle of taking them.
     wait_for("some tasks taken", Duration::from_secs(30), || by_task(&s) >= 30).await;
     drop(child);
     let taken_before = by_task(&s);
-    assert!(taken_before < n, "the kill came too late to mean anything ({taken_before} taken)");
+    assert!(
+        taken_before < n,
+        "the kill came too late to mean anything ({taken_before} taken)"
+    );
     let _child = server.serve_with(&env);
     let results = |redis: &mut redis::Connection| -> Vec<Value> {
         ids.iter()
@@ -735,12 +750,20 @@ async fn a_server_killed_while_taking_tasks_loses_none_and_doubles_none() {
         results(&mut redis).iter().all(|r| !r.is_null())
     })
     .await;
-    let failed: Vec<Value> = results(&mut redis).into_iter().filter(|r| r["status"] != "SUCCESS").collect();
+    let failed: Vec<Value> = results(&mut redis)
+        .into_iter()
+        .filter(|r| r["status"] != "SUCCESS")
+        .collect();
     assert!(failed.is_empty(), "{} failed, e.g. {:?}", failed.len(), failed.first());
-    assert!(results(&mut redis).iter().all(|r| r["result"] == 87), "the battery level each read");
+    assert!(
+        results(&mut redis).iter().all(|r| r["result"] == 87),
+        "the battery level each read"
+    );
     let counts: Vec<(String, i64)> = s
         .connection()
-        .prepare("SELECT celery_task_id, COUNT(*) FROM operations WHERE celery_task_id IS NOT NULL GROUP BY celery_task_id")
+        .prepare(
+            "SELECT celery_task_id, COUNT(*) FROM operations WHERE celery_task_id IS NOT NULL GROUP BY celery_task_id",
+        )
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -768,7 +791,10 @@ async fn a_producer_over_its_rate_is_refused_and_told_why() {
     super::without_onboarding(dir.path());
     let _f = fleet(&running, vec![device("urn:sim:rate")]).await;
     let s = store(dir.path());
-    wait_for("the registration", Duration::from_secs(20), || s.registrations().unwrap().len() == 1).await;
+    wait_for("the registration", Duration::from_secs(20), || {
+        s.registrations().unwrap().len() == 1
+    })
+    .await;
     let mut redis = redis::Client::open(redis_server.url().as_str())
         .unwrap()
         .get_connection()
@@ -808,7 +834,138 @@ async fn a_producer_over_its_rate_is_refused_and_told_why() {
         })
         .count();
     let answered = eager.iter().filter(|r| r["status"] == "SUCCESS").count();
-    assert!(answered >= 5 && refused >= 1 && answered + refused == 40, "{answered} answered, {refused} refused");
-    assert_eq!(status(&mut redis, "calm-0")["status"], "SUCCESS", "another producer is not held back");
+    assert!(
+        answered >= 5 && refused >= 1 && answered + refused == 40,
+        "{answered} answered, {refused} refused"
+    );
+    assert_eq!(
+        status(&mut redis, "calm-0")["status"],
+        "SUCCESS",
+        "another producer is not held back"
+    );
+    running.stop().await;
+}
+
+/// Redis killed with SIGKILL and started again while 1,000 simulated
+/// devices report values: the health report shows `celery` degraded while
+/// it is down and ok after; every registration and de-registration reaches
+/// the queue, and each device's events are in the order they happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_loses_no_state_event_and_reorders_none() {
+    use redis::Commands;
+    let dir = tempfile::tempdir().unwrap();
+    let redis_dir = dir.path().join("redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    let redis_server = Redis::start_durable(&redis_dir);
+    let url = redis_server.url();
+    let mut c = config(dir.path());
+    c.events.celery.broker = Some(url.clone());
+    c.health.probe_interval_s = 1;
+    let running = app::start(c).await.unwrap();
+    super::without_onboarding(dir.path());
+    let n = 1000;
+    let devices: Vec<_> = (0..n)
+        .map(|i| {
+            let mut d = device(&format!("urn:sim:storm-{i:04}"));
+            d.send_interval = Some(Duration::from_secs(1));
+            d.update_interval = Duration::from_secs(3);
+            d
+        })
+        .collect();
+    let f = fleet(&running, devices).await;
+    let s = store(dir.path());
+    wait_for("1,000 registrations", Duration::from_secs(60), || {
+        s.registrations().unwrap().len() == n
+    })
+    .await;
+    let celery = |running: &app::Running| {
+        let addr = running.http_addr.unwrap();
+        async move { super::web::http(addr, "GET", "/healthz", &[], b"").await.json()["components"]["celery"].clone() }
+    };
+    let queued = |url: &str| -> i64 {
+        let mut r = redis::Client::open(url).unwrap().get_connection().unwrap();
+        r.llen("celery").unwrap()
+    };
+    wait_for("values flowing to Redis", Duration::from_secs(30), || {
+        queued(&url) > 2 * n as i64
+    })
+    .await;
+
+    // SIGKILL, a few seconds down, then back on the same data.
+    drop(redis_server);
+    wait_for("celery degraded", Duration::from_secs(20), || {
+        futures_now(celery(&running)) == "degraded"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let redis_server = Redis::start_durable(&redis_dir);
+    wait_for("celery ok again", Duration::from_secs(30), || {
+        futures_now(celery(&running)) == "ok"
+    })
+    .await;
+    f.stop().await;
+    running.flush().await;
+    wait_for("the outbox drained", Duration::from_secs(60), || {
+        s.outbox_backlog("celery").unwrap() == 0
+    })
+    .await;
+
+    // The queue, oldest first (LPUSH puts the newest at the head), each
+    // event once (a batch Redis took just before it died may come again).
+    let mut r = redis::Client::open(redis_server.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let raw: Vec<Vec<u8>> = r.lrange("celery", 0, -1).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut per_device: std::collections::HashMap<String, Vec<(String, i64)>> = Default::default();
+    for m in raw.iter().rev() {
+        let task = flownexus::celery::message::decode(m).unwrap();
+        if !seen.insert(task.id.clone()) {
+            continue;
+        }
+        let Some(ep) = task.kwargs["endpoint"].as_str() else {
+            continue;
+        };
+        per_device
+            .entry(ep.to_string())
+            .or_default()
+            .push((task.name.clone(), task.kwargs["time_ms"].as_i64().unwrap()));
+    }
+    let deregistrations = per_device
+        .values()
+        .flatten()
+        .filter(|(t, _)| t == "flownexus.device_deregistered")
+        .count();
+    // The simulator's De-registers are not retried once it stops: most,
+    // not all, arrive (910 of 1,000 in a run here); each that did is below.
+    assert!(deregistrations > 0);
+    for i in 0..n {
+        let ep = format!("urn:sim:storm-{i:04}");
+        let events = &per_device[&ep];
+        // The registrations and de-registrations the store recorded, in
+        // their order, are the ones in the queue, in the same order.
+        let mut stored: Vec<String> = s
+            .events(Some(&ep), 1000)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "registered" || e.kind == "deregistered")
+            .map(|e| format!("flownexus.device_{}", e.kind))
+            .collect();
+        stored.reverse();
+        let queued: Vec<String> = events
+            .iter()
+            .map(|(t, _)| t.clone())
+            .filter(|t| t == "flownexus.device_registered" || t == "flownexus.device_deregistered")
+            .collect();
+        assert_eq!(queued, stored, "{ep}");
+        assert_eq!(
+            events.first().map(|e| e.0.as_str()),
+            Some("flownexus.device_registered"),
+            "{ep}"
+        );
+        assert!(events.windows(2).all(|w| w[0].1 <= w[1].1), "{ep}: out of order");
+        assert!(events.iter().any(|(t, _)| t == "flownexus.values_reported"), "{ep}");
+    }
     running.stop().await;
 }
