@@ -11,8 +11,11 @@
 //! - `dtls`: CoAP over DTLS beside libcoap's `coap-server-openssl` ([`dtls`]).
 //! - `web`: dashboard latency and store ingest at 1,000,000 devices ([`web`]).
 //! - `fota`: a campaign over N devices beside the download server alone ([`fota`]).
+//! - `events`: Celery over Redis: events delivered, ingest with the sink on
+//!   and off, a Python producer's round trip ([`events`]).
 
 pub mod dtls;
+pub mod events;
 pub mod fota;
 pub mod fw;
 pub mod web;
@@ -36,7 +39,7 @@ use crate::store::{Store, now_ms};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// register, memory, read, coap, fw, dtls, dtls-memory, web, fota or all.
+    /// register, memory, read, coap, fw, dtls, dtls-memory, web, fota, events or all.
     pub which: String,
     /// Simulated devices (default: 10,000; 100,000 for `memory`).
     #[arg(long)]
@@ -66,6 +69,9 @@ pub struct BenchArgs {
     /// download-only run's).
     #[arg(long, default_value_t = 1000)]
     pub concurrent: u32,
+    /// `events`: each device Sends a value this often (ms).
+    #[arg(long, default_value_t = 200)]
+    pub send_ms: u64,
 }
 
 /// A `flownexus serve` child, on a temporary data directory unless given one.
@@ -263,11 +269,12 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
             "dtls-memory",
             "web",
             "fota",
+            "events",
         ]
         .contains(&args.which.as_str())
     {
         bail!(
-            "bench {}: expected register, memory, read, coap, fw, dtls, dtls-memory, web, fota or all",
+            "bench {}: expected register, memory, read, coap, fw, dtls, dtls-memory, web, fota, events or all",
             args.which
         );
     }
@@ -309,6 +316,14 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
             concurrent: args.concurrent,
         };
         fota::run(b, &models).await?;
+    }
+    if all || args.which == "events" {
+        let b = events::EventsBench {
+            devices: args.devices.unwrap_or(10_000),
+            seconds: args.seconds,
+            send_ms: args.send_ms,
+        };
+        events::run(b, &models).await?;
     }
     Ok(ExitCode::SUCCESS)
 }

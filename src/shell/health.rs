@@ -168,11 +168,17 @@ pub async fn tls_hello(addr: SocketAddr, proxy_protocol: bool) -> anyhow::Result
 
 /// `GET /healthz` over HTTP/1.1: the status code and the body.
 pub async fn get_healthz(addr: SocketAddr) -> anyhow::Result<(u16, String)> {
+    get(addr, "/healthz").await
+}
+
+/// `GET path` over HTTP/1.1 (an answer of at most 4 MiB): the status code
+/// and the body.
+pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut answer = Vec::new();
-    tcp.take(64 * 1024).read_to_end(&mut answer).await?;
+    tcp.take(4 << 20).read_to_end(&mut answer).await?;
     let answer = String::from_utf8_lossy(&answer);
     let code = answer
         .strip_prefix("HTTP/1.1 ")

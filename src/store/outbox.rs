@@ -133,10 +133,19 @@ impl Store {
         Ok(())
     }
 
-    /// Events waiting for `sink`.
+    /// The id of the newest event in the outbox (0 when it is empty).
+    pub fn outbox_last(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |r| r.get(0))?)
+    }
+
+    /// Events waiting for `sink`, at most: ids past its cursor (value
+    /// reports dropped from a full outbox leave gaps). Two index look-ups,
+    /// not a count of the backlog, so a large one costs nothing to watch.
     pub fn outbox_backlog(&self, sink: &str) -> Result<i64> {
         Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE id > (SELECT delivered FROM outbox_sinks WHERE name = ?1)",
+            "SELECT MAX(0, COALESCE((SELECT MAX(id) FROM outbox), 0) - (SELECT delivered FROM outbox_sinks WHERE name = ?1))",
             [sink],
             |r| r.get(0),
         )?)
@@ -147,9 +156,11 @@ impl Store {
     /// "deregistered" would stay wrong, one that missed a reading gets the
     /// next). Returns how many were dropped.
     pub fn outbox_bound(&self, max_rows: u64) -> Result<u64> {
-        // MAX - MIN bounds the count from above without a full scan.
+        // MAX - MIN bounds the count from above without a full scan (each
+        // in a query of its own: SQLite answers a lone MIN or MAX from the
+        // index, both in one SELECT by scanning the table).
         let (low, high): (i64, i64) = self.conn.query_row(
-            "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM outbox",
+            "SELECT COALESCE((SELECT MIN(id) FROM outbox), 0), COALESCE((SELECT MAX(id) FROM outbox), 0)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;

@@ -10,6 +10,7 @@ error `get()` raised.
 import json
 import os
 import sys
+import time
 
 from celery import Celery
 
@@ -17,13 +18,21 @@ app = Celery("fnx_test_producer", broker=os.environ["FNX_BROKER"], backend=os.en
 app.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json")
 
 tasks = json.load(sys.stdin)
+timeout = float(os.environ.get("FNX_TIMEOUT", "30"))
+if os.environ.get("FNX_SEQUENTIAL"):
+    # One at a time, timed from send_task to get() (`flownexus bench events`).
+    for t in tasks:
+        start = time.perf_counter()
+        value = app.send_task(t["name"], args=t.get("args", []), queue="flownexus").get(timeout=timeout)
+        print(json.dumps({"name": t["name"], "ok": True, "seconds": time.perf_counter() - start}), flush=True)
+    sys.exit(0)
 sent = [
     app.send_task(t["name"], args=t.get("args", []), kwargs=t.get("kwargs", {}), queue="flownexus")
     for t in tasks
 ]
 for t, result in zip(tasks, sent):
     try:
-        value = result.get(timeout=float(os.environ.get("FNX_TIMEOUT", "30")))
+        value = result.get(timeout=timeout)
         print(json.dumps({"name": t["name"], "ok": True, "result": value}), flush=True)
     except Exception as e:  # the producer reports whatever get() raised
         print(json.dumps({"name": t["name"], "ok": False, "error": type(e).__name__ + ": " + str(e)}), flush=True)
