@@ -94,6 +94,14 @@ if [ "$1" = -s ]; then exit 0; fi
 exec /usr/sbin/nginx -p "$FAKE_NGINX_PREFIX" "$@"
 "#;
 
+/// The calls the stand-ins logged in `state` since the last look.
+pub(super) fn take_calls(state: &Path) -> Vec<String> {
+    let path = state.join("calls.log");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    text.lines().map(str::to_string).collect()
+}
+
 /// Each stand-in as an executable script in `bin` (put first on PATH).
 pub(super) fn install_stand_ins(bin: &Path, stand_ins: &[(&str, &str)]) {
     for (name, text) in stand_ins {
@@ -199,10 +207,7 @@ impl Host {
 
     /// The stand-ins' calls since the last look.
     fn calls(&self) -> Vec<String> {
-        let path = self.state.join("calls.log");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let _ = std::fs::remove_file(&path);
-        text.lines().map(str::to_string).collect()
+        take_calls(&self.state)
     }
 
     fn home(&self, rel: &str) -> PathBuf {

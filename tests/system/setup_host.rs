@@ -256,10 +256,7 @@ impl Host {
 
     /// The stand-ins' calls since the last look.
     fn calls(&self) -> Vec<String> {
-        let path = self.state.join("calls.log");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let _ = std::fs::remove_file(&path);
-        text.lines().map(str::to_string).collect()
+        super::deploy::take_calls(&self.state)
     }
 
     fn file(&self, rel: &str) -> String {
