@@ -125,6 +125,14 @@ fn store_result(pipe: &mut redis::Pipeline, task_id: &str, ending: &crate::celer
     pipe.publish(&key, &entry).ignore();
 }
 
+/// Why a task was not taken.
+enum Refusal {
+    /// Answered with a failure result (and acknowledged).
+    Answer(crate::celery::message::Undecodable),
+    /// Left in the processing list, to be taken again.
+    Later(String),
+}
+
 /// What a Celery task may ask of the server, and how.
 pub struct TaskRunner {
     pub store: crate::store::Store,
@@ -224,10 +232,13 @@ impl Consumer {
     }
 
     /// Commits what `message` asks, or answers it with a failure result.
+    /// A store that cannot commit now is not the task's fault: the task
+    /// stays in the processing list and is taken again after the backoff.
     async fn take(&mut self, conn: &mut redis::aio::MultiplexedConnection, message: &[u8]) -> Result<(), String> {
         let refused = match self.accept(message) {
             Ok(()) => return Ok(()),
-            Err(r) => r,
+            Err(Refusal::Later(reason)) => return Err(format!("the store cannot take a task now: {reason}")),
+            Err(Refusal::Answer(r)) => r,
         };
         log::warn!(
             "celery task refused: {}",
@@ -245,34 +256,41 @@ impl Consumer {
             .map_err(|e| format!("writing a task's result: {e}"))
     }
 
-    fn accept(&mut self, message: &[u8]) -> Result<(), crate::celery::message::Undecodable> {
+    fn accept(&mut self, message: &[u8]) -> Result<(), Refusal> {
         use crate::celery::message::Undecodable;
         use crate::celery::tasks::{Request, parse};
-        let task = crate::celery::message::decode(message)?;
-        let refuse = |reason: String| Undecodable {
-            id: Some(task.id.clone()),
-            reason,
+        let task = crate::celery::message::decode(message).map_err(Refusal::Answer)?;
+        let answer = |reason: String| {
+            Refusal::Answer(Undecodable {
+                id: Some(task.id.clone()),
+                reason,
+            })
+        };
+        // The store's own trouble (busy, a full disk) is tried again; what
+        // it says of the request (no such device) is the answer.
+        let refuse = |e: crate::Error| match e {
+            crate::Error::Store(_) | crate::Error::Io { .. } => Refusal::Later(e.to_string()),
+            e => answer(format!("{}: {e}", task.name)),
         };
         if !self.limit.admit(std::time::Instant::now(), task.origin.clone()) {
-            return Err(refuse(format!(
+            return Err(answer(format!(
                 "{} from {:?}: over this producer's limit (events.celery.tasks_per_producer_per_s)",
                 task.name, task.origin
             )));
         }
         let r = &mut self.runner;
-        match parse(&self.prefix, &task).map_err(refuse)? {
+        match parse(&self.prefix, &task).map_err(answer)? {
             Request::Operation {
                 endpoint,
                 kind,
                 deadline_s,
             } => {
-                kind.validate(&r.models)
-                    .map_err(|e| refuse(format!("{}: {e}", task.name)))?;
+                kind.validate(&r.models).map_err(refuse)?;
                 let deadline = crate::store::now_ms() + deadline_s.unwrap_or(r.operation_deadline_s) as i64 * 1000;
                 let (id, new) = r
                     .store
                     .queue_task_operation(&endpoint, &kind, deadline, r.operation_max_attempts, &task.id)
-                    .map_err(|e| refuse(format!("{}: {e}", task.name)))?;
+                    .map_err(refuse)?;
                 if new {
                     log::info!(
                         "celery task {} queued {} {} on {endpoint:?} (operation {id})",
@@ -285,16 +303,16 @@ impl Consumer {
             }
             Request::UpdateFirmware { endpoint, image } => {
                 let Some(updates) = &r.updates else {
-                    return Err(refuse(
+                    return Err(answer(
                         "update_firmware: the firmware server is disabled (fw.enabled)".into(),
                     ));
                 };
-                let known = r.store.update_of_task(&task.id).map_err(|e| refuse(e.to_string()))?;
+                let known = r.store.update_of_task(&task.id).map_err(refuse)?;
                 if known.is_none() {
                     let by = format!("celery:{}", task.origin);
                     let id = updates
                         .create(&r.store, &endpoint, &[image.as_str()], &by, Some(&task.id))
-                        .map_err(|e| refuse(format!("{}: {e}", task.name)))?;
+                        .map_err(refuse)?;
                     log::info!(
                         "celery task {} started firmware update {id} of {endpoint:?} to {image}",
                         task.id
