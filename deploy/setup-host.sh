@@ -136,7 +136,11 @@ fi
 # useradd allocates them when login.defs says so, else they are added here.
 for kind in uid gid; do
   if ! grep -q "^$user:" "$etc/sub$kind" 2>/dev/null; then
-    start=$(awk -F: 'BEGIN { m = 100000 } { if ($2 + $3 > m) m = $2 + $3 } END { print m }' "$etc/subuid" "$etc/subgid" 2>/dev/null || echo 100000)
+    # After every range already given out in that file (none: 100000).
+    start=100000
+    if [ -f "$etc/sub$kind" ]; then
+      start=$(awk -F: 'BEGIN { m = 100000 } { if ($2 + $3 > m) m = $2 + $3 } END { print m }' "$etc/sub$kind")
+    fi
     act usermod "--add-sub${kind}s" "$start-$((start + 65535))" "$user"
   fi
 done
