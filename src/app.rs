@@ -490,12 +490,21 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> anyhow::Res
     }
     let (outbox, sink_reports) = crate::shell::outbox::OutboxTask::new(
         Store::open(&config.database_path())?,
+        writer.clone(),
         sinks,
         config.events.outbox_max_rows,
         Some(metrics.clone()),
     )?;
     if !sink_reports.is_empty() {
-        tasks.push(tokio::spawn(outbox.run(stopped(stop_rx.clone()))));
+        // A thread and runtime of its own: on the shared workers, a busy
+        // LwM2M task left it too little time to keep up (bench events).
+        let stop = stopped(stop_rx.clone());
+        tasks.push(tokio::task::spawn_blocking(
+            move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(outbox.run(stop)),
+                Err(e) => log::error!("outbox: no runtime for the delivery task: {e}"),
+            },
+        ));
     }
     // Tasks in from Python (issue 26): operations and firmware updates,
     // their ends going back as Celery results through the outbox.

@@ -12,17 +12,18 @@ use crate::metrics::Metrics;
 use crate::outbox::delivery::{Backoff, SinkHealth, SinkState};
 use crate::shell::celery::CelerySink;
 use crate::store::Store;
+use crate::store::writer::{Command as StoreCommand, WriterHandle};
+use crate::transport::Peer;
 
 /// Events handed to a sink at once.
 const BATCH: usize = 1000;
 /// How often an idle task looks for new events: one indexed look-up, and
 /// the wait a Celery producer's result adds at most.
 const POLL: Duration = Duration::from_millis(10);
-/// How often each sink's cursor is written to the store (and the rows
-/// every sink took removed). Between two writes the cursor lives here: a
-/// write per batch waited for the store writer's lock (up to 1.8 s in
-/// `bench events`), and a crash before the next write only delivers the
-/// last half second's events again, which at-least-once allows.
+/// How often each sink's cursor is handed to the store writer (which also
+/// removes the rows every sink took). Between two writes the cursor lives
+/// here, and a crash before the next write only delivers the last half
+/// second's events again, which at-least-once allows.
 const PERSIST: Duration = Duration::from_millis(500);
 
 /// A sink's state as the health probe and the metrics read it.
@@ -78,6 +79,9 @@ pub struct OutboxTask {
     lanes: Vec<Lane>,
     max_rows: u64,
     metrics: Option<Arc<Metrics>>,
+    /// The store writer, which writes the cursors (the one writer never
+    /// waits for its own lock).
+    writer: WriterHandle<Peer>,
 }
 
 impl OutboxTask {
@@ -85,6 +89,7 @@ impl OutboxTask {
     /// stops holding rows) and returns the task and each sink's report.
     pub fn new(
         store: Store,
+        writer: WriterHandle<Peer>,
         sinks: Vec<Sink>,
         max_rows: u64,
         metrics: Option<Arc<Metrics>>,
@@ -114,6 +119,7 @@ impl OutboxTask {
                 lanes,
                 max_rows,
                 metrics,
+                writer,
             },
             reports,
         ))
@@ -122,21 +128,21 @@ impl OutboxTask {
     /// Runs until `stop` resolves; the cursors are written at the end.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         self.deliver_until(stop).await;
-        if let Err(e) = self.persist() {
-            log::warn!("outbox: writing the sinks' cursors: {e}");
-        }
+        self.persist();
     }
 
-    /// Writes each sink's cursor where it moved, and removes what every
-    /// sink took.
-    fn persist(&mut self) -> crate::Result<()> {
+    /// Has the writer write each sink's cursor where it moved, and remove
+    /// what every sink took.
+    fn persist(&mut self) {
         for lane in &mut self.lanes {
             if lane.cursor > lane.persisted {
-                self.store.outbox_delivered(lane.sink.name(), lane.cursor)?;
+                self.writer.send(StoreCommand::OutboxDelivered {
+                    sink: lane.sink.name(),
+                    upto: lane.cursor,
+                });
                 lane.persisted = lane.cursor;
             }
         }
-        Ok(())
     }
 
     async fn deliver_until(&mut self, stop: impl std::future::Future<Output = ()>) {
@@ -145,9 +151,7 @@ impl OutboxTask {
         loop {
             if persisted_at.elapsed() >= PERSIST {
                 persisted_at = Instant::now();
-                if let Err(e) = self.persist() {
-                    log::warn!("outbox: writing the sinks' cursors: {e}");
-                }
+                self.persist();
             }
             let worked = match self.round().await {
                 Ok(w) => w,

@@ -124,11 +124,7 @@ impl Store {
     /// `sink` took every event up to `id`; rows every sink has taken go.
     pub fn outbox_delivered(&self, sink: &str, id: i64) -> Result<()> {
         let tx = self.write_tx()?;
-        tx.execute(
-            "UPDATE outbox_sinks SET delivered = MAX(delivered, ?2) WHERE name = ?1",
-            params![sink, id],
-        )?;
-        trim(&tx)?;
+        delivered(&tx, sink, id)?;
         tx.commit()?;
         Ok(())
     }
@@ -181,6 +177,13 @@ impl Store {
         tx.commit()?;
         Ok(dropped as u64)
     }
+}
+
+/// `sink` took every event up to `id`, in `tx`; rows every sink has taken go.
+pub(crate) fn delivered(tx: &Transaction<'_>, sink: &str, id: i64) -> Result<()> {
+    tx.prepare_cached("UPDATE outbox_sinks SET delivered = MAX(delivered, ?2) WHERE name = ?1")?
+        .execute(params![sink, id])?;
+    trim(tx)
 }
 
 /// Removes the rows every sink has taken (all rows when no sink is left).

@@ -57,6 +57,13 @@ pub enum Command<P> {
     Prune(i64),
     /// One firmware download request, for accounting.
     Download(crate::store::DownloadRecord),
+    /// An outbox sink took every event up to `upto`: its cursor, and the
+    /// rows every sink took removed. Written here, by the one writer: the
+    /// delivery task waiting for the write lock stalled for seconds.
+    OutboxDelivered {
+        sink: &'static str,
+        upto: i64,
+    },
     /// Reply once everything sent before has been committed.
     Flush(SyncSender<()>),
 }
@@ -516,6 +523,7 @@ impl Writer {
                 }
                 Command::Flush(ack) => acks.push(ack),
                 Command::Download(d) => record_download(&tx, &d)?,
+                Command::OutboxDelivered { sink, upto } => super::outbox::delivered(&tx, sink, upto)?,
             }
         }
         let mut count = tx.prepare_cached(
