@@ -129,6 +129,10 @@ exec /usr/sbin/nginx -t -q -c "$FAKE_STATE/nginx.conf"
 
 struct Host {
     _dir: tempfile::TempDir,
+    /// Root's checkout, as the guide clones it: this working tree as a git
+    /// repository of its own (CI's may come without `.git`, and a local
+    /// one's HEAD may not hold the files being tested).
+    checkout: PathBuf,
     root: PathBuf,
     bin: PathBuf,
     state: PathBuf,
@@ -151,6 +155,8 @@ impl Host {
             std::fs::create_dir_all(d).unwrap();
         }
         super::nginx::certificates(&certs);
+        let checkout = base.join("checkout");
+        checkout_of_this_tree(&checkout);
         // The database the running server would have made in the volume.
         Store::open(&volume.join("flownexus.sqlite3")).unwrap();
         super::deploy::install_stand_ins(
@@ -193,6 +199,7 @@ impl Host {
         std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
         Host {
             _dir: dir,
+            checkout,
             root,
             bin,
             state,
@@ -209,7 +216,7 @@ impl Host {
         let mut words = line.split_whitespace();
         let program = words.next().unwrap();
         let mut args: Vec<String> = words.map(str::to_string).collect();
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let repo = &self.checkout;
         let (cwd, path) = if as_deploy {
             let checkout = self.root.join("home/deploy/flownexus");
             (checkout.clone(), checkout.join(program))
@@ -262,6 +269,35 @@ impl Host {
     fn file(&self, rel: &str) -> String {
         std::fs::read_to_string(self.root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
     }
+}
+
+/// This working tree's files (without build output, tools, local data
+/// and the fuzz corpora, none of which a deploy reads) committed in a
+/// fresh git repository at `dest`.
+fn checkout_of_this_tree(dest: &Path) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let skip = ["target", ".git", ".venv", "data", "node_modules", "output", "fuzz"];
+    let mut stack = vec![repo.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if skip.contains(&name.as_str()) {
+                continue;
+            }
+            let to = dest.join(p.strip_prefix(repo).unwrap());
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(&p, &to).unwrap();
+            }
+        }
+    }
+    super::sh(
+        dest,
+        "git init -q && git add -A && git -c user.name=test -c user.email=test@example.test commit -qm tree",
+    );
 }
 
 /// The shell blocks of a section of the operator guide, one command per
