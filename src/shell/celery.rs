@@ -192,43 +192,57 @@ impl Consumer {
         }
     }
 
-    /// One connection's life: the processing list first, then the queue.
+    /// One connection's life: the processing list first (tasks taken
+    /// before a crash or a lost connection and not yet acknowledged,
+    /// oldest first), then the queue.
     async fn session(&mut self) -> String {
         let mut conn = match connect(&self.client).await {
             Ok(c) => c,
             Err(e) => return e,
         };
         loop {
-            // A task taken before a crash and not yet acknowledged.
             let left: Result<Option<Vec<u8>>, _> = conn.lindex(&self.processing, -1).await;
-            let taken = match left {
-                Ok(Some(m)) => Some(m),
-                Ok(None) => {
-                    let moved: Result<Option<Vec<u8>>, _> = conn
-                        .blmove(
-                            &self.queue,
-                            &self.processing,
-                            redis::Direction::Right,
-                            redis::Direction::Left,
-                            1.0,
-                        )
-                        .await;
-                    match moved {
-                        Ok(m) => m,
-                        Err(e) => return format!("taking a task: {e}"),
+            match left {
+                Ok(Some(message)) => {
+                    if let Err(e) = self.take_and_acknowledge(&mut conn, &message).await {
+                        return e;
                     }
                 }
+                Ok(None) => break,
                 Err(e) => return format!("reading {}: {e}", self.processing),
-            };
-            let Some(message) = taken else { continue };
-            if let Err(e) = self.take(&mut conn, &message).await {
-                return e;
-            }
-            let removed: Result<i64, _> = conn.lrem(&self.processing, 1, message.as_slice()).await;
-            if let Err(e) = removed {
-                return format!("acknowledging a task: {e}");
             }
         }
+        loop {
+            let moved: Result<Option<Vec<u8>>, _> = conn
+                .blmove(
+                    &self.queue,
+                    &self.processing,
+                    redis::Direction::Right,
+                    redis::Direction::Left,
+                    1.0,
+                )
+                .await;
+            match moved {
+                Ok(Some(message)) => {
+                    if let Err(e) = self.take_and_acknowledge(&mut conn, &message).await {
+                        return e;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return format!("taking a task: {e}"),
+            }
+        }
+    }
+
+    /// [`Self::take`], then the task leaves the processing list.
+    async fn take_and_acknowledge(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        message: &[u8],
+    ) -> Result<(), String> {
+        self.take(conn, message).await?;
+        let removed: Result<i64, _> = conn.lrem(&self.processing, 1, message).await;
+        removed.map(|_| ()).map_err(|e| format!("acknowledging a task: {e}"))
     }
 
     /// Commits what `message` asks, or answers it with a failure result.

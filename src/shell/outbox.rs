@@ -184,6 +184,9 @@ impl OutboxTask {
     /// One batch to every sink that is due; whether any took one.
     async fn round(&mut self) -> crate::Result<bool> {
         let mut worked = false;
+        // The newest event, once a round: each sink's backlog is measured
+        // from it.
+        let last = self.store.outbox_last()?;
         for lane in &mut self.lanes {
             let name = lane.sink.name();
             let now = Instant::now();
@@ -215,7 +218,7 @@ impl OutboxTask {
                     }
                 }
             }
-            let backlog = (self.store.outbox_last()? - lane.cursor).max(0) as u64;
+            let backlog = (last - lane.cursor).max(0) as u64;
             let mut r = lane.report.lock().expect("outbox report");
             r.health = lane.state.health();
             r.backlog = backlog;

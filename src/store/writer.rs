@@ -870,7 +870,7 @@ fn apply<P: Display>(
             }
             let (code, result) = outcome_columns(&outcome);
             let state = outcome.state().as_str();
-            let result_json = outbox.then(|| serde_json::from_str::<serde_json::Value>(&result).unwrap_or_default());
+            let result_json = outbox.then(|| serde_json::to_value(&outcome).expect("an outcome serialises"));
             // A cancellation requested through the store is already final there.
             // What it was, for the event an operator reads ("read /3/0 …").
             let asked: Option<(String, String, Option<String>)> = tx
